@@ -1,0 +1,23 @@
+//! troupe-engine: the engine core — tensors, graph files and IR, CPU kernels, checkpoint loading,
+//! tokenizer, and the sequential reference executor every other executor is checked against.
+//!
+//! Start at [`backend::Backend`] (the op set), [`graph::spec::ModelSpec`] (what a model is),
+//! [`model::Model`] (a loaded model as typed layers) and [`executor::ReferenceExecutor`].
+
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod executor;
+pub mod generate;
+pub mod graph;
+pub mod inspect;
+pub mod kernels;
+pub mod model;
+pub mod sampling;
+pub mod tensor;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::Backend;
+pub use error::{EngineError, Result};
+pub use tensor::Tensor;

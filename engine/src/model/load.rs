@@ -1,0 +1,226 @@
+//! Building a [`Model`] from a [`LoadedGraph`]: open the weights (mmap or seeded random), check
+//! every tensor the plan reads against its expected shape before the first token, then assemble
+//! the typed layers.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use crate::backend::RouterRule;
+use crate::error::{EngineError, Result};
+use crate::graph::file::{LoadedGraph, WeightsSource};
+use crate::graph::ir::{NodeKind, Plan, WeightRole};
+use crate::graph::spec::{AttentionSpec, ModelSpec};
+use crate::kernels::rope::RopeTable;
+use crate::model::attention::{Attention, GqaAttention, MlaAttention, MlaQuery};
+use crate::model::ffn::{FeedForward, Mlp, MoeBlock, Router};
+use crate::model::{DecoderLayer, Model};
+use crate::weights::random::{random_weight, RandomInit};
+use crate::weights::{Checkpoint, Weight};
+
+/// Called as `progress(done, total)` while tensors are opened or generated.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// Fetches every tensor of the plan, shape-checked.
+fn collect_weights(graph: &LoadedGraph, plan: &Plan, progress: Progress) -> Result<HashMap<String, Weight>> {
+    let specs = plan.weight_specs();
+    let total = specs.len();
+    let mut out = HashMap::with_capacity(total);
+    match &graph.weights {
+        WeightsSource::Random(r) => {
+            let dtype = graph.spec.dtype;
+            let chunk = 64;
+            for (i, part) in specs.chunks(chunk).enumerate() {
+                let made: Vec<Weight> = part
+                    .par_iter()
+                    .map(|s| {
+                        let init = match s.role {
+                            WeightRole::Matrix => RandomInit::Normal(r.std),
+                            WeightRole::NormGain => RandomInit::Ones,
+                            WeightRole::Bias => RandomInit::Zeros,
+                        };
+                        // The V3 correction bias stays f32, as in real checkpoints.
+                        let dt = if s.role == WeightRole::Bias { crate::dtype::DType::F32 } else { dtype };
+                        random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
+                    })
+                    .collect();
+                for w in made {
+                    out.insert(w.name().to_string(), w);
+                }
+                progress((i * chunk + part.len()).min(total), total);
+            }
+        }
+        src => {
+            let ck = match src {
+                WeightsSource::HfDir(d) => Checkpoint::open_dir(d)?,
+                WeightsSource::Files(f) => Checkpoint::open_files(f)?,
+                WeightsSource::Index(i) => Checkpoint::open_index(i)?,
+                WeightsSource::Random(_) => unreachable!("handled above"),
+            };
+            for (i, s) in specs.iter().enumerate() {
+                let w = ck.get(&s.name)?;
+                if w.shape() != s.shape.as_slice() {
+                    return Err(EngineError::ShapeMismatch { tensor: s.name.clone(), expected: s.shape.clone(), found: w.shape().to_vec() });
+                }
+                out.insert(s.name.clone(), w);
+                if i % 16 == 0 || i + 1 == total {
+                    progress(i + 1, total);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Take<'a>(&'a HashMap<String, Weight>);
+
+impl Take<'_> {
+    fn get(&self, name: &str) -> Result<Weight> {
+        self.0.get(name).cloned().ok_or_else(|| EngineError::MissingTensor { tensor: name.into(), searched: "the compiled plan".into() })
+    }
+    fn mlp(&self, names: &[crate::graph::ir::WeightSpec]) -> Result<Mlp> {
+        Ok(Mlp { gate: self.get(&names[0].name)?, up: self.get(&names[1].name)?, down: self.get(&names[2].name)? })
+    }
+}
+
+/// Splits `kv_b_proj` (`[heads*(nope+v), kv_lora]`) into the absorbed form's per-head matrices.
+fn absorb(kv_b: &Weight, heads: usize, nope: usize, v: usize, kv_lora: usize) -> (Vec<Weight>, Vec<Weight>) {
+    let per = nope + v;
+    let mut uk_t = Vec::with_capacity(heads);
+    let mut uv = Vec::with_capacity(heads);
+    for h in 0..heads {
+        // W_uk[h] rows h*per .. h*per+nope, each of width kv_lora; transpose to [kv_lora, nope].
+        let mut t = vec![0.0f32; kv_lora * nope];
+        for n in 0..nope {
+            let row = kv_b.row_f32(h * per + n);
+            for (c, val) in row.iter().enumerate() {
+                t[c * nope + n] = *val;
+            }
+        }
+        let mut vv = Vec::with_capacity(v * kv_lora);
+        for r in 0..v {
+            vv.extend(kv_b.row_f32(h * per + nope + r));
+        }
+        // Upcasting bf16/f16 to f32 is exact, so the absorbed matrices hold the same values.
+        uk_t.push(Weight::from_f32(&format!("{}#uk_t{h}", kv_b.name()), vec![kv_lora, nope], &t));
+        uv.push(Weight::from_f32(&format!("{}#uv{h}", kv_b.name()), vec![v, kv_lora], &vv));
+    }
+    (uk_t, uv)
+}
+
+fn attention(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Result<Attention> {
+    let eps = spec.rms_norm_eps as f32;
+    let scale = spec.softmax_scale() as f32;
+    match &spec.attention {
+        AttentionSpec::Mla { q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim } => {
+            let (query, rest) = match q_lora_rank {
+                Some(_) => (MlaQuery::Lora { a: take.get(&ws[0].name)?, norm: take.get(&ws[1].name)?, b: take.get(&ws[2].name)? }, &ws[3..]),
+                None => (MlaQuery::Full(take.get(&ws[0].name)?), &ws[1..]),
+            };
+            let kv_b = take.get(&rest[2].name)?;
+            let (uk_t, uv) = absorb(&kv_b, spec.num_attention_heads, *qk_nope_head_dim, *v_head_dim, *kv_lora_rank);
+            Ok(Attention::Mla(MlaAttention {
+                heads: spec.num_attention_heads,
+                nope: *qk_nope_head_dim,
+                rope: *qk_rope_head_dim,
+                v_dim: *v_head_dim,
+                kv_lora: *kv_lora_rank,
+                eps,
+                scale,
+                query,
+                kv_a: take.get(&rest[0].name)?,
+                kv_norm: take.get(&rest[1].name)?,
+                kv_b,
+                o: take.get(&rest[3].name)?,
+                uk_t,
+                uv,
+            }))
+        }
+        AttentionSpec::Gqa { num_key_value_heads, head_dim, sliding_window } => Ok(Attention::Gqa(GqaAttention {
+            heads: spec.num_attention_heads,
+            kv_heads: *num_key_value_heads,
+            head_dim: *head_dim,
+            scale,
+            sliding_window: *sliding_window,
+            q: take.get(&ws[0].name)?,
+            k: take.get(&ws[1].name)?,
+            v: take.get(&ws[2].name)?,
+            o: take.get(&ws[3].name)?,
+        })),
+    }
+}
+
+fn moe(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Result<MoeBlock> {
+    let m = spec.moe.as_ref().ok_or_else(|| EngineError::spec("model.moe", "an MoE layer needs [model.moe]"))?;
+    let gate = take.get(&ws[0].name)?;
+    let (bias, mut i) = if ws.get(1).is_some_and(|w| w.role == WeightRole::Bias) {
+        (Some(take.get(&ws[1].name)?.to_f32_vec()), 2)
+    } else {
+        (None, 1)
+    };
+    let mut experts = Vec::with_capacity(m.n_routed_experts);
+    for _ in 0..m.n_routed_experts {
+        experts.push(take.mlp(&ws[i..i + 3])?);
+        i += 3;
+    }
+    let shared = if i < ws.len() { Some(take.mlp(&ws[i..i + 3])?) } else { None };
+    Ok(MoeBlock {
+        router: Router {
+            gate,
+            bias,
+            rule: RouterRule {
+                n_experts: m.n_routed_experts,
+                top_k: m.num_experts_per_tok,
+                n_group: m.n_group,
+                topk_group: m.topk_group,
+                scoring: m.scoring,
+                method: m.topk_method,
+                norm_topk_prob: m.norm_topk_prob,
+                routed_scaling_factor: m.routed_scaling_factor as f32,
+            },
+        },
+        experts,
+        shared,
+    })
+}
+
+impl Model {
+    /// Loads a model; `progress` is told how many tensors are ready.
+    pub fn load(graph: &LoadedGraph, progress: Progress) -> Result<Model> {
+        graph.spec.validate()?;
+        let plan = Plan::compile(&graph.spec);
+        let weights = collect_weights(graph, &plan, progress)?;
+        let take = Take(&weights);
+        let spec = &graph.spec;
+        let mut embed = None;
+        let mut norm = None;
+        let mut lm_head = None;
+        let mut layers: Vec<DecoderLayer> = Vec::with_capacity(spec.num_hidden_layers);
+        let mut pending: (Option<Weight>, Option<Attention>, Option<Weight>) = (None, None, None);
+        for node in &plan.nodes {
+            match (&node.kind, node.role) {
+                (NodeKind::Embedding, _) => embed = Some(take.get(&node.weights[0].name)?),
+                (NodeKind::RmsNorm, "input_norm") => pending.0 = Some(take.get(&node.weights[0].name)?),
+                (NodeKind::RmsNorm, "post_norm") => pending.2 = Some(take.get(&node.weights[0].name)?),
+                (NodeKind::RmsNorm, _) => norm = Some(take.get(&node.weights[0].name)?),
+                (NodeKind::MlaAttention | NodeKind::GqaAttention, _) => pending.1 = Some(attention(spec, &node.weights, &take)?),
+                (NodeKind::DenseMlp { .. } | NodeKind::Moe { .. }, _) => {
+                    let ffn = match node.kind {
+                        NodeKind::Moe { .. } => FeedForward::Moe(moe(spec, &node.weights, &take)?),
+                        _ => FeedForward::Dense(take.mlp(&node.weights)?),
+                    };
+                    let (Some(input_norm), Some(attention), Some(post_norm)) = (pending.0.take(), pending.1.take(), pending.2.take()) else {
+                        return Err(EngineError::Invalid("plan out of order".into()));
+                    };
+                    layers.push(DecoderLayer { index: layers.len(), input_norm, attention, post_norm, ffn });
+                }
+                (NodeKind::LmHead, _) => lm_head = Some(take.get(&node.weights[0].name)?),
+            }
+        }
+        let rope_dim = spec.attention_dims().rope_dim;
+        let (Some(embed), Some(norm), Some(lm_head)) = (embed, norm, lm_head) else {
+            return Err(EngineError::Invalid("plan lacks embedding, final norm or head".into()));
+        };
+        Ok(Model { spec: spec.clone(), plan, rope: RopeTable::new(&spec.rope, rope_dim), embed, layers, norm, lm_head })
+    }
+}

@@ -1,0 +1,73 @@
+//! Seeded random weights, so any graph runs without a checkpoint. Each tensor's values depend only
+//! on (seed, tensor name), never on load order or thread count.
+
+use crate::dtype::{f32_to_bf16, f32_to_f16, DType};
+use crate::weights::Weight;
+
+/// SplitMix64: small, fast, and good enough for initialisation.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box–Muller).
+    pub fn next_normal(&mut self) -> f64 {
+        let u1 = self.next_f64().max(1e-300);
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// FNV-1a of a tensor name, mixed into the seed.
+fn name_hash(name: &str) -> u64 {
+    name.bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// What a random tensor holds.
+#[derive(Clone, Copy, Debug)]
+pub enum RandomInit {
+    /// N(0, std²).
+    Normal(f32),
+    /// All ones (norm weights).
+    Ones,
+    /// All zeros (biases).
+    Zeros,
+}
+
+/// Generates one tensor.
+pub fn random_weight(name: &str, shape: Vec<usize>, dtype: DType, init: RandomInit, seed: u64) -> Weight {
+    let n: usize = shape.iter().product();
+    let mut rng = SplitMix64::new(seed ^ name_hash(name));
+    let values: Vec<f32> = (0..n)
+        .map(|_| match init {
+            RandomInit::Normal(std) => (rng.next_normal() * std as f64) as f32,
+            RandomInit::Ones => 1.0,
+            RandomInit::Zeros => 0.0,
+        })
+        .collect();
+    match dtype {
+        DType::F32 => Weight::from_f32(name, shape, &values),
+        DType::BF16 => {
+            let bits: Vec<u16> = values.iter().map(|&v| f32_to_bf16(v)).collect();
+            Weight::from_u16(name, dtype, shape, &bits)
+        }
+        DType::F16 => {
+            let bits: Vec<u16> = values.iter().map(|&v| f32_to_f16(v)).collect();
+            Weight::from_u16(name, dtype, shape, &bits)
+        }
+    }
+}

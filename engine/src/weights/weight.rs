@@ -1,0 +1,199 @@
+//! `Weight`: one named, immutable weight tensor, either borrowed from an mmap'd checkpoint or owned.
+//!
+//! Kernels read the raw elements through `as_f32`/`as_u16`; nothing is converted at load time, so a
+//! bf16 checkpoint stays bf16 in memory (half the bytes to stream per decoded token).
+
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::dtype::{bf16_to_f32, f16_to_f32, DType};
+use crate::error::{EngineError, Result};
+
+/// Where a weight's bytes live.
+#[derive(Clone, Debug)]
+enum Storage {
+    /// A byte range of a memory-mapped safetensors file (no copy).
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        end: usize,
+    },
+    /// Bytes owned by the process (generated weights, or realigned copies), held as u32 words
+    /// so the buffer is 4-byte aligned for f32 reads.
+    Owned { words: Arc<Vec<u32>>, len: usize },
+}
+
+/// A named weight tensor. Cheap to clone (shares the bytes).
+#[derive(Clone, Debug)]
+pub struct Weight {
+    name: Arc<str>,
+    dtype: DType,
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+impl Weight {
+    /// Wraps a byte range of an mmap. Falls back to an aligned copy if the range is not aligned
+    /// for the element type (safetensors does not promise alignment).
+    pub fn mapped(
+        name: &str,
+        dtype: DType,
+        shape: Vec<usize>,
+        map: Arc<Mmap>,
+        start: usize,
+        end: usize,
+    ) -> Self {
+        let aligned = (map.as_ptr() as usize + start) % dtype.size() == 0;
+        if aligned {
+            Weight {
+                name: name.into(),
+                dtype,
+                shape,
+                storage: Storage::Mapped { map, start, end },
+            }
+        } else {
+            Weight::from_bytes(name, dtype, shape, &map[start..end])
+        }
+    }
+
+    /// Copies raw little-endian bytes into an owned, aligned buffer.
+    pub fn from_bytes(name: &str, dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Self {
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        for (i, chunk) in bytes.chunks(4).enumerate() {
+            let mut w = [0u8; 4];
+            w[..chunk.len()].copy_from_slice(chunk);
+            words[i] = u32::from_le_bytes(w);
+        }
+        Weight {
+            name: name.into(),
+            dtype,
+            shape,
+            storage: Storage::Owned {
+                words: Arc::new(words),
+                len: bytes.len(),
+            },
+        }
+    }
+
+    /// An f32 weight from values.
+    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
+        let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        let len = words.len() * 4;
+        Weight {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+            storage: Storage::Owned {
+                words: Arc::new(words),
+                len,
+            },
+        }
+    }
+
+    /// A 16-bit weight (bf16 or f16) from raw bit patterns.
+    pub fn from_u16(name: &str, dtype: DType, shape: Vec<usize>, bits: &[u16]) -> Self {
+        let mut bytes = Vec::with_capacity(bits.len() * 2);
+        for b in bits {
+            bytes.extend_from_slice(&b.to_le_bytes());
+        }
+        Weight::from_bytes(name, dtype, shape, &bytes)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Rows when viewed as `[out, in]`.
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+    /// Columns when viewed as `[out, in]` (1 for a vector).
+    pub fn cols(&self) -> usize {
+        if self.shape.len() < 2 {
+            1
+        } else {
+            self.shape[1..].iter().product()
+        }
+    }
+    pub fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Mapped { map, start, end } => &map[*start..*end],
+            Storage::Owned { words, len } => {
+                // SAFETY: a Vec<u32> is valid to view as bytes; `len` <= 4 * words.len().
+                let all = unsafe {
+                    std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 4)
+                };
+                &all[..*len]
+            }
+        }
+    }
+    /// The elements of an f32 weight.
+    pub fn as_f32(&self) -> Result<&[f32]> {
+        if self.dtype != DType::F32 {
+            return Err(EngineError::kernel(
+                "as_f32",
+                format!("tensor `{}` is {}, not f32", self.name, self.dtype),
+            ));
+        }
+        let b = self.bytes();
+        // SAFETY: alignment was checked (or fixed by copying) at construction; f32 has no invalid bit patterns.
+        let (pre, mid, _) = unsafe { b.align_to::<f32>() };
+        debug_assert!(pre.is_empty());
+        Ok(mid)
+    }
+    /// The raw bit patterns of a bf16/f16 weight.
+    pub fn as_u16(&self) -> Result<&[u16]> {
+        if self.dtype == DType::F32 {
+            return Err(EngineError::kernel(
+                "as_u16",
+                format!("tensor `{}` is f32, not 16-bit", self.name),
+            ));
+        }
+        let b = self.bytes();
+        // SAFETY: as above; u16 has no invalid bit patterns.
+        let (pre, mid, _) = unsafe { b.align_to::<u16>() };
+        debug_assert!(pre.is_empty());
+        Ok(mid)
+    }
+    /// Element `i` upcast to f32.
+    #[inline]
+    pub fn get_f32(&self, i: usize) -> f32 {
+        match self.dtype {
+            DType::F32 => self.as_f32().map(|v| v[i]).unwrap_or(f32::NAN),
+            DType::BF16 => self.as_u16().map(|v| bf16_to_f32(v[i])).unwrap_or(f32::NAN),
+            DType::F16 => self.as_u16().map(|v| f16_to_f32(v[i])).unwrap_or(f32::NAN),
+        }
+    }
+    /// The whole weight upcast to f32 (a copy; used for small vectors such as norm weights).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self.dtype {
+            DType::F32 => self.as_f32().map(|v| v.to_vec()).unwrap_or_default(),
+            DType::BF16 => self
+                .as_u16()
+                .map(|v| v.iter().map(|&b| bf16_to_f32(b)).collect())
+                .unwrap_or_default(),
+            DType::F16 => self
+                .as_u16()
+                .map(|v| v.iter().map(|&b| f16_to_f32(b)).collect())
+                .unwrap_or_default(),
+        }
+    }
+    /// Row `r` of an `[out, in]` weight, upcast to f32.
+    pub fn row_f32(&self, r: usize) -> Vec<f32> {
+        let c = self.cols();
+        (r * c..(r + 1) * c).map(|i| self.get_f32(i)).collect()
+    }
+    /// Bytes this weight occupies.
+    pub fn nbytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+}

@@ -1,0 +1,12 @@
+//! troupe: an actor-based compute-graph engine for DeepSeek-V3-family Mixture-of-Experts
+//! transformers. This facade re-exports the three crates:
+//! - [`engine`] (`troupe-engine`): tensors, graph files and IR, CPU kernels, checkpoint loading,
+//!   the reference executor;
+//! - [`actors`] (`troupe-actors`): the supervised actor runtime, schedules, transport;
+//! - [`ptx`] (`troupe-ptx`): PTX kernels, the CUDA backend, the PTX interpreter.
+//!
+//! See ARCHITECTURE.md for the map.
+
+pub use troupe_actors as actors;
+pub use troupe_engine as engine;
+pub use troupe_ptx as ptx;
