@@ -1,0 +1,131 @@
+//! `troupe bench`: what llama.cpp's `llama-bench` measures, so the two compare directly.
+//! - `pp{P}`: one forward pass over a P-token prompt from an empty cache;
+//! - `tg{N}`: N single-token decode steps from position 0;
+//! tokens/s as the median of `--reps` repetitions (≥ 5) with min–max, plus the weight bytes a
+//! decoded token streams and the GB/s that achieves against a measured read bandwidth.
+
+use std::time::Instant;
+
+use clap::Args;
+use rayon::prelude::*;
+use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
+use troupe_engine::graph::ir::NodeKind;
+use troupe_engine::model::Model;
+
+use super::common::{mla_form, prepare, CliError};
+use super::RunArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Prompt tokens for the pp test (0 to skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    pub n_prompt: usize,
+    /// Decode steps for the tg test (0 to skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+    pub n_gen: usize,
+    /// Repetitions (median reported; at least 5).
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub reps: usize,
+}
+
+/// Median, min, max.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Bytes of weights one decoded token reads: everything a token touches once (routed experts:
+/// top-k of them), one embedding row.
+pub fn weight_bytes_per_token(model: &Model) -> u64 {
+    let size = model.spec.dtype.size() as u64;
+    let mut total = 0u64;
+    for node in &model.plan.nodes {
+        let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
+        total += match &node.kind {
+            NodeKind::Embedding => model.spec.hidden_size as u64 * size,
+            NodeKind::Moe { experts, top_k, .. } => {
+                let (routed, other) = node.weights.iter().fold((0, 0), |(r, o), w| {
+                    if w.name.contains(".experts.") { (r + numel(&w.shape), o) } else { (r, o + numel(&w.shape)) }
+                });
+                (other + routed / *experts as u64 * *top_k as u64) * size
+            }
+            _ => node.weights.iter().map(|w| numel(&w.shape)).sum::<u64>() * size,
+        };
+    }
+    total
+}
+
+/// Read bandwidth of this machine with the pool's threads (GB/s), over a buffer far larger than
+/// the caches.
+pub fn measure_read_bandwidth() -> f64 {
+    let n = 256 << 20; // 1 GiB of f32
+    let buf: Vec<f32> = (0..n).map(|i| (i & 1023) as f32).collect();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| {
+            let mut lanes = [0.0f32; 16];
+            for ch in c.chunks_exact(16) {
+                for (l, v) in lanes.iter_mut().zip(ch) {
+                    *l += v;
+                }
+            }
+            lanes.iter().sum::<f32>()
+        }).sum();
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / dt / 1e9);
+    }
+    best
+}
+
+pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    if a.reps < 5 {
+        return Err(CliError::Usage(format!("--reps {}: at least 5 repetitions are needed for a median", a.reps)));
+    }
+    let (_graph, model, be) = prepare(&a.run)?;
+    let mut exec = ReferenceExecutor::new(&model, be.as_ref());
+    exec.options.mla_form = mla_form(&a.run.mla)?;
+    let vocab = model.spec.vocab_size as u32;
+    let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| (i as u32 * 7919 + 13) % vocab).collect();
+    println!("model: {}  threads: {}  device: {}  runtime: reference", a.run.model.display(), rayon::current_num_threads(), be.name());
+    println!("{:<8} {:>12} {:>22}", "test", "tok/s", "min - max");
+    if a.n_prompt > 0 {
+        let mut rates = Vec::new();
+        for _ in 0..a.reps + 1 {
+            let mut cache = model.new_cache();
+            let t = Instant::now();
+            exec.forward(&mut [SeqChunk { tokens: tokens.clone(), cache: &mut cache }], None)?;
+            rates.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
+        }
+        rates.remove(0); // warm-up
+        let (med, lo, hi) = stats(rates);
+        println!("{:<8} {:>12.2} {:>10.2} - {:<10.2}", format!("pp{}", a.n_prompt), med, lo, hi);
+    }
+    if a.n_gen > 0 {
+        let mut rates = Vec::new();
+        for _ in 0..a.reps + 1 {
+            let mut cache = model.new_cache();
+            let t = Instant::now();
+            let mut tok = tokens[0];
+            for _ in 0..a.n_gen {
+                let l = exec.forward(&mut [SeqChunk { tokens: vec![tok], cache: &mut cache }], None)?;
+                tok = troupe_engine::sampling::argmax(l.row(0));
+            }
+            rates.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
+        }
+        rates.remove(0);
+        let (med, lo, hi) = stats(rates);
+        println!("{:<8} {:>12.2} {:>10.2} - {:<10.2}", format!("tg{}", a.n_gen), med, lo, hi);
+        let bytes = weight_bytes_per_token(&model) as f64;
+        let bw = measure_read_bandwidth();
+        let achieved = bytes * med / 1e9;
+        println!(
+            "decode weight traffic: {:.1} MB/token -> {:.2} GB/s achieved vs {:.2} GB/s measured read bandwidth ({:.0}%)",
+            bytes / 1e6, achieved, bw, 100.0 * achieved / bw
+        );
+    }
+    Ok(())
+}

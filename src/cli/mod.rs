@@ -1,0 +1,67 @@
+//! Command-line definitions (clap) and dispatch to one file per subcommand.
+
+mod bench;
+mod common;
+mod generate;
+mod inspect;
+mod logits;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use common::CliError;
+
+#[derive(Parser, Debug)]
+#[command(name = "troupe", version, about = "Actor-based engine for DeepSeek-V3-family MoE transformers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate tokens from a prompt (greedy unless --temperature is given).
+    Generate(generate::GenerateArgs),
+    /// One cache-free forward pass; writes the logits [T, V] as F32 tensor `logits`.
+    Logits(logits::LogitsArgs),
+    /// Per layer and total: parameters, active parameters, KV bytes and FLOPs per token.
+    Inspect {
+        /// A graph file (.toml) or an HF model folder.
+        model: PathBuf,
+    },
+    /// Print the graph file describing an HF model folder.
+    ImportHf {
+        /// HF folder with config.json.
+        dir: PathBuf,
+    },
+    /// Prompt-processing and decode throughput (llama-bench's pp/tg).
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by the commands that run a model.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// A graph file (.toml) or an HF model folder.
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Compute threads (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Device for the kernels: cpu, cuda[:N], ptx-interp.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// MLA computation: auto (naive prefill, absorbed decode), naive, absorbed.
+    #[arg(long, default_value = "auto")]
+    pub mla: String,
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Logits(a) => logits::run(a),
+        Command::Inspect { model } => inspect::run_inspect(&model),
+        Command::ImportHf { dir } => inspect::run_import(&dir),
+        Command::Bench(a) => bench::run(a),
+    }
+}
