@@ -48,13 +48,13 @@ fn block(x: &Tensor, w: &Weight, wf: &WFlat<'_>, c0: usize, c1: usize, simd: boo
     let mut r = 0;
     while r < n {
         let rn = (n - r).min(4);
-        let xs: Vec<&[f32]> = (r..r + rn).map(|i| x.row(i)).collect();
+        let xs: [&[f32]; 4] = std::array::from_fn(|i| x.row(r + i.min(rn - 1)));
         let mut c = c0;
         while c < c1 {
             let cn = (c1 - c).min(4);
-            let ws: Vec<WRow<'_>> = (c..c + cn).map(|j| weight_row(w, wf, j)).collect();
+            let ws: [WRow<'_>; 4] = std::array::from_fn(|j| weight_row(w, wf, c + j.min(cn - 1)));
             let mut tile = [[0.0f32; 4]; 4];
-            dot_block(&xs, &ws, simd, &mut tile);
+            dot_block(&xs[..rn], &ws[..cn], simd, &mut tile);
             for (dr, trow) in tile.iter().enumerate().take(rn) {
                 for (dc, v) in trow.iter().enumerate().take(cn) {
                     out[(r + dr) * width + (c - c0 + dc)] = *v;
