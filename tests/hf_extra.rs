@@ -15,7 +15,9 @@ use troupe::engine::model::Model;
 use troupe::engine::sampling::SamplingParams;
 
 fn check(case: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/extra").join(case);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/extra")
+        .join(case);
     let model = Model::load(&LoadedGraph::open(&dir).unwrap(), &mut |_, _| {}).unwrap();
     let be = CpuBackend::new();
     let exec = ReferenceExecutor::new(&model, &be);
@@ -26,11 +28,24 @@ fn check(case: &str) {
     let got = exec.logits(&ids).unwrap();
     let d = max_abs_diff(got.data(), &want);
     let tol = 2e-4 * max_abs(&want);
-    eprintln!("{case}: {} tokens, logits max|Δ| = {d:.3e} (tol {tol:.3e})", ids.len());
+    eprintln!(
+        "{case}: {} tokens, logits max|Δ| = {d:.3e} (tol {tol:.3e})",
+        ids.len()
+    );
     assert!(d <= tol, "{case}: logits {d} > {tol}");
-    let req = GenerateRequest { prompt: ids, max_new_tokens: 32, sampling: SamplingParams::default(), stop_token: None, keep_logits: true };
+    let req = GenerateRequest {
+        prompt: ids,
+        max_new_tokens: 32,
+        sampling: SamplingParams::default(),
+        stop_token: None,
+        keep_logits: true,
+    };
     let out = generate(&exec, &[req]).unwrap().remove(0);
-    assert_eq!(out.generated, r.ids("prompt.0.generated_ids"), "{case}: greedy tokens");
+    assert_eq!(
+        out.generated,
+        r.ids("prompt.0.generated_ids"),
+        "{case}: greedy tokens"
+    );
     let (_, sl) = r.f32("prompt.0.step_logits");
     let d = max_abs_diff(&out.step_logits.concat(), &sl);
     eprintln!("{case}: step logits max|Δ| = {d:.3e}");

@@ -19,7 +19,11 @@ fn load(case: &str) -> Model {
 
 /// For the bf16 case the engine computes in f32, so it is compared with the `_f32compute` arrays.
 fn suffix(case: &str) -> &'static str {
-    if case.ends_with("bf16") { "_f32compute" } else { "" }
+    if case.ends_with("bf16") {
+        "_f32compute"
+    } else {
+        ""
+    }
 }
 
 fn check_logits(case: &str) {
@@ -74,7 +78,14 @@ fn check_hidden_and_routing(case: &str) {
     let ids = r.ids(&format!("prompt.{h}.input_ids"));
     let mut cache = model.new_cache();
     let mut rec = ForwardRecord::default();
-    exec.forward(&mut [SeqChunk { tokens: ids.clone(), cache: &mut cache }], Some(&mut rec)).unwrap();
+    exec.forward(
+        &mut [SeqChunk {
+            tokens: ids.clone(),
+            cache: &mut cache,
+        }],
+        Some(&mut rec),
+    )
+    .unwrap();
     let bf16 = case.ends_with("bf16");
     if !bf16 {
         // HF's bf16 hidden states are bf16 computations; the engine computes in f32, so only the
@@ -85,7 +96,10 @@ fn check_hidden_and_routing(case: &str) {
             for row in 0..t {
                 let want = &rs[(l * t + row) * hd..(l * t + row + 1) * hd];
                 let d = max_abs_diff(got.row(row), want);
-                assert!(d <= 1e-4 * max_abs(want), "{case} residual row {l}/{row}: {d}");
+                assert!(
+                    d <= 1e-4 * max_abs(want),
+                    "{case} residual row {l}/{row}: {d}"
+                );
             }
         }
     }
@@ -102,12 +116,22 @@ fn check_hidden_and_routing(case: &str) {
         let (_, want_w) = r.f32(&format!("router.layer{layer}.topk_weights"));
         let k = routing.ids[0].len();
         for t in 0..routing.ids.len() {
-            let mut want: Vec<(i64, f32)> = (0..k).map(|j| (want_ids[t * k + j], want_w[t * k + j])).collect();
+            let mut want: Vec<(i64, f32)> = (0..k)
+                .map(|j| (want_ids[t * k + j], want_w[t * k + j]))
+                .collect();
             want.sort_by_key(|x| x.0);
             let got: Vec<i64> = routing.ids[t].iter().map(|&e| e as i64).collect();
-            assert_eq!(got, want.iter().map(|x| x.0).collect::<Vec<_>>(), "{case} layer {layer} token {t}: expert ids");
+            assert_eq!(
+                got,
+                want.iter().map(|x| x.0).collect::<Vec<_>>(),
+                "{case} layer {layer} token {t}: expert ids"
+            );
             for (g, w) in routing.weights[t].iter().zip(&want) {
-                assert!((g - w.1).abs() <= 1e-4, "{case} layer {layer} token {t}: weight {g} vs {}", w.1);
+                assert!(
+                    (g - w.1).abs() <= 1e-4,
+                    "{case} layer {layer} token {t}: weight {g} vs {}",
+                    w.1
+                );
             }
         }
     }
@@ -158,19 +182,37 @@ fn batch_invariance_bit_exact() {
         let be = CpuBackend::new();
         let exec = ReferenceExecutor::new(&model, &be);
         let r = Reference::open(case);
-        let prompts: Vec<Vec<u32>> = (0..3).map(|p| r.ids(&format!("prompt.{p}.input_ids"))).collect();
+        let prompts: Vec<Vec<u32>> = (0..3)
+            .map(|p| r.ids(&format!("prompt.{p}.input_ids")))
+            .collect();
         let alone = exec.logits(&prompts[1]).unwrap();
         let mut caches: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
         let mut it = caches.iter_mut();
         let (c0, c1, c2) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
         let mut chunks = [
-            SeqChunk { tokens: prompts[2].clone(), cache: c0 },
-            SeqChunk { tokens: prompts[1].clone(), cache: c1 },
-            SeqChunk { tokens: prompts[0].clone(), cache: c2 },
+            SeqChunk {
+                tokens: prompts[2].clone(),
+                cache: c0,
+            },
+            SeqChunk {
+                tokens: prompts[1].clone(),
+                cache: c1,
+            },
+            SeqChunk {
+                tokens: prompts[0].clone(),
+                cache: c2,
+            },
         ];
         let batched = exec.forward(&mut chunks, None).unwrap();
         let start = prompts[2].len();
         let mine = batched.slice_rows(start, start + prompts[1].len());
-        assert!(alone.data().iter().zip(mine.data()).all(|(a, b)| a.to_bits() == b.to_bits()), "{case}: batched logits differ from alone");
+        assert!(
+            alone
+                .data()
+                .iter()
+                .zip(mine.data())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{case}: batched logits differ from alone"
+        );
     }
 }

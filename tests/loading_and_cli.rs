@@ -15,12 +15,22 @@ use troupe::engine::model::Model;
 
 fn logits_of(path: &std::path::Path, ids: &[u32]) -> Vec<f32> {
     let model = Model::load(&LoadedGraph::open(path).unwrap(), &mut |_, _| {}).unwrap();
-    ReferenceExecutor::new(&model, &CpuBackend::new()).logits(ids).unwrap().into_vec()
+    ReferenceExecutor::new(&model, &CpuBackend::new())
+        .logits(ids)
+        .unwrap()
+        .into_vec()
 }
 
 fn troupe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_troupe")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Splits the mixtral fixture into two shards + index: bit-identical logits.
@@ -36,13 +46,20 @@ fn sharded_checkpoint_via_index() {
     let mut map = serde_json::Map::new();
     for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, TensorView)> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        let views: Vec<(String, TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
         safetensors::serialize_to_file(views, None, &dir.path().join(&file)).unwrap();
         for n in part {
             map.insert(n.clone(), serde_json::Value::String(file.clone()));
         }
     }
-    std::fs::write(dir.path().join("model.safetensors.index.json"), serde_json::json!({ "metadata": {}, "weight_map": map }).to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "metadata": {}, "weight_map": map }).to_string(),
+    )
+    .unwrap();
     let ids = [0u32, 5, 9, 100];
     let a = logits_of(&src, &ids);
     let b = logits_of(dir.path(), &ids);
@@ -58,15 +75,32 @@ fn f16_weights_match_their_f32_upcast() {
     let mut f16 = Vec::new();
     let mut f32 = Vec::new();
     for (n, v) in st.tensors() {
-        let vals: Vec<f32> = v.data().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let vals: Vec<f32> = v
+            .data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let h: Vec<half::f16> = vals.iter().map(|&x| half::f16::from_f32(x)).collect();
-        f16.push((n.clone(), v.shape().to_vec(), h.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
-        f32.push((n, v.shape().to_vec(), h.iter().flat_map(|x| x.to_f32().to_le_bytes()).collect::<Vec<u8>>()));
+        f16.push((
+            n.clone(),
+            v.shape().to_vec(),
+            h.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        ));
+        f32.push((
+            n,
+            v.shape().to_vec(),
+            h.iter()
+                .flat_map(|x| x.to_f32().to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ));
     }
     let mk = |set: &Vec<(String, Vec<usize>, Vec<u8>)>, dt: Dtype| {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-        let views: Vec<(String, TensorView)> = set.iter().map(|(n, s, b)| (n.clone(), TensorView::new(dt, s.clone(), b).unwrap())).collect();
+        let views: Vec<(String, TensorView)> = set
+            .iter()
+            .map(|(n, s, b)| (n.clone(), TensorView::new(dt, s.clone(), b).unwrap()))
+            .collect();
         safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
         dir
     };
@@ -100,14 +134,26 @@ fn logits_command_writes_safetensors() {
     let s: Vec<String> = ids.iter().map(|x| x.to_string()).collect();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("l.safetensors");
-    let (code, _, err) = troupe(&["logits", "--model", &case_dir("deepseek-v3-tiny").display().to_string(), "--prompt-ids", &s.join(","), "--out", &out.display().to_string()]);
+    let (code, _, err) = troupe(&[
+        "logits",
+        "--model",
+        &case_dir("deepseek-v3-tiny").display().to_string(),
+        "--prompt-ids",
+        &s.join(","),
+        "--out",
+        &out.display().to_string(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let bytes = std::fs::read(&out).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("logits").unwrap();
     assert_eq!(t.dtype(), Dtype::F32);
     assert_eq!(t.shape(), &[ids.len(), 1024]);
-    let got: Vec<f32> = t.data().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let got: Vec<f32> = t
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let (_, want) = r.f32("prompt.0.logits");
     assert!(max_abs_diff(&got, &want) <= 2e-4 * max_abs(&want));
 }
@@ -116,19 +162,56 @@ fn logits_command_writes_safetensors() {
 #[test]
 fn generate_json_contract_and_sampling() {
     let m = case_dir("deepseek-v3-tiny").display().to_string();
-    let (code, out, err) = troupe(&["generate", "--model", &m, "--prompt", "The qui", "--max-new-tokens", "16", "--json"]);
+    let (code, out, err) = troupe(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "The qui",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let r = Reference::open("deepseek-v3-tiny");
-    let want_prompt: Vec<u64> = r.ids("prompt.0.input_ids").iter().map(|&x| x as u64).collect();
-    let want_gen: Vec<u64> = r.ids("prompt.0.generated_ids").iter().map(|&x| x as u64).collect();
-    let ids = |k: &str| last[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>();
+    let want_prompt: Vec<u64> = r
+        .ids("prompt.0.input_ids")
+        .iter()
+        .map(|&x| x as u64)
+        .collect();
+    let want_gen: Vec<u64> = r
+        .ids("prompt.0.generated_ids")
+        .iter()
+        .map(|&x| x as u64)
+        .collect();
+    let ids = |k: &str| {
+        last[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids("prompt_ids"), want_prompt, "BOS + tokenizer ids");
     assert_eq!(ids("generated_ids"), want_gen);
     assert!(last["text"].is_string());
     // Seeded sampling is reproducible; different seeds (almost surely) differ; top-k 1 is greedy.
     let sample = |seed: &str, extra: &[&str]| {
-        let mut a = vec!["generate", "--model", m.as_str(), "--prompt-ids", "0,54,283", "-n", "12", "--temperature", "1.5", "--seed", seed, "--json"];
+        let mut a = vec![
+            "generate",
+            "--model",
+            m.as_str(),
+            "--prompt-ids",
+            "0,54,283",
+            "-n",
+            "12",
+            "--temperature",
+            "1.5",
+            "--seed",
+            seed,
+            "--json",
+        ];
         a.extend_from_slice(extra);
         let (c, o, e) = troupe(&a);
         assert_eq!(c, 0, "{e}");
@@ -136,8 +219,21 @@ fn generate_json_contract_and_sampling() {
     };
     assert_eq!(sample("1", &[]), sample("1", &[]));
     assert_ne!(sample("1", &[]), sample("2", &[]));
-    let greedy = troupe(&["generate", "--model", &m, "--prompt-ids", "0,54,283", "-n", "12", "--json"]).1;
-    assert_eq!(sample("3", &["--top-k", "1"]), greedy.lines().last().unwrap());
+    let greedy = troupe(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt-ids",
+        "0,54,283",
+        "-n",
+        "12",
+        "--json",
+    ])
+    .1;
+    assert_eq!(
+        sample("3", &["--top-k", "1"]),
+        greedy.lines().last().unwrap()
+    );
 }
 
 /// Graph files with random weights run; the same seed gives the same logits.

@@ -72,8 +72,13 @@ pub trait Backend: Send + Sync {
     /// `silu(gate) * up`, element-wise.
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
     /// Rotates the rope part of every head of every row in place; row `i` sits at `positions[i]`.
-    fn rope(&self, x: &mut Tensor, slot: RopeSlot, positions: &[usize], table: &RopeTable)
-        -> Result<()>;
+    fn rope(
+        &self,
+        x: &mut Tensor,
+        slot: RopeSlot,
+        positions: &[usize],
+        table: &RopeTable,
+    ) -> Result<()>;
     /// Causal attention of one sequence: `q` `[tq, heads*qk]`, `k` `[tk, kv_heads*qk]`,
     /// `v` `[tk, kv_heads*v_dim]` → `[tq, heads*v_dim]`. Softmax in f32.
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor>;

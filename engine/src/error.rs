@@ -47,7 +47,9 @@ pub enum EngineError {
         position: usize,
         vocab: usize,
     },
-    #[error("sequence of {len} tokens exceeds the position limit of {limit} (max_position_embeddings)")]
+    #[error(
+        "sequence of {len} tokens exceeds the position limit of {limit} (max_position_embeddings)"
+    )]
     TooLong { len: usize, limit: usize },
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,

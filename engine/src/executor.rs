@@ -42,24 +42,43 @@ pub fn check_chunk(model: &Model, tokens: &[u32], cached: usize) -> Result<()> {
         return Err(EngineError::EmptyPrompt);
     }
     let vocab = model.spec.vocab_size;
-    if let Some((pos, &id)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
-        return Err(EngineError::TokenOutOfRange { id: id as i64, position: cached + pos, vocab });
+    if let Some((pos, &id)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vocab)
+    {
+        return Err(EngineError::TokenOutOfRange {
+            id: id as i64,
+            position: cached + pos,
+            vocab,
+        });
     }
     let limit = model.spec.max_position_embeddings;
     if cached + tokens.len() > limit {
-        return Err(EngineError::TooLong { len: cached + tokens.len(), limit });
+        return Err(EngineError::TooLong {
+            len: cached + tokens.len(),
+            limit,
+        });
     }
     Ok(())
 }
 
 impl<'m> ReferenceExecutor<'m> {
     pub fn new(model: &'m Model, backend: &'m dyn Backend) -> Self {
-        ReferenceExecutor { model, backend, options: ExecOptions::default() }
+        ReferenceExecutor {
+            model,
+            backend,
+            options: ExecOptions::default(),
+        }
     }
 
     /// One forward pass; returns the logits of every new row of every chunk, in batch order
     /// (`[Σ tokens, vocab]`).
-    pub fn forward(&self, chunks: &mut [SeqChunk<'_>], mut record: Option<&mut ForwardRecord>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        chunks: &mut [SeqChunk<'_>],
+        mut record: Option<&mut ForwardRecord>,
+    ) -> Result<Tensor> {
         let m = self.model;
         let be = self.backend;
         for c in chunks.iter() {
@@ -67,9 +86,19 @@ impl<'m> ReferenceExecutor<'m> {
         }
         let spans: Vec<(usize, usize)> = {
             let mut s = 0;
-            chunks.iter().map(|c| { let r = (s, s + c.tokens.len()); s += c.tokens.len(); r }).collect()
+            chunks
+                .iter()
+                .map(|c| {
+                    let r = (s, s + c.tokens.len());
+                    s += c.tokens.len();
+                    r
+                })
+                .collect()
         };
-        let ids: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
+        let ids: Vec<u32> = chunks
+            .iter()
+            .flat_map(|c| c.tokens.iter().copied())
+            .collect();
         let mut x = m.embed(be, &ids)?;
         if let Some(r) = record.as_deref_mut() {
             r.residual_stream.push(x.clone());
@@ -78,7 +107,14 @@ impl<'m> ReferenceExecutor<'m> {
             let mut parts = Vec::with_capacity(chunks.len());
             for (c, &(a, b)) in chunks.iter_mut().zip(&spans) {
                 let cache = &mut c.cache.layers[layer.index];
-                parts.push(layer.attention_block(be, &x.slice_rows(a, b), cache, &m.rope, m.eps(), self.options.mla_form)?);
+                parts.push(layer.attention_block(
+                    be,
+                    &x.slice_rows(a, b),
+                    cache,
+                    &m.rope,
+                    m.eps(),
+                    self.options.mla_form,
+                )?);
             }
             let h = Tensor::concat_rows(&parts)?;
             let hn = be.rms_norm(&h, &layer.post_norm, m.eps())?;
@@ -106,6 +142,12 @@ impl<'m> ReferenceExecutor<'m> {
     /// Convenience: a cache-free forward pass over one prompt → logits `[t, vocab]`.
     pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
         let mut cache = self.model.new_cache();
-        self.forward(&mut [SeqChunk { tokens: tokens.to_vec(), cache: &mut cache }], None)
+        self.forward(
+            &mut [SeqChunk {
+                tokens: tokens.to_vec(),
+                cache: &mut cache,
+            }],
+            None,
+        )
     }
 }

@@ -37,7 +37,10 @@ pub fn check_request(exec: &ReferenceExecutor<'_>, r: &GenerateRequest) -> Resul
 }
 
 /// Runs every request to completion, batched.
-pub fn generate(exec: &ReferenceExecutor<'_>, requests: &[GenerateRequest]) -> Result<Vec<GenerateOutput>> {
+pub fn generate(
+    exec: &ReferenceExecutor<'_>,
+    requests: &[GenerateRequest],
+) -> Result<Vec<GenerateOutput>> {
     for r in requests {
         check_request(exec, r)?;
     }
@@ -50,7 +53,8 @@ pub fn generate(exec: &ReferenceExecutor<'_>, requests: &[GenerateRequest]) -> R
             .filter(|&i| {
                 let o = &outs[i];
                 let r = &requests[i];
-                o.generated.len() < r.max_new_tokens && !(r.stop_token.is_some() && o.generated.last() == r.stop_token.as_ref())
+                o.generated.len() < r.max_new_tokens
+                    && !(r.stop_token.is_some() && o.generated.last() == r.stop_token.as_ref())
             })
             .collect();
         if active.is_empty() {
@@ -58,10 +62,16 @@ pub fn generate(exec: &ReferenceExecutor<'_>, requests: &[GenerateRequest]) -> R
         }
         let mut chunks = Vec::with_capacity(active.len());
         // Split borrows of caches across the active requests.
-        let mut cache_refs: Vec<Option<&mut crate::model::SequenceCache>> = caches.iter_mut().map(Some).collect();
+        let mut cache_refs: Vec<Option<&mut crate::model::SequenceCache>> =
+            caches.iter_mut().map(Some).collect();
         for &i in &active {
-            let cache = cache_refs[i].take().ok_or_else(|| EngineError::Invalid("cache borrowed twice".into()))?;
-            chunks.push(SeqChunk { tokens: std::mem::take(&mut next[i]), cache });
+            let cache = cache_refs[i]
+                .take()
+                .ok_or_else(|| EngineError::Invalid("cache borrowed twice".into()))?;
+            chunks.push(SeqChunk {
+                tokens: std::mem::take(&mut next[i]),
+                cache,
+            });
         }
         let lens: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
         let logits = exec.forward(&mut chunks, None)?;

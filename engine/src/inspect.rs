@@ -57,16 +57,30 @@ pub fn inspect(plan: &Plan) -> (Vec<Row>, Counts) {
             NodeKind::Moe { experts, top_k, .. } => {
                 // Router and shared experts run for every token; routed experts for top_k of them.
                 let (routed, other) = node.weights.iter().fold((0u64, 0u64), |(r, o), w| {
-                    if w.name.contains(".experts.") { (r + numel(&w.shape), o) } else { (r, o + numel(&w.shape)) }
+                    if w.name.contains(".experts.") {
+                        (r + numel(&w.shape), o)
+                    } else {
+                        (r, o + numel(&w.shape))
+                    }
                 });
                 let routed_active = routed / *experts as u64 * *top_k as u64;
-                let bias: u64 = node.weights.iter().filter(|w| w.shape.len() == 1).map(|w| numel(&w.shape)).sum();
+                let bias: u64 = node
+                    .weights
+                    .iter()
+                    .filter(|w| w.shape.len() == 1)
+                    .map(|w| numel(&w.shape))
+                    .sum();
                 c.active_params = other + routed_active;
                 c.flops = 2 * (other - bias + routed_active);
             }
             _ => {
                 c.active_params = p;
-                c.flops = 2 * node.weights.iter().filter(|w| w.shape.len() == 2).map(|w| numel(&w.shape)).sum::<u64>();
+                c.flops = 2 * node
+                    .weights
+                    .iter()
+                    .filter(|w| w.shape.len() == 2)
+                    .map(|w| numel(&w.shape))
+                    .sum::<u64>();
             }
         }
         if matches!(node.kind, NodeKind::Embedding) {
@@ -75,7 +89,11 @@ pub fn inspect(plan: &Plan) -> (Vec<Row>, Counts) {
         if matches!(node.kind, NodeKind::MlaAttention | NodeKind::GqaAttention) {
             let d = spec.attention_dims();
             match &spec.attention {
-                AttentionSpec::Mla { kv_lora_rank, qk_rope_head_dim, .. } => {
+                AttentionSpec::Mla {
+                    kv_lora_rank,
+                    qk_rope_head_dim,
+                    ..
+                } => {
                     c.kv_bytes_latent = bytes * (kv_lora_rank + qk_rope_head_dim) as u64;
                     c.kv_bytes_expanded = bytes * (d.heads * (d.qk_dim + d.v_dim)) as u64;
                 }
@@ -97,8 +115,15 @@ pub fn inspect(plan: &Plan) -> (Vec<Row>, Counts) {
         }
     }
     for r in &mut rows {
-        if let Some(l) = r.label.strip_prefix("layer ").and_then(|s| s.parse::<usize>().ok()) {
-            r.label = format!("layer {l} ({})", if spec.is_moe_layer(l) { "moe" } else { "dense" });
+        if let Some(l) = r
+            .label
+            .strip_prefix("layer ")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            r.label = format!(
+                "layer {l} ({})",
+                if spec.is_moe_layer(l) { "moe" } else { "dense" }
+            );
         }
     }
     (rows, total)

@@ -32,7 +32,10 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
-        Sampler { params, rng: SplitMix64::new(params.seed) }
+        Sampler {
+            params,
+            rng: SplitMix64::new(params.seed),
+        }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -49,12 +52,20 @@ impl Sampler {
         if idx.is_empty() {
             return argmax(row);
         }
-        idx.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        idx.sort_by(|&a, &b| {
+            row[b]
+                .partial_cmp(&row[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        });
         if let Some(k) = self.params.top_k {
             idx.truncate(k.max(1));
         }
         let max = row[idx[0]] as f64;
-        let mut probs: Vec<f64> = idx.iter().map(|&i| ((row[i] as f64 - max) / t as f64).exp()).collect();
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| ((row[i] as f64 - max) / t as f64).exp())
+            .collect();
         let sum: f64 = probs.iter().sum();
         for p in &mut probs {
             *p /= sum;

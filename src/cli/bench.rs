@@ -47,7 +47,11 @@ pub fn weight_bytes_per_token(model: &Model) -> u64 {
             NodeKind::Embedding => model.spec.hidden_size as u64 * size,
             NodeKind::Moe { experts, top_k, .. } => {
                 let (routed, other) = node.weights.iter().fold((0, 0), |(r, o), w| {
-                    if w.name.contains(".experts.") { (r + numel(&w.shape), o) } else { (r, o + numel(&w.shape)) }
+                    if w.name.contains(".experts.") {
+                        (r + numel(&w.shape), o)
+                    } else {
+                        (r, o + numel(&w.shape))
+                    }
                 });
                 (other + routed / *experts as u64 * *top_k as u64) * size
             }
@@ -65,15 +69,18 @@ pub fn measure_read_bandwidth() -> f64 {
     let mut best = 0.0f64;
     for _ in 0..3 {
         let t = Instant::now();
-        let s: f32 = buf.par_chunks(1 << 16).map(|c| {
-            let mut lanes = [0.0f32; 16];
-            for ch in c.chunks_exact(16) {
-                for (l, v) in lanes.iter_mut().zip(ch) {
-                    *l += v;
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut lanes = [0.0f32; 16];
+                for ch in c.chunks_exact(16) {
+                    for (l, v) in lanes.iter_mut().zip(ch) {
+                        *l += v;
+                    }
                 }
-            }
-            lanes.iter().sum::<f32>()
-        }).sum();
+                lanes.iter().sum::<f32>()
+            })
+            .sum();
         let dt = t.elapsed().as_secs_f64();
         std::hint::black_box(s);
         best = best.max((n * 4) as f64 / dt / 1e9);
@@ -83,26 +90,48 @@ pub fn measure_read_bandwidth() -> f64 {
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     if a.reps < 5 {
-        return Err(CliError::Usage(format!("--reps {}: at least 5 repetitions are needed for a median", a.reps)));
+        return Err(CliError::Usage(format!(
+            "--reps {}: at least 5 repetitions are needed for a median",
+            a.reps
+        )));
     }
     let (_graph, model, be) = prepare(&a.run)?;
     let mut exec = ReferenceExecutor::new(&model, be.as_ref());
     exec.options.mla_form = mla_form(&a.run.mla)?;
     let vocab = model.spec.vocab_size as u32;
-    let tokens: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| (i as u32 * 7919 + 13) % vocab).collect();
-    println!("model: {}  threads: {}  device: {}  runtime: reference", a.run.model.display(), rayon::current_num_threads(), be.name());
+    let tokens: Vec<u32> = (0..a.n_prompt.max(1))
+        .map(|i| (i as u32 * 7919 + 13) % vocab)
+        .collect();
+    println!(
+        "model: {}  threads: {}  device: {}  runtime: reference",
+        a.run.model.display(),
+        rayon::current_num_threads(),
+        be.name()
+    );
     println!("{:<8} {:>12} {:>22}", "test", "tok/s", "min - max");
     if a.n_prompt > 0 {
         let mut rates = Vec::new();
         for _ in 0..a.reps + 1 {
             let mut cache = model.new_cache();
             let t = Instant::now();
-            exec.forward(&mut [SeqChunk { tokens: tokens.clone(), cache: &mut cache }], None)?;
+            exec.forward(
+                &mut [SeqChunk {
+                    tokens: tokens.clone(),
+                    cache: &mut cache,
+                }],
+                None,
+            )?;
             rates.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
         }
         rates.remove(0); // warm-up
         let (med, lo, hi) = stats(rates);
-        println!("{:<8} {:>12.2} {:>10.2} - {:<10.2}", format!("pp{}", a.n_prompt), med, lo, hi);
+        println!(
+            "{:<8} {:>12.2} {:>10.2} - {:<10.2}",
+            format!("pp{}", a.n_prompt),
+            med,
+            lo,
+            hi
+        );
     }
     if a.n_gen > 0 {
         let mut rates = Vec::new();
@@ -111,14 +140,26 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             let t = Instant::now();
             let mut tok = tokens[0];
             for _ in 0..a.n_gen {
-                let l = exec.forward(&mut [SeqChunk { tokens: vec![tok], cache: &mut cache }], None)?;
+                let l = exec.forward(
+                    &mut [SeqChunk {
+                        tokens: vec![tok],
+                        cache: &mut cache,
+                    }],
+                    None,
+                )?;
                 tok = troupe_engine::sampling::argmax(l.row(0));
             }
             rates.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
         }
         rates.remove(0);
         let (med, lo, hi) = stats(rates);
-        println!("{:<8} {:>12.2} {:>10.2} - {:<10.2}", format!("tg{}", a.n_gen), med, lo, hi);
+        println!(
+            "{:<8} {:>12.2} {:>10.2} - {:<10.2}",
+            format!("tg{}", a.n_gen),
+            med,
+            lo,
+            hi
+        );
         let bytes = weight_bytes_per_token(&model) as f64;
         let bw = measure_read_bandwidth();
         let achieved = bytes * med / 1e9;

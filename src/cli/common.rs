@@ -62,7 +62,9 @@ pub fn mla_form(s: &str) -> Result<MlaForm, CliError> {
         "auto" => Ok(MlaForm::Auto),
         "naive" => Ok(MlaForm::Naive),
         "absorbed" => Ok(MlaForm::Absorbed),
-        other => Err(CliError::Usage(format!("--mla {other}: expected auto, naive or absorbed"))),
+        other => Err(CliError::Usage(format!(
+            "--mla {other}: expected auto, naive or absorbed"
+        ))),
     }
 }
 
@@ -72,24 +74,39 @@ pub fn backend(device: &str) -> Result<Arc<dyn Backend>, CliError> {
         "cpu" => Ok(Arc::new(CpuBackend::new())),
         d if d == "cuda" || d.starts_with("cuda:") => {
             let ordinal = match d.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| CliError::Usage(format!("--device {d}: expected cuda or cuda:N")))?,
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    CliError::Usage(format!("--device {d}: expected cuda or cuda:N"))
+                })?,
                 None => 0,
             };
             let _ = ordinal;
             Err(CliError::Runtime("WIRING PENDING: cuda".into()))
         }
         "ptx-interp" => Err(CliError::Runtime("WIRING PENDING: ptx-interp".into())),
-        other => Err(CliError::Usage(format!("--device {other}: expected cpu, cuda[:N] or ptx-interp"))),
+        other => Err(CliError::Usage(format!(
+            "--device {other}: expected cpu, cuda[:N] or ptx-interp"
+        ))),
     }
 }
 
 /// Parses `0,5,9` into token ids; the error names the bad entry.
 pub fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
     let mut out = Vec::new();
-    for (i, part) in s.split(',').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
-        let v: i64 = part.parse().map_err(|_| CliError::Usage(format!("--prompt-ids: entry {i} `{part}` is not an integer")))?;
+    for (i, part) in s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .enumerate()
+    {
+        let v: i64 = part.parse().map_err(|_| {
+            CliError::Usage(format!(
+                "--prompt-ids: entry {i} `{part}` is not an integer"
+            ))
+        })?;
         if v < 0 || v > u32::MAX as i64 {
-            return Err(CliError::Usage(format!("--prompt-ids: entry {i} ({v}) is not a valid token id")));
+            return Err(CliError::Usage(format!(
+                "--prompt-ids: entry {i} ({v}) is not a valid token id"
+            )));
         }
         out.push(v as u32);
     }

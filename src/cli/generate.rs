@@ -15,7 +15,11 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Prompt text (tokenized with the model's tokenizer.json; BOS is prepended if the model has one).
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
     pub prompt: Option<String>,
     /// Prompt token ids, comma separated (used as given).
     #[arg(long)]
@@ -62,7 +66,10 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(text), None) => {
             let tok = tokenizer.as_ref().ok_or_else(|| {
-                CliError::Usage(format!("{}: no tokenizer.json for this model; use --prompt-ids", graph.origin.display()))
+                CliError::Usage(format!(
+                    "{}: no tokenizer.json for this model; use --prompt-ids",
+                    graph.origin.display()
+                ))
             })?;
             let mut ids = Vec::new();
             if let (Some(bos), false) = (model.spec.bos_token_id, a.no_bos) {
@@ -78,8 +85,17 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     let req = GenerateRequest {
         prompt: prompt.clone(),
         max_new_tokens: a.max_new_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
-        stop_token: if a.stop_at_eos { model.spec.eos_token_id } else { None },
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        stop_token: if a.stop_at_eos {
+            model.spec.eos_token_id
+        } else {
+            None
+        },
         keep_logits: false,
     };
     let out = generate(&exec, std::slice::from_ref(&req))?.remove(0);
@@ -88,7 +104,11 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         None => String::new(),
     };
     if !a.json || tokenizer.is_some() {
-        let shown = if tokenizer.is_some() { text.clone() } else { format!("{:?}", out.generated) };
+        let shown = if tokenizer.is_some() {
+            text.clone()
+        } else {
+            format!("{:?}", out.generated)
+        };
         println!("{shown}");
     }
     if a.json {

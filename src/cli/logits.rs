@@ -33,7 +33,12 @@ pub fn run(a: LogitsArgs) -> Result<(), CliError> {
 /// Writes one F32 tensor named `logits`.
 pub fn write_logits(path: &std::path::Path, shape: &[usize], data: &[f32]) -> Result<(), CliError> {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let out_err = |m: String| CliError::Output { path: path.display().to_string(), message: m };
-    let view = TensorView::new(Dtype::F32, shape.to_vec(), &bytes).map_err(|e| out_err(e.to_string()))?;
-    safetensors::serialize_to_file([("logits", view)], None, path).map_err(|e| out_err(e.to_string()))
+    let out_err = |m: String| CliError::Output {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let view =
+        TensorView::new(Dtype::F32, shape.to_vec(), &bytes).map_err(|e| out_err(e.to_string()))?;
+    safetensors::serialize_to_file([("logits", view)], None, path)
+        .map_err(|e| out_err(e.to_string()))
 }

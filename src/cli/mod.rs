@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 pub use common::CliError;
 
 #[derive(Parser, Debug)]
-#[command(name = "troupe", version, about = "Actor-based engine for DeepSeek-V3-family MoE transformers")]
+#[command(
+    name = "troupe",
+    version,
+    about = "Actor-based engine for DeepSeek-V3-family MoE transformers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -6,10 +6,18 @@ use std::path::PathBuf;
 
 use safetensors::tensor::{Dtype, SafeTensors};
 
-pub const CASES: [&str; 5] = ["deepseek-v3-tiny", "deepseek-v3-tiny-bf16", "deepseek-v2-lite-tiny", "mixtral-tiny", "llama-tiny"];
+pub const CASES: [&str; 5] = [
+    "deepseek-v3-tiny",
+    "deepseek-v3-tiny-bf16",
+    "deepseek-v2-lite-tiny",
+    "mixtral-tiny",
+    "llama-tiny",
+];
 
 pub fn case_dir(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(case)
 }
 
 /// The arrays of one case's `reference.safetensors`.
@@ -21,33 +29,54 @@ pub struct Reference {
 impl Reference {
     pub fn open(case: &str) -> Reference {
         let dir = case_dir(case);
-        let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
-        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("reference.json")).expect("json");
+        let bytes =
+            std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+        let json = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"),
+        )
+        .expect("json");
         Reference { bytes, json }
     }
     pub fn has(&self, name: &str) -> bool {
-        SafeTensors::deserialize(&self.bytes).unwrap().tensor(name).is_ok()
+        SafeTensors::deserialize(&self.bytes)
+            .unwrap()
+            .tensor(name)
+            .is_ok()
     }
     /// (shape, values) of an F32 tensor.
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference tensor {name}"));
         assert_eq!(t.dtype(), Dtype::F32, "{name}");
-        let v = t.data().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v = t
+            .data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         (t.shape().to_vec(), v)
     }
     /// Values of an I64 tensor.
     pub fn i64(&self, name: &str) -> Vec<i64> {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("reference tensor {name}"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference tensor {name}"));
         assert_eq!(t.dtype(), Dtype::I64, "{name}");
-        t.data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+        t.data()
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     pub fn ids(&self, name: &str) -> Vec<u32> {
         self.i64(name).into_iter().map(|x| x as u32).collect()
     }
     pub fn n_prompts(&self) -> usize {
-        self.json["prompts"].as_array().map(|a| a.len()).unwrap_or(0)
+        self.json["prompts"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0)
     }
     pub fn hidden_prompt(&self) -> usize {
         self.json["hidden_states"]["prompt_index"].as_u64().unwrap() as usize
@@ -60,5 +89,7 @@ pub fn max_abs(v: &[f32]) -> f32 {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }

@@ -99,20 +99,32 @@ impl GraphFile {
         if g.format != FORMAT {
             return Err(EngineError::GraphFile {
                 path: path.into(),
-                message: format!("format = {} is not supported by this build (expected {FORMAT})", g.format),
+                message: format!(
+                    "format = {} is not supported by this build (expected {FORMAT})",
+                    g.format
+                ),
             });
         }
-        let sources = [g.weights.hf.is_some(), g.weights.safetensors.is_some(), g.weights.index.is_some(), g.weights.random.is_some()]
-            .iter()
-            .filter(|&&b| b)
-            .count();
+        let sources = [
+            g.weights.hf.is_some(),
+            g.weights.safetensors.is_some(),
+            g.weights.index.is_some(),
+            g.weights.random.is_some(),
+        ]
+        .iter()
+        .filter(|&&b| b)
+        .count();
         if sources != 1 {
             return Err(EngineError::GraphFile {
                 path: path.into(),
-                message: "[weights] needs exactly one of `hf`, `safetensors`, `index`, `random`".into(),
+                message: "[weights] needs exactly one of `hf`, `safetensors`, `index`, `random`"
+                    .into(),
             });
         }
-        g.model.validate().map_err(|e| EngineError::GraphFile { path: path.into(), message: e.to_string() })?;
+        g.model.validate().map_err(|e| EngineError::GraphFile {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         Ok(g)
     }
 
@@ -131,7 +143,13 @@ impl LoadedGraph {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
         let g = GraphFile::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let weights = if let Some(d) = &g.weights.hf {
             WeightsSource::HfDir(resolve(d))
         } else if let Some(fs) = &g.weights.safetensors {
@@ -139,11 +157,16 @@ impl LoadedGraph {
         } else if let Some(i) = &g.weights.index {
             WeightsSource::Index(resolve(i))
         } else {
-            WeightsSource::Random(g.weights.random.unwrap_or(RandomWeights { seed: 0, std: default_std() }))
+            WeightsSource::Random(g.weights.random.unwrap_or(RandomWeights {
+                seed: 0,
+                std: default_std(),
+            }))
         };
         let tokenizer = match (&g.tokenizer, &weights) {
             (Some(t), _) => Some(resolve(&t.path)),
-            (None, WeightsSource::HfDir(d)) if d.join("tokenizer.json").exists() => Some(d.join("tokenizer.json")),
+            (None, WeightsSource::HfDir(d)) if d.join("tokenizer.json").exists() => {
+                Some(d.join("tokenizer.json"))
+            }
             _ => None,
         };
         Ok(LoadedGraph {
@@ -172,7 +195,12 @@ impl LoadedGraph {
 
     /// The graph file that describes this graph (what `troupe import-hf` prints).
     pub fn to_graph_file(&self) -> GraphFile {
-        let mut weights = WeightsTable { hf: None, safetensors: None, index: None, random: None };
+        let mut weights = WeightsTable {
+            hf: None,
+            safetensors: None,
+            index: None,
+            random: None,
+        };
         match &self.weights {
             WeightsSource::HfDir(d) => weights.hf = Some(d.clone()),
             WeightsSource::Files(f) => weights.safetensors = Some(f.clone()),
@@ -183,7 +211,10 @@ impl LoadedGraph {
             format: FORMAT,
             model: self.spec.clone(),
             weights,
-            tokenizer: self.tokenizer.as_ref().map(|p| TokenizerTable { path: p.clone() }),
+            tokenizer: self
+                .tokenizer
+                .as_ref()
+                .map(|p| TokenizerTable { path: p.clone() }),
             placement: self.placement.clone(),
             schedule: self.schedule.clone(),
         }

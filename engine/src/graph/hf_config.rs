@@ -21,12 +21,17 @@ impl Cfg<'_> {
     }
     fn usize_req(&self, key: &str) -> Result<usize> {
         match self.get(key) {
-            None => Err(EngineError::MissingConfigKey { path: self.path.into(), key: key.into() }),
+            None => Err(EngineError::MissingConfigKey {
+                path: self.path.into(),
+                key: key.into(),
+            }),
             Some(v) => self.as_usize(key, v),
         }
     }
     fn as_usize(&self, key: &str, v: &Value) -> Result<usize> {
-        v.as_u64().map(|x| x as usize).ok_or_else(|| self.bad(key, format!("expected a non-negative integer, found {v}")))
+        v.as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| self.bad(key, format!("expected a non-negative integer, found {v}")))
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         match self.get(key) {
@@ -40,27 +45,38 @@ impl Cfg<'_> {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.bad(key, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.bad(key, format!("expected a number, found {v}"))),
         }
     }
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.bad(key, format!("expected true/false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.bad(key, format!("expected true/false, found {v}"))),
         }
     }
     fn str_opt(&self, key: &str) -> Option<&str> {
         self.get(key).and_then(|v| v.as_str())
     }
     fn bad(&self, key: &str, message: String) -> EngineError {
-        EngineError::BadConfigValue { path: self.path.into(), key: key.into(), message }
+        EngineError::BadConfigValue {
+            path: self.path.into(),
+            key: key.into(),
+            message,
+        }
     }
 }
 
 /// Reads and converts `config.json`.
 pub fn spec_from_hf_config_file(path: &Path) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| EngineError::Json { path: path.into(), message: e.to_string() })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| EngineError::Json {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     spec_from_hf_config(&v, path)
 }
 
@@ -88,20 +104,30 @@ fn architecture(c: &Cfg) -> Result<Architecture> {
         Some("mixtral") => Ok(Architecture::Mixtral),
         Some("llama") => Ok(Architecture::Llama),
         Some(other) => Err(EngineError::UnsupportedArchitecture(other.to_string())),
-        None => Err(EngineError::MissingConfigKey { path: c.path.into(), key: "architectures".into() }),
+        None => Err(EngineError::MissingConfigKey {
+            path: c.path.into(),
+            key: "architectures".into(),
+        }),
     }
 }
 
 /// The rope parameters: v5 `rope_parameters`, else legacy `rope_theta` + `rope_scaling`.
 fn rope(c: &Cfg, arch: Architecture) -> Result<RopeSpec> {
     let params = c.get("rope_parameters").or_else(|| c.get("rope_scaling"));
-    let theta = match params.and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()) {
+    let theta = match params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(|t| t.as_f64())
+    {
         Some(t) => t,
         None => c.f64_or("rope_theta", 10000.0)?,
     };
     let layout = match arch {
         Architecture::DeepseekV3 => {
-            if c.bool_or("rope_interleave", true)? { RopeLayout::Interleaved } else { RopeLayout::HalfSplit }
+            if c.bool_or("rope_interleave", true)? {
+                RopeLayout::Interleaved
+            } else {
+                RopeLayout::HalfSplit
+            }
         }
         Architecture::DeepseekV2 => RopeLayout::Interleaved,
         _ => RopeLayout::HalfSplit,
@@ -116,7 +142,10 @@ fn rope(c: &Cfg, arch: Architecture) -> Result<RopeSpec> {
             let p = params.unwrap_or(&Value::Null);
             let key = |k: &str| format!("rope_parameters.{k}");
             let num = |k: &str| p.get(k).filter(|v| !v.is_null()).and_then(|v| v.as_f64());
-            let factor = num("factor").ok_or_else(|| EngineError::MissingConfigKey { path: c.path.into(), key: key("factor") })?;
+            let factor = num("factor").ok_or_else(|| EngineError::MissingConfigKey {
+                path: c.path.into(),
+                key: key("factor"),
+            })?;
             let orig = match num("original_max_position_embeddings") {
                 Some(o) => o as usize,
                 None => c.usize_req("max_position_embeddings")?,
@@ -132,10 +161,17 @@ fn rope(c: &Cfg, arch: Architecture) -> Result<RopeSpec> {
             })
         }
         other => {
-            return Err(c.bad("rope_parameters.rope_type", format!("`{other}` is not supported (default, yarn)")));
+            return Err(c.bad(
+                "rope_parameters.rope_type",
+                format!("`{other}` is not supported (default, yarn)"),
+            ));
         }
     };
-    Ok(RopeSpec { theta, layout, yarn })
+    Ok(RopeSpec {
+        theta,
+        layout,
+        yarn,
+    })
 }
 
 /// Converts a parsed HF config (`path` is only for error messages).
@@ -166,7 +202,11 @@ pub fn spec_from_hf_config(v: &Value, path: &Path) -> Result<ModelSpec> {
         AttentionSpec::Gqa {
             num_key_value_heads: c.usize_or("num_key_value_heads", heads)?,
             head_dim,
-            sliding_window: if arch == Architecture::Mixtral { c.usize_opt("sliding_window")? } else { None },
+            sliding_window: if arch == Architecture::Mixtral {
+                c.usize_opt("sliding_window")?
+            } else {
+                None
+            },
         }
     };
     let moe = match arch {
@@ -203,11 +243,20 @@ pub fn spec_from_hf_config(v: &Value, path: &Path) -> Result<ModelSpec> {
                 first_k_dense_replace: c.usize_or("first_k_dense_replace", 0)?,
                 n_group: c.usize_or("n_group", 1)?,
                 topk_group: c.usize_or("topk_group", 1)?,
-                scoring: if v3 { Scoring::Sigmoid } else { Scoring::Softmax },
+                scoring: if v3 {
+                    Scoring::Sigmoid
+                } else {
+                    Scoring::Softmax
+                },
                 topk_method,
                 // HF V3 honours norm_topk_prob (default true); HF V2 ignores it and never renormalises.
-                norm_topk_prob: if v3 { c.bool_or("norm_topk_prob", true)? } else { false },
-                routed_scaling_factor: c.f64_or("routed_scaling_factor", if v3 { 2.5 } else { 1.0 })?,
+                norm_topk_prob: if v3 {
+                    c.bool_or("norm_topk_prob", true)?
+                } else {
+                    false
+                },
+                routed_scaling_factor: c
+                    .f64_or("routed_scaling_factor", if v3 { 2.5 } else { 1.0 })?,
             })
         }
     };

@@ -28,7 +28,9 @@ pub enum NodeKind {
     RmsNorm,
     MlaAttention,
     GqaAttention,
-    DenseMlp { intermediate: usize },
+    DenseMlp {
+        intermediate: usize,
+    },
     /// Router + routed experts + shared experts of one layer.
     Moe {
         experts: usize,
@@ -57,15 +59,27 @@ pub struct Plan {
 }
 
 fn w(name: String, shape: Vec<usize>) -> WeightSpec {
-    WeightSpec { name, shape, role: WeightRole::Matrix }
+    WeightSpec {
+        name,
+        shape,
+        role: WeightRole::Matrix,
+    }
 }
 fn gain(name: String, dim: usize) -> WeightSpec {
-    WeightSpec { name, shape: vec![dim], role: WeightRole::NormGain }
+    WeightSpec {
+        name,
+        shape: vec![dim],
+        role: WeightRole::NormGain,
+    }
 }
 
 /// Names of an MLP's three projections (HF naming differs for Mixtral experts).
 fn mlp_weights(prefix: &str, hidden: usize, inter: usize, mixtral: bool) -> Vec<WeightSpec> {
-    let (g, u, d) = if mixtral { ("w1", "w3", "w2") } else { ("gate_proj", "up_proj", "down_proj") };
+    let (g, u, d) = if mixtral {
+        ("w1", "w3", "w2")
+    } else {
+        ("gate_proj", "up_proj", "down_proj")
+    };
     vec![
         w(format!("{prefix}.{g}.weight"), vec![inter, hidden]),
         w(format!("{prefix}.{u}.weight"), vec![inter, hidden]),
@@ -81,7 +95,10 @@ impl Plan {
             layer: None,
             kind: NodeKind::Embedding,
             role: "embedding",
-            weights: vec![w("model.embed_tokens.weight".into(), vec![spec.vocab_size, h])],
+            weights: vec![w(
+                "model.embed_tokens.weight".into(),
+                vec![spec.vocab_size, h],
+            )],
         }];
         for l in 0..spec.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -106,14 +123,21 @@ impl Plan {
             role: "final_norm",
             weights: vec![gain("model.norm.weight".into(), h)],
         });
-        let head_name = if spec.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let head_name = if spec.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
         nodes.push(Node {
             layer: None,
             kind: NodeKind::LmHead,
             role: "lm_head",
             weights: vec![w(head_name.into(), vec![spec.vocab_size, h])],
         });
-        Plan { spec: spec.clone(), nodes }
+        Plan {
+            spec: spec.clone(),
+            nodes,
+        }
     }
 
     /// Every distinct tensor the plan reads (a tied head is listed once).
@@ -132,7 +156,13 @@ fn attention_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
     let heads = spec.num_attention_heads;
     let a = format!("{p}.self_attn");
     match &spec.attention {
-        AttentionSpec::Mla { q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim } => {
+        AttentionSpec::Mla {
+            q_lora_rank,
+            kv_lora_rank,
+            qk_nope_head_dim,
+            qk_rope_head_dim,
+            v_head_dim,
+        } => {
             let qk = qk_nope_head_dim + qk_rope_head_dim;
             let mut ws = match q_lora_rank {
                 Some(r) => vec![
@@ -142,20 +172,41 @@ fn attention_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
                 ],
                 None => vec![w(format!("{a}.q_proj.weight"), vec![heads * qk, h])],
             };
-            ws.push(w(format!("{a}.kv_a_proj_with_mqa.weight"), vec![kv_lora_rank + qk_rope_head_dim, h]));
+            ws.push(w(
+                format!("{a}.kv_a_proj_with_mqa.weight"),
+                vec![kv_lora_rank + qk_rope_head_dim, h],
+            ));
             ws.push(gain(format!("{a}.kv_a_layernorm.weight"), *kv_lora_rank));
-            ws.push(w(format!("{a}.kv_b_proj.weight"), vec![heads * (qk_nope_head_dim + v_head_dim), *kv_lora_rank]));
+            ws.push(w(
+                format!("{a}.kv_b_proj.weight"),
+                vec![heads * (qk_nope_head_dim + v_head_dim), *kv_lora_rank],
+            ));
             ws.push(w(format!("{a}.o_proj.weight"), vec![h, heads * v_head_dim]));
-            Node { layer: Some(l), kind: NodeKind::MlaAttention, role: "attention", weights: ws }
+            Node {
+                layer: Some(l),
+                kind: NodeKind::MlaAttention,
+                role: "attention",
+                weights: ws,
+            }
         }
-        AttentionSpec::Gqa { num_key_value_heads, head_dim, .. } => Node {
+        AttentionSpec::Gqa {
+            num_key_value_heads,
+            head_dim,
+            ..
+        } => Node {
             layer: Some(l),
             kind: NodeKind::GqaAttention,
             role: "attention",
             weights: vec![
                 w(format!("{a}.q_proj.weight"), vec![heads * head_dim, h]),
-                w(format!("{a}.k_proj.weight"), vec![num_key_value_heads * head_dim, h]),
-                w(format!("{a}.v_proj.weight"), vec![num_key_value_heads * head_dim, h]),
+                w(
+                    format!("{a}.k_proj.weight"),
+                    vec![num_key_value_heads * head_dim, h],
+                ),
+                w(
+                    format!("{a}.v_proj.weight"),
+                    vec![num_key_value_heads * head_dim, h],
+                ),
                 w(format!("{a}.o_proj.weight"), vec![h, heads * head_dim]),
             ],
         },
@@ -167,8 +218,15 @@ fn ffn_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
     match (&spec.moe, spec.is_moe_layer(l)) {
         (Some(m), true) => {
             let mixtral = spec.architecture == Architecture::Mixtral;
-            let base = if mixtral { format!("{p}.block_sparse_moe") } else { format!("{p}.mlp") };
-            let mut ws = vec![w(format!("{base}.gate.weight"), vec![m.n_routed_experts, h])];
+            let base = if mixtral {
+                format!("{p}.block_sparse_moe")
+            } else {
+                format!("{p}.mlp")
+            };
+            let mut ws = vec![w(
+                format!("{base}.gate.weight"),
+                vec![m.n_routed_experts, h],
+            )];
             if spec.architecture == Architecture::DeepseekV3 {
                 ws.push(WeightSpec {
                     name: format!("{base}.gate.e_score_correction_bias"),
@@ -177,11 +235,21 @@ fn ffn_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
                 });
             }
             for e in 0..m.n_routed_experts {
-                ws.extend(mlp_weights(&format!("{base}.experts.{e}"), h, m.moe_intermediate_size, mixtral));
+                ws.extend(mlp_weights(
+                    &format!("{base}.experts.{e}"),
+                    h,
+                    m.moe_intermediate_size,
+                    mixtral,
+                ));
             }
             let shared = m.moe_intermediate_size * m.n_shared_experts;
             if shared > 0 {
-                ws.extend(mlp_weights(&format!("{base}.shared_experts"), h, shared, false));
+                ws.extend(mlp_weights(
+                    &format!("{base}.shared_experts"),
+                    h,
+                    shared,
+                    false,
+                ));
             }
             Node {
                 layer: Some(l),
@@ -197,7 +265,9 @@ fn ffn_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
         }
         _ => Node {
             layer: Some(l),
-            kind: NodeKind::DenseMlp { intermediate: spec.intermediate_size },
+            kind: NodeKind::DenseMlp {
+                intermediate: spec.intermediate_size,
+            },
             role: "mlp",
             weights: mlp_weights(&format!("{p}.mlp"), h, spec.intermediate_size, false),
         },

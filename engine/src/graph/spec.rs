@@ -265,7 +265,10 @@ impl ModelSpec {
         pos("model.hidden_size", self.hidden_size)?;
         pos("model.num_hidden_layers", self.num_hidden_layers)?;
         pos("model.num_attention_heads", self.num_attention_heads)?;
-        pos("model.max_position_embeddings", self.max_position_embeddings)?;
+        pos(
+            "model.max_position_embeddings",
+            self.max_position_embeddings,
+        )?;
         if !(self.rms_norm_eps > 0.0) {
             return Err(EngineError::spec("model.rms_norm_eps", "must be > 0"));
         }
@@ -315,7 +318,10 @@ impl ModelSpec {
                     ));
                 }
                 if head_dim % 2 != 0 {
-                    return Err(EngineError::spec("model.attention.head_dim", "must be even"));
+                    return Err(EngineError::spec(
+                        "model.attention.head_dim",
+                        "must be even",
+                    ));
                 }
                 if let Some(w) = sliding_window {
                     pos("model.attention.sliding_window", *w)?;
@@ -344,7 +350,10 @@ impl ModelSpec {
             if m.n_routed_experts % m.n_group != 0 {
                 return Err(EngineError::spec(
                     "model.moe.n_group",
-                    format!("{} experts do not split into {} groups", m.n_routed_experts, m.n_group),
+                    format!(
+                        "{} experts do not split into {} groups",
+                        m.n_routed_experts, m.n_group
+                    ),
                 ));
             }
             if m.topk_group == 0 || m.topk_group > m.n_group {

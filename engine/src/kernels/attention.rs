@@ -12,7 +12,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
     if p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
         return Err(err(format!("{} heads vs {} kv heads", p.heads, p.kv_heads)));
     }
-    if q.cols() != p.heads * p.qk_dim || k.cols() != p.kv_heads * p.qk_dim || v.cols() != p.kv_heads * p.v_dim {
+    if q.cols() != p.heads * p.qk_dim
+        || k.cols() != p.kv_heads * p.qk_dim
+        || v.cols() != p.kv_heads * p.v_dim
+    {
         return Err(err(format!(
             "widths q {} k {} v {} do not match heads {}x{} / kv {}x{}",
             q.cols(),

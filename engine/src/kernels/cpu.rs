@@ -45,7 +45,13 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         activation::silu_mul(gate, up)
     }
-    fn rope(&self, x: &mut Tensor, slot: RopeSlot, positions: &[usize], table: &rope::RopeTable) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut Tensor,
+        slot: RopeSlot,
+        positions: &[usize],
+        table: &rope::RopeTable,
+    ) -> Result<()> {
         rope::apply_rope(x, slot, positions, table)
     }
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {

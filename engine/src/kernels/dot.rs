@@ -178,7 +178,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -186,8 +188,12 @@ mod tests {
     fn simd_and_portable_agree_bitwise() {
         let mut s = 7u64;
         for k in [1usize, 7, 16, 17, 33, 100, 257] {
-            let xs: Vec<Vec<f32>> = (0..3).map(|_| (0..k).map(|_| lcg(&mut s)).collect()).collect();
-            let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..k).map(|_| lcg(&mut s)).collect()).collect();
+            let xs: Vec<Vec<f32>> = (0..3)
+                .map(|_| (0..k).map(|_| lcg(&mut s)).collect())
+                .collect();
+            let wf: Vec<Vec<f32>> = (0..4)
+                .map(|_| (0..k).map(|_| lcg(&mut s)).collect())
+                .collect();
             let wb: Vec<Vec<u16>> = wf
                 .iter()
                 .map(|r| r.iter().map(|&v| crate::dtype::f32_to_bf16(v)).collect())

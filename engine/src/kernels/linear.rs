@@ -42,7 +42,15 @@ fn flat(w: &Weight) -> Result<WFlat<'_>> {
 }
 
 /// Computes columns `c0..c1` of `x @ W^T` into `out` (`[n, c1 - c0]`, row-major).
-fn block(x: &Tensor, w: &Weight, wf: &WFlat<'_>, c0: usize, c1: usize, simd: bool, out: &mut [f32]) {
+fn block(
+    x: &Tensor,
+    w: &Weight,
+    wf: &WFlat<'_>,
+    c0: usize,
+    c1: usize,
+    simd: bool,
+    out: &mut [f32],
+) {
     let n = x.rows();
     let width = c1 - c0;
     let mut r = 0;

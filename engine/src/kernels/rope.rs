@@ -48,7 +48,8 @@ impl RopeTable {
                 let af = match y.attention_factor {
                     Some(a) => a,
                     None if y.mscale != 0.0 && y.mscale_all_dim != 0.0 => {
-                        yarn_get_mscale(y.factor, y.mscale) / yarn_get_mscale(y.factor, y.mscale_all_dim)
+                        yarn_get_mscale(y.factor, y.mscale)
+                            / yarn_get_mscale(y.factor, y.mscale_all_dim)
                     }
                     None => yarn_get_mscale(y.factor, 1.0),
                 };
@@ -71,12 +72,20 @@ impl RopeTable {
     #[inline]
     pub fn cos_sin(&self, pos: usize, i: usize) -> (f32, f32) {
         let angle = pos as f32 * self.inv_freq[i];
-        (angle.cos() * self.attention_factor, angle.sin() * self.attention_factor)
+        (
+            angle.cos() * self.attention_factor,
+            angle.sin() * self.attention_factor,
+        )
     }
 }
 
 /// Rotates the rope part of each head of each row of `x` in place.
-pub fn apply_rope(x: &mut Tensor, slot: RopeSlot, positions: &[usize], table: &RopeTable) -> Result<()> {
+pub fn apply_rope(
+    x: &mut Tensor,
+    slot: RopeSlot,
+    positions: &[usize],
+    table: &RopeTable,
+) -> Result<()> {
     let d = table.dim();
     if x.rows() != positions.len() {
         return Err(EngineError::kernel(
@@ -141,7 +150,9 @@ mod tests {
             }),
         };
         let t = RopeTable::new(&spec, 16);
-        let want = [1.0, 0.23717, 0.05, 7.9057e-3, 2.5e-3, 7.9057e-4, 2.5e-4, 7.9057e-5];
+        let want = [
+            1.0, 0.23717, 0.05, 7.9057e-3, 2.5e-3, 7.9057e-4, 2.5e-4, 7.9057e-5,
+        ];
         for (g, w) in t.inv_freq.iter().zip(want) {
             assert!((g - w).abs() <= 1e-4 * w, "{g} vs {w}");
         }

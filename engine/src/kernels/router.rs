@@ -32,7 +32,12 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 }
 
 /// Keeps the experts of the best `topk_group` groups; others get `fill`.
-fn mask_groups(choice: &[f32], rule: &RouterRule, group_score: impl Fn(&[f32]) -> f32, fill: f32) -> Vec<f32> {
+fn mask_groups(
+    choice: &[f32],
+    rule: &RouterRule,
+    group_score: impl Fn(&[f32]) -> f32,
+    fill: f32,
+) -> Vec<f32> {
     let per = rule.n_experts / rule.n_group;
     let gs: Vec<f32> = choice.chunks(per).map(group_score).collect();
     let keep = top_k_indices(&gs, rule.topk_group);
@@ -60,7 +65,12 @@ pub fn route_row(logits: &[f32], rule: &RouterRule, bias: Option<&[f32]>) -> (Ve
     };
     let candidates = match rule.method {
         TopkMethod::Greedy => choice,
-        TopkMethod::GroupLimitedGreedy => mask_groups(&choice, rule, |g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max), 0.0),
+        TopkMethod::GroupLimitedGreedy => mask_groups(
+            &choice,
+            rule,
+            |g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            0.0,
+        ),
         TopkMethod::NoauxTc => mask_groups(&choice, rule, sum_top2, f32::NEG_INFINITY),
     };
     let mut picked = top_k_indices(&candidates, rule.top_k);
@@ -68,7 +78,11 @@ pub fn route_row(logits: &[f32], rule: &RouterRule, bias: Option<&[f32]>) -> (Ve
     let mut w: Vec<f32> = picked.iter().map(|&e| scores[e]).collect();
     if rule.norm_topk_prob {
         let s: f32 = w.iter().sum();
-        let denom = if rule.method == TopkMethod::NoauxTc { s + 1e-20 } else { s };
+        let denom = if rule.method == TopkMethod::NoauxTc {
+            s + 1e-20
+        } else {
+            s
+        };
         for x in &mut w {
             *x /= denom;
         }
@@ -84,12 +98,23 @@ pub fn route(logits: &Tensor, rule: &RouterRule, bias: Option<&[f32]>) -> Result
     if logits.cols() != rule.n_experts {
         return Err(EngineError::kernel(
             "route",
-            format!("logits have {} columns for {} experts", logits.cols(), rule.n_experts),
+            format!(
+                "logits have {} columns for {} experts",
+                logits.cols(),
+                rule.n_experts
+            ),
         ));
     }
     if let Some(b) = bias {
         if b.len() != rule.n_experts {
-            return Err(EngineError::kernel("route", format!("bias has {} entries for {} experts", b.len(), rule.n_experts)));
+            return Err(EngineError::kernel(
+                "route",
+                format!(
+                    "bias has {} entries for {} experts",
+                    b.len(),
+                    rule.n_experts
+                ),
+            ));
         }
     }
     let mut ids = Vec::with_capacity(logits.rows());

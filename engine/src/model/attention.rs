@@ -72,7 +72,11 @@ impl Attention {
     /// An empty cache for this block.
     pub fn new_cache(&self) -> LayerCache {
         match self {
-            Attention::Mla(m) => LayerCache::Latent(LatentKvCache { kv_lora: m.kv_lora, rope: m.rope, ..Default::default() }),
+            Attention::Mla(m) => LayerCache::Latent(LatentKvCache {
+                kv_lora: m.kv_lora,
+                rope: m.rope,
+                ..Default::default()
+            }),
             Attention::Gqa(g) => LayerCache::Kv(KvCache {
                 k_width: g.kv_heads * g.head_dim,
                 v_width: g.kv_heads * g.head_dim,
@@ -83,13 +87,24 @@ impl Attention {
 
     /// Attention over one sequence chunk: `x` `[t, hidden]` (already normalised) at positions
     /// `cache.len()..cache.len()+t`; appends to the cache and returns `[t, hidden]`.
-    pub fn forward(&self, be: &dyn Backend, x: &Tensor, cache: &mut LayerCache, rope: &RopeTable, form: MlaForm) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        cache: &mut LayerCache,
+        rope: &RopeTable,
+        form: MlaForm,
+    ) -> Result<Tensor> {
         let start = cache.len();
         let positions: Vec<usize> = (start..start + x.rows()).collect();
         match (self, cache) {
-            (Attention::Mla(m), LayerCache::Latent(c)) => m.forward(be, x, &positions, c, rope, form),
+            (Attention::Mla(m), LayerCache::Latent(c)) => {
+                m.forward(be, x, &positions, c, rope, form)
+            }
             (Attention::Gqa(g), LayerCache::Kv(c)) => g.forward(be, x, &positions, c, rope),
-            _ => Err(crate::error::EngineError::Invalid("attention block given the wrong cache kind".into())),
+            _ => Err(crate::error::EngineError::Invalid(
+                "attention block given the wrong cache kind".into(),
+            )),
         }
     }
 }
@@ -104,7 +119,15 @@ fn columns(t: &Tensor, c0: usize, c1: usize) -> Tensor {
 }
 
 impl MlaAttention {
-    fn forward(&self, be: &dyn Backend, x: &Tensor, positions: &[usize], cache: &mut LatentKvCache, rope: &RopeTable, form: MlaForm) -> Result<Tensor> {
+    fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        positions: &[usize],
+        cache: &mut LatentKvCache,
+        rope: &RopeTable,
+        form: MlaForm,
+    ) -> Result<Tensor> {
         let qk = self.nope + self.rope;
         let mut q = match &self.query {
             MlaQuery::Lora { a, norm, b } => {
@@ -113,11 +136,29 @@ impl MlaAttention {
             }
             MlaQuery::Full(w) => be.linear(x, w)?,
         };
-        be.rope(&mut q, RopeSlot { heads: self.heads, head_stride: qk, offset: self.nope }, positions, rope)?;
+        be.rope(
+            &mut q,
+            RopeSlot {
+                heads: self.heads,
+                head_stride: qk,
+                offset: self.nope,
+            },
+            positions,
+            rope,
+        )?;
         let kv = be.linear(x, &self.kv_a)?;
         let latent = be.rms_norm(&columns(&kv, 0, self.kv_lora), &self.kv_norm, self.eps)?;
         let mut rope_key = columns(&kv, self.kv_lora, self.kv_lora + self.rope);
-        be.rope(&mut rope_key, RopeSlot { heads: 1, head_stride: self.rope, offset: 0 }, positions, rope)?;
+        be.rope(
+            &mut rope_key,
+            RopeSlot {
+                heads: 1,
+                head_stride: self.rope,
+                offset: 0,
+            },
+            positions,
+            rope,
+        )?;
         cache.append(&latent, &rope_key);
         let absorbed = match form {
             MlaForm::Naive => false,
@@ -125,12 +166,22 @@ impl MlaAttention {
             MlaForm::Auto => x.rows() == 1,
         };
         let q_start = positions[0];
-        let attn = if absorbed { self.absorbed(be, &q, cache, q_start)? } else { self.naive(be, &q, cache, q_start)? };
+        let attn = if absorbed {
+            self.absorbed(be, &q, cache, q_start)?
+        } else {
+            self.naive(be, &q, cache, q_start)?
+        };
         be.linear(&attn, &self.o)
     }
 
     /// Expands every cached latent to per-head keys and values.
-    fn naive(&self, be: &dyn Backend, q: &Tensor, cache: &LatentKvCache, q_start: usize) -> Result<Tensor> {
+    fn naive(
+        &self,
+        be: &dyn Backend,
+        q: &Tensor,
+        cache: &LatentKvCache,
+        q_start: usize,
+    ) -> Result<Tensor> {
         let qk = self.nope + self.rope;
         let kvb = be.linear(&cache.latent_tensor(), &self.kv_b)?; // [tk, heads*(nope+v)]
         let tk = kvb.rows();
@@ -155,11 +206,22 @@ impl MlaAttention {
             q_start,
             sliding_window: None,
         };
-        be.attention(q, &Tensor::from_flat(self.heads * qk, k), &Tensor::from_flat(self.heads * self.v_dim, v), &p)
+        be.attention(
+            q,
+            &Tensor::from_flat(self.heads * qk, k),
+            &Tensor::from_flat(self.heads * self.v_dim, v),
+            &p,
+        )
     }
 
     /// Attends in the latent space: MQA with one kv head `[latent | rope_key]`, values = latent.
-    fn absorbed(&self, be: &dyn Backend, q: &Tensor, cache: &LatentKvCache, q_start: usize) -> Result<Tensor> {
+    fn absorbed(
+        &self,
+        be: &dyn Backend,
+        q: &Tensor,
+        cache: &LatentKvCache,
+        q_start: usize,
+    ) -> Result<Tensor> {
         let qk = self.nope + self.rope;
         let t = q.rows();
         let width = self.kv_lora + self.rope;
@@ -187,12 +249,21 @@ impl MlaAttention {
             q_start,
             sliding_window: None,
         };
-        let o_lat = be.attention(&Tensor::from_flat(self.heads * width, qa), &Tensor::from_flat(width, k), &cache.latent_tensor(), &p)?;
+        let o_lat = be.attention(
+            &Tensor::from_flat(self.heads * width, qa),
+            &Tensor::from_flat(width, k),
+            &cache.latent_tensor(),
+            &p,
+        )?;
         let mut out = vec![0.0f32; t * self.heads * self.v_dim];
         for h in 0..self.heads {
-            let oh = be.linear(&columns(&o_lat, h * self.kv_lora, (h + 1) * self.kv_lora), &self.uv[h])?;
+            let oh = be.linear(
+                &columns(&o_lat, h * self.kv_lora, (h + 1) * self.kv_lora),
+                &self.uv[h],
+            )?;
             for i in 0..t {
-                out[(i * self.heads + h) * self.v_dim..(i * self.heads + h + 1) * self.v_dim].copy_from_slice(oh.row(i));
+                out[(i * self.heads + h) * self.v_dim..(i * self.heads + h + 1) * self.v_dim]
+                    .copy_from_slice(oh.row(i));
             }
         }
         Ok(Tensor::from_flat(self.heads * self.v_dim, out))
@@ -200,12 +271,37 @@ impl MlaAttention {
 }
 
 impl GqaAttention {
-    fn forward(&self, be: &dyn Backend, x: &Tensor, positions: &[usize], cache: &mut KvCache, rope: &RopeTable) -> Result<Tensor> {
+    fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        positions: &[usize],
+        cache: &mut KvCache,
+        rope: &RopeTable,
+    ) -> Result<Tensor> {
         let mut q = be.linear(x, &self.q)?;
         let mut k = be.linear(x, &self.k)?;
         let v = be.linear(x, &self.v)?;
-        be.rope(&mut q, RopeSlot { heads: self.heads, head_stride: self.head_dim, offset: 0 }, positions, rope)?;
-        be.rope(&mut k, RopeSlot { heads: self.kv_heads, head_stride: self.head_dim, offset: 0 }, positions, rope)?;
+        be.rope(
+            &mut q,
+            RopeSlot {
+                heads: self.heads,
+                head_stride: self.head_dim,
+                offset: 0,
+            },
+            positions,
+            rope,
+        )?;
+        be.rope(
+            &mut k,
+            RopeSlot {
+                heads: self.kv_heads,
+                head_stride: self.head_dim,
+                offset: 0,
+            },
+            positions,
+            rope,
+        )?;
         cache.append(&k, &v);
         let p = AttentionParams {
             heads: self.heads,

@@ -53,7 +53,9 @@ impl DispatchPlan {
         let mut rows = vec![Vec::new(); n_experts];
         for (r, ids) in routing.ids.iter().enumerate() {
             for &e in ids {
-                let slot = rows.get_mut(e as usize).ok_or_else(|| EngineError::Invalid(format!("router chose expert {e} of {n_experts}")))?;
+                let slot = rows.get_mut(e as usize).ok_or_else(|| {
+                    EngineError::Invalid(format!("router chose expert {e} of {n_experts}"))
+                })?;
                 slot.push(r);
             }
         }
@@ -61,7 +63,11 @@ impl DispatchPlan {
     }
     /// Experts that received at least one row.
     pub fn active_experts(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rows.iter().enumerate().filter(|(_, r)| !r.is_empty()).map(|(e, _)| e)
+        self.rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(e, _)| e)
     }
 }
 
@@ -76,7 +82,14 @@ pub struct MoeBlock {
 impl MoeBlock {
     /// `residual + Σ_e w_e·expert_e(x) + shared(x)`, summing experts in ascending id per row.
     /// `expert_out[e]` holds expert `e`'s outputs for `plan.rows[e]`, in that order.
-    pub fn combine(&self, residual: &Tensor, routing: &Routing, plan: &DispatchPlan, expert_out: &[Option<Tensor>], shared: Option<&Tensor>) -> Result<Tensor> {
+    pub fn combine(
+        &self,
+        residual: &Tensor,
+        routing: &Routing,
+        plan: &DispatchPlan,
+        expert_out: &[Option<Tensor>],
+        shared: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let n = residual.rows();
         let d = residual.cols();
         let mut moe = vec![0.0f32; n * d];
@@ -86,14 +99,15 @@ impl MoeBlock {
             let acc = &mut moe[r * d..(r + 1) * d];
             for (&e, &w) in routing.ids[r].iter().zip(&routing.weights[r]) {
                 let e = e as usize;
-                let out = expert_out
-                    .get(e)
-                    .and_then(|o| o.as_ref())
-                    .ok_or_else(|| EngineError::Invalid(format!("combine: no output from expert {e}")))?;
+                let out = expert_out.get(e).and_then(|o| o.as_ref()).ok_or_else(|| {
+                    EngineError::Invalid(format!("combine: no output from expert {e}"))
+                })?;
                 let slot = cursor[e];
                 cursor[e] += 1;
                 if plan.rows[e].get(slot) != Some(&r) {
-                    return Err(EngineError::Invalid(format!("combine: expert {e} rows out of order")));
+                    return Err(EngineError::Invalid(format!(
+                        "combine: expert {e} rows out of order"
+                    )));
                 }
                 for (a, b) in acc.iter_mut().zip(out.row(slot)) {
                     *a += w * b;
@@ -115,7 +129,12 @@ impl MoeBlock {
     }
 
     /// The whole block on one backend (what the reference executor does).
-    pub fn forward(&self, be: &dyn Backend, residual: &Tensor, x: &Tensor) -> Result<(Tensor, Tensor, Routing)> {
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        residual: &Tensor,
+        x: &Tensor,
+    ) -> Result<(Tensor, Tensor, Routing)> {
         let (logits, routing) = self.router.route(be, x)?;
         let plan = DispatchPlan::new(&routing, self.experts.len())?;
         let mut outs: Vec<Option<Tensor>> = vec![None; self.experts.len()];

@@ -22,7 +22,11 @@ use crate::weights::{Checkpoint, Weight};
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
 /// Fetches every tensor of the plan, shape-checked.
-fn collect_weights(graph: &LoadedGraph, plan: &Plan, progress: Progress) -> Result<HashMap<String, Weight>> {
+fn collect_weights(
+    graph: &LoadedGraph,
+    plan: &Plan,
+    progress: Progress,
+) -> Result<HashMap<String, Weight>> {
     let specs = plan.weight_specs();
     let total = specs.len();
     let mut out = HashMap::with_capacity(total);
@@ -40,7 +44,11 @@ fn collect_weights(graph: &LoadedGraph, plan: &Plan, progress: Progress) -> Resu
                             WeightRole::Bias => RandomInit::Zeros,
                         };
                         // The V3 correction bias stays f32, as in real checkpoints.
-                        let dt = if s.role == WeightRole::Bias { crate::dtype::DType::F32 } else { dtype };
+                        let dt = if s.role == WeightRole::Bias {
+                            crate::dtype::DType::F32
+                        } else {
+                            dtype
+                        };
                         random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
                     })
                     .collect();
@@ -60,7 +68,11 @@ fn collect_weights(graph: &LoadedGraph, plan: &Plan, progress: Progress) -> Resu
             for (i, s) in specs.iter().enumerate() {
                 let w = ck.get(&s.name)?;
                 if w.shape() != s.shape.as_slice() {
-                    return Err(EngineError::ShapeMismatch { tensor: s.name.clone(), expected: s.shape.clone(), found: w.shape().to_vec() });
+                    return Err(EngineError::ShapeMismatch {
+                        tensor: s.name.clone(),
+                        expected: s.shape.clone(),
+                        found: w.shape().to_vec(),
+                    });
                 }
                 out.insert(s.name.clone(), w);
                 if i % 16 == 0 || i + 1 == total {
@@ -76,15 +88,31 @@ struct Take<'a>(&'a HashMap<String, Weight>);
 
 impl Take<'_> {
     fn get(&self, name: &str) -> Result<Weight> {
-        self.0.get(name).cloned().ok_or_else(|| EngineError::MissingTensor { tensor: name.into(), searched: "the compiled plan".into() })
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::MissingTensor {
+                tensor: name.into(),
+                searched: "the compiled plan".into(),
+            })
     }
     fn mlp(&self, names: &[crate::graph::ir::WeightSpec]) -> Result<Mlp> {
-        Ok(Mlp { gate: self.get(&names[0].name)?, up: self.get(&names[1].name)?, down: self.get(&names[2].name)? })
+        Ok(Mlp {
+            gate: self.get(&names[0].name)?,
+            up: self.get(&names[1].name)?,
+            down: self.get(&names[2].name)?,
+        })
     }
 }
 
 /// Splits `kv_b_proj` (`[heads*(nope+v), kv_lora]`) into the absorbed form's per-head matrices.
-fn absorb(kv_b: &Weight, heads: usize, nope: usize, v: usize, kv_lora: usize) -> (Vec<Weight>, Vec<Weight>) {
+fn absorb(
+    kv_b: &Weight,
+    heads: usize,
+    nope: usize,
+    v: usize,
+    kv_lora: usize,
+) -> (Vec<Weight>, Vec<Weight>) {
     let per = nope + v;
     let mut uk_t = Vec::with_capacity(heads);
     let mut uv = Vec::with_capacity(heads);
@@ -102,23 +130,54 @@ fn absorb(kv_b: &Weight, heads: usize, nope: usize, v: usize, kv_lora: usize) ->
             vv.extend(kv_b.row_f32(h * per + nope + r));
         }
         // Upcasting bf16/f16 to f32 is exact, so the absorbed matrices hold the same values.
-        uk_t.push(Weight::from_f32(&format!("{}#uk_t{h}", kv_b.name()), vec![kv_lora, nope], &t));
-        uv.push(Weight::from_f32(&format!("{}#uv{h}", kv_b.name()), vec![v, kv_lora], &vv));
+        uk_t.push(Weight::from_f32(
+            &format!("{}#uk_t{h}", kv_b.name()),
+            vec![kv_lora, nope],
+            &t,
+        ));
+        uv.push(Weight::from_f32(
+            &format!("{}#uv{h}", kv_b.name()),
+            vec![v, kv_lora],
+            &vv,
+        ));
     }
     (uk_t, uv)
 }
 
-fn attention(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Result<Attention> {
+fn attention(
+    spec: &ModelSpec,
+    ws: &[crate::graph::ir::WeightSpec],
+    take: &Take,
+) -> Result<Attention> {
     let eps = spec.rms_norm_eps as f32;
     let scale = spec.softmax_scale() as f32;
     match &spec.attention {
-        AttentionSpec::Mla { q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim } => {
+        AttentionSpec::Mla {
+            q_lora_rank,
+            kv_lora_rank,
+            qk_nope_head_dim,
+            qk_rope_head_dim,
+            v_head_dim,
+        } => {
             let (query, rest) = match q_lora_rank {
-                Some(_) => (MlaQuery::Lora { a: take.get(&ws[0].name)?, norm: take.get(&ws[1].name)?, b: take.get(&ws[2].name)? }, &ws[3..]),
+                Some(_) => (
+                    MlaQuery::Lora {
+                        a: take.get(&ws[0].name)?,
+                        norm: take.get(&ws[1].name)?,
+                        b: take.get(&ws[2].name)?,
+                    },
+                    &ws[3..],
+                ),
                 None => (MlaQuery::Full(take.get(&ws[0].name)?), &ws[1..]),
             };
             let kv_b = take.get(&rest[2].name)?;
-            let (uk_t, uv) = absorb(&kv_b, spec.num_attention_heads, *qk_nope_head_dim, *v_head_dim, *kv_lora_rank);
+            let (uk_t, uv) = absorb(
+                &kv_b,
+                spec.num_attention_heads,
+                *qk_nope_head_dim,
+                *v_head_dim,
+                *kv_lora_rank,
+            );
             Ok(Attention::Mla(MlaAttention {
                 heads: spec.num_attention_heads,
                 nope: *qk_nope_head_dim,
@@ -136,7 +195,11 @@ fn attention(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take)
                 uv,
             }))
         }
-        AttentionSpec::Gqa { num_key_value_heads, head_dim, sliding_window } => Ok(Attention::Gqa(GqaAttention {
+        AttentionSpec::Gqa {
+            num_key_value_heads,
+            head_dim,
+            sliding_window,
+        } => Ok(Attention::Gqa(GqaAttention {
             heads: spec.num_attention_heads,
             kv_heads: *num_key_value_heads,
             head_dim: *head_dim,
@@ -151,7 +214,10 @@ fn attention(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take)
 }
 
 fn moe(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Result<MoeBlock> {
-    let m = spec.moe.as_ref().ok_or_else(|| EngineError::spec("model.moe", "an MoE layer needs [model.moe]"))?;
+    let m = spec
+        .moe
+        .as_ref()
+        .ok_or_else(|| EngineError::spec("model.moe", "an MoE layer needs [model.moe]"))?;
     let gate = take.get(&ws[0].name)?;
     let (bias, mut i) = if ws.get(1).is_some_and(|w| w.role == WeightRole::Bias) {
         (Some(take.get(&ws[1].name)?.to_f32_vec()), 2)
@@ -163,7 +229,11 @@ fn moe(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Re
         experts.push(take.mlp(&ws[i..i + 3])?);
         i += 3;
     }
-    let shared = if i < ws.len() { Some(take.mlp(&ws[i..i + 3])?) } else { None };
+    let shared = if i < ws.len() {
+        Some(take.mlp(&ws[i..i + 3])?)
+    } else {
+        None
+    };
     Ok(MoeBlock {
         router: Router {
             gate,
@@ -200,27 +270,51 @@ impl Model {
         for node in &plan.nodes {
             match (&node.kind, node.role) {
                 (NodeKind::Embedding, _) => embed = Some(take.get(&node.weights[0].name)?),
-                (NodeKind::RmsNorm, "input_norm") => pending.0 = Some(take.get(&node.weights[0].name)?),
-                (NodeKind::RmsNorm, "post_norm") => pending.2 = Some(take.get(&node.weights[0].name)?),
+                (NodeKind::RmsNorm, "input_norm") => {
+                    pending.0 = Some(take.get(&node.weights[0].name)?)
+                }
+                (NodeKind::RmsNorm, "post_norm") => {
+                    pending.2 = Some(take.get(&node.weights[0].name)?)
+                }
                 (NodeKind::RmsNorm, _) => norm = Some(take.get(&node.weights[0].name)?),
-                (NodeKind::MlaAttention | NodeKind::GqaAttention, _) => pending.1 = Some(attention(spec, &node.weights, &take)?),
+                (NodeKind::MlaAttention | NodeKind::GqaAttention, _) => {
+                    pending.1 = Some(attention(spec, &node.weights, &take)?)
+                }
                 (NodeKind::DenseMlp { .. } | NodeKind::Moe { .. }, _) => {
                     let ffn = match node.kind {
                         NodeKind::Moe { .. } => FeedForward::Moe(moe(spec, &node.weights, &take)?),
                         _ => FeedForward::Dense(take.mlp(&node.weights)?),
                     };
-                    let (Some(input_norm), Some(attention), Some(post_norm)) = (pending.0.take(), pending.1.take(), pending.2.take()) else {
+                    let (Some(input_norm), Some(attention), Some(post_norm)) =
+                        (pending.0.take(), pending.1.take(), pending.2.take())
+                    else {
                         return Err(EngineError::Invalid("plan out of order".into()));
                     };
-                    layers.push(DecoderLayer { index: layers.len(), input_norm, attention, post_norm, ffn });
+                    layers.push(DecoderLayer {
+                        index: layers.len(),
+                        input_norm,
+                        attention,
+                        post_norm,
+                        ffn,
+                    });
                 }
                 (NodeKind::LmHead, _) => lm_head = Some(take.get(&node.weights[0].name)?),
             }
         }
         let rope_dim = spec.attention_dims().rope_dim;
         let (Some(embed), Some(norm), Some(lm_head)) = (embed, norm, lm_head) else {
-            return Err(EngineError::Invalid("plan lacks embedding, final norm or head".into()));
+            return Err(EngineError::Invalid(
+                "plan lacks embedding, final norm or head".into(),
+            ));
         };
-        Ok(Model { spec: spec.clone(), plan, rope: RopeTable::new(&spec.rope, rope_dim), embed, layers, norm, lm_head })
+        Ok(Model {
+            spec: spec.clone(),
+            plan,
+            rope: RopeTable::new(&spec.rope, rope_dim),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
     }
 }

@@ -50,7 +50,13 @@ impl Model {
 
     /// An empty cache for one sequence.
     pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache { layers: self.layers.iter().map(|l| l.attention.new_cache()).collect() }
+        SequenceCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.attention.new_cache())
+                .collect(),
+        }
     }
 
     /// Token embeddings `[ids.len(), hidden]`.
@@ -66,7 +72,15 @@ impl Model {
 
 impl DecoderLayer {
     /// `x + attention(input_norm(x))` for one sequence chunk.
-    pub fn attention_block(&self, be: &dyn Backend, x: &Tensor, cache: &mut LayerCache, rope: &RopeTable, eps: f32, form: MlaForm) -> Result<Tensor> {
+    pub fn attention_block(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        cache: &mut LayerCache,
+        rope: &RopeTable,
+        eps: f32,
+        form: MlaForm,
+    ) -> Result<Tensor> {
         let xn = be.rms_norm(x, &self.input_norm, eps)?;
         let mut h = self.attention.forward(be, &xn, cache, rope, form)?;
         h.add_assign(x)?;

@@ -33,8 +33,9 @@ impl SplitMix64 {
 
 /// FNV-1a of a tensor name, mixed into the seed.
 fn name_hash(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// What a random tensor holds.
@@ -49,7 +50,13 @@ pub enum RandomInit {
 }
 
 /// Generates one tensor.
-pub fn random_weight(name: &str, shape: Vec<usize>, dtype: DType, init: RandomInit, seed: u64) -> Weight {
+pub fn random_weight(
+    name: &str,
+    shape: Vec<usize>,
+    dtype: DType,
+    init: RandomInit,
+    seed: u64,
+) -> Weight {
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::new(seed ^ name_hash(name));
     let values: Vec<f32> = (0..n)

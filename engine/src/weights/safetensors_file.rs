@@ -89,7 +89,10 @@ impl Checkpoint {
         if files.is_empty() {
             return Err(EngineError::io(
                 dir.join("model.safetensors"),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no *.safetensors file in the model folder"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no *.safetensors file in the model folder",
+                ),
             ));
         }
         Checkpoint::open_files(&files)
@@ -133,17 +136,23 @@ impl Checkpoint {
 
     pub fn get(&self, name: &str) -> Result<Weight> {
         if let Some(dtype) = self.unsupported.get(name) {
-            return Err(EngineError::UnsupportedDtype { tensor: name.to_string(), dtype: dtype.clone() });
+            return Err(EngineError::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: dtype.clone(),
+            });
         }
-        self.tensors.get(name).cloned().ok_or_else(|| EngineError::MissingTensor {
-            tensor: name.to_string(),
-            searched: self
-                .files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::MissingTensor {
+                tensor: name.to_string(),
+                searched: self
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
