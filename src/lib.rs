@@ -10,3 +10,6 @@
 pub use troupe_actors as actors;
 pub use troupe_engine as engine;
 pub use troupe_ptx as ptx;
+
+/// The embeddable engine (tokio): `Engine::load(model, options).await`, `engine.generate(request)`.
+pub use troupe_actors::service::Engine;

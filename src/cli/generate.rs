@@ -2,18 +2,20 @@
 //! `{"prompt_ids":[..],"generated_ids":[..],"text":".."}`.
 
 use clap::Args;
-use troupe_engine::executor::ReferenceExecutor;
-use troupe_engine::generate::{generate, GenerateRequest};
+use troupe_engine::generate::GenerateRequest;
 use troupe_engine::sampling::SamplingParams;
 use troupe_engine::tokenizer::TextTokenizer;
 
 use super::common::{mla_form, parse_ids, prepare, CliError};
-use super::RunArgs;
+use super::executor::Executor;
+use super::{RunArgs, RuntimeArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Prompt text (tokenized with the model's tokenizer.json; BOS is prepended if the model has one).
     #[arg(
         long,
@@ -80,8 +82,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         }
         (None, None) => return Err(CliError::Usage("give --prompt or --prompt-ids".into())),
     };
-    let mut exec = ReferenceExecutor::new(&model, be.as_ref());
-    exec.options.mla_form = mla_form(&a.run.mla)?;
+    let exec = Executor::start(&graph, model.clone(), be, &a.run, &a.runtime, mla_form(&a.run.mla)?)?;
     let req = GenerateRequest {
         prompt: prompt.clone(),
         max_new_tokens: a.max_new_tokens,
@@ -98,7 +99,9 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         },
         keep_logits: false,
     };
-    let out = generate(&exec, std::slice::from_ref(&req))?.remove(0);
+    let result = exec.generate(std::slice::from_ref(&req));
+    exec.finish()?;
+    let out = result?.remove(0);
     let text = match &tokenizer {
         Some(t) => t.decode(&out.generated)?,
         None => String::new(),

@@ -4,15 +4,17 @@ use std::path::PathBuf;
 
 use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
-use troupe_engine::executor::ReferenceExecutor;
 
 use super::common::{mla_form, parse_ids, prepare, CliError};
-use super::RunArgs;
+use super::executor::Executor;
+use super::{RunArgs, RuntimeArgs};
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Prompt token ids, comma separated.
     #[arg(long)]
     pub prompt_ids: String,
@@ -23,10 +25,11 @@ pub struct LogitsArgs {
 
 pub fn run(a: LogitsArgs) -> Result<(), CliError> {
     let ids = parse_ids(&a.prompt_ids)?;
-    let (_graph, model, be) = prepare(&a.run)?;
-    let mut exec = ReferenceExecutor::new(&model, be.as_ref());
-    exec.options.mla_form = mla_form(&a.run.mla)?;
-    let logits = exec.logits(&ids)?;
+    let (graph, model, be) = prepare(&a.run)?;
+    let exec = Executor::start(&graph, model, be, &a.run, &a.runtime, mla_form(&a.run.mla)?)?;
+    let result = exec.logits(&ids);
+    exec.finish()?;
+    let logits = result?;
     write_logits(&a.out, logits.shape(), logits.data())
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod executor;
 mod generate;
 mod inspect;
 mod logits;
@@ -58,6 +59,27 @@ pub struct RunArgs {
     /// MLA computation: auto (naive prefill, absorbed decode), naive, absorbed.
     #[arg(long, default_value = "auto")]
     pub mla: String,
+}
+
+/// Which executor runs the model, and the actor runtime's options.
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// actors (supervised actor runtime) or reference (sequential executor). Default: actors on
+    /// --device cpu, reference on other devices (the actor runtime has CPU streams only so far).
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// Actor schedule: sequential, two-microbatch, pipeline (default: the graph's [schedule]).
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Pipeline stages (with --schedule pipeline).
+    #[arg(long)]
+    pub stages: Option<usize>,
+    /// Write a Chrome/Perfetto trace of the actor runtime here.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Serve Prometheus metrics on HOST:PORT while running.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {

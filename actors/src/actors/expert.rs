@@ -1,0 +1,129 @@
+//! Feed-forward blocks: `layer{L}.expert{E}` / `layer{L}.experts{A}-{B}` / `layer{L}.group{G}`
+//! (a group of routed experts: each runs its MLP on the rows dispatched to it),
+//! `layer{L}.shared` (the shared experts over all rows) and `layer{L}.mlp` (the dense FFN of a
+//! non-MoE layer: post-attention norm + MLP + residual).
+
+use std::sync::Arc;
+
+use troupe_engine::model::{FeedForward, Model, MoeBlock};
+use troupe_engine::{EngineError, Tensor};
+
+use crate::actors::{Block, BlockCtx, Meta};
+use crate::error::Result;
+
+fn moe(model: &Model, layer: usize) -> std::result::Result<&MoeBlock, EngineError> {
+    match &model.layers[layer].ffn {
+        FeedForward::Moe(m) => Ok(m),
+        FeedForward::Dense(_) => Err(EngineError::Invalid(format!("layer {layer} has no experts"))),
+    }
+}
+
+/// A group of routed experts of one layer.
+pub struct ExpertGroupBlock {
+    pub model: Arc<Model>,
+    pub layer: usize,
+    pub experts: Vec<usize>,
+}
+
+/// Rows for some experts of the group: `(expert id, its rows of normalised hidden state)`.
+#[derive(Clone)]
+pub struct GroupJob {
+    pub items: Vec<(usize, Tensor)>,
+    /// Trace flow arrow from the router's dispatch span.
+    pub flow: Option<u64>,
+}
+
+/// Expert outputs, aligned with the job's items.
+pub struct GroupOut {
+    pub outs: Vec<(usize, Tensor)>,
+    /// Trace flow arrow to the router's combine span.
+    pub flow: Option<u64>,
+}
+
+impl Block for ExpertGroupBlock {
+    type Job = GroupJob;
+    type Out = GroupOut;
+
+    async fn run(&self, ctx: &BlockCtx, job: GroupJob, meta: &Meta) -> Result<GroupOut> {
+        let mut tags = ctx.tags("experts", meta, self.layer);
+        tags.experts = job.items.iter().map(|(e, _)| *e).collect();
+        if let Some(f) = job.flow {
+            tags.flows_in.push((f, "dispatch"));
+        }
+        let back = ctx.flow_id();
+        if let Some(f) = back {
+            tags.flows_out.push((f, "combine"));
+        }
+        let (model, l, mine) = (self.model.clone(), self.layer, self.experts.clone());
+        let outs = ctx
+            .stream
+            .run(tags, move |be| {
+                let m = moe(&model, l)?;
+                job.items
+                    .iter()
+                    .map(|(e, x)| {
+                        if !mine.contains(e) {
+                            return Err(EngineError::Invalid(format!("expert {e} of layer {l} was sent to the wrong group")));
+                        }
+                        Ok((*e, m.experts[*e].forward(be, x)?))
+                    })
+                    .collect::<std::result::Result<Vec<_>, EngineError>>()
+            })
+            .await?;
+        Ok(GroupOut { outs, flow: back })
+    }
+
+    fn out_bytes(out: &GroupOut) -> usize {
+        out.outs.iter().map(|(_, t)| t.data().len() * 4).sum()
+    }
+}
+
+/// The shared experts of one MoE layer.
+pub struct SharedBlock {
+    pub model: Arc<Model>,
+    pub layer: usize,
+}
+
+impl Block for SharedBlock {
+    /// The normalised hidden rows.
+    type Job = Tensor;
+    type Out = Tensor;
+
+    async fn run(&self, ctx: &BlockCtx, hn: Tensor, meta: &Meta) -> Result<Tensor> {
+        let (model, l) = (self.model.clone(), self.layer);
+        ctx.stream
+            .run(ctx.tags("shared", meta, l), move |be| match &moe(&model, l)?.shared {
+                Some(s) => s.forward(be, &hn),
+                None => Err(EngineError::Invalid(format!("layer {l} has no shared experts"))),
+            })
+            .await
+    }
+}
+
+/// The dense FFN of a non-MoE layer.
+pub struct MlpBlock {
+    pub model: Arc<Model>,
+    pub layer: usize,
+}
+
+impl Block for MlpBlock {
+    /// The post-attention residual `h`.
+    type Job = Tensor;
+    type Out = Tensor;
+
+    async fn run(&self, ctx: &BlockCtx, h: Tensor, meta: &Meta) -> Result<Tensor> {
+        let (model, l) = (self.model.clone(), self.layer);
+        ctx.stream
+            .run(ctx.tags("mlp", meta, l), move |be| {
+                let layer = &model.layers[l];
+                let FeedForward::Dense(mlp) = &layer.ffn else {
+                    return Err(EngineError::Invalid(format!("layer {l} is not dense")));
+                };
+                let hn = be.rms_norm(&h, &layer.post_norm, model.eps())?;
+                let mut out = mlp.forward(be, &hn)?;
+                out.add_assign(&h)?;
+                Ok(out)
+            })
+            .await
+    }
+}

@@ -1,0 +1,155 @@
+//! `layer{L}.router`: post-attention norm + routing, dispatch of each expert's rows to its group
+//! actor (across the link when one is configured), the shared experts, and the combine — which
+//! adds expert outputs in ascending expert id whatever order they arrived in, so every placement
+//! gives the reference bits. A group that is down fails only the rows routed to it.
+
+use std::sync::Arc;
+
+use troupe_engine::model::{DispatchPlan, FeedForward, Model};
+use troupe_engine::{EngineError, Tensor};
+
+use crate::actors::expert::{ExpertGroupBlock, GroupJob, SharedBlock};
+use crate::actors::{call, Block, BlockCtx, Envelope, Meta, ReplyTo};
+use crate::error::{ActorError, Result};
+
+pub struct RouterBlock {
+    pub model: Arc<Model>,
+    pub layer: usize,
+    /// `group_of[e]`: index of expert `e`'s group.
+    pub group_of: Vec<usize>,
+    pub groups: Vec<flume::Sender<Envelope<ExpertGroupBlock>>>,
+    pub group_names: Vec<String>,
+    pub shared: Option<flume::Sender<Envelope<SharedBlock>>>,
+}
+
+impl Block for RouterBlock {
+    /// The post-attention residual `h` of a micro-batch.
+    type Job = Tensor;
+    type Out = Tensor;
+    const DEADLINE_FACTOR: u32 = 4;
+
+    async fn run(&self, ctx: &BlockCtx, h: Tensor, meta: &Meta) -> Result<Tensor> {
+        let (model, l) = (self.model.clone(), self.layer);
+        let n_experts = self.group_of.len();
+        let h2 = h.clone();
+        let (hn, routing) = ctx
+            .stream
+            .run(ctx.tags("route", meta, l), move |be| {
+                let layer = &model.layers[l];
+                let FeedForward::Moe(moe) = &layer.ffn else {
+                    return Err(EngineError::Invalid(format!("layer {l} is not MoE")));
+                };
+                let hn = be.rms_norm(&h2, &layer.post_norm, model.eps())?;
+                let (_, routing) = moe.router.route(be, &hn)?;
+                Ok((hn, routing))
+            })
+            .await?;
+        let plan = Arc::new(DispatchPlan::new(&routing, n_experts)?);
+        for e in plan.active_experts() {
+            crate::metrics::expert_tokens(l, e, plan.rows[e].len());
+        }
+        // Dispatch: gather each active group's rows on the router's stream.
+        let active: Vec<usize> = {
+            let mut g: Vec<usize> = plan.active_experts().map(|e| self.group_of[e]).collect();
+            g.dedup();
+            g.sort_unstable();
+            g.dedup();
+            g
+        };
+        let flows: Vec<Option<u64>> = active.iter().map(|_| ctx.flow_id()).collect();
+        let mut tags = ctx.tags("dispatch", meta, l);
+        tags.flows_out = flows.iter().flatten().map(|&f| (f, "dispatch")).collect();
+        let (p2, hn2, group_of, act2) = (plan.clone(), hn.clone(), self.group_of.clone(), active.clone());
+        let jobs: Vec<Vec<(usize, Tensor)>> = ctx
+            .stream
+            .run(tags, move |_| {
+                Ok(act2
+                    .iter()
+                    .map(|&g| p2.active_experts().filter(|&e| group_of[e] == g).map(|e| (e, hn2.gather_rows(&p2.rows[e]))).collect())
+                    .collect())
+            })
+            .await?;
+        let shared = match &self.shared {
+            Some(tx) => {
+                let (tx, hn, meta) = (tx.clone(), hn.clone(), meta.clone());
+                Some(tokio::spawn(async move { call(&tx, hn, meta).await }))
+            }
+            None => None,
+        };
+        let (rtx, rrx) = flume::bounded(2 * active.len() + 1);
+        for ((&g, items), flow) in active.iter().zip(jobs).zip(&flows) {
+            let bytes: usize = items.iter().map(|(_, t)| t.data().len() * 4).sum();
+            let env = Envelope {
+                job: GroupJob { items, flow: *flow },
+                meta: meta.clone(),
+                reply: ReplyTo::Direct(rtx.clone()),
+            };
+            let tx = self.groups[g].clone();
+            match &ctx.link {
+                Some(link) => {
+                    let env = Envelope {
+                        reply: ReplyTo::ViaLink(link.clone(), rtx.clone()),
+                        ..env
+                    };
+                    link.send("dispatch", bytes, move || {
+                        let _ = tx.send(env);
+                    })
+                }
+                None => tx
+                    .send_async(env)
+                    .await
+                    .map_err(|_| ActorError::Closed(format!("layer {l}: expert group channel closed")))?,
+            }
+        }
+        drop(rtx);
+        let mut outs: Vec<Option<Tensor>> = vec![None; n_experts];
+        let mut flows_in = Vec::new();
+        let mut received = 0;
+        while received < active.len() {
+            let r = rrx
+                .recv_async()
+                .await
+                .map_err(|_| ActorError::Closed(format!("layer {l}: expert results channel closed")))?;
+            match r {
+                Ok(out) => {
+                    received += 1;
+                    flows_in.extend(out.flow.map(|f| (f, "combine")));
+                    for (e, t) in out.outs {
+                        outs[e] = Some(t);
+                    }
+                }
+                Err(ActorError::ActorDown { actor, reason, .. }) => {
+                    let rows = rows_needing(&plan, &self.group_of, self.group_names.iter().position(|n| *n == actor));
+                    return Err(ActorError::ActorDown { actor, reason, rows: Some(rows) });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let shared_out = match shared {
+            Some(j) => Some(j.await.map_err(|e| ActorError::Closed(format!("layer {l}: shared experts task: {e}")))??),
+            None => None,
+        };
+        let model = self.model.clone();
+        let mut tags = ctx.tags("combine", meta, l);
+        tags.flows_in = flows_in;
+        ctx.stream
+            .run(tags, move |_| {
+                let FeedForward::Moe(moe) = &model.layers[l].ffn else {
+                    return Err(EngineError::Invalid(format!("layer {l} is not MoE")));
+                };
+                moe.combine(&h, &routing, &plan, &outs, shared_out.as_ref())
+            })
+            .await
+    }
+}
+
+/// Rows routed to the experts of group `g` (unknown group: every row).
+fn rows_needing(plan: &DispatchPlan, group_of: &[usize], g: Option<usize>) -> Vec<usize> {
+    let mut rows: Vec<usize> = match g {
+        Some(g) => plan.active_experts().filter(|&e| group_of[e] == g).flat_map(|e| plan.rows[e].iter().copied()).collect(),
+        None => plan.rows.iter().flatten().copied().collect(),
+    };
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}

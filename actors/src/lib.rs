@@ -1,0 +1,34 @@
+//! troupe-actors: the production executor. A loaded model runs as a ractor supervision tree
+//! (root → `stage{S}` → block actors: `layer{L}.attention`, `layer{L}.router`, `layer{L}.shared`,
+//! `layer{L}.mlp`, `layer{L}.expert{E}` / `layer{L}.experts{A}-{B}` / `layer{L}.group{G}`), each
+//! bound to a device stream; tensors move over bounded flume channels, ractor carries control.
+//! Logits and tokens are bit-identical to the reference executor for every schedule and
+//! placement. See `actors/README.md` for the design.
+//!
+//! Entry points: [`ActorRuntime`] (blocking, for the CLI), [`service::Engine`] (async library
+//! API), [`schedule::Schedule`] (write your own), [`bench`].
+
+pub mod actors;
+pub mod batch;
+pub mod batcher;
+pub mod bench;
+pub mod error;
+pub mod fault;
+pub mod link;
+pub mod metrics;
+pub mod pass;
+pub mod placement;
+pub mod runtime;
+pub mod schedule;
+pub mod service;
+pub mod stage;
+pub mod stream;
+pub mod supervisor;
+pub mod trace;
+
+pub use error::{ActorError, Result};
+pub use fault::{Fault, FaultKind, FaultPlan};
+pub use placement::{LinkSpec, Placement, SupervisionSpec};
+pub use runtime::{ActorRuntime, Core, RuntimeConfig, RuntimeOptions};
+pub use schedule::{ForwardPass, MicroBatch, Op, Schedule};
+pub use service::Engine;

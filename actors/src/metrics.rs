@@ -1,0 +1,70 @@
+//! Metrics through the `metrics` facade (no-ops unless a recorder is installed) and the
+//! Prometheus HTTP listener behind `--metrics-addr`. Names:
+//! - `troupe_actor_messages_total{actor}`, `troupe_actor_busy_microseconds_total{actor}`,
+//!   `troupe_actor_queue_depth{actor}` (data-plane channel length when a message is taken);
+//! - `troupe_actor_restarts_total{actor}`, `troupe_actor_down_total{actor}`;
+//! - `troupe_expert_tokens_total{layer,expert}` (rows dispatched to each routed expert);
+//! - `troupe_tokens_generated_total`, `troupe_tokens_per_second` (last decode step),
+//!   `troupe_forward_passes_total`.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::error::{ActorError, Result};
+
+static INSTALLED: OnceLock<Mutex<Option<SocketAddr>>> = OnceLock::new();
+
+/// Installs the Prometheus recorder and serves `/metrics` on `addr`. The recorder is
+/// process-global: a second call with the same address is a no-op, another address is an error.
+pub fn serve_prometheus(addr: SocketAddr) -> Result<()> {
+    let cell = INSTALLED.get_or_init(|| Mutex::new(None));
+    let mut g = cell.lock().unwrap_or_else(|p| p.into_inner());
+    match *g {
+        Some(a) if a == addr => return Ok(()),
+        Some(a) => {
+            return Err(ActorError::Startup(format!(
+                "metrics already served on {a}; cannot also serve on {addr} (one recorder per process)"
+            )))
+        }
+        None => {}
+    }
+    // Installed from a plain thread so the exporter gets its own runtime and outlives ours.
+    let r = std::thread::spawn(move || {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| ActorError::Startup("metrics exporter thread panicked".into()))?;
+    r.map_err(|e| ActorError::Startup(format!("metrics listener on {addr}: {e}")))?;
+    *g = Some(addr);
+    Ok(())
+}
+
+pub(crate) fn actor_message(actor: &str, busy: Duration, queue_depth: usize) {
+    metrics::counter!("troupe_actor_messages_total", "actor" => actor.to_string()).increment(1);
+    metrics::counter!("troupe_actor_busy_microseconds_total", "actor" => actor.to_string()).increment(busy.as_micros() as u64);
+    metrics::gauge!("troupe_actor_queue_depth", "actor" => actor.to_string()).set(queue_depth as f64);
+}
+
+pub(crate) fn actor_restart(actor: &str) {
+    metrics::counter!("troupe_actor_restarts_total", "actor" => actor.to_string()).increment(1);
+}
+
+pub(crate) fn actor_down(actor: &str) {
+    metrics::counter!("troupe_actor_down_total", "actor" => actor.to_string()).increment(1);
+}
+
+pub(crate) fn expert_tokens(layer: usize, expert: usize, rows: usize) {
+    metrics::counter!("troupe_expert_tokens_total", "layer" => layer.to_string(), "expert" => expert.to_string()).increment(rows as u64);
+}
+
+pub(crate) fn step_done(tokens: usize, elapsed: Duration) {
+    metrics::counter!("troupe_tokens_generated_total").increment(tokens as u64);
+    metrics::counter!("troupe_forward_passes_total").increment(1);
+    if elapsed > Duration::ZERO {
+        metrics::gauge!("troupe_tokens_per_second").set(tokens as f64 / elapsed.as_secs_f64());
+    }
+}

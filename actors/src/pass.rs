@@ -1,0 +1,271 @@
+//! `ForwardPass`: one forward pass over a batch of sequence chunks, driven by a [`Schedule`]
+//! from the calling (non-async) thread. It embeds each micro-batch, sends `StageCall`s into the
+//! stage channels, waits for them, and finally runs the LM head over all rows in batch order.
+//! It checks what a schedule does — micro-batches are disjoint, whole sequences, ops issued in
+//! model order, every sequence through every layer — so no schedule can change the bits.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use troupe_engine::executor::check_chunk;
+use troupe_engine::Tensor;
+
+use crate::batch::{MbInfo, MbSeq, SeqCaches};
+use crate::error::{ActorError, Result};
+use crate::runtime::Core;
+use crate::schedule::{Op, Schedule};
+use crate::stage::StageCall;
+use crate::trace::SpanTags;
+
+/// One sequence's part of a pass.
+#[derive(Clone, Debug)]
+pub struct SeqInput {
+    pub request: u64,
+    pub tokens: Vec<u32>,
+    pub caches: Arc<SeqCaches>,
+    /// Positions already cached before this pass.
+    pub start: usize,
+}
+
+/// Handle to a micro-batch of a pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MicroBatch(usize);
+
+struct MbState {
+    info: Arc<MbInfo>,
+    x: Option<Tensor>,
+    next_op: usize,
+    pending: Option<(flume::Receiver<Result<Tensor>>, usize)>,
+}
+
+/// Why a pass failed, and which of its sequences that concerns (`None`: all).
+#[derive(Debug)]
+pub struct PassFailure {
+    pub error: ActorError,
+    pub sequences: Option<Vec<usize>>,
+}
+
+/// A forward pass in progress (see the module doc).
+pub struct ForwardPass<'a> {
+    core: &'a Core,
+    schedule: String,
+    step: u64,
+    seqs: Vec<SeqInput>,
+    mbs: Vec<MbState>,
+    owner: Vec<Option<usize>>,
+    failed: Option<Option<Vec<usize>>>,
+}
+
+impl<'a> ForwardPass<'a> {
+    fn misuse(&self, message: String) -> ActorError {
+        ActorError::ScheduleMisuse {
+            schedule: self.schedule.clone(),
+            message,
+        }
+    }
+    pub fn n_sequences(&self) -> usize {
+        self.seqs.len()
+    }
+    /// New rows (tokens) of sequence `i` in this pass.
+    pub fn sequence_rows(&self, i: usize) -> usize {
+        self.seqs.get(i).map(|s| s.tokens.len()).unwrap_or(0)
+    }
+    pub fn n_layers(&self) -> usize {
+        self.core.model.layers.len()
+    }
+    pub fn n_stages(&self) -> usize {
+        self.core.placement.stages.len()
+    }
+    /// The ops of stage `s`'s layers, in order.
+    pub fn stage_ops(&self, s: usize) -> Vec<Op> {
+        self.core.placement.stages.get(s).cloned().unwrap_or(0..0).flat_map(Op::layer_ops).collect()
+    }
+    /// Every op of the model, in order.
+    pub fn all_ops(&self) -> Vec<Op> {
+        (0..self.n_layers()).flat_map(Op::layer_ops).collect()
+    }
+
+    /// Forms a micro-batch of sequences `seqs` and embeds its tokens.
+    pub fn micro_batch(&mut self, seqs: Range<usize>) -> Result<MicroBatch> {
+        if seqs.is_empty() || seqs.end > self.seqs.len() {
+            return Err(self.misuse(format!("micro-batch of sequences {seqs:?} (the pass has {})", self.seqs.len())));
+        }
+        if let Some(i) = seqs.clone().find(|&i| self.owner[i].is_some()) {
+            return Err(self.misuse(format!("sequence {i} is already in a micro-batch")));
+        }
+        let id = self.mbs.len();
+        let mut rows = 0;
+        let mut mb_seqs = Vec::with_capacity(seqs.len());
+        let mut ids = Vec::new();
+        for i in seqs.clone() {
+            let s = &self.seqs[i];
+            mb_seqs.push(MbSeq {
+                index: i,
+                request: s.request,
+                rows: rows..rows + s.tokens.len(),
+                start: s.start,
+                caches: s.caches.clone(),
+            });
+            rows += s.tokens.len();
+            ids.extend_from_slice(&s.tokens);
+            self.owner[i] = Some(id);
+        }
+        let info = Arc::new(MbInfo {
+            index: id,
+            step: self.step,
+            seqs: mb_seqs,
+        });
+        let model = self.core.model.clone();
+        let tags = SpanTags {
+            name: "embed",
+            actor: "stage0".into(),
+            micro_batch: Some(id),
+            step: Some(self.step),
+            requests: info.requests(),
+            ..SpanTags::default()
+        };
+        let x = self.core.stage_stream(0).run_blocking(tags, move |be| model.embed(be, &ids))?;
+        self.mbs.push(MbState {
+            info,
+            x: Some(x),
+            next_op: 0,
+            pending: None,
+        });
+        Ok(MicroBatch(id))
+    }
+
+    /// Starts `ops` (the micro-batch's next ops, in model order) without waiting.
+    pub fn issue(&mut self, mb: MicroBatch, ops: &[Op]) -> Result<()> {
+        let all = self.all_ops();
+        let st = self.mbs.get(mb.0).ok_or_else(|| ActorError::ScheduleMisuse {
+            schedule: self.schedule.clone(),
+            message: format!("no micro-batch {}", mb.0),
+        })?;
+        if st.pending.is_some() {
+            return Err(self.misuse(format!("micro-batch {} already has ops in flight (wait for it first)", mb.0)));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let expect = all.get(st.next_op..st.next_op + ops.len());
+        if expect != Some(ops) {
+            return Err(self.misuse(format!(
+                "micro-batch {} issued {ops:?} but its next ops are {:?}",
+                mb.0,
+                all.get(st.next_op..(st.next_op + ops.len()).min(all.len()))
+            )));
+        }
+        let st = &mut self.mbs[mb.0];
+        let x =
+            st.x.take()
+                .ok_or_else(|| ActorError::Closed(format!("micro-batch {} lost its data after a failure", mb.0)))?;
+        let (tx, rx) = flume::bounded(1);
+        let stage = self.core.placement.stage_of(ops[0].layer());
+        let call = StageCall {
+            ops: ops.to_vec(),
+            x,
+            mb: st.info.clone(),
+            reply: tx,
+        };
+        self.core.stage_tx(stage)?.send(call).map_err(|_| ActorError::Closed(format!("stage{stage} is stopped")))?;
+        st.pending = Some((rx, ops.len()));
+        Ok(())
+    }
+
+    /// Waits for the micro-batch's ops in flight (no-op when none).
+    pub fn wait(&mut self, mb: MicroBatch) -> Result<()> {
+        let Some(st) = self.mbs.get_mut(mb.0) else {
+            return Err(self.misuse(format!("no micro-batch {}", mb.0)));
+        };
+        let Some((rx, n)) = st.pending.take() else { return Ok(()) };
+        let r = rx.recv().map_err(|_| ActorError::Closed("a stage dropped a micro-batch".into())).and_then(|r| r);
+        match r {
+            Ok(x) => {
+                st.x = Some(x);
+                st.next_op += n;
+                Ok(())
+            }
+            Err(e) => {
+                let seqs = match &e {
+                    ActorError::ActorDown { rows: Some(rows), .. } => Some(st.info.sequences_of_rows(rows)),
+                    ActorError::ActorDown { rows: None, .. } => Some(st.info.seqs.iter().map(|s| s.index).collect()),
+                    _ => None,
+                };
+                self.failed = Some(match (self.failed.take(), seqs) {
+                    (Some(Some(mut a)), Some(b)) => {
+                        a.extend(b);
+                        Some(a)
+                    }
+                    (None, s) => s,
+                    _ => None,
+                });
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs one forward pass; returns the logits of every new row in batch order.
+pub fn run_pass(core: &Core, schedule: &dyn Schedule, seqs: Vec<SeqInput>) -> Result<Tensor, PassFailure> {
+    for (i, s) in seqs.iter().enumerate() {
+        check_chunk(&core.model, &s.tokens, s.start).map_err(|e| PassFailure {
+            error: e.into(),
+            sequences: Some(vec![i]),
+        })?;
+    }
+    if seqs.is_empty() {
+        return Err(PassFailure {
+            error: troupe_engine::EngineError::EmptyPrompt.into(),
+            sequences: None,
+        });
+    }
+    let n = seqs.len();
+    let mut pass = ForwardPass {
+        core,
+        schedule: schedule.name().to_string(),
+        step: core.next_step(),
+        seqs,
+        mbs: Vec::new(),
+        owner: vec![None; n],
+        failed: None,
+    };
+    let r = schedule.run(&mut pass);
+    // Never leave work in flight: a re-run must not race a straggler on the same caches.
+    for i in 0..pass.mbs.len() {
+        let _ = pass.wait(MicroBatch(i));
+    }
+    if let Err(error) = r {
+        return Err(PassFailure {
+            error,
+            sequences: pass.failed.take().flatten(),
+        });
+    }
+    let total = pass.all_ops().len();
+    if let Some(i) = pass.owner.iter().position(Option::is_none) {
+        return Err(PassFailure {
+            error: pass.misuse(format!("sequence {i} was never put in a micro-batch")),
+            sequences: None,
+        });
+    }
+    if let Some(m) = pass.mbs.iter().position(|m| m.next_op != total) {
+        return Err(PassFailure {
+            error: pass.misuse(format!("micro-batch {m} stopped after {} of {total} ops", pass.mbs[m].next_op)),
+            sequences: None,
+        });
+    }
+    let mut order: Vec<usize> = (0..pass.mbs.len()).collect();
+    order.sort_by_key(|&m| pass.mbs[m].info.seqs[0].index);
+    let parts: Vec<Tensor> = order.iter().filter_map(|&m| pass.mbs[m].x.take()).collect();
+    let fail = |error: ActorError| PassFailure { error, sequences: None };
+    let x = Tensor::concat_rows(&parts).map_err(|e| fail(e.into()))?;
+    let model = core.model.clone();
+    let last = core.placement.stages.len() - 1;
+    let tags = SpanTags {
+        name: "head",
+        actor: format!("stage{last}"),
+        step: Some(pass.step),
+        requests: pass.seqs.iter().map(|s| s.request).collect(),
+        ..SpanTags::default()
+    };
+    core.stage_stream(last).run_blocking(tags, move |be| model.head(be, &x)).map_err(fail)
+}

@@ -1,0 +1,365 @@
+//! The runtime core: resolves placement and schedule, starts streams, the link, the tracer and the
+//! metrics listener, creates every data-plane channel and spawns the supervision tree
+//! (root → `stage{S}` → block actors). [`ActorRuntime`] is the blocking API the CLI uses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use troupe_engine::generate::{GenerateOutput, GenerateRequest};
+use troupe_engine::graph::LoadedGraph;
+use troupe_engine::kernels::CpuBackend;
+use troupe_engine::model::{FeedForward, Model};
+use troupe_engine::Tensor;
+
+use crate::actors::attention::AttentionBlock;
+use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
+use crate::actors::router::RouterBlock;
+use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
+use crate::batch::SeqCaches;
+use crate::batcher::Batcher;
+use crate::error::{ActorError, Result};
+use crate::fault::{FaultPlan, FaultTrigger};
+use crate::link::Link;
+use crate::pass::{run_pass, SeqInput};
+use crate::placement::{LinkSpec, Placement, SupervisionSpec};
+use crate::schedule::{self, Schedule};
+use crate::stage::{FfnTx, StageCall, Wiring};
+use crate::stream::Stream;
+use crate::supervisor::{RootActor, StageArgs};
+use crate::trace::Tracer;
+
+/// What the CLI passes (`--schedule`, `--stages`, `--trace`, `--metrics-addr`).
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    pub schedule: Option<String>,
+    pub stages: Option<usize>,
+    pub trace: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Everything configurable programmatically (a superset of [`RuntimeOptions`]).
+#[derive(Clone, Default)]
+pub struct RuntimeConfig {
+    pub options: RuntimeOptions,
+    /// A schedule object (e.g. a custom one); wins over `options.schedule` and `[schedule]`.
+    pub custom_schedule: Option<Arc<dyn Schedule>>,
+    /// Replaces the graph's `[placement]` table.
+    pub placement: Option<toml::Table>,
+    /// Faults to inject (None: read `TROUPE_FAULT`).
+    pub faults: Option<FaultPlan>,
+    /// Overrides `[placement.supervision]`.
+    pub supervision: Option<SupervisionSpec>,
+    /// Overrides `[placement.link]`.
+    pub link: Option<LinkSpec>,
+}
+
+impl From<RuntimeOptions> for RuntimeConfig {
+    fn from(options: RuntimeOptions) -> Self {
+        RuntimeConfig {
+            options,
+            ..RuntimeConfig::default()
+        }
+    }
+}
+
+/// The running actor system (shared by [`ActorRuntime`] and `service::Engine`).
+pub struct Core {
+    pub model: Arc<Model>,
+    pub placement: Placement,
+    pub schedule: Arc<dyn Schedule>,
+    pub streams: Vec<Arc<Stream>>,
+    pub link: Option<Arc<Link>>,
+    pub tracer: Option<Arc<Tracer>>,
+    /// Names of every actor (`stage{S}` and block actors).
+    pub actor_names: Vec<String>,
+    pub faults: HashMap<String, Arc<FaultTrigger>>,
+    stage_tx: Mutex<Option<Vec<flume::Sender<StageCall>>>>,
+    root: tokio::sync::Mutex<Option<(ActorRef<()>, ractor::concurrency::JoinHandle<()>)>>,
+    shutting_down: Arc<AtomicBool>,
+    step: AtomicU64,
+    request: AtomicU64,
+}
+
+fn channel<B: Block>(cap: usize) -> (flume::Sender<Envelope<B>>, flume::Receiver<Envelope<B>>) {
+    flume::bounded(cap)
+}
+
+impl Core {
+    /// Starts everything on the current tokio runtime.
+    pub async fn start(model: Arc<Model>, graph_placement: Option<&toml::Table>, graph_schedule: Option<&toml::Table>, cfg: RuntimeConfig) -> Result<Arc<Core>> {
+        let mut placement = Placement::resolve(cfg.placement.as_ref().or(graph_placement), &model, cfg.options.stages)?;
+        if let Some(s) = cfg.supervision {
+            placement.supervision = s;
+        }
+        if cfg.link.is_some() {
+            placement.link = cfg.link;
+        }
+        let schedule = match &cfg.custom_schedule {
+            Some(s) => s.clone(),
+            None => schedule::from_config(graph_schedule, cfg.options.schedule.as_deref(), placement.stages.len())?,
+        };
+        let faults = match cfg.faults.clone() {
+            Some(f) => f,
+            None => FaultPlan::from_env()?,
+        };
+        if let Some(addr) = cfg.options.metrics_addr {
+            crate::metrics::serve_prometheus(addr)?;
+        }
+        let tracer = cfg.options.trace.as_ref().map(|p| Arc::new(Tracer::new(p, &placement.streams)));
+        let streams: Vec<Arc<Stream>> = placement
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Stream::spawn(n, i, Box::new(CpuBackend::new()), tracer.clone()).map(Arc::new))
+            .collect::<Result<_>>()?;
+        let link = placement.link.map(|l| Link::spawn(l, tracer.clone()).map(Arc::new)).transpose()?;
+
+        let cap = placement.channel_capacity;
+        let n_layers = model.layers.len();
+        let mut actor_names: Vec<String> = (0..placement.stages.len()).map(|s| format!("stage{s}")).collect();
+        let mut block_names = Vec::new();
+        let triggers = faults.triggers();
+        let mut children: Vec<Vec<Arc<dyn Child>>> = vec![Vec::new(); placement.stages.len()];
+        let mut attention = Vec::with_capacity(n_layers);
+        let mut ffn = Vec::with_capacity(n_layers);
+        let ctx = |name: String, stream: usize, with_link: bool| BlockCtx {
+            name,
+            stream: streams[stream].clone(),
+            tracer: tracer.clone(),
+            link: if with_link { link.clone() } else { None },
+        };
+        for l in 0..n_layers {
+            let s = placement.stage_of(l);
+            let st = placement.stage_streams[s];
+            let mut add = |name: String, child: Arc<dyn Child>, out: &mut Vec<Arc<dyn Child>>| {
+                block_names.push(name);
+                out.push(child);
+            };
+            let (tx, rx) = channel::<AttentionBlock>(cap);
+            let name = format!("layer{l}.attention");
+            let slot = BlockSlot::new(
+                AttentionBlock { model: model.clone(), layer: l },
+                ctx(name.clone(), st, false),
+                rx,
+                triggers.get(&name).cloned(),
+            );
+            add(name, slot, &mut children[s]);
+            attention.push(tx);
+            match &model.layers[l].ffn {
+                FeedForward::Dense(_) => {
+                    let (tx, rx) = channel::<MlpBlock>(cap);
+                    let name = format!("layer{l}.mlp");
+                    let slot = BlockSlot::new(MlpBlock { model: model.clone(), layer: l }, ctx(name.clone(), st, false), rx, triggers.get(&name).cloned());
+                    add(name, slot, &mut children[s]);
+                    ffn.push(FfnTx::Dense(tx));
+                }
+                FeedForward::Moe(moe) => {
+                    let mut group_of = vec![0usize; moe.experts.len()];
+                    let mut groups = Vec::new();
+                    let mut group_names = Vec::new();
+                    for (g, grp) in placement.expert_groups[l].iter().enumerate() {
+                        let (tx, rx) = channel::<ExpertGroupBlock>(cap);
+                        let name = grp.actor_name(l, g);
+                        for &e in &grp.experts {
+                            group_of[e] = g;
+                        }
+                        let block = ExpertGroupBlock {
+                            model: model.clone(),
+                            layer: l,
+                            experts: grp.experts.clone(),
+                        };
+                        let slot = BlockSlot::new(block, ctx(name.clone(), grp.stream, true), rx, triggers.get(&name).cloned());
+                        add(name.clone(), slot, &mut children[s]);
+                        groups.push(tx);
+                        group_names.push(name);
+                    }
+                    let shared = if moe.shared.is_some() {
+                        let (tx, rx) = channel::<SharedBlock>(cap);
+                        let name = format!("layer{l}.shared");
+                        let slot = BlockSlot::new(
+                            SharedBlock { model: model.clone(), layer: l },
+                            ctx(name.clone(), st, false),
+                            rx,
+                            triggers.get(&name).cloned(),
+                        );
+                        add(name, slot, &mut children[s]);
+                        Some(tx)
+                    } else {
+                        None
+                    };
+                    let (tx, rx) = channel::<RouterBlock>(cap);
+                    let name = format!("layer{l}.router");
+                    let block = RouterBlock {
+                        model: model.clone(),
+                        layer: l,
+                        group_of,
+                        groups,
+                        group_names,
+                        shared,
+                    };
+                    let slot = BlockSlot::new(block, ctx(name.clone(), st, true), rx, triggers.get(&name).cloned());
+                    add(name, slot, &mut children[s]);
+                    ffn.push(FfnTx::Moe(tx));
+                }
+            }
+        }
+        faults.validate(&block_names)?;
+        actor_names.extend(block_names);
+        let (stage_tx, stage_rx): (Vec<_>, Vec<_>) = (0..placement.stages.len()).map(|_| flume::bounded::<StageCall>(cap)).unzip();
+        let wiring = Arc::new(Wiring {
+            attention,
+            ffn,
+            stages: stage_tx.clone(),
+            stage_ranges: placement.stages.clone(),
+        });
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let args: Vec<StageArgs> = children
+            .into_iter()
+            .zip(stage_rx)
+            .enumerate()
+            .map(|(index, (children, rx))| StageArgs {
+                index,
+                children,
+                rx,
+                wiring: wiring.clone(),
+                policy: placement.supervision,
+                shutting_down: shutting_down.clone(),
+            })
+            .collect();
+        let (root, join) = Actor::spawn(None, RootActor, args)
+            .await
+            .map_err(|e| ActorError::Startup(format!("supervision tree: {e}")))?;
+        Ok(Arc::new(Core {
+            model,
+            placement,
+            schedule,
+            streams,
+            link,
+            tracer,
+            actor_names,
+            faults: triggers,
+            stage_tx: Mutex::new(Some(stage_tx)),
+            root: tokio::sync::Mutex::new(Some((root, join))),
+            shutting_down,
+            step: AtomicU64::new(0),
+            request: AtomicU64::new(0),
+        }))
+    }
+
+    pub(crate) fn next_step(&self) -> u64 {
+        self.step.fetch_add(1, Ordering::Relaxed)
+    }
+    pub(crate) fn next_request(&self) -> u64 {
+        self.request.fetch_add(1, Ordering::Relaxed)
+    }
+    pub(crate) fn stage_stream(&self, s: usize) -> &Stream {
+        &self.streams[self.placement.stage_streams[s]]
+    }
+    pub(crate) fn stage_tx(&self, s: usize) -> Result<flume::Sender<StageCall>> {
+        let g = self.stage_tx.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref()
+            .and_then(|v| v.get(s).cloned())
+            .ok_or_else(|| ActorError::Closed("the runtime is shut down".into()))
+    }
+
+    /// Injected faults that fired so far.
+    pub fn faults_fired(&self) -> usize {
+        self.faults.values().map(|t| t.fired()).sum()
+    }
+
+    /// One forward pass on this thread (blocking): logits of every new row.
+    pub fn forward(&self, seqs: Vec<SeqInput>) -> Result<Tensor, crate::pass::PassFailure> {
+        run_pass(self, &*self.schedule, seqs)
+    }
+
+    /// Stops every actor and writes the trace file.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.stage_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((root, join)) = self.root.lock().await.take() {
+            root.stop(None);
+            let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
+        }
+        match &self.tracer {
+            Some(t) => t.write(),
+            None => Ok(()),
+        }
+    }
+
+    /// A cache-free forward pass over one prompt → `[t, vocab]`.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
+        let seq = SeqInput {
+            request: self.next_request(),
+            tokens: tokens.to_vec(),
+            caches: SeqCaches::new(&self.model),
+            start: 0,
+        };
+        self.forward(vec![seq]).map_err(|f| f.error)
+    }
+}
+
+/// The blocking actor runtime the CLI drives.
+pub struct ActorRuntime {
+    rt: tokio::runtime::Runtime,
+    core: Arc<Core>,
+    batcher: Batcher,
+}
+
+impl ActorRuntime {
+    /// Spawns the actor system for `model` with the graph's `[placement]` / `[schedule]`.
+    pub fn start(model: Arc<Model>, graph: &LoadedGraph, opts: RuntimeOptions) -> Result<ActorRuntime> {
+        ActorRuntime::start_with(model, graph.placement.as_ref(), graph.schedule.as_ref(), opts.into())
+    }
+
+    /// Like [`ActorRuntime::start`] with every programmatic knob (faults, custom schedule, ...).
+    pub fn start_with(model: Arc<Model>, placement: Option<&toml::Table>, schedule: Option<&toml::Table>, cfg: RuntimeConfig) -> Result<ActorRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("troupe-actors")
+            .enable_all()
+            .build()
+            .map_err(|e| ActorError::Startup(format!("tokio runtime: {e}")))?;
+        let core = rt.block_on(Core::start(model, placement, schedule, cfg))?;
+        let batcher = Batcher::start(core.clone())?;
+        Ok(ActorRuntime { rt, core, batcher })
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Runs every request to completion with continuous batching; the first failed request's
+    /// error fails the call (see [`ActorRuntime::generate_each`] for per-request results).
+    pub fn generate(&self, reqs: &[GenerateRequest]) -> Result<Vec<GenerateOutput>> {
+        for r in reqs {
+            crate::batcher::check_request(&self.core.model, r)?;
+        }
+        self.generate_each(reqs).into_iter().collect()
+    }
+
+    /// Runs every request; one result per request (a request that needed a downed actor fails,
+    /// the others complete).
+    pub fn generate_each(&self, reqs: &[GenerateRequest]) -> Vec<Result<GenerateOutput>> {
+        let rxs: Vec<_> = reqs.iter().map(|r| self.batcher.submit_full(r.clone())).collect();
+        rxs.into_iter().map(|rx| rx.and_then(crate::batcher::collect_full)).collect()
+    }
+
+    /// Cache-free forward pass over one prompt → logits `[T, V]`.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
+        self.core.logits(tokens)
+    }
+
+    /// Stops the actors and flushes the trace file.
+    pub fn shutdown(self) -> Result<()> {
+        self.batcher.stop();
+        let r = self.rt.block_on(self.core.shutdown());
+        drop(self.core);
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+        r
+    }
+}

@@ -1,0 +1,129 @@
+//! Chrome / Perfetto trace recording (`--trace FILE.json`): one track (tid) per stream in process
+//! 1 — a complete ("X") span per kernel, tagged with actor, layer, expert, micro-batch, step and
+//! request ids — one track for the link in process 2, and flow arrows ("s"/"f") from the router's
+//! dispatch span to each expert group's span and from the group back to the combine span.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::error::{ActorError, Result};
+
+/// What a span is about.
+#[derive(Clone, Debug, Default)]
+pub struct SpanTags {
+    /// Kernel / step name (`attention`, `route`, `expert`, `combine`, `mlp`, `shared`, `embed`, `head`).
+    pub name: &'static str,
+    pub actor: String,
+    pub layer: Option<usize>,
+    pub experts: Vec<usize>,
+    pub micro_batch: Option<usize>,
+    pub step: Option<u64>,
+    pub requests: Vec<u64>,
+    /// Flow arrows ending in this span.
+    pub flows_in: Vec<(u64, &'static str)>,
+    /// Flow arrows starting in this span.
+    pub flows_out: Vec<(u64, &'static str)>,
+}
+
+/// Collects trace events; written once at shutdown.
+#[derive(Debug)]
+pub struct Tracer {
+    path: PathBuf,
+    epoch: Instant,
+    events: Mutex<Vec<Value>>,
+    next_flow: AtomicU64,
+}
+
+/// Process ids used in the trace.
+pub const STREAMS_PID: u64 = 1;
+pub const LINK_PID: u64 = 2;
+
+impl Tracer {
+    pub fn new(path: &Path, stream_names: &[String]) -> Tracer {
+        let mut events = vec![
+            json!({"ph": "M", "name": "process_name", "pid": STREAMS_PID, "tid": 0, "args": {"name": "streams"}}),
+            json!({"ph": "M", "name": "process_name", "pid": LINK_PID, "tid": 0, "args": {"name": "link"}}),
+            json!({"ph": "M", "name": "thread_name", "pid": LINK_PID, "tid": 0, "args": {"name": "link"}}),
+        ];
+        for (i, n) in stream_names.iter().enumerate() {
+            events.push(json!({"ph": "M", "name": "thread_name", "pid": STREAMS_PID, "tid": i, "args": {"name": format!("stream {n}")}}));
+        }
+        Tracer {
+            path: path.to_path_buf(),
+            epoch: Instant::now(),
+            events: Mutex::new(events),
+            next_flow: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh flow-arrow id.
+    pub fn flow_id(&self) -> u64 {
+        self.next_flow.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn us(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as f64 / 1000.0
+    }
+
+    fn push(&self, mut evs: Vec<Value>) {
+        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        g.append(&mut evs);
+    }
+
+    /// A kernel span on stream `tid`.
+    pub fn span(&self, tid: usize, tags: &SpanTags, start: Instant, end: Instant) {
+        let ts = self.us(start);
+        let dur = (self.us(end) - ts).max(0.001);
+        let mut args = serde_json::Map::new();
+        args.insert("actor".into(), json!(tags.actor));
+        if let Some(l) = tags.layer {
+            args.insert("layer".into(), json!(l));
+        }
+        if !tags.experts.is_empty() {
+            args.insert("experts".into(), json!(tags.experts));
+        }
+        if let Some(m) = tags.micro_batch {
+            args.insert("micro_batch".into(), json!(m));
+        }
+        if let Some(s) = tags.step {
+            args.insert("step".into(), json!(s));
+        }
+        args.insert("requests".into(), json!(tags.requests));
+        let mid = ts + dur / 2.0;
+        let mut evs = vec![json!({"ph": "X", "name": tags.name, "cat": "kernel", "pid": STREAMS_PID, "tid": tid, "ts": ts, "dur": dur, "args": args})];
+        for &(id, cat) in &tags.flows_out {
+            evs.push(json!({"ph": "s", "name": cat, "cat": cat, "id": id, "pid": STREAMS_PID, "tid": tid, "ts": mid}));
+        }
+        for &(id, cat) in &tags.flows_in {
+            evs.push(json!({"ph": "f", "bp": "e", "name": cat, "cat": cat, "id": id, "pid": STREAMS_PID, "tid": tid, "ts": mid}));
+        }
+        self.push(evs);
+    }
+
+    /// A transfer on the link track.
+    pub fn link_span(&self, what: &'static str, bytes: usize, start: Instant, end: Instant) {
+        let ts = self.us(start);
+        let dur = (self.us(end) - ts).max(0.001);
+        self.push(vec![
+            json!({"ph": "X", "name": what, "cat": "link", "pid": LINK_PID, "tid": 0, "ts": ts, "dur": dur, "args": {"bytes": bytes}}),
+        ]);
+    }
+
+    /// Writes `{"traceEvents": [...]}`.
+    pub fn write(&self) -> Result<()> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let doc = json!({"traceEvents": *events, "displayTimeUnit": "ms"});
+        let text = serde_json::to_string(&doc).map_err(|e| ActorError::Trace {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&self.path, text).map_err(|e| ActorError::Trace {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
