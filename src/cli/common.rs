@@ -79,10 +79,9 @@ pub fn backend(device: &str) -> Result<Arc<dyn Backend>, CliError> {
                 })?,
                 None => 0,
             };
-            let _ = ordinal;
-            Err(CliError::Runtime("WIRING PENDING: cuda".into()))
+            troupe_ptx::cuda_backend(ordinal).map_err(|e| CliError::Runtime(e.to_string()))
         }
-        "ptx-interp" => Err(CliError::Runtime("WIRING PENDING: ptx-interp".into())),
+        "ptx-interp" => troupe_ptx::interp_backend().map_err(|e| CliError::Runtime(e.to_string())),
         other => Err(CliError::Usage(format!(
             "--device {other}: expected cpu, cuda[:N] or ptx-interp"
         ))),
