@@ -1,0 +1,444 @@
+//! mma.sync fragment semantics (bf16 / f16 / fp8 / tf32 inputs, f32 and f16
+//! accumulators, m16n8k8/k16/k32) against a naive matmul on random inputs, with the
+//! register fragments built on the host from the PTX ISA layouts.
+
+#![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
+
+use troupe_ptx::interp::*;
+
+const HDR: &str = ".version 8.0\n.target sm_89\n.address_size 64\n";
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 16) as u32
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() % 20001) as f32 / 10000.0 - 1.0
+    }
+}
+
+fn bf(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+fn bf_val(b: u16) -> f32 {
+    half::bf16::from_bits(b).to_f32()
+}
+fn hf(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+fn hf_val(b: u16) -> f32 {
+    half::f16::from_bits(b).to_f32()
+}
+
+/// Load `na+nb+nc` words per lane, run `mma`, store `nd` words per lane.
+fn run_mma(
+    instr: &str,
+    na: usize,
+    nb: usize,
+    nc: usize,
+    nd: usize,
+    regs: &[Vec<u32>],
+) -> Vec<Vec<u32>> {
+    let nt = na + nb + nc;
+    let list = |p: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("%{p}{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut body = String::new();
+    for (p, n, off) in [("a", na, 0), ("b", nb, na), ("c", nc, na + nb)] {
+        for i in 0..n {
+            body += &format!("ld.global.u32 %{p}{i}, [%rd3+{}];\n", 4 * (off + i));
+        }
+    }
+    body += &format!(
+        "{instr} {{{}}}, {{{}}}, {{{}}}, {{{}}};\n",
+        list("d", nd),
+        list("a", na),
+        list("b", nb),
+        list("c", nc)
+    );
+    for i in 0..nd {
+        body += &format!("st.global.u32 [%rd4+{}], %d{i};\n", 4 * i);
+    }
+    let src = format!(
+        "{HDR}.visible .entry k(.param .u64 out, .param .u64 inp)\n{{\n\
+         .reg .b32 %r<8>;\n.reg .b64 %rd<8>;\n.reg .b32 %a<4>;\n.reg .b32 %b<2>;\n.reg .b32 %c<4>;\n.reg .b32 %d<4>;\n\
+         ld.param.u64 %rd1, [out];\nld.param.u64 %rd2, [inp];\nmov.u32 %r1, %laneid;\n\
+         mul.lo.u32 %r2, %r1, {nt};\nmul.wide.u32 %rd3, %r2, 4;\nadd.u64 %rd3, %rd2, %rd3;\n\
+         mul.lo.u32 %r3, %r1, {nd};\nmul.wide.u32 %rd4, %r3, 4;\nadd.u64 %rd4, %rd1, %rd4;\n{body}ret;\n}}\n"
+    );
+    let m = Module::parse(&src).unwrap_or_else(|e| panic!("{e}"));
+    let mut dev = Device::new();
+    let flat: Vec<u32> = regs.iter().flatten().copied().collect();
+    assert_eq!(flat.len(), 32 * nt);
+    let pi = dev.alloc(flat.len() * 4).unwrap();
+    dev.write_u32(pi, &flat).unwrap();
+    let po = dev.alloc(32 * nd * 4).unwrap();
+    dev.launch(
+        &m,
+        "k",
+        &LaunchConfig::linear(1, 32),
+        &[ParamValue::Ptr(po), ParamValue::Ptr(pi)],
+    )
+    .unwrap();
+    let out = dev.read_u32(po, 32 * nd).unwrap();
+    out.chunks(nd).map(|c| c.to_vec()).collect()
+}
+
+/// Reference: D = C + A·B in f32, k ascending, each product exact.
+fn reference(a: &[Vec<f32>], b: &[Vec<f32>], c: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let k = b.len();
+    (0..16)
+        .map(|i| {
+            (0..8)
+                .map(|j| {
+                    let mut acc = c[i][j];
+                    for kk in 0..k {
+                        acc += a[i][kk] * b[kk][j];
+                    }
+                    acc
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Scatter/gather helpers for the documented m16n8 C/D layout (f32 accumulators).
+fn c_regs(c: &[Vec<f32>], lane: usize) -> Vec<u32> {
+    let (g, t) = (lane / 4, lane % 4);
+    (0..4)
+        .map(|i| c[g + 8 * (i / 2)][2 * t + i % 2].to_bits())
+        .collect()
+}
+fn d_from(d: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let mut m = vec![vec![0f32; 8]; 16];
+    for (lane, regs) in d.iter().enumerate() {
+        let (g, t) = (lane / 4, lane % 4);
+        for i in 0..4 {
+            m[g + 8 * (i / 2)][2 * t + i % 2] = f32::from_bits(regs[i]);
+        }
+    }
+    m
+}
+
+fn check(d: &[Vec<f32>], want: &[Vec<f32>], exact_f64: Option<&[Vec<f64>]>) {
+    for i in 0..16 {
+        for j in 0..8 {
+            assert_eq!(
+                d[i][j].to_bits(),
+                want[i][j].to_bits(),
+                "D[{i}][{j}] {} vs {}",
+                d[i][j],
+                want[i][j]
+            );
+            if let Some(e) = exact_f64 {
+                assert!((d[i][j] as f64 - e[i][j]).abs() < 1e-4, "D[{i}][{j}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn mma_m16n8k16_bf16_and_f16_against_naive_matmul() {
+    for (ty, enc, dec) in [
+        ("bf16", bf as fn(f32) -> u16, bf_val as fn(u16) -> f32),
+        ("f16", hf, hf_val),
+    ] {
+        let mut rng = Rng(0x1234_5678_9ABC ^ ty.len() as u64);
+        let a: Vec<Vec<u16>> = (0..16)
+            .map(|_| (0..16).map(|_| enc(rng.unit())).collect())
+            .collect();
+        let b: Vec<Vec<u16>> = (0..16)
+            .map(|_| (0..8).map(|_| enc(rng.unit())).collect())
+            .collect();
+        let c: Vec<Vec<f32>> = (0..16)
+            .map(|_| (0..8).map(|_| rng.unit()).collect())
+            .collect();
+        let regs: Vec<Vec<u32>> = (0..32)
+            .map(|lane| {
+                let (g, t) = (lane / 4, lane % 4);
+                let mut r = Vec::new();
+                for i in 0..4 {
+                    let (row, col) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
+                    r.push(a[row][col] as u32 | (a[row][col + 1] as u32) << 16);
+                }
+                for i in 0..2 {
+                    let k = 2 * t + 8 * i;
+                    r.push(b[k][g] as u32 | (b[k + 1][g] as u32) << 16);
+                }
+                r.extend(c_regs(&c, lane));
+                r
+            })
+            .collect();
+        let d = run_mma(
+            &format!("mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32"),
+            4,
+            2,
+            4,
+            4,
+            &regs,
+        );
+        let af: Vec<Vec<f32>> = a
+            .iter()
+            .map(|r| r.iter().map(|&x| dec(x)).collect())
+            .collect();
+        let bf_: Vec<Vec<f32>> = b
+            .iter()
+            .map(|r| r.iter().map(|&x| dec(x)).collect())
+            .collect();
+        let exact: Vec<Vec<f64>> = (0..16)
+            .map(|i| {
+                (0..8)
+                    .map(|j| {
+                        c[i][j] as f64
+                            + (0..16)
+                                .map(|k| af[i][k] as f64 * bf_[k][j] as f64)
+                                .sum::<f64>()
+                    })
+                    .collect()
+            })
+            .collect();
+        check(&d_from(&d), &reference(&af, &bf_, &c), Some(&exact));
+    }
+}
+
+#[test]
+fn mma_m16n8k8_bf16_and_f16_accumulator() {
+    let mut rng = Rng(77);
+    let a: Vec<Vec<u16>> = (0..16)
+        .map(|_| (0..8).map(|_| bf(rng.unit())).collect())
+        .collect();
+    let b: Vec<Vec<u16>> = (0..8)
+        .map(|_| (0..8).map(|_| bf(rng.unit())).collect())
+        .collect();
+    let c: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..8).map(|_| rng.unit()).collect())
+        .collect();
+    let regs: Vec<Vec<u32>> = (0..32)
+        .map(|lane| {
+            let (g, t) = (lane / 4, lane % 4);
+            let mut r = vec![
+                a[g][2 * t] as u32 | (a[g][2 * t + 1] as u32) << 16,
+                a[g + 8][2 * t] as u32 | (a[g + 8][2 * t + 1] as u32) << 16,
+                b[2 * t][g] as u32 | (b[2 * t + 1][g] as u32) << 16,
+            ];
+            r.extend(c_regs(&c, lane));
+            r
+        })
+        .collect();
+    let d = run_mma(
+        "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32",
+        2,
+        1,
+        4,
+        4,
+        &regs,
+    );
+    let af: Vec<Vec<f32>> = a
+        .iter()
+        .map(|r| r.iter().map(|&x| bf_val(x)).collect())
+        .collect();
+    let bff: Vec<Vec<f32>> = b
+        .iter()
+        .map(|r| r.iter().map(|&x| bf_val(x)).collect())
+        .collect();
+    check(&d_from(&d), &reference(&af, &bff, &c), None);
+
+    // f16 inputs, f16 accumulators (f16x2 C/D registers), m16n8k16
+    let a: Vec<Vec<u16>> = (0..16)
+        .map(|_| (0..16).map(|_| hf(rng.unit())).collect())
+        .collect();
+    let b: Vec<Vec<u16>> = (0..16)
+        .map(|_| (0..8).map(|_| hf(rng.unit())).collect())
+        .collect();
+    let c: Vec<Vec<u16>> = (0..16)
+        .map(|_| (0..8).map(|_| hf(rng.unit())).collect())
+        .collect();
+    let regs: Vec<Vec<u32>> = (0..32)
+        .map(|lane| {
+            let (g, t) = (lane / 4, lane % 4);
+            let mut r = Vec::new();
+            for i in 0..4 {
+                let (row, col) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
+                r.push(a[row][col] as u32 | (a[row][col + 1] as u32) << 16);
+            }
+            for i in 0..2 {
+                let k = 2 * t + 8 * i;
+                r.push(b[k][g] as u32 | (b[k + 1][g] as u32) << 16);
+            }
+            for i in 0..2 {
+                r.push(c[g + 8 * i][2 * t] as u32 | (c[g + 8 * i][2 * t + 1] as u32) << 16);
+            }
+            r
+        })
+        .collect();
+    let d = run_mma(
+        "mma.sync.aligned.m16n8k16.row.col.f16.f16.f16.f16",
+        4,
+        2,
+        2,
+        2,
+        &regs,
+    );
+    let af: Vec<Vec<f32>> = a
+        .iter()
+        .map(|r| r.iter().map(|&x| hf_val(x)).collect())
+        .collect();
+    let bff: Vec<Vec<f32>> = b
+        .iter()
+        .map(|r| r.iter().map(|&x| hf_val(x)).collect())
+        .collect();
+    let cf: Vec<Vec<f32>> = c
+        .iter()
+        .map(|r| r.iter().map(|&x| hf_val(x)).collect())
+        .collect();
+    let want = reference(&af, &bff, &cf);
+    for (lane, regs) in d.iter().enumerate() {
+        let (g, t) = (lane / 4, lane % 4);
+        for i in 0..2 {
+            for h in 0..2 {
+                let got = (regs[i] >> (16 * h)) as u16;
+                assert_eq!(
+                    got,
+                    hf(want[g + 8 * i][2 * t + h]),
+                    "lane {lane} reg {i} half {h}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mma_m16n8k32_e4m3_and_m16n8k8_tf32() {
+    let mut rng = Rng(4242);
+    let code = |rng: &mut Rng| -> u8 {
+        (rng.next() % 0x77) as u8 | if rng.next() % 2 == 0 { 0x80 } else { 0 }
+    };
+    let val = |c: u8| -> f32 {
+        let (e, m) = ((c >> 3) & 0xF, c & 7);
+        let mag = if e == 0 {
+            m as f32 * 2f32.powi(-9)
+        } else {
+            (1.0 + m as f32 / 8.0) * 2f32.powi(e as i32 - 7)
+        };
+        if c & 0x80 != 0 {
+            -mag
+        } else {
+            mag
+        }
+    };
+    let a: Vec<Vec<u8>> = (0..16)
+        .map(|_| (0..32).map(|_| code(&mut rng)).collect())
+        .collect();
+    let b: Vec<Vec<u8>> = (0..32)
+        .map(|_| (0..8).map(|_| code(&mut rng)).collect())
+        .collect();
+    let c: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..8).map(|_| rng.unit()).collect())
+        .collect();
+    let regs: Vec<Vec<u32>> = (0..32)
+        .map(|lane| {
+            let (g, t) = (lane / 4, lane % 4);
+            let mut r = Vec::new();
+            for i in 0..4 {
+                let (row, col) = (g + 8 * (i % 2), 4 * t + 16 * (i / 2));
+                r.push((0..4).fold(0u32, |acc, j| acc | (a[row][col + j] as u32) << (8 * j)));
+            }
+            for i in 0..2 {
+                let k = 4 * t + 16 * i;
+                r.push((0..4).fold(0u32, |acc, j| acc | (b[k + j][g] as u32) << (8 * j)));
+            }
+            r.extend(c_regs(&c, lane));
+            r
+        })
+        .collect();
+    let d = run_mma(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32",
+        4,
+        2,
+        4,
+        4,
+        &regs,
+    );
+    let af: Vec<Vec<f32>> = a
+        .iter()
+        .map(|r| r.iter().map(|&x| val(x)).collect())
+        .collect();
+    let bff: Vec<Vec<f32>> = b
+        .iter()
+        .map(|r| r.iter().map(|&x| val(x)).collect())
+        .collect();
+    check(&d_from(&d), &reference(&af, &bff, &c), None);
+
+    // tf32: low 13 mantissa bits of the inputs are ignored
+    let a: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..8).map(|_| rng.unit()).collect())
+        .collect();
+    let b: Vec<Vec<f32>> = (0..8)
+        .map(|_| (0..8).map(|_| rng.unit()).collect())
+        .collect();
+    let c: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..8).map(|_| rng.unit()).collect())
+        .collect();
+    let regs: Vec<Vec<u32>> = (0..32)
+        .map(|lane| {
+            let (g, t) = (lane / 4, lane % 4);
+            let mut r = vec![
+                a[g][t].to_bits(),
+                a[g + 8][t].to_bits(),
+                a[g][t + 4].to_bits(),
+                a[g + 8][t + 4].to_bits(),
+            ];
+            r.push(b[t][g].to_bits());
+            r.push(b[t + 4][g].to_bits());
+            r.extend(c_regs(&c, lane));
+            r
+        })
+        .collect();
+    let d = run_mma(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
+        4,
+        2,
+        4,
+        4,
+        &regs,
+    );
+    let tr = |m: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+        m.iter()
+            .map(|r| {
+                r.iter()
+                    .map(|x| f32::from_bits(x.to_bits() & 0xFFFF_E000))
+                    .collect()
+            })
+            .collect()
+    };
+    check(&d_from(&d), &reference(&tr(&a), &tr(&b), &c), None);
+}
+
+#[test]
+fn mma_requires_a_converged_warp() {
+    let src = format!(
+        "{HDR}.visible .entry k()\n{{\n.reg .pred %p<2>;\n.reg .b32 %r<20>;\n.reg .f32 %f<8>;\n\
+         mov.u32 %r1, %laneid;\nsetp.lt.u32 %p1, %r1, 4;\n@%p1 bra END;\n\
+         mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{%f0,%f1,%f2,%f3}}, {{%r2,%r3,%r4,%r5}}, {{%r6,%r7}}, {{%f4,%f5,%f6,%f7}};\n\
+         END:\nret;\n}}\n"
+    );
+    let m = Module::parse(&src).unwrap();
+    let e = Device::new()
+        .launch(&m, "k", &LaunchConfig::linear(1, 32), &[])
+        .unwrap_err();
+    assert!(matches!(e, PtxError::Divergence { line: 12, .. }), "{e}");
+    let bad = src.replace("{%r6,%r7}", "{%r6}");
+    assert!(matches!(Module::parse(&bad), Err(PtxError::Parse { .. })));
+    let unsup = src.replace("m16n8k16.row.col", "m16n8k16.col.col");
+    assert!(matches!(
+        Module::parse(&unsup),
+        Err(PtxError::Unsupported { .. })
+    ));
+}
