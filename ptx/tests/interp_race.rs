@@ -1,6 +1,6 @@
 //! Shared-memory race detector: missing barriers are reported with both threads and
 //! lines; barrier-separated, same-thread, atomic/atomic and `bar.warp.sync`-separated
-//! accesses are clean; cp.async writes count at completion.
+//! accesses are clean; cp.async writes count from issue to completion.
 
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
@@ -193,4 +193,25 @@ fn cp_async_writes_count_at_completion() {
         e => panic!("{e}"),
     }
     run(src("bar.sync 0;")).unwrap();
+}
+
+#[test]
+fn cp_async_destination_is_busy_from_issue() {
+    // thread t reads chunk t+1 while thread t+1's copy into it is in flight; the wait only
+    // comes after the barrier, so only the issue-time record can see the conflict
+    let src = format!(
+        "{HDR}.visible .entry k(.param .u64 out)\n{{\n.reg .b32 %r<12>;\n.reg .b64 %rd<6>;\n.shared .align 16 .b8 sm[1024];\n\
+         ld.param.u64 %rd1, [out];\nmov.u32 %r1, %tid.x;\nshl.b32 %r2, %r1, 4;\nmov.u32 %r3, sm;\nadd.u32 %r4, %r3, %r2;\n\
+         add.u32 %r5, %r4, 16;\nand.b32 %r5, %r5, 1023;\nld.shared.u32 %r6, [%r5];\n\
+         cp.async.ca.shared.global [%r4], [%rd1], 16;\ncp.async.commit_group;\nbar.sync 0;\ncp.async.wait_all;\nret;\n}}\n"
+    );
+    let m = Module::parse(&src).unwrap();
+    let mut dev = Device::new();
+    let po = dev.alloc(64).unwrap();
+    let mut cfg = LaunchConfig::linear(1, 64);
+    cfg.race_check = true;
+    let e = dev
+        .launch(&m, "k", &cfg, &[ParamValue::Ptr(po)])
+        .unwrap_err();
+    assert!(matches!(e, PtxError::SharedRace { .. }), "{e}");
 }
