@@ -23,7 +23,9 @@ impl Schedule for LayerSynchronous {
         "layer-synchronous"
     }
     fn run(&self, pass: &mut ForwardPass<'_>) -> troupe_actors::Result<()> {
-        let mbs = (0..pass.n_sequences()).map(|i| pass.micro_batch(i..i + 1)).collect::<Result<Vec<_>, _>>()?;
+        let mbs = (0..pass.n_sequences())
+            .map(|i| pass.micro_batch(i..i + 1))
+            .collect::<Result<Vec<_>, _>>()?;
         for l in 0..pass.n_layers() {
             for op in Op::layer_ops(l) {
                 for &mb in &mbs {
@@ -39,12 +41,21 @@ impl Schedule for LayerSynchronous {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/deepseek-v3-tiny").to_string());
+    let path = std::env::args().nth(1).unwrap_or_else(|| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/deepseek-v3-tiny"
+        )
+        .to_string()
+    });
     let graph = LoadedGraph::open(std::path::Path::new(&path))?;
     let model = Arc::new(Model::load(&graph, &mut |_, _| {})?);
-    let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5], vec![9, 8, 7], vec![42], vec![100, 200, 300, 400]];
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![1, 2, 3, 4, 5],
+        vec![9, 8, 7],
+        vec![42],
+        vec![100, 200, 300, 400],
+    ];
     let reqs: Vec<GenerateRequest> = prompts
         .into_iter()
         .map(|prompt| GenerateRequest {
@@ -59,17 +70,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         custom_schedule: Some(Arc::new(LayerSynchronous)),
         ..Default::default()
     };
-    let rt = ActorRuntime::start_with(model.clone(), graph.placement.as_ref(), graph.schedule.as_ref(), cfg)?;
+    let rt = ActorRuntime::start_with(
+        model.clone(),
+        graph.placement.as_ref(),
+        graph.schedule.as_ref(),
+        cfg,
+    )?;
     let got = rt.generate(&reqs)?;
     rt.shutdown()?;
     let be = CpuBackend::new();
     let want = generate(&ReferenceExecutor::new(&model, &be), &reqs)?;
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let same = g.generated == w.generated && g.step_logits.iter().flatten().map(|x| x.to_bits()).eq(w.step_logits.iter().flatten().map(|x| x.to_bits()));
+        let same = g.generated == w.generated
+            && g.step_logits.iter().flatten().map(|x| x.to_bits()).eq(w
+                .step_logits
+                .iter()
+                .flatten()
+                .map(|x| x.to_bits()));
         println!(
             "request {i}: {:?} — {}",
             g.generated,
-            if same { "bit-identical to the reference" } else { "DIFFERS from the reference" }
+            if same {
+                "bit-identical to the reference"
+            } else {
+                "DIFFERS from the reference"
+            }
         );
         if !same {
             return Err("custom schedule changed the result".into());

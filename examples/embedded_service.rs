@@ -43,9 +43,13 @@ async fn serve_one(engine: Arc<Engine>, sock: TcpStream) -> std::io::Result<()> 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/deepseek-v3-tiny").to_string());
+    let path = std::env::args().nth(1).unwrap_or_else(|| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/deepseek-v3-tiny"
+        )
+        .to_string()
+    });
     let engine = Arc::new(
         Engine::load(
             &path,
@@ -72,10 +76,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(async move {
                 let sock = TcpStream::connect(addr).await?;
                 let (r, mut w) = sock.into_split();
-                let prompt: Vec<String> = (0..3 + c).map(|i| ((c * 31 + i * 7) % 1000).to_string()).collect();
-                w.write_all(format!("{}\n", prompt.join(" ")).as_bytes()).await?;
+                let prompt: Vec<String> = (0..3 + c)
+                    .map(|i| ((c * 31 + i * 7) % 1000).to_string())
+                    .collect();
+                w.write_all(format!("{}\n", prompt.join(" ")).as_bytes())
+                    .await?;
                 w.shutdown().await?;
-                let answer = BufReader::new(r).lines().next_line().await?.unwrap_or_default();
+                let answer = BufReader::new(r)
+                    .lines()
+                    .next_line()
+                    .await?
+                    .unwrap_or_default();
                 Ok::<_, std::io::Error>((c, prompt.join(" "), answer))
             })
         })

@@ -16,12 +16,19 @@ pub struct SeqCaches {
 impl SeqCaches {
     pub fn new(model: &Model) -> Arc<SeqCaches> {
         Arc::new(SeqCaches {
-            layers: model.new_cache().layers.into_iter().map(Mutex::new).collect(),
+            layers: model
+                .new_cache()
+                .layers
+                .into_iter()
+                .map(Mutex::new)
+                .collect(),
         })
     }
     /// Locks layer `l` (a poisoned lock is recovered: attention truncates before writing).
     pub fn layer(&self, l: usize) -> Option<MutexGuard<'_, LayerCache>> {
-        self.layers.get(l).map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+        self.layers
+            .get(l)
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -63,7 +70,12 @@ pub struct MbInfo {
 impl MbInfo {
     /// Pass-level sequence indices owning the given micro-batch rows.
     pub fn sequences_of_rows(&self, rows: &[usize]) -> Vec<usize> {
-        let mut out: Vec<usize> = self.seqs.iter().filter(|s| rows.iter().any(|r| s.rows.contains(r))).map(|s| s.index).collect();
+        let mut out: Vec<usize> = self
+            .seqs
+            .iter()
+            .filter(|s| rows.iter().any(|r| s.rows.contains(r)))
+            .map(|s| s.index)
+            .collect();
         out.dedup();
         out
     }

@@ -115,22 +115,31 @@ impl Batcher {
         match tx {
             Some(tx) => {
                 if let Err(flume::SendError(s)) = tx.send(s) {
-                    s.sink.fail(ActorError::Closed("the engine is shut down".into()));
+                    s.sink
+                        .fail(ActorError::Closed("the engine is shut down".into()));
                 }
             }
-            None => s.sink.fail(ActorError::Closed("the engine is shut down".into())),
+            None => s
+                .sink
+                .fail(ActorError::Closed("the engine is shut down".into())),
         }
     }
 
     /// Submits a request whose tokens stream out one by one.
-    pub fn submit_tokens(&self, request: GenerateRequest) -> tokio::sync::mpsc::UnboundedReceiver<Result<u32>> {
+    pub fn submit_tokens(
+        &self,
+        request: GenerateRequest,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Result<u32>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.submit(request, Sink::Tokens(tx));
         rx
     }
 
     /// Submits a request whose tokens come with their logits rows (when `keep_logits`).
-    pub fn submit_full(&self, request: GenerateRequest) -> Result<flume::Receiver<Result<FullToken>>> {
+    pub fn submit_full(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<flume::Receiver<Result<FullToken>>> {
         let (tx, rx) = flume::unbounded();
         self.submit(request, Sink::Full(tx));
         Ok(rx)
@@ -210,10 +219,15 @@ fn batch_loop(core: &Core, rx: flume::Receiver<Submission>) {
                     a.next = vec![tok];
                     a.produced += 1;
                 }
-                active.retain(|a| a.produced < a.req.max_new_tokens && a.req.stop_token != Some(a.next[0]));
+                active.retain(|a| {
+                    a.produced < a.req.max_new_tokens && a.req.stop_token != Some(a.next[0])
+                });
             }
             Err(f) => {
-                let failed: Vec<usize> = f.sequences.clone().unwrap_or_else(|| (0..active.len()).collect());
+                let failed: Vec<usize> = f
+                    .sequences
+                    .clone()
+                    .unwrap_or_else(|| (0..active.len()).collect());
                 let mut i = 0;
                 active.retain(|a| {
                     let keep = !failed.contains(&i);

@@ -76,7 +76,9 @@ fn requests(model: &Model, o: &BenchOptions, new_tokens: usize) -> Vec<GenerateR
     let vocab = model.spec.vocab_size as u64;
     (0..o.sequences)
         .map(|_| GenerateRequest {
-            prompt: (0..o.prompt_len).map(|_| (rng.next_u64() % vocab) as u32).collect(),
+            prompt: (0..o.prompt_len)
+                .map(|_| (rng.next_u64() % vocab) as u32)
+                .collect(),
             max_new_tokens: new_tokens,
             sampling: SamplingParams::default(),
             stop_token: None,
@@ -102,7 +104,11 @@ fn decode_rate(o: &BenchOptions, t1: f64, tn: f64) -> f64 {
 }
 
 /// Runs the benchmark on `model` with `placement` (the graph's `[placement]`, minus its link).
-pub fn run(model: Arc<Model>, placement: Option<&toml::Table>, o: &BenchOptions) -> Result<BenchReport> {
+pub fn run(
+    model: Arc<Model>,
+    placement: Option<&toml::Table>,
+    o: &BenchOptions,
+) -> Result<BenchReport> {
     let mut report = BenchReport::default();
     let be = CpuBackend::new();
     let exec = ReferenceExecutor::new(&model, &be);
@@ -139,12 +145,24 @@ pub fn run(model: Arc<Model>, placement: Option<&toml::Table>, o: &BenchOptions)
         let rt = start(schedule, Some(o.link))?;
         rt.generate(&requests(&model, o, 2))?;
         let stats = rt.core().link.as_ref().map(|l| l.stats.clone());
-        let before = stats.as_ref().map(|s| s.busy_ns.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
+        let before = stats
+            .as_ref()
+            .map(|s| s.busy_ns.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0);
         let (_, t1) = timed(|| rt.generate(&requests(&model, o, o.new_tokens)))?;
-        let busy = stats.map(|s| s.busy_ns.load(std::sync::atomic::Ordering::Relaxed) - before).unwrap_or(0) as f64 * 1e-9;
+        let busy = stats
+            .map(|s| s.busy_ns.load(std::sync::atomic::Ordering::Relaxed) - before)
+            .unwrap_or(0) as f64
+            * 1e-9;
         rt.shutdown()?;
-        let hidden = if busy > 0.0 { (1.0 - (t1 - t0) / busy).clamp(0.0, 1.0) } else { 0.0 };
-        report.link.push((schedule.to_string(), t0, t1, busy, hidden));
+        let hidden = if busy > 0.0 {
+            (1.0 - (t1 - t0) / busy).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        report
+            .link
+            .push((schedule.to_string(), t0, t1, busy, hidden));
     }
     Ok(report)
 }

@@ -32,7 +32,11 @@ pub enum ActorError {
     ScheduleMisuse { schedule: String, message: String },
     /// A kernel panicked on a stream worker (the stream itself survives).
     #[error("stream `{stream}`: kernel `{kernel}` panicked: {message}")]
-    KernelPanic { stream: String, kernel: String, message: String },
+    KernelPanic {
+        stream: String,
+        kernel: String,
+        message: String,
+    },
     /// The runtime is shut down or a channel closed under a request.
     #[error("actor runtime: {0}")]
     Closed(String),

@@ -45,11 +45,17 @@ impl FaultPlan {
             };
             let (mut actor, mut after, mut kind, mut times) = (None, None, None, 1usize);
             for kv in part.split(',').map(str::trim) {
-                let (k, v) = kv.split_once(':').ok_or_else(|| err(format!("`{kv}` is not `key:value`")))?;
+                let (k, v) = kv
+                    .split_once(':')
+                    .ok_or_else(|| err(format!("`{kv}` is not `key:value`")))?;
                 match k.trim() {
                     "actor" if !v.trim().is_empty() => actor = Some(v.trim().to_string()),
                     "actor" => return Err(err("`actor` is empty".into())),
-                    "after" => after = Some(v.trim().parse::<usize>().map_err(|_| err(format!("`after:{v}` is not a non-negative integer")))?),
+                    "after" => {
+                        after = Some(v.trim().parse::<usize>().map_err(|_| {
+                            err(format!("`after:{v}` is not a non-negative integer"))
+                        })?)
+                    }
                     "times" => {
                         times = v
                             .trim()
@@ -62,10 +68,16 @@ impl FaultPlan {
                         kind = Some(match v.trim() {
                             "panic" => FaultKind::Panic,
                             "hang" => FaultKind::Hang,
-                            other => return Err(err(format!("`kind:{other}`: expected panic or hang"))),
+                            other => {
+                                return Err(err(format!("`kind:{other}`: expected panic or hang")))
+                            }
                         })
                     }
-                    other => return Err(err(format!("unknown key `{other}` (known: actor, after, kind, times)"))),
+                    other => {
+                        return Err(err(format!(
+                            "unknown key `{other}` (known: actor, after, kind, times)"
+                        )))
+                    }
                 }
             }
             faults.push(Fault {
@@ -90,13 +102,18 @@ impl FaultPlan {
     pub fn validate(&self, actor_names: &[String]) -> Result<()> {
         for f in &self.faults {
             if !actor_names.contains(&f.actor) {
-                let mut sample: Vec<&str> = actor_names.iter().map(String::as_str).take(8).collect();
+                let mut sample: Vec<&str> =
+                    actor_names.iter().map(String::as_str).take(8).collect();
                 if actor_names.len() > 8 {
                     sample.push("…");
                 }
                 return Err(ActorError::Fault {
                     spec: f.actor.clone(),
-                    message: format!("no actor named `{}` (actors: {})", f.actor, sample.join(", ")),
+                    message: format!(
+                        "no actor named `{}` (actors: {})",
+                        f.actor,
+                        sample.join(", ")
+                    ),
                 });
             }
         }
@@ -105,7 +122,12 @@ impl FaultPlan {
 
     /// The per-actor trigger for `name` (None when no rule targets it).
     pub fn trigger_for(&self, name: &str) -> Option<Arc<FaultTrigger>> {
-        let rules: Vec<Fault> = self.faults.iter().filter(|f| f.actor == name).cloned().collect();
+        let rules: Vec<Fault> = self
+            .faults
+            .iter()
+            .filter(|f| f.actor == name)
+            .cloned()
+            .collect();
         (!rules.is_empty()).then(|| {
             Arc::new(FaultTrigger {
                 rules,
@@ -117,7 +139,10 @@ impl FaultPlan {
 
     /// Triggers for every targeted actor.
     pub fn triggers(&self) -> HashMap<String, Arc<FaultTrigger>> {
-        self.faults.iter().filter_map(|f| self.trigger_for(&f.actor).map(|t| (f.actor.clone(), t))).collect()
+        self.faults
+            .iter()
+            .filter_map(|f| self.trigger_for(&f.actor).map(|t| (f.actor.clone(), t)))
+            .collect()
     }
 }
 
@@ -133,7 +158,11 @@ impl FaultTrigger {
     /// Counts one attempt; returns the fault to inject now, if any.
     pub fn on_attempt(&self) -> Option<FaultKind> {
         let n = self.attempts.fetch_add(1, Ordering::SeqCst);
-        let hit = self.rules.iter().find(|r| n >= r.after && n < r.after + r.times).map(|r| r.kind);
+        let hit = self
+            .rules
+            .iter()
+            .find(|r| n >= r.after && n < r.after + r.times)
+            .map(|r| r.kind);
         if hit.is_some() {
             self.fired.fetch_add(1, Ordering::SeqCst);
         }

@@ -107,7 +107,12 @@ impl Link {
     }
 }
 
-fn link_loop(spec: LinkSpec, rx: flume::Receiver<Transfer>, stats: Arc<LinkStats>, tracer: Option<Arc<Tracer>>) {
+fn link_loop(
+    spec: LinkSpec,
+    rx: flume::Receiver<Transfer>,
+    stats: Arc<LinkStats>,
+    tracer: Option<Arc<Tracer>>,
+) {
     let mut wire_free = Instant::now();
     let mut busy_until = Instant::now();
     let mut pending: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
@@ -151,15 +156,21 @@ fn link_loop(spec: LinkSpec, rx: flume::Receiver<Transfer>, stats: Arc<LinkStats
             let at = wire_free + spec.latency;
             stats.transfers.fetch_add(1, Ordering::Relaxed);
             stats.bytes.fetch_add(t.bytes as u64, Ordering::Relaxed);
-            stats
-                .busy_ns
-                .fetch_add(at.saturating_duration_since(busy_until.max(submitted)).as_nanos() as u64, Ordering::Relaxed);
+            stats.busy_ns.fetch_add(
+                at.saturating_duration_since(busy_until.max(submitted))
+                    .as_nanos() as u64,
+                Ordering::Relaxed,
+            );
             busy_until = busy_until.max(at);
             if let Some(tr) = &tracer {
                 tr.link_span(t.what, t.bytes, submitted, at);
             }
             seq += 1;
-            pending.push(Reverse(Due { at, seq, deliver: t.deliver }));
+            pending.push(Reverse(Due {
+                at,
+                seq,
+                deliver: t.deliver,
+            }));
         }
     }
 }

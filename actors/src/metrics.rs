@@ -22,11 +22,9 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<()> {
     let mut g = cell.lock().unwrap_or_else(|p| p.into_inner());
     match *g {
         Some(a) if a == addr => return Ok(()),
-        Some(a) => {
-            return Err(ActorError::Startup(format!(
-                "metrics already served on {a}; cannot also serve on {addr} (one recorder per process)"
-            )))
-        }
+        Some(a) => return Err(ActorError::Startup(format!(
+            "metrics already served on {a}; cannot also serve on {addr} (one recorder per process)"
+        ))),
         None => {}
     }
     // Installed from a plain thread so the exporter gets its own runtime and outlives ours.
@@ -45,8 +43,10 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<()> {
 
 pub(crate) fn actor_message(actor: &str, busy: Duration, queue_depth: usize) {
     metrics::counter!("troupe_actor_messages_total", "actor" => actor.to_string()).increment(1);
-    metrics::counter!("troupe_actor_busy_microseconds_total", "actor" => actor.to_string()).increment(busy.as_micros() as u64);
-    metrics::gauge!("troupe_actor_queue_depth", "actor" => actor.to_string()).set(queue_depth as f64);
+    metrics::counter!("troupe_actor_busy_microseconds_total", "actor" => actor.to_string())
+        .increment(busy.as_micros() as u64);
+    metrics::gauge!("troupe_actor_queue_depth", "actor" => actor.to_string())
+        .set(queue_depth as f64);
 }
 
 pub(crate) fn actor_restart(actor: &str) {

@@ -78,7 +78,14 @@ impl<'a> ForwardPass<'a> {
     }
     /// The ops of stage `s`'s layers, in order.
     pub fn stage_ops(&self, s: usize) -> Vec<Op> {
-        self.core.placement.stages.get(s).cloned().unwrap_or(0..0).flat_map(Op::layer_ops).collect()
+        self.core
+            .placement
+            .stages
+            .get(s)
+            .cloned()
+            .unwrap_or(0..0)
+            .flat_map(Op::layer_ops)
+            .collect()
     }
     /// Every op of the model, in order.
     pub fn all_ops(&self) -> Vec<Op> {
@@ -88,7 +95,10 @@ impl<'a> ForwardPass<'a> {
     /// Forms a micro-batch of sequences `seqs` and embeds its tokens.
     pub fn micro_batch(&mut self, seqs: Range<usize>) -> Result<MicroBatch> {
         if seqs.is_empty() || seqs.end > self.seqs.len() {
-            return Err(self.misuse(format!("micro-batch of sequences {seqs:?} (the pass has {})", self.seqs.len())));
+            return Err(self.misuse(format!(
+                "micro-batch of sequences {seqs:?} (the pass has {})",
+                self.seqs.len()
+            )));
         }
         if let Some(i) = seqs.clone().find(|&i| self.owner[i].is_some()) {
             return Err(self.misuse(format!("sequence {i} is already in a micro-batch")));
@@ -124,7 +134,10 @@ impl<'a> ForwardPass<'a> {
             requests: info.requests(),
             ..SpanTags::default()
         };
-        let x = self.core.stage_stream(0).run_blocking(tags, move |be| model.embed(be, &ids))?;
+        let x = self
+            .core
+            .stage_stream(0)
+            .run_blocking(tags, move |be| model.embed(be, &ids))?;
         self.mbs.push(MbState {
             info,
             x: Some(x),
@@ -137,12 +150,18 @@ impl<'a> ForwardPass<'a> {
     /// Starts `ops` (the micro-batch's next ops, in model order) without waiting.
     pub fn issue(&mut self, mb: MicroBatch, ops: &[Op]) -> Result<()> {
         let all = self.all_ops();
-        let st = self.mbs.get(mb.0).ok_or_else(|| ActorError::ScheduleMisuse {
-            schedule: self.schedule.clone(),
-            message: format!("no micro-batch {}", mb.0),
-        })?;
+        let st = self
+            .mbs
+            .get(mb.0)
+            .ok_or_else(|| ActorError::ScheduleMisuse {
+                schedule: self.schedule.clone(),
+                message: format!("no micro-batch {}", mb.0),
+            })?;
         if st.pending.is_some() {
-            return Err(self.misuse(format!("micro-batch {} already has ops in flight (wait for it first)", mb.0)));
+            return Err(self.misuse(format!(
+                "micro-batch {} already has ops in flight (wait for it first)",
+                mb.0
+            )));
         }
         if ops.is_empty() {
             return Ok(());
@@ -156,9 +175,12 @@ impl<'a> ForwardPass<'a> {
             )));
         }
         let st = &mut self.mbs[mb.0];
-        let x =
-            st.x.take()
-                .ok_or_else(|| ActorError::Closed(format!("micro-batch {} lost its data after a failure", mb.0)))?;
+        let x = st.x.take().ok_or_else(|| {
+            ActorError::Closed(format!(
+                "micro-batch {} lost its data after a failure",
+                mb.0
+            ))
+        })?;
         let (tx, rx) = flume::bounded(1);
         let stage = self.core.placement.stage_of(ops[0].layer());
         let call = StageCall {
@@ -167,7 +189,10 @@ impl<'a> ForwardPass<'a> {
             mb: st.info.clone(),
             reply: tx,
         };
-        self.core.stage_tx(stage)?.send(call).map_err(|_| ActorError::Closed(format!("stage{stage} is stopped")))?;
+        self.core
+            .stage_tx(stage)?
+            .send(call)
+            .map_err(|_| ActorError::Closed(format!("stage{stage} is stopped")))?;
         st.pending = Some((rx, ops.len()));
         Ok(())
     }
@@ -177,8 +202,13 @@ impl<'a> ForwardPass<'a> {
         let Some(st) = self.mbs.get_mut(mb.0) else {
             return Err(self.misuse(format!("no micro-batch {}", mb.0)));
         };
-        let Some((rx, n)) = st.pending.take() else { return Ok(()) };
-        let r = rx.recv().map_err(|_| ActorError::Closed("a stage dropped a micro-batch".into())).and_then(|r| r);
+        let Some((rx, n)) = st.pending.take() else {
+            return Ok(());
+        };
+        let r = rx
+            .recv()
+            .map_err(|_| ActorError::Closed("a stage dropped a micro-batch".into()))
+            .and_then(|r| r);
         match r {
             Ok(x) => {
                 st.x = Some(x);
@@ -187,8 +217,12 @@ impl<'a> ForwardPass<'a> {
             }
             Err(e) => {
                 let seqs = match &e {
-                    ActorError::ActorDown { rows: Some(rows), .. } => Some(st.info.sequences_of_rows(rows)),
-                    ActorError::ActorDown { rows: None, .. } => Some(st.info.seqs.iter().map(|s| s.index).collect()),
+                    ActorError::ActorDown {
+                        rows: Some(rows), ..
+                    } => Some(st.info.sequences_of_rows(rows)),
+                    ActorError::ActorDown { rows: None, .. } => {
+                        Some(st.info.seqs.iter().map(|s| s.index).collect())
+                    }
                     _ => None,
                 };
                 self.failed = Some(match (self.failed.take(), seqs) {
@@ -206,7 +240,11 @@ impl<'a> ForwardPass<'a> {
 }
 
 /// Runs one forward pass; returns the logits of every new row in batch order.
-pub fn run_pass(core: &Core, schedule: &dyn Schedule, seqs: Vec<SeqInput>) -> Result<Tensor, PassFailure> {
+pub fn run_pass(
+    core: &Core,
+    schedule: &dyn Schedule,
+    seqs: Vec<SeqInput>,
+) -> Result<Tensor, PassFailure> {
     for (i, s) in seqs.iter().enumerate() {
         check_chunk(&core.model, &s.tokens, s.start).map_err(|e| PassFailure {
             error: e.into(),
@@ -249,14 +287,20 @@ pub fn run_pass(core: &Core, schedule: &dyn Schedule, seqs: Vec<SeqInput>) -> Re
     }
     if let Some(m) = pass.mbs.iter().position(|m| m.next_op != total) {
         return Err(PassFailure {
-            error: pass.misuse(format!("micro-batch {m} stopped after {} of {total} ops", pass.mbs[m].next_op)),
+            error: pass.misuse(format!(
+                "micro-batch {m} stopped after {} of {total} ops",
+                pass.mbs[m].next_op
+            )),
             sequences: None,
         });
     }
     let mut order: Vec<usize> = (0..pass.mbs.len()).collect();
     order.sort_by_key(|&m| pass.mbs[m].info.seqs[0].index);
     let parts: Vec<Tensor> = order.iter().filter_map(|&m| pass.mbs[m].x.take()).collect();
-    let fail = |error: ActorError| PassFailure { error, sequences: None };
+    let fail = |error: ActorError| PassFailure {
+        error,
+        sequences: None,
+    };
     let x = Tensor::concat_rows(&parts).map_err(|e| fail(e.into()))?;
     let model = core.model.clone();
     let last = core.placement.stages.len() - 1;
@@ -267,5 +311,7 @@ pub fn run_pass(core: &Core, schedule: &dyn Schedule, seqs: Vec<SeqInput>) -> Re
         requests: pass.seqs.iter().map(|s| s.request).collect(),
         ..SpanTags::default()
     };
-    core.stage_stream(last).run_blocking(tags, move |be| model.head(be, &x)).map_err(fail)
+    core.stage_stream(last)
+        .run_blocking(tags, move |be| model.head(be, &x))
+        .map_err(fail)
 }

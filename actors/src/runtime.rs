@@ -91,8 +91,17 @@ fn channel<B: Block>(cap: usize) -> (flume::Sender<Envelope<B>>, flume::Receiver
 
 impl Core {
     /// Starts everything on the current tokio runtime.
-    pub async fn start(model: Arc<Model>, graph_placement: Option<&toml::Table>, graph_schedule: Option<&toml::Table>, cfg: RuntimeConfig) -> Result<Arc<Core>> {
-        let mut placement = Placement::resolve(cfg.placement.as_ref().or(graph_placement), &model, cfg.options.stages)?;
+    pub async fn start(
+        model: Arc<Model>,
+        graph_placement: Option<&toml::Table>,
+        graph_schedule: Option<&toml::Table>,
+        cfg: RuntimeConfig,
+    ) -> Result<Arc<Core>> {
+        let mut placement = Placement::resolve(
+            cfg.placement.as_ref().or(graph_placement),
+            &model,
+            cfg.options.stages,
+        )?;
         if let Some(s) = cfg.supervision {
             placement.supervision = s;
         }
@@ -101,7 +110,11 @@ impl Core {
         }
         let schedule = match &cfg.custom_schedule {
             Some(s) => s.clone(),
-            None => schedule::from_config(graph_schedule, cfg.options.schedule.as_deref(), placement.stages.len())?,
+            None => schedule::from_config(
+                graph_schedule,
+                cfg.options.schedule.as_deref(),
+                placement.stages.len(),
+            )?,
         };
         let faults = match cfg.faults.clone() {
             Some(f) => f,
@@ -110,18 +123,29 @@ impl Core {
         if let Some(addr) = cfg.options.metrics_addr {
             crate::metrics::serve_prometheus(addr)?;
         }
-        let tracer = cfg.options.trace.as_ref().map(|p| Arc::new(Tracer::new(p, &placement.streams)));
+        let tracer = cfg
+            .options
+            .trace
+            .as_ref()
+            .map(|p| Arc::new(Tracer::new(p, &placement.streams)));
         let streams: Vec<Arc<Stream>> = placement
             .streams
             .iter()
             .enumerate()
-            .map(|(i, n)| Stream::spawn(n, i, Box::new(CpuBackend::new()), tracer.clone()).map(Arc::new))
+            .map(|(i, n)| {
+                Stream::spawn(n, i, Box::new(CpuBackend::new()), tracer.clone()).map(Arc::new)
+            })
             .collect::<Result<_>>()?;
-        let link = placement.link.map(|l| Link::spawn(l, tracer.clone()).map(Arc::new)).transpose()?;
+        let link = placement
+            .link
+            .map(|l| Link::spawn(l, tracer.clone()).map(Arc::new))
+            .transpose()?;
 
         let cap = placement.channel_capacity;
         let n_layers = model.layers.len();
-        let mut actor_names: Vec<String> = (0..placement.stages.len()).map(|s| format!("stage{s}")).collect();
+        let mut actor_names: Vec<String> = (0..placement.stages.len())
+            .map(|s| format!("stage{s}"))
+            .collect();
         let mut block_names = Vec::new();
         let triggers = faults.triggers();
         let mut children: Vec<Vec<Arc<dyn Child>>> = vec![Vec::new(); placement.stages.len()];
@@ -143,7 +167,10 @@ impl Core {
             let (tx, rx) = channel::<AttentionBlock>(cap);
             let name = format!("layer{l}.attention");
             let slot = BlockSlot::new(
-                AttentionBlock { model: model.clone(), layer: l },
+                AttentionBlock {
+                    model: model.clone(),
+                    layer: l,
+                },
                 ctx(name.clone(), st, false),
                 rx,
                 triggers.get(&name).cloned(),
@@ -154,7 +181,15 @@ impl Core {
                 FeedForward::Dense(_) => {
                     let (tx, rx) = channel::<MlpBlock>(cap);
                     let name = format!("layer{l}.mlp");
-                    let slot = BlockSlot::new(MlpBlock { model: model.clone(), layer: l }, ctx(name.clone(), st, false), rx, triggers.get(&name).cloned());
+                    let slot = BlockSlot::new(
+                        MlpBlock {
+                            model: model.clone(),
+                            layer: l,
+                        },
+                        ctx(name.clone(), st, false),
+                        rx,
+                        triggers.get(&name).cloned(),
+                    );
                     add(name, slot, &mut children[s]);
                     ffn.push(FfnTx::Dense(tx));
                 }
@@ -173,7 +208,12 @@ impl Core {
                             layer: l,
                             experts: grp.experts.clone(),
                         };
-                        let slot = BlockSlot::new(block, ctx(name.clone(), grp.stream, true), rx, triggers.get(&name).cloned());
+                        let slot = BlockSlot::new(
+                            block,
+                            ctx(name.clone(), grp.stream, true),
+                            rx,
+                            triggers.get(&name).cloned(),
+                        );
                         add(name.clone(), slot, &mut children[s]);
                         groups.push(tx);
                         group_names.push(name);
@@ -182,7 +222,10 @@ impl Core {
                         let (tx, rx) = channel::<SharedBlock>(cap);
                         let name = format!("layer{l}.shared");
                         let slot = BlockSlot::new(
-                            SharedBlock { model: model.clone(), layer: l },
+                            SharedBlock {
+                                model: model.clone(),
+                                layer: l,
+                            },
                             ctx(name.clone(), st, false),
                             rx,
                             triggers.get(&name).cloned(),
@@ -202,7 +245,12 @@ impl Core {
                         group_names,
                         shared,
                     };
-                    let slot = BlockSlot::new(block, ctx(name.clone(), st, true), rx, triggers.get(&name).cloned());
+                    let slot = BlockSlot::new(
+                        block,
+                        ctx(name.clone(), st, true),
+                        rx,
+                        triggers.get(&name).cloned(),
+                    );
                     add(name, slot, &mut children[s]);
                     ffn.push(FfnTx::Moe(tx));
                 }
@@ -210,7 +258,9 @@ impl Core {
         }
         faults.validate(&block_names)?;
         actor_names.extend(block_names);
-        let (stage_tx, stage_rx): (Vec<_>, Vec<_>) = (0..placement.stages.len()).map(|_| flume::bounded::<StageCall>(cap)).unzip();
+        let (stage_tx, stage_rx): (Vec<_>, Vec<_>) = (0..placement.stages.len())
+            .map(|_| flume::bounded::<StageCall>(cap))
+            .unzip();
         let wiring = Arc::new(Wiring {
             attention,
             ffn,
@@ -280,7 +330,10 @@ impl Core {
     /// Stops every actor and writes the trace file.
     pub async fn shutdown(&self) -> Result<()> {
         self.shutting_down.store(true, Ordering::SeqCst);
-        self.stage_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.stage_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some((root, join)) = self.root.lock().await.take() {
             root.stop(None);
             let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
@@ -312,12 +365,26 @@ pub struct ActorRuntime {
 
 impl ActorRuntime {
     /// Spawns the actor system for `model` with the graph's `[placement]` / `[schedule]`.
-    pub fn start(model: Arc<Model>, graph: &LoadedGraph, opts: RuntimeOptions) -> Result<ActorRuntime> {
-        ActorRuntime::start_with(model, graph.placement.as_ref(), graph.schedule.as_ref(), opts.into())
+    pub fn start(
+        model: Arc<Model>,
+        graph: &LoadedGraph,
+        opts: RuntimeOptions,
+    ) -> Result<ActorRuntime> {
+        ActorRuntime::start_with(
+            model,
+            graph.placement.as_ref(),
+            graph.schedule.as_ref(),
+            opts.into(),
+        )
     }
 
     /// Like [`ActorRuntime::start`] with every programmatic knob (faults, custom schedule, ...).
-    pub fn start_with(model: Arc<Model>, placement: Option<&toml::Table>, schedule: Option<&toml::Table>, cfg: RuntimeConfig) -> Result<ActorRuntime> {
+    pub fn start_with(
+        model: Arc<Model>,
+        placement: Option<&toml::Table>,
+        schedule: Option<&toml::Table>,
+        cfg: RuntimeConfig,
+    ) -> Result<ActorRuntime> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("troupe-actors")
@@ -345,8 +412,13 @@ impl ActorRuntime {
     /// Runs every request; one result per request (a request that needed a downed actor fails,
     /// the others complete).
     pub fn generate_each(&self, reqs: &[GenerateRequest]) -> Vec<Result<GenerateOutput>> {
-        let rxs: Vec<_> = reqs.iter().map(|r| self.batcher.submit_full(r.clone())).collect();
-        rxs.into_iter().map(|rx| rx.and_then(crate::batcher::collect_full)).collect()
+        let rxs: Vec<_> = reqs
+            .iter()
+            .map(|r| self.batcher.submit_full(r.clone()))
+            .collect();
+        rxs.into_iter()
+            .map(|rx| rx.and_then(crate::batcher::collect_full))
+            .collect()
     }
 
     /// Cache-free forward pass over one prompt → logits `[T, V]`.

@@ -27,21 +27,35 @@ pub struct Engine {
 impl Engine {
     /// Opens a graph file or HF folder, loads the weights (off the async threads) and starts
     /// the actors.
-    pub async fn load(model_path: impl AsRef<Path>, options: impl Into<RuntimeConfig>) -> Result<Engine> {
+    pub async fn load(
+        model_path: impl AsRef<Path>,
+        options: impl Into<RuntimeConfig>,
+    ) -> Result<Engine> {
         let path = model_path.as_ref().to_path_buf();
-        let (graph, model) = tokio::task::spawn_blocking(move || -> Result<(LoadedGraph, Model)> {
-            let graph = LoadedGraph::open(&path)?;
-            let model = Model::load(&graph, &mut |_, _| {})?;
-            Ok((graph, model))
-        })
-        .await
-        .map_err(|e| ActorError::Startup(format!("model loading task: {e}")))??;
+        let (graph, model) =
+            tokio::task::spawn_blocking(move || -> Result<(LoadedGraph, Model)> {
+                let graph = LoadedGraph::open(&path)?;
+                let model = Model::load(&graph, &mut |_, _| {})?;
+                Ok((graph, model))
+            })
+            .await
+            .map_err(|e| ActorError::Startup(format!("model loading task: {e}")))??;
         Engine::start(Arc::new(model), &graph, options).await
     }
 
     /// Starts the actors for an already loaded model.
-    pub async fn start(model: Arc<Model>, graph: &LoadedGraph, options: impl Into<RuntimeConfig>) -> Result<Engine> {
-        let core = Core::start(model, graph.placement.as_ref(), graph.schedule.as_ref(), options.into()).await?;
+    pub async fn start(
+        model: Arc<Model>,
+        graph: &LoadedGraph,
+        options: impl Into<RuntimeConfig>,
+    ) -> Result<Engine> {
+        let core = Core::start(
+            model,
+            graph.placement.as_ref(),
+            graph.schedule.as_ref(),
+            options.into(),
+        )
+        .await?;
         let batcher = Arc::new(Batcher::start(core.clone())?);
         Ok(Engine { core, batcher })
     }

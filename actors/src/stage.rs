@@ -41,7 +41,10 @@ pub struct Wiring {
 
 impl Wiring {
     fn stage_of(&self, layer: usize) -> usize {
-        self.stage_ranges.iter().position(|r| r.contains(&layer)).unwrap_or(0)
+        self.stage_ranges
+            .iter()
+            .position(|r| r.contains(&layer))
+            .unwrap_or(0)
     }
 }
 
@@ -53,7 +56,12 @@ pub async fn stage_driver(index: usize, rx: flume::Receiver<StageCall>, wiring: 
 }
 
 async fn run_call(index: usize, w: Arc<Wiring>, c: StageCall) {
-    let StageCall { ops, mut x, mb, reply } = c;
+    let StageCall {
+        ops,
+        mut x,
+        mb,
+        reply,
+    } = c;
     let range = w.stage_ranges[index].clone();
     let meta = Meta {
         step: mb.step,
@@ -63,7 +71,9 @@ async fn run_call(index: usize, w: Arc<Wiring>, c: StageCall) {
     let mut k = 0;
     while k < ops.len() && range.contains(&ops[k].layer()) {
         let r = match ops[k] {
-            Op::Attention(l) => call(&w.attention[l], AttnJob { x, mb: mb.clone() }, meta.clone()).await,
+            Op::Attention(l) => {
+                call(&w.attention[l], AttnJob { x, mb: mb.clone() }, meta.clone()).await
+            }
             Op::Ffn(l) => match &w.ffn[l] {
                 FfnTx::Dense(tx) => call(tx, x, meta.clone()).await,
                 FfnTx::Moe(tx) => call(tx, x, meta.clone()).await,
@@ -90,6 +100,8 @@ async fn run_call(index: usize, w: Arc<Wiring>, c: StageCall) {
         reply: reply.clone(),
     };
     if w.stages[next].send_async(call).await.is_err() {
-        let _ = reply.send_async(Err(ActorError::Closed(format!("stage{next} is stopped")))).await;
+        let _ = reply
+            .send_async(Err(ActorError::Closed(format!("stage{next} is stopped"))))
+            .await;
     }
 }

@@ -40,7 +40,12 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 impl Stream {
     /// Starts the worker thread of stream `name` (trace track `index`).
-    pub fn spawn(name: &str, index: usize, backend: Box<dyn Backend>, tracer: Option<Arc<Tracer>>) -> Result<Stream> {
+    pub fn spawn(
+        name: &str,
+        index: usize,
+        backend: Box<dyn Backend>,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Result<Stream> {
         let (tx, rx) = flume::unbounded::<Job>();
         let thread = std::thread::Builder::new()
             .name(format!("troupe-stream-{name}"))
@@ -68,7 +73,12 @@ impl Stream {
         self.tx.as_ref().map(|t| t.len()).unwrap_or(0)
     }
 
-    fn submit<T: Send + 'static>(&self, tags: SpanTags, f: impl FnOnce(&dyn Backend) -> Result<T, EngineError> + Send + 'static, done: impl FnOnce(Result<T>) + Send + 'static) {
+    fn submit<T: Send + 'static>(
+        &self,
+        tags: SpanTags,
+        f: impl FnOnce(&dyn Backend) -> Result<T, EngineError> + Send + 'static,
+        done: impl FnOnce(Result<T>) + Send + 'static,
+    ) {
         let tracer = self.tracer.clone();
         let (stream, index) = (self.name.clone(), self.index);
         let job: Job = Box::new(move |be| {
@@ -93,21 +103,31 @@ impl Stream {
     }
 
     /// Runs `f` on the stream; resolves when it has run.
-    pub async fn run<T: Send + 'static>(&self, tags: SpanTags, f: impl FnOnce(&dyn Backend) -> Result<T, EngineError> + Send + 'static) -> Result<T> {
+    pub async fn run<T: Send + 'static>(
+        &self,
+        tags: SpanTags,
+        f: impl FnOnce(&dyn Backend) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(tags, f, move |r| {
             let _ = tx.send(r);
         });
-        rx.await.map_err(|_| ActorError::Closed(format!("stream `{}` stopped", self.name)))?
+        rx.await
+            .map_err(|_| ActorError::Closed(format!("stream `{}` stopped", self.name)))?
     }
 
     /// Runs `f` on the stream and blocks the calling (non-async) thread until it has run.
-    pub fn run_blocking<T: Send + 'static>(&self, tags: SpanTags, f: impl FnOnce(&dyn Backend) -> Result<T, EngineError> + Send + 'static) -> Result<T> {
+    pub fn run_blocking<T: Send + 'static>(
+        &self,
+        tags: SpanTags,
+        f: impl FnOnce(&dyn Backend) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = flume::bounded(1);
         self.submit(tags, f, move |r| {
             let _ = tx.send(r);
         });
-        rx.recv().map_err(|_| ActorError::Closed(format!("stream `{}` stopped", self.name)))?
+        rx.recv()
+            .map_err(|_| ActorError::Closed(format!("stream `{}` stopped", self.name)))?
     }
 }
 

@@ -57,7 +57,11 @@ impl Actor for StageActor {
     type State = StageState;
     type Arguments = StageArgs;
 
-    async fn pre_start(&self, me: ActorRef<StageMsg>, a: StageArgs) -> Result<StageState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<StageMsg>,
+        a: StageArgs,
+    ) -> Result<StageState, ActorProcessingErr> {
         let mut children = Vec::with_capacity(a.children.len());
         for c in a.children {
             let cell = c.clone().spawn(me.get_cell()).await?;
@@ -70,7 +74,8 @@ impl Actor for StageActor {
             });
         }
         let driver = tokio::spawn(stage_driver(a.index, a.rx, a.wiring));
-        let period = (a.policy.deadline / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let period =
+            (a.policy.deadline / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let me2 = me.clone();
         let ticker = tokio::spawn(async move {
             loop {
@@ -89,8 +94,17 @@ impl Actor for StageActor {
         })
     }
 
-    async fn handle(&self, _me: ActorRef<StageMsg>, _msg: StageMsg, st: &mut StageState) -> Result<(), ActorProcessingErr> {
-        for r in st.children.iter_mut().filter(|r| !r.down && !r.killed_for_deadline) {
+    async fn handle(
+        &self,
+        _me: ActorRef<StageMsg>,
+        _msg: StageMsg,
+        st: &mut StageState,
+    ) -> Result<(), ActorProcessingErr> {
+        for r in st
+            .children
+            .iter_mut()
+            .filter(|r| !r.down && !r.killed_for_deadline)
+        {
             let limit = st.policy.deadline * r.child.deadline_factor();
             if r.child.busy_since().is_some_and(|t| t.elapsed() > limit) {
                 eprintln!(
@@ -108,31 +122,58 @@ impl Actor for StageActor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, me: ActorRef<StageMsg>, ev: SupervisionEvent, st: &mut StageState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<StageMsg>,
+        ev: SupervisionEvent,
+        st: &mut StageState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match ev {
             SupervisionEvent::ActorFailed(c, e) => (c, e.to_string()),
-            SupervisionEvent::ActorTerminated(c, _, reason) => (c, reason.unwrap_or_else(|| "terminated".into())),
+            SupervisionEvent::ActorTerminated(c, _, reason) => {
+                (c, reason.unwrap_or_else(|| "terminated".into()))
+            }
             _ => return Ok(()),
         };
         if st.shutting_down.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let Some(r) = st.children.iter_mut().find(|r| r.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id())) else {
+        let Some(r) = st
+            .children
+            .iter_mut()
+            .find(|r| r.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
+        else {
             return Ok(());
         };
-        let why = if r.killed_for_deadline { "missed its deadline (hung)".to_string() } else { why };
+        let why = if r.killed_for_deadline {
+            "missed its deadline (hung)".to_string()
+        } else {
+            why
+        };
         r.killed_for_deadline = false;
         r.cell = None;
         let now = Instant::now();
         r.restarts.push_back(now);
-        while r.restarts.front().is_some_and(|t| now.duration_since(*t) > st.policy.window) {
+        while r
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > st.policy.window)
+        {
             r.restarts.pop_front();
         }
         if r.restarts.len() > st.policy.max_restarts {
             r.down = true;
             crate::metrics::actor_down(r.child.name());
-            let reason = format!("failed {} times within {:?} (last: {why})", r.restarts.len(), st.policy.window);
-            eprintln!("troupe-actors: stage{}: `{}` {reason}; declaring it down", st.index, r.child.name());
+            let reason = format!(
+                "failed {} times within {:?} (last: {why})",
+                r.restarts.len(),
+                st.policy.window
+            );
+            eprintln!(
+                "troupe-actors: stage{}: `{}` {reason}; declaring it down",
+                st.index,
+                r.child.name()
+            );
             r.child.clone().declare_down(reason);
             return Ok(());
         }
@@ -141,7 +182,11 @@ impl Actor for StageActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<StageMsg>, st: &mut StageState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<StageMsg>,
+        st: &mut StageState,
+    ) -> Result<(), ActorProcessingErr> {
         for t in &st.tasks {
             t.abort();
         }
@@ -166,7 +211,11 @@ impl Actor for RootActor {
     type State = RootState;
     type Arguments = Vec<StageArgs>;
 
-    async fn pre_start(&self, me: ActorRef<()>, stages: Vec<StageArgs>) -> Result<RootState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<()>,
+        stages: Vec<StageArgs>,
+    ) -> Result<RootState, ActorProcessingErr> {
         let mut cells = Vec::new();
         for s in stages {
             let (r, _) = Actor::spawn_linked(None, StageActor, s, me.get_cell()).await?;
@@ -175,14 +224,23 @@ impl Actor for RootActor {
         Ok(RootState { stages: cells })
     }
 
-    async fn handle_supervisor_evt(&self, _me: ActorRef<()>, ev: SupervisionEvent, _st: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<()>,
+        ev: SupervisionEvent,
+        _st: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(c, e) = ev {
             eprintln!("troupe-actors: stage actor {:?} failed: {e}", c.get_id());
         }
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<()>, st: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<()>,
+        st: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         for s in &st.stages {
             let _ = s.stop_and_wait(None, Some(Duration::from_secs(5))).await;
         }

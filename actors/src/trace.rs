@@ -94,7 +94,9 @@ impl Tracer {
         }
         args.insert("requests".into(), json!(tags.requests));
         let mid = ts + dur / 2.0;
-        let mut evs = vec![json!({"ph": "X", "name": tags.name, "cat": "kernel", "pid": STREAMS_PID, "tid": tid, "ts": ts, "dur": dur, "args": args})];
+        let mut evs = vec![
+            json!({"ph": "X", "name": tags.name, "cat": "kernel", "pid": STREAMS_PID, "tid": tid, "ts": ts, "dur": dur, "args": args}),
+        ];
         for &(id, cat) in &tags.flows_out {
             evs.push(json!({"ph": "s", "name": cat, "cat": cat, "id": id, "pid": STREAMS_PID, "tid": tid, "ts": mid}));
         }

@@ -92,7 +92,10 @@ fn impossible_schedules_are_rejected() {
     match start_err("", "", cfg) {
         ActorError::Placement { field, message } => {
             assert_eq!(field, "stages");
-            assert!(message.contains("9 stages but the model has only 4 layers"), "{message}");
+            assert!(
+                message.contains("9 stages but the model has only 4 layers"),
+                "{message}"
+            );
         }
         e => panic!("expected a stages error, got {e}"),
     }
@@ -124,14 +127,22 @@ fn impossible_schedules_are_rejected() {
 fn malformed_fault_specs_are_rejected() {
     for (spec, needle) in [
         ("actor:layer1.attention,after:two,kind:panic", "`after:two`"),
-        ("actor:layer1.attention,after:1,kind:explode", "expected panic or hang"),
+        (
+            "actor:layer1.attention,after:1,kind:explode",
+            "expected panic or hang",
+        ),
         ("actor:layer1.attention,kind:panic", "missing `after:N`"),
         ("after:1,kind:panic", "missing `actor:NAME`"),
-        ("actor:layer1.attention,after:1,kind:panic,colour:red", "unknown key `colour`"),
+        (
+            "actor:layer1.attention,after:1,kind:panic,colour:red",
+            "unknown key `colour`",
+        ),
         ("layer1.attention", "is not `key:value`"),
     ] {
         match FaultPlan::parse(spec) {
-            Err(ActorError::Fault { message, .. }) => assert!(message.contains(needle), "{spec}: {message}"),
+            Err(ActorError::Fault { message, .. }) => {
+                assert!(message.contains(needle), "{spec}: {message}")
+            }
             other => panic!("{spec}: {other:?}"),
         }
     }
@@ -140,7 +151,10 @@ fn malformed_fault_specs_are_rejected() {
         ..Default::default()
     };
     match start_err("", "", cfg) {
-        ActorError::Fault { message, .. } => assert!(message.contains("no actor named `layer9.expert1`"), "{message}"),
+        ActorError::Fault { message, .. } => assert!(
+            message.contains("no actor named `layer9.expert1`"),
+            "{message}"
+        ),
         e => panic!("{e}"),
     }
 }
@@ -158,14 +172,31 @@ fn bad_prompts_give_the_engine_errors() {
         },
     )
     .expect("start");
-    let e = rt.generate(&[request(vec![5, 99999], 2, None)]).expect_err("out of range");
-    assert_eq!(e.to_string(), "prompt token id 99999 at position 1 is out of range (vocab size 1024)");
-    assert!(matches!(e.engine(), Some(troupe_engine::EngineError::TokenOutOfRange { .. })));
+    let e = rt
+        .generate(&[request(vec![5, 99999], 2, None)])
+        .expect_err("out of range");
+    assert_eq!(
+        e.to_string(),
+        "prompt token id 99999 at position 1 is out of range (vocab size 1024)"
+    );
+    assert!(matches!(
+        e.engine(),
+        Some(troupe_engine::EngineError::TokenOutOfRange { .. })
+    ));
     let e = rt.generate(&[request(vec![], 2, None)]).expect_err("empty");
     assert_eq!(e.to_string(), "empty prompt: at least one token is needed");
     let e = rt.logits(&vec![1; 300]).expect_err("too long");
-    assert!(e.to_string().contains("exceeds the position limit of 256"), "{e}");
+    assert!(
+        e.to_string().contains("exceeds the position limit of 256"),
+        "{e}"
+    );
     // The runtime still works afterwards.
-    assert_eq!(rt.generate(&[request(vec![5, 6, 7], 2, None)]).expect("generate")[0].generated.len(), 2);
+    assert_eq!(
+        rt.generate(&[request(vec![5, 6, 7], 2, None)])
+            .expect("generate")[0]
+            .generated
+            .len(),
+        2
+    );
     rt.shutdown().expect("shutdown");
 }

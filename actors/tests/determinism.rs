@@ -18,19 +18,44 @@ fn opts(schedule: &str, stages: Option<usize>) -> RuntimeConfig {
 
 #[test]
 fn every_schedule_matches_reference_on_every_fixture() {
-    for case in ["deepseek-v3-tiny", "deepseek-v2-lite-tiny", "mixtral-tiny", "llama-tiny", "deepseek-v3-tiny-bf16"] {
+    for case in [
+        "deepseek-v3-tiny",
+        "deepseek-v2-lite-tiny",
+        "mixtral-tiny",
+        "llama-tiny",
+        "deepseek-v3-tiny-bf16",
+    ] {
         let (g, model) = load(case);
         let ps = prompts(case);
-        let reqs: Vec<_> = ps.iter().enumerate().map(|(i, p)| request(p.clone(), 4, (i % 2 == 1).then_some(i as u64))).collect();
+        let reqs: Vec<_> = ps
+            .iter()
+            .enumerate()
+            .map(|(i, p)| request(p.clone(), 4, (i % 2 == 1).then_some(i as u64)))
+            .collect();
         let want = reference(&model, &reqs);
-        for (schedule, stages) in [("sequential", None), ("two-microbatch", None), ("pipeline", Some(2))] {
-            let rt = ActorRuntime::start_with(model.clone(), g.placement.as_ref(), g.schedule.as_ref(), opts(schedule, stages)).expect("start");
+        for (schedule, stages) in [
+            ("sequential", None),
+            ("two-microbatch", None),
+            ("pipeline", Some(2)),
+        ] {
+            let rt = ActorRuntime::start_with(
+                model.clone(),
+                g.placement.as_ref(),
+                g.schedule.as_ref(),
+                opts(schedule, stages),
+            )
+            .expect("start");
             let got = rt.generate(&reqs).expect("generate");
             assert_same(&got, &want, &format!("{case} {schedule}"));
             let logits = rt.logits(&ps[0]).expect("logits");
             let be = troupe_engine::kernels::CpuBackend::new();
-            let ref_logits = troupe_engine::executor::ReferenceExecutor::new(&model, &be).logits(&ps[0]).unwrap();
-            assert!(bits(logits.data()) == bits(ref_logits.data()), "{case} {schedule}: logits differ");
+            let ref_logits = troupe_engine::executor::ReferenceExecutor::new(&model, &be)
+                .logits(&ps[0])
+                .unwrap();
+            assert!(
+                bits(logits.data()) == bits(ref_logits.data()),
+                "{case} {schedule}: logits differ"
+            );
             rt.shutdown().expect("shutdown");
         }
     }
@@ -41,7 +66,10 @@ fn pick<'a, T>(rng: &mut SplitMix64, v: &'a [T]) -> &'a T {
 }
 
 /// A random valid `[placement]` for `model` plus a random `[schedule]`.
-fn random_config(rng: &mut SplitMix64, model: &troupe_engine::model::Model) -> (toml::Table, toml::Table) {
+fn random_config(
+    rng: &mut SplitMix64,
+    model: &troupe_engine::model::Model,
+) -> (toml::Table, toml::Table) {
     let n_layers = model.layers.len();
     let n_streams = 1 + (rng.next_u64() % 4) as usize;
     let mut p = toml::Table::new();
@@ -56,28 +84,54 @@ fn random_config(rng: &mut SplitMix64, model: &troupe_engine::model::Model) -> (
     let mut stages = Vec::new();
     let mut first = 0;
     for c in cuts.iter().copied().chain([n_layers]) {
-        stages.push(toml::Value::Array(vec![toml::Value::Integer(first as i64), toml::Value::Integer(c as i64 - 1)]));
+        stages.push(toml::Value::Array(vec![
+            toml::Value::Integer(first as i64),
+            toml::Value::Integer(c as i64 - 1),
+        ]));
         first = c;
     }
     p.insert("stages".into(), toml::Value::Array(stages));
-    let names: Vec<toml::Value> = (0..n_stages).map(|_| toml::Value::String(format!("cpu{}", rng.next_u64() % n_streams as u64))).collect();
+    let names: Vec<toml::Value> = (0..n_stages)
+        .map(|_| toml::Value::String(format!("cpu{}", rng.next_u64() % n_streams as u64)))
+        .collect();
     p.insert("stage_streams".into(), toml::Value::Array(names));
-    p.insert("experts".into(), toml::Value::String(pick(rng, &["round-robin", "block"]).to_string()));
-    p.insert("expert_group_size".into(), toml::Value::Integer(*pick(rng, &[1i64, 2, 3, 4, 16])));
-    p.insert("channel_capacity".into(), toml::Value::Integer(1 + (rng.next_u64() % 4) as i64));
+    p.insert(
+        "experts".into(),
+        toml::Value::String(pick(rng, &["round-robin", "block"]).to_string()),
+    );
+    p.insert(
+        "expert_group_size".into(),
+        toml::Value::Integer(*pick(rng, &[1i64, 2, 3, 4, 16])),
+    );
+    p.insert(
+        "channel_capacity".into(),
+        toml::Value::Integer(1 + (rng.next_u64() % 4) as i64),
+    );
     if rng.next_u64() % 3 == 0 {
         let mut link = toml::Table::new();
-        link.insert("latency_us".into(), toml::Value::Integer((rng.next_u64() % 50) as i64));
-        link.insert("gbps".into(), toml::Value::Float(1.0 + (rng.next_u64() % 100) as f64));
+        link.insert(
+            "latency_us".into(),
+            toml::Value::Integer((rng.next_u64() % 50) as i64),
+        );
+        link.insert(
+            "gbps".into(),
+            toml::Value::Float(1.0 + (rng.next_u64() % 100) as f64),
+        );
         p.insert("link".into(), toml::Value::Table(link));
     }
     let mut s = toml::Table::new();
     let kind = *pick(rng, &["sequential", "two-microbatch", "pipeline"]);
     s.insert("kind".into(), toml::Value::String(kind.into()));
     if rng.next_u64() % 2 == 0 {
-        s.insert("split_at".into(), toml::Value::Integer(1 + (rng.next_u64() % 4) as i64));
+        s.insert(
+            "split_at".into(),
+            toml::Value::Integer(1 + (rng.next_u64() % 4) as i64),
+        );
     }
-    s.insert("micro_batches".into(), toml::Value::Integer(1 + (rng.next_u64() % 4) as i64));
+    s.insert(
+        "micro_batches".into(),
+        toml::Value::Integer(1 + (rng.next_u64() % 4) as i64),
+    );
     (p, s)
 }
 
@@ -100,8 +154,17 @@ fn random_placements_schedules_splits_and_batches_match_reference_bits() {
             })
             .collect();
         let want = reference(model, &reqs);
-        let what = format!("iteration {iter} ({}) placement {placement} schedule {schedule}", cases[iter % cases.len()]);
-        let rt = ActorRuntime::start_with(model.clone(), Some(&placement), Some(&schedule), RuntimeConfig::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let what = format!(
+            "iteration {iter} ({}) placement {placement} schedule {schedule}",
+            cases[iter % cases.len()]
+        );
+        let rt = ActorRuntime::start_with(
+            model.clone(),
+            Some(&placement),
+            Some(&schedule),
+            RuntimeConfig::default(),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
         let got = rt.generate(&reqs).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_same(&got, &want, &what);
         let _ = g;

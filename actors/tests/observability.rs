@@ -13,8 +13,12 @@ use troupe_actors::{ActorRuntime, FaultPlan, LinkSpec, RuntimeConfig, RuntimeOpt
 #[test]
 fn trace_has_one_serial_track_per_stream_and_every_request_step() {
     let (_g, model) = load("deepseek-v3-tiny");
-    let path = std::env::temp_dir().join(format!("troupe-actors-trace-{}.json", std::process::id()));
-    let placement: toml::Table = toml::from_str("streams = 3\nstages = 2\nexpert_group_size = 4\n[link]\nlatency_us = 20\ngbps = 10").unwrap();
+    let path =
+        std::env::temp_dir().join(format!("troupe-actors-trace-{}.json", std::process::id()));
+    let placement: toml::Table = toml::from_str(
+        "streams = 3\nstages = 2\nexpert_group_size = 4\n[link]\nlatency_us = 20\ngbps = 10",
+    )
+    .unwrap();
     let cfg = RuntimeConfig {
         options: RuntimeOptions {
             schedule: Some("two-microbatch".into()),
@@ -24,14 +28,21 @@ fn trace_has_one_serial_track_per_stream_and_every_request_step() {
         faults: Some(FaultPlan::default()),
         ..Default::default()
     };
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny").into_iter().map(|p| request(p, 3, None)).collect();
+    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
+        .into_iter()
+        .map(|p| request(p, 3, None))
+        .collect();
     let rt = ActorRuntime::start_with(model.clone(), Some(&placement), None, cfg).expect("start");
     let outs = rt.generate(&reqs).expect("generate");
     rt.shutdown().expect("shutdown writes the trace");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("trace file")).expect("trace json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("trace file"))
+        .expect("trace json");
     std::fs::remove_file(&path).ok();
     let events = doc["traceEvents"].as_array().expect("traceEvents");
-    let spans: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X" && e["pid"] == 1).collect();
+    let spans: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["pid"] == 1)
+        .collect();
     assert!(!spans.is_empty());
     // Spans on one stream never overlap.
     for tid in 0..3u64 {
@@ -50,7 +61,9 @@ fn trace_has_one_serial_track_per_stream_and_every_request_step() {
                 w[1].0
             );
         }
-        let named = events.iter().any(|e| e["ph"] == "M" && e["tid"] == tid && e["pid"] == 1 && e["name"] == "thread_name");
+        let named = events.iter().any(|e| {
+            e["ph"] == "M" && e["tid"] == tid && e["pid"] == 1 && e["name"] == "thread_name"
+        });
         assert!(named, "stream {tid} has a named track");
     }
     // Every request's steps: one attention span per layer per generated token, and a head span.
@@ -58,34 +71,69 @@ fn trace_has_one_serial_track_per_stream_and_every_request_step() {
         for l in 0..model.layers.len() {
             let n = spans
                 .iter()
-                .filter(|e| e["name"] == "attention" && e["args"]["layer"] == l && e["args"]["requests"].as_array().unwrap().contains(&Value::from(r)))
+                .filter(|e| {
+                    e["name"] == "attention"
+                        && e["args"]["layer"] == l
+                        && e["args"]["requests"]
+                            .as_array()
+                            .unwrap()
+                            .contains(&Value::from(r))
+                })
                 .count();
-            assert_eq!(n, out.generated.len(), "request {r} layer {l}: attention spans");
+            assert_eq!(
+                n,
+                out.generated.len(),
+                "request {r} layer {l}: attention spans"
+            );
         }
         let heads = spans
             .iter()
-            .filter(|e| e["name"] == "head" && e["args"]["requests"].as_array().unwrap().contains(&Value::from(r)))
+            .filter(|e| {
+                e["name"] == "head"
+                    && e["args"]["requests"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&Value::from(r))
+            })
             .count();
         assert_eq!(heads, out.generated.len(), "request {r}: head spans");
     }
     // Flow arrows for dispatch and combine, each with a start and an end.
     for cat in ["dispatch", "combine"] {
-        let starts: Vec<&Value> = events.iter().filter(|e| e["ph"] == "s" && e["cat"] == cat).map(|e| &e["id"]).collect();
-        let ends: Vec<&Value> = events.iter().filter(|e| e["ph"] == "f" && e["cat"] == cat).map(|e| &e["id"]).collect();
+        let starts: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["ph"] == "s" && e["cat"] == cat)
+            .map(|e| &e["id"])
+            .collect();
+        let ends: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["ph"] == "f" && e["cat"] == cat)
+            .map(|e| &e["id"])
+            .collect();
         assert!(!starts.is_empty(), "{cat} flows");
-        assert!(ends.iter().all(|id| starts.contains(id)), "{cat} flow ends without starts");
+        assert!(
+            ends.iter().all(|id| starts.contains(id)),
+            "{cat} flow ends without starts"
+        );
     }
-    let tagged = spans
-        .iter()
-        .any(|e| e["name"] == "experts" && e["args"]["experts"].is_array() && e["args"]["micro_batch"].is_u64());
+    let tagged = spans.iter().any(|e| {
+        e["name"] == "experts"
+            && e["args"]["experts"].is_array()
+            && e["args"]["micro_batch"].is_u64()
+    });
     assert!(tagged, "expert spans carry experts and micro-batch");
-    assert!(events.iter().any(|e| e["pid"] == 2 && e["ph"] == "X"), "link track");
+    assert!(
+        events.iter().any(|e| e["pid"] == 2 && e["ph"] == "X"),
+        "link track"
+    );
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to metrics listener");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("connect to metrics listener");
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("send");
     let mut body = String::new();
     s.read_to_string(&mut body).expect("read");
     body
@@ -94,7 +142,9 @@ fn scrape(addr: std::net::SocketAddr) -> String {
 #[test]
 fn prometheus_listener_serves_runtime_metrics() {
     let (_g, model) = load("deepseek-v3-tiny");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
     let cfg = RuntimeConfig {
         options: RuntimeOptions {
             metrics_addr: Some(addr),
@@ -107,7 +157,10 @@ fn prometheus_listener_serves_runtime_metrics() {
         }),
         ..Default::default()
     };
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny").into_iter().map(|p| request(p, 2, None)).collect();
+    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
+        .into_iter()
+        .map(|p| request(p, 2, None))
+        .collect();
     let rt = ActorRuntime::start_with(model, None, None, cfg).expect("start");
     rt.generate(&reqs).expect("generate");
     let mut text = String::new();
@@ -130,6 +183,12 @@ fn prometheus_listener_serves_runtime_metrics() {
     ] {
         assert!(text.contains(name), "metric {name} missing from:\n{text}");
     }
-    assert!(text.contains("actor=\"layer1.attention\""), "per-actor labels");
-    assert!(text.contains("troupe_actor_restarts_total{actor=\"layer2.expert5\"} 1"), "restart counted:\n{text}");
+    assert!(
+        text.contains("actor=\"layer1.attention\""),
+        "per-actor labels"
+    );
+    assert!(
+        text.contains("troupe_actor_restarts_total{actor=\"layer2.expert5\"} 1"),
+        "restart counted:\n{text}"
+    );
 }

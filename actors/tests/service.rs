@@ -11,7 +11,13 @@ async fn concurrent_streams_match_reference() {
     let (g, model) = load("deepseek-v3-tiny");
     let ps = prompts("deepseek-v3-tiny");
     let reqs: Vec<_> = (0..12)
-        .map(|i| request(ps[i % ps.len()][..1 + i % 5].to_vec(), 2 + i % 4, (i % 2 == 0).then_some(i as u64)))
+        .map(|i| {
+            request(
+                ps[i % ps.len()][..1 + i % 5].to_vec(),
+                2 + i % 4,
+                (i % 2 == 0).then_some(i as u64),
+            )
+        })
         .collect();
     let want = reference(&model, &reqs);
     let cfg = RuntimeConfig {
@@ -43,7 +49,12 @@ async fn concurrent_streams_match_reference() {
     for (i, t) in tasks.into_iter().enumerate() {
         assert_eq!(t.await.expect("task"), want[i].generated, "request {i}");
     }
-    let bad = engine.generate(request(vec![4096], 2, None)).recv().await.expect("an item").expect_err("bad prompt");
+    let bad = engine
+        .generate(request(vec![4096], 2, None))
+        .recv()
+        .await
+        .expect("an item")
+        .expect_err("bad prompt");
     assert!(bad.to_string().contains("out of range"), "{bad}");
     let logits = engine.logits(ps[0].clone()).await.expect("logits");
     assert_eq!(logits.rows(), ps[0].len());

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use troupe_actors::{ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions, SupervisionSpec};
+use troupe_actors::{
+    ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions, SupervisionSpec,
+};
 use troupe_engine::weights::random::SplitMix64;
 
 fn config(faults: &str, schedule: &str, max_restarts: usize) -> RuntimeConfig {
@@ -28,13 +30,21 @@ fn config(faults: &str, schedule: &str, max_restarts: usize) -> RuntimeConfig {
 #[test]
 fn a_panic_and_a_hang_are_restarted_and_reissued_bit_identically() {
     let (_g, model) = load("deepseek-v3-tiny");
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny").into_iter().map(|p| request(p, 3, None)).collect();
+    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
+        .into_iter()
+        .map(|p| request(p, 3, None))
+        .collect();
     let want = reference(&model, &reqs);
     let spec = "actor:layer2.expert1,after:1,kind:panic; actor:layer1.attention,after:2,kind:hang; actor:layer3.router,after:1,kind:panic; actor:layer0.mlp,after:0,kind:hang";
-    let rt = ActorRuntime::start_with(model.clone(), None, None, config(spec, "two-microbatch", 3)).expect("start");
+    let rt = ActorRuntime::start_with(model.clone(), None, None, config(spec, "two-microbatch", 3))
+        .expect("start");
     let got = rt.generate(&reqs).expect("generate");
     assert_same(&got, &want, "with faults");
-    assert!(rt.core().faults_fired() >= 3, "faults fired: {}", rt.core().faults_fired());
+    assert!(
+        rt.core().faults_fired() >= 3,
+        "faults fired: {}",
+        rt.core().faults_fired()
+    );
     rt.shutdown().expect("shutdown");
 }
 
@@ -52,17 +62,34 @@ fn hundred_random_faults_across_fifty_concurrent_requests_lose_nothing() {
         .collect();
     let want = reference(&model, &reqs);
     // Actor names come from a fault-free start.
-    let probe = ActorRuntime::start_with(model.clone(), None, None, config("", "sequential", 3)).expect("start");
-    let names: Vec<String> = probe.core().actor_names.iter().filter(|n| !n.starts_with("stage")).cloned().collect();
+    let probe = ActorRuntime::start_with(model.clone(), None, None, config("", "sequential", 3))
+        .expect("start");
+    let names: Vec<String> = probe
+        .core()
+        .actor_names
+        .iter()
+        .filter(|n| !n.starts_with("stage"))
+        .cloned()
+        .collect();
     probe.shutdown().expect("shutdown");
     let spec: Vec<String> = (0..100)
         .map(|_| {
             let actor = &names[(rng.next_u64() % names.len() as u64) as usize];
-            let kind = if rng.next_u64() % 10 == 0 { "hang" } else { "panic" };
+            let kind = if rng.next_u64() % 10 == 0 {
+                "hang"
+            } else {
+                "panic"
+            };
             format!("actor:{actor},after:{},kind:{kind}", rng.next_u64() % 8)
         })
         .collect();
-    let rt = ActorRuntime::start_with(model.clone(), None, None, config(&spec.join(";"), "two-microbatch", 1000)).expect("start");
+    let rt = ActorRuntime::start_with(
+        model.clone(),
+        None,
+        None,
+        config(&spec.join(";"), "two-microbatch", 1000),
+    )
+    .expect("start");
     let results = rt.generate_each(&reqs);
     let fired = rt.core().faults_fired();
     rt.shutdown().expect("shutdown");
@@ -79,9 +106,21 @@ fn hundred_random_faults_across_fifty_concurrent_requests_lose_nothing() {
 #[test]
 fn an_actor_failing_repeatedly_fails_only_the_requests_that_need_it() {
     let (_g, model) = load("deepseek-v3-tiny");
-    let reqs: Vec<_> = (0..40u32).map(|t| request(vec![t * 7 + 3], 1, None)).collect();
+    let reqs: Vec<_> = (0..40u32)
+        .map(|t| request(vec![t * 7 + 3], 1, None))
+        .collect();
     let want = reference(&model, &reqs);
-    let rt = ActorRuntime::start_with(model.clone(), None, None, config("actor:layer1.expert3,after:0,kind:panic,times:1000", "sequential", 2)).expect("start");
+    let rt = ActorRuntime::start_with(
+        model.clone(),
+        None,
+        None,
+        config(
+            "actor:layer1.expert3,after:0,kind:panic,times:1000",
+            "sequential",
+            2,
+        ),
+    )
+    .expect("start");
     let results = rt.generate_each(&reqs);
     rt.shutdown().expect("shutdown");
     let (mut ok, mut failed) = (0, 0);
@@ -89,7 +128,11 @@ fn an_actor_failing_repeatedly_fails_only_the_requests_that_need_it() {
         match r {
             Ok(out) => {
                 ok += 1;
-                assert_same(std::slice::from_ref(out), &want[i..i + 1], &format!("surviving request {i}"));
+                assert_same(
+                    std::slice::from_ref(out),
+                    &want[i..i + 1],
+                    &format!("surviving request {i}"),
+                );
             }
             Err(ActorError::ActorDown { actor, reason, .. }) => {
                 failed += 1;

@@ -16,39 +16,80 @@ use super::{RunArgs, RuntimeArgs};
 /// A started executor.
 pub enum Executor {
     Actors(ActorRuntime),
-    Reference { model: Arc<Model>, backend: Arc<dyn Backend>, form: MlaForm },
+    Reference {
+        model: Arc<Model>,
+        backend: Arc<dyn Backend>,
+        form: MlaForm,
+    },
 }
 
 impl Executor {
-    pub fn start(graph: &LoadedGraph, model: Arc<Model>, backend: Arc<dyn Backend>, run: &RunArgs, rt: &RuntimeArgs, form: MlaForm) -> Result<Executor, CliError> {
-        let runtime = rt.runtime.clone().unwrap_or_else(|| if run.device == "cpu" { "actors".into() } else { "reference".into() });
-        let actor_flags = rt.schedule.is_some() || rt.stages.is_some() || rt.trace.is_some() || rt.metrics_addr.is_some();
+    pub fn start(
+        graph: &LoadedGraph,
+        model: Arc<Model>,
+        backend: Arc<dyn Backend>,
+        run: &RunArgs,
+        rt: &RuntimeArgs,
+        form: MlaForm,
+    ) -> Result<Executor, CliError> {
+        let runtime = rt.runtime.clone().unwrap_or_else(|| {
+            if run.device == "cpu" {
+                "actors".into()
+            } else {
+                "reference".into()
+            }
+        });
+        let actor_flags = rt.schedule.is_some()
+            || rt.stages.is_some()
+            || rt.trace.is_some()
+            || rt.metrics_addr.is_some();
         match runtime.as_str() {
             "actors" => {
                 if run.device != "cpu" {
                     return Err(CliError::Usage(format!("--runtime actors runs on CPU streams only so far; use --runtime reference with --device {}", run.device)));
                 }
                 if form != MlaForm::Auto {
-                    return Err(CliError::Usage("--mla applies to --runtime reference; the actor runtime uses auto".into()));
+                    return Err(CliError::Usage(
+                        "--mla applies to --runtime reference; the actor runtime uses auto".into(),
+                    ));
                 }
-                let opts = RuntimeOptions { schedule: rt.schedule.clone(), stages: rt.stages, trace: rt.trace.clone(), metrics_addr: rt.metrics_addr };
-                let r = ActorRuntime::start(model, graph, opts).map_err(|e| CliError::Runtime(e.to_string()))?;
+                let opts = RuntimeOptions {
+                    schedule: rt.schedule.clone(),
+                    stages: rt.stages,
+                    trace: rt.trace.clone(),
+                    metrics_addr: rt.metrics_addr,
+                };
+                let r = ActorRuntime::start(model, graph, opts)
+                    .map_err(|e| CliError::Runtime(e.to_string()))?;
                 Ok(Executor::Actors(r))
             }
             "reference" => {
                 if actor_flags {
-                    return Err(CliError::Usage("--schedule, --stages, --trace and --metrics-addr need --runtime actors".into()));
+                    return Err(CliError::Usage(
+                        "--schedule, --stages, --trace and --metrics-addr need --runtime actors"
+                            .into(),
+                    ));
                 }
-                Ok(Executor::Reference { model, backend, form })
+                Ok(Executor::Reference {
+                    model,
+                    backend,
+                    form,
+                })
             }
-            other => Err(CliError::Usage(format!("--runtime {other}: expected actors or reference"))),
+            other => Err(CliError::Usage(format!(
+                "--runtime {other}: expected actors or reference"
+            ))),
         }
     }
 
     pub fn generate(&self, reqs: &[GenerateRequest]) -> Result<Vec<GenerateOutput>, CliError> {
         match self {
             Executor::Actors(r) => r.generate(reqs).map_err(actor_err),
-            Executor::Reference { model, backend, form } => {
+            Executor::Reference {
+                model,
+                backend,
+                form,
+            } => {
                 let mut exec = ReferenceExecutor::new(model, backend.as_ref());
                 exec.options.mla_form = *form;
                 Ok(generate(&exec, reqs)?)
@@ -59,7 +100,11 @@ impl Executor {
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor, CliError> {
         match self {
             Executor::Actors(r) => r.logits(ids).map_err(actor_err),
-            Executor::Reference { model, backend, form } => {
+            Executor::Reference {
+                model,
+                backend,
+                form,
+            } => {
                 let mut exec = ReferenceExecutor::new(model, backend.as_ref());
                 exec.options.mla_form = *form;
                 Ok(exec.logits(ids)?)

@@ -82,7 +82,14 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         }
         (None, None) => return Err(CliError::Usage("give --prompt or --prompt-ids".into())),
     };
-    let exec = Executor::start(&graph, model.clone(), be, &a.run, &a.runtime, mla_form(&a.run.mla)?)?;
+    let exec = Executor::start(
+        &graph,
+        model.clone(),
+        be,
+        &a.run,
+        &a.runtime,
+        mla_form(&a.run.mla)?,
+    )?;
     let req = GenerateRequest {
         prompt: prompt.clone(),
         max_new_tokens: a.max_new_tokens,

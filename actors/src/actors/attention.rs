@@ -34,9 +34,18 @@ impl Block for AttentionBlock {
                 let layer = &model.layers[l];
                 let mut parts = Vec::with_capacity(job.mb.seqs.len());
                 for s in &job.mb.seqs {
-                    let mut cache = s.caches.layer(l).ok_or_else(|| EngineError::Invalid(format!("sequence has no cache for layer {l}")))?;
+                    let mut cache = s.caches.layer(l).ok_or_else(|| {
+                        EngineError::Invalid(format!("sequence has no cache for layer {l}"))
+                    })?;
                     truncate_cache(&mut cache, s.start);
-                    parts.push(layer.attention_block(be, &job.x.slice_rows(s.rows.start, s.rows.end), &mut cache, &model.rope, model.eps(), MlaForm::Auto)?);
+                    parts.push(layer.attention_block(
+                        be,
+                        &job.x.slice_rows(s.rows.start, s.rows.end),
+                        &mut cache,
+                        &model.rope,
+                        model.eps(),
+                        MlaForm::Auto,
+                    )?);
                 }
                 Tensor::concat_rows(&parts)
             })

@@ -14,7 +14,9 @@ use crate::error::Result;
 fn moe(model: &Model, layer: usize) -> std::result::Result<&MoeBlock, EngineError> {
     match &model.layers[layer].ffn {
         FeedForward::Moe(m) => Ok(m),
-        FeedForward::Dense(_) => Err(EngineError::Invalid(format!("layer {layer} has no experts"))),
+        FeedForward::Dense(_) => Err(EngineError::Invalid(format!(
+            "layer {layer} has no experts"
+        ))),
     }
 }
 
@@ -63,7 +65,9 @@ impl Block for ExpertGroupBlock {
                     .iter()
                     .map(|(e, x)| {
                         if !mine.contains(e) {
-                            return Err(EngineError::Invalid(format!("expert {e} of layer {l} was sent to the wrong group")));
+                            return Err(EngineError::Invalid(format!(
+                                "expert {e} of layer {l} was sent to the wrong group"
+                            )));
                         }
                         Ok((*e, m.experts[*e].forward(be, x)?))
                     })
@@ -92,9 +96,13 @@ impl Block for SharedBlock {
     async fn run(&self, ctx: &BlockCtx, hn: Tensor, meta: &Meta) -> Result<Tensor> {
         let (model, l) = (self.model.clone(), self.layer);
         ctx.stream
-            .run(ctx.tags("shared", meta, l), move |be| match &moe(&model, l)?.shared {
-                Some(s) => s.forward(be, &hn),
-                None => Err(EngineError::Invalid(format!("layer {l} has no shared experts"))),
+            .run(ctx.tags("shared", meta, l), move |be| {
+                match &moe(&model, l)?.shared {
+                    Some(s) => s.forward(be, &hn),
+                    None => Err(EngineError::Invalid(format!(
+                        "layer {l} has no shared experts"
+                    ))),
+                }
             })
             .await
     }

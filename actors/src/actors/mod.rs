@@ -66,7 +66,12 @@ pub trait Block: Send + Sync + 'static {
     type Out: Send + 'static;
     /// Multiplier on the supervision deadline (routers wait on experts).
     const DEADLINE_FACTOR: u32 = 1;
-    fn run(&self, ctx: &BlockCtx, job: Self::Job, meta: &Meta) -> impl Future<Output = Result<Self::Out>> + Send;
+    fn run(
+        &self,
+        ctx: &BlockCtx,
+        job: Self::Job,
+        meta: &Meta,
+    ) -> impl Future<Output = Result<Self::Out>> + Send;
     /// Bytes of a result (what crosses the link on the way back).
     fn out_bytes(_out: &Self::Out) -> usize {
         0
@@ -122,7 +127,11 @@ impl<B: Block> Clone for Envelope<B> {
 }
 
 /// Sends `job` to a block actor and waits for its result.
-pub(crate) async fn call<B: Block>(tx: &flume::Sender<Envelope<B>>, job: B::Job, meta: Meta) -> Result<B::Out> {
+pub(crate) async fn call<B: Block>(
+    tx: &flume::Sender<Envelope<B>>,
+    job: B::Job,
+    meta: Meta,
+) -> Result<B::Out> {
     let (rtx, rrx) = flume::bounded(2);
     tx.send_async(Envelope {
         job,
@@ -131,7 +140,9 @@ pub(crate) async fn call<B: Block>(tx: &flume::Sender<Envelope<B>>, job: B::Job,
     })
     .await
     .map_err(|_| ActorError::Closed("a block actor's channel closed".into()))?;
-    rrx.recv_async().await.map_err(|_| ActorError::Closed("a block actor dropped a request".into()))?
+    rrx.recv_async()
+        .await
+        .map_err(|_| ActorError::Closed("a block actor dropped a request".into()))?
 }
 
 /// Everything an actor instance needs; outlives instances, so restarts keep weights (the block
@@ -146,7 +157,12 @@ pub struct BlockSlot<B: Block> {
 }
 
 impl<B: Block> BlockSlot<B> {
-    pub fn new(block: B, ctx: BlockCtx, rx: flume::Receiver<Envelope<B>>, fault: Option<Arc<FaultTrigger>>) -> Arc<Self> {
+    pub fn new(
+        block: B,
+        ctx: BlockCtx,
+        rx: flume::Receiver<Envelope<B>>,
+        fault: Option<Arc<FaultTrigger>>,
+    ) -> Arc<Self> {
         Arc::new(BlockSlot {
             block: Arc::new(block),
             ctx,
@@ -176,16 +192,29 @@ impl<B: Block> Actor for BlockActor<B> {
     type State = Arc<BlockSlot<B>>;
     type Arguments = Arc<BlockSlot<B>>;
 
-    async fn pre_start(&self, _me: ActorRef<BlockMsg>, slot: Arc<BlockSlot<B>>) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<BlockMsg>,
+        slot: Arc<BlockSlot<B>>,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(slot)
     }
 
-    async fn post_start(&self, me: ActorRef<BlockMsg>, _slot: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        me: ActorRef<BlockMsg>,
+        _slot: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         me.send_message(BlockMsg::Pull)?;
         Ok(())
     }
 
-    async fn handle(&self, me: ActorRef<BlockMsg>, _msg: BlockMsg, slot: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<BlockMsg>,
+        _msg: BlockMsg,
+        slot: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         let reissue = slot.slot().as_mut().map(|(e, t)| {
             *t = Instant::now();
             e.clone()
@@ -205,7 +234,9 @@ impl<B: Block> Actor for BlockActor<B> {
         };
         if let Some(f) = &slot.fault {
             match f.on_attempt() {
-                Some(FaultKind::Panic) => panic!("injected fault: actor `{}` panics", slot.ctx.name),
+                Some(FaultKind::Panic) => {
+                    panic!("injected fault: actor `{}` panics", slot.ctx.name)
+                }
                 Some(FaultKind::Hang) => std::future::pending::<()>().await,
                 None => {}
             }
@@ -241,7 +272,8 @@ impl<B: Block> Child for BlockSlot<B> {
     }
     fn spawn(self: Arc<Self>, supervisor: ActorCell) -> SpawnFuture<'static> {
         Box::pin(async move {
-            let (r, _join) = Actor::spawn_linked(None, BlockActor::<B>(PhantomData), self, supervisor).await?;
+            let (r, _join) =
+                Actor::spawn_linked(None, BlockActor::<B>(PhantomData), self, supervisor).await?;
             Ok(r.get_cell())
         })
     }

@@ -59,13 +59,23 @@ impl Block for RouterBlock {
         let flows: Vec<Option<u64>> = active.iter().map(|_| ctx.flow_id()).collect();
         let mut tags = ctx.tags("dispatch", meta, l);
         tags.flows_out = flows.iter().flatten().map(|&f| (f, "dispatch")).collect();
-        let (p2, hn2, group_of, act2) = (plan.clone(), hn.clone(), self.group_of.clone(), active.clone());
+        let (p2, hn2, group_of, act2) = (
+            plan.clone(),
+            hn.clone(),
+            self.group_of.clone(),
+            active.clone(),
+        );
         let jobs: Vec<Vec<(usize, Tensor)>> = ctx
             .stream
             .run(tags, move |_| {
                 Ok(act2
                     .iter()
-                    .map(|&g| p2.active_experts().filter(|&e| group_of[e] == g).map(|e| (e, hn2.gather_rows(&p2.rows[e]))).collect())
+                    .map(|&g| {
+                        p2.active_experts()
+                            .filter(|&e| group_of[e] == g)
+                            .map(|e| (e, hn2.gather_rows(&p2.rows[e])))
+                            .collect()
+                    })
                     .collect())
             })
             .await?;
@@ -95,10 +105,9 @@ impl Block for RouterBlock {
                         let _ = tx.send(env);
                     })
                 }
-                None => tx
-                    .send_async(env)
-                    .await
-                    .map_err(|_| ActorError::Closed(format!("layer {l}: expert group channel closed")))?,
+                None => tx.send_async(env).await.map_err(|_| {
+                    ActorError::Closed(format!("layer {l}: expert group channel closed"))
+                })?,
             }
         }
         drop(rtx);
@@ -106,10 +115,9 @@ impl Block for RouterBlock {
         let mut flows_in = Vec::new();
         let mut received = 0;
         while received < active.len() {
-            let r = rrx
-                .recv_async()
-                .await
-                .map_err(|_| ActorError::Closed(format!("layer {l}: expert results channel closed")))?;
+            let r = rrx.recv_async().await.map_err(|_| {
+                ActorError::Closed(format!("layer {l}: expert results channel closed"))
+            })?;
             match r {
                 Ok(out) => {
                     received += 1;
@@ -119,14 +127,24 @@ impl Block for RouterBlock {
                     }
                 }
                 Err(ActorError::ActorDown { actor, reason, .. }) => {
-                    let rows = rows_needing(&plan, &self.group_of, self.group_names.iter().position(|n| *n == actor));
-                    return Err(ActorError::ActorDown { actor, reason, rows: Some(rows) });
+                    let rows = rows_needing(
+                        &plan,
+                        &self.group_of,
+                        self.group_names.iter().position(|n| *n == actor),
+                    );
+                    return Err(ActorError::ActorDown {
+                        actor,
+                        reason,
+                        rows: Some(rows),
+                    });
                 }
                 Err(e) => return Err(e),
             }
         }
         let shared_out = match shared {
-            Some(j) => Some(j.await.map_err(|e| ActorError::Closed(format!("layer {l}: shared experts task: {e}")))??),
+            Some(j) => Some(j.await.map_err(|e| {
+                ActorError::Closed(format!("layer {l}: shared experts task: {e}"))
+            })??),
             None => None,
         };
         let model = self.model.clone();
@@ -146,7 +164,11 @@ impl Block for RouterBlock {
 /// Rows routed to the experts of group `g` (unknown group: every row).
 fn rows_needing(plan: &DispatchPlan, group_of: &[usize], g: Option<usize>) -> Vec<usize> {
     let mut rows: Vec<usize> = match g {
-        Some(g) => plan.active_experts().filter(|&e| group_of[e] == g).flat_map(|e| plan.rows[e].iter().copied()).collect(),
+        Some(g) => plan
+            .active_experts()
+            .filter(|&e| group_of[e] == g)
+            .flat_map(|e| plan.rows[e].iter().copied())
+            .collect(),
         None => plan.rows.iter().flatten().copied().collect(),
     };
     rows.sort_unstable();

@@ -26,7 +26,10 @@ fn main() {
         Ok(run(model, graph.placement.as_ref(), &o)?.to_string())
     })();
     match result {
-        Ok(r) => print!("{path}: {} sequences × {} prompt tokens, {} new tokens\n{r}", o.sequences, o.prompt_len, o.new_tokens),
+        Ok(r) => print!(
+            "{path}: {} sequences × {} prompt tokens, {} new tokens\n{r}",
+            o.sequences, o.prompt_len, o.new_tokens
+        ),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);

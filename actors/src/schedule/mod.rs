@@ -53,24 +53,42 @@ pub trait Schedule: Send + Sync {
 }
 
 /// Builds the schedule from `[schedule]` and the CLI's `--schedule` (which wins).
-pub fn from_config(table: Option<&Table>, cli: Option<&str>, n_stages: usize) -> Result<Arc<dyn Schedule>> {
+pub fn from_config(
+    table: Option<&Table>,
+    cli: Option<&str>,
+    n_stages: usize,
+) -> Result<Arc<dyn Schedule>> {
     let empty = Table::new();
     let t = table.unwrap_or(&empty);
-    if let Some(k) = t.keys().find(|k| !["kind", "micro_batches", "split_at"].contains(&k.as_str())) {
-        return Err(ActorError::schedule(k.as_str(), "unknown field (known: kind, micro_batches, split_at)"));
+    if let Some(k) = t
+        .keys()
+        .find(|k| !["kind", "micro_batches", "split_at"].contains(&k.as_str()))
+    {
+        return Err(ActorError::schedule(
+            k.as_str(),
+            "unknown field (known: kind, micro_batches, split_at)",
+        ));
     }
     let pos = |k: &str| -> Result<Option<usize>> {
         match t.get(k) {
             None => Ok(None),
             Some(Value::Integer(i)) if *i >= 1 => Ok(Some(*i as usize)),
-            Some(v) => Err(ActorError::schedule(k, format!("expected a positive integer, found `{v}`"))),
+            Some(v) => Err(ActorError::schedule(
+                k,
+                format!("expected a positive integer, found `{v}`"),
+            )),
         }
     };
     let kind = match (cli, t.get("kind")) {
         (Some(c), _) => c.to_string(),
         (None, Some(Value::String(s))) => s.clone(),
         (None, None) => "sequential".to_string(),
-        (None, Some(v)) => return Err(ActorError::schedule("kind", format!("expected a string, found `{v}`"))),
+        (None, Some(v)) => {
+            return Err(ActorError::schedule(
+                "kind",
+                format!("expected a string, found `{v}`"),
+            ))
+        }
     };
     let (split_at, micro_batches) = (pos("split_at")?, pos("micro_batches")?);
     let field = if cli.is_some() { "--schedule" } else { "kind" };

@@ -22,12 +22,20 @@ pub fn load(case: &str) -> (LoadedGraph, Arc<Model>) {
 
 /// The fixture's prompts (`prompt.{i}.input_ids`).
 pub fn prompts(case: &str) -> Vec<Vec<u32>> {
-    let bytes = std::fs::read(fixture(case).join("reference.safetensors")).expect("reference.safetensors");
+    let bytes =
+        std::fs::read(fixture(case).join("reference.safetensors")).expect("reference.safetensors");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse reference");
     let mut out = Vec::new();
     for i in 0.. {
-        let Ok(t) = st.tensor(&format!("prompt.{i}.input_ids")) else { break };
-        out.push(t.data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect());
+        let Ok(t) = st.tensor(&format!("prompt.{i}.input_ids")) else {
+            break;
+        };
+        out.push(
+            t.data()
+                .chunks(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect(),
+        );
     }
     out
 }
@@ -65,9 +73,16 @@ pub fn assert_same(got: &[GenerateOutput], want: &[GenerateOutput], what: &str) 
     assert_eq!(got.len(), want.len(), "{what}: request count");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.generated, w.generated, "{what}: request {i} tokens");
-        assert_eq!(g.step_logits.len(), w.step_logits.len(), "{what}: request {i} logits rows");
+        assert_eq!(
+            g.step_logits.len(),
+            w.step_logits.len(),
+            "{what}: request {i} logits rows"
+        );
         for (j, (a, b)) in g.step_logits.iter().zip(&w.step_logits).enumerate() {
-            assert!(bits(a) == bits(b), "{what}: request {i} step {j} logits differ");
+            assert!(
+                bits(a) == bits(b),
+                "{what}: request {i} step {j} logits differ"
+            );
         }
     }
 }
