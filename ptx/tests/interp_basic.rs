@@ -4,55 +4,10 @@
 
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
+mod common;
+
+use common::interp::*;
 use troupe_ptx::interp::*;
-
-const HDR: &str = ".version 8.0\n.target sm_80\n.address_size 64\n";
-
-fn module(body: &str) -> Module {
-    match Module::parse(&format!("{HDR}{body}")) {
-        Ok(m) => m,
-        Err(e) => panic!("parse failed: {e}"),
-    }
-}
-
-/// Kernel `k(out, in)` template: `%rd1` = out, `%rd2` = in, `%r1` = global thread id.
-fn kernel(body: &str) -> Module {
-    module(&format!(
-        ".visible .entry k(.param .u64 out, .param .u64 inp)\n{{\n\
-         .reg .pred %p<8>;\n.reg .b16 %h<8>;\n.reg .b32 %r<40>;\n.reg .b64 %rd<20>;\n.reg .f32 %f<20>;\n\
-         ld.param.u64 %rd1, [out];\nld.param.u64 %rd2, [inp];\n\
-         mov.u32 %r1, %tid.x;\nmov.u32 %r2, %ctaid.x;\nmov.u32 %r3, %ntid.x;\nmad.lo.u32 %r1, %r2, %r3, %r1;\n\
-         {body}\n}}\n"
-    ))
-}
-
-fn run(
-    m: &Module,
-    grid: u32,
-    block: u32,
-    out_words: usize,
-    input: &[u32],
-) -> Result<Vec<u32>, PtxError> {
-    let mut dev = Device::new();
-    let out = dev.alloc(out_words * 4)?;
-    let inp = dev.alloc(input.len().max(1) * 4)?;
-    dev.write_u32(inp, input)?;
-    dev.launch(
-        m,
-        "k",
-        &LaunchConfig::linear(grid, block),
-        &[ParamValue::Ptr(out), ParamValue::Ptr(inp)],
-    )?;
-    dev.read_u32(out, out_words)
-}
-
-/// Store `%r{reg}` to out[tid * stride + slot].
-fn st(reg: u32, stride: u32, slot: u32) -> String {
-    format!(
-        "mul.lo.u32 %r39, %r1, {stride};\nadd.u32 %r39, %r39, {slot};\nmul.wide.u32 %rd18, %r39, 4;\n\
-         add.u64 %rd18, %rd1, %rd18;\nst.global.u32 [%rd18], %r{reg};\n"
-    )
-}
 
 #[test]
 fn real_silu_mul_kernel_matches_cpu() {
@@ -166,34 +121,19 @@ fn bad_launches_are_typed_errors() {
         matches!(e, PtxError::BadLaunch { ref kernel, .. } if kernel == "k"),
         "{e}"
     );
-    let e = dev
-        .launch(&m, "k", &cfg, &[ParamValue::Ptr(p), ParamValue::U32(1)])
-        .unwrap_err();
-    assert!(matches!(e, PtxError::BadLaunch { .. }), "{e}");
-    let e = dev
-        .launch(
-            &m,
-            "k",
-            &LaunchConfig::linear(1, 2048),
-            &[ParamValue::Ptr(p), ParamValue::Ptr(p)],
-        )
-        .unwrap_err();
-    assert!(matches!(e, PtxError::BadLaunch { .. }), "{e}");
-    let e = dev
-        .launch(
-            &m,
-            "k",
-            &LaunchConfig::linear(0, 32),
-            &[ParamValue::Ptr(p), ParamValue::Ptr(p)],
-        )
-        .unwrap_err();
-    assert!(matches!(e, PtxError::BadLaunch { .. }), "{e}");
     let mut big = LaunchConfig::linear(1, 32);
     big.dynamic_shared_bytes = 1 << 20;
-    assert!(matches!(
-        dev.launch(&m, "k", &big, &[ParamValue::Ptr(p), ParamValue::Ptr(p)]),
-        Err(PtxError::BadLaunch { .. })
-    ));
+    let two_ptrs = [ParamValue::Ptr(p), ParamValue::Ptr(p)];
+    // wrong parameter type, too many threads, empty grid, too much dynamic shared memory
+    for (cfg, params) in [
+        (&cfg, &[ParamValue::Ptr(p), ParamValue::U32(1)][..]),
+        (&LaunchConfig::linear(1, 2048), &two_ptrs[..]),
+        (&LaunchConfig::linear(0, 32), &two_ptrs[..]),
+        (&big, &two_ptrs[..]),
+    ] {
+        let e = dev.launch(&m, "k", cfg, params).unwrap_err();
+        assert!(matches!(e, PtxError::BadLaunch { .. }), "{e}");
+    }
     // host-side memory API errors
     assert!(matches!(
         dev.read(DevicePtr(12345), 4),

@@ -5,14 +5,16 @@
 
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
+mod common;
+
+use common::interp::HDR_SM89;
 use troupe_ptx::interp::*;
 
 /// Run `body` once per input word: `%r4` holds the input (also as `%f4` / `%rd4`
 /// zero-extended), `%r5` the second input; the result is read from `%r10`.
 fn map2(body: &str, a: &[u32], b: &[u32]) -> Vec<u32> {
     let src = format!(
-        ".version 8.0\n.target sm_89\n.address_size 64\n\
-         .visible .entry k(.param .u64 out, .param .u64 inp, .param .u32 n)\n{{\n\
+        "{HDR_SM89}.visible .entry k(.param .u64 out, .param .u64 inp, .param .u32 n)\n{{\n\
          .reg .pred %p<8>;\n.reg .b16 %h<8>;\n.reg .b32 %r<40>;\n.reg .b64 %rd<20>;\n.reg .f32 %f<20>;\n.reg .f64 %fd<8>;\n\
          ld.param.u64 %rd1, [out];\nld.param.u64 %rd2, [inp];\nld.param.u32 %r2, [n];\n\
          mov.u32 %r1, %tid.x;\nmov.u32 %r3, %ctaid.x;\nmad.lo.u32 %r1, %r3, 256, %r1;\n\

@@ -1,21 +1,16 @@
 //! Every hand-written kernel in `ptx/kernels/*.ptx` must parse and decode in the
 //! interpreter (skips silently while the directory is empty).
 
+mod common;
+
 use std::path::Path;
 
+use common::interp::kernel_files;
 use troupe_ptx::interp::Module;
 
 #[test]
 fn every_kernel_file_parses() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "ptx"))
-        .collect();
-    files.sort();
+    let files = kernel_files();
     let mut failures = Vec::new();
     for f in &files {
         let src = std::fs::read_to_string(f).expect("readable kernel file");
@@ -105,15 +100,7 @@ fn gemm_bf16_tc_runs_race_free() {
 #[test]
 fn mutated_kernels_never_panic() {
     use troupe_ptx::interp::{ast::Ty, Device, LaunchConfig, ParamValue};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "ptx"))
-        .collect();
-    files.sort();
+    let files = kernel_files();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut rnd = move |n: usize| -> usize {
         seed ^= seed << 13;

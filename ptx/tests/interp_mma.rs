@@ -4,35 +4,10 @@
 
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
+mod common;
+
+use common::interp::{bf, bf_val, hf, hf_val, XorShift, HDR_SM89 as HDR};
 use troupe_ptx::interp::*;
-
-const HDR: &str = ".version 8.0\n.target sm_89\n.address_size 64\n";
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 16) as u32
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() % 20001) as f32 / 10000.0 - 1.0
-    }
-}
-
-fn bf(x: f32) -> u16 {
-    half::bf16::from_f32(x).to_bits()
-}
-fn bf_val(b: u16) -> f32 {
-    half::bf16::from_bits(b).to_f32()
-}
-fn hf(x: f32) -> u16 {
-    half::f16::from_f32(x).to_bits()
-}
-fn hf_val(b: u16) -> f32 {
-    half::f16::from_bits(b).to_f32()
-}
 
 /// Load `na+nb+nc` words per lane, run `mma`, store `nd` words per lane.
 fn run_mma(
@@ -144,34 +119,58 @@ fn check(d: &[Vec<f32>], want: &[Vec<f32>], exact_f64: Option<&[Vec<f64>]>) {
     }
 }
 
+/// A `rows` × `cols` matrix of `f(rng)` values, drawn row by row.
+fn rand_mat<T>(
+    rng: &mut XorShift,
+    rows: usize,
+    cols: usize,
+    mut f: impl FnMut(&mut XorShift) -> T,
+) -> Vec<Vec<T>> {
+    (0..rows)
+        .map(|_| (0..cols).map(|_| f(rng)).collect())
+        .collect()
+}
+
+/// Element-wise `f` of a matrix.
+fn map_mat<T: Copy, U>(m: &[Vec<T>], f: impl Fn(T) -> U) -> Vec<Vec<U>> {
+    m.iter()
+        .map(|r| r.iter().map(|&x| f(x)).collect())
+        .collect()
+}
+
+/// Two 16-bit elements packed into one register, `lo` in the low half.
+fn pack2(lo: u16, hi: u16) -> u32 {
+    lo as u32 | (hi as u32) << 16
+}
+
+/// The m16n8k16 A (4 registers) and B (2 registers) fragments of 16-bit inputs for `lane`.
+fn ab_regs_k16(a: &[Vec<u16>], b: &[Vec<u16>], lane: usize) -> Vec<u32> {
+    let (g, t) = (lane / 4, lane % 4);
+    let mut r = Vec::new();
+    for i in 0..4 {
+        let (row, col) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
+        r.push(pack2(a[row][col], a[row][col + 1]));
+    }
+    for i in 0..2 {
+        let k = 2 * t + 8 * i;
+        r.push(pack2(b[k][g], b[k + 1][g]));
+    }
+    r
+}
+
 #[test]
 fn mma_m16n8k16_bf16_and_f16_against_naive_matmul() {
     for (ty, enc, dec) in [
         ("bf16", bf as fn(f32) -> u16, bf_val as fn(u16) -> f32),
         ("f16", hf, hf_val),
     ] {
-        let mut rng = Rng(0x1234_5678_9ABC ^ ty.len() as u64);
-        let a: Vec<Vec<u16>> = (0..16)
-            .map(|_| (0..16).map(|_| enc(rng.unit())).collect())
-            .collect();
-        let b: Vec<Vec<u16>> = (0..16)
-            .map(|_| (0..8).map(|_| enc(rng.unit())).collect())
-            .collect();
-        let c: Vec<Vec<f32>> = (0..16)
-            .map(|_| (0..8).map(|_| rng.unit()).collect())
-            .collect();
+        let mut rng = XorShift(0x1234_5678_9ABC ^ ty.len() as u64);
+        let a = rand_mat(&mut rng, 16, 16, |r| enc(r.unit()));
+        let b = rand_mat(&mut rng, 16, 8, |r| enc(r.unit()));
+        let c = rand_mat(&mut rng, 16, 8, |r| r.unit());
         let regs: Vec<Vec<u32>> = (0..32)
             .map(|lane| {
-                let (g, t) = (lane / 4, lane % 4);
-                let mut r = Vec::new();
-                for i in 0..4 {
-                    let (row, col) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
-                    r.push(a[row][col] as u32 | (a[row][col + 1] as u32) << 16);
-                }
-                for i in 0..2 {
-                    let k = 2 * t + 8 * i;
-                    r.push(b[k][g] as u32 | (b[k + 1][g] as u32) << 16);
-                }
+                let mut r = ab_regs_k16(&a, &b, lane);
                 r.extend(c_regs(&c, lane));
                 r
             })
@@ -184,14 +183,7 @@ fn mma_m16n8k16_bf16_and_f16_against_naive_matmul() {
             4,
             &regs,
         );
-        let af: Vec<Vec<f32>> = a
-            .iter()
-            .map(|r| r.iter().map(|&x| dec(x)).collect())
-            .collect();
-        let bf_: Vec<Vec<f32>> = b
-            .iter()
-            .map(|r| r.iter().map(|&x| dec(x)).collect())
-            .collect();
+        let (af, bf_) = (map_mat(&a, dec), map_mat(&b, dec));
         let exact: Vec<Vec<f64>> = (0..16)
             .map(|i| {
                 (0..8)
@@ -210,23 +202,17 @@ fn mma_m16n8k16_bf16_and_f16_against_naive_matmul() {
 
 #[test]
 fn mma_m16n8k8_bf16_and_f16_accumulator() {
-    let mut rng = Rng(77);
-    let a: Vec<Vec<u16>> = (0..16)
-        .map(|_| (0..8).map(|_| bf(rng.unit())).collect())
-        .collect();
-    let b: Vec<Vec<u16>> = (0..8)
-        .map(|_| (0..8).map(|_| bf(rng.unit())).collect())
-        .collect();
-    let c: Vec<Vec<f32>> = (0..16)
-        .map(|_| (0..8).map(|_| rng.unit()).collect())
-        .collect();
+    let mut rng = XorShift(77);
+    let a = rand_mat(&mut rng, 16, 8, |r| bf(r.unit()));
+    let b = rand_mat(&mut rng, 8, 8, |r| bf(r.unit()));
+    let c = rand_mat(&mut rng, 16, 8, |r| r.unit());
     let regs: Vec<Vec<u32>> = (0..32)
         .map(|lane| {
             let (g, t) = (lane / 4, lane % 4);
             let mut r = vec![
-                a[g][2 * t] as u32 | (a[g][2 * t + 1] as u32) << 16,
-                a[g + 8][2 * t] as u32 | (a[g + 8][2 * t + 1] as u32) << 16,
-                b[2 * t][g] as u32 | (b[2 * t + 1][g] as u32) << 16,
+                pack2(a[g][2 * t], a[g][2 * t + 1]),
+                pack2(a[g + 8][2 * t], a[g + 8][2 * t + 1]),
+                pack2(b[2 * t][g], b[2 * t + 1][g]),
             ];
             r.extend(c_regs(&c, lane));
             r
@@ -240,40 +226,19 @@ fn mma_m16n8k8_bf16_and_f16_accumulator() {
         4,
         &regs,
     );
-    let af: Vec<Vec<f32>> = a
-        .iter()
-        .map(|r| r.iter().map(|&x| bf_val(x)).collect())
-        .collect();
-    let bff: Vec<Vec<f32>> = b
-        .iter()
-        .map(|r| r.iter().map(|&x| bf_val(x)).collect())
-        .collect();
+    let (af, bff) = (map_mat(&a, bf_val), map_mat(&b, bf_val));
     check(&d_from(&d), &reference(&af, &bff, &c), None);
 
     // f16 inputs, f16 accumulators (f16x2 C/D registers), m16n8k16
-    let a: Vec<Vec<u16>> = (0..16)
-        .map(|_| (0..16).map(|_| hf(rng.unit())).collect())
-        .collect();
-    let b: Vec<Vec<u16>> = (0..16)
-        .map(|_| (0..8).map(|_| hf(rng.unit())).collect())
-        .collect();
-    let c: Vec<Vec<u16>> = (0..16)
-        .map(|_| (0..8).map(|_| hf(rng.unit())).collect())
-        .collect();
+    let a = rand_mat(&mut rng, 16, 16, |r| hf(r.unit()));
+    let b = rand_mat(&mut rng, 16, 8, |r| hf(r.unit()));
+    let c = rand_mat(&mut rng, 16, 8, |r| hf(r.unit()));
     let regs: Vec<Vec<u32>> = (0..32)
         .map(|lane| {
             let (g, t) = (lane / 4, lane % 4);
-            let mut r = Vec::new();
-            for i in 0..4 {
-                let (row, col) = (g + 8 * (i % 2), 2 * t + 8 * (i / 2));
-                r.push(a[row][col] as u32 | (a[row][col + 1] as u32) << 16);
-            }
+            let mut r = ab_regs_k16(&a, &b, lane);
             for i in 0..2 {
-                let k = 2 * t + 8 * i;
-                r.push(b[k][g] as u32 | (b[k + 1][g] as u32) << 16);
-            }
-            for i in 0..2 {
-                r.push(c[g + 8 * i][2 * t] as u32 | (c[g + 8 * i][2 * t + 1] as u32) << 16);
+                r.push(pack2(c[g + 8 * i][2 * t], c[g + 8 * i][2 * t + 1]));
             }
             r
         })
@@ -286,19 +251,11 @@ fn mma_m16n8k8_bf16_and_f16_accumulator() {
         2,
         &regs,
     );
-    let af: Vec<Vec<f32>> = a
-        .iter()
-        .map(|r| r.iter().map(|&x| hf_val(x)).collect())
-        .collect();
-    let bff: Vec<Vec<f32>> = b
-        .iter()
-        .map(|r| r.iter().map(|&x| hf_val(x)).collect())
-        .collect();
-    let cf: Vec<Vec<f32>> = c
-        .iter()
-        .map(|r| r.iter().map(|&x| hf_val(x)).collect())
-        .collect();
-    let want = reference(&af, &bff, &cf);
+    let want = reference(
+        &map_mat(&a, hf_val),
+        &map_mat(&b, hf_val),
+        &map_mat(&c, hf_val),
+    );
     for (lane, regs) in d.iter().enumerate() {
         let (g, t) = (lane / 4, lane % 4);
         for i in 0..2 {
@@ -316,8 +273,8 @@ fn mma_m16n8k8_bf16_and_f16_accumulator() {
 
 #[test]
 fn mma_m16n8k32_e4m3_and_m16n8k8_tf32() {
-    let mut rng = Rng(4242);
-    let code = |rng: &mut Rng| -> u8 {
+    let mut rng = XorShift(4242);
+    let code = |rng: &mut XorShift| -> u8 {
         (rng.next() % 0x77) as u8 | if rng.next() % 2 == 0 { 0x80 } else { 0 }
     };
     let val = |c: u8| -> f32 {
@@ -333,15 +290,9 @@ fn mma_m16n8k32_e4m3_and_m16n8k8_tf32() {
             mag
         }
     };
-    let a: Vec<Vec<u8>> = (0..16)
-        .map(|_| (0..32).map(|_| code(&mut rng)).collect())
-        .collect();
-    let b: Vec<Vec<u8>> = (0..32)
-        .map(|_| (0..8).map(|_| code(&mut rng)).collect())
-        .collect();
-    let c: Vec<Vec<f32>> = (0..16)
-        .map(|_| (0..8).map(|_| rng.unit()).collect())
-        .collect();
+    let a = rand_mat(&mut rng, 16, 32, code);
+    let b = rand_mat(&mut rng, 32, 8, code);
+    let c = rand_mat(&mut rng, 16, 8, |r| r.unit());
     let regs: Vec<Vec<u32>> = (0..32)
         .map(|lane| {
             let (g, t) = (lane / 4, lane % 4);
@@ -366,26 +317,16 @@ fn mma_m16n8k32_e4m3_and_m16n8k8_tf32() {
         4,
         &regs,
     );
-    let af: Vec<Vec<f32>> = a
-        .iter()
-        .map(|r| r.iter().map(|&x| val(x)).collect())
-        .collect();
-    let bff: Vec<Vec<f32>> = b
-        .iter()
-        .map(|r| r.iter().map(|&x| val(x)).collect())
-        .collect();
-    check(&d_from(&d), &reference(&af, &bff, &c), None);
+    check(
+        &d_from(&d),
+        &reference(&map_mat(&a, val), &map_mat(&b, val), &c),
+        None,
+    );
 
     // tf32: low 13 mantissa bits of the inputs are ignored
-    let a: Vec<Vec<f32>> = (0..16)
-        .map(|_| (0..8).map(|_| rng.unit()).collect())
-        .collect();
-    let b: Vec<Vec<f32>> = (0..8)
-        .map(|_| (0..8).map(|_| rng.unit()).collect())
-        .collect();
-    let c: Vec<Vec<f32>> = (0..16)
-        .map(|_| (0..8).map(|_| rng.unit()).collect())
-        .collect();
+    let a = rand_mat(&mut rng, 16, 8, |r| r.unit());
+    let b = rand_mat(&mut rng, 8, 8, |r| r.unit());
+    let c = rand_mat(&mut rng, 16, 8, |r| r.unit());
     let regs: Vec<Vec<u32>> = (0..32)
         .map(|lane| {
             let (g, t) = (lane / 4, lane % 4);
@@ -409,15 +350,7 @@ fn mma_m16n8k32_e4m3_and_m16n8k8_tf32() {
         4,
         &regs,
     );
-    let tr = |m: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
-        m.iter()
-            .map(|r| {
-                r.iter()
-                    .map(|x| f32::from_bits(x.to_bits() & 0xFFFF_E000))
-                    .collect()
-            })
-            .collect()
-    };
+    let tr = |m: &Vec<Vec<f32>>| map_mat(m, |x: f32| f32::from_bits(x.to_bits() & 0xFFFF_E000));
     check(&d_from(&d), &reference(&tr(&a), &tr(&b), &c), None);
 }
 

@@ -4,29 +4,10 @@
 
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
+mod common;
+
+use common::interp::{bf, bf_val, linear_cfg, XorShift, HDR_SM89 as HDR};
 use troupe_ptx::interp::*;
-
-const HDR: &str = ".version 8.0\n.target sm_89\n.address_size 64\n";
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 16) as u32
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() % 20001) as f32 / 10000.0 - 1.0
-    }
-}
-
-fn bf(x: f32) -> u16 {
-    half::bf16::from_f32(x).to_bits()
-}
-fn bf_val(b: u16) -> f32 {
-    half::bf16::from_bits(b).to_f32()
-}
 
 /// smem holds 4 matrices of 8×8 b16, element (m, r, c) = m<<8 | r<<4 | c; row r of
 /// matrix m lives at byte (m*8 + r) * 48. Lane l supplies the address of row l.
@@ -53,8 +34,7 @@ fn run_ldmatrix(variant: &str, nregs: usize) -> Vec<Vec<u32>> {
     let m = Module::parse(&src).unwrap_or_else(|e| panic!("{e}"));
     let mut dev = Device::new();
     let po = dev.alloc(32 * 16).unwrap();
-    let mut cfg = LaunchConfig::linear(1, 32);
-    cfg.race_check = true;
+    let cfg = linear_cfg(1, 32, true);
     dev.launch(&m, "k", &cfg, &[ParamValue::Ptr(po)]).unwrap();
     let v = dev.read_u32(po, 32 * 4).unwrap();
     v.chunks(4).map(|c| c[..nregs].to_vec()).collect()
@@ -92,7 +72,7 @@ fn ldmatrix_layouts() {
 #[test]
 fn ldmatrix_feeds_mma_for_a_full_tile() {
     // A: 16x16 bf16 row-major (stride 32 B), B: 16x8 bf16 row-major [k][n] (stride 16 B)
-    let mut rng = Rng(99);
+    let mut rng = XorShift(99);
     let a: Vec<u16> = (0..256).map(|_| bf(rng.unit())).collect();
     let b: Vec<u16> = (0..128).map(|_| bf(rng.unit())).collect();
     let src = format!(
@@ -121,8 +101,7 @@ fn ldmatrix_feeds_mma_for_a_full_tile() {
     let pb = dev.alloc(256).unwrap();
     dev.write_u16(pb, &b).unwrap();
     let po = dev.alloc(16 * 8 * 4).unwrap();
-    let mut cfg = LaunchConfig::linear(1, 32);
-    cfg.race_check = true;
+    let cfg = linear_cfg(1, 32, true);
     dev.launch(
         &m,
         "k",
@@ -166,8 +145,7 @@ fn run_cp(m: &Module, race: bool) -> Result<Vec<u32>, PtxError> {
     let pi = dev.alloc(1024)?;
     dev.write_u32(pi, &input)?;
     let po = dev.alloc(1024)?;
-    let mut cfg = LaunchConfig::linear(2, 64);
-    cfg.race_check = race;
+    let cfg = linear_cfg(2, 64, race);
     dev.launch(m, "k", &cfg, &[ParamValue::Ptr(po), ParamValue::Ptr(pi)])?;
     dev.read_u32(po, 256)
 }

@@ -4,9 +4,10 @@
 
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]
 
-use troupe_ptx::interp::*;
+mod common;
 
-const HDR: &str = ".version 8.0\n.target sm_80\n.address_size 64\n";
+use common::interp::{linear_cfg, HDR};
+use troupe_ptx::interp::*;
 
 fn shfl_kernel(mode: &str) -> Module {
     Module::parse(&format!(
@@ -230,8 +231,7 @@ fn contended_global_and_shared_atomics() {
     let mut dev = Device::new();
     let p = dev.alloc(64).unwrap();
     dev.write_i32(p.offset(8), &[-5]).unwrap();
-    let mut cfg = LaunchConfig::linear(4, 200);
-    cfg.race_check = true;
+    let cfg = linear_cfg(4, 200, true);
     dev.launch(&m, "k", &cfg, &[ParamValue::Ptr(p)]).unwrap();
     let v = dev.read_u32(p, 9).unwrap();
     assert_eq!(v[0], 800);

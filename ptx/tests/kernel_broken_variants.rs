@@ -131,16 +131,29 @@ fn gemm_without_landing_barrier_is_a_shared_race() {
 }
 
 #[test]
-#[ignore = "interpreter gap: cp.async destination writes are race-checked when they complete \
-            (cp.async.wait_group), not from issue, so this write-after-read hazard is not seen"]
 fn gemm_without_stage_barrier_is_a_shared_race() {
     // Without the barrier at the end of a k tile, the cp.async of tile kt+2 into the stage of
-    // tile kt may land while another warp still reads that stage with ldmatrix.
-    let f = gemm_fault(
-        "    bar.sync 0;                          // everyone is done with this stage\n",
-        "",
-    );
-    assert!(matches!(f, Some(PtxError::SharedRace { .. })), "{f:?}");
+    // tile kt may land while another warp still reads that stage with ldmatrix: the in-flight
+    // copy (a write from issue to its wait) conflicts with the ldmatrix read.
+    let stage_barrier =
+        "    bar.sync 0;                          // everyone is done with this stage\n";
+    let f = gemm_fault(stage_barrier, "");
+    let Some(PtxError::SharedRace { first, second, .. }) = f else {
+        panic!("missing stage barrier not caught: {f:?}");
+    };
+    let (_, src) = edited("gemm_bf16_tc", stage_barrier, "");
+    let opcode = |line: u32| {
+        let l = src.lines().nth(line as usize - 1).unwrap_or_default();
+        l.split_whitespace().next().unwrap_or_default().to_string()
+    };
+    let (w, r) = if first.write {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(w.write && !r.write, "{first} / {second}");
+    assert_eq!(opcode(w.line), "cp.async.cg.shared.global", "{w}");
+    assert!(opcode(r.line).starts_with("ldmatrix"), "{r}");
 }
 
 #[test]

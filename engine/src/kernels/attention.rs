@@ -2,6 +2,8 @@
 //! in f32. Naive MLA (keys/values expanded per head) and absorbed MLA (one latent "kv head") both
 //! run through this kernel.
 
+use rayon::prelude::*;
+
 use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
 use crate::tensor::Tensor;
@@ -38,42 +40,64 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
         )));
     }
     let group = p.heads / p.kv_heads;
-    let mut out = vec![0.0f32; tq * p.heads * p.v_dim];
-    let mut scores = vec![0.0f32; tk];
-    for i in 0..tq {
+    let width = p.heads * p.v_dim;
+    let mut out = vec![0.0f32; tq * width];
+    // Query rows are independent: parallel over rows (each row's arithmetic is the same whatever
+    // the split, so results do not depend on the thread count).
+    let row = |(i, o): (usize, &mut [f32])| {
         let pos = p.q_start + i;
         let first = match p.sliding_window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
+        let mut scores = vec![0.0f32; pos + 1 - first];
         for h in 0..p.heads {
             let kh = h / group;
             let qv = &q.row(i)[h * p.qk_dim..(h + 1) * p.qk_dim];
             let mut max = f32::NEG_INFINITY;
-            for j in first..=pos {
+            for (s, j) in scores.iter_mut().zip(first..=pos) {
                 let kv = &k.row(j)[kh * p.qk_dim..(kh + 1) * p.qk_dim];
-                let mut s = 0.0f32;
-                for (a, b) in qv.iter().zip(kv) {
-                    s += a * b;
-                }
-                let s = s * p.scale;
-                scores[j] = s;
-                max = max.max(s);
+                *s = dot8(qv, kv) * p.scale;
+                max = max.max(*s);
             }
             let mut sum = 0.0f32;
-            for s in &mut scores[first..=pos] {
+            for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            let o = &mut out[(i * p.heads + h) * p.v_dim..(i * p.heads + h + 1) * p.v_dim];
-            for j in first..=pos {
-                let w = scores[j] / sum;
+            let oh = &mut o[h * p.v_dim..(h + 1) * p.v_dim];
+            for (s, j) in scores.iter().zip(first..=pos) {
+                let w = s / sum;
                 let vv = &v.row(j)[kh * p.v_dim..(kh + 1) * p.v_dim];
-                for (a, b) in o.iter_mut().zip(vv) {
+                for (a, b) in oh.iter_mut().zip(vv) {
                     *a += w * b;
                 }
             }
         }
+    };
+    let work = tq * p.heads * (p.q_start + tq) * (p.qk_dim + p.v_dim);
+    if work < (1 << 18) {
+        out.chunks_mut(width).enumerate().for_each(row);
+    } else {
+        out.par_chunks_mut(width).enumerate().for_each(row);
     }
     Tensor::matrix(tq, p.heads * p.v_dim, out)
+}
+
+/// Dot product with 8 independent partial sums (element `i` into sum `i % 8`), folded in a fixed
+/// order: vectorisable without reassociation, and the same result on every call.
+#[inline]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut l = [0.0f32; 8];
+    let n = a.len().min(b.len());
+    let main = n / 8 * 8;
+    for (ca, cb) in a[..main].chunks_exact(8).zip(b[..main].chunks_exact(8)) {
+        for j in 0..8 {
+            l[j] += ca[j] * cb[j];
+        }
+    }
+    for i in main..n {
+        l[i - main] += a[i] * b[i];
+    }
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }

@@ -115,25 +115,56 @@ mod avx2 {
         }
     }
 
+    /// Dispatches a block to the tile kernel with the matching constant shape, so the
+    /// accumulators stay in registers.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], out: &mut [[f32; 4]; 4]) {
-        let k = ws.first().map(|w| w.len()).unwrap_or(0);
+        match (xs.len(), ws.len()) {
+            (1, 1) => tile::<1, 1>(xs, ws, out),
+            (1, 2) => tile::<1, 2>(xs, ws, out),
+            (1, 3) => tile::<1, 3>(xs, ws, out),
+            (1, 4) => tile::<1, 4>(xs, ws, out),
+            (2, 1) => tile::<2, 1>(xs, ws, out),
+            (2, 2) => tile::<2, 2>(xs, ws, out),
+            (r, c) => {
+                // Larger blocks are split into tiles; each dot keeps its own order.
+                for r0 in (0..r).step_by(2) {
+                    for c0 in (0..c).step_by(2) {
+                        let (rn, cn) = ((r - r0).min(2), (c - c0).min(2));
+                        let mut sub = [[0.0f32; 4]; 4];
+                        dot_block(&xs[r0..r0 + rn], &ws[c0..c0 + cn], &mut sub);
+                        for i in 0..rn {
+                            for j in 0..cn {
+                                out[r0 + i][c0 + j] = sub[i][j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `R` x rows against `C` weight rows (R·C ≤ 4: 2·R·C accumulators in registers).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const C: usize>(
+        xs: &[&[f32]],
+        ws: &[WRow<'_>],
+        out: &mut [[f32; 4]; 4],
+    ) {
+        let k = ws[0].len();
         let main = k / 16 * 16;
-        let nx = xs.len().min(4);
-        let nw = ws.len().min(4);
-        // acc[r][c] holds lanes 0..8 and 8..16 of the dot(xs[r], ws[c]).
-        let mut acc = [[[_mm256_setzero_ps(); 2]; 4]; 4];
+        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
         let mut i = 0;
         while i < main {
-            let mut wv = [[_mm256_setzero_ps(); 2]; 4];
-            for c in 0..nw {
+            let mut wv = [[_mm256_setzero_ps(); 2]; C];
+            for c in 0..C {
                 wv[c][0] = load8(ws[c], i);
                 wv[c][1] = load8(ws[c], i + 8);
             }
-            for r in 0..nx {
+            for r in 0..R {
                 let x0 = _mm256_loadu_ps(xs[r].as_ptr().add(i));
                 let x1 = _mm256_loadu_ps(xs[r].as_ptr().add(i + 8));
-                for c in 0..nw {
+                for c in 0..C {
                     acc[r][c][0] = _mm256_fmadd_ps(x0, wv[c][0], acc[r][c][0]);
                     acc[r][c][1] = _mm256_fmadd_ps(x1, wv[c][1], acc[r][c][1]);
                 }
@@ -141,11 +172,11 @@ mod avx2 {
             i += 16;
         }
         if main < k {
-            let mut wt = [[0.0f32; 16]; 4];
-            for c in 0..nw {
+            let mut wt = [[0.0f32; 16]; C];
+            for c in 0..C {
                 tail16(ws[c], main, &mut wt[c]);
             }
-            for r in 0..nx {
+            for r in 0..R {
                 let mut xt = [0.0f32; 16];
                 for (j, v) in xt.iter_mut().enumerate() {
                     if main + j < k {
@@ -154,7 +185,7 @@ mod avx2 {
                 }
                 let x0 = _mm256_loadu_ps(xt.as_ptr());
                 let x1 = _mm256_loadu_ps(xt.as_ptr().add(8));
-                for c in 0..nw {
+                for c in 0..C {
                     let w0 = _mm256_loadu_ps(wt[c].as_ptr());
                     let w1 = _mm256_loadu_ps(wt[c].as_ptr().add(8));
                     acc[r][c][0] = _mm256_fmadd_ps(x0, w0, acc[r][c][0]);
@@ -162,8 +193,8 @@ mod avx2 {
                 }
             }
         }
-        for r in 0..nx {
-            for c in 0..nw {
+        for r in 0..R {
+            for c in 0..C {
                 let mut lanes = [0.0f32; 16];
                 _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c][0]);
                 _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][c][1]);

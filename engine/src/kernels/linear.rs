@@ -53,13 +53,15 @@ fn block(
 ) {
     let n = x.rows();
     let width = c1 - c0;
+    // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice.
+    let (row_step, col_step) = if n == 1 { (1, 4) } else { (2, 2) };
     let mut r = 0;
     while r < n {
-        let rn = (n - r).min(4);
+        let rn = (n - r).min(row_step);
         let xs: [&[f32]; 4] = std::array::from_fn(|i| x.row(r + i.min(rn - 1)));
         let mut c = c0;
         while c < c1 {
-            let cn = (c1 - c).min(4);
+            let cn = (c1 - c).min(col_step);
             let ws: [WRow<'_>; 4] = std::array::from_fn(|j| weight_row(w, wf, c + j.min(cn - 1)));
             let mut tile = [[0.0f32; 4]; 4];
             dot_block(&xs[..rn], &ws[..cn], simd, &mut tile);

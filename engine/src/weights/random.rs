@@ -23,11 +23,17 @@ impl SplitMix64 {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
-    /// Standard normal (Box–Muller).
+    /// Standard normal (Box–Muller, cosine branch).
     pub fn next_normal(&mut self) -> f64 {
+        self.next_normal_pair().0
+    }
+    /// Two independent standard normals (both Box–Muller branches).
+    pub fn next_normal_pair(&mut self) -> (f64, f64) {
         let u1 = self.next_f64().max(1e-300);
         let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
+        (r * c, r * s)
     }
 }
 
@@ -59,13 +65,20 @@ pub fn random_weight(
 ) -> Weight {
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::new(seed ^ name_hash(name));
-    let values: Vec<f32> = (0..n)
-        .map(|_| match init {
-            RandomInit::Normal(std) => (rng.next_normal() * std as f64) as f32,
-            RandomInit::Ones => 1.0,
-            RandomInit::Zeros => 0.0,
-        })
-        .collect();
+    let values: Vec<f32> = match init {
+        RandomInit::Normal(std) => {
+            let mut v = Vec::with_capacity(n + 1);
+            while v.len() < n {
+                let (a, b) = rng.next_normal_pair();
+                v.push((a * std as f64) as f32);
+                v.push((b * std as f64) as f32);
+            }
+            v.truncate(n);
+            v
+        }
+        RandomInit::Ones => vec![1.0; n],
+        RandomInit::Zeros => vec![0.0; n],
+    };
     match dtype {
         DType::F32 => Weight::from_f32(name, shape, &values),
         DType::BF16 => {

@@ -93,11 +93,19 @@ impl Weight {
 
     /// A 16-bit weight (bf16 or f16) from raw bit patterns.
     pub fn from_u16(name: &str, dtype: DType, shape: Vec<usize>, bits: &[u16]) -> Self {
-        let mut bytes = Vec::with_capacity(bits.len() * 2);
-        for b in bits {
-            bytes.extend_from_slice(&b.to_le_bytes());
+        let words: Vec<u32> = bits
+            .chunks(2)
+            .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
+            .collect();
+        Weight {
+            name: name.into(),
+            dtype,
+            shape,
+            storage: Storage::Owned {
+                words: Arc::new(words),
+                len: bits.len() * 2,
+            },
         }
-        Weight::from_bytes(name, dtype, shape, &bytes)
     }
 
     pub fn name(&self) -> &str {

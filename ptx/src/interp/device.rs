@@ -324,7 +324,7 @@ fn start_cta(m: &mut Machine, warps: &mut [Warp], dyn_shared: u32, total_shared:
     m.local.fill(0xFF);
     m.bars = [BarState::default(); 16];
     if let Some(r) = m.race.as_mut() {
-        r.new_epoch();
+        r.new_cta();
     }
     let nwarps = warps.len() as u64;
     let (bx, by, bz) = m.block;

@@ -1,6 +1,6 @@
 //! Typed errors of the PTX interpreter: parse errors, unsupported features, launch
 //! validation failures and runtime faults (out-of-bounds, misalignment, shared-memory
-//! races, barrier deadlocks, traps). Every runtime fault names the kernel, the PTX
+//! races and accesses to in-flight `cp.async` destinations, barrier deadlocks, traps). Every runtime fault names the kernel, the PTX
 //! source line, the opcode and the offending thread (`ctaid`/`tid`).
 
 use std::fmt;
@@ -100,6 +100,20 @@ pub enum PtxError {
         address: u64,
         first: RaceAccess,
         second: RaceAccess,
+    },
+
+    #[error(
+        "access to an in-flight cp.async destination in kernel `{kernel}` ctaid {ctaid:?} at \
+         shared address {address:#x}: {access} before the cp.async.wait_group / wait_all that \
+         completes the copy ({copy}); the copy may land at any time until then"
+    )]
+    AsyncCopyPending {
+        kernel: String,
+        ctaid: Dim3,
+        address: u64,
+        /// The in-flight `cp.async` (same thread as `access`).
+        copy: RaceAccess,
+        access: RaceAccess,
     },
 
     #[error("barrier deadlock in kernel `{kernel}` ctaid {ctaid:?}: {message}")]

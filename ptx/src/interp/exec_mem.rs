@@ -2,12 +2,14 @@
 //! extension of narrow signed loads), `atom`/`red` (lane-ordered read-modify-write,
 //! so contended atomics are exact), and truly asynchronous `cp.async`: copies are
 //! queued per thread with their commit-group number and only performed by
-//! `cp.async.wait_group` / `wait_all`, so reading shared memory early sees stale data.
+//! `cp.async.wait_group` / `wait_all`, so reading shared memory early sees stale data
+//! (with the race detector on, the destination is marked in flight from issue to the
+//! completing wait, see `race.rs`).
 
 use super::ast::*;
 use super::convert::ftz32;
 use super::error::PtxError;
-use super::machine::{lanes, CpOp, Machine, Warp};
+use super::machine::{lanes, CpOp, Machine, Track, Warp};
 
 pub fn exec_mem(
     m: &mut Machine,
@@ -32,7 +34,15 @@ pub fn exec_mem(
                     return Err(m.misaligned(w, l, pc, *space, a, total));
                 }
                 for (i, d) in ds.iter().enumerate() {
-                    let v = m.load(w, l, pc, *space, a.wrapping_add(i as u64 * esz as u64), esz)?;
+                    let v = m.load(
+                        w,
+                        l,
+                        pc,
+                        *space,
+                        a.wrapping_add(i as u64 * esz as u64),
+                        esz,
+                        Track::Read,
+                    )?;
                     if *d != SINK {
                         let v = extend(v, bits, signed);
                         w.regs[*d as usize * 32 + l] = v & m.kernel.reg_masks[*d as usize];
@@ -55,15 +65,8 @@ pub fn exec_mem(
                 }
                 for (i, s) in srcs.iter().enumerate() {
                     let v = w.get(*s, l);
-                    m.store(
-                        w,
-                        l,
-                        pc,
-                        *space,
-                        a.wrapping_add(i as u64 * esz as u64),
-                        esz,
-                        v,
-                    )?;
+                    let ai = a.wrapping_add(i as u64 * esz as u64);
+                    m.store(w, l, pc, *space, ai, esz, v, false)?;
                 }
             }
         }
@@ -122,11 +125,11 @@ pub fn exec_mem(
                     return Err(m.oob(w, l, pc, Space::Global, sa, ss));
                 }
                 let group = w.cp_committed[l];
-                // The destination is being written asynchronously from now on: record the
-                // write at issue as well as at completion (wait) for the race detector.
+                // The destination may be written at any time from now until this thread's
+                // completing wait: the race detector marks it in flight over that window.
                 if let Some(r) = m.race.as_mut() {
                     let tid = w.index * 32 + l as u32;
-                    if let Err(c) = r.access(da, *size, tid, w.wepoch, line, true, false) {
+                    if let Err(c) = r.issue_async(da, *size, tid, w.wepoch, line) {
                         return Err(m.race_error(c));
                     }
                 }
@@ -195,7 +198,7 @@ fn complete_cp(
             }
         }
         if let Some(r) = m.race.as_mut() {
-            if let Err(c) = r.access(op.dst as u64, op.size, tid, w.wepoch, op.line, true, false) {
+            if let Err(c) = r.complete_async(op.dst as u64, op.size, tid, w.wepoch, op.line) {
                 return Err(m.race_error(c));
             }
         }

@@ -210,12 +210,27 @@ impl Machine<'_> {
     }
 
     pub fn race_error(&self, c: Conflict) -> PtxError {
-        PtxError::SharedRace {
-            kernel: self.kernel.name.clone(),
-            ctaid: self.ctaid,
-            address: c.address,
-            first: to_access(self.block, c.first),
-            second: to_access(self.block, c.second),
+        let (first, second) = (
+            to_access(self.block, c.first),
+            to_access(self.block, c.second),
+        );
+        let (kernel, ctaid, address) = (self.kernel.name.clone(), self.ctaid, c.address);
+        if c.own_pending {
+            PtxError::AsyncCopyPending {
+                kernel,
+                ctaid,
+                address,
+                copy: first,
+                access: second,
+            }
+        } else {
+            PtxError::SharedRace {
+                kernel,
+                ctaid,
+                address,
+                first,
+                second,
+            }
         }
     }
 
@@ -252,18 +267,41 @@ impl Machine<'_> {
         base.wrapping_add(a.off as u64)
     }
 
+    /// Alignment check and generic-address resolution shared by every load and store.
+    #[inline(always)]
+    fn locate(
+        &self,
+        w: &Warp,
+        lane: usize,
+        pc: u32,
+        space: Space,
+        addr: u64,
+        size: u32,
+    ) -> Result<(Space, u64), PtxError> {
+        if addr % size as u64 != 0 {
+            return Err(self.misaligned(w, lane, pc, space, addr, size));
+        }
+        Ok(Self::resolve(space, addr))
+    }
+
+    /// Bounds-checked byte range of shared offset `off` (`addr` in `space` for the error),
+    /// after recording the access with the race detector as `track`.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn race_check(
+    fn shared_range(
         &mut self,
         w: &Warp,
         lane: usize,
         pc: u32,
+        (space, addr): (Space, u64),
         off: u64,
         size: u32,
-        write: bool,
-        atomic: bool,
-    ) -> Result<(), PtxError> {
-        if let Some(r) = self.race.as_mut() {
+        track: Track,
+    ) -> Result<std::ops::Range<usize>, PtxError> {
+        if off.saturating_add(size as u64) > self.shared.len() as u64 {
+            return Err(self.oob(w, lane, pc, space, addr, size));
+        }
+        if let (Some(r), Some((write, atomic))) = (self.race.as_mut(), track.kind()) {
             let line = self
                 .kernel
                 .insts
@@ -275,7 +313,7 @@ impl Machine<'_> {
                 return Err(self.race_error(c));
             }
         }
-        Ok(())
+        Ok(off as usize..off as usize + size as usize)
     }
 
     /// Bounds-checked byte range of a non-global space for thread `lane`.
@@ -287,6 +325,7 @@ impl Machine<'_> {
         Some(((w.index as u64 * 32 + lane as u64) * ls + off) as usize)
     }
 
+    /// Load `size` bytes; a shared read is recorded with the race detector as `track`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn load(
@@ -297,11 +336,9 @@ impl Machine<'_> {
         space: Space,
         addr: u64,
         size: u32,
+        track: Track,
     ) -> Result<u64, PtxError> {
-        if addr % size as u64 != 0 {
-            return Err(self.misaligned(w, lane, pc, space, addr, size));
-        }
-        let (sp, off) = Self::resolve(space, addr);
+        let (sp, off) = self.locate(w, lane, pc, space, addr, size)?;
         let n = size as usize;
         match sp {
             Space::Global => match self.gmem.slice(off, n) {
@@ -309,11 +346,8 @@ impl Machine<'_> {
                 None => Err(self.oob(w, lane, pc, space, addr, size)),
             },
             Space::Shared => {
-                if off.saturating_add(size as u64) > self.shared.len() as u64 {
-                    return Err(self.oob(w, lane, pc, space, addr, size));
-                }
-                self.race_check(w, lane, pc, off, size, false, false)?;
-                Ok(read_le(&self.shared[off as usize..off as usize + n]))
+                let r = self.shared_range(w, lane, pc, (space, addr), off, size, track)?;
+                Ok(read_le(&self.shared[r]))
             }
             Space::Local => match self.local_range(w, lane, off, size) {
                 Some(o) => Ok(read_le(&self.local[o..o + n])),
@@ -334,6 +368,8 @@ impl Machine<'_> {
         }
     }
 
+    /// Store `v` (`size` bytes); `atomic` marks the shared write of an atomic for the race
+    /// detector.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub fn store(
@@ -345,26 +381,9 @@ impl Machine<'_> {
         addr: u64,
         size: u32,
         v: u64,
-    ) -> Result<(), PtxError> {
-        self.store_as(w, lane, pc, space, addr, size, v, false)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn store_as(
-        &mut self,
-        w: &Warp,
-        lane: usize,
-        pc: u32,
-        space: Space,
-        addr: u64,
-        size: u32,
-        v: u64,
         atomic: bool,
     ) -> Result<(), PtxError> {
-        if addr % size as u64 != 0 {
-            return Err(self.misaligned(w, lane, pc, space, addr, size));
-        }
-        let (sp, off) = Self::resolve(space, addr);
+        let (sp, off) = self.locate(w, lane, pc, space, addr, size)?;
         let n = size as usize;
         match sp {
             Space::Global => match self.gmem.slice_mut(off, n) {
@@ -375,11 +394,9 @@ impl Machine<'_> {
                 None => Err(self.oob(w, lane, pc, space, addr, size)),
             },
             Space::Shared => {
-                if off.saturating_add(size as u64) > self.shared.len() as u64 {
-                    return Err(self.oob(w, lane, pc, space, addr, size));
-                }
-                self.race_check(w, lane, pc, off, size, true, atomic)?;
-                write_le(&mut self.shared[off as usize..off as usize + n], v);
+                let track = if atomic { Track::Atomic } else { Track::Write };
+                let r = self.shared_range(w, lane, pc, (space, addr), off, size, track)?;
+                write_le(&mut self.shared[r], v);
                 Ok(())
             }
             Space::Local => match self.local_range(w, lane, off, size) {
@@ -398,7 +415,8 @@ impl Machine<'_> {
         }
     }
 
-    /// Atomic read-modify-write; returns the old value.
+    /// Atomic read-modify-write; returns the old value. In shared memory the access is
+    /// recorded once, as an atomic write (not as a plain read).
     #[allow(clippy::too_many_arguments)]
     pub fn rmw(
         &mut self,
@@ -414,17 +432,31 @@ impl Machine<'_> {
         if !matches!(sp, Space::Global | Space::Shared) {
             return Err(self.runtime(w, lane, pc, format!("atomic on {sp} space at {addr:#x}")));
         }
-        if sp == Space::Shared {
-            // record as an atomic access only (not as a plain read)
-            let race = self.race.take();
-            let old = self.load(w, lane, pc, space, addr, size);
-            self.race = race;
-            let old = old?;
-            self.store_as(w, lane, pc, space, addr, size, f(old), true)?;
-            return Ok(old);
-        }
-        let old = self.load(w, lane, pc, space, addr, size)?;
-        self.store(w, lane, pc, space, addr, size, f(old))?;
+        let old = self.load(w, lane, pc, space, addr, size, Track::Untracked)?;
+        self.store(w, lane, pc, space, addr, size, f(old), true)?;
         Ok(old)
+    }
+}
+
+/// How a shared-memory access is recorded by the race detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    Read,
+    Write,
+    Atomic,
+    /// Not recorded (the read half of an atomic).
+    Untracked,
+}
+
+impl Track {
+    /// `(write, atomic)` for the detector, `None` when not recorded.
+    #[inline(always)]
+    fn kind(self) -> Option<(bool, bool)> {
+        match self {
+            Track::Read => Some((false, false)),
+            Track::Write => Some((true, false)),
+            Track::Atomic => Some((true, true)),
+            Track::Untracked => None,
+        }
     }
 }

@@ -7,7 +7,7 @@
 use super::ast::*;
 use super::convert::{self, bf16_to_f32, f16_to_f32};
 use super::error::PtxError;
-use super::machine::{Machine, Warp};
+use super::machine::{Machine, Track, Warp};
 
 fn require_full_warp(m: &Machine, w: &Warp, pc: u32, exec: u32) -> Result<(), PtxError> {
     if exec != u32::MAX {
@@ -159,8 +159,8 @@ pub fn exec_ldmatrix(
             if a % 16 != 0 {
                 return Err(m.misaligned(w, lane, pc, space, a, 16));
             }
-            let lo = m.load(w, lane, pc, space, a, 8)?;
-            let hi = m.load(w, lane, pc, space, a + 8, 8)?;
+            let lo = m.load(w, lane, pc, space, a, 8, Track::Read)?;
+            let hi = m.load(w, lane, pc, space, a + 8, 8, Track::Read)?;
             for cix in 0..4 {
                 row[cix] = (lo >> (16 * cix)) as u16;
                 row[cix + 4] = (hi >> (16 * cix)) as u16;

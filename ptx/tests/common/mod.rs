@@ -1,8 +1,10 @@
 //! Shared helpers of the `kernel_*` tests: the interpreter backend with the race detector on, a
-//! deterministic random source, and comparison helpers that report the worst element.
+//! deterministic random source, and comparison helpers that report the worst element. The
+//! `interp_*` tests (the interpreter on its own) use the `interp` module.
 #![allow(dead_code)]
 
 pub mod gemm;
+pub mod interp;
 
 use troupe_engine::weights::Weight;
 use troupe_engine::Tensor;
