@@ -1,23 +1,33 @@
-//! Benchmark (not a test): decode tokens/s of the actor runtime vs the reference executor, and
-//! the fraction of simulated link time hidden by `two-microbatch` compared with `sequential`.
-//! Wired into `troupe bench --runtime actors` by the CLI, or run `troupe-actors-bench MODEL`.
+//! Benchmark (not a test): decode speed of the actor runtime vs the reference executor, and the
+//! fraction of simulated link time each schedule hides. Wired into `troupe bench --runtime
+//! actors` by the CLI, or run `troupe-actors-bench MODEL [SEQS] [STEPS]`.
 //!
-//! Decode tokens/s = `seqs · (N − 1) / (T(N tokens) − T(1 token))` (prefill cancels out).
-//! Hidden fraction = `1 − (T_with_link − T_without_link) / link_busy`, where `link_busy` is the
-//! wall time during which at least one transfer was in flight.
+//! Everything is measured **interleaved in one process**, so machine noise hits every contender
+//! alike: all runtimes are started up front, every sequence is prefilled with the same prompt,
+//! then decode steps (one new token per sequence, fed straight back, no sampling) run round-robin
+//! over the contenders, `steps` rounds. Per contender the **median step time** is kept.
+//!
+//! * decode tokens/s = `sequences / median step time`; ratio = actors / reference.
+//! * link: per schedule, one runtime without and one with the link (`BenchOptions::link`); the
+//!   expert groups sit on node 1 and the routers on node 0 (unless the placement sets `nodes`),
+//!   so every dispatch and combine crosses the link.
+//!   `link_busy` = wall time per step during which at least one transfer was in flight (union
+//!   of submission→delivery intervals, median over the steps). **hidden = 1 − (T_link −
+//!   T_no_link) / link_busy**, clamped to [0, 1]: 100% = the link costs no wall time at all,
+//!   0% = every microsecond the link is busy adds to the step.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use troupe_engine::executor::ReferenceExecutor;
-use troupe_engine::generate::{generate, GenerateRequest};
+use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
 use troupe_engine::kernels::CpuBackend;
-use troupe_engine::model::Model;
-use troupe_engine::sampling::SamplingParams;
-use troupe_engine::weights::random::SplitMix64;
+use troupe_engine::model::{Model, SequenceCache};
 
+use crate::batch::SeqCaches;
 use crate::error::Result;
 use crate::fault::FaultPlan;
+use crate::pass::SeqInput;
 use crate::placement::LinkSpec;
 use crate::runtime::{ActorRuntime, RuntimeConfig, RuntimeOptions};
 
@@ -26,8 +36,11 @@ use crate::runtime::{ActorRuntime, RuntimeConfig, RuntimeOptions};
 pub struct BenchOptions {
     pub sequences: usize,
     pub prompt_len: usize,
-    pub new_tokens: usize,
+    /// Interleaved decode rounds (median per contender).
+    pub steps: usize,
     pub link: LinkSpec,
+    /// Also measure the link overlap (four more runtimes).
+    pub with_link: bool,
 }
 
 impl Default for BenchOptions {
@@ -35,72 +48,233 @@ impl Default for BenchOptions {
         BenchOptions {
             sequences: 8,
             prompt_len: 16,
-            new_tokens: 8,
+            steps: 9,
             link: LinkSpec {
                 latency: Duration::from_micros(100),
                 gbps: 10.0,
             },
+            with_link: true,
         }
     }
+}
+
+/// One schedule's link measurement (seconds per decode step).
+#[derive(Clone, Debug, Default)]
+pub struct LinkRow {
+    pub schedule: String,
+    pub step_without_link: f64,
+    pub step_with_link: f64,
+    pub link_busy: f64,
+    /// Link busy time per step during which no stream ran a kernel (`overlap.rs`).
+    pub link_exposed: f64,
+    /// `1 − (T_link − T_no_link) / link_busy` (wall-time based).
+    pub hidden: f64,
+    /// `1 − link_exposed / link_busy` (measured directly).
+    pub hidden_direct: f64,
 }
 
 /// Measured numbers.
 #[derive(Clone, Debug, Default)]
 pub struct BenchReport {
+    pub sequences: usize,
+    pub steps: usize,
     pub reference_decode_tok_s: f64,
     pub actors_decode_tok_s: f64,
-    /// (schedule, seconds without link, seconds with link, link busy seconds, hidden fraction)
-    pub link: Vec<(String, f64, f64, f64, f64)>,
+    pub link: Vec<LinkRow>,
+}
+
+impl BenchReport {
+    /// Actors decode speed / reference decode speed (1.0 = parity).
+    pub fn ratio(&self) -> f64 {
+        self.actors_decode_tok_s / self.reference_decode_tok_s.max(1e-12)
+    }
 }
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "decode tokens/s: reference {:.1}, actors (sequential) {:.1}",
-            self.reference_decode_tok_s, self.actors_decode_tok_s
+            "decode, {} sequences, median of {} interleaved steps: reference {:.1} tok/s, actors (sequential) {:.1} tok/s, actors/reference {:.3} ({:+.1}%)",
+            self.sequences,
+            self.steps,
+            self.reference_decode_tok_s,
+            self.actors_decode_tok_s,
+            self.ratio(),
+            (self.ratio() - 1.0) * 100.0
         )?;
-        for (s, t0, t1, busy, hidden) in &self.link {
+        for r in &self.link {
             writeln!(
                 f,
-                "link {s:>15}: {t0:.3}s without link, {t1:.3}s with link, link busy {busy:.3}s, hidden {:.0}%",
-                hidden * 100.0
+                "link {:>15}: step {:.2} ms without link, {:.2} ms with link; link busy {:.2} ms/step, exposed {:.2} ms/step; hidden (wall) {:.0}%, hidden (direct) {:.0}%",
+                r.schedule,
+                r.step_without_link * 1e3,
+                r.step_with_link * 1e3,
+                r.link_busy * 1e3,
+                r.link_exposed * 1e3,
+                r.hidden * 100.0,
+                r.hidden_direct * 100.0
+            )?;
+        }
+        if !self.link.is_empty() {
+            writeln!(
+                f,
+                "  hidden (wall) = 1 - (T_link - T_no_link) / link_busy; hidden (direct) = 1 - exposed / link_busy; link_busy = time any transfer is in flight, exposed = link busy while no stream runs a kernel"
             )?;
         }
         Ok(())
     }
 }
 
-fn requests(model: &Model, o: &BenchOptions, new_tokens: usize) -> Vec<GenerateRequest> {
-    let mut rng = SplitMix64::new(7);
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn prompt(model: &Model, len: usize, seq: usize) -> Vec<u32> {
     let vocab = model.spec.vocab_size as u64;
-    (0..o.sequences)
-        .map(|_| GenerateRequest {
-            prompt: (0..o.prompt_len)
-                .map(|_| (rng.next_u64() % vocab) as u32)
-                .collect(),
-            max_new_tokens: new_tokens,
-            sampling: SamplingParams::default(),
-            stop_token: None,
-            keep_logits: false,
-        })
+    (0..len.max(1))
+        .map(|i| ((i as u64 * 7919 + seq as u64 * 104_729 + 13) % vocab) as u32)
         .collect()
 }
 
-/// Best of three runs (first-run effects and scheduler noise only ever add time).
-fn timed<T>(mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
-    let mut best = f64::INFINITY;
-    let mut out = None;
-    for _ in 0..3 {
-        let t = Instant::now();
-        out = Some(f()?);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok((out.expect("three runs"), best))
+/// One way of running decode steps.
+trait Contender {
+    /// One decode step over every sequence; returns link (busy, exposed) ns during it.
+    fn step(&mut self) -> Result<(u64, u64)>;
 }
 
-fn decode_rate(o: &BenchOptions, t1: f64, tn: f64) -> f64 {
-    (o.sequences * o.new_tokens.saturating_sub(1)) as f64 / (tn - t1).max(1e-9)
+struct Reference<'m> {
+    model: &'m Model,
+    be: CpuBackend,
+    caches: Vec<SequenceCache>,
+}
+
+impl Reference<'_> {
+    fn forward(&mut self, tokens: &dyn Fn(usize) -> Vec<u32>) -> Result<()> {
+        let exec = ReferenceExecutor::new(self.model, &self.be);
+        let mut chunks: Vec<SeqChunk<'_>> = self
+            .caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| SeqChunk {
+                tokens: tokens(i),
+                cache,
+            })
+            .collect();
+        exec.forward(&mut chunks, None)?;
+        Ok(())
+    }
+}
+
+impl Contender for Reference<'_> {
+    fn step(&mut self) -> Result<(u64, u64)> {
+        self.forward(&|i| vec![(i as u32 * 31 + 5) % self.model.spec.vocab_size as u32])?;
+        Ok((0, 0))
+    }
+}
+
+struct Actors {
+    rt: ActorRuntime,
+    caches: Vec<(Arc<SeqCaches>, usize)>,
+}
+
+impl Actors {
+    fn forward(&mut self, tokens: &dyn Fn(usize) -> Vec<u32>) -> Result<(u64, u64)> {
+        let busy = |rt: &ActorRuntime| {
+            rt.core()
+                .link
+                .as_ref()
+                .map(|l| {
+                    (
+                        l.stats.busy_ns.load(Ordering::Relaxed),
+                        l.stats.overlap.exposed_ns(),
+                    )
+                })
+                .unwrap_or((0, 0))
+        };
+        let before = busy(&self.rt);
+        let seqs: Vec<SeqInput> = self
+            .caches
+            .iter()
+            .enumerate()
+            .map(|(i, (c, start))| SeqInput {
+                request: i as u64,
+                tokens: tokens(i),
+                caches: c.clone(),
+                start: *start,
+            })
+            .collect();
+        let n: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+        self.rt.core().forward(seqs).map_err(|f| f.error)?;
+        for ((_, start), n) in self.caches.iter_mut().zip(n) {
+            *start += n;
+        }
+        let after = busy(&self.rt);
+        Ok((after.0 - before.0, after.1 - before.1))
+    }
+}
+
+impl Contender for Actors {
+    fn step(&mut self) -> Result<(u64, u64)> {
+        let vocab = self.rt.core().model.spec.vocab_size as u32;
+        self.forward(&|i| vec![(i as u32 * 31 + 5) % vocab])
+    }
+}
+
+fn start_actors(
+    model: &Arc<Model>,
+    base: &toml::Table,
+    schedule: &str,
+    link: Option<LinkSpec>,
+    o: &BenchOptions,
+) -> Result<Actors> {
+    let cfg = RuntimeConfig {
+        options: RuntimeOptions {
+            schedule: Some(schedule.into()),
+            ..Default::default()
+        },
+        placement: Some(base.clone()),
+        faults: Some(FaultPlan::default()),
+        link,
+        ..Default::default()
+    };
+    let rt = ActorRuntime::start_with(model.clone(), None, None, cfg)?;
+    let caches = (0..o.sequences)
+        .map(|_| (SeqCaches::new(model), 0))
+        .collect();
+    let mut a = Actors { rt, caches };
+    a.forward(&|i| prompt(model, o.prompt_len, i))?;
+    Ok(a)
+}
+
+/// Runs `rounds` interleaved decode steps over `cs`; median step, link busy and exposed seconds.
+fn interleave(cs: &mut [&mut dyn Contender], rounds: usize) -> Result<Vec<(f64, f64, f64)>> {
+    for c in cs.iter_mut() {
+        c.step()?; // warm-up
+    }
+    let mut times = vec![Vec::new(); cs.len()];
+    let mut busy = vec![Vec::new(); cs.len()];
+    let mut exposed = vec![Vec::new(); cs.len()];
+    for round in 0..rounds {
+        for k in 0..cs.len() {
+            // Rotate the order each round so no contender always runs right after another.
+            let i = (k + round) % cs.len();
+            let t = Instant::now();
+            let b = cs[i].step()?;
+            times[i].push(t.elapsed().as_secs_f64());
+            busy[i].push(b.0 as f64 * 1e-9);
+            exposed[i].push(b.1 as f64 * 1e-9);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .zip(busy)
+        .zip(exposed)
+        .map(|((t, b), e)| (median(t), median(b), median(e)))
+        .collect())
 }
 
 /// Runs the benchmark on `model` with `placement` (the graph's `[placement]`, minus its link).
@@ -109,60 +283,117 @@ pub fn run(
     placement: Option<&toml::Table>,
     o: &BenchOptions,
 ) -> Result<BenchReport> {
-    let mut report = BenchReport::default();
-    let be = CpuBackend::new();
-    let exec = ReferenceExecutor::new(&model, &be);
-    generate(&exec, &requests(&model, o, 2))?; // warm-up
-    let (_, r1) = timed(|| Ok(generate(&exec, &requests(&model, o, 1))?))?;
-    let (_, rn) = timed(|| Ok(generate(&exec, &requests(&model, o, o.new_tokens))?))?;
-    report.reference_decode_tok_s = decode_rate(o, r1, rn);
     let mut base = placement.cloned().unwrap_or_default();
     base.remove("link");
-    let start = |schedule: &str, link: Option<LinkSpec>| {
-        let cfg = RuntimeConfig {
-            options: RuntimeOptions {
-                schedule: Some(schedule.into()),
-                ..Default::default()
-            },
-            placement: Some(base.clone()),
-            faults: Some(FaultPlan::default()),
-            link,
-            ..Default::default()
-        };
-        ActorRuntime::start_with(model.clone(), None, None, cfg)
+    let mut reference = Reference {
+        model: &model,
+        be: CpuBackend::new(),
+        caches: (0..o.sequences).map(|_| model.new_cache()).collect(),
     };
-    let rt = start("sequential", None)?;
-    rt.generate(&requests(&model, o, 2))?; // warm-up
-    let (_, a1) = timed(|| rt.generate(&requests(&model, o, 1)))?;
-    let (_, an) = timed(|| rt.generate(&requests(&model, o, o.new_tokens)))?;
-    rt.shutdown()?;
-    report.actors_decode_tok_s = decode_rate(o, a1, an);
-    for schedule in ["sequential", "two-microbatch"] {
-        let rt = start(schedule, None)?;
-        rt.generate(&requests(&model, o, 2))?;
-        let (_, t0) = timed(|| rt.generate(&requests(&model, o, o.new_tokens)))?;
-        rt.shutdown()?;
-        let rt = start(schedule, Some(o.link))?;
-        rt.generate(&requests(&model, o, 2))?;
-        let stats = rt.core().link.as_ref().map(|l| l.stats.clone());
-        let before = stats
-            .as_ref()
-            .map(|s| s.busy_ns.load(std::sync::atomic::Ordering::Relaxed))
-            .unwrap_or(0);
-        let (_, t1) = timed(|| rt.generate(&requests(&model, o, o.new_tokens)))?;
-        let busy = stats
-            .map(|s| s.busy_ns.load(std::sync::atomic::Ordering::Relaxed) - before)
-            .unwrap_or(0) as f64
-            * 1e-9;
-        rt.shutdown()?;
-        let hidden = if busy > 0.0 {
-            (1.0 - (t1 - t0) / busy).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        report
-            .link
-            .push((schedule.to_string(), t0, t1, busy, hidden));
+    reference.forward(&|i| prompt(&model, o.prompt_len, i))?;
+    let mut actors = start_actors(&model, &base, "sequential", None, o)?;
+    let r = interleave(&mut [&mut reference, &mut actors], o.steps)?;
+    actors.rt.shutdown()?;
+    let mut report = BenchReport {
+        sequences: o.sequences,
+        steps: o.steps,
+        reference_decode_tok_s: o.sequences as f64 / r[0].0,
+        actors_decode_tok_s: o.sequences as f64 / r[1].0,
+        link: Vec::new(),
+    };
+    if o.with_link {
+        report.link = link_overlap(&model, &base, o)?;
     }
     Ok(report)
+}
+
+/// Per schedule: decode step time with and without the link, interleaved in one run.
+pub fn link_overlap(
+    model: &Arc<Model>,
+    base: &toml::Table,
+    o: &BenchOptions,
+) -> Result<Vec<LinkRow>> {
+    let schedules = ["sequential", "two-microbatch"];
+    // Only cross-node transfers use the link: unless the placement says otherwise, the routers
+    // sit on node 0 and every expert group on node 1 (expert parallelism across the link).
+    let mut base = base.clone();
+    if !base.contains_key("nodes") {
+        base.insert("nodes".into(), toml::Value::Integer(2));
+        base.insert(
+            "expert_nodes".into(),
+            toml::Value::Array(vec![toml::Value::Integer(1)]),
+        );
+    }
+    let base = &base;
+    let mut rts = Vec::new();
+    for s in schedules {
+        rts.push(start_actors(model, base, s, None, o)?);
+        rts.push(start_actors(model, base, s, Some(o.link), o)?);
+    }
+    let r = {
+        let mut cs: Vec<&mut dyn Contender> =
+            rts.iter_mut().map(|a| a as &mut dyn Contender).collect();
+        interleave(&mut cs, o.steps)?
+    };
+    for a in rts {
+        a.rt.shutdown()?;
+    }
+    Ok(schedules
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let ((t0, _, _), (t1, busy, exposed)) = (r[2 * i], r[2 * i + 1]);
+            LinkRow {
+                schedule: s.to_string(),
+                step_without_link: t0,
+                step_with_link: t1,
+                link_busy: busy,
+                link_exposed: exposed,
+                hidden_direct: if busy > 0.0 {
+                    (1.0 - exposed / busy).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                },
+                hidden: if busy > 0.0 {
+                    (1.0 - (t1 - t0) / busy).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect())
+}
+
+/// Decode steps of one contender only, for profiling (`perf record`): `"actors"` or `"reference"`.
+pub fn profile(
+    model: Arc<Model>,
+    placement: Option<&toml::Table>,
+    o: &BenchOptions,
+    which: &str,
+) -> Result<f64> {
+    let mut base = placement.cloned().unwrap_or_default();
+    base.remove("link");
+    let mut times = Vec::new();
+    if which == "reference" {
+        let mut r = Reference {
+            model: &model,
+            be: CpuBackend::new(),
+            caches: (0..o.sequences).map(|_| model.new_cache()).collect(),
+        };
+        r.forward(&|i| prompt(&model, o.prompt_len, i))?;
+        for _ in 0..o.steps {
+            let t = Instant::now();
+            r.step()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+    } else {
+        let mut a = start_actors(&model, &base, "sequential", None, o)?;
+        for _ in 0..o.steps {
+            let t = Instant::now();
+            a.step()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        a.rt.shutdown()?;
+    }
+    Ok(o.sequences as f64 / median(times))
 }

@@ -22,9 +22,11 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<()> {
     let mut g = cell.lock().unwrap_or_else(|p| p.into_inner());
     match *g {
         Some(a) if a == addr => return Ok(()),
-        Some(a) => return Err(ActorError::Startup(format!(
+        Some(a) => {
+            return Err(ActorError::Startup(format!(
             "metrics already served on {a}; cannot also serve on {addr} (one recorder per process)"
-        ))),
+        )))
+        }
         None => {}
     }
     // Installed from a plain thread so the exporter gets its own runtime and outlives ours.

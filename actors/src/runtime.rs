@@ -12,7 +12,6 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 use troupe_engine::generate::{GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::kernels::CpuBackend;
 use troupe_engine::model::{FeedForward, Model};
 use troupe_engine::Tensor;
 
@@ -23,23 +22,29 @@ use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
 use crate::batch::SeqCaches;
 use crate::batcher::Batcher;
 use crate::error::{ActorError, Result};
-use crate::fault::{FaultPlan, FaultTrigger};
+use crate::fault::{FaultKind, FaultPlan, FaultTrigger};
 use crate::link::Link;
+use crate::overlap::Overlap;
 use crate::pass::{run_pass, SeqInput};
 use crate::placement::{LinkSpec, Placement, SupervisionSpec};
 use crate::schedule::{self, Schedule};
-use crate::stage::{FfnTx, StageCall, Wiring};
-use crate::stream::Stream;
+use crate::stage::{FfnTx, StageCall, StageInflight, StageRun, Wiring};
+use crate::stream::{BackendFactory, Stream};
 use crate::supervisor::{RootActor, StageArgs};
 use crate::trace::Tracer;
 
-/// What the CLI passes (`--schedule`, `--stages`, `--trace`, `--metrics-addr`).
+/// What the CLI passes (`--schedule`, `--stages`, `--trace`, `--metrics-addr`, `--device`).
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeOptions {
     pub schedule: Option<String>,
     pub stages: Option<usize>,
     pub trace: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Puts every stream on this device (`cpu`, `ptx-interp`, `cuda:N`), overriding the
+    /// placement's per-stream `device`.
+    pub device: Option<String>,
+    /// Builds each stream's backend from its device (None: `cpu` only).
+    pub backends: Option<BackendFactory>,
 }
 
 /// Everything configurable programmatically (a superset of [`RuntimeOptions`]).
@@ -128,18 +133,42 @@ impl Core {
             .trace
             .as_ref()
             .map(|p| Arc::new(Tracer::new(p, &placement.streams)));
+        if let Some(d) = &cfg.options.device {
+            placement.stream_devices = vec![d.clone(); placement.streams.len()];
+        }
+        let factory = cfg
+            .options
+            .backends
+            .clone()
+            .unwrap_or_else(BackendFactory::cpu_only);
+        let overlap = placement.link.map(|_| Arc::new(Overlap::default()));
         let streams: Vec<Arc<Stream>> = placement
             .streams
             .iter()
+            .zip(&placement.stream_devices)
             .enumerate()
-            .map(|(i, n)| {
-                Stream::spawn(n, i, Box::new(CpuBackend::new()), tracer.clone()).map(Arc::new)
+            .map(|(i, (n, device))| {
+                let be = factory
+                    .build(device)
+                    .map_err(|e| match &cfg.options.device {
+                        Some(_) => ActorError::placement("--device", e),
+                        None => ActorError::placement(format!("streams[{i}].device"), e),
+                    })?;
+                Stream::spawn(n, i, be, tracer.clone()).map(|s| {
+                    Arc::new(
+                        s.with_overlap(overlap.clone())
+                            .inline_when_idle(device == "cpu"),
+                    )
+                })
             })
             .collect::<Result<_>>()?;
-        let link = placement
-            .link
-            .map(|l| Link::spawn(l, tracer.clone()).map(Arc::new))
-            .transpose()?;
+        let link = placement.link.map(|l| {
+            Arc::new(Link::new(
+                l,
+                tracer.clone(),
+                overlap.clone().unwrap_or_default(),
+            ))
+        });
 
         let cap = placement.channel_capacity;
         let n_layers = model.layers.len();
@@ -151,11 +180,10 @@ impl Core {
         let mut children: Vec<Vec<Arc<dyn Child>>> = vec![Vec::new(); placement.stages.len()];
         let mut attention = Vec::with_capacity(n_layers);
         let mut ffn = Vec::with_capacity(n_layers);
-        let ctx = |name: String, stream: usize, with_link: bool| BlockCtx {
+        let ctx = |name: String, stream: usize| BlockCtx {
             name,
             stream: streams[stream].clone(),
             tracer: tracer.clone(),
-            link: if with_link { link.clone() } else { None },
         };
         for l in 0..n_layers {
             let s = placement.stage_of(l);
@@ -171,7 +199,7 @@ impl Core {
                     model: model.clone(),
                     layer: l,
                 },
-                ctx(name.clone(), st, false),
+                ctx(name.clone(), st),
                 rx,
                 triggers.get(&name).cloned(),
             );
@@ -186,7 +214,7 @@ impl Core {
                             model: model.clone(),
                             layer: l,
                         },
-                        ctx(name.clone(), st, false),
+                        ctx(name.clone(), st),
                         rx,
                         triggers.get(&name).cloned(),
                     );
@@ -197,6 +225,7 @@ impl Core {
                     let mut group_of = vec![0usize; moe.experts.len()];
                     let mut groups = Vec::new();
                     let mut group_names = Vec::new();
+                    let mut group_links = Vec::new();
                     for (g, grp) in placement.expert_groups[l].iter().enumerate() {
                         let (tx, rx) = channel::<ExpertGroupBlock>(cap);
                         let name = grp.actor_name(l, g);
@@ -210,13 +239,18 @@ impl Core {
                         };
                         let slot = BlockSlot::new(
                             block,
-                            ctx(name.clone(), grp.stream, true),
+                            ctx(name.clone(), grp.stream),
                             rx,
                             triggers.get(&name).cloned(),
                         );
                         add(name.clone(), slot, &mut children[s]);
                         groups.push(tx);
                         group_names.push(name);
+                        group_links.push(if grp.node != placement.stage_nodes[s] {
+                            link.clone()
+                        } else {
+                            None
+                        });
                     }
                     let shared = if moe.shared.is_some() {
                         let (tx, rx) = channel::<SharedBlock>(cap);
@@ -226,7 +260,7 @@ impl Core {
                                 model: model.clone(),
                                 layer: l,
                             },
-                            ctx(name.clone(), st, false),
+                            ctx(name.clone(), st),
                             rx,
                             triggers.get(&name).cloned(),
                         );
@@ -243,11 +277,12 @@ impl Core {
                         group_of,
                         groups,
                         group_names,
+                        group_links,
                         shared,
                     };
                     let slot = BlockSlot::new(
                         block,
-                        ctx(name.clone(), st, true),
+                        ctx(name.clone(), st),
                         rx,
                         triggers.get(&name).cloned(),
                     );
@@ -256,8 +291,18 @@ impl Core {
                 }
             }
         }
-        faults.validate(&block_names)?;
         actor_names.extend(block_names);
+        faults.validate(&actor_names)?;
+        if let Some(f) = faults
+            .faults
+            .iter()
+            .find(|f| f.actor.starts_with("stage") && f.kind != FaultKind::Panic)
+        {
+            return Err(ActorError::Fault {
+                spec: f.actor.clone(),
+                message: "stage actors take `kind:panic` faults only".into(),
+            });
+        }
         let (stage_tx, stage_rx): (Vec<_>, Vec<_>) = (0..placement.stages.len())
             .map(|_| flume::bounded::<StageCall>(cap))
             .unzip();
@@ -273,10 +318,15 @@ impl Core {
             .zip(stage_rx)
             .enumerate()
             .map(|(index, (children, rx))| StageArgs {
-                index,
+                run: StageRun {
+                    index,
+                    wiring: wiring.clone(),
+                    inflight: Arc::new(StageInflight::default()),
+                    fault: triggers.get(&format!("stage{index}")).cloned(),
+                },
                 children,
+                cells: Arc::new(Mutex::new(Vec::new())),
                 rx,
-                wiring: wiring.clone(),
                 policy: placement.supervision,
                 shutting_down: shutting_down.clone(),
             })

@@ -2,10 +2,15 @@
 //! apply) arrive on the stage's bounded channel; the stage's driver task runs the ops that belong
 //! to its layers by calling the attention / router / MLP actors in order, then hands the
 //! micro-batch to the next stage's channel or replies. Calls run concurrently (one task each), so
-//! two micro-batches can be in different blocks of one stage at once.
+//! two micro-batches can be in different blocks of one stage at once. Calls in progress are kept in
+//! a `StageInflight` outside the stage actor: a restarted stage re-issues them from their first op
+//! (blocks are pure and attention truncates the KV cache first, so a re-run gives the same bits).
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ractor::ActorRef;
 
 use troupe_engine::Tensor;
 
@@ -15,9 +20,12 @@ use crate::actors::router::RouterBlock;
 use crate::actors::{call, Envelope, Meta};
 use crate::batch::MbInfo;
 use crate::error::{ActorError, Result};
+use crate::fault::FaultTrigger;
 use crate::schedule::Op;
+use crate::supervisor::StageMsg;
 
 /// A micro-batch travelling through the stages.
+#[derive(Clone)]
 pub struct StageCall {
     pub ops: Vec<Op>,
     pub x: Tensor,
@@ -48,10 +56,97 @@ impl Wiring {
     }
 }
 
-/// The driver loop of stage `index` (owned and aborted by the `stage{S}` actor).
-pub async fn stage_driver(index: usize, rx: flume::Receiver<StageCall>, wiring: Arc<Wiring>) {
+/// The calls a stage is working on; outlives stage instances, so a restarted stage re-issues them.
+#[derive(Default)]
+pub struct StageInflight {
+    calls: Mutex<Vec<(u64, StageCall, Option<tokio::task::AbortHandle>)>>,
+    next: AtomicU64,
+}
+
+impl StageInflight {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(u64, StageCall, Option<tokio::task::AbortHandle>)>> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn add(&self, c: StageCall) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().push((id, c, None));
+        id
+    }
+    /// Takes every call for re-issue (aborting the tasks of the previous instance).
+    pub fn reissue(&self) -> Vec<(u64, StageCall)> {
+        self.lock()
+            .iter_mut()
+            .map(|(id, c, h)| {
+                if let Some(h) = h.take() {
+                    h.abort();
+                }
+                (*id, c.clone())
+            })
+            .collect()
+    }
+    /// Removes every call (the stage is down): the caller answers them.
+    pub fn drain(&self) -> Vec<StageCall> {
+        std::mem::take(&mut *self.lock())
+            .into_iter()
+            .map(|(_, c, h)| {
+                if let Some(h) = h {
+                    h.abort();
+                }
+                c
+            })
+            .collect()
+    }
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a stage driver works with.
+#[derive(Clone)]
+pub struct StageRun {
+    pub index: usize,
+    pub wiring: Arc<Wiring>,
+    pub inflight: Arc<StageInflight>,
+    /// Injected faults of `stage{S}` (every call handled is an attempt, re-issues included).
+    pub fault: Option<Arc<FaultTrigger>>,
+}
+
+impl StageRun {
+    /// Starts (or re-starts) call `id`; false when an injected fault says the stage crashes now.
+    pub fn start(&self, id: u64, c: StageCall) -> bool {
+        if self
+            .fault
+            .as_ref()
+            .is_some_and(|f| f.on_attempt().is_some())
+        {
+            return false;
+        }
+        let (index, w, inflight) = (self.index, self.wiring.clone(), self.inflight.clone());
+        let task = tokio::spawn(async move {
+            run_call(index, w, c).await;
+            inflight.lock().retain(|(i, _, _)| *i != id);
+        });
+        if let Some(e) = self.inflight.lock().iter_mut().find(|(i, _, _)| *i == id) {
+            e.2 = Some(task.abort_handle());
+        }
+        true
+    }
+}
+
+/// The driver loop of stage `index` (owned and aborted by the `stage{S}` actor): every call is
+/// recorded in flight, then runs as its own task. An injected fault crashes the stage actor.
+pub async fn stage_driver(run: StageRun, rx: flume::Receiver<StageCall>, me: ActorRef<StageMsg>) {
     while let Ok(c) = rx.recv_async().await {
-        tokio::spawn(run_call(index, wiring.clone(), c));
+        let id = run.inflight.add(c.clone());
+        if !run.start(id, c) {
+            let _ = me.send_message(StageMsg::Crash);
+            return;
+        }
     }
 }
 

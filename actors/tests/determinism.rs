@@ -1,5 +1,7 @@
 //! Bit-identity with the reference executor for every built-in schedule on the fixtures, plus a
-//! seeded random search over placements × schedules × splits × batch mixes (SplitMix64).
+//! seeded random search over placements × schedules × splits × batch mixes (SplitMix64) on the
+//! tiny fixtures and on the `extra/*-odd` checkpoints (odd dims, MQA, sliding window shorter than
+//! the prompt, tied embeddings, 3-4 expert groups). Generations are short to keep the suite fast.
 
 mod common;
 
@@ -24,6 +26,10 @@ fn every_schedule_matches_reference_on_every_fixture() {
         "mixtral-tiny",
         "llama-tiny",
         "deepseek-v3-tiny-bf16",
+        "extra/deepseek-v3-odd",
+        "extra/deepseek-v2-odd",
+        "extra/mixtral-odd",
+        "extra/llama-odd",
     ] {
         let (g, model) = load(case);
         let ps = prompts(case);
@@ -107,7 +113,16 @@ fn random_config(
         "channel_capacity".into(),
         toml::Value::Integer(1 + (rng.next_u64() % 4) as i64),
     );
-    if rng.next_u64() % 3 == 0 {
+    if rng.next_u64() % 2 == 0 {
+        // Two nodes: stages and expert groups on random nodes (cross-node transfers use the link).
+        let node = |rng: &mut SplitMix64| toml::Value::Integer((rng.next_u64() % 2) as i64);
+        p.insert("nodes".into(), toml::Value::Integer(2));
+        let sn: Vec<toml::Value> = (0..n_stages).map(|_| node(rng)).collect();
+        p.insert("stage_nodes".into(), toml::Value::Array(sn));
+        let en: Vec<toml::Value> = (0..1 + rng.next_u64() % 2).map(|_| node(rng)).collect();
+        p.insert("expert_nodes".into(), toml::Value::Array(en));
+    }
+    if rng.next_u64() % 2 == 0 {
         let mut link = toml::Table::new();
         link.insert(
             "latency_us".into(),
@@ -138,9 +153,17 @@ fn random_config(
 #[test]
 fn random_placements_schedules_splits_and_batches_match_reference_bits() {
     let mut rng = SplitMix64::new(0x7e57_ac70);
-    let cases = ["deepseek-v3-tiny", "deepseek-v2-lite-tiny", "mixtral-tiny"];
+    let cases = [
+        "deepseek-v3-tiny",
+        "deepseek-v2-lite-tiny",
+        "mixtral-tiny",
+        "extra/deepseek-v3-odd",
+        "extra/deepseek-v2-odd",
+        "extra/mixtral-odd",
+        "extra/llama-odd",
+    ];
     let loaded: Vec<_> = cases.iter().map(|c| (load(c), prompts(c))).collect();
-    for iter in 0..18 {
+    for iter in 0..28 {
         let ((g, model), ps) = &loaded[iter % cases.len()];
         let (placement, schedule) = random_config(&mut rng, model);
         // A random batch mix: some prompts (possibly repeated, possibly truncated), random lengths and sampling.

@@ -16,7 +16,7 @@ fn trace_has_one_serial_track_per_stream_and_every_request_step() {
     let path =
         std::env::temp_dir().join(format!("troupe-actors-trace-{}.json", std::process::id()));
     let placement: toml::Table = toml::from_str(
-        "streams = 3\nstages = 2\nexpert_group_size = 4\n[link]\nlatency_us = 20\ngbps = 10",
+        "streams = 3\nstages = 2\nexpert_group_size = 4\nnodes = 2\nexpert_nodes = [1]\n[link]\nlatency_us = 20\ngbps = 10",
     )
     .unwrap();
     let cfg = RuntimeConfig {

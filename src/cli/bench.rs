@@ -3,6 +3,9 @@
 //! - `tg{N}`: N single-token decode steps from position 0;
 //! tokens/s as the median of `--reps` repetitions (≥ 5) with min–max, plus the weight bytes a
 //! decoded token streams and the GB/s that achieves against a measured read bandwidth.
+//! `--runtime actors` instead runs `troupe_actors::bench`: decode tokens/s of the actor runtime vs
+//! the reference executor (interleaved in one run, median step) and the fraction of link time
+//! each schedule hides (link at 100 µs / 10 Gbit/s).
 
 use std::time::Instant;
 
@@ -25,9 +28,39 @@ pub struct BenchArgs {
     /// Decode steps for the tg test (0 to skip).
     #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
     pub n_gen: usize,
-    /// Repetitions (median reported; at least 5).
+    /// Repetitions (median reported; at least 5). With --runtime actors: interleaved decode steps.
     #[arg(short = 'r', long, default_value_t = 5)]
     pub reps: usize,
+    /// reference (llama-bench style, default) or actors (actors vs reference decode + link overlap).
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// --runtime actors: sequences decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub seqs: usize,
+    /// --runtime actors: skip the link-overlap measurement.
+    #[arg(long)]
+    pub no_link: bool,
+}
+
+/// `--runtime actors`: the actor runtime's benchmark.
+fn run_actors(a: &BenchArgs) -> Result<(), CliError> {
+    let (graph, model, _be) = prepare(&a.run)?;
+    let o = troupe_actors::bench::BenchOptions {
+        sequences: a.seqs.max(1),
+        steps: a.reps,
+        with_link: !a.no_link,
+        ..Default::default()
+    };
+    println!(
+        "model: {}  threads: {}  runtime: actors vs reference  sequences: {}",
+        a.run.model.display(),
+        rayon::current_num_threads(),
+        o.sequences
+    );
+    let report = troupe_actors::bench::run(model, graph.placement.as_ref(), &o)
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    print!("{report}");
+    Ok(())
 }
 
 /// Median, min, max.
@@ -94,6 +127,15 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             "--reps {}: at least 5 repetitions are needed for a median",
             a.reps
         )));
+    }
+    match a.runtime.as_deref() {
+        None | Some("reference") => {}
+        Some("actors") => return run_actors(&a),
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "--runtime {other}: expected actors or reference"
+            )))
+        }
     }
     let (_graph, model, be) = prepare(&a.run)?;
     let mut exec = ReferenceExecutor::new(&model, be.as_ref());

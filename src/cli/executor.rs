@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use troupe_actors::{ActorRuntime, RuntimeOptions};
+use troupe_actors::{ActorRuntime, BackendFactory, RuntimeOptions};
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::{generate, GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
@@ -45,9 +45,6 @@ impl Executor {
             || rt.metrics_addr.is_some();
         match runtime.as_str() {
             "actors" => {
-                if run.device != "cpu" {
-                    return Err(CliError::Usage(format!("--runtime actors runs on CPU streams only so far; use --runtime reference with --device {}", run.device)));
-                }
                 if form != MlaForm::Auto {
                     return Err(CliError::Usage(
                         "--mla applies to --runtime reference; the actor runtime uses auto".into(),
@@ -58,6 +55,12 @@ impl Executor {
                     stages: rt.stages,
                     trace: rt.trace.clone(),
                     metrics_addr: rt.metrics_addr,
+                    // A non-CPU `--device` puts every stream on it (else the placement's
+                    // per-stream `device` holds); each stream builds its backend like the reference.
+                    device: (run.device != "cpu").then(|| run.device.clone()),
+                    backends: Some(BackendFactory::new(|d| {
+                        super::common::backend(d).map_err(|e| e.to_string())
+                    })),
                 };
                 let r = ActorRuntime::start(model, graph, opts)
                     .map_err(|e| CliError::Runtime(e.to_string()))?;

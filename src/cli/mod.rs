@@ -65,7 +65,7 @@ pub struct RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
     /// actors (supervised actor runtime) or reference (sequential executor). Default: actors on
-    /// --device cpu, reference on other devices (the actor runtime has CPU streams only so far).
+    /// --device cpu, reference on other devices (give --runtime actors to run the actors there).
     #[arg(long)]
     pub runtime: Option<String>,
     /// Actor schedule: sequential, two-microbatch, pipeline (default: the graph's [schedule]).

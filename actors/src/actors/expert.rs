@@ -4,6 +4,7 @@
 //! non-MoE layer: post-attention norm + MLP + residual).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use troupe_engine::model::{FeedForward, Model, MoeBlock};
 use troupe_engine::{EngineError, Tensor};
@@ -33,6 +34,8 @@ pub struct GroupJob {
     pub items: Vec<(usize, Tensor)>,
     /// Trace flow arrow from the router's dispatch span.
     pub flow: Option<u64>,
+    /// When the rows arrive over the link (None: same node).
+    pub ready_at: Option<Instant>,
 }
 
 /// Expert outputs, aligned with the job's items.
@@ -40,11 +43,14 @@ pub struct GroupOut {
     pub outs: Vec<(usize, Tensor)>,
     /// Trace flow arrow to the router's combine span.
     pub flow: Option<u64>,
+    /// When the outputs arrive back at the router over the link (None: same node).
+    pub ready_at: Option<Instant>,
 }
 
 impl Block for ExpertGroupBlock {
     type Job = GroupJob;
     type Out = GroupOut;
+    const CONCURRENT: bool = true;
 
     async fn run(&self, ctx: &BlockCtx, job: GroupJob, meta: &Meta) -> Result<GroupOut> {
         let mut tags = ctx.tags("experts", meta, self.layer);
@@ -59,7 +65,7 @@ impl Block for ExpertGroupBlock {
         let (model, l, mine) = (self.model.clone(), self.layer, self.experts.clone());
         let outs = ctx
             .stream
-            .run(tags, move |be| {
+            .run_at(tags, job.ready_at, move |be| {
                 let m = moe(&model, l)?;
                 job.items
                     .iter()
@@ -74,11 +80,19 @@ impl Block for ExpertGroupBlock {
                     .collect::<std::result::Result<Vec<_>, EngineError>>()
             })
             .await?;
-        Ok(GroupOut { outs, flow: back })
+        Ok(GroupOut {
+            outs,
+            flow: back,
+            ready_at: None,
+        })
     }
 
     fn out_bytes(out: &GroupOut) -> usize {
         out.outs.iter().map(|(_, t)| t.data().len() * 4).sum()
+    }
+
+    fn arrives_at(out: &mut GroupOut, at: Instant) {
+        out.ready_at = Some(at);
     }
 }
 
@@ -92,6 +106,7 @@ impl Block for SharedBlock {
     /// The normalised hidden rows.
     type Job = Tensor;
     type Out = Tensor;
+    const CONCURRENT: bool = true;
 
     async fn run(&self, ctx: &BlockCtx, hn: Tensor, meta: &Meta) -> Result<Tensor> {
         let (model, l) = (self.model.clone(), self.layer);

@@ -4,9 +4,10 @@
 //! Data plane vs control plane: an actor's work arrives as an [`Envelope`] on its **bounded**
 //! flume channel (capacity = `placement.channel_capacity`, the back-pressure quota) and its
 //! result leaves on the envelope's reply channel; tensors are `Arc`-backed, so nothing is copied.
-//! The ractor mailbox (unbounded) only ever carries the control message `Pull`. Supervision:
-//! the envelope being worked on sits in the actor's in-flight slot, which lives outside the actor
-//! instance, so a restarted actor re-issues it first.
+//! The ractor mailbox (unbounded) only ever carries the control message `Pull`. Concurrent
+//! blocks (routers, expert groups, shared experts) work on up to `channel_capacity` envelopes at
+//! once, each as a task. Supervision: the envelopes being worked on sit in the actor's in-flight
+//! list, which lives outside the actor instance, so a restarted actor re-issues them first.
 
 pub mod attention;
 pub mod expert;
@@ -15,7 +16,7 @@ pub mod router;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,7 +33,6 @@ pub struct BlockCtx {
     pub name: String,
     pub stream: Arc<Stream>,
     pub tracer: Option<Arc<Tracer>>,
-    pub link: Option<Arc<Link>>,
 }
 
 impl BlockCtx {
@@ -66,6 +66,9 @@ pub trait Block: Send + Sync + 'static {
     type Out: Send + 'static;
     /// Multiplier on the supervision deadline (routers wait on experts).
     const DEADLINE_FACTOR: u32 = 1;
+    /// Whether the actor may work on several envelopes at once (up to the channel capacity):
+    /// a router waiting on micro-batch A's experts and link must not hold up B's routing.
+    const CONCURRENT: bool = false;
     fn run(
         &self,
         ctx: &BlockCtx,
@@ -76,6 +79,8 @@ pub trait Block: Send + Sync + 'static {
     fn out_bytes(_out: &Self::Out) -> usize {
         0
     }
+    /// Records when a result sent back over the link arrives.
+    fn arrives_at(_out: &mut Self::Out, _at: Instant) {}
 }
 
 /// Where a result goes: straight back, or across the link.
@@ -94,16 +99,17 @@ impl<T> Clone for ReplyTo<T> {
 }
 
 impl<T: Send + 'static> ReplyTo<T> {
-    pub(crate) async fn send(&self, r: Result<T>, bytes: usize) {
+    pub(crate) async fn send<B: Block<Out = T>>(&self, r: Result<T>, bytes: usize) {
         match self {
             ReplyTo::Direct(tx) => {
                 let _ = tx.send_async(r).await;
             }
             ReplyTo::ViaLink(link, tx) => {
-                let tx = tx.clone();
-                link.send("combine", bytes, move || {
-                    let _ = tx.send(r);
-                });
+                let mut r = r;
+                if let Ok(out) = &mut r {
+                    B::arrives_at(out, link.book("combine", bytes));
+                }
+                let _ = tx.send_async(r).await;
             }
         }
     }
@@ -145,15 +151,30 @@ pub(crate) async fn call<B: Block>(
         .map_err(|_| ActorError::Closed("a block actor dropped a request".into()))?
 }
 
+/// An envelope being worked on: kept outside the actor instance so a restart re-issues it.
+pub struct InFlight<B: Block> {
+    pub id: u64,
+    pub env: Envelope<B>,
+    pub since: Instant,
+    /// The actor instance (epoch) that started it; an older epoch means "re-issue me".
+    pub epoch: u64,
+    /// The task running it (concurrent blocks), aborted when a new instance re-issues it.
+    pub task: Option<tokio::task::AbortHandle>,
+}
+
 /// Everything an actor instance needs; outlives instances, so restarts keep weights (the block
-/// holds `Arc`s into the loaded model), the queue and the in-flight envelope.
+/// holds `Arc`s into the loaded model), the queue and the in-flight envelopes.
 pub struct BlockSlot<B: Block> {
     pub block: Arc<B>,
     pub ctx: BlockCtx,
     pub rx: flume::Receiver<Envelope<B>>,
-    pub inflight: Mutex<Option<(Envelope<B>, Instant)>>,
+    pub inflight: Mutex<Vec<InFlight<B>>>,
     pub fault: Option<Arc<FaultTrigger>>,
     pub down: AtomicBool,
+    epoch: AtomicU64,
+    next_id: AtomicU64,
+    /// A concurrent actor at its in-flight limit waits for a task to finish (which then pulls).
+    parked: AtomicBool,
 }
 
 impl<B: Block> BlockSlot<B> {
@@ -167,13 +188,67 @@ impl<B: Block> BlockSlot<B> {
             block: Arc::new(block),
             ctx,
             rx,
-            inflight: Mutex::new(None),
+            inflight: Mutex::new(Vec::new()),
             fault,
             down: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
         })
     }
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(Envelope<B>, Instant)>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Vec<InFlight<B>>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Envelopes a concurrent actor works on at once: the channel capacity (the same quota).
+    fn limit(&self) -> usize {
+        if B::CONCURRENT {
+            self.rx.capacity().unwrap_or(1).max(1)
+        } else {
+            1
+        }
+    }
+    /// Runs one envelope to its reply, then forgets it.
+    async fn execute(&self, id: u64, env: Envelope<B>) {
+        let t0 = Instant::now();
+        let out = self.block.run(&self.ctx, env.job.clone(), &env.meta).await;
+        crate::metrics::actor_message(&self.ctx.name, t0.elapsed(), self.rx.len());
+        let bytes = out.as_ref().map(B::out_bytes).unwrap_or(0);
+        env.reply.send::<B>(out, bytes).await;
+        self.slot().retain(|f| f.id != id);
+    }
+    /// One attempt at `env`: the fault hook, then run inline or as a task.
+    async fn start(self: &Arc<Self>, me: &ActorRef<BlockMsg>, id: u64, env: Envelope<B>) {
+        if let Some(f) = &self.fault {
+            match f.on_attempt() {
+                Some(FaultKind::Panic) => {
+                    panic!("injected fault: actor `{}` panics", self.ctx.name)
+                }
+                Some(FaultKind::Hang) => std::future::pending::<()>().await,
+                None => {}
+            }
+        }
+        if !B::CONCURRENT {
+            self.execute(id, env).await;
+            return;
+        }
+        let (s, me2) = (self.clone(), me.clone());
+        let task = tokio::spawn(async move {
+            s.execute(id, env).await;
+            if s.parked.swap(false, Ordering::SeqCst) {
+                let _ = me2.send_message(BlockMsg::Pull);
+            }
+        });
+        if let Some(f) = self.slot().iter_mut().find(|f| f.id == id) {
+            f.task = Some(task.abort_handle());
+        }
+        // A panic outside the kernels (those are caught on the stream) crashes the actor, so the
+        // supervisor restarts it and the new instance re-issues the envelope.
+        let cell = me.get_cell();
+        tokio::spawn(async move {
+            if task.await.is_err_and(|e| e.is_panic()) {
+                cell.kill();
+            }
+        });
     }
 }
 
@@ -183,7 +258,7 @@ pub struct BlockActor<B: Block>(PhantomData<fn() -> B>);
 /// Control messages of a block actor (tensors never travel here).
 #[derive(Debug)]
 pub enum BlockMsg {
-    /// Take the next envelope (the in-flight one first, after a restart).
+    /// Take the next envelope (the in-flight ones first, after a restart).
     Pull,
 }
 
@@ -197,6 +272,7 @@ impl<B: Block> Actor for BlockActor<B> {
         _me: ActorRef<BlockMsg>,
         slot: Arc<BlockSlot<B>>,
     ) -> Result<Self::State, ActorProcessingErr> {
+        slot.epoch.fetch_add(1, Ordering::SeqCst);
         Ok(slot)
     }
 
@@ -215,38 +291,47 @@ impl<B: Block> Actor for BlockActor<B> {
         _msg: BlockMsg,
         slot: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let reissue = slot.slot().as_mut().map(|(e, t)| {
-            *t = Instant::now();
-            e.clone()
-        });
-        let env = match reissue {
-            Some(e) => e,
-            None => match slot.rx.recv_async().await {
-                Ok(e) => {
-                    *slot.slot() = Some((e.clone(), Instant::now()));
-                    e
+        let epoch = slot.epoch.load(Ordering::SeqCst);
+        // Re-issue what a previous instance left in flight (its tasks are aborted first).
+        let stale: Vec<(u64, Envelope<B>)> = slot
+            .slot()
+            .iter_mut()
+            .filter(|f| f.epoch != epoch)
+            .map(|f| {
+                if let Some(t) = f.task.take() {
+                    t.abort();
                 }
-                Err(_) => {
-                    me.stop(None);
-                    return Ok(());
-                }
-            },
-        };
-        if let Some(f) = &slot.fault {
-            match f.on_attempt() {
-                Some(FaultKind::Panic) => {
-                    panic!("injected fault: actor `{}` panics", slot.ctx.name)
-                }
-                Some(FaultKind::Hang) => std::future::pending::<()>().await,
-                None => {}
+                f.epoch = epoch;
+                f.since = Instant::now();
+                (f.id, f.env.clone())
+            })
+            .collect();
+        for (id, env) in stale {
+            slot.start(&me, id, env).await;
+        }
+        if slot.slot().len() >= slot.limit() {
+            slot.parked.store(true, Ordering::SeqCst);
+            // A task may have finished between the check and parking: then pull ourselves.
+            if slot.slot().len() >= slot.limit() || !slot.parked.swap(false, Ordering::SeqCst) {
+                return Ok(());
             }
         }
-        let t0 = Instant::now();
-        let out = slot.block.run(&slot.ctx, env.job.clone(), &env.meta).await;
-        crate::metrics::actor_message(&slot.ctx.name, t0.elapsed(), slot.rx.len());
-        let bytes = out.as_ref().map(B::out_bytes).unwrap_or(0);
-        env.reply.send(out, bytes).await;
-        *slot.slot() = None;
+        let env = match slot.rx.recv_async().await {
+            Ok(e) => e,
+            Err(_) => {
+                me.stop(None);
+                return Ok(());
+            }
+        };
+        let id = slot.next_id.fetch_add(1, Ordering::Relaxed);
+        slot.slot().push(InFlight {
+            id,
+            env: env.clone(),
+            since: Instant::now(),
+            epoch,
+            task: None,
+        });
+        slot.start(&me, id, env).await;
         me.send_message(BlockMsg::Pull)?;
         Ok(())
     }
@@ -264,6 +349,8 @@ pub trait Child: Send + Sync {
     fn deadline_factor(&self) -> u32;
     /// Gives up on the child: fails its in-flight and every later envelope with `ActorDown`.
     fn declare_down(self: Arc<Self>, reason: String);
+    /// Whether the child was declared down (a restarted stage does not respawn it).
+    fn is_down(&self) -> bool;
 }
 
 impl<B: Block> Child for BlockSlot<B> {
@@ -278,10 +365,13 @@ impl<B: Block> Child for BlockSlot<B> {
         })
     }
     fn busy_since(&self) -> Option<Instant> {
-        self.slot().as_ref().map(|(_, t)| *t)
+        self.slot().iter().map(|f| f.since).min()
     }
     fn deadline_factor(&self) -> u32 {
         B::DEADLINE_FACTOR
+    }
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
     }
     fn declare_down(self: Arc<Self>, reason: String) {
         self.down.store(true, Ordering::SeqCst);
@@ -290,13 +380,16 @@ impl<B: Block> Child for BlockSlot<B> {
             reason,
             rows: None,
         };
-        let inflight = self.slot().take();
+        let inflight: Vec<InFlight<B>> = std::mem::take(&mut *self.slot());
         tokio::spawn(async move {
-            if let Some((e, _)) = inflight {
-                e.reply.send(Err(err.clone()), 0).await;
+            for f in inflight {
+                if let Some(t) = f.task {
+                    t.abort();
+                }
+                f.env.reply.send::<B>(Err(err.clone()), 0).await;
             }
             while let Ok(e) = self.rx.recv_async().await {
-                e.reply.send(Err(err.clone()), 0).await;
+                e.reply.send::<B>(Err(err.clone()), 0).await;
             }
         });
     }

@@ -1,7 +1,8 @@
 //! `layer{L}.router`: post-attention norm + routing, dispatch of each expert's rows to its group
 //! actor (across the link when one is configured), the shared experts, and the combine — which
 //! adds expert outputs in ascending expert id whatever order they arrived in, so every placement
-//! gives the reference bits. A group that is down fails only the rows routed to it.
+//! gives the reference bits. Only a group on another node than the router is reached over the
+//! link; same-node groups get their rows directly. A group that is down fails only the rows routed to it.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use troupe_engine::{EngineError, Tensor};
 use crate::actors::expert::{ExpertGroupBlock, GroupJob, SharedBlock};
 use crate::actors::{call, Block, BlockCtx, Envelope, Meta, ReplyTo};
 use crate::error::{ActorError, Result};
+use crate::link::Link;
 
 pub struct RouterBlock {
     pub model: Arc<Model>,
@@ -19,6 +21,9 @@ pub struct RouterBlock {
     pub group_of: Vec<usize>,
     pub groups: Vec<flume::Sender<Envelope<ExpertGroupBlock>>>,
     pub group_names: Vec<String>,
+    /// Per group: the link its dispatch and combine cross (`Some` only when the group sits on
+    /// another node than this router and a link is configured).
+    pub group_links: Vec<Option<Arc<Link>>>,
     pub shared: Option<flume::Sender<Envelope<SharedBlock>>>,
 }
 
@@ -27,6 +32,7 @@ impl Block for RouterBlock {
     type Job = Tensor;
     type Out = Tensor;
     const DEADLINE_FACTOR: u32 = 4;
+    const CONCURRENT: bool = true;
 
     async fn run(&self, ctx: &BlockCtx, h: Tensor, meta: &Meta) -> Result<Tensor> {
         let (model, l) = (self.model.clone(), self.layer);
@@ -89,30 +95,31 @@ impl Block for RouterBlock {
         let (rtx, rrx) = flume::bounded(2 * active.len() + 1);
         for ((&g, items), flow) in active.iter().zip(jobs).zip(&flows) {
             let bytes: usize = items.iter().map(|(_, t)| t.data().len() * 4).sum();
+            // A group on another node gets its rows over the link: they arrive at `ready_at`,
+            // and its result comes back the same way.
+            let link = &self.group_links[g];
             let env = Envelope {
-                job: GroupJob { items, flow: *flow },
+                job: GroupJob {
+                    items,
+                    flow: *flow,
+                    ready_at: link.as_ref().map(|l| l.book("dispatch", bytes)),
+                },
                 meta: meta.clone(),
-                reply: ReplyTo::Direct(rtx.clone()),
+                reply: match link {
+                    Some(l) => ReplyTo::ViaLink(l.clone(), rtx.clone()),
+                    None => ReplyTo::Direct(rtx.clone()),
+                },
             };
-            let tx = self.groups[g].clone();
-            match &ctx.link {
-                Some(link) => {
-                    let env = Envelope {
-                        reply: ReplyTo::ViaLink(link.clone(), rtx.clone()),
-                        ..env
-                    };
-                    link.send("dispatch", bytes, move || {
-                        let _ = tx.send(env);
-                    })
-                }
-                None => tx.send_async(env).await.map_err(|_| {
-                    ActorError::Closed(format!("layer {l}: expert group channel closed"))
-                })?,
-            }
+            self.groups[g].send_async(env).await.map_err(|_| {
+                ActorError::Closed(format!("layer {l}: expert group channel closed"))
+            })?;
         }
         drop(rtx);
         let mut outs: Vec<Option<Tensor>> = vec![None; n_experts];
         let mut flows_in = Vec::new();
+        let mut ready_at = None;
+        // Counted per group: a result re-sent by a restarted group is not counted twice.
+        let mut got = vec![false; self.groups.len()];
         let mut received = 0;
         while received < active.len() {
             let r = rrx.recv_async().await.map_err(|_| {
@@ -120,7 +127,15 @@ impl Block for RouterBlock {
             })?;
             match r {
                 Ok(out) => {
+                    let Some(&(e0, _)) = out.outs.first() else {
+                        continue;
+                    };
+                    let g = self.group_of[e0];
+                    if std::mem::replace(&mut got[g], true) {
+                        continue;
+                    }
                     received += 1;
+                    ready_at = ready_at.max(out.ready_at);
                     flows_in.extend(out.flow.map(|f| (f, "combine")));
                     for (e, t) in out.outs {
                         outs[e] = Some(t);
@@ -151,7 +166,7 @@ impl Block for RouterBlock {
         let mut tags = ctx.tags("combine", meta, l);
         tags.flows_in = flows_in;
         ctx.stream
-            .run(tags, move |_| {
+            .run_at(tags, ready_at, move |_| {
                 let FeedForward::Moe(moe) = &model.layers[l].ffn else {
                     return Err(EngineError::Invalid(format!("layer {l} is not MoE")));
                 };

@@ -1,10 +1,12 @@
 //! `two-microbatch`: the batch split in two by sequences (balanced by rows, or at `split_at`).
-//! Per layer: while micro-batch A is in its FFN (route → dispatch → experts → combine, link
-//! transfers included), B runs attention; then they swap. With a single sequence it degrades to
-//! sequential.
+//! Both micro-batches are issued as independent op chains at once, so they interleave on the
+//! streams: while A is in its FFN (route → dispatch → experts → combine, link transfers
+//! included), B runs its attention, then they swap — and whenever one waits on the link or on
+//! its experts, the other computes. No per-layer barrier: neither waits for the other to finish
+//! a layer. With a single sequence it degrades to sequential.
 
 use crate::error::Result;
-use crate::schedule::{ForwardPass, Op, Schedule, Sequential};
+use crate::schedule::{ForwardPass, Schedule, Sequential};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TwoMicroBatch {
@@ -44,21 +46,10 @@ impl Schedule for TwoMicroBatch {
         let k = self.split(pass);
         let a = pass.micro_batch(0..k)?;
         let b = pass.micro_batch(k..n)?;
-        let layers = pass.n_layers();
-        pass.issue(a, &[Op::Attention(0)])?;
+        let ops = pass.all_ops();
+        pass.issue(a, &ops)?;
+        pass.issue(b, &ops)?;
         pass.wait(a)?;
-        for l in 0..layers {
-            pass.issue(a, &[Op::Ffn(l)])?; // A: dispatch → experts → combine
-            pass.issue(b, &[Op::Attention(l)])?; // B: attention, overlapping A's FFN
-            pass.wait(b)?;
-            pass.issue(b, &[Op::Ffn(l)])?;
-            pass.wait(a)?;
-            if l + 1 < layers {
-                pass.issue(a, &[Op::Attention(l + 1)])?; // A: next attention, overlapping B's FFN
-                pass.wait(a)?;
-            }
-            pass.wait(b)?;
-        }
-        Ok(())
+        pass.wait(b)
     }
 }

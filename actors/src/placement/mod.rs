@@ -11,6 +11,9 @@ use troupe_engine::model::{FeedForward, Model};
 
 use crate::error::{ActorError, Result};
 
+mod parse;
+use parse::*;
+
 /// One resolved expert group: the experts one actor owns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExpertGroup {
@@ -67,9 +70,14 @@ impl Default for SupervisionSpec {
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub streams: Vec<String>,
+    /// Device of each stream (`cpu`, `ptx-interp`, `cuda:N`), built by the backend factory.
+    pub stream_devices: Vec<String>,
     pub stages: Vec<Range<usize>>,
     /// Stream of stage `s`'s attention / router / shared / dense-MLP actors.
     pub stage_streams: Vec<usize>,
+    /// Node of stage `s`'s attention / router / shared / dense-MLP actors: dispatch and
+    /// combine cross the link only between a router and an expert group on another node.
+    pub stage_nodes: Vec<usize>,
     /// Per layer: its expert groups (empty for dense layers).
     pub expert_groups: Vec<Vec<ExpertGroup>>,
     pub nodes: usize,
@@ -87,31 +95,12 @@ const KNOWN: &[&str] = &[
     "expert_streams",
     "expert_groups",
     "nodes",
+    "stage_nodes",
+    "expert_nodes",
     "link",
     "channel_capacity",
     "supervision",
 ];
-
-fn int(v: &Value, field: &str) -> Result<usize> {
-    match v.as_integer() {
-        Some(i) if i >= 0 => Ok(i as usize),
-        _ => Err(ActorError::placement(
-            field,
-            format!("expected a non-negative integer, found `{v}`"),
-        )),
-    }
-}
-
-fn num(v: &Value, field: &str) -> Result<f64> {
-    let x = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
-    match x {
-        Some(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        _ => Err(ActorError::placement(
-            field,
-            format!("expected a non-negative number, found `{v}`"),
-        )),
-    }
-}
 
 impl Placement {
     /// Resolves `table` (the graph's `[placement]`, or none) against `model`. `stages_override`
@@ -130,7 +119,8 @@ impl Placement {
             ));
         }
         let n_layers = model.layers.len();
-        let streams = parse_streams(t.get("streams"))?;
+        let (streams, stream_devices): (Vec<String>, Vec<String>) =
+            parse_streams(t.get("streams"))?.into_iter().unzip();
         let stream_index = |name: &str, field: &str| -> Result<usize> {
             streams.iter().position(|s| s == name).ok_or_else(|| {
                 ActorError::placement(
@@ -174,6 +164,23 @@ impl Placement {
                 "at least one node is needed",
             ));
         }
+        let stage_nodes = match t.get("stage_nodes") {
+            None => vec![0; stages.len()],
+            Some(v) => {
+                let n = parse_nodes(v, "stage_nodes", nodes)?;
+                if n.len() != stages.len() {
+                    return Err(ActorError::placement(
+                        "stage_nodes",
+                        format!("{} entries for {} stages", n.len(), stages.len()),
+                    ));
+                }
+                n
+            }
+        };
+        let expert_nodes = match t.get("expert_nodes") {
+            None => vec![0],
+            Some(v) => parse_nodes(v, "expert_nodes", nodes)?,
+        };
         let expert_streams: Vec<usize> = match t.get("expert_streams") {
             None => (0..streams.len()).collect(),
             Some(Value::Array(a)) if !a.is_empty() => a
@@ -242,7 +249,7 @@ impl Placement {
                 }
             };
             let groups = if mine.is_empty() {
-                rule_groups(n_experts, group_size, &rule, &expert_streams)
+                rule_groups(n_experts, group_size, &rule, &expert_streams, &expert_nodes)
             } else {
                 let mut seen = vec![false; n_experts];
                 for (_, g) in &mine {
@@ -318,8 +325,10 @@ impl Placement {
         };
         Ok(Placement {
             streams,
+            stream_devices,
             stages,
             stage_streams,
+            stage_nodes,
             expert_groups,
             nodes,
             link,
@@ -335,336 +344,4 @@ impl Placement {
             .position(|r| r.contains(&layer))
             .unwrap_or(0)
     }
-}
-
-fn stream_ref(
-    v: &Value,
-    field: &str,
-    index: &dyn Fn(&str, &str) -> Result<usize>,
-) -> Result<usize> {
-    match v.as_str() {
-        Some(s) => index(s, field),
-        None => Err(ActorError::placement(
-            field,
-            format!("expected a stream name, found `{v}`"),
-        )),
-    }
-}
-
-fn parse_streams(v: Option<&Value>) -> Result<Vec<String>> {
-    let names: Vec<String> =
-        match v {
-            None => (0..2).map(|i| format!("cpu{i}")).collect(),
-            Some(Value::Integer(n)) if *n >= 1 && *n <= 256 => {
-                (0..*n).map(|i| format!("cpu{i}")).collect()
-            }
-            Some(Value::Array(a)) if !a.is_empty() => a
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    s.as_str().map(str::to_string).ok_or_else(|| {
-                        ActorError::placement(
-                            format!("streams[{i}]"),
-                            format!("expected a stream name, found `{s}`"),
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?,
-            Some(v) => return Err(ActorError::placement(
-                "streams",
-                format!(
-                    "expected a stream count (1..=256) or a non-empty list of names, found `{v}`"
-                ),
-            )),
-        };
-    for (i, n) in names.iter().enumerate() {
-        if !n.starts_with("cpu") {
-            return Err(ActorError::placement(
-                format!("streams[{i}]"),
-                format!("stream `{n}`: only CPU streams (`cpu…`) exist in this build; CUDA streams come from troupe-ptx"),
-            ));
-        }
-        if names[..i].contains(n) {
-            return Err(ActorError::placement(
-                format!("streams[{i}]"),
-                format!("stream `{n}` is listed twice"),
-            ));
-        }
-    }
-    Ok(names)
-}
-
-fn even_stages(n: usize, n_layers: usize, field: &str) -> Result<Vec<Range<usize>>> {
-    if n == 0 {
-        return Err(ActorError::placement(field, "at least one stage is needed"));
-    }
-    if n > n_layers {
-        return Err(ActorError::placement(
-            field,
-            format!(
-                "{n} stages but the model has only {n_layers} layers (every stage needs a layer)"
-            ),
-        ));
-    }
-    Ok((0..n)
-        .map(|s| (s * n_layers / n)..((s + 1) * n_layers / n))
-        .collect())
-}
-
-fn parse_stages(v: Option<&Value>, n_layers: usize) -> Result<Vec<Range<usize>>> {
-    let list = match v {
-        None => return even_stages(1, n_layers, "stages"),
-        Some(Value::Integer(n)) if *n >= 0 => return even_stages(*n as usize, n_layers, "stages"),
-        Some(Value::Array(a)) => a,
-        Some(v) => {
-            return Err(ActorError::placement(
-                "stages",
-                format!(
-                    "expected a stage count or a list of [first, last] layer ranges, found `{v}`"
-                ),
-            ))
-        }
-    };
-    if list.is_empty() {
-        return Err(ActorError::placement(
-            "stages",
-            "at least one stage is needed",
-        ));
-    }
-    let mut stages = Vec::with_capacity(list.len());
-    for (s, v) in list.iter().enumerate() {
-        let field = format!("stages[{s}]");
-        let pair = v.as_array().filter(|p| p.len() == 2).ok_or_else(|| {
-            ActorError::placement(
-                &field,
-                format!("expected [first, last] layers, found `{v}`"),
-            )
-        })?;
-        let (first, last) = (int(&pair[0], &field)?, int(&pair[1], &field)?);
-        if last < first {
-            return Err(ActorError::placement(
-                &field,
-                format!("stage is empty (first layer {first} > last layer {last})"),
-            ));
-        }
-        if last >= n_layers {
-            return Err(ActorError::placement(
-                &field,
-                format!("layer {last} does not exist (the model has {n_layers} layers)"),
-            ));
-        }
-        stages.push(first..last + 1);
-    }
-    for s in 1..stages.len() {
-        if stages[s].start < stages[s - 1].start {
-            return Err(ActorError::placement(
-                format!("stages[{s}]"),
-                format!(
-                    "layers {}-{} come before stage {}'s layers {}-{}: data would flow backwards (a cycle); stages must follow layer order",
-                    stages[s].start,
-                    stages[s].end - 1,
-                    s - 1,
-                    stages[s - 1].start,
-                    stages[s - 1].end - 1
-                ),
-            ));
-        }
-    }
-    let mut next = 0;
-    for (s, r) in stages.iter().enumerate() {
-        let field = format!("stages[{s}]");
-        if r.start < next {
-            return Err(ActorError::placement(
-                &field,
-                format!(
-                    "layers {}-{} overlap the previous stage (layer {} is in two stages)",
-                    r.start,
-                    r.end - 1,
-                    r.start
-                ),
-            ));
-        }
-        if r.start > next {
-            return Err(ActorError::placement(
-                &field,
-                format!("layer {next} belongs to no stage"),
-            ));
-        }
-        next = r.end;
-    }
-    if next != n_layers {
-        return Err(ActorError::placement(
-            "stages",
-            format!("layer {next} belongs to no stage"),
-        ));
-    }
-    Ok(stages)
-}
-
-type Explicit = Vec<(Option<usize>, ExpertGroup)>;
-
-fn parse_explicit_groups(
-    v: Option<&Value>,
-    stream_index: &dyn Fn(&str, &str) -> Result<usize>,
-    nodes: usize,
-) -> Result<Explicit> {
-    let list = match v {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(a)) => a,
-        Some(v) => {
-            return Err(ActorError::placement(
-                "expert_groups",
-                format!("expected [[placement.expert_groups]] tables, found `{v}`"),
-            ))
-        }
-    };
-    let mut out = Vec::new();
-    for (i, g) in list.iter().enumerate() {
-        let f = |k: &str| format!("expert_groups[{i}].{k}");
-        let g = g.as_table().ok_or_else(|| {
-            ActorError::placement(format!("expert_groups[{i}]"), "expected a table")
-        })?;
-        if let Some(k) = g
-            .keys()
-            .find(|k| !["layer", "experts", "stream", "node"].contains(&k.as_str()))
-        {
-            return Err(ActorError::placement(
-                f(k),
-                "unknown field (known: layer, experts, stream, node)",
-            ));
-        }
-        let experts: Vec<usize> = match g.get("experts") {
-            Some(Value::Array(a)) if !a.is_empty() => a
-                .iter()
-                .map(|e| int(e, &f("experts")))
-                .collect::<Result<_>>()?,
-            _ => {
-                return Err(ActorError::placement(
-                    f("experts"),
-                    "expected a non-empty list of expert ids",
-                ))
-            }
-        };
-        let mut experts = experts;
-        experts.sort_unstable();
-        let stream = match g.get("stream") {
-            Some(s) => stream_ref(s, &f("stream"), stream_index)?,
-            None => {
-                return Err(ActorError::placement(
-                    f("stream"),
-                    "missing (which stream runs this group?)",
-                ))
-            }
-        };
-        let node = match g.get("node") {
-            Some(n) => int(n, &f("node"))?,
-            None => 0,
-        };
-        if node >= nodes {
-            return Err(ActorError::placement(
-                f("node"),
-                format!("node {node} does not exist (placement.nodes = {nodes})"),
-            ));
-        }
-        let layer = g.get("layer").map(|l| int(l, &f("layer"))).transpose()?;
-        out.push((
-            layer,
-            ExpertGroup {
-                experts,
-                stream,
-                node,
-            },
-        ));
-    }
-    Ok(out)
-}
-
-fn rule_groups(
-    n_experts: usize,
-    group_size: Option<usize>,
-    rule: &str,
-    streams: &[usize],
-) -> Vec<ExpertGroup> {
-    // Default: one actor per expert up to 64 experts, otherwise 32 groups (256 experts → 8 each).
-    let size = group_size.unwrap_or(if n_experts <= 64 {
-        1
-    } else {
-        n_experts.div_ceil(32)
-    });
-    let n_groups = n_experts.div_ceil(size);
-    (0..n_groups)
-        .map(|g| {
-            let stream = if rule == "block" {
-                streams[g * streams.len() / n_groups]
-            } else {
-                streams[g % streams.len()]
-            };
-            ExpertGroup {
-                experts: (g * size..((g + 1) * size).min(n_experts)).collect(),
-                stream,
-                node: 0,
-            }
-        })
-        .collect()
-}
-
-fn parse_link(t: &Table) -> Result<LinkSpec> {
-    if let Some(k) = t
-        .keys()
-        .find(|k| !["latency_us", "gbps"].contains(&k.as_str()))
-    {
-        return Err(ActorError::placement(
-            format!("link.{k}"),
-            "unknown field (known: latency_us, gbps)",
-        ));
-    }
-    let latency_us = t
-        .get("latency_us")
-        .map(|v| num(v, "link.latency_us"))
-        .transpose()?
-        .unwrap_or(0.0);
-    let gbps = match t.get("gbps") {
-        Some(v) => num(v, "link.gbps")?,
-        None => {
-            return Err(ActorError::placement(
-                "link.gbps",
-                "missing (bandwidth in Gbit/s)",
-            ))
-        }
-    };
-    if gbps <= 0.0 {
-        return Err(ActorError::placement("link.gbps", "must be positive"));
-    }
-    Ok(LinkSpec {
-        latency: Duration::from_secs_f64(latency_us * 1e-6),
-        gbps,
-    })
-}
-
-fn parse_supervision(t: &Table) -> Result<SupervisionSpec> {
-    let mut s = SupervisionSpec::default();
-    for (k, v) in t {
-        match k.as_str() {
-            "max_restarts" => s.max_restarts = int(v, "supervision.max_restarts")?,
-            "window_ms" => {
-                s.window = Duration::from_millis(int(v, "supervision.window_ms")? as u64)
-            }
-            "deadline_ms" => match int(v, "supervision.deadline_ms")? {
-                0 => {
-                    return Err(ActorError::placement(
-                        "supervision.deadline_ms",
-                        "must be at least 1",
-                    ))
-                }
-                d => s.deadline = Duration::from_millis(d as u64),
-            },
-            _ => {
-                return Err(ActorError::placement(
-                    format!("supervision.{k}"),
-                    "unknown field (known: max_restarts, window_ms, deadline_ms)",
-                ))
-            }
-        }
-    }
-    Ok(s)
 }

@@ -1,0 +1,124 @@
+//! Pluggable streams: a stream's `device` builds its backend through the factory passed in
+//! `RuntimeOptions::backends` (troupe-actors itself never links troupe-ptx). On the PTX
+//! interpreter the actor runtime gives the reference executor's tokens and logits on that device.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use troupe_actors::{
+    ActorError, ActorRuntime, BackendFactory, FaultPlan, RuntimeConfig, RuntimeOptions,
+};
+use troupe_engine::executor::ReferenceExecutor;
+use troupe_engine::generate::generate;
+use troupe_engine::kernels::CpuBackend;
+use troupe_engine::Backend;
+
+fn factory() -> BackendFactory {
+    BackendFactory::new(|d| {
+        let be: Result<Arc<dyn Backend>, String> = match d {
+            "cpu" => Ok(Arc::new(CpuBackend::new())),
+            "ptx-interp" => troupe_ptx::interp_backend().map_err(|e| e.to_string()),
+            "cuda" => troupe_ptx::cuda_backend(0).map_err(|e| e.to_string()),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => troupe_ptx::cuda_backend(n).map_err(|e| e.to_string()),
+                _ => Err(format!("unknown device `{other}`")),
+            },
+        };
+        be
+    })
+}
+
+fn config(device: Option<&str>) -> RuntimeConfig {
+    RuntimeConfig {
+        options: RuntimeOptions {
+            schedule: Some("sequential".into()),
+            device: device.map(str::to_string),
+            backends: Some(factory()),
+            ..Default::default()
+        },
+        faults: Some(FaultPlan::default()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn actors_on_the_ptx_interpreter_match_the_reference_on_the_same_device() {
+    let (_g, model) = load("deepseek-v3-tiny");
+    let prompt: Vec<u32> = prompts("deepseek-v3-tiny")[0]
+        .iter()
+        .copied()
+        .take(4)
+        .collect();
+    let reqs = vec![request(prompt, 2, None)];
+    let be = troupe_ptx::interp_backend().expect("interpreter");
+    let want = generate(&ReferenceExecutor::new(&model, be.as_ref()), &reqs).expect("reference");
+    let placement: toml::Table = toml::from_str("streams = 1").expect("placement");
+    let rt = ActorRuntime::start_with(model, Some(&placement), None, config(Some("ptx-interp")))
+        .expect("start");
+    let got = rt.generate(&reqs).expect("generate");
+    rt.shutdown().expect("shutdown");
+    assert_same(&got, &want, "ptx-interp");
+}
+
+#[test]
+fn placement_streams_name_their_device() {
+    let (_g, model) = load("deepseek-v3-tiny");
+    let reqs = vec![request(prompts("deepseek-v3-tiny")[0].clone(), 2, None)];
+    let want = reference(&model, &reqs);
+    let text = "[[streams]]\nname = \"main\"\ndevice = \"cpu\"\n[[streams]]\nname = \"side\"\nexpert_streams = 0";
+    // A typo'd field inside a stream table names it.
+    let table: toml::Table = toml::from_str(text).expect("toml");
+    let err = ActorRuntime::start_with(model.clone(), Some(&table), None, config(None))
+        .err()
+        .expect("unknown field");
+    assert!(
+        matches!(&err, ActorError::Placement { field, .. } if field == "streams[1].expert_streams"),
+        "{err}"
+    );
+    let text = "[[streams]]\nname = \"main\"\ndevice = \"cpu\"\n[[streams]]\nname = \"side\"";
+    let table: toml::Table = toml::from_str(text).expect("toml");
+    let rt =
+        ActorRuntime::start_with(model.clone(), Some(&table), None, config(None)).expect("start");
+    assert_same(
+        &rt.generate(&reqs).expect("generate"),
+        &want,
+        "named cpu streams",
+    );
+    rt.shutdown().expect("shutdown");
+    let table: toml::Table =
+        toml::from_str("[[streams]]\nname = \"s0\"\ndevice = \"tpu\"").expect("toml");
+    let err = ActorRuntime::start_with(model.clone(), Some(&table), None, config(None))
+        .err()
+        .expect("bad device");
+    assert!(
+        matches!(&err, ActorError::Placement { field, .. } if field == "streams[0].device"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_cuda_device_is_a_clear_startup_error() {
+    let (_g, model) = load("deepseek-v3-tiny");
+    let table: toml::Table =
+        toml::from_str("[[streams]]\nname = \"gpu\"\ndevice = \"cuda:0\"").expect("toml");
+    match ActorRuntime::start_with(model.clone(), Some(&table), None, config(None)) {
+        Err(ActorError::Placement { field, message }) => {
+            assert_eq!(field, "streams[0].device");
+            assert!(!message.is_empty());
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        // A machine with CUDA: the stream simply exists.
+        Ok(rt) => rt.shutdown().expect("shutdown"),
+    }
+    // Without a factory only cpu exists, and the error says so.
+    let cfg = RuntimeConfig {
+        faults: Some(FaultPlan::default()),
+        ..Default::default()
+    };
+    let err = ActorRuntime::start_with(model, Some(&table), None, cfg)
+        .err()
+        .expect("no factory");
+    assert!(err.to_string().contains("backend factory"), "{err}");
+}
