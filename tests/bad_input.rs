@@ -36,11 +36,7 @@ fn fails_with(args: &[&str], needles: &[&str]) {
 }
 
 /// A copy of the llama-tiny fixture whose checkpoint is rewritten by `edit`.
-fn broken_copy(
-    edit: impl FnOnce(
-        Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-    ) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-) -> tempfile::TempDir {
+fn broken_copy(edit: impl FnOnce(Vec<Entry>) -> Vec<Entry>) -> tempfile::TempDir {
     let src = common::case_dir("llama-tiny");
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "tokenizer.json"] {
@@ -60,6 +56,22 @@ fn broken_copy(
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     dir
+}
+
+/// One checkpoint entry: (name, dtype, shape, bytes).
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Applies `edit` to the entry called `name`.
+fn edit_tensor(tensors: Vec<Entry>, name: &str, edit: impl Fn(&mut Entry)) -> Vec<Entry> {
+    tensors
+        .into_iter()
+        .map(|mut x| {
+            if x.0 == name {
+                edit(&mut x);
+            }
+            x
+        })
+        .collect()
 }
 
 fn p(path: &Path) -> String {
@@ -156,14 +168,9 @@ fn tensor_missing_from_checkpoint() {
 #[test]
 fn wrong_shape_names_expected_and_found() {
     let d = broken_copy(|t| {
-        t.into_iter()
-            .map(|mut x| {
-                if x.0 == "model.layers.0.mlp.up_proj.weight" {
-                    x.2 = vec![x.2[1], x.2[0]];
-                }
-                x
-            })
-            .collect()
+        edit_tensor(t, "model.layers.0.mlp.up_proj.weight", |x| {
+            x.2 = vec![x.2[1], x.2[0]]
+        })
     });
     fails_with(
         &["generate", "-m", &p(d.path()), IDS[0], IDS[1]],
@@ -189,16 +196,7 @@ fn truncated_safetensors() {
 
 #[test]
 fn unsupported_dtype() {
-    let d = broken_copy(|t| {
-        t.into_iter()
-            .map(|mut x| {
-                if x.0 == "model.norm.weight" {
-                    x.1 = Dtype::I32;
-                }
-                x
-            })
-            .collect()
-    });
+    let d = broken_copy(|t| edit_tensor(t, "model.norm.weight", |x| x.1 = Dtype::I32));
     fails_with(
         &["generate", "-m", &p(d.path()), IDS[0], IDS[1]],
         &["model.norm.weight", "unsupported dtype", "I32"],
