@@ -94,6 +94,32 @@ fn channel<B: Block>(cap: usize) -> (flume::Sender<Envelope<B>>, flume::Receiver
     flume::bounded(cap)
 }
 
+/// Where new block actors are registered while the tree is built: their names (for fault
+/// validation) and the children of their stage.
+struct BlockRegistry<'a> {
+    cap: usize,
+    triggers: &'a HashMap<String, Arc<FaultTrigger>>,
+    names: &'a mut Vec<String>,
+}
+
+impl BlockRegistry<'_> {
+    /// Creates `block`'s bounded channel and supervised slot under `name`, adds the slot to
+    /// `children`, and returns the sender its callers use.
+    fn add<B: Block>(
+        &mut self,
+        name: String,
+        block: B,
+        ctx: BlockCtx,
+        children: &mut Vec<Arc<dyn Child>>,
+    ) -> flume::Sender<Envelope<B>> {
+        let (tx, rx) = channel::<B>(self.cap);
+        let slot = BlockSlot::new(block, ctx, rx, self.triggers.get(&name).cloned());
+        self.names.push(name);
+        children.push(slot);
+        tx
+    }
+}
+
 impl Core {
     /// Starts everything on the current tokio runtime.
     pub async fn start(
@@ -188,37 +214,25 @@ impl Core {
         for l in 0..n_layers {
             let s = placement.stage_of(l);
             let st = placement.stage_streams[s];
-            let mut add = |name: String, child: Arc<dyn Child>, out: &mut Vec<Arc<dyn Child>>| {
-                block_names.push(name);
-                out.push(child);
+            let mut reg = BlockRegistry {
+                cap,
+                triggers: &triggers,
+                names: &mut block_names,
             };
-            let (tx, rx) = channel::<AttentionBlock>(cap);
             let name = format!("layer{l}.attention");
-            let slot = BlockSlot::new(
-                AttentionBlock {
-                    model: model.clone(),
-                    layer: l,
-                },
-                ctx(name.clone(), st),
-                rx,
-                triggers.get(&name).cloned(),
-            );
-            add(name, slot, &mut children[s]);
-            attention.push(tx);
+            let block = AttentionBlock {
+                model: model.clone(),
+                layer: l,
+            };
+            attention.push(reg.add(name.clone(), block, ctx(name, st), &mut children[s]));
             match &model.layers[l].ffn {
                 FeedForward::Dense(_) => {
-                    let (tx, rx) = channel::<MlpBlock>(cap);
                     let name = format!("layer{l}.mlp");
-                    let slot = BlockSlot::new(
-                        MlpBlock {
-                            model: model.clone(),
-                            layer: l,
-                        },
-                        ctx(name.clone(), st),
-                        rx,
-                        triggers.get(&name).cloned(),
-                    );
-                    add(name, slot, &mut children[s]);
+                    let block = MlpBlock {
+                        model: model.clone(),
+                        layer: l,
+                    };
+                    let tx = reg.add(name.clone(), block, ctx(name, st), &mut children[s]);
                     ffn.push(FfnTx::Dense(tx));
                 }
                 FeedForward::Moe(moe) => {
@@ -227,7 +241,6 @@ impl Core {
                     let mut group_names = Vec::new();
                     let mut group_links = Vec::new();
                     for (g, grp) in placement.expert_groups[l].iter().enumerate() {
-                        let (tx, rx) = channel::<ExpertGroupBlock>(cap);
                         let name = grp.actor_name(l, g);
                         for &e in &grp.experts {
                             group_of[e] = g;
@@ -237,14 +250,8 @@ impl Core {
                             layer: l,
                             experts: grp.experts.clone(),
                         };
-                        let slot = BlockSlot::new(
-                            block,
-                            ctx(name.clone(), grp.stream),
-                            rx,
-                            triggers.get(&name).cloned(),
-                        );
-                        add(name.clone(), slot, &mut children[s]);
-                        groups.push(tx);
+                        let ctx = ctx(name.clone(), grp.stream);
+                        groups.push(reg.add(name.clone(), block, ctx, &mut children[s]));
                         group_names.push(name);
                         group_links.push(if grp.node != placement.stage_nodes[s] {
                             link.clone()
@@ -253,23 +260,15 @@ impl Core {
                         });
                     }
                     let shared = if moe.shared.is_some() {
-                        let (tx, rx) = channel::<SharedBlock>(cap);
                         let name = format!("layer{l}.shared");
-                        let slot = BlockSlot::new(
-                            SharedBlock {
-                                model: model.clone(),
-                                layer: l,
-                            },
-                            ctx(name.clone(), st),
-                            rx,
-                            triggers.get(&name).cloned(),
-                        );
-                        add(name, slot, &mut children[s]);
-                        Some(tx)
+                        let block = SharedBlock {
+                            model: model.clone(),
+                            layer: l,
+                        };
+                        Some(reg.add(name.clone(), block, ctx(name, st), &mut children[s]))
                     } else {
                         None
                     };
-                    let (tx, rx) = channel::<RouterBlock>(cap);
                     let name = format!("layer{l}.router");
                     let block = RouterBlock {
                         model: model.clone(),
@@ -280,13 +279,7 @@ impl Core {
                         group_links,
                         shared,
                     };
-                    let slot = BlockSlot::new(
-                        block,
-                        ctx(name.clone(), st),
-                        rx,
-                        triggers.get(&name).cloned(),
-                    );
-                    add(name, slot, &mut children[s]);
+                    let tx = reg.add(name.clone(), block, ctx(name, st), &mut children[s]);
                     ffn.push(FfnTx::Moe(tx));
                 }
             }
