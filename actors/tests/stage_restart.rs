@@ -7,25 +7,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use troupe_actors::{
-    ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions, SupervisionSpec,
-};
+use troupe_actors::{ActorError, ActorRuntime, RuntimeConfig};
 
 fn config(faults: &str, schedule: &str, max_restarts: usize) -> RuntimeConfig {
-    RuntimeConfig {
-        options: RuntimeOptions {
-            schedule: Some(schedule.into()),
-            stages: Some(2),
-            ..Default::default()
-        },
-        faults: Some(FaultPlan::parse(faults).expect("fault spec")),
-        supervision: Some(SupervisionSpec {
-            max_restarts,
-            window: Duration::from_secs(60),
-            deadline: Duration::from_millis(500),
-        }),
-        ..Default::default()
-    }
+    fault_config(
+        faults,
+        schedule,
+        Some(2),
+        max_restarts,
+        Duration::from_millis(500),
+    )
 }
 
 #[test]

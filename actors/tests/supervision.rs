@@ -6,25 +6,17 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use troupe_actors::{
-    ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions, SupervisionSpec,
-};
+use troupe_actors::{ActorError, ActorRuntime, RuntimeConfig};
 use troupe_engine::weights::random::SplitMix64;
 
 fn config(faults: &str, schedule: &str, max_restarts: usize) -> RuntimeConfig {
-    RuntimeConfig {
-        options: RuntimeOptions {
-            schedule: Some(schedule.into()),
-            ..Default::default()
-        },
-        faults: Some(FaultPlan::parse(faults).expect("fault spec")),
-        supervision: Some(SupervisionSpec {
-            max_restarts,
-            window: Duration::from_secs(60),
-            deadline: Duration::from_millis(150),
-        }),
-        ..Default::default()
-    }
+    fault_config(
+        faults,
+        schedule,
+        None,
+        max_restarts,
+        Duration::from_millis(150),
+    )
 }
 
 #[test]

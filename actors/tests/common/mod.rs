@@ -86,3 +86,28 @@ pub fn assert_same(got: &[GenerateOutput], want: &[GenerateOutput], what: &str) 
         }
     }
 }
+
+/// A runtime config with injected `faults` (a `TROUPE_FAULT`-style spec) and a supervision budget
+/// of `max_restarts` in 60 s with a hang deadline of `deadline`.
+pub fn fault_config(
+    faults: &str,
+    schedule: &str,
+    stages: Option<usize>,
+    max_restarts: usize,
+    deadline: std::time::Duration,
+) -> troupe_actors::RuntimeConfig {
+    troupe_actors::RuntimeConfig {
+        options: troupe_actors::RuntimeOptions {
+            schedule: Some(schedule.into()),
+            stages,
+            ..Default::default()
+        },
+        faults: Some(troupe_actors::FaultPlan::parse(faults).expect("fault spec")),
+        supervision: Some(troupe_actors::SupervisionSpec {
+            max_restarts,
+            window: std::time::Duration::from_secs(60),
+            deadline,
+        }),
+        ..Default::default()
+    }
+}
