@@ -58,6 +58,15 @@ fn broken_copy(edit: impl FnOnce(Vec<Entry>) -> Vec<Entry>) -> tempfile::TempDir
     dir
 }
 
+/// The bundled ds-v3-mini graph file, as text to break.
+fn mini_graph_text() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/graphs/ds-v3-mini.toml"
+    ))
+    .unwrap()
+}
+
 /// One checkpoint entry: (name, dtype, shape, bytes).
 type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 
@@ -100,11 +109,7 @@ fn malformed_toml() {
 #[test]
 fn unknown_field_in_graph_file() {
     let d = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/graphs/ds-v3-mini.toml"
-    ))
-    .unwrap();
+    let text = mini_graph_text();
     let f = write(
         d.path(),
         "g.toml",
@@ -126,11 +131,7 @@ fn unknown_architecture() {
         &["inspect", &p(d.path())],
         &["GPTNeoXForCausalLM", "unsupported architecture"],
     );
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/graphs/ds-v3-mini.toml"
-    ))
-    .unwrap();
+    let text = mini_graph_text();
     let f = write(
         d.path(),
         "g.toml",

@@ -21,6 +21,18 @@ use crate::error::ActorError;
 use crate::placement::SupervisionSpec;
 use crate::stage::{stage_driver, StageCall, StageRun};
 
+/// The child a supervision event reports as gone (failed or terminated) and why; `None` for
+/// events that need no action (starts, process-group changes).
+fn failed_child(ev: SupervisionEvent) -> Option<(ActorCell, String)> {
+    match ev {
+        SupervisionEvent::ActorFailed(c, e) => Some((c, e.to_string())),
+        SupervisionEvent::ActorTerminated(c, _, reason) => {
+            Some((c, reason.unwrap_or_else(|| "terminated".into())))
+        }
+        _ => None,
+    }
+}
+
 /// Everything a stage actor is started (and restarted) with.
 #[derive(Clone)]
 pub struct StageArgs {
@@ -176,12 +188,8 @@ impl Actor for StageActor {
         ev: SupervisionEvent,
         st: &mut StageState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match ev {
-            SupervisionEvent::ActorFailed(c, e) => (c, e.to_string()),
-            SupervisionEvent::ActorTerminated(c, _, reason) => {
-                (c, reason.unwrap_or_else(|| "terminated".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, why)) = failed_child(ev) else {
+            return Ok(());
         };
         if st.shutting_down.load(Ordering::SeqCst) {
             return Ok(());
@@ -292,12 +300,8 @@ impl Actor for RootActor {
         ev: SupervisionEvent,
         st: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match ev {
-            SupervisionEvent::ActorFailed(c, e) => (c, e.to_string()),
-            SupervisionEvent::ActorTerminated(c, _, reason) => {
-                (c, reason.unwrap_or_else(|| "terminated".into()))
-            }
-            _ => return Ok(()),
+        let Some((cell, why)) = failed_child(ev) else {
+            return Ok(());
         };
         let Some(slot) = st
             .stages

@@ -13,10 +13,7 @@ use troupe_actors::{ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
 /// (transfers, busy ns).
 fn run(placement: &str, schedule: &str) -> (u64, u64) {
     let (_g, model) = load("deepseek-v3-tiny");
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
-        .into_iter()
-        .map(|p| request(p, 2, None))
-        .collect();
+    let reqs = greedy_requests("deepseek-v3-tiny", 2);
     let want = reference(&model, &reqs);
     let text = format!("{placement}\n[link]\nlatency_us = 20\ngbps = 10");
     let table: toml::Table = toml::from_str(&text).expect("placement");

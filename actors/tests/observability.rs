@@ -28,10 +28,7 @@ fn trace_has_one_serial_track_per_stream_and_every_request_step() {
         faults: Some(FaultPlan::default()),
         ..Default::default()
     };
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
-        .into_iter()
-        .map(|p| request(p, 3, None))
-        .collect();
+    let reqs = greedy_requests("deepseek-v3-tiny", 3);
     let rt = ActorRuntime::start_with(model.clone(), Some(&placement), None, cfg).expect("start");
     let outs = rt.generate(&reqs).expect("generate");
     rt.shutdown().expect("shutdown writes the trace");
@@ -157,10 +154,7 @@ fn prometheus_listener_serves_runtime_metrics() {
         }),
         ..Default::default()
     };
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
-        .into_iter()
-        .map(|p| request(p, 2, None))
-        .collect();
+    let reqs = greedy_requests("deepseek-v3-tiny", 2);
     let rt = ActorRuntime::start_with(model, None, None, cfg).expect("start");
     rt.generate(&reqs).expect("generate");
     let mut text = String::new();

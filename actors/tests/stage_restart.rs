@@ -22,10 +22,7 @@ fn config(faults: &str, schedule: &str, max_restarts: usize) -> RuntimeConfig {
 #[test]
 fn a_failed_stage_is_restarted_and_its_calls_reissued_bit_identically() {
     let (_g, model) = load("deepseek-v3-tiny");
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
-        .into_iter()
-        .map(|p| request(p, 3, None))
-        .collect();
+    let reqs = greedy_requests("deepseek-v3-tiny", 3);
     let want = reference(&model, &reqs);
     for schedule in ["sequential", "two-microbatch", "pipeline"] {
         let spec = "actor:stage1,after:2,kind:panic; actor:stage0,after:1,kind:panic; actor:layer3.router,after:2,kind:panic";

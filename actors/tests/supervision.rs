@@ -22,10 +22,7 @@ fn config(faults: &str, schedule: &str, max_restarts: usize) -> RuntimeConfig {
 #[test]
 fn a_panic_and_a_hang_are_restarted_and_reissued_bit_identically() {
     let (_g, model) = load("deepseek-v3-tiny");
-    let reqs: Vec<_> = prompts("deepseek-v3-tiny")
-        .into_iter()
-        .map(|p| request(p, 3, None))
-        .collect();
+    let reqs = greedy_requests("deepseek-v3-tiny", 3);
     let want = reference(&model, &reqs);
     let spec = "actor:layer2.expert1,after:1,kind:panic; actor:layer1.attention,after:2,kind:hang; actor:layer3.router,after:1,kind:panic; actor:layer0.mlp,after:0,kind:hang";
     let rt = ActorRuntime::start_with(model.clone(), None, None, config(spec, "two-microbatch", 3))

@@ -111,3 +111,11 @@ pub fn fault_config(
         ..Default::default()
     }
 }
+
+/// One greedy request of `n` new tokens per prompt of a fixture case.
+pub fn greedy_requests(case: &str, n: usize) -> Vec<GenerateRequest> {
+    prompts(case)
+        .into_iter()
+        .map(|p| request(p, n, None))
+        .collect()
+}
