@@ -5,15 +5,18 @@
 //! Everything is measured **interleaved in one process**, so machine noise hits every contender
 //! alike: all runtimes are started up front, every sequence is prefilled with the same prompt,
 //! then decode steps (one new token per sequence, fed straight back, no sampling) run round-robin
-//! over the contenders, `steps` rounds. Per contender the **median step time** is kept.
+//! over the contenders, `steps` rounds. Per contender the **median step time** is kept, and
+//! comparisons are **paired per round**: the steps of one round run back to back, so noise that
+//! lasts longer than a round (another process, frequency changes) cancels in their ratio.
 //!
-//! * decode tokens/s = `sequences / median step time`; ratio = actors / reference.
+//! * decode tokens/s = `sequences / median step time`; the headline ratio is the median over
+//!   rounds of `t_reference / t_actors` (the ratio of the medians is printed too).
 //! * link: per schedule, one runtime without and one with the link (`BenchOptions::link`); the
 //!   expert groups sit on node 1 and the routers on node 0 (unless the placement sets `nodes`),
 //!   so every dispatch and combine crosses the link.
 //!   `link_busy` = wall time per step during which at least one transfer was in flight (union
-//!   of submission→delivery intervals, median over the steps). **hidden = 1 − (T_link −
-//!   T_no_link) / link_busy**, clamped to [0, 1]: 100% = the link costs no wall time at all,
+//!   of submission→delivery intervals, median over the steps). **hidden = 1 − median(T_link −
+//!   T_no_link) / link_busy** (the difference paired per round), clamped to [0, 1]: 100% = the link costs no wall time at all,
 //!   0% = every microsecond the link is busy adds to the step.
 
 use std::sync::atomic::Ordering;
@@ -41,6 +44,8 @@ pub struct BenchOptions {
     pub link: LinkSpec,
     /// Also measure the link overlap (four more runtimes).
     pub with_link: bool,
+    /// Chrome trace of the actor runtime's steps (`profile` only).
+    pub trace: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -54,6 +59,7 @@ impl Default for BenchOptions {
                 gbps: 10.0,
             },
             with_link: true,
+            trace: None,
         }
     }
 }
@@ -80,6 +86,9 @@ pub struct BenchReport {
     pub steps: usize,
     pub reference_decode_tok_s: f64,
     pub actors_decode_tok_s: f64,
+    /// Median over rounds of (reference step time / actors step time) within the round: the
+    /// speed ratio with slow machine noise cancelled (the headline number).
+    pub paired_ratio: f64,
     pub link: Vec<LinkRow>,
 }
 
@@ -94,13 +103,14 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "decode, {} sequences, median of {} interleaved steps: reference {:.1} tok/s, actors (sequential) {:.1} tok/s, actors/reference {:.3} ({:+.1}%)",
+            "decode, {} sequences, median of {} interleaved steps: reference {:.1} tok/s, actors (sequential) {:.1} tok/s; actors/reference {:.3} ({:+.1}%) paired per round, {:.3} from the medians",
             self.sequences,
             self.steps,
             self.reference_decode_tok_s,
             self.actors_decode_tok_s,
+            self.paired_ratio,
+            (self.paired_ratio - 1.0) * 100.0,
             self.ratio(),
-            (self.ratio() - 1.0) * 100.0
         )?;
         for r in &self.link {
             writeln!(
@@ -118,7 +128,7 @@ impl std::fmt::Display for BenchReport {
         if !self.link.is_empty() {
             writeln!(
                 f,
-                "  hidden (wall) = 1 - (T_link - T_no_link) / link_busy; hidden (direct) = 1 - exposed / link_busy; link_busy = time any transfer is in flight, exposed = link busy while no stream runs a kernel"
+                "  hidden (wall) = 1 - median per round of (T_link - T_no_link) / link_busy; hidden (direct) = 1 - exposed / link_busy; link_busy = time any transfer is in flight, exposed = link busy while no stream runs a kernel"
             )?;
         }
         Ok(())
@@ -224,6 +234,25 @@ impl Contender for Actors {
     }
 }
 
+fn actors_config(
+    base: &toml::Table,
+    schedule: &str,
+    link: Option<LinkSpec>,
+    trace: Option<std::path::PathBuf>,
+) -> RuntimeConfig {
+    RuntimeConfig {
+        options: RuntimeOptions {
+            schedule: Some(schedule.into()),
+            trace,
+            ..Default::default()
+        },
+        placement: Some(base.clone()),
+        faults: Some(FaultPlan::default()),
+        link,
+        ..Default::default()
+    }
+}
+
 fn start_actors(
     model: &Arc<Model>,
     base: &toml::Table,
@@ -231,16 +260,7 @@ fn start_actors(
     link: Option<LinkSpec>,
     o: &BenchOptions,
 ) -> Result<Actors> {
-    let cfg = RuntimeConfig {
-        options: RuntimeOptions {
-            schedule: Some(schedule.into()),
-            ..Default::default()
-        },
-        placement: Some(base.clone()),
-        faults: Some(FaultPlan::default()),
-        link,
-        ..Default::default()
-    };
+    let cfg = actors_config(base, schedule, link, None);
     let rt = ActorRuntime::start_with(model.clone(), None, None, cfg)?;
     let caches = (0..o.sequences)
         .map(|_| (SeqCaches::new(model), 0))
@@ -250,31 +270,68 @@ fn start_actors(
     Ok(a)
 }
 
-/// Runs `rounds` interleaved decode steps over `cs`; median step, link busy and exposed seconds.
-fn interleave(cs: &mut [&mut dyn Contender], rounds: usize) -> Result<Vec<(f64, f64, f64)>> {
+/// Per-contender samples of an interleaved run, one per round (seconds).
+struct Samples {
+    times: Vec<f64>,
+    busy: Vec<f64>,
+    exposed: Vec<f64>,
+}
+
+impl Samples {
+    /// (median step, median link busy, median link exposed).
+    fn medians(&self) -> (f64, f64, f64) {
+        (
+            median(self.times.clone()),
+            median(self.busy.clone()),
+            median(self.exposed.clone()),
+        )
+    }
+}
+
+/// Median over rounds of `a`'s step time / `b`'s step time in the same round: steps of one round
+/// run back to back, so machine noise that lasts longer than a round cancels out.
+fn paired_ratio(a: &Samples, b: &Samples) -> f64 {
+    let r: Vec<f64> = a.times.iter().zip(&b.times).map(|(x, y)| x / y).collect();
+    if std::env::var_os("TROUPE_BENCH_DEBUG").is_some() {
+        let mut s = r.clone();
+        s.sort_by(|x, y| x.total_cmp(y));
+        eprintln!("per-round ratios (sorted): {s:.3?}");
+        eprintln!(
+            "a: {:.1?}",
+            a.times.iter().map(|t| t * 1e3).collect::<Vec<_>>()
+        );
+        eprintln!(
+            "b: {:.1?}",
+            b.times.iter().map(|t| t * 1e3).collect::<Vec<_>>()
+        );
+    }
+    median(r)
+}
+
+/// Runs `rounds` interleaved decode steps over `cs`.
+fn interleave(cs: &mut [&mut dyn Contender], rounds: usize) -> Result<Vec<Samples>> {
     for c in cs.iter_mut() {
         c.step()?; // warm-up
     }
-    let mut times = vec![Vec::new(); cs.len()];
-    let mut busy = vec![Vec::new(); cs.len()];
-    let mut exposed = vec![Vec::new(); cs.len()];
+    let mut out: Vec<Samples> = (0..cs.len())
+        .map(|_| Samples {
+            times: Vec::new(),
+            busy: Vec::new(),
+            exposed: Vec::new(),
+        })
+        .collect();
     for round in 0..rounds {
         for k in 0..cs.len() {
             // Rotate the order each round so no contender always runs right after another.
             let i = (k + round) % cs.len();
             let t = Instant::now();
             let b = cs[i].step()?;
-            times[i].push(t.elapsed().as_secs_f64());
-            busy[i].push(b.0 as f64 * 1e-9);
-            exposed[i].push(b.1 as f64 * 1e-9);
+            out[i].times.push(t.elapsed().as_secs_f64());
+            out[i].busy.push(b.0 as f64 * 1e-9);
+            out[i].exposed.push(b.1 as f64 * 1e-9);
         }
     }
-    Ok(times
-        .into_iter()
-        .zip(busy)
-        .zip(exposed)
-        .map(|((t, b), e)| (median(t), median(b), median(e)))
-        .collect())
+    Ok(out)
 }
 
 /// Runs the benchmark on `model` with `placement` (the graph's `[placement]`, minus its link).
@@ -297,8 +354,9 @@ pub fn run(
     let mut report = BenchReport {
         sequences: o.sequences,
         steps: o.steps,
-        reference_decode_tok_s: o.sequences as f64 / r[0].0,
-        actors_decode_tok_s: o.sequences as f64 / r[1].0,
+        reference_decode_tok_s: o.sequences as f64 / r[0].medians().0,
+        actors_decode_tok_s: o.sequences as f64 / r[1].medians().0,
+        paired_ratio: 1.0 / paired_ratio(&r[1], &r[0]),
         link: Vec::new(),
     };
     if o.with_link {
@@ -342,7 +400,16 @@ pub fn link_overlap(
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let ((t0, _, _), (t1, busy, exposed)) = (r[2 * i], r[2 * i + 1]);
+            let ((t0, _, _), (t1, busy, exposed)) = (r[2 * i].medians(), r[2 * i + 1].medians());
+            // The link's wall-time cost, paired per round (see `paired_ratio`).
+            let cost = median(
+                r[2 * i + 1]
+                    .times
+                    .iter()
+                    .zip(&r[2 * i].times)
+                    .map(|(a, b)| a - b)
+                    .collect(),
+            );
             LinkRow {
                 schedule: s.to_string(),
                 step_without_link: t0,
@@ -355,7 +422,7 @@ pub fn link_overlap(
                     0.0
                 },
                 hidden: if busy > 0.0 {
-                    (1.0 - (t1 - t0) / busy).clamp(0.0, 1.0)
+                    (1.0 - cost / busy).clamp(0.0, 1.0)
                 } else {
                     0.0
                 },
@@ -388,6 +455,16 @@ pub fn profile(
         }
     } else {
         let mut a = start_actors(&model, &base, "sequential", None, o)?;
+        if let Some(path) = &o.trace {
+            // A second runtime, traced, so the trace holds decode steps only (no prefill).
+            a.rt.shutdown()?;
+            let caches = a.caches;
+            let cfg = actors_config(&base, "sequential", None, Some(path.clone()));
+            a = Actors {
+                rt: ActorRuntime::start_with(model.clone(), None, None, cfg)?,
+                caches,
+            };
+        }
         for _ in 0..o.steps {
             let t = Instant::now();
             a.step()?;

@@ -29,7 +29,7 @@ use crate::pass::{run_pass, SeqInput};
 use crate::placement::{LinkSpec, Placement, SupervisionSpec};
 use crate::schedule::{self, Schedule};
 use crate::stage::{FfnTx, StageCall, StageInflight, StageRun, Wiring};
-use crate::stream::{BackendFactory, Stream};
+use crate::stream::{BackendFactory, Stream, StreamKind};
 use crate::supervisor::{RootActor, StageArgs};
 use crate::trace::Tracer;
 
@@ -180,12 +180,12 @@ impl Core {
                         Some(_) => ActorError::placement("--device", e),
                         None => ActorError::placement(format!("streams[{i}].device"), e),
                     })?;
-                Stream::spawn(n, i, be, tracer.clone()).map(|s| {
-                    Arc::new(
-                        s.with_overlap(overlap.clone())
-                            .inline_when_idle(device == "cpu"),
-                    )
-                })
+                let kind = match device.as_str() {
+                    "cpu" => StreamKind::CpuPool,
+                    _ => StreamKind::Worker,
+                };
+                Stream::spawn(n, i, be, tracer.clone(), kind)
+                    .map(|s| Arc::new(s.with_overlap(overlap.clone())))
             })
             .collect::<Result<_>>()?;
         let link = placement.link.map(|l| {

@@ -15,11 +15,13 @@ pub mod router;
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
 use crate::error::{ActorError, Result};
@@ -233,7 +235,16 @@ impl<B: Block> BlockSlot<B> {
         }
         let (s, me2) = (self.clone(), me.clone());
         let task = tokio::spawn(async move {
-            s.execute(id, env).await;
+            // A panic outside the kernels (those are caught on the stream) crashes the actor, so
+            // the supervisor restarts it and the new instance re-issues the envelope.
+            if AssertUnwindSafe(s.execute(id, env))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                me2.get_cell().kill();
+                return;
+            }
             if s.parked.swap(false, Ordering::SeqCst) {
                 let _ = me2.send_message(BlockMsg::Pull);
             }
@@ -241,14 +252,6 @@ impl<B: Block> BlockSlot<B> {
         if let Some(f) = self.slot().iter_mut().find(|f| f.id == id) {
             f.task = Some(task.abort_handle());
         }
-        // A panic outside the kernels (those are caught on the stream) crashes the actor, so the
-        // supervisor restarts it and the new instance re-issues the envelope.
-        let cell = me.get_cell();
-        tokio::spawn(async move {
-            if task.await.is_err_and(|e| e.is_panic()) {
-                cell.kill();
-            }
-        });
     }
 }
 
@@ -316,22 +319,32 @@ impl<B: Block> Actor for BlockActor<B> {
                 return Ok(());
             }
         }
-        let env = match slot.rx.recv_async().await {
+        let mut env = match slot.rx.recv_async().await {
             Ok(e) => e,
             Err(_) => {
                 me.stop(None);
                 return Ok(());
             }
         };
-        let id = slot.next_id.fetch_add(1, Ordering::Relaxed);
-        slot.slot().push(InFlight {
-            id,
-            env: env.clone(),
-            since: Instant::now(),
-            epoch,
-            task: None,
-        });
-        slot.start(&me, id, env).await;
+        // Start every envelope already waiting, up to the in-flight limit (one `Pull` for all).
+        loop {
+            let id = slot.next_id.fetch_add(1, Ordering::Relaxed);
+            slot.slot().push(InFlight {
+                id,
+                env: env.clone(),
+                since: Instant::now(),
+                epoch,
+                task: None,
+            });
+            slot.start(&me, id, env).await;
+            if slot.slot().len() >= slot.limit() {
+                break;
+            }
+            match slot.rx.try_recv() {
+                Ok(e) => env = e,
+                Err(_) => break,
+            }
+        }
         me.send_message(BlockMsg::Pull)?;
         Ok(())
     }

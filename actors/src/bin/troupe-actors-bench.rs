@@ -1,7 +1,7 @@
-//! `troupe-actors-bench MODEL [SEQS] [STEPS] [--no-link] [--profile actors|reference]`: decode
+//! `troupe-actors-bench MODEL [SEQS] [STEPS] [--no-link] [--profile actors|reference [--trace F]]`: decode
 //! tokens/s of the actor runtime vs the reference executor (interleaved, median step) and the
 //! link time hidden per schedule with the link at 100 µs / 10 Gbit/s. `--profile` runs decode
-//! steps of one contender only (for `perf record`).
+//! steps of one contender only (for `perf record`); `--trace F` writes its Chrome trace.
 
 use std::sync::Arc;
 
@@ -18,11 +18,12 @@ fn main() {
         match a.as_str() {
             "--no-link" => o.with_link = false,
             "--profile" => only = args.next(),
+            "--trace" => o.trace = args.next().map(Into::into),
             _ => positional.push(a),
         }
     }
     let Some(path) = positional.first().cloned() else {
-        eprintln!("usage: troupe-actors-bench MODEL [SEQS] [STEPS] [--no-link] [--profile actors|reference]");
+        eprintln!("usage: troupe-actors-bench MODEL [SEQS] [STEPS] [--no-link] [--profile actors|reference [--trace F]]");
         std::process::exit(2);
     };
     if let Some(n) = positional.get(1).and_then(|s| s.parse().ok()) {
