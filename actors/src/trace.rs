@@ -15,7 +15,7 @@ use crate::error::{ActorError, Result};
 /// What a span is about.
 #[derive(Clone, Debug, Default)]
 pub struct SpanTags {
-    /// Kernel / step name (`attention`, `route`, `expert`, `combine`, `mlp`, `shared`, `embed`, `head`).
+    /// Kernel / step name (`embed`, `attention`, `dispatch`, `experts`, `shared`, `combine`, `mlp`, `head`).
     pub name: &'static str,
     pub actor: String,
     pub layer: Option<usize>,
@@ -115,10 +115,28 @@ impl Tracer {
         ]);
     }
 
-    /// Writes `{"traceEvents": [...]}`.
+    /// Writes `{"traceEvents": [...]}`. Flow arrows missing one end are left out: a dispatch
+    /// span opens an arrow for every expert group of its layer before it knows which ones its
+    /// rows go to (routing happens inside it), and only the groups that got rows close theirs.
     pub fn write(&self) -> Result<()> {
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        let doc = json!({"traceEvents": *events, "displayTimeUnit": "ms"});
+        let ends = |ph: &str| -> std::collections::HashSet<u64> {
+            events
+                .iter()
+                .filter(|e| e["ph"] == ph)
+                .filter_map(|e| e["id"].as_u64())
+                .collect()
+        };
+        let (starts, finishes) = (ends("s"), ends("f"));
+        let kept: Vec<&Value> = events
+            .iter()
+            .filter(|e| match (e["ph"].as_str(), e["id"].as_u64()) {
+                (Some("s"), Some(id)) => finishes.contains(&id),
+                (Some("f"), Some(id)) => starts.contains(&id),
+                _ => true,
+            })
+            .collect();
+        let doc = json!({"traceEvents": kept, "displayTimeUnit": "ms"});
         let text = serde_json::to_string(&doc).map_err(|e| ActorError::Trace {
             path: self.path.display().to_string(),
             message: e.to_string(),

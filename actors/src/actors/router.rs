@@ -37,54 +37,47 @@ impl Block for RouterBlock {
     async fn run(&self, ctx: &BlockCtx, h: Tensor, meta: &Meta) -> Result<Tensor> {
         let (model, l) = (self.model.clone(), self.layer);
         let n_experts = self.group_of.len();
+        let group_of = self.group_of.clone();
+        // One kernel: post-attention norm, routing, and the gather of each active group's rows
+        // (a kernel fewer on the critical path than routing and gathering apart).
+        let flow_ids: Vec<Option<u64>> = (0..self.groups.len()).map(|_| ctx.flow_id()).collect();
+        let mut tags = ctx.tags("dispatch", meta, l);
+        tags.flows_out = flow_ids
+            .iter()
+            .flatten()
+            .map(|&f| (f, "dispatch"))
+            .collect();
         let h2 = h.clone();
-        let (hn, routing) = ctx
+        let (hn, routing, plan, active, jobs) = ctx
             .stream
-            .run(ctx.tags("route", meta, l), move |be| {
+            .run(tags, move |be| {
                 let layer = &model.layers[l];
                 let FeedForward::Moe(moe) = &layer.ffn else {
                     return Err(EngineError::Invalid(format!("layer {l} is not MoE")));
                 };
                 let hn = be.rms_norm(&h2, &layer.post_norm, model.eps())?;
                 let (_, routing) = moe.router.route(be, &hn)?;
-                Ok((hn, routing))
+                let plan = DispatchPlan::new(&routing, n_experts)?;
+                let mut active: Vec<usize> = plan.active_experts().map(|e| group_of[e]).collect();
+                active.sort_unstable();
+                active.dedup();
+                let jobs: Vec<Vec<(usize, Tensor)>> = active
+                    .iter()
+                    .map(|&g| {
+                        plan.active_experts()
+                            .filter(|&e| group_of[e] == g)
+                            .map(|e| (e, hn.gather_rows(&plan.rows[e])))
+                            .collect()
+                    })
+                    .collect();
+                Ok((hn, routing, Arc::new(plan), active, jobs))
             })
             .await?;
-        let plan = Arc::new(DispatchPlan::new(&routing, n_experts)?);
         for e in plan.active_experts() {
             crate::metrics::expert_tokens(l, e, plan.rows[e].len());
         }
-        // Dispatch: gather each active group's rows on the router's stream.
-        let active: Vec<usize> = {
-            let mut g: Vec<usize> = plan.active_experts().map(|e| self.group_of[e]).collect();
-            g.dedup();
-            g.sort_unstable();
-            g.dedup();
-            g
-        };
-        let flows: Vec<Option<u64>> = active.iter().map(|_| ctx.flow_id()).collect();
-        let mut tags = ctx.tags("dispatch", meta, l);
-        tags.flows_out = flows.iter().flatten().map(|&f| (f, "dispatch")).collect();
-        let (p2, hn2, group_of, act2) = (
-            plan.clone(),
-            hn.clone(),
-            self.group_of.clone(),
-            active.clone(),
-        );
-        let jobs: Vec<Vec<(usize, Tensor)>> = ctx
-            .stream
-            .run(tags, move |_| {
-                Ok(act2
-                    .iter()
-                    .map(|&g| {
-                        p2.active_experts()
-                            .filter(|&e| group_of[e] == g)
-                            .map(|e| (e, hn2.gather_rows(&p2.rows[e])))
-                            .collect()
-                    })
-                    .collect())
-            })
-            .await?;
+        // The dispatch span's flow arrows, one per active group (by group index).
+        let flows: Vec<Option<u64>> = active.iter().map(|&g| flow_ids[g]).collect();
         let shared = match &self.shared {
             Some(tx) => {
                 let (tx, hn, meta) = (tx.clone(), hn.clone(), meta.clone());
