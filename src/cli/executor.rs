@@ -92,11 +92,7 @@ impl Executor {
                 model,
                 backend,
                 form,
-            } => {
-                let mut exec = ReferenceExecutor::new(model, backend.as_ref());
-                exec.options.mla_form = *form;
-                Ok(generate(&exec, reqs)?)
-            }
+            } => Ok(generate(&reference(model, backend, *form), reqs)?),
         }
     }
 
@@ -107,11 +103,7 @@ impl Executor {
                 model,
                 backend,
                 form,
-            } => {
-                let mut exec = ReferenceExecutor::new(model, backend.as_ref());
-                exec.options.mla_form = *form;
-                Ok(exec.logits(ids)?)
-            }
+            } => Ok(reference(model, backend, *form).logits(ids)?),
         }
     }
 
@@ -130,4 +122,15 @@ fn actor_err(e: troupe_actors::ActorError) -> CliError {
         Some(inner) => CliError::Runtime(inner.to_string()),
         None => CliError::Runtime(e.to_string()),
     }
+}
+
+/// The reference executor over `model`, computing MLA in `form`.
+fn reference<'a>(
+    model: &'a Model,
+    backend: &'a Arc<dyn Backend>,
+    form: MlaForm,
+) -> ReferenceExecutor<'a> {
+    let mut exec = ReferenceExecutor::new(model, backend.as_ref());
+    exec.options.mla_form = form;
+    exec
 }
