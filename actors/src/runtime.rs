@@ -399,7 +399,8 @@ impl Core {
     }
 }
 
-/// The blocking actor runtime the CLI drives.
+/// The blocking actor runtime the CLI drives. Its blocking calls must not be made from inside the
+/// rayon pool: CPU streams run their kernels there (see `stream.rs`).
 pub struct ActorRuntime {
     rt: tokio::runtime::Runtime,
     core: Arc<Core>,
