@@ -400,16 +400,18 @@ mod tests {
         }
     }
 
-    /// Waits (bounded) until `n` kernels are queued behind the running one.
-    fn wait_queued(s: &Stream, n: usize) {
+    /// Waits until `done()` holds; fails the test naming `what` after 10 s.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
         let t0 = Instant::now();
-        while s.queued() < n {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "kernels never queued"
-            );
+        while !done() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{what}");
             std::thread::yield_now();
         }
+    }
+
+    /// Waits until `n` kernels are queued behind the running one.
+    fn wait_queued(s: &Stream, n: usize) {
+        wait_until("kernels never queued", || s.queued() >= n);
     }
 
     /// Starts a kernel that holds the stream until `release` fires, recording its thread.
@@ -428,14 +430,7 @@ mod tests {
                 Ok(0usize)
             })
         });
-        let t0 = Instant::now();
-        while !s.lane.queue.lock().0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "first kernel never started"
-            );
-            std::thread::yield_now();
-        }
+        wait_until("first kernel never started", || s.lane.queue.lock().0);
         h
     }
 
@@ -494,14 +489,7 @@ mod tests {
         assert_eq!(good.join().unwrap().unwrap(), 3);
         // The stream is free again (the runner lets go just after delivering the last result).
         assert_eq!(s.run_blocking(tags(), |_| Ok(4u32)).unwrap(), 4);
-        let t0 = Instant::now();
-        while s.lane.queue.lock().0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "stream never let go"
-            );
-            std::thread::yield_now();
-        }
+        wait_until("stream never let go", || !s.lane.queue.lock().0);
     }
 
     #[test]
