@@ -288,24 +288,16 @@ impl Samples {
     }
 }
 
-/// Median over rounds of `a`'s step time / `b`'s step time in the same round: steps of one round
+/// Median over rounds of `f(a's step time, b's step time)` in the same round: steps of one round
 /// run back to back, so machine noise that lasts longer than a round cancels out.
-fn paired_ratio(a: &Samples, b: &Samples) -> f64 {
-    let r: Vec<f64> = a.times.iter().zip(&b.times).map(|(x, y)| x / y).collect();
-    if std::env::var_os("TROUPE_BENCH_DEBUG").is_some() {
-        let mut s = r.clone();
-        s.sort_by(|x, y| x.total_cmp(y));
-        eprintln!("per-round ratios (sorted): {s:.3?}");
-        eprintln!(
-            "a: {:.1?}",
-            a.times.iter().map(|t| t * 1e3).collect::<Vec<_>>()
-        );
-        eprintln!(
-            "b: {:.1?}",
-            b.times.iter().map(|t| t * 1e3).collect::<Vec<_>>()
-        );
-    }
-    median(r)
+fn paired(a: &Samples, b: &Samples, f: impl Fn(f64, f64) -> f64) -> f64 {
+    median(
+        a.times
+            .iter()
+            .zip(&b.times)
+            .map(|(&x, &y)| f(x, y))
+            .collect(),
+    )
 }
 
 /// Runs `rounds` interleaved decode steps over `cs`.
@@ -356,7 +348,7 @@ pub fn run(
         steps: o.steps,
         reference_decode_tok_s: o.sequences as f64 / r[0].medians().0,
         actors_decode_tok_s: o.sequences as f64 / r[1].medians().0,
-        paired_ratio: 1.0 / paired_ratio(&r[1], &r[0]),
+        paired_ratio: paired(&r[0], &r[1], |reference, actors| reference / actors),
         link: Vec::new(),
     };
     if o.with_link {
@@ -401,15 +393,8 @@ pub fn link_overlap(
         .enumerate()
         .map(|(i, s)| {
             let ((t0, _, _), (t1, busy, exposed)) = (r[2 * i].medians(), r[2 * i + 1].medians());
-            // The link's wall-time cost, paired per round (see `paired_ratio`).
-            let cost = median(
-                r[2 * i + 1]
-                    .times
-                    .iter()
-                    .zip(&r[2 * i].times)
-                    .map(|(a, b)| a - b)
-                    .collect(),
-            );
+            // The link's wall-time cost, paired per round.
+            let cost = paired(&r[2 * i + 1], &r[2 * i], |with, without| with - without);
             LinkRow {
                 schedule: s.to_string(),
                 step_without_link: t0,
