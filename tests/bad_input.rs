@@ -4,21 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::troupe;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-
-fn troupe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args(args)
-        .output()
-        .expect("run troupe");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 /// Asserts a clean failure whose message contains every `needle`.
 fn fails_with(args: &[&str], needles: &[&str]) {

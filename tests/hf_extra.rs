@@ -4,21 +4,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use troupe::engine::executor::ReferenceExecutor;
 use troupe::engine::generate::{generate, GenerateRequest};
-use troupe::engine::graph::LoadedGraph;
 use troupe::engine::kernels::CpuBackend;
-use troupe::engine::model::Model;
 use troupe::engine::sampling::SamplingParams;
 
 fn check(case: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/extra")
-        .join(case);
-    let model = Model::load(&LoadedGraph::open(&dir).unwrap(), &mut |_, _| {}).unwrap();
+    let model = load_model(&case_dir(&format!("extra/{case}")));
     let be = CpuBackend::new();
     let exec = ReferenceExecutor::new(&model, &be);
     let r = Reference::open(&format!("extra/{case}"));

@@ -7,14 +7,12 @@ mod common;
 use common::*;
 use troupe::engine::executor::{ForwardRecord, ReferenceExecutor, SeqChunk};
 use troupe::engine::generate::{generate, GenerateRequest};
-use troupe::engine::graph::LoadedGraph;
 use troupe::engine::kernels::CpuBackend;
 use troupe::engine::model::{MlaForm, Model};
 use troupe::engine::sampling::SamplingParams;
 
 fn load(case: &str) -> Model {
-    let g = LoadedGraph::open(&case_dir(case)).expect("open case");
-    Model::load(&g, &mut |_, _| {}).expect("load model")
+    load_model(&case_dir(case))
 }
 
 /// For the bf16 case the engine computes in f32, so it is compared with the `_f32compute` arrays.

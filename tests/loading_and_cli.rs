@@ -4,33 +4,18 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use troupe::engine::executor::ReferenceExecutor;
 use troupe::engine::graph::LoadedGraph;
 use troupe::engine::kernels::CpuBackend;
-use troupe::engine::model::Model;
 
 fn logits_of(path: &std::path::Path, ids: &[u32]) -> Vec<f32> {
-    let model = Model::load(&LoadedGraph::open(path).unwrap(), &mut |_, _| {}).unwrap();
+    let model = load_model(path);
     ReferenceExecutor::new(&model, &CpuBackend::new())
         .logits(ids)
         .unwrap()
         .into_vec()
-}
-
-fn troupe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 /// Splits the mixtral fixture into two shards + index: bit-identical logits.
@@ -75,11 +60,7 @@ fn f16_weights_match_their_f32_upcast() {
     let mut f16 = Vec::new();
     let mut f32 = Vec::new();
     for (n, v) in st.tensors() {
-        let vals: Vec<f32> = v
-            .data()
-            .chunks(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let vals = f32_le(v.data());
         let h: Vec<half::f16> = vals.iter().map(|&x| half::f16::from_f32(x)).collect();
         f16.push((
             n.clone(),
@@ -149,11 +130,7 @@ fn logits_command_writes_safetensors() {
     let t = st.tensor("logits").unwrap();
     assert_eq!(t.dtype(), Dtype::F32);
     assert_eq!(t.shape(), &[ids.len(), 1024]);
-    let got: Vec<f32> = t
-        .data()
-        .chunks(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let got = f32_le(t.data());
     let (_, want) = r.f32("prompt.0.logits");
     assert!(max_abs_diff(&got, &want) <= 2e-4 * max_abs(&want));
 }

@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use clap::Args;
 use rayon::prelude::*;
-use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
-use troupe_engine::graph::ir::NodeKind;
+use troupe_engine::executor::SeqChunk;
 use troupe_engine::model::Model;
 
 use super::common::{mla_form, prepare, CliError};
@@ -69,29 +68,31 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// Bytes of weights one decoded token reads: everything a token touches once (routed experts:
-/// top-k of them), one embedding row.
+/// Bytes of weights one decoded token reads: its active parameters (routed experts: top-k of
+/// them; one embedding row) as `troupe inspect` counts them, at the weights' dtype.
 pub fn weight_bytes_per_token(model: &Model) -> u64 {
-    let size = model.spec.dtype.size() as u64;
-    let mut total = 0u64;
-    for node in &model.plan.nodes {
-        let numel = |s: &[usize]| s.iter().map(|&d| d as u64).product::<u64>();
-        total += match &node.kind {
-            NodeKind::Embedding => model.spec.hidden_size as u64 * size,
-            NodeKind::Moe { experts, top_k, .. } => {
-                let (routed, other) = node.weights.iter().fold((0, 0), |(r, o), w| {
-                    if w.name.contains(".experts.") {
-                        (r + numel(&w.shape), o)
-                    } else {
-                        (r, o + numel(&w.shape))
-                    }
-                });
-                (other + routed / *experts as u64 * *top_k as u64) * size
-            }
-            _ => node.weights.iter().map(|w| numel(&w.shape)).sum::<u64>() * size,
-        };
+    let (_, total) = troupe_engine::inspect::inspect(&model.plan);
+    total.active_params * model.spec.dtype.size() as u64
+}
+
+/// Runs `body` once to warm up, then `reps` times; returns median, min and max of
+/// `per_run / seconds` and prints them as the row `label`.
+fn timed_row(
+    label: String,
+    reps: usize,
+    per_run: usize,
+    mut body: impl FnMut() -> Result<(), CliError>,
+) -> Result<(f64, f64, f64), CliError> {
+    body()?; // warm-up
+    let mut rates = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        body()?;
+        rates.push(per_run as f64 / t.elapsed().as_secs_f64());
     }
-    total
+    let (med, lo, hi) = stats(rates);
+    println!("{label:<8} {med:>12.2} {lo:>10.2} - {hi:<10.2}");
+    Ok((med, lo, hi))
 }
 
 /// Read bandwidth of this machine with the pool's threads (GB/s), over a buffer far larger than
@@ -138,8 +139,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         }
     }
     let (_graph, model, be) = prepare(&a.run)?;
-    let mut exec = ReferenceExecutor::new(&model, be.as_ref());
-    exec.options.mla_form = mla_form(&a.run.mla)?;
+    let exec = super::executor::reference(&model, &be, mla_form(&a.run.mla)?);
     let vocab = model.spec.vocab_size as u32;
     let tokens: Vec<u32> = (0..a.n_prompt.max(1))
         .map(|i| (i as u32 * 7919 + 13) % vocab)
@@ -152,10 +152,8 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     );
     println!("{:<8} {:>12} {:>22}", "test", "tok/s", "min - max");
     if a.n_prompt > 0 {
-        let mut rates = Vec::new();
-        for _ in 0..a.reps + 1 {
+        timed_row(format!("pp{}", a.n_prompt), a.reps, a.n_prompt, || {
             let mut cache = model.new_cache();
-            let t = Instant::now();
             exec.forward(
                 &mut [SeqChunk {
                     tokens: tokens.clone(),
@@ -163,23 +161,12 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
                 }],
                 None,
             )?;
-            rates.push(a.n_prompt as f64 / t.elapsed().as_secs_f64());
-        }
-        rates.remove(0); // warm-up
-        let (med, lo, hi) = stats(rates);
-        println!(
-            "{:<8} {:>12.2} {:>10.2} - {:<10.2}",
-            format!("pp{}", a.n_prompt),
-            med,
-            lo,
-            hi
-        );
+            Ok(())
+        })?;
     }
     if a.n_gen > 0 {
-        let mut rates = Vec::new();
-        for _ in 0..a.reps + 1 {
+        let (med, _, _) = timed_row(format!("tg{}", a.n_gen), a.reps, a.n_gen, || {
             let mut cache = model.new_cache();
-            let t = Instant::now();
             let mut tok = tokens[0];
             for _ in 0..a.n_gen {
                 let l = exec.forward(
@@ -191,17 +178,8 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
                 )?;
                 tok = troupe_engine::sampling::argmax(l.row(0));
             }
-            rates.push(a.n_gen as f64 / t.elapsed().as_secs_f64());
-        }
-        rates.remove(0);
-        let (med, lo, hi) = stats(rates);
-        println!(
-            "{:<8} {:>12.2} {:>10.2} - {:<10.2}",
-            format!("tg{}", a.n_gen),
-            med,
-            lo,
-            hi
-        );
+            Ok(())
+        })?;
         let bytes = weight_bytes_per_token(&model) as f64;
         let bw = measure_read_bandwidth();
         let achieved = bytes * med / 1e9;

@@ -125,7 +125,7 @@ fn actor_err(e: troupe_actors::ActorError) -> CliError {
 }
 
 /// The reference executor over `model`, computing MLA in `form`.
-fn reference<'a>(
+pub(super) fn reference<'a>(
     model: &'a Model,
     backend: &'a Arc<dyn Backend>,
     form: MlaForm,

@@ -2,9 +2,12 @@
 //! their `reference.safetensors`.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use safetensors::tensor::{Dtype, SafeTensors};
+use troupe::engine::graph::LoadedGraph;
+use troupe::engine::model::Model;
 
 pub const CASES: [&str; 5] = [
     "deepseek-v3-tiny",
@@ -50,12 +53,7 @@ impl Reference {
             .tensor(name)
             .unwrap_or_else(|_| panic!("reference tensor {name}"));
         assert_eq!(t.dtype(), Dtype::F32, "{name}");
-        let v = t
-            .data()
-            .chunks(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        (t.shape().to_vec(), v)
+        (t.shape().to_vec(), f32_le(t.data()))
     }
     /// Values of an I64 tensor.
     pub fn i64(&self, name: &str) -> Vec<i64> {
@@ -92,4 +90,31 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Little-endian f32 values of a byte buffer.
+pub fn f32_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Loads the model of a graph file or HF folder.
+pub fn load_model(path: &Path) -> Model {
+    let g = LoadedGraph::open(path).expect("open model");
+    Model::load(&g, &mut |_, _| {}).expect("load model")
+}
+
+/// Runs the `troupe` binary: (exit code, stdout, stderr).
+pub fn troupe(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(args)
+        .output()
+        .expect("run troupe");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
