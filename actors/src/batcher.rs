@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use troupe_engine::generate::{GenerateOutput, GenerateRequest};
-use troupe_engine::model::Model;
+use troupe_engine::generate::{check_request, GenerateOutput, GenerateRequest};
 use troupe_engine::sampling::Sampler;
-use troupe_engine::EngineError;
 
 use crate::batch::SeqCaches;
 use crate::error::{ActorError, Result};
@@ -55,17 +53,6 @@ impl Sink {
 struct Submission {
     request: GenerateRequest,
     sink: Sink,
-}
-
-/// Same checks as the reference `generate::check_request`, before any compute.
-pub fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
-    troupe_engine::executor::check_chunk(model, &r.prompt, 0)?;
-    let need = r.prompt.len() + r.max_new_tokens.saturating_sub(1);
-    let limit = model.spec.max_position_embeddings;
-    if need > limit {
-        return Err(EngineError::TooLong { len: need, limit }.into());
-    }
-    Ok(())
 }
 
 /// Collects a `Full` stream into a `GenerateOutput`.
@@ -162,7 +149,7 @@ impl Drop for Batcher {
 }
 
 fn admit(core: &Core, s: Submission, active: &mut Vec<Active>) {
-    if let Err(e) = check_request(&core.model, &s.request) {
+    if let Err(e) = check_request(&core.model, &s.request).map_err(ActorError::from) {
         s.sink.fail(e);
         return;
     }

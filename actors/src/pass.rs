@@ -153,10 +153,7 @@ impl<'a> ForwardPass<'a> {
         let st = self
             .mbs
             .get(mb.0)
-            .ok_or_else(|| ActorError::ScheduleMisuse {
-                schedule: self.schedule.clone(),
-                message: format!("no micro-batch {}", mb.0),
-            })?;
+            .ok_or_else(|| self.misuse(format!("no micro-batch {}", mb.0)))?;
         if st.pending.is_some() {
             return Err(self.misuse(format!(
                 "micro-batch {} already has ops in flight (wait for it first)",

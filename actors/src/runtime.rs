@@ -448,7 +448,7 @@ impl ActorRuntime {
     /// error fails the call (see [`ActorRuntime::generate_each`] for per-request results).
     pub fn generate(&self, reqs: &[GenerateRequest]) -> Result<Vec<GenerateOutput>> {
         for r in reqs {
-            crate::batcher::check_request(&self.core.model, r)?;
+            troupe_engine::generate::check_request(&self.core.model, r)?;
         }
         self.generate_each(reqs).into_iter().collect()
     }

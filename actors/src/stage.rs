@@ -49,10 +49,7 @@ pub struct Wiring {
 
 impl Wiring {
     fn stage_of(&self, layer: usize) -> usize {
-        self.stage_ranges
-            .iter()
-            .position(|r| r.contains(&layer))
-            .unwrap_or(0)
+        crate::placement::stage_of(&self.stage_ranges, layer)
     }
 }
 

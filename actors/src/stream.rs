@@ -95,13 +95,13 @@ impl KernelQueue {
         let mut next = work;
         loop {
             self.pending.fetch_sub(1, Ordering::Relaxed);
-            // `Work` catches the kernel's panics; this guard only keeps the stream usable if
-            // the bookkeeping around a kernel ever panicked.
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| next(backend)));
+            // `Work` catches the kernel's panics; this guard only keeps the queue draining if
+            // the bookkeeping around a kernel ever panicked (that submitter's reply is lost).
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| next(backend)));
             let mut q = self.lock();
-            match (r, q.1.pop_front()) {
-                (Ok(()), Some(w)) => next = w,
-                _ => {
+            match q.1.pop_front() {
+                Some(w) => next = w,
+                None => {
                     q.0 = false;
                     return;
                 }

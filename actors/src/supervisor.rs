@@ -210,23 +210,9 @@ impl Actor for StageActor {
             why
         };
         r.killed_for_deadline = false;
-        let now = Instant::now();
-        r.restarts.push_back(now);
-        while r
-            .restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > st.policy.window)
-        {
-            r.restarts.pop_front();
-        }
-        if r.restarts.len() > st.policy.max_restarts {
+        if let Some(reason) = over_budget(&mut r.restarts, &st.policy, &why) {
             r.down = true;
             crate::metrics::actor_down(r.child.name());
-            let reason = format!(
-                "failed {} times within {:?} (last: {why})",
-                r.restarts.len(),
-                st.policy.window
-            );
             eprintln!(
                 "troupe-actors: stage{}: `{}` {reason}; declaring it down",
                 st.index,
@@ -315,21 +301,8 @@ impl Actor for RootActor {
             return Ok(());
         }
         let name = format!("stage{}", slot.args.run.index);
-        let (policy, now) = (slot.args.policy, Instant::now());
-        slot.restarts.push_back(now);
-        while slot
-            .restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.window)
-        {
-            slot.restarts.pop_front();
-        }
-        if slot.restarts.len() > policy.max_restarts {
-            let reason = format!(
-                "failed {} times within {:?} (last: {why})",
-                slot.restarts.len(),
-                policy.window
-            );
+        let policy = slot.args.policy;
+        if let Some(reason) = over_budget(&mut slot.restarts, &policy, &why) {
             eprintln!("troupe-actors: `{name}` {reason}; declaring it down");
             crate::metrics::actor_down(&name);
             declare_stage_down(&slot.args, name, reason);
@@ -378,4 +351,28 @@ fn declare_stage_down(args: &StageArgs, actor: String, reason: String) {
             let _ = c.reply.send_async(Err(err.clone())).await;
         }
     });
+}
+
+/// Records a failure now in `restarts` (dropping those older than the window); the reason to
+/// declare the actor down when that makes more than `policy.max_restarts` within the window.
+fn over_budget(
+    restarts: &mut VecDeque<Instant>,
+    policy: &SupervisionSpec,
+    why: &str,
+) -> Option<String> {
+    let now = Instant::now();
+    restarts.push_back(now);
+    while restarts
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > policy.window)
+    {
+        restarts.pop_front();
+    }
+    (restarts.len() > policy.max_restarts).then(|| {
+        format!(
+            "failed {} times within {:?} (last: {why})",
+            restarts.len(),
+            policy.window
+        )
+    })
 }

@@ -3,6 +3,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::executor::{check_chunk, ReferenceExecutor, SeqChunk};
+use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 
 /// One generation request.
@@ -26,10 +27,10 @@ pub struct GenerateOutput {
 }
 
 /// Validates a request against the model before any compute.
-pub fn check_request(exec: &ReferenceExecutor<'_>, r: &GenerateRequest) -> Result<()> {
-    check_chunk(exec.model, &r.prompt, 0)?;
+pub fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
+    check_chunk(model, &r.prompt, 0)?;
     let need = r.prompt.len() + r.max_new_tokens.saturating_sub(1);
-    let limit = exec.model.spec.max_position_embeddings;
+    let limit = model.spec.max_position_embeddings;
     if need > limit {
         return Err(EngineError::TooLong { len: need, limit });
     }
@@ -42,7 +43,7 @@ pub fn generate(
     requests: &[GenerateRequest],
 ) -> Result<Vec<GenerateOutput>> {
     for r in requests {
-        check_request(exec, r)?;
+        check_request(exec.model, r)?;
     }
     let mut caches: Vec<_> = requests.iter().map(|_| exec.model.new_cache()).collect();
     let mut samplers: Vec<Sampler> = requests.iter().map(|r| Sampler::new(r.sampling)).collect();

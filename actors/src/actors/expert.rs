@@ -12,7 +12,8 @@ use troupe_engine::{EngineError, Tensor};
 use crate::actors::{Block, BlockCtx, Meta};
 use crate::error::Result;
 
-fn moe(model: &Model, layer: usize) -> std::result::Result<&MoeBlock, EngineError> {
+/// The MoE block of `layer` (an error for a dense layer).
+pub(crate) fn moe(model: &Model, layer: usize) -> std::result::Result<&MoeBlock, EngineError> {
     match &model.layers[layer].ffn {
         FeedForward::Moe(m) => Ok(m),
         FeedForward::Dense(_) => Err(EngineError::Invalid(format!(

@@ -212,10 +212,12 @@ impl<B: Block> BlockSlot<B> {
     /// Runs one envelope to its reply, then forgets it.
     async fn execute(&self, id: u64, env: Envelope<B>) {
         let t0 = Instant::now();
-        let out = self.block.run(&self.ctx, env.job.clone(), &env.meta).await;
+        // The in-flight list keeps its own copy for re-issue; this one is consumed.
+        let Envelope { job, meta, reply } = env;
+        let out = self.block.run(&self.ctx, job, &meta).await;
         crate::metrics::actor_message(&self.ctx.name, t0.elapsed(), self.rx.len());
         let bytes = out.as_ref().map(B::out_bytes).unwrap_or(0);
-        env.reply.send::<B>(out, bytes).await;
+        reply.send::<B>(out, bytes).await;
         self.slot().retain(|f| f.id != id);
     }
     /// One attempt at `env`: the fault hook, then run inline or as a task.

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use troupe_engine::model::{DispatchPlan, FeedForward, Model};
-use troupe_engine::{EngineError, Tensor};
+use troupe_engine::model::{DispatchPlan, Model};
+use troupe_engine::Tensor;
 
-use crate::actors::expert::{ExpertGroupBlock, GroupJob, SharedBlock};
+use crate::actors::expert::{moe, ExpertGroupBlock, GroupJob, SharedBlock};
 use crate::actors::{call, Block, BlockCtx, Envelope, Meta, ReplyTo};
 use crate::error::{ActorError, Result};
 use crate::link::Link;
@@ -52,9 +52,7 @@ impl Block for RouterBlock {
             .stream
             .run(tags, move |be| {
                 let layer = &model.layers[l];
-                let FeedForward::Moe(moe) = &layer.ffn else {
-                    return Err(EngineError::Invalid(format!("layer {l} is not MoE")));
-                };
+                let moe = moe(&model, l)?;
                 let hn = be.rms_norm(&h2, &layer.post_norm, model.eps())?;
                 let (_, routing) = moe.router.route(be, &hn)?;
                 let plan = DispatchPlan::new(&routing, n_experts)?;
@@ -160,10 +158,7 @@ impl Block for RouterBlock {
         tags.flows_in = flows_in;
         ctx.stream
             .run_at(tags, ready_at, move |_| {
-                let FeedForward::Moe(moe) = &model.layers[l].ffn else {
-                    return Err(EngineError::Invalid(format!("layer {l} is not MoE")));
-                };
-                moe.combine(&h, &routing, &plan, &outs, shared_out.as_ref())
+                moe(&model, l)?.combine(&h, &routing, &plan, &outs, shared_out.as_ref())
             })
             .await
     }

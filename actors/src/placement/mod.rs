@@ -339,9 +339,11 @@ impl Placement {
 
     /// The stage owning `layer`.
     pub fn stage_of(&self, layer: usize) -> usize {
-        self.stages
-            .iter()
-            .position(|r| r.contains(&layer))
-            .unwrap_or(0)
+        stage_of(&self.stages, layer)
     }
+}
+
+/// The stage (index into `stages`) holding `layer` (0 when none does).
+pub fn stage_of(stages: &[Range<usize>], layer: usize) -> usize {
+    stages.iter().position(|r| r.contains(&layer)).unwrap_or(0)
 }
