@@ -359,6 +359,19 @@ pub struct MmaOp {
     pub c: Vec<Src>,
 }
 
+/// Full `cvt` conversion parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CvtSpec {
+    pub dty: Ty,
+    pub sty: Ty,
+    pub rnd: Option<Rnd>,
+    pub irnd: Option<IRnd>,
+    pub ftz: bool,
+    pub sat: bool,
+    pub relu: bool,
+    pub satfinite: bool,
+}
+
 /// A pre-decoded instruction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -382,7 +395,6 @@ pub enum Op {
     MovGlobalVar {
         d: Reg,
         var: u32,
-        generic: bool,
     },
     Clock {
         d: Reg,
@@ -445,14 +457,7 @@ pub enum Op {
         a: Src,
     },
     Cvt {
-        dty: Ty,
-        sty: Ty,
-        rnd: Option<Rnd>,
-        irnd: Option<IRnd>,
-        ftz: bool,
-        sat: bool,
-        relu: bool,
-        satfinite: bool,
+        spec: CvtSpec,
         d: Reg,
         a: Src,
     },

@@ -50,7 +50,6 @@ pub fn exec_collective(
     m: &mut Machine,
     w: &mut Warp,
     pc: u32,
-    _active: u32,
     exec: u32,
     op: &Op,
 ) -> Result<(), PtxError> {

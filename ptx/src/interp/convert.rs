@@ -3,7 +3,7 @@
 //! e4m3/e5m2 under any PTX rounding mode with overflow / `.satfinite` rules, the
 //! matching decoders, and the per-lane conversion used by `cvt`.
 
-use super::ast::{extend, IRnd, Rnd, Ty};
+use super::ast::{extend, CvtSpec, IRnd, Rnd, Ty};
 
 /// A binary floating-point format.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +77,16 @@ pub const E5M2: Fmt = Fmt {
 
 /// Canonical f32 NaN (what the GPU returns for NaN-producing operations).
 pub const NAN32: u32 = 0x7FFF_FFFF;
+
+/// Bits of an f32 result, with any NaN replaced by the canonical [`NAN32`].
+#[inline(always)]
+pub fn canon32(r: f32) -> u32 {
+    if r.is_nan() {
+        NAN32
+    } else {
+        r.to_bits()
+    }
+}
 
 #[inline]
 pub fn pow2(k: i32) -> f64 {
@@ -303,19 +313,6 @@ pub fn float_encode(x: f64, t: i8, ty: Ty, mode: Rnd, satfinite: bool) -> u64 {
             .map(|f| encode(x, t, f, mode, satfinite))
             .unwrap_or(0),
     }
-}
-
-/// Full `cvt` conversion parameters.
-#[derive(Debug, Clone, Copy)]
-pub struct CvtSpec {
-    pub dty: Ty,
-    pub sty: Ty,
-    pub rnd: Option<Rnd>,
-    pub irnd: Option<IRnd>,
-    pub ftz: bool,
-    pub sat: bool,
-    pub relu: bool,
-    pub satfinite: bool,
 }
 
 fn int_range(ty: Ty) -> (i128, i128) {

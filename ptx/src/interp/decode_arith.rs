@@ -406,14 +406,16 @@ pub fn cvt(cx: &Ctx, mut m: Mods, ops: &[Operand]) -> R {
     }
     cx.nops(ops, 2, 2)?;
     Ok(Op::Cvt {
-        dty,
-        sty,
-        rnd,
-        irnd,
-        ftz,
-        sat,
-        relu,
-        satfinite,
+        spec: CvtSpec {
+            dty,
+            sty,
+            rnd,
+            irnd,
+            ftz,
+            sat,
+            relu,
+            satfinite,
+        },
         d: cx.dst(&ops[0])?,
         a: cx.src(&ops[1], sty)?,
     })

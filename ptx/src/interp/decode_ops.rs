@@ -94,11 +94,7 @@ pub fn decode(cx: &Ctx, ops: &[Operand]) -> R {
             let d = cx.dst(&ops[0])?;
             if let Operand::Name(n) = &ops[1] {
                 if let Some(Sym::Global(var)) = cx.syms.get(n) {
-                    return Ok(Op::MovGlobalVar {
-                        d,
-                        var: *var,
-                        generic: !to,
-                    });
+                    return Ok(Op::MovGlobalVar { d, var: *var });
                 }
             }
             Ok(Op::Cvta {
@@ -275,7 +271,6 @@ fn mov(cx: &Ctx, mut m: Mods, ops: &[Operand]) -> R {
             Ok(Op::MovGlobalVar {
                 d: cx.dst(d)?,
                 var: *var,
-                generic: false,
             })
         }
         (d, a) => Ok(Op::Mov {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::ast::*;
-use super::error::PtxError;
+use super::error::{tid_of, PtxError};
 use super::machine::{BarState, Machine, Warp};
 use super::memory::GlobalMem;
 use super::race::RaceDetector;
@@ -349,11 +349,11 @@ fn start_cta(m: &mut Machine, warps: &mut [Warp], dyn_shared: u32, total_shared:
             }
             valid |= 1 << lane;
             let l = lane as usize;
-            let tid = [lin % bx, (lin / bx) % by, lin / (bx * by)];
+            let tid = tid_of(m.block, lin);
             let vals: [(u32, u64); 22] = [
-                (sreg::TID, tid[0] as u64),
-                (sreg::TID + 1, tid[1] as u64),
-                (sreg::TID + 2, tid[2] as u64),
+                (sreg::TID, tid.0 as u64),
+                (sreg::TID + 1, tid.1 as u64),
+                (sreg::TID + 2, tid.2 as u64),
                 (sreg::NTID, bx as u64),
                 (sreg::NTID + 1, by as u64),
                 (sreg::NTID + 2, bz as u64),
@@ -380,6 +380,5 @@ fn start_cta(m: &mut Machine, warps: &mut [Warp], dyn_shared: u32, total_shared:
             w.regs[sreg::NSMID as usize * 32 + l] = 1;
         }
         w.valid = valid;
-        let _ = bz;
     }
 }

@@ -8,6 +8,13 @@ use std::fmt;
 /// A 3-component index or extent, `(x, y, z)`.
 pub type Dim3 = (u32, u32, u32);
 
+/// The `(x, y, z)` thread index of linear thread `lin` in a block of extent `block`.
+#[inline]
+pub fn tid_of(block: Dim3, lin: u32) -> Dim3 {
+    let (bx, by, _) = block;
+    (lin % bx, (lin / bx) % by, lin / (bx * by))
+}
+
 /// PTX state space of a memory access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Space {

@@ -4,7 +4,7 @@
 //! `collective.rs` and `mma.rs`. Each op is one tight loop over the lane mask.
 
 use super::ast::*;
-use super::convert::{self, CvtSpec};
+use super::convert;
 use super::error::PtxError;
 use super::fastpath::{fetch, float_fast, int_fast, store};
 use super::float::float_lane;
@@ -41,16 +41,8 @@ fn bool_combine(w: &Warp, bop: &Option<(BoolOp, Src, bool)>, lane: usize, v: boo
     }
 }
 
-/// Execute `op` for the lanes in `exec`. `active` are the lanes at this PC (incl.
-/// predicated-off lanes), used by warp-collective operations.
-pub fn exec(
-    m: &mut Machine,
-    w: &mut Warp,
-    pc: u32,
-    active: u32,
-    exec: u32,
-    op: &Op,
-) -> Result<(), PtxError> {
+/// Execute `op` for the lanes in `exec` (the lanes at this PC whose guard holds).
+pub fn exec(m: &mut Machine, w: &mut Warp, pc: u32, exec: u32, op: &Op) -> Result<(), PtxError> {
     match op {
         Op::Nop => {}
         Op::Mov { d, a } => {
@@ -83,7 +75,7 @@ pub fn exec(
                 }
             }
         }
-        Op::MovGlobalVar { d, var, .. } => {
+        Op::MovGlobalVar { d, var } => {
             let v = m.gvars.get(*var as usize).copied().unwrap_or(0);
             let dm = dmask(m, *d);
             for l in lanes(exec) {
@@ -121,9 +113,9 @@ pub fn exec(
                     *op,
                     bits,
                     signed,
-                    w.get(*a, l),
-                    w.get(*b, l),
-                    w.get(*c, l),
+                    va[l],
+                    vb[l],
+                    vc[l],
                     w.get(*e, l),
                     &mut cc,
                 );
@@ -148,7 +140,7 @@ pub fn exec(
                 return Ok(());
             }
             for l in lanes(exec) {
-                let r = float_lane(*op, *kind, *fm, w.get(*a, l), w.get(*b, l), w.get(*c, l));
+                let r = float_lane(*op, *kind, *fm, va[l], vb[l], vc[l]);
                 put(w, *d, l, r, dm);
             }
         }
@@ -254,31 +246,10 @@ pub fn exec(
                 put(w, *d, l, r as u64, 1);
             }
         }
-        Op::Cvt {
-            dty,
-            sty,
-            rnd,
-            irnd,
-            ftz,
-            sat,
-            relu,
-            satfinite,
-            d,
-            a,
-        } => {
-            let spec = CvtSpec {
-                dty: *dty,
-                sty: *sty,
-                rnd: *rnd,
-                irnd: *irnd,
-                ftz: *ftz,
-                sat: *sat,
-                relu: *relu,
-                satfinite: *satfinite,
-            };
+        Op::Cvt { spec, d, a } => {
             let dm = dmask(m, *d);
             for l in lanes(exec) {
-                let v = convert::cvt(w.get(*a, l), &spec);
+                let v = convert::cvt(w.get(*a, l), spec);
                 put(w, *d, l, v, dm);
             }
         }
@@ -368,15 +339,15 @@ pub fn exec(
         | Op::Redux { .. }
         | Op::Match { .. }
         | Op::Activemask { .. }
-        | Op::BarWarp { .. } => super::collective::exec_collective(m, w, pc, active, exec, op)?,
-        Op::Mma(mma) => super::mma::exec_mma(m, w, pc, active, exec, mma)?,
+        | Op::BarWarp { .. } => super::collective::exec_collective(m, w, pc, exec, op)?,
+        Op::Mma(mma) => super::mma::exec_mma(m, w, pc, exec, mma)?,
         Op::Ldmatrix {
             num,
             trans,
             ds,
             addr,
             space,
-        } => super::mma::exec_ldmatrix(m, w, pc, active, exec, *num, *trans, ds, addr, *space)?,
+        } => super::mma::exec_ldmatrix(m, w, pc, exec, *num, *trans, ds, addr, *space)?,
         Op::Bra { .. } | Op::Exit | Op::Trap | Op::Bar { .. } => {
             return Err(m.runtime(
                 w,

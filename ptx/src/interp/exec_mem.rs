@@ -216,11 +216,7 @@ fn atom_apply(op: AtomOp, ty: Ty, old: u64, b: u64, c: u64) -> u64 {
     match (op, ty) {
         (AtomOp::Add, Ty::F32) => {
             let r = ftz32(ftz32(f32::from_bits(old as u32)) + ftz32(f32::from_bits(b as u32)));
-            (if r.is_nan() {
-                super::convert::NAN32
-            } else {
-                r.to_bits()
-            }) as u64
+            super::convert::canon32(r) as u64
         }
         (AtomOp::Add, Ty::F64) => (f64::from_bits(old) + f64::from_bits(b)).to_bits(),
         (AtomOp::Min | AtomOp::Max, Ty::F32) => {

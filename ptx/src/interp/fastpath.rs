@@ -4,7 +4,7 @@
 //! the general per-lane evaluators in `intops.rs` / `float.rs`.
 
 use super::ast::{FKind, FMods, FOp, IntOp, Reg, Rnd, Src, Ty, SINK};
-use super::convert::NAN32;
+use super::convert::canon32;
 use super::machine::{lanes, Warp};
 
 pub type Lanes = [u64; 32];
@@ -109,15 +109,6 @@ fn f32x(v: u64) -> f32 {
     f32::from_bits(v as u32)
 }
 
-#[inline(always)]
-fn canon(r: f32) -> u64 {
-    if r.is_nan() {
-        NAN32 as u64
-    } else {
-        r.to_bits() as u64
-    }
-}
-
 /// f32 round-to-nearest arithmetic without `.ftz/.sat/.relu`; `false` = general path.
 #[inline]
 pub fn float_fast(
@@ -133,11 +124,11 @@ pub fn float_fast(
         return false;
     }
     match op {
-        FOp::Add => map2(a, b, out, |x, y| canon(f32x(x) + f32x(y))),
-        FOp::Sub => map2(a, b, out, |x, y| canon(f32x(x) - f32x(y))),
-        FOp::Mul => map2(a, b, out, |x, y| canon(f32x(x) * f32x(y))),
+        FOp::Add => map2(a, b, out, |x, y| canon32(f32x(x) + f32x(y)) as u64),
+        FOp::Sub => map2(a, b, out, |x, y| canon32(f32x(x) - f32x(y)) as u64),
+        FOp::Mul => map2(a, b, out, |x, y| canon32(f32x(x) * f32x(y)) as u64),
         FOp::Fma => map3(a, b, c, out, |x, y, z| {
-            canon(f32x(x).mul_add(f32x(y), f32x(z)))
+            canon32(f32x(x).mul_add(f32x(y), f32x(z))) as u64
         }),
         _ => return false,
     }

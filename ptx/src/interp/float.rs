@@ -5,7 +5,7 @@
 //! (computed in f64 and rounded once — more accurate than the hardware's ulp bounds).
 
 use super::ast::{FKind, FMods, FOp, Rnd};
-use super::convert::{self, encode, ftz32, Fmt, BF16, F16, F32, F64, NAN32};
+use super::convert::{self, canon32, encode, ftz32, Fmt, BF16, F16, F32, F64, NAN32};
 
 /// Sign of the magnitude perturbation `err` relative to `s`.
 #[inline]
@@ -180,7 +180,7 @@ pub fn f32_op(op: FOp, m: FMods, a: u32, b: u32, c: u32) -> u32 {
             FOp::Tanh => (x as f64).tanh() as f32,
             _ => return eval_fmt(op, m, &F32, a as u64, b as u64, c as u64) as u32,
         };
-        return if r.is_nan() { NAN32 } else { r.to_bits() };
+        return canon32(r);
     }
     let fl = |v: u32| {
         if m.ftz {

@@ -4,7 +4,7 @@
 //! address resolution with bounds / alignment checks and fault construction.
 
 use super::ast::*;
-use super::error::{Dim3, PtxError};
+use super::error::{tid_of, Dim3, PtxError};
 use super::memory::{read_le, write_le, GlobalMem};
 use super::race::{to_access, Conflict, RaceDetector};
 
@@ -120,9 +120,7 @@ pub fn lanes(mask: u32) -> impl Iterator<Item = usize> {
 
 impl Machine<'_> {
     pub fn tid(&self, w: &Warp, lane: usize) -> Dim3 {
-        let lin = w.index * 32 + lane as u32;
-        let (bx, by, _) = self.block;
-        (lin % bx, (lin / bx) % by, lin / (bx * by))
+        tid_of(self.block, w.index * 32 + lane as u32)
     }
 
     fn line(&self, pc: u32) -> (u32, String) {

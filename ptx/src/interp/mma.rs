@@ -37,7 +37,6 @@ pub fn exec_mma(
     m: &mut Machine,
     w: &mut Warp,
     pc: u32,
-    _active: u32,
     exec: u32,
     op: &MmaOp,
 ) -> Result<(), PtxError> {
@@ -125,11 +124,7 @@ pub fn exec_mma(
                 lo | (hi << 16)
             } else {
                 let x = d[g + 8 * (i >> 1)][2 * t + (i & 1)];
-                (if x.is_nan() {
-                    convert::NAN32
-                } else {
-                    x.to_bits()
-                }) as u64
+                convert::canon32(x) as u64
             };
             w.regs[dr as usize * 32 + lane] = v & m.kernel.reg_masks[dr as usize];
         }
@@ -142,7 +137,6 @@ pub fn exec_ldmatrix(
     m: &mut Machine,
     w: &mut Warp,
     pc: u32,
-    _active: u32,
     exec: u32,
     num: u32,
     trans: bool,

@@ -14,7 +14,7 @@
 //! the completion is recorded as an ordinary write of the wait's epoch, so accesses by
 //! other threads after the wait stay racy until the next barrier.
 
-use super::error::RaceAccess;
+use super::error::{tid_of, RaceAccess};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Acc {
@@ -204,11 +204,8 @@ impl RaceDetector {
 
 /// Convert a linear thread index into a `RaceAccess` for the error report.
 pub fn to_access(block: (u32, u32, u32), (lin, line, write): (u32, u32, bool)) -> RaceAccess {
-    let x = lin % block.0;
-    let y = (lin / block.0) % block.1;
-    let z = lin / (block.0 * block.1);
     RaceAccess {
-        tid: (x, y, z),
+        tid: tid_of(block, lin),
         line,
         write,
     }

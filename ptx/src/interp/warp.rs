@@ -169,17 +169,13 @@ pub fn run_warp(m: &mut Machine, w: &mut Warp, budget: u64) -> Result<(), PtxErr
                             w.bar_id[l] = bid as u8;
                         }
                         w.blocked |= exec;
-                        w.uniform = false;
                     }
                 }
                 let rest = w.runnable() & active;
                 goto(w, rest, pc + 1);
-                if !w.uniform {
-                    reconverge(w);
-                }
             }
             op => {
-                exec::exec(m, w, pc, active, exec, op)?;
+                exec::exec(m, w, pc, exec, op)?;
                 goto(w, active, pc + 1);
             }
         }
@@ -207,7 +203,6 @@ pub fn release_barriers(m: &mut Machine, warps: &mut [Warp]) -> bool {
             if rel != 0 {
                 w.diverge();
                 w.blocked &= !rel;
-                w.uniform = false;
                 reconverge(w);
             }
         }
