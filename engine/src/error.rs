@@ -57,11 +57,23 @@ pub enum EngineError {
     Tokenizer { path: PathBuf, message: String },
     #[error("kernel `{kernel}`: {message}")]
     Kernel { kernel: String, message: String },
-    #[error("backend `{backend}`: {message}")]
-    Backend { backend: String, message: String },
+    /// A backend (GPU, interpreter, a caller's own) failed; `source` keeps its typed error.
+    #[error("backend `{backend}`: {source}")]
+    Backend {
+        backend: String,
+        #[source]
+        source: BoxError,
+    },
+    /// Input that is wrong in a way no more specific variant names (the message says what).
     #[error("{0}")]
     Invalid(String),
+    /// A broken invariant inside troupe: a bug, never the user's input.
+    #[error("internal error (a bug in troupe, please report it): {0}")]
+    Internal(String),
 }
+
+/// A boxed error from another layer, kept typed for `source()` and downcasting.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl EngineError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -75,6 +87,16 @@ impl EngineError {
             kernel: kernel.to_string(),
             message: message.into(),
         }
+    }
+    /// A backend's typed error, named by the backend it came from.
+    pub fn backend(backend: &str, source: impl Into<BoxError>) -> Self {
+        EngineError::Backend {
+            backend: backend.to_string(),
+            source: source.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        EngineError::Internal(message.into())
     }
     pub fn spec(field: &str, message: impl Into<String>) -> Self {
         EngineError::InvalidSpec {

@@ -5,6 +5,7 @@
 //! [`model::Model`] (a loaded model as typed layers) and [`executor::ReferenceExecutor`].
 
 pub mod backend;
+pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod executor;
@@ -19,5 +20,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use backend::Backend;
+pub use device::DeviceId;
 pub use error::{EngineError, Result};
 pub use tensor::Tensor;

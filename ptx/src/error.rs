@@ -64,10 +64,7 @@ impl GpuError {
 
 /// GPU errors surface through the engine's `Backend` trait as `EngineError::Backend`.
 pub fn to_engine(backend: &str, e: GpuError) -> EngineError {
-    EngineError::Backend {
-        backend: backend.to_string(),
-        message: e.to_string(),
-    }
+    EngineError::backend(backend, e)
 }
 
 pub type GpuResult<T> = std::result::Result<T, GpuError>;

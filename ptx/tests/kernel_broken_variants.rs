@@ -56,7 +56,8 @@ fn rms_norm_without_bar_sync_is_a_shared_race() {
     let w = weight("norm", DType::F32, vec![300], &rng.vec(300, 1.0));
     // Through the Backend trait: EngineError::Backend naming the backend and the race.
     match be.rms_norm(&x, &w, 1e-6) {
-        Err(EngineError::Backend { backend, message }) => {
+        Err(EngineError::Backend { backend, source }) => {
+            let message = source.to_string();
             assert_eq!(backend, "ptx-interp");
             assert!(
                 message.contains("shared-memory race") && message.contains("rms_norm_f32"),
@@ -166,7 +167,8 @@ fn silu_mul_off_by_one_bound_is_out_of_bounds() {
     );
     let g = Tensor::matrix(3, 100, vec![0.5; 300]).expect("t");
     match be.silu_mul(&g, &g) {
-        Err(EngineError::Backend { message, .. }) => {
+        Err(EngineError::Backend { source, .. }) => {
+            let message = source.to_string();
             assert!(
                 message.contains("out-of-bounds") && message.contains("tid (44, 0, 0)"),
                 "{message}"
@@ -215,7 +217,8 @@ fn linear_off_by_one_k_loop_is_caught() {
             &rng.vec(n * k, 1.0),
         );
         match be.linear(&x, &w) {
-            Err(EngineError::Backend { message, .. }) => {
+            Err(EngineError::Backend { source, .. }) => {
+                let message = source.to_string();
                 assert!(message.contains("out-of-bounds"), "{message}")
             }
             Err(e) => panic!("unexpected error {e}"),
@@ -258,7 +261,8 @@ fn malformed_ptx_and_bad_launch_are_typed_errors() {
     );
     let g = Tensor::matrix(1, 4, vec![1.0; 4]).expect("t");
     match be.silu_mul(&g, &g) {
-        Err(EngineError::Backend { backend, message }) => {
+        Err(EngineError::Backend { backend, source }) => {
+            let message = source.to_string();
             assert_eq!(backend, "ptx-interp");
             assert!(
                 message.contains("silu_mul_f32") && message.contains("line"),
