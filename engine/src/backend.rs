@@ -10,7 +10,7 @@
 //! - errors, never panics, on shape mismatches.
 
 use crate::error::Result;
-use crate::kernels::rope::RopeTable;
+pub use crate::params::{RopeTable, RouterRule};
 use crate::tensor::Tensor;
 use crate::weights::Weight;
 
@@ -44,19 +44,6 @@ pub struct RopeSlot {
 pub struct Routing {
     pub ids: Vec<Vec<u32>>,
     pub weights: Vec<Vec<f32>>,
-}
-
-/// Which routing rule to apply (filled from `MoeSpec`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RouterRule {
-    pub n_experts: usize,
-    pub top_k: usize,
-    pub n_group: usize,
-    pub topk_group: usize,
-    pub scoring: crate::graph::spec::Scoring,
-    pub method: crate::graph::spec::TopkMethod,
-    pub norm_topk_prob: bool,
-    pub routed_scaling_factor: f32,
 }
 
 /// The device-side operations of a forward pass.

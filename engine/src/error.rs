@@ -64,6 +64,9 @@ pub enum EngineError {
         #[source]
         source: BoxError,
     },
+    /// An allocation the input asked for failed (the process keeps running).
+    #[error("cannot allocate {bytes} bytes for {what}: not enough memory")]
+    OutOfMemory { what: String, bytes: u64 },
     /// Input that is wrong in a way no more specific variant names (the message says what).
     #[error("{0}")]
     Invalid(String),

@@ -29,7 +29,11 @@ pub struct GenerateOutput {
 /// Validates a request against the model before any compute.
 pub fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
     check_chunk(model, &r.prompt, 0)?;
-    let need = r.prompt.len() + r.max_new_tokens.saturating_sub(1);
+    // Saturating: a huge max_new_tokens must fail here, not wrap into a small number.
+    let need = r
+        .prompt
+        .len()
+        .saturating_add(r.max_new_tokens.saturating_sub(1));
     let limit = model.spec.max_position_embeddings;
     if need > limit {
         return Err(EngineError::TooLong { len: need, limit });
@@ -68,7 +72,7 @@ pub fn generate(
         for &i in &active {
             let cache = cache_refs[i]
                 .take()
-                .ok_or_else(|| EngineError::Invalid("cache borrowed twice".into()))?;
+                .ok_or_else(|| EngineError::internal("cache borrowed twice"))?;
             chunks.push(SeqChunk {
                 tokens: std::mem::take(&mut next[i]),
                 cache,

@@ -3,10 +3,18 @@
 //! Activations are always f32 (weights may be bf16/f16, upcast inside the kernels), so every
 //! backend computes in f32 and the reference executor is the single numeric oracle.
 //! Data sits behind an `Arc`, so handing a tensor to another actor or channel never copies it.
+//! Constructors check shapes with overflow-checked products and return errors; the row accessors
+//! (`row`, `slice_rows`, `gather_rows`) index like slices and panic only on an out-of-range row,
+//! which validated specs never produce.
 
 use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
+
+/// Elements of a shape, or None when the product overflows.
+fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
 
 /// A row-major f32 tensor. Cloning shares the buffer; `data_mut` copies only when shared.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,11 +24,11 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A tensor of `shape` holding `data` (an error, not a panic, when they disagree).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
+        if numel(&shape) != Some(data.len()) {
             return Err(EngineError::Invalid(format!(
-                "tensor shape {shape:?} needs {n} values, got {}",
+                "tensor shape {shape:?} does not hold {} values",
                 data.len()
             )));
         }
@@ -28,13 +36,6 @@ impl Tensor {
             shape,
             data: Arc::new(data),
         })
-    }
-    pub fn zeros(shape: Vec<usize>) -> Self {
-        let n = shape.iter().product();
-        Tensor {
-            shape,
-            data: Arc::new(vec![0.0; n]),
-        }
     }
     /// A 2-D tensor with `cols` columns from a flat vector (rows = len / cols; a ragged tail is
     /// dropped, which only a caller bug can cause).
@@ -104,7 +105,7 @@ impl Tensor {
         let mut rows = 0;
         for p in parts {
             if p.cols() != cols {
-                return Err(EngineError::Invalid(format!(
+                return Err(EngineError::Internal(format!(
                     "concat_rows: column mismatch {} vs {cols}",
                     p.cols()
                 )));
@@ -115,9 +116,8 @@ impl Tensor {
         Tensor::matrix(rows, cols, out)
     }
     pub fn reshape(mut self, shape: Vec<usize>) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != self.data.len() {
-            return Err(EngineError::Invalid(format!(
+        if numel(&shape) != Some(self.data.len()) {
+            return Err(EngineError::Internal(format!(
                 "cannot reshape {:?} into {shape:?}",
                 self.shape
             )));
@@ -128,7 +128,7 @@ impl Tensor {
     /// Element-wise `self += other` (same shape).
     pub fn add_assign(&mut self, other: &Tensor) -> Result<()> {
         if self.shape != other.shape {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::Internal(format!(
                 "add: shape mismatch {:?} vs {:?}",
                 self.shape, other.shape
             )));

@@ -1,8 +1,23 @@
-//! Text ↔ token ids through a Hugging Face `tokenizer.json` (the `tokenizers` crate).
+//! Text ↔ token ids through a Hugging Face `tokenizer.json` (the `tokenizers` crate, read with a
+//! size cap), and [`check_token_ids`], the one check of ids against a vocabulary.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{EngineError, Result};
+use crate::files::{read_bytes_capped, MAX_TOKENIZER_BYTES};
+
+/// The one range check of token ids: the first id ≥ `vocab` is an error naming the id and its
+/// position (`first_position` is the position of `ids[0]`, e.g. the tokens already cached).
+pub fn check_token_ids(ids: &[u32], vocab: usize, first_position: usize) -> Result<()> {
+    match ids.iter().position(|&id| id as usize >= vocab) {
+        Some(i) => Err(EngineError::TokenOutOfRange {
+            id: ids[i] as i64,
+            position: first_position + i,
+            vocab,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// A loaded tokenizer.
 pub struct TextTokenizer {
@@ -12,10 +27,12 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn open(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| EngineError::Tokenizer {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let bytes = read_bytes_capped(path, MAX_TOKENIZER_BYTES, "a tokenizer.json")?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| EngineError::Tokenizer {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
         Ok(TextTokenizer {
             inner,
             path: path.into(),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::files::{read_bytes_capped, MAX_GRAPH_FILE_BYTES};
 use crate::graph::hf_config::spec_from_hf_config_file;
 use crate::graph::spec::ModelSpec;
 
@@ -94,7 +95,7 @@ impl GraphFile {
     pub fn parse(text: &str, path: &Path) -> Result<GraphFile> {
         let g: GraphFile = toml::from_str(text).map_err(|e| EngineError::GraphFile {
             path: path.into(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: super::toml_error::describe(&e, text),
         })?;
         if g.format != FORMAT {
             return Err(EngineError::GraphFile {
@@ -121,6 +122,17 @@ impl GraphFile {
                     .into(),
             });
         }
+        if let Some(r) = &g.weights.random {
+            if !r.std.is_finite() || r.std < 0.0 {
+                return Err(EngineError::GraphFile {
+                    path: path.into(),
+                    message: format!(
+                        "`weights.random.std` must be a finite number ≥ 0, found {}",
+                        r.std
+                    ),
+                });
+            }
+        }
         g.model.validate().map_err(|e| EngineError::GraphFile {
             path: path.into(),
             message: e.to_string(),
@@ -134,13 +146,37 @@ impl GraphFile {
     }
 }
 
+/// What to say when `-m` names a file that is part of a model folder rather than a graph file.
+const PASS_FOLDER: &str =
+    "pass the model folder (the directory holding config.json) or a graph file (*.toml)";
+
+/// Reads a graph file, refusing checkpoint and JSON files with a hint instead of a TOML error.
+fn read_graph_text(path: &Path) -> Result<String> {
+    let not_graph = |what: &str| EngineError::GraphFile {
+        path: path.into(),
+        message: format!("this is {what}, not a graph file: {PASS_FOLDER}"),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with(".safetensors") {
+        return Err(not_graph("a safetensors checkpoint"));
+    }
+    if name.ends_with(".json") {
+        return Err(not_graph("a JSON file"));
+    }
+    let bytes = read_bytes_capped(path, MAX_GRAPH_FILE_BYTES, "a graph file")?;
+    String::from_utf8(bytes).map_err(|_| not_graph("not UTF-8 text"))
+}
+
 impl LoadedGraph {
     /// Opens a graph file (`*.toml`) or an HF model folder (with `config.json`).
     pub fn open(path: &Path) -> Result<LoadedGraph> {
         if path.is_dir() {
             return LoadedGraph::from_hf_dir(path);
         }
-        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        let text = read_graph_text(path)?;
         let g = GraphFile::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {

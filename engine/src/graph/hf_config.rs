@@ -1,6 +1,8 @@
 //! Import of a Hugging Face `config.json` into a [`ModelSpec`], mirroring what transformers 5
-//! does with the same file (including the keys it ignores: DeepSeek-V3 always routes with
-//! sigmoid + noaux_tc, DeepSeek-V2 never renormalises its top-k weights).
+//! does with the same file (DeepSeek-V2 never renormalises its top-k weights, as HF). Keys that
+//! would change the model in a way troupe does not implement are refused by name rather than
+//! ignored: `hidden_act` other than `silu`, `attention_bias`/`mlp_bias` true, a `scoring_func` or
+//! `topk_method` other than the family's, `moe_layer_freq` other than 1 (see [`check_supported`]).
 
 use std::path::Path;
 
@@ -8,6 +10,7 @@ use serde_json::Value;
 
 use crate::dtype::DType;
 use crate::error::{EngineError, Result};
+use crate::files::{read_text_capped, MAX_CONFIG_BYTES};
 use crate::graph::spec::*;
 
 struct Cfg<'a> {
@@ -30,7 +33,7 @@ impl Cfg<'_> {
     }
     fn as_usize(&self, key: &str, v: &Value) -> Result<usize> {
         v.as_u64()
-            .map(|x| x as usize)
+            .and_then(|x| usize::try_from(x).ok())
             .ok_or_else(|| self.bad(key, format!("expected a non-negative integer, found {v}")))
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
@@ -45,9 +48,41 @@ impl Cfg<'_> {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.bad(key, format!("expected a number, found {v}"))),
+            Some(v) => self.as_f64(key, v),
+        }
+    }
+    fn as_f64(&self, key: &str, v: &Value) -> Result<f64> {
+        v.as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| self.bad(key, format!("expected a finite number, found {v}")))
+    }
+    /// A token id: a non-negative integer that fits in 32 bits (or the first of a list).
+    fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        let v = match self.get(key) {
+            Some(Value::Array(a)) => match a.first() {
+                Some(first) => first,
+                None => return Ok(None),
+            },
+            Some(v) => v,
+            None => return Ok(None),
+        };
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .map(Some)
+            .ok_or_else(|| self.bad(key, format!("expected a token id (0..2^32), found {v}")))
+    }
+    /// `key`, when present, must be one of `allowed` (the values troupe implements).
+    fn require_str(&self, key: &str, allowed: &[&str]) -> Result<()> {
+        match self.get(key) {
+            None => Ok(()),
+            Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
+            Some(v) => Err(self.bad(
+                key,
+                format!(
+                    "{v} is not supported by troupe (supported: {})",
+                    allowed.join(", ")
+                ),
+            )),
         }
     }
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
@@ -72,7 +107,7 @@ impl Cfg<'_> {
 
 /// Reads and converts `config.json`.
 pub fn spec_from_hf_config_file(path: &Path) -> Result<ModelSpec> {
-    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let text = read_text_capped(path, MAX_CONFIG_BYTES, "a config.json")?;
     let v: Value = serde_json::from_str(&text).map_err(|e| EngineError::Json {
         path: path.into(),
         message: e.to_string(),
@@ -111,14 +146,48 @@ fn architecture(c: &Cfg) -> Result<Architecture> {
     }
 }
 
+/// Refuses keys whose value changes the model in a way troupe does not implement (each error
+/// names the key). The accepted values are the ones the real DeepSeek-V3/V2, Mixtral and Llama
+/// configs carry.
+fn check_supported(c: &Cfg, arch: Architecture) -> Result<()> {
+    c.require_str("hidden_act", &["silu"])?;
+    for key in ["attention_bias", "mlp_bias"] {
+        if c.bool_or(key, false)? {
+            return Err(c.bad(
+                key,
+                "true is not supported by troupe (no bias terms)".into(),
+            ));
+        }
+    }
+    match arch {
+        Architecture::DeepseekV3 => {
+            c.require_str("scoring_func", &["sigmoid"])?;
+            c.require_str("topk_method", &["noaux_tc"])?;
+        }
+        Architecture::DeepseekV2 => c.require_str("scoring_func", &["softmax"])?,
+        Architecture::Mixtral | Architecture::Llama => {}
+    }
+    if arch.is_deepseek() {
+        if let Some(v) = c.get("moe_layer_freq") {
+            if v.as_u64() != Some(1) {
+                return Err(c.bad(
+                    "moe_layer_freq",
+                    format!("{v} is not supported by troupe (supported: 1)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The rope parameters: v5 `rope_parameters`, else legacy `rope_theta` + `rope_scaling`.
 fn rope(c: &Cfg, arch: Architecture) -> Result<RopeSpec> {
     let params = c.get("rope_parameters").or_else(|| c.get("rope_scaling"));
     let theta = match params
         .and_then(|p| p.get("rope_theta"))
-        .and_then(|t| t.as_f64())
+        .filter(|t| !t.is_null())
     {
-        Some(t) => t,
+        Some(t) => c.as_f64("rope_parameters.rope_theta", t)?,
         None => c.f64_or("rope_theta", 10000.0)?,
     };
     let layout = match arch {
@@ -141,23 +210,31 @@ fn rope(c: &Cfg, arch: Architecture) -> Result<RopeSpec> {
         "yarn" => {
             let p = params.unwrap_or(&Value::Null);
             let key = |k: &str| format!("rope_parameters.{k}");
-            let num = |k: &str| p.get(k).filter(|v| !v.is_null()).and_then(|v| v.as_f64());
-            let factor = num("factor").ok_or_else(|| EngineError::MissingConfigKey {
+            let num = |k: &str| -> Result<Option<f64>> {
+                p.get(k)
+                    .filter(|v| !v.is_null())
+                    .map(|v| c.as_f64(&key(k), v))
+                    .transpose()
+            };
+            let factor = num("factor")?.ok_or_else(|| EngineError::MissingConfigKey {
                 path: c.path.into(),
                 key: key("factor"),
             })?;
-            let orig = match num("original_max_position_embeddings") {
-                Some(o) => o as usize,
+            let orig = match p
+                .get("original_max_position_embeddings")
+                .filter(|v| !v.is_null())
+            {
+                Some(v) => c.as_usize(&key("original_max_position_embeddings"), v)?,
                 None => c.usize_req("max_position_embeddings")?,
             };
             Some(YarnSpec {
                 factor,
                 original_max_position_embeddings: orig,
-                beta_fast: num("beta_fast").unwrap_or(32.0),
-                beta_slow: num("beta_slow").unwrap_or(1.0),
-                mscale: num("mscale").unwrap_or(1.0),
-                mscale_all_dim: num("mscale_all_dim").unwrap_or(0.0),
-                attention_factor: num("attention_factor"),
+                beta_fast: num("beta_fast")?.unwrap_or(32.0),
+                beta_slow: num("beta_slow")?.unwrap_or(1.0),
+                mscale: num("mscale")?.unwrap_or(1.0),
+                mscale_all_dim: num("mscale_all_dim")?.unwrap_or(0.0),
+                attention_factor: num("attention_factor")?,
             })
         }
         other => {
@@ -178,6 +255,7 @@ fn rope(c: &Cfg, arch: Architecture) -> Result<RopeSpec> {
 pub fn spec_from_hf_config(v: &Value, path: &Path) -> Result<ModelSpec> {
     let c = Cfg { v, path };
     let arch = architecture(&c)?;
+    check_supported(&c, arch)?;
     let heads = c.usize_req("num_attention_heads")?;
     let hidden = c.usize_req("hidden_size")?;
     let dtype = c
@@ -283,12 +361,8 @@ pub fn spec_from_hf_config(v: &Value, path: &Path) -> Result<ModelSpec> {
         )?,
         tie_word_embeddings: c.bool_or("tie_word_embeddings", false)?,
         dtype,
-        bos_token_id: c.usize_opt("bos_token_id")?.map(|x| x as u32),
-        eos_token_id: match c.get("eos_token_id") {
-            Some(Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
-            Some(x) => x.as_u64().map(|x| x as u32),
-            None => None,
-        },
+        bos_token_id: c.token_id("bos_token_id")?,
+        eos_token_id: c.token_id("eos_token_id")?,
         attention,
         rope: rope(&c, arch)?,
         moe,

@@ -2,6 +2,9 @@
 //! reads and their expected shapes. Executors, the shape check, the random-weight generator and
 //! `troupe inspect` all walk this one plan, so they cannot disagree about what a model contains.
 
+use std::ops::Range;
+
+use crate::error::{EngineError, Result};
 use crate::graph::spec::{Architecture, AttentionSpec, ModelSpec};
 
 /// One tensor a node reads: its checkpoint name and expected shape.
@@ -49,6 +52,15 @@ pub struct Node {
     /// Short role name inside the layer (`input_norm`, `attention`, `post_norm`, `mlp`, ...).
     pub role: &'static str,
     pub weights: Vec<WeightSpec>,
+}
+
+/// What a whole plan holds, as counted by [`Plan::totals`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanTotals {
+    /// Distinct weight tensors (a tied head counted once).
+    pub tensors: u64,
+    /// Parameters (elements of those tensors).
+    pub params: u64,
 }
 
 /// The compiled plan: nodes in execution order.
@@ -115,7 +127,12 @@ impl Plan {
                 role: "post_norm",
                 weights: vec![gain(format!("{p}.post_attention_layernorm.weight"), h)],
             });
-            nodes.push(ffn_node(spec, l, &p));
+            nodes.push(ffn_node(
+                spec,
+                l,
+                &p,
+                0..spec.moe.as_ref().map_or(0, |m| m.n_routed_experts),
+            ));
         }
         nodes.push(Node {
             layer: None,
@@ -138,6 +155,86 @@ impl Plan {
             spec: spec.clone(),
             nodes,
         }
+    }
+
+    /// The tensors and parameters [`Plan::compile`] would produce, counted from one layer of each
+    /// kind (and one routed expert) without building the plan, with checked arithmetic.
+    /// Call it on a spec whose dimensions are within the limits of `graph::validate` (which does).
+    pub fn totals(spec: &ModelSpec) -> Result<PlanTotals> {
+        let overflow = |what: &str| {
+            EngineError::spec(
+                "model",
+                format!("the number of {what} of the model overflows 64 bits"),
+            )
+        };
+        let count = |ws: &[WeightSpec]| -> Result<(u64, u64)> {
+            let mut params = 0u64;
+            for w in ws {
+                let n = w
+                    .shape
+                    .iter()
+                    .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+                    .ok_or_else(|| {
+                        EngineError::spec(
+                            "model",
+                            format!(
+                                "tensor `{}` of shape {:?} has more than 2^64 elements",
+                                w.name, w.shape
+                            ),
+                        )
+                    })?;
+                params = params
+                    .checked_add(n)
+                    .ok_or_else(|| overflow("parameters"))?;
+            }
+            Ok((ws.len() as u64, params))
+        };
+        let h = spec.hidden_size;
+        let mut ends = vec![
+            w("model.embed_tokens.weight".into(), vec![spec.vocab_size, h]),
+            gain("model.norm.weight".into(), h),
+        ];
+        if !spec.tie_word_embeddings {
+            ends.push(w("lm_head.weight".into(), vec![spec.vocab_size, h]));
+        }
+        let (mut tensors, mut params) = count(&ends)?;
+        let p = "model.layers.0";
+        let mut per_layer = vec![
+            gain(format!("{p}.input_layernorm.weight"), h),
+            gain(format!("{p}.post_attention_layernorm.weight"), h),
+        ];
+        per_layer.extend(attention_node(spec, 0, p).weights);
+        let (lt, lp) = count(&per_layer)?;
+        let layers = spec.num_hidden_layers as u64;
+        let mul = |a: u64, b: u64, what: &str| a.checked_mul(b).ok_or_else(|| overflow(what));
+        let add = |a: u64, b: u64, what: &str| a.checked_add(b).ok_or_else(|| overflow(what));
+        tensors = add(tensors, mul(lt, layers, "tensors")?, "tensors")?;
+        params = add(params, mul(lp, layers, "parameters")?, "parameters")?;
+        let moe_layers = spec.moe.as_ref().map_or(0, |m| {
+            spec.num_hidden_layers - m.first_k_dense_replace.min(spec.num_hidden_layers)
+        }) as u64;
+        let dense_layers = layers - moe_layers;
+        if dense_layers > 0 {
+            let (t, pr) = count(&ffn_node(spec, 0, p, 0..0).weights)?;
+            tensors = add(tensors, mul(t, dense_layers, "tensors")?, "tensors")?;
+            params = add(params, mul(pr, dense_layers, "parameters")?, "parameters")?;
+        }
+        if let (Some(m), true) = (&spec.moe, moe_layers > 0) {
+            let first = spec.num_hidden_layers - moe_layers as usize;
+            let node = ffn_node(spec, first, p, 0..1);
+            let (expert, other): (Vec<WeightSpec>, Vec<WeightSpec>) = node
+                .weights
+                .into_iter()
+                .partition(|w| w.name.contains(".experts."));
+            let (et, ep) = count(&expert)?;
+            let (ot, op) = count(&other)?;
+            let n = m.n_routed_experts as u64;
+            let t = add(ot, mul(et, n, "tensors")?, "tensors")?;
+            let pr = add(op, mul(ep, n, "parameters")?, "parameters")?;
+            tensors = add(tensors, mul(t, moe_layers, "tensors")?, "tensors")?;
+            params = add(params, mul(pr, moe_layers, "parameters")?, "parameters")?;
+        }
+        Ok(PlanTotals { tensors, params })
     }
 
     /// Every distinct tensor the plan reads (a tied head is listed once).
@@ -213,7 +310,8 @@ fn attention_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
     }
 }
 
-fn ffn_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
+/// The feed-forward node of layer `l`; an MoE node lists the routed experts in `experts` only.
+fn ffn_node(spec: &ModelSpec, l: usize, p: &str, experts: Range<usize>) -> Node {
     let h = spec.hidden_size;
     match (&spec.moe, spec.is_moe_layer(l)) {
         (Some(m), true) => {
@@ -234,7 +332,7 @@ fn ffn_node(spec: &ModelSpec, l: usize, p: &str) -> Node {
                     role: WeightRole::Bias,
                 });
             }
-            for e in 0..m.n_routed_experts {
+            for e in experts {
                 ws.extend(mlp_weights(
                     &format!("{base}.experts.{e}"),
                     h,

@@ -1,13 +1,13 @@
 //! `ModelSpec`: every hyper-parameter of the four supported families, as the `[model]` table of a
 //! graph file. Field names follow Hugging Face's config keys where one exists.
 //!
-//! `ModelSpec::validate` checks the cross-field invariants (divisibility, ranges) so later code can
-//! index without re-checking.
+//! `ModelSpec::validate` (in `graph::validate`) checks ranges, limits, finiteness and the
+//! cross-field invariants, so later code can index and multiply without re-checking.
 
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::DType;
-use crate::error::{EngineError, Result};
+pub use crate::params::{RopeLayout, Scoring, TopkMethod};
 
 /// The model families troupe runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,12 +70,14 @@ fn default_dtype() -> DType {
 }
 
 /// `[model.attention]`: MLA (DeepSeek) or grouped-query attention (Llama, Mixtral).
+///
+/// Read and written as one flat table whose `kind` says which fields apply ([`AttentionTable`]),
+/// so a bad value is reported at its own key (`model.attention.kv_lora_rank`), not at the table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "AttentionTable", into = "AttentionTable")]
 pub enum AttentionSpec {
     Mla {
         /// Rank of the query down-projection; absent = a full `q_proj` (DeepSeek-V2-Lite).
-        #[serde(default)]
         q_lora_rank: Option<usize>,
         kv_lora_rank: usize,
         qk_nope_head_dim: usize,
@@ -86,19 +88,118 @@ pub enum AttentionSpec {
         num_key_value_heads: usize,
         head_dim: usize,
         /// Each query attends to at most this many most recent positions (itself included).
-        #[serde(default)]
         sliding_window: Option<usize>,
     },
 }
 
-/// How rope pairs up the elements it rotates.
+/// The `kind` key of `[model.attention]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RopeLayout {
-    /// Pairs `(x[2i], x[2i+1])` (DeepSeek `rope_interleave`, V2's complex form).
-    Interleaved,
-    /// Pairs `(x[i], x[i + d/2])` (Llama/Mixtral `rotate_half`).
-    HalfSplit,
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKind {
+    Mla,
+    Gqa,
+}
+
+/// `[model.attention]` exactly as written in a graph file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionTable {
+    pub kind: Option<AttentionKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q_lora_rank: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_lora_rank: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qk_nope_head_dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qk_rope_head_dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v_head_dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+}
+
+impl TryFrom<AttentionTable> for AttentionSpec {
+    type Error = String;
+    fn try_from(t: AttentionTable) -> Result<Self, String> {
+        let need = |v: Option<usize>, key: &str, kind: &str| {
+            v.ok_or_else(|| format!("`model.attention.{key}` is required for kind = \"{kind}\""))
+        };
+        let refuse = |v: Option<usize>, key: &str, kind: &str| match v {
+            Some(_) => Err(format!(
+                "`model.attention.{key}` does not apply to kind = \"{kind}\""
+            )),
+            None => Ok(()),
+        };
+        match t.kind {
+            None => Err("`model.attention.kind` is required (\"mla\" or \"gqa\")".into()),
+            Some(AttentionKind::Mla) => {
+                refuse(t.num_key_value_heads, "num_key_value_heads", "mla")?;
+                refuse(t.head_dim, "head_dim", "mla")?;
+                refuse(t.sliding_window, "sliding_window", "mla")?;
+                Ok(AttentionSpec::Mla {
+                    q_lora_rank: t.q_lora_rank,
+                    kv_lora_rank: need(t.kv_lora_rank, "kv_lora_rank", "mla")?,
+                    qk_nope_head_dim: need(t.qk_nope_head_dim, "qk_nope_head_dim", "mla")?,
+                    qk_rope_head_dim: need(t.qk_rope_head_dim, "qk_rope_head_dim", "mla")?,
+                    v_head_dim: need(t.v_head_dim, "v_head_dim", "mla")?,
+                })
+            }
+            Some(AttentionKind::Gqa) => {
+                for (v, key) in [
+                    (t.q_lora_rank, "q_lora_rank"),
+                    (t.kv_lora_rank, "kv_lora_rank"),
+                    (t.qk_nope_head_dim, "qk_nope_head_dim"),
+                    (t.qk_rope_head_dim, "qk_rope_head_dim"),
+                    (t.v_head_dim, "v_head_dim"),
+                ] {
+                    refuse(v, key, "gqa")?;
+                }
+                Ok(AttentionSpec::Gqa {
+                    num_key_value_heads: need(t.num_key_value_heads, "num_key_value_heads", "gqa")?,
+                    head_dim: need(t.head_dim, "head_dim", "gqa")?,
+                    sliding_window: t.sliding_window,
+                })
+            }
+        }
+    }
+}
+
+impl From<AttentionSpec> for AttentionTable {
+    fn from(a: AttentionSpec) -> Self {
+        match a {
+            AttentionSpec::Mla {
+                q_lora_rank,
+                kv_lora_rank,
+                qk_nope_head_dim,
+                qk_rope_head_dim,
+                v_head_dim,
+            } => AttentionTable {
+                kind: Some(AttentionKind::Mla),
+                q_lora_rank,
+                kv_lora_rank: Some(kv_lora_rank),
+                qk_nope_head_dim: Some(qk_nope_head_dim),
+                qk_rope_head_dim: Some(qk_rope_head_dim),
+                v_head_dim: Some(v_head_dim),
+                ..Default::default()
+            },
+            AttentionSpec::Gqa {
+                num_key_value_heads,
+                head_dim,
+                sliding_window,
+            } => AttentionTable {
+                kind: Some(AttentionKind::Gqa),
+                num_key_value_heads: Some(num_key_value_heads),
+                head_dim: Some(head_dim),
+                sliding_window,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// `[model.rope]`.
@@ -138,26 +239,6 @@ fn default_beta_slow() -> f64 {
 }
 fn one() -> f64 {
     1.0
-}
-
-/// How the router turns logits into scores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scoring {
-    Softmax,
-    Sigmoid,
-}
-
-/// How the router picks experts from scores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TopkMethod {
-    /// Plain top-k over all experts.
-    Greedy,
-    /// DeepSeek-V2: groups scored by their max, top `topk_group` groups kept.
-    GroupLimitedGreedy,
-    /// DeepSeek-V3: scores + correction bias, groups scored by the sum of their top-2.
-    NoauxTc,
 }
 
 /// `[model.moe]`: routed and shared experts.
@@ -250,146 +331,6 @@ impl ModelSpec {
             }
         }
         scale
-    }
-
-    /// Checks ranges and divisibility; the error names the offending field.
-    pub fn validate(&self) -> Result<()> {
-        let pos = |field: &str, v: usize| -> Result<()> {
-            if v == 0 {
-                Err(EngineError::spec(field, "must be at least 1"))
-            } else {
-                Ok(())
-            }
-        };
-        pos("model.vocab_size", self.vocab_size)?;
-        pos("model.hidden_size", self.hidden_size)?;
-        pos("model.num_hidden_layers", self.num_hidden_layers)?;
-        pos("model.num_attention_heads", self.num_attention_heads)?;
-        pos(
-            "model.max_position_embeddings",
-            self.max_position_embeddings,
-        )?;
-        if !(self.rms_norm_eps > 0.0) {
-            return Err(EngineError::spec("model.rms_norm_eps", "must be > 0"));
-        }
-        if !(self.rope.theta > 0.0) {
-            return Err(EngineError::spec("model.rope.theta", "must be > 0"));
-        }
-        match &self.attention {
-            AttentionSpec::Mla {
-                q_lora_rank,
-                kv_lora_rank,
-                qk_nope_head_dim,
-                qk_rope_head_dim,
-                v_head_dim,
-            } => {
-                if let Some(r) = q_lora_rank {
-                    pos("model.attention.q_lora_rank", *r)?;
-                }
-                pos("model.attention.kv_lora_rank", *kv_lora_rank)?;
-                pos("model.attention.v_head_dim", *v_head_dim)?;
-                if qk_nope_head_dim + qk_rope_head_dim == 0 {
-                    return Err(EngineError::spec(
-                        "model.attention.qk_nope_head_dim",
-                        "qk_nope_head_dim + qk_rope_head_dim must be at least 1",
-                    ));
-                }
-                if qk_rope_head_dim % 2 != 0 {
-                    return Err(EngineError::spec(
-                        "model.attention.qk_rope_head_dim",
-                        "must be even (rope rotates pairs)",
-                    ));
-                }
-            }
-            AttentionSpec::Gqa {
-                num_key_value_heads,
-                head_dim,
-                sliding_window,
-            } => {
-                pos("model.attention.num_key_value_heads", *num_key_value_heads)?;
-                pos("model.attention.head_dim", *head_dim)?;
-                if self.num_attention_heads % num_key_value_heads != 0 {
-                    return Err(EngineError::spec(
-                        "model.attention.num_key_value_heads",
-                        format!(
-                            "{} query heads are not a multiple of {} kv heads",
-                            self.num_attention_heads, num_key_value_heads
-                        ),
-                    ));
-                }
-                if head_dim % 2 != 0 {
-                    return Err(EngineError::spec(
-                        "model.attention.head_dim",
-                        "must be even",
-                    ));
-                }
-                if let Some(w) = sliding_window {
-                    pos("model.attention.sliding_window", *w)?;
-                }
-            }
-        }
-        if let Some(y) = &self.rope.yarn {
-            if !(y.factor > 0.0) {
-                return Err(EngineError::spec("model.rope.yarn.factor", "must be > 0"));
-            }
-            pos(
-                "model.rope.yarn.original_max_position_embeddings",
-                y.original_max_position_embeddings,
-            )?;
-        }
-        if let Some(m) = &self.moe {
-            pos("model.moe.n_routed_experts", m.n_routed_experts)?;
-            pos("model.moe.moe_intermediate_size", m.moe_intermediate_size)?;
-            pos("model.moe.n_group", m.n_group)?;
-            if m.num_experts_per_tok == 0 || m.num_experts_per_tok > m.n_routed_experts {
-                return Err(EngineError::spec(
-                    "model.moe.num_experts_per_tok",
-                    format!("must be in 1..={}", m.n_routed_experts),
-                ));
-            }
-            if m.n_routed_experts % m.n_group != 0 {
-                return Err(EngineError::spec(
-                    "model.moe.n_group",
-                    format!(
-                        "{} experts do not split into {} groups",
-                        m.n_routed_experts, m.n_group
-                    ),
-                ));
-            }
-            if m.topk_group == 0 || m.topk_group > m.n_group {
-                return Err(EngineError::spec(
-                    "model.moe.topk_group",
-                    format!("must be in 1..={}", m.n_group),
-                ));
-            }
-            let per_group = m.n_routed_experts / m.n_group;
-            if m.topk_method == TopkMethod::NoauxTc && per_group < 2 && m.n_group > 1 {
-                return Err(EngineError::spec(
-                    "model.moe.n_group",
-                    "noaux_tc scores a group by its top-2, so each group needs at least 2 experts",
-                ));
-            }
-            if m.topk_method != TopkMethod::Greedy
-                && m.num_experts_per_tok > m.topk_group * per_group
-            {
-                return Err(EngineError::spec(
-                    "model.moe.num_experts_per_tok",
-                    "more experts per token than the kept groups hold",
-                ));
-            }
-            if m.first_k_dense_replace > self.num_hidden_layers {
-                return Err(EngineError::spec(
-                    "model.moe.first_k_dense_replace",
-                    "is larger than num_hidden_layers",
-                ));
-            }
-            if m.first_k_dense_replace > 0 || self.architecture == Architecture::Llama {
-                pos("model.intermediate_size", self.intermediate_size)?;
-            }
-        } else {
-            pos("model.intermediate_size", self.intermediate_size)?;
-        }
-        Ok(())
     }
 }
 

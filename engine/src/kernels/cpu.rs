@@ -1,9 +1,10 @@
 //! `CpuBackend`: the `Backend` implemented by the CPU kernels of this module.
 
 use crate::backend::{AttentionParams, Backend, RopeSlot, RouterRule, Routing};
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::kernels::{activation, attention, linear, norm, rope, router};
 use crate::tensor::Tensor;
+use crate::tokenizer::check_token_ids;
 use crate::weights::Weight;
 
 /// The CPU backend (AVX2+FMA when the processor has it, a portable path otherwise; both give the
@@ -23,15 +24,9 @@ impl Backend for CpuBackend {
     }
     fn embedding(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
         let (vocab, dim) = (table.rows(), table.cols());
+        check_token_ids(ids, vocab, 0)?;
         let mut out = Vec::with_capacity(ids.len() * dim);
-        for (pos, &id) in ids.iter().enumerate() {
-            if id as usize >= vocab {
-                return Err(EngineError::TokenOutOfRange {
-                    id: id as i64,
-                    position: pos,
-                    vocab,
-                });
-            }
+        for &id in ids {
             out.extend(table.row_f32(id as usize));
         }
         Tensor::matrix(ids.len(), dim, out)

@@ -1,8 +1,10 @@
 //! `linear`: `y = x @ W^T` for f32 activations and f32/bf16/f16 weights stored `[out, in]`.
 //!
-//! Parallel over blocks of weight rows (output columns) on the rayon pool; inside a block, 4×4
-//! register tiles of (x rows × weight rows). Every output element is one `dot` chain in the order
-//! fixed by [`super::dot`], so results do not depend on the batch size or the thread count.
+//! Parallel over blocks of weight rows (output columns) on the rayon pool; inside a block, register
+//! tiles of (x rows × weight rows): 1×4 for a single x row (a GEMV streams four weight rows at
+//! once), 2×2 otherwise (each load reused twice). Every output element is one `dot` chain in the
+//! order fixed by [`super::dot`], so results do not depend on the tiling, the batch size or the
+//! thread count.
 
 use rayon::prelude::*;
 

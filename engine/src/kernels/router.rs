@@ -1,15 +1,25 @@
-//! MoE routers: raw gate logits → the chosen experts and their weights, mirroring HF exactly:
-//! - Mixtral: softmax over all experts, top-k, renormalised to sum 1;
+//! MoE routers: raw gate logits → the chosen experts and their weights.
+//! - Mixtral: softmax over all experts, top-k, renormalised to sum 1 (as HF);
 //! - DeepSeek-V2: softmax, plain top-k (`greedy`) or group-limited by group max, × routed scaling,
-//!   never renormalised;
+//!   never renormalised (as HF; experts of dropped groups are filled with 0.0 as HF does, which
+//!   cannot outrank a kept softmax score);
 //! - DeepSeek-V3 (`noaux_tc`): sigmoid, + correction bias for the choice only, groups scored by
 //!   the sum of their top-2, top `topk_group` groups kept, top-k, weights = unbiased sigmoid,
 //!   optionally divided by (sum + 1e-20), × routed scaling.
+//!
+//! **Where troupe differs from HF on purpose**: for `noaux_tc` the experts of dropped groups get
+//! `-inf`, as DeepSeek's own inference code does (`masked_fill_(mask, float("-inf"))` in
+//! DeepSeek-V3's `model.py`), where transformers' `DeepseekV3` fills them with 0.0. The two pick
+//! the same experts whenever the k best kept experts have biased scores ≥ 0; they differ when a negative
+//! `e_score_correction_bias` pushes a kept expert below 0, where HF's 0.0 lets an expert of a
+//! *dropped* group win — which contradicts group-limited routing (and, in DeepSeek's deployment,
+//! would send the token to a node it was meant to avoid). Test: `engine/tests/it/router.rs`.
+//!
 //! Ties break towards the lower expert id. All in f32, one row at a time.
 
-use crate::backend::{RouterRule, Routing};
+use crate::backend::Routing;
 use crate::error::{EngineError, Result};
-use crate::graph::spec::{Scoring, TopkMethod};
+use crate::params::{RouterRule, Scoring, TopkMethod};
 use crate::tensor::Tensor;
 
 /// Indices of the `k` largest values (ties → lower index), in descending order of value.

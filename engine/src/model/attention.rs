@@ -3,8 +3,8 @@
 
 use crate::backend::{AttentionParams, Backend, RopeSlot};
 use crate::error::Result;
-use crate::kernels::rope::RopeTable;
 use crate::model::cache::{KvCache, LatentKvCache, LayerCache};
+use crate::params::RopeTable;
 use crate::tensor::Tensor;
 use crate::weights::Weight;
 
@@ -102,8 +102,8 @@ impl Attention {
                 m.forward(be, x, &positions, c, rope, form)
             }
             (Attention::Gqa(g), LayerCache::Kv(c)) => g.forward(be, x, &positions, c, rope),
-            _ => Err(crate::error::EngineError::Invalid(
-                "attention block given the wrong cache kind".into(),
+            _ => Err(crate::error::EngineError::internal(
+                "attention block given the wrong cache kind",
             )),
         }
     }

@@ -11,10 +11,10 @@ use crate::error::{EngineError, Result};
 use crate::graph::file::{LoadedGraph, WeightsSource};
 use crate::graph::ir::{NodeKind, Plan, WeightRole};
 use crate::graph::spec::{AttentionSpec, ModelSpec};
-use crate::kernels::rope::RopeTable;
 use crate::model::attention::{Attention, GqaAttention, MlaAttention, MlaQuery};
 use crate::model::ffn::{FeedForward, Mlp, MoeBlock, Router};
 use crate::model::{DecoderLayer, Model};
+use crate::params::RopeTable;
 use crate::weights::random::{random_weight, RandomInit};
 use crate::weights::{Checkpoint, Weight};
 
@@ -51,7 +51,7 @@ fn collect_weights(
                         };
                         random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
                     })
-                    .collect();
+                    .collect::<Result<_>>()?;
                 for w in made {
                     out.insert(w.name().to_string(), w);
                 }
@@ -63,7 +63,11 @@ fn collect_weights(
                 WeightsSource::HfDir(d) => Checkpoint::open_dir(d)?,
                 WeightsSource::Files(f) => Checkpoint::open_files(f)?,
                 WeightsSource::Index(i) => Checkpoint::open_index(i)?,
-                WeightsSource::Random(_) => unreachable!("handled above"),
+                WeightsSource::Random(_) => {
+                    return Err(EngineError::internal(
+                        "random weights reached the checkpoint path",
+                    ))
+                }
             };
             for (i, s) in specs.iter().enumerate() {
                 let w = ck.get(&s.name)?;
@@ -214,10 +218,9 @@ fn attention(
 }
 
 fn moe(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Result<MoeBlock> {
-    let m = spec
-        .moe
-        .as_ref()
-        .ok_or_else(|| EngineError::spec("model.moe", "an MoE layer needs [model.moe]"))?;
+    let m = spec.moe.as_ref().ok_or_else(|| {
+        EngineError::internal("the plan has an MoE layer but the spec no [model.moe]")
+    })?;
     let gate = take.get(&ws[0].name)?;
     let (bias, mut i) = if ws.get(1).is_some_and(|w| w.role == WeightRole::Bias) {
         (Some(take.get(&ws[1].name)?.to_f32_vec()), 2)
@@ -288,7 +291,7 @@ impl Model {
                     let (Some(input_norm), Some(attention), Some(post_norm)) =
                         (pending.0.take(), pending.1.take(), pending.2.take())
                     else {
-                        return Err(EngineError::Invalid("plan out of order".into()));
+                        return Err(EngineError::internal("plan out of order"));
                     };
                     layers.push(DecoderLayer {
                         index: layers.len(),
@@ -303,8 +306,8 @@ impl Model {
         }
         let rope_dim = spec.attention_dims().rope_dim;
         let (Some(embed), Some(norm), Some(lm_head)) = (embed, norm, lm_head) else {
-            return Err(EngineError::Invalid(
-                "plan lacks embedding, final norm or head".into(),
+            return Err(EngineError::internal(
+                "plan lacks embedding, final norm or head",
             ));
         };
         Ok(Model {

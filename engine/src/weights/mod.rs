@@ -2,6 +2,7 @@
 
 pub mod random;
 mod safetensors_file;
+pub mod safetensors_header;
 mod weight;
 
 pub use safetensors_file::Checkpoint;

@@ -2,6 +2,8 @@
 //! on (seed, tensor name), never on load order or thread count.
 
 use crate::dtype::{f32_to_bf16, f32_to_f16, DType};
+use crate::error::Result;
+use crate::weights::weight::try_alloc_words;
 use crate::weights::Weight;
 
 /// SplitMix64: small, fast, and good enough for initialisation.
@@ -22,10 +24,6 @@ impl SplitMix64 {
     /// Uniform in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller, cosine branch).
-    pub fn next_normal(&mut self) -> f64 {
-        self.next_normal_pair().0
     }
     /// Two independent standard normals (both Box–Muller branches).
     pub fn next_normal_pair(&mut self) -> (f64, f64) {
@@ -55,39 +53,54 @@ pub enum RandomInit {
     Zeros,
 }
 
-/// Generates one tensor.
+/// Generates one tensor, straight into the weight's own buffer (one allocation, which fails
+/// with an error naming the tensor rather than aborting).
 pub fn random_weight(
     name: &str,
     shape: Vec<usize>,
     dtype: DType,
     init: RandomInit,
     seed: u64,
-) -> Weight {
+) -> Result<Weight> {
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::new(seed ^ name_hash(name));
-    let values: Vec<f32> = match init {
-        RandomInit::Normal(std) => {
-            let mut v = Vec::with_capacity(n + 1);
-            while v.len() < n {
+    // Element i of the tensor, in generation order; normals come in pairs (both Box–Muller
+    // branches), so elements 2k and 2k+1 share one draw whatever the dtype.
+    let mut pair = |_: usize| -> (f32, f32) {
+        match init {
+            RandomInit::Normal(std) => {
                 let (a, b) = rng.next_normal_pair();
-                v.push((a * std as f64) as f32);
-                v.push((b * std as f64) as f32);
+                ((a * std as f64) as f32, (b * std as f64) as f32)
             }
-            v.truncate(n);
-            v
+            RandomInit::Ones => (1.0, 1.0),
+            RandomInit::Zeros => (0.0, 0.0),
         }
-        RandomInit::Ones => vec![1.0; n],
-        RandomInit::Zeros => vec![0.0; n],
     };
-    match dtype {
-        DType::F32 => Weight::from_f32(name, shape, &values),
-        DType::BF16 => {
-            let bits: Vec<u16> = values.iter().map(|&v| f32_to_bf16(v)).collect();
-            Weight::from_u16(name, dtype, shape, &bits)
+    let words = match dtype {
+        DType::F32 => {
+            let mut w = try_alloc_words(name, n + 1)?;
+            w.extend((0..n.div_ceil(2)).flat_map(|k| {
+                let (a, b) = pair(k);
+                [a.to_bits(), b.to_bits()]
+            }));
+            w.truncate(n);
+            w
         }
-        DType::F16 => {
-            let bits: Vec<u16> = values.iter().map(|&v| f32_to_f16(v)).collect();
-            Weight::from_u16(name, dtype, shape, &bits)
+        DType::BF16 | DType::F16 => {
+            let bits: fn(f32) -> u16 = if dtype == DType::BF16 {
+                f32_to_bf16
+            } else {
+                f32_to_f16
+            };
+            let mut w = try_alloc_words(name, n.div_ceil(2))?;
+            w.extend((0..n.div_ceil(2)).map(|k| {
+                let (a, b) = pair(k);
+                // An odd tail leaves the high half zero, as the packed layout expects.
+                let high = if 2 * k + 1 < n { bits(b) } else { 0 };
+                bits(a) as u32 | (high as u32) << 16
+            }));
+            w
         }
-    }
+    };
+    Ok(Weight::from_words(name, dtype, shape, words))
 }

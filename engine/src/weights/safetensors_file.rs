@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, SafeTensors};
+use safetensors::tensor::Dtype as StDtype;
 
 use crate::dtype::DType;
 use crate::error::{EngineError, Result};
+use crate::files::{read_text_capped, regular_file_size, MAX_INDEX_BYTES};
+use crate::weights::safetensors_header::parse_header;
 use crate::weights::Weight;
 
 /// All tensors of a checkpoint, by name.
@@ -34,7 +36,7 @@ impl Checkpoint {
 
     /// Opens the shards listed by a `model.safetensors.index.json`.
     pub fn open_index(index: &Path) -> Result<Checkpoint> {
-        let text = std::fs::read_to_string(index).map_err(|e| EngineError::io(index, e))?;
+        let text = read_text_capped(index, MAX_INDEX_BYTES, "a safetensors index")?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Json {
             path: index.to_path_buf(),
             message: e.to_string(),
@@ -99,36 +101,30 @@ impl Checkpoint {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
+        regular_file_size(path)?;
         let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is not
         // truncated or rewritten by another process while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
         let map = Arc::new(map);
-        let bad = |message: String| EngineError::Safetensors {
+        let entries = parse_header(&map).map_err(|message| EngineError::Safetensors {
             path: path.to_path_buf(),
             message,
-        };
-        let st = SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
-        let (header_len, _) = SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
-        let data_start = 8 + header_len;
-        for (name, view) in st.tensors() {
-            let dtype = match view.dtype() {
+        })?;
+        for e in entries {
+            let dtype = match e.dtype {
                 StDtype::F32 => DType::F32,
                 StDtype::BF16 => DType::BF16,
                 StDtype::F16 => DType::F16,
                 other => {
-                    self.unsupported.insert(name, format!("{other:?}"));
+                    self.unsupported.insert(e.name, format!("{other:?}"));
                     continue;
                 }
             };
-            let bytes = view.data();
-            let start = bytes.as_ptr() as usize - map.as_ptr() as usize;
-            debug_assert!(start >= data_start);
-            let end = start + bytes.len();
-            let shape = view.shape().to_vec();
-            self.tensors
-                .entry(name.clone())
-                .or_insert_with(|| Weight::mapped(&name, dtype, shape, map.clone(), start, end));
+            if !self.tensors.contains_key(&e.name) {
+                let w = Weight::mapped(&e.name, dtype, e.shape, map.clone(), e.start, e.end)?;
+                self.tensors.insert(e.name, w);
+            }
         }
         self.files.push(path.to_path_buf());
         Ok(())

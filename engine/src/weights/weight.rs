@@ -43,46 +43,26 @@ impl Weight {
         map: Arc<Mmap>,
         start: usize,
         end: usize,
-    ) -> Self {
+    ) -> Result<Self> {
         let aligned = (map.as_ptr() as usize + start) % dtype.size() == 0;
         if aligned {
-            Weight {
+            Ok(Weight {
                 name: name.into(),
                 dtype,
                 shape,
                 storage: Storage::Mapped { map, start, end },
-            }
+            })
         } else {
             Weight::from_bytes(name, dtype, shape, &map[start..end])
         }
     }
 
-    /// Copies raw little-endian bytes into an owned, aligned buffer.
-    pub fn from_bytes(name: &str, dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Self {
-        let mut words = vec![0u32; bytes.len().div_ceil(4)];
-        for (i, chunk) in bytes.chunks(4).enumerate() {
-            let mut w = [0u8; 4];
-            w[..chunk.len()].copy_from_slice(chunk);
-            words[i] = u32::from_le_bytes(w);
-        }
+    /// The one owned constructor: `words` hold the little-endian bytes, the first `len` used.
+    fn owned(name: &str, dtype: DType, shape: Vec<usize>, words: Vec<u32>, len: usize) -> Self {
+        debug_assert!(len <= words.len() * 4);
         Weight {
             name: name.into(),
             dtype,
-            shape,
-            storage: Storage::Owned {
-                words: Arc::new(words),
-                len: bytes.len(),
-            },
-        }
-    }
-
-    /// An f32 weight from values.
-    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
-        let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
-        let len = words.len() * 4;
-        Weight {
-            name: name.into(),
-            dtype: DType::F32,
             shape,
             storage: Storage::Owned {
                 words: Arc::new(words),
@@ -91,21 +71,37 @@ impl Weight {
         }
     }
 
+    /// An owned weight of `numel` elements from little-endian words (two 16-bit elements per
+    /// word, the low half first; one f32 per word), as the random generator produces them.
+    pub(crate) fn from_words(name: &str, dtype: DType, shape: Vec<usize>, words: Vec<u32>) -> Self {
+        let len = shape.iter().product::<usize>() * dtype.size();
+        Weight::owned(name, dtype, shape, words, len)
+    }
+
+    /// Copies raw little-endian bytes into an owned, aligned buffer.
+    pub fn from_bytes(name: &str, dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Self> {
+        let mut words = try_alloc_words(name, bytes.len().div_ceil(4))?;
+        words.extend(bytes.chunks(4).map(|chunk| {
+            let mut w = [0u8; 4];
+            w[..chunk.len()].copy_from_slice(chunk);
+            u32::from_le_bytes(w)
+        }));
+        Ok(Weight::owned(name, dtype, shape, words, bytes.len()))
+    }
+
+    /// An f32 weight from values.
+    pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
+        let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        Weight::owned(name, DType::F32, shape, words, values.len() * 4)
+    }
+
     /// A 16-bit weight (bf16 or f16) from raw bit patterns.
     pub fn from_u16(name: &str, dtype: DType, shape: Vec<usize>, bits: &[u16]) -> Self {
         let words: Vec<u32> = bits
             .chunks(2)
             .map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16)
             .collect();
-        Weight {
-            name: name.into(),
-            dtype,
-            shape,
-            storage: Storage::Owned {
-                words: Arc::new(words),
-                len: bits.len() * 2,
-            },
-        }
+        Weight::owned(name, dtype, shape, words, bits.len() * 2)
     }
 
     pub fn name(&self) -> &str {
@@ -204,4 +200,17 @@ impl Weight {
     pub fn nbytes(&self) -> usize {
         self.numel() * self.dtype.size()
     }
+}
+
+/// An empty buffer with room for `n` words, or an error naming the tensor when the allocation
+/// fails (instead of aborting the process).
+pub(crate) fn try_alloc_words(tensor: &str, n: usize) -> Result<Vec<u32>> {
+    let mut words = Vec::new();
+    words
+        .try_reserve_exact(n)
+        .map_err(|_| EngineError::OutOfMemory {
+            what: format!("tensor `{tensor}`"),
+            bytes: (n as u64).saturating_mul(4),
+        })?;
+    Ok(words)
 }

@@ -1,18 +1,16 @@
-//! The engine against Hugging Face transformers on the bundled fixtures (tests/fixtures, copied
+//! The engine against Hugging Face transformers on the bundled fixtures (tests/fixtures at the workspace root, copied
 //! from the shared reference set). Tolerances are the ones the fixture README measured and
 //! recommends; none is loosened here.
 
-mod common;
-
-use common::*;
-use troupe::engine::executor::{ForwardRecord, ReferenceExecutor, SeqChunk};
-use troupe::engine::generate::{generate, GenerateRequest};
-use troupe::engine::kernels::CpuBackend;
-use troupe::engine::model::{MlaForm, Model};
-use troupe::engine::sampling::SamplingParams;
+use crate::fixtures::*;
+use troupe_engine::executor::{ForwardRecord, ReferenceExecutor, SeqChunk};
+use troupe_engine::generate::{generate, GenerateRequest};
+use troupe_engine::kernels::CpuBackend;
+use troupe_engine::model::{MlaForm, Model};
+use troupe_engine::sampling::SamplingParams;
 
 fn load(case: &str) -> Model {
-    load_model(&case_dir(case))
+    load_model(&fixture(case))
 }
 
 /// For the bf16 case the engine computes in f32, so it is compared with the `_f32compute` arrays.

@@ -1,0 +1,14 @@
+//! troupe-engine's one integration-test binary: the engine against Hugging Face on the bundled
+//! fixtures, and focused tests of validation, config import, checkpoint loading, file reading,
+//! the router and the dot kernels. Fixtures are reached through [`fixtures::fixture`] only.
+
+mod checkpoint_errors;
+mod config_import;
+mod dot;
+mod fixtures;
+mod hf_extra;
+mod hf_reference;
+mod random_weights;
+mod requests;
+mod router;
+mod spec_validation;
