@@ -416,6 +416,32 @@ impl Machine<'_> {
         Ok(old)
     }
 
+    /// The bytes of the located access `a` in a writable space (global, shared, local),
+    /// bounds-checked (`None` when out of bounds or in another space); a shared access is
+    /// recorded with the race detector as `track`.
+    #[inline]
+    fn bytes_at(
+        &mut self,
+        w: &Warp,
+        lane: usize,
+        pc: u32,
+        a: Access,
+        track: Track,
+    ) -> Result<Option<&mut [u8]>, PtxError> {
+        let (off, size, n) = (a.off, a.size, a.size as usize);
+        Ok(match a.to {
+            Space::Global => self.gmem.slice_mut(off, n),
+            Space::Shared => {
+                let r = self.shared_range(w, lane, pc, (a.space, a.addr), off, size, track)?;
+                Some(&mut self.shared[r])
+            }
+            Space::Local => self
+                .local_range(w, lane, off, size)
+                .map(|o| &mut self.local[o..o + n]),
+            Space::Param | Space::Const | Space::Generic => None,
+        })
+    }
+
     /// Read the located access `a`; a shared read is recorded as `track`.
     #[inline]
     fn read_at(
@@ -426,32 +452,21 @@ impl Machine<'_> {
         a: Access,
         track: Track,
     ) -> Result<u64, PtxError> {
-        let (off, size, n) = (a.off, a.size, a.size as usize);
-        match a.to {
-            Space::Global => match self.gmem.slice(off, n) {
-                Some(b) => Ok(read_le(b)),
-                None => Err(self.oob_at(w, lane, pc, a)),
-            },
-            Space::Shared => {
-                let r = self.shared_range(w, lane, pc, (a.space, a.addr), off, size, track)?;
-                Ok(read_le(&self.shared[r]))
-            }
-            Space::Local => match self.local_range(w, lane, off, size) {
-                Some(o) => Ok(read_le(&self.local[o..o + n])),
-                None => Err(self.oob_at(w, lane, pc, a)),
-            },
-            Space::Param | Space::Const => {
-                let buf: &[u8] = if a.to == Space::Param {
-                    &self.params
-                } else {
-                    self.consts
-                };
-                match buf.get(off as usize..(off as usize).saturating_add(n)) {
-                    Some(b) if off < u32::MAX as u64 => Ok(read_le(b)),
-                    _ => Err(self.oob_at(w, lane, pc, a)),
-                }
-            }
-            Space::Generic => Err(self.oob_at(w, lane, pc, a)),
+        if let Space::Param | Space::Const = a.to {
+            let buf: &[u8] = if a.to == Space::Param {
+                &self.params
+            } else {
+                self.consts
+            };
+            let (off, n) = (a.off as usize, a.size as usize);
+            return match buf.get(off..off.saturating_add(n)) {
+                Some(b) if a.off < u32::MAX as u64 => Ok(read_le(b)),
+                _ => Err(self.oob_at(w, lane, pc, a)),
+            };
+        }
+        match self.bytes_at(w, lane, pc, a, track)? {
+            Some(b) => Ok(read_le(b)),
+            None => Err(self.oob_at(w, lane, pc, a)),
         }
     }
 
@@ -466,33 +481,16 @@ impl Machine<'_> {
         v: u64,
         track: Track,
     ) -> Result<(), PtxError> {
-        let (off, size, n) = (a.off, a.size, a.size as usize);
-        match a.to {
-            Space::Global => match self.gmem.slice_mut(off, n) {
-                Some(b) => {
-                    write_le(b, v);
-                    Ok(())
-                }
-                None => Err(self.oob_at(w, lane, pc, a)),
-            },
-            Space::Shared => {
-                let r = self.shared_range(w, lane, pc, (a.space, a.addr), off, size, track)?;
-                write_le(&mut self.shared[r], v);
+        if let sp @ (Space::Param | Space::Const | Space::Generic) = a.to {
+            let message = format!("store to read-only {sp} space at {:#x}", a.addr);
+            return Err(self.runtime(w, lane, pc, message));
+        }
+        match self.bytes_at(w, lane, pc, a, track)? {
+            Some(b) => {
+                write_le(b, v);
                 Ok(())
             }
-            Space::Local => match self.local_range(w, lane, off, size) {
-                Some(o) => {
-                    write_le(&mut self.local[o..o + n], v);
-                    Ok(())
-                }
-                None => Err(self.oob_at(w, lane, pc, a)),
-            },
-            sp => Err(self.runtime(
-                w,
-                lane,
-                pc,
-                format!("store to read-only {sp} space at {:#x}", a.addr),
-            )),
+            None => Err(self.oob_at(w, lane, pc, a)),
         }
     }
 }
