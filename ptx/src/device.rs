@@ -22,8 +22,6 @@ pub trait Device: Send + Sync {
     type Buf: Send + Sync;
     /// `cuda:0`, `ptx-interp`, ...
     fn name(&self) -> String;
-    /// Compute capability as `major * 10 + minor` (80 = sm_80); selects the kernel files loaded.
-    fn sm(&self) -> u32;
     /// A new buffer holding `bytes`.
     fn upload(&self, bytes: &[u8]) -> GpuResult<Self::Buf>;
     /// A new zero-filled buffer of `bytes` bytes.

@@ -33,8 +33,6 @@ pub enum GpuError {
     },
     #[error("no kernel named `{0}` in the embedded PTX library")]
     UnknownKernel(String),
-    #[error("PTX interpreter, kernel `{kernel}`: {message}")]
-    Interp { kernel: String, message: String },
     /// A fault reported by the PTX interpreter (parse error, bad launch, out-of-bounds access,
     /// shared-memory race, ...), kept typed so tests can match on it.
     #[error("PTX interpreter, kernel `{kernel}`: {error}")]

@@ -1,5 +1,6 @@
-//! `InterpDevice`: the `Device` trait on the PTX interpreter (`crate::interp`), and
-//! `InterpBackend`, the engine `Backend` on it (`--device ptx-interp`).
+//! `InterpDevice`: the adapter between troupe-ptx's `Device` trait and the PTX interpreter crate
+//! (`troupe-ptx-interp`, its `SimulatedGpu`), and `InterpBackend`, the engine `Backend` on it
+//! (`--device ptx-interp`).
 //!
 //! Each kernel file of the embedded library is parsed once, on its first launch, and cached. Launches
 //! use exactly the `Launch` the CUDA device gets (grid, block, dynamic shared memory), optionally
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::{Arg, Device};
 use crate::error::{GpuError, GpuResult};
-use crate::interp::{self, DevicePtr, LaunchConfig, Module, ParamValue};
+use crate::interp::{self, DevicePtr, LaunchConfig, Module, ParamValue, SimulatedGpu};
 use crate::kernels::{file_of, KernelFile};
 use crate::launch::Launch;
 use crate::ops::GpuBackend;
@@ -69,7 +70,7 @@ impl KernelStats {
 
 /// The PTX interpreter as a `Device`.
 pub struct InterpDevice {
-    mem: Arc<Mutex<interp::Device>>,
+    mem: Arc<Mutex<SimulatedGpu>>,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
     overrides: HashMap<&'static str, String>,
     stats: Mutex<HashMap<&'static str, KernelStats>>,
@@ -80,21 +81,7 @@ pub struct InterpDevice {
 pub struct InterpBuf {
     ptr: DevicePtr,
     bytes: usize,
-    mem: Arc<Mutex<interp::Device>>,
-}
-
-impl InterpBuf {
-    /// The device address (for tests that launch through the interpreter directly).
-    pub fn ptr(&self) -> DevicePtr {
-        self.ptr
-    }
-    /// Size in bytes as requested.
-    pub fn len(&self) -> usize {
-        self.bytes
-    }
-    pub fn is_empty(&self) -> bool {
-        self.bytes == 0
-    }
+    mem: Arc<Mutex<SimulatedGpu>>,
 }
 
 impl Drop for InterpBuf {
@@ -125,7 +112,7 @@ fn poisoned(what: &str) -> GpuError {
 impl InterpDevice {
     pub fn new(opts: InterpOptions) -> Self {
         InterpDevice {
-            mem: Arc::new(Mutex::new(interp::Device::new())),
+            mem: Arc::new(Mutex::new(SimulatedGpu::new())),
             modules: Mutex::new(HashMap::new()),
             overrides: HashMap::new(),
             stats: Mutex::new(HashMap::new()),
@@ -147,16 +134,12 @@ impl InterpDevice {
         Ok(self)
     }
 
-    pub fn options(&self) -> InterpOptions {
-        self.opts
-    }
-
     /// Statistics per kernel entry, accumulated since the device was created.
     pub fn stats(&self) -> HashMap<&'static str, KernelStats> {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn lock_mem(&self) -> GpuResult<MutexGuard<'_, interp::Device>> {
+    fn lock_mem(&self) -> GpuResult<MutexGuard<'_, SimulatedGpu>> {
         self.mem.lock().map_err(|_| poisoned("memory"))
     }
 
@@ -189,10 +172,6 @@ impl Device for InterpDevice {
 
     fn name(&self) -> String {
         "ptx-interp".into()
-    }
-
-    fn sm(&self) -> u32 {
-        self.opts.sm
     }
 
     fn upload(&self, bytes: &[u8]) -> GpuResult<InterpBuf> {

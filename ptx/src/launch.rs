@@ -21,7 +21,9 @@ pub const MAX_DYNAMIC_SHARED: usize = 48 * 1024;
 /// Grid y/z limit of every CUDA device.
 const MAX_GRID_YZ: usize = 65_535;
 
-fn u32_of(kernel: &str, field: &str, v: usize) -> GpuResult<u32> {
+/// `v` as the u32 a kernel parameter or launch dimension takes, or `GpuError::Limit` naming the
+/// kernel and field.
+pub(crate) fn u32_of(kernel: &str, field: &str, v: usize) -> GpuResult<u32> {
     u32::try_from(v).map_err(|_| GpuError::limit(kernel, field, v, "< 2^32"))
 }
 

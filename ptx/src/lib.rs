@@ -7,7 +7,8 @@
 //!   engine's `Backend` on any device;
 //! - [`cuda`]: the device on a CUDA stream via cudarc (dynamic loading; `GpuError::NoDriver` on
 //!   machines without a driver);
-//! - [`interp`]: a PTX interpreter; [`interp_device`] is the device on it (`--device ptx-interp`).
+//! - [`interp`]: the PTX interpreter, the `troupe-ptx-interp` crate (`ptx/interp/`), re-exported;
+//!   [`interp_device`] adapts it to the [`device::Device`] trait (`--device ptx-interp`).
 //!
 //! The CLI builds backends with [`cuda_backend`] and [`interp_backend`].
 //!
@@ -19,11 +20,13 @@
 pub mod cuda;
 pub mod device;
 pub mod error;
-pub mod interp;
 pub mod interp_device;
 pub mod kernels;
 pub mod launch;
 pub mod ops;
+
+/// The PTX interpreter crate (`ptx/interp/`), whose `PtxError` travels inside `GpuError::Ptx`.
+pub use troupe_ptx_interp as interp;
 
 use std::sync::Arc;
 

@@ -15,16 +15,12 @@ use troupe_engine::{EngineError, Result, Tensor};
 
 use crate::device::{bytes_f32, bytes_u32, f32_bytes, u32_bytes, Arg, Device};
 use crate::error::{to_engine, GpuError, GpuResult};
-use crate::launch;
+use crate::launch::{self, u32_of};
 
 /// The `Backend` on device `D`.
 pub struct GpuBackend<D: Device> {
     dev: D,
     weights: Mutex<HashMap<String, Arc<D::Buf>>>,
-}
-
-fn u32_of(kernel: &str, field: &str, v: usize) -> GpuResult<u32> {
-    u32::try_from(v).map_err(|_| GpuError::limit(kernel, field, v, "< 2^32"))
 }
 
 impl<D: Device> GpuBackend<D> {
@@ -39,8 +35,10 @@ impl<D: Device> GpuBackend<D> {
         &self.dev
     }
 
-    fn err(&self, e: GpuError) -> EngineError {
-        to_engine(&self.dev.name(), e)
+    /// Runs the device part of an op; a `GpuError` leaves through the `Backend` trait as the typed
+    /// `EngineError::Backend` source, naming this device.
+    fn on_device<T>(&self, run: impl FnOnce() -> GpuResult<T>) -> Result<T> {
+        run().map_err(|e| to_engine(&self.dev.name(), e))
     }
 
     /// The device copy of `w`; `as_f32` forces an f32 copy (norm weights, f16 embedding tables).
@@ -72,7 +70,7 @@ impl<D: Device> GpuBackend<D> {
 
     /// Greedy sampling on the device: per row, the lowest index of the maximum.
     pub fn argmax(&self, x: &Tensor) -> Result<Vec<u32>> {
-        (|| {
+        self.on_device(|| {
             let rows = x.rows();
             let xb = self.dev.upload(&f32_bytes(x.data()))?;
             let out = self.dev.alloc(rows * 4)?;
@@ -83,13 +81,12 @@ impl<D: Device> GpuBackend<D> {
                 &[
                     Arg::Buf(&out),
                     Arg::Buf(&xb),
-                    Arg::U32(rows as u32),
+                    Arg::U32(u32_of(l.kernel, "rows", rows)?),
                     Arg::U32(cols),
                 ],
             )?;
             Ok(bytes_u32(&self.dev.download(&out, rows * 4)?))
-        })()
-        .map_err(|e| self.err(e))
+        })
     }
 }
 
@@ -144,7 +141,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             )?;
             self.read_f32(&out, ids.len() * hidden)
         };
-        Tensor::matrix(ids.len(), hidden, run().map_err(|e| self.err(e))?)
+        Tensor::matrix(ids.len(), hidden, self.on_device(run)?)
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Weight, eps: f32) -> Result<Tensor> {
@@ -174,7 +171,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             )?;
             self.read_f32(&out, rows * cols)
         };
-        Tensor::new(x.shape().to_vec(), run().map_err(|e| self.err(e))?)
+        Tensor::new(x.shape().to_vec(), self.on_device(run)?)
     }
 
     fn linear(&self, x: &Tensor, weight: &Weight) -> Result<Tensor> {
@@ -205,7 +202,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             )?;
             self.read_f32(&out, m * n)
         };
-        Tensor::matrix(m, n, run().map_err(|e| self.err(e))?)
+        Tensor::matrix(m, n, self.on_device(run)?)
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -230,7 +227,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             )?;
             self.read_f32(&out, n)
         };
-        Tensor::new(gate.shape().to_vec(), run().map_err(|e| self.err(e))?)
+        Tensor::new(gate.shape().to_vec(), self.on_device(run)?)
     }
 
     fn rope(
@@ -292,7 +289,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             )?;
             self.read_f32(&xb, rows * cols)
         };
-        let v = run().map_err(|e| self.err(e))?;
+        let v = self.on_device(run)?;
         x.data_mut().copy_from_slice(&v);
         Ok(())
     }
@@ -367,7 +364,7 @@ impl<D: Device> Backend for GpuBackend<D> {
             )?;
             self.read_f32(&out, tq * p.heads * p.v_dim)
         };
-        Tensor::matrix(tq, p.heads * p.v_dim, run().map_err(|e| self.err(e))?)
+        Tensor::matrix(tq, p.heads * p.v_dim, self.on_device(run)?)
     }
 
     fn route(&self, logits: &Tensor, rule: &RouterRule, bias: Option<&[f32]>) -> Result<Routing> {
@@ -434,7 +431,7 @@ impl<D: Device> Backend for GpuBackend<D> {
                 bytes_f32(&self.dev.download(&ws, bytes)?),
             ))
         };
-        let (ids, ws) = run().map_err(|err| self.err(err))?;
+        let (ids, ws) = self.on_device(run)?;
         let k = rule.top_k.max(1);
         Ok(Routing {
             ids: ids.chunks(k).map(|c| c.to_vec()).collect(),
