@@ -1,9 +1,8 @@
 //! Bad placements, schedules, fault specs and prompts give a clear error naming the field —
 //! never a panic or a hang.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use troupe_actors::{ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
 
 fn start_err(placement: &str, schedule: &str, cfg: RuntimeConfig) -> ActorError {
