@@ -29,7 +29,11 @@ pub struct GenerateOutput {
 /// Validates a request against the model before any compute.
 pub fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
     check_chunk(model, &r.prompt, 0)?;
-    let need = r.prompt.len() + r.max_new_tokens.saturating_sub(1);
+    // Saturating: `max_new_tokens` near usize::MAX must be too long, not wrap to a short length.
+    let need = r
+        .prompt
+        .len()
+        .saturating_add(r.max_new_tokens.saturating_sub(1));
     let limit = model.spec.max_position_embeddings;
     if need > limit {
         return Err(EngineError::TooLong { len: need, limit });
