@@ -2,7 +2,6 @@
 //! `RuntimeOptions::backends` (troupe-actors itself never links troupe-ptx). On the PTX
 //! interpreter the actor runtime gives the reference executor's tokens and logits on that device.
 
-
 use std::sync::Arc;
 
 use crate::common::*;

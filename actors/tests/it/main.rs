@@ -7,6 +7,7 @@ mod common;
 mod determinism;
 mod devices;
 mod nodes;
+mod non_finite;
 mod observability;
 mod service;
 mod stage_restart;

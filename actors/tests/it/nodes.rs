@@ -2,7 +2,6 @@
 //! router and an expert group on another node go over it, same-node transfers never do. Outputs
 //! are bit-identical either way.
 
-
 use std::sync::atomic::Ordering;
 
 use crate::common::*;

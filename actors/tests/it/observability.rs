@@ -1,7 +1,6 @@
 //! Traces and metrics: the Chrome trace has non-overlapping spans per stream and every request's
 //! steps; the Prometheus listener serves the runtime's metrics on loopback.
 
-
 use std::io::{Read, Write};
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! The async library API: concurrent requests on one `Engine` are batched continuously and each
 //! token stream equals the reference executor's tokens.
 
-
 use crate::common::*;
 use troupe_actors::{Engine, FaultPlan, RuntimeConfig, RuntimeOptions};
 

@@ -2,7 +2,6 @@
 //! replaces its children and re-issues the stage's calls in flight — outputs stay bit-identical.
 //! A stage failing past the restart budget fails the requests with `ActorDown`.
 
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -1,7 +1,6 @@
 //! Supervision without loss: injected panics and hangs are restarted and re-issued, and the
 //! outputs stay bit-identical; an actor failing repeatedly fails only the requests needing it.
 
-
 use std::time::Duration;
 
 use crate::common::*;
