@@ -32,20 +32,6 @@ impl SeqCaches {
     }
 }
 
-/// Drops cached positions `len..` — makes re-issued attention idempotent.
-pub fn truncate_cache(c: &mut LayerCache, len: usize) {
-    match c {
-        LayerCache::Latent(l) => {
-            l.latent.truncate(len * l.kv_lora);
-            l.rope_key.truncate(len * l.rope);
-        }
-        LayerCache::Kv(k) => {
-            k.k.truncate(len * k.k_width);
-            k.v.truncate(len * k.v_width);
-        }
-    }
-}
-
 /// One sequence inside a micro-batch.
 #[derive(Clone, Debug)]
 pub struct MbSeq {

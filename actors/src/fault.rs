@@ -3,6 +3,10 @@
 //! use the programmatic form: the environment is process-global). `after:N` lets the actor
 //! handle N messages (attempts, re-issues included) and fails the next one; `times:K` (default 1)
 //! fails K attempts in a row, which is how "an actor failing repeatedly" is produced.
+//!
+//! [`FaultPlan::from_env`] is the one public check of `TROUPE_FAULT`: a malformed value (bad
+//! syntax, a repeated key, a number out of range, non-UTF-8 bytes) is an `ActorError::Fault`
+//! whatever runtime runs, so front-ends call it even when they do not start the actors.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,11 +48,17 @@ impl FaultPlan {
                 message: m,
             };
             let (mut actor, mut after, mut kind, mut times) = (None, None, None, 1usize);
+            let mut seen: Vec<&str> = Vec::new();
             for kv in part.split(',').map(str::trim) {
                 let (k, v) = kv
                     .split_once(':')
                     .ok_or_else(|| err(format!("`{kv}` is not `key:value`")))?;
-                match k.trim() {
+                let k = k.trim();
+                if seen.contains(&k) {
+                    return Err(err(format!("key `{k}` is given twice")));
+                }
+                seen.push(k);
+                match k {
                     "actor" if !v.trim().is_empty() => actor = Some(v.trim().to_string()),
                     "actor" => return Err(err("`actor` is empty".into())),
                     "after" => {
@@ -90,11 +100,15 @@ impl FaultPlan {
         Ok(FaultPlan { faults })
     }
 
-    /// `TROUPE_FAULT` from the environment (unset → no faults).
+    /// `TROUPE_FAULT` from the environment (unset → no faults; malformed → `ActorError::Fault`).
     pub fn from_env() -> Result<FaultPlan> {
         match std::env::var("TROUPE_FAULT") {
             Ok(s) => FaultPlan::parse(&s),
-            Err(_) => Ok(FaultPlan::default()),
+            Err(std::env::VarError::NotPresent) => Ok(FaultPlan::default()),
+            Err(std::env::VarError::NotUnicode(raw)) => Err(ActorError::Fault {
+                spec: raw.to_string_lossy().into_owned(),
+                message: "TROUPE_FAULT is not valid UTF-8".into(),
+            }),
         }
     }
 
@@ -161,7 +175,7 @@ impl FaultTrigger {
         let hit = self
             .rules
             .iter()
-            .find(|r| n >= r.after && n < r.after + r.times)
+            .find(|r| n.checked_sub(r.after).is_some_and(|k| k < r.times))
             .map(|r| r.kind);
         if hit.is_some() {
             self.fired.fetch_add(1, Ordering::SeqCst);
@@ -171,5 +185,64 @@ impl FaultTrigger {
     /// How many faults fired so far.
     pub fn fired(&self) -> usize {
         self.fired.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(spec: &str) -> String {
+        match FaultPlan::parse(spec) {
+            Err(ActorError::Fault { message, .. }) => message,
+            other => panic!("{spec}: expected a fault-spec error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_keys_and_out_of_range_numbers_are_rejected() {
+        assert!(message("actor:a,actor:b,after:1,kind:panic").contains("`actor` is given twice"));
+        assert!(message("actor:a,after:1,after:2,kind:panic").contains("`after` is given twice"));
+        assert!(message("actor:a,after:99999999999999999999999,kind:panic").contains("after:"));
+        assert!(message("actor:a,after:-1,kind:panic").contains("after:"));
+        assert!(message("actor:a,after:1,kind:panic,times:0").contains("times:"));
+    }
+
+    #[test]
+    fn a_rule_at_the_end_of_the_counter_range_fires_without_overflow() {
+        let plan = FaultPlan::parse(&format!(
+            "actor:a,after:{},kind:panic,times:{}",
+            usize::MAX - 1,
+            usize::MAX
+        ))
+        .expect("valid spec");
+        let t = plan.trigger_for("a").expect("trigger");
+        t.attempts.store(usize::MAX - 2, Ordering::SeqCst);
+        assert_eq!(t.on_attempt(), None);
+        assert_eq!(t.on_attempt(), Some(FaultKind::Panic));
+        assert_eq!(t.fired(), 1);
+    }
+}
+
+#[cfg(all(test, unix))]
+mod env_tests {
+    use super::*;
+
+    /// The only unit test touching `TROUPE_FAULT` (the environment is process-global).
+    #[test]
+    fn from_env_rejects_a_malformed_or_non_utf8_value() {
+        use std::os::unix::ffi::OsStrExt;
+        std::env::set_var("TROUPE_FAULT", "actor:x,after:1,kind:explode");
+        let bad = FaultPlan::from_env();
+        std::env::set_var("TROUPE_FAULT", std::ffi::OsStr::from_bytes(b"actor:\xff"));
+        let not_utf8 = FaultPlan::from_env();
+        std::env::remove_var("TROUPE_FAULT");
+        let unset = FaultPlan::from_env();
+        assert!(matches!(bad, Err(ActorError::Fault { .. })), "{bad:?}");
+        match not_utf8 {
+            Err(ActorError::Fault { message, .. }) => assert!(message.contains("UTF-8")),
+            other => panic!("non-UTF-8 TROUPE_FAULT: {other:?}"),
+        }
+        assert_eq!(unset.expect("unset"), FaultPlan::default());
     }
 }

@@ -9,11 +9,14 @@
 //! API), [`schedule::Schedule`] (write your own), [`bench`].
 
 pub mod actors;
+#[cfg(test)]
+mod alloc_probe;
 pub mod batch;
 pub mod batcher;
 pub mod bench;
 pub mod error;
 pub mod fault;
+pub mod inflight;
 pub mod link;
 pub mod metrics;
 pub mod overlap;

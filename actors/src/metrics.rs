@@ -6,14 +6,25 @@
 //! - `troupe_expert_tokens_total{layer,expert}` (rows dispatched to each routed expert);
 //! - `troupe_tokens_generated_total`, `troupe_tokens_per_second` (last decode step),
 //!   `troupe_forward_passes_total`.
+//!
+//! The per-message and per-step metrics use handles registered once (per actor when it is
+//! built, per layer and expert on first use) so their labels are not re-allocated on every
+//! message: with no recorder installed, recording allocates nothing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use metrics::{Counter, Gauge};
+
 use crate::error::{ActorError, Result};
 
 static INSTALLED: OnceLock<Mutex<Option<SocketAddr>>> = OnceLock::new();
+
+/// `troupe_expert_tokens_total` handles by (layer, expert), registered on first use; emptied
+/// when [`serve_prometheus`] installs its recorder (handles registered before are no-ops).
+static EXPERT_TOKENS: Mutex<Option<HashMap<(usize, usize), Counter>>> = Mutex::new(None);
 
 /// Installs the Prometheus recorder and serves `/metrics` on `addr`. The recorder is
 /// process-global: a second call with the same address is a no-op, another address is an error.
@@ -40,15 +51,32 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<()> {
     .map_err(|_| ActorError::Startup("metrics exporter thread panicked".into()))?;
     r.map_err(|e| ActorError::Startup(format!("metrics listener on {addr}: {e}")))?;
     *g = Some(addr);
+    *EXPERT_TOKENS.lock().unwrap_or_else(|p| p.into_inner()) = None;
     Ok(())
 }
 
-pub(crate) fn actor_message(actor: &str, busy: Duration, queue_depth: usize) {
-    metrics::counter!("troupe_actor_messages_total", "actor" => actor.to_string()).increment(1);
-    metrics::counter!("troupe_actor_busy_microseconds_total", "actor" => actor.to_string())
-        .increment(busy.as_micros() as u64);
-    metrics::gauge!("troupe_actor_queue_depth", "actor" => actor.to_string())
-        .set(queue_depth as f64);
+/// The per-message metrics of one block actor, registered when the actor is built.
+#[derive(Clone)]
+pub(crate) struct ActorMetrics {
+    messages: Counter,
+    busy_us: Counter,
+    queue_depth: Gauge,
+}
+
+impl ActorMetrics {
+    pub(crate) fn new(actor: &str) -> Self {
+        ActorMetrics {
+            messages: metrics::counter!("troupe_actor_messages_total", "actor" => actor.to_string()),
+            busy_us: metrics::counter!("troupe_actor_busy_microseconds_total", "actor" => actor.to_string()),
+            queue_depth: metrics::gauge!("troupe_actor_queue_depth", "actor" => actor.to_string()),
+        }
+    }
+    /// One message handled in `busy`, with `queue_depth` envelopes waiting when it was taken.
+    pub(crate) fn message(&self, busy: Duration, queue_depth: usize) {
+        self.messages.increment(1);
+        self.busy_us.increment(busy.as_micros() as u64);
+        self.queue_depth.set(queue_depth as f64);
+    }
 }
 
 pub(crate) fn actor_restart(actor: &str) {
@@ -60,7 +88,11 @@ pub(crate) fn actor_down(actor: &str) {
 }
 
 pub(crate) fn expert_tokens(layer: usize, expert: usize, rows: usize) {
-    metrics::counter!("troupe_expert_tokens_total", "layer" => layer.to_string(), "expert" => expert.to_string()).increment(rows as u64);
+    let mut g = EXPERT_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(HashMap::new)
+        .entry((layer, expert))
+        .or_insert_with(|| metrics::counter!("troupe_expert_tokens_total", "layer" => layer.to_string(), "expert" => expert.to_string()))
+        .increment(rows as u64);
 }
 
 pub(crate) fn step_done(tokens: usize, elapsed: Duration) {

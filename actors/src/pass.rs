@@ -126,13 +126,16 @@ impl<'a> ForwardPass<'a> {
             seqs: mb_seqs,
         });
         let model = self.core.model.clone();
-        let tags = SpanTags {
-            name: "embed",
-            actor: "stage0".into(),
-            micro_batch: Some(id),
-            step: Some(self.step),
-            requests: info.requests(),
-            ..SpanTags::default()
+        let tags = match self.core.tracer {
+            Some(_) => SpanTags {
+                name: "embed",
+                actor: "stage0".into(),
+                micro_batch: Some(id),
+                step: Some(self.step),
+                requests: info.requests(),
+                ..SpanTags::default()
+            },
+            None => SpanTags::named("embed"),
         };
         let x = self
             .core
@@ -301,12 +304,15 @@ pub fn run_pass(
     let x = Tensor::concat_rows(&parts).map_err(|e| fail(e.into()))?;
     let model = core.model.clone();
     let last = core.placement.stages.len() - 1;
-    let tags = SpanTags {
-        name: "head",
-        actor: format!("stage{last}"),
-        step: Some(pass.step),
-        requests: pass.seqs.iter().map(|s| s.request).collect(),
-        ..SpanTags::default()
+    let tags = match core.tracer {
+        Some(_) => SpanTags {
+            name: "head",
+            actor: format!("stage{last}"),
+            step: Some(pass.step),
+            requests: pass.seqs.iter().map(|s| s.request).collect(),
+            ..SpanTags::default()
+        },
+        None => SpanTags::named("head"),
     };
     core.stage_stream(last)
         .run_blocking(tags, move |be| model.head(be, &x))

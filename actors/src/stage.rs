@@ -3,12 +3,11 @@
 //! to its layers by calling the attention / router / MLP actors in order, then hands the
 //! micro-batch to the next stage's channel or replies. Calls run concurrently (one task each), so
 //! two micro-batches can be in different blocks of one stage at once. Calls in progress are kept in
-//! a `StageInflight` outside the stage actor: a restarted stage re-issues them from their first op
+//! a `StageInflight` (an `InflightSet`) outside the stage actor: a restarted stage re-issues them from their first op
 //! (blocks are pure and attention truncates the KV cache first, so a re-run gives the same bits).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ractor::ActorRef;
 
@@ -21,6 +20,7 @@ use crate::actors::{call, Envelope, Meta};
 use crate::batch::MbInfo;
 use crate::error::{ActorError, Result};
 use crate::fault::FaultTrigger;
+use crate::inflight::InflightSet;
 use crate::schedule::Op;
 use crate::supervisor::StageMsg;
 
@@ -54,54 +54,7 @@ impl Wiring {
 }
 
 /// The calls a stage is working on; outlives stage instances, so a restarted stage re-issues them.
-#[derive(Default)]
-pub struct StageInflight {
-    calls: Mutex<Vec<(u64, StageCall, Option<tokio::task::AbortHandle>)>>,
-    next: AtomicU64,
-}
-
-impl StageInflight {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<(u64, StageCall, Option<tokio::task::AbortHandle>)>> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn add(&self, c: StageCall) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().push((id, c, None));
-        id
-    }
-    /// Takes every call for re-issue (aborting the tasks of the previous instance).
-    pub fn reissue(&self) -> Vec<(u64, StageCall)> {
-        self.lock()
-            .iter_mut()
-            .map(|(id, c, h)| {
-                if let Some(h) = h.take() {
-                    h.abort();
-                }
-                (*id, c.clone())
-            })
-            .collect()
-    }
-    /// Removes every call (the stage is down): the caller answers them.
-    pub fn drain(&self) -> Vec<StageCall> {
-        std::mem::take(&mut *self.lock())
-            .into_iter()
-            .map(|(_, c, h)| {
-                if let Some(h) = h {
-                    h.abort();
-                }
-                c
-            })
-            .collect()
-    }
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub type StageInflight = InflightSet<StageCall>;
 
 /// What a stage driver works with.
 #[derive(Clone)]
@@ -126,11 +79,9 @@ impl StageRun {
         let (index, w, inflight) = (self.index, self.wiring.clone(), self.inflight.clone());
         let task = tokio::spawn(async move {
             run_call(index, w, c).await;
-            inflight.lock().retain(|(i, _, _)| *i != id);
+            inflight.remove(id);
         });
-        if let Some(e) = self.inflight.lock().iter_mut().find(|(i, _, _)| *i == id) {
-            e.2 = Some(task.abort_handle());
-        }
+        self.inflight.set_task(id, task.abort_handle());
         true
     }
 }

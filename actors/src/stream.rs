@@ -1,7 +1,9 @@
 //! Device streams. A `Stream` is one backend (`Arc<dyn Backend>`, built by the runtime's
 //! [`BackendFactory`] from the stream's `device`) plus a [`KernelQueue`]: kernels submitted to it
-//! run one at a time, strictly in submission order, so actors sharing a stream serialise on it
-//! exactly like CUDA work on one CUDA stream. CPU streams run their kernels as tasks of the CPU
+//! run one at a time, strictly in submission order (a kernel held for a link arrival enters the
+//! order when it arrives), so actors sharing a stream serialise on it exactly like CUDA work on
+//! one CUDA stream. The order holds because the submitter enqueues synchronously; only the
+//! drain is a pool task, started on the idle→busy transition. CPU streams run their kernels as tasks of the CPU
 //! kernel pool ([`StreamKind::CpuPool`]); device streams (`ptx-interp`, `cuda:N`) on their own
 //! worker thread, which on every stream also holds kernels back until their input arrives over
 //! the link (`Stream::run_at`). The device backends come from troupe-ptx through the factory the
@@ -65,15 +67,17 @@ impl BackendFactory {
     }
 }
 
-/// The kernels of a stream not run yet, and whether one is running. Whoever finds the stream
-/// idle runs its kernel and then every kernel queued meanwhile, in order, before letting go
-/// ("combining"): back-to-back kernels pass from one to the next on the same thread, with no
-/// wake-up in between, and a submitter that finds the stream busy only queues and goes on
-/// (its result reaches it through its reply channel).
+/// The kernels of a stream not run yet, and whether a drain is under way. A submitter appends
+/// its kernel synchronously, under the lock, so the queue order is the submission order; the
+/// submission that finds the stream idle (the idle→busy transition) also starts the one drain,
+/// which runs the queued kernels in order, one at a time, until none is left ("combining":
+/// back-to-back kernels pass from one to the next on the same thread, with no wake-up in
+/// between). A submitter that finds the stream busy only queues and goes on (its result reaches
+/// it through its reply channel).
 #[derive(Default)]
 struct KernelQueue {
-    state: Mutex<(bool, VecDeque<Work>)>, // (a kernel is running, kernels waiting their turn)
-    /// Kernels submitted and not started (queued here, on the worker, or on the pool).
+    state: Mutex<(bool, VecDeque<Work>)>, // (a drain is under way, kernels waiting their turn)
+    /// Kernels submitted and not started (queued here, or held on the worker).
     pending: AtomicUsize,
 }
 
@@ -81,31 +85,29 @@ impl KernelQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, (bool, VecDeque<Work>)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-    /// Runs `work` now, or queues it behind the running kernel; on the thread that runs, goes on
-    /// with the queued kernels until none is left.
-    fn execute(&self, work: Work, backend: &dyn Backend) {
-        {
-            let mut q = self.lock();
-            if q.0 {
-                q.1.push_back(work);
-                return;
-            }
-            q.0 = true;
-        }
-        let mut next = work;
+    /// Appends `work`; true when the stream was idle, so the caller must start a drain.
+    fn push(&self, work: Work) -> bool {
+        let mut q = self.lock();
+        q.1.push_back(work);
+        !std::mem::replace(&mut q.0, true)
+    }
+    /// Runs the queued kernels in order until none is left, then marks the stream idle.
+    fn drain(&self, backend: &dyn Backend) {
         loop {
+            let next = {
+                let mut q = self.lock();
+                match q.1.pop_front() {
+                    Some(w) => w,
+                    None => {
+                        q.0 = false;
+                        return;
+                    }
+                }
+            };
             self.pending.fetch_sub(1, Ordering::Relaxed);
             // `Work` catches the kernel's panics; this guard only keeps the queue draining if
             // the bookkeeping around a kernel ever panicked (that submitter's reply is lost).
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| next(backend)));
-            let mut q = self.lock();
-            match q.1.pop_front() {
-                Some(w) => next = w,
-                None => {
-                    q.0 = false;
-                    return;
-                }
-            }
         }
     }
 }
@@ -120,19 +122,25 @@ struct Lane {
 }
 
 impl Lane {
+    /// Queues `work` in the caller (so kernels keep their submission order); on the idle→busy
+    /// transition starts the drain: as a pool task, or right here on the worker thread.
     fn launch(&self, work: Work) {
+        if !self.queue.push(work) {
+            return;
+        }
         if self.on_pool {
             let (q, be) = (self.queue.clone(), self.backend.clone());
-            rayon::spawn(move || q.execute(work, &*be));
+            rayon::spawn(move || q.drain(&*be));
         } else {
-            self.queue.execute(work, &*self.backend);
+            self.queue.drain(&*self.backend);
         }
     }
 }
 
 /// A named in-order execution queue bound to one backend.
 pub struct Stream {
-    name: String,
+    /// Shared with every kernel's wrapper (named in a kernel-panic error) without a copy.
+    name: Arc<str>,
     index: usize,
     tx: Option<flume::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
@@ -189,7 +197,7 @@ impl Stream {
             .spawn(move || worker(rx, &l2))
             .map_err(|e| ActorError::Startup(format!("stream `{name}`: {e}")))?;
         Ok(Stream {
-            name: name.to_string(),
+            name: Arc::from(name),
             index,
             tx: Some(tx),
             thread: Some(thread),
@@ -250,7 +258,7 @@ impl Stream {
             let out = match std::panic::catch_unwind(AssertUnwindSafe(|| f(be))) {
                 Ok(r) => r.map_err(ActorError::from),
                 Err(p) => Err(ActorError::KernelPanic {
-                    stream,
+                    stream: stream.to_string(),
                     kernel: tags.name.to_string(),
                     message: panic_message(&*p),
                 }),
@@ -420,17 +428,19 @@ mod tests {
         release: mpsc::Receiver<()>,
         log: Arc<Mutex<Vec<(usize, ThreadId)>>>,
     ) -> std::thread::JoinHandle<Result<usize>> {
-        let s2 = s.clone();
+        let (s2, started) = (s.clone(), log.clone());
         let h = std::thread::spawn(move || {
             s2.run_blocking(tags(), move |_| {
                 log.lock().unwrap().push((0, std::thread::current().id()));
                 release
                     .recv()
-                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    .map_err(|e| EngineError::internal(e.to_string()))?;
                 Ok(0usize)
             })
         });
-        wait_until("first kernel never started", || s.lane.queue.lock().0);
+        wait_until("first kernel never started", || {
+            !started.lock().unwrap().is_empty()
+        });
         h
     }
 
@@ -465,6 +475,81 @@ mod tests {
             "queued kernels ran elsewhere"
         );
         assert_eq!(s.queued(), 0);
+    }
+
+    /// Submits `n` kernels from the calling thread and waits for them; returns the kernels'
+    /// numbers in the order they ran.
+    fn submit_many(s: &Stream, n: usize) -> Vec<usize> {
+        let (done, order) = submit_many_nowait(s, n);
+        order_after(done, n, order)
+    }
+
+    fn order_after(
+        done: mpsc::Receiver<()>,
+        n: usize,
+        order: Arc<Mutex<Vec<usize>>>,
+    ) -> Vec<usize> {
+        for _ in 0..n {
+            done.recv_timeout(Duration::from_secs(20))
+                .expect("a kernel never ran");
+        }
+        let v = order.lock().unwrap().clone();
+        v
+    }
+
+    /// The first position where `order` is not `0, 1, 2, ...`.
+    fn first_swap(order: &[usize]) -> Option<(usize, usize)> {
+        order
+            .iter()
+            .enumerate()
+            .find(|&(i, &k)| i != k)
+            .map(|(i, &k)| (i, k))
+    }
+
+    #[test]
+    fn kernels_run_in_submission_order_whatever_the_pool_size() {
+        const N: usize = 3000;
+        // From a thread outside the pool (how actors submit; the global pool's size follows
+        // RAYON_NUM_THREADS) ...
+        let s = cpu_stream();
+        for round in 0..3 {
+            let order = submit_many(&s, N);
+            assert_eq!(order.len(), N);
+            assert_eq!(first_swap(&order), None, "outside the pool, round {round}");
+        }
+        // ... and from a worker of pools of 1 to 8 threads (a kernel submitted from the pool).
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let order = pool.install(|| submit_many_nowait(&s, N));
+            let order = order_after(order.0, N, order.1);
+            assert_eq!(first_swap(&order), None, "inside a pool of {threads}");
+        }
+    }
+
+    /// Submits `n` kernels without waiting, each recording its number when it runs (so a pool
+    /// worker can submit and return): one completion per kernel, and the recorded order.
+    fn submit_many_nowait(s: &Stream, n: usize) -> (mpsc::Receiver<()>, Arc<Mutex<Vec<usize>>>) {
+        let order = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        for k in 0..n {
+            let (o, d) = (order.clone(), done_tx.clone());
+            s.submit(
+                tags(),
+                None,
+                move |_| {
+                    o.lock().unwrap().push(k);
+                    Ok(())
+                },
+                move |r: Result<()>| {
+                    r.expect("kernel");
+                    let _ = d.send(());
+                },
+            );
+        }
+        (done_rx, order)
     }
 
     #[test]

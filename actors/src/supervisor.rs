@@ -114,7 +114,7 @@ impl Actor for StageActor {
         let mut tasks = Vec::new();
         // Re-issue the calls the previous instance had in flight, then take new ones.
         let mut crashed = false;
-        for (id, c) in a.run.inflight.reissue() {
+        for (id, c) in a.run.inflight.reissue(|_| true) {
             if !crashed && !a.run.start(id, c) {
                 crashed = true;
             }

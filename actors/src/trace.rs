@@ -29,6 +29,16 @@ pub struct SpanTags {
     pub flows_out: Vec<(u64, &'static str)>,
 }
 
+impl SpanTags {
+    /// Tags naming only the kernel (what an untraced run needs: allocates nothing).
+    pub fn named(name: &'static str) -> SpanTags {
+        SpanTags {
+            name,
+            ..SpanTags::default()
+        }
+    }
+}
+
 /// Collects trace events; written once at shutdown.
 #[derive(Debug)]
 pub struct Tracer {

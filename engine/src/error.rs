@@ -57,6 +57,14 @@ pub enum EngineError {
     Tokenizer { path: PathBuf, message: String },
     #[error("kernel `{kernel}`: {message}")]
     Kernel { kernel: String, message: String },
+    /// A forward pass produced a NaN or an infinity; `layer` is the first step whose output
+    /// held one (the weights or the model's parameters overflow f32 there).
+    #[error("forward pass: non-finite value {value} in the output of {layer} (row {row}); the weights or the model parameters overflow there")]
+    NonFinite {
+        layer: PassSite,
+        row: usize,
+        value: f32,
+    },
     /// A backend (GPU, interpreter, a caller's own) failed; `source` keeps its typed error.
     #[error("backend `{backend}`: {source}")]
     Backend {
@@ -73,6 +81,27 @@ pub enum EngineError {
     /// A broken invariant inside troupe: a bug, never the user's input.
     #[error("internal error (a bug in troupe, please report it): {0}")]
     Internal(String),
+}
+
+/// A step of a forward pass whose output is checked for non-finite values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassSite {
+    /// The token embedding.
+    Embedding,
+    /// Decoder layer `i` (HF index), after its feed-forward residual.
+    Layer(usize),
+    /// The final norm and LM head (the logits).
+    Head,
+}
+
+impl std::fmt::Display for PassSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PassSite::Embedding => f.write_str("the embedding"),
+            PassSite::Layer(i) => write!(f, "decoder layer {i}"),
+            PassSite::Head => f.write_str("the LM head"),
+        }
+    }
 }
 
 /// A boxed error from another layer, kept typed for `source()` and downcasting.

@@ -1,7 +1,9 @@
 //! The reference executor: sequential, deterministic, one layer after another on one backend.
 //! Prefill and decode share one path: a forward pass over a batch of sequence chunks, each chunk
 //! extending its own KV cache. Row-wise ops run on the batch's concatenated rows; attention runs
-//! per sequence. Every other executor is tested bit-for-bit against this one.
+//! per sequence. Every other executor is tested bit-for-bit against this one. A NaN or infinity
+//! in the embedding, a layer's output or the logits fails the pass with `EngineError::NonFinite`
+//! naming the first such step.
 
 use crate::backend::{Backend, Routing};
 use crate::error::{EngineError, Result};
@@ -117,14 +119,10 @@ impl<'m> ReferenceExecutor<'m> {
                 )?);
             }
             let h = Tensor::concat_rows(&parts)?;
-            let hn = be.rms_norm(&h, &layer.post_norm, m.eps())?;
             x = match &layer.ffn {
-                FeedForward::Dense(mlp) => {
-                    let mut out = mlp.forward(be, &hn)?;
-                    out.add_assign(&h)?;
-                    out
-                }
+                FeedForward::Dense(_) => layer.dense_ffn_block(be, &h, m.eps())?,
                 FeedForward::Moe(moe) => {
+                    let hn = layer.ffn_norm(be, &h, m.eps())?;
                     let (out, logits, routing) = moe.forward(be, &h, &hn)?;
                     if let Some(r) = record.as_deref_mut() {
                         r.routers.push((layer.index, logits, routing));
@@ -132,6 +130,7 @@ impl<'m> ReferenceExecutor<'m> {
                     out
                 }
             };
+            layer.check_output(&x)?;
             if let Some(r) = record.as_deref_mut() {
                 r.residual_stream.push(x.clone());
             }

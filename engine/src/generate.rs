@@ -29,7 +29,7 @@ pub struct GenerateOutput {
 /// Validates a request against the model before any compute.
 pub fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
     check_chunk(model, &r.prompt, 0)?;
-    // Saturating: a huge max_new_tokens must fail here, not wrap into a small number.
+    // Saturating: `max_new_tokens` near usize::MAX must be too long, not wrap to a short length.
     let need = r
         .prompt
         .len()

@@ -9,7 +9,7 @@ use troupe_engine::model::{MlaForm, Model};
 use troupe_engine::{EngineError, Tensor};
 
 use crate::actors::{Block, BlockCtx, Meta};
-use crate::batch::{truncate_cache, MbInfo};
+use crate::batch::MbInfo;
 use crate::error::Result;
 
 pub struct AttentionBlock {
@@ -35,9 +35,9 @@ impl Block for AttentionBlock {
                 let mut parts = Vec::with_capacity(job.mb.seqs.len());
                 for s in &job.mb.seqs {
                     let mut cache = s.caches.layer(l).ok_or_else(|| {
-                        EngineError::Invalid(format!("sequence has no cache for layer {l}"))
+                        EngineError::internal(format!("sequence has no cache for layer {l}"))
                     })?;
-                    truncate_cache(&mut cache, s.start);
+                    cache.truncate(s.start);
                     parts.push(layer.attention_block(
                         be,
                         &job.x.slice_rows(s.rows.start, s.rows.end),

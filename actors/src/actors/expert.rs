@@ -1,26 +1,16 @@
 //! Feed-forward blocks: `layer{L}.expert{E}` / `layer{L}.experts{A}-{B}` / `layer{L}.group{G}`
 //! (a group of routed experts: each runs its MLP on the rows dispatched to it),
 //! `layer{L}.shared` (the shared experts over all rows) and `layer{L}.mlp` (the dense FFN of a
-//! non-MoE layer: post-attention norm + MLP + residual).
+//! non-MoE layer: the engine's `DecoderLayer::dense_ffn_block`, then the layer's finite check).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use troupe_engine::model::{FeedForward, Model, MoeBlock};
+use troupe_engine::model::Model;
 use troupe_engine::{EngineError, Tensor};
 
 use crate::actors::{Block, BlockCtx, Meta};
 use crate::error::Result;
-
-/// The MoE block of `layer` (an error for a dense layer).
-pub(crate) fn moe(model: &Model, layer: usize) -> std::result::Result<&MoeBlock, EngineError> {
-    match &model.layers[layer].ffn {
-        FeedForward::Moe(m) => Ok(m),
-        FeedForward::Dense(_) => Err(EngineError::Invalid(format!(
-            "layer {layer} has no experts"
-        ))),
-    }
-}
 
 /// A group of routed experts of one layer.
 pub struct ExpertGroupBlock {
@@ -55,7 +45,9 @@ impl Block for ExpertGroupBlock {
 
     async fn run(&self, ctx: &BlockCtx, job: GroupJob, meta: &Meta) -> Result<GroupOut> {
         let mut tags = ctx.tags("experts", meta, self.layer);
-        tags.experts = job.items.iter().map(|(e, _)| *e).collect();
+        if ctx.traced() {
+            tags.experts = job.items.iter().map(|(e, _)| *e).collect();
+        }
         if let Some(f) = job.flow {
             tags.flows_in.push((f, "dispatch"));
         }
@@ -67,12 +59,12 @@ impl Block for ExpertGroupBlock {
         let outs = ctx
             .stream
             .run_at(tags, job.ready_at, move |be| {
-                let m = moe(&model, l)?;
+                let m = model.layers[l].moe()?;
                 job.items
                     .iter()
                     .map(|(e, x)| {
                         if !mine.contains(e) {
-                            return Err(EngineError::Invalid(format!(
+                            return Err(EngineError::internal(format!(
                                 "expert {e} of layer {l} was sent to the wrong group"
                             )));
                         }
@@ -113,9 +105,9 @@ impl Block for SharedBlock {
         let (model, l) = (self.model.clone(), self.layer);
         ctx.stream
             .run(ctx.tags("shared", meta, l), move |be| {
-                match &moe(&model, l)?.shared {
+                match &model.layers[l].moe()?.shared {
                     Some(s) => s.forward(be, &hn),
-                    None => Err(EngineError::Invalid(format!(
+                    None => Err(EngineError::internal(format!(
                         "layer {l} has no shared experts"
                     ))),
                 }
@@ -140,12 +132,8 @@ impl Block for MlpBlock {
         ctx.stream
             .run(ctx.tags("mlp", meta, l), move |be| {
                 let layer = &model.layers[l];
-                let FeedForward::Dense(mlp) = &layer.ffn else {
-                    return Err(EngineError::Invalid(format!("layer {l} is not dense")));
-                };
-                let hn = be.rms_norm(&h, &layer.post_norm, model.eps())?;
-                let mut out = mlp.forward(be, &hn)?;
-                out.add_assign(&h)?;
+                let out = layer.dense_ffn_block(be, &h, model.eps())?;
+                layer.check_output(&out)?;
                 Ok(out)
             })
             .await

@@ -6,8 +6,8 @@
 //! result leaves on the envelope's reply channel; tensors are `Arc`-backed, so nothing is copied.
 //! The ractor mailbox (unbounded) only ever carries the control message `Pull`. Concurrent
 //! blocks (routers, expert groups, shared experts) work on up to `channel_capacity` envelopes at
-//! once, each as a task. Supervision: the envelopes being worked on sit in the actor's in-flight
-//! list, which lives outside the actor instance, so a restarted actor re-issues them first.
+//! once, each as a task. Supervision: the envelopes being worked on sit in the actor's
+//! `InflightSet`, which lives outside the actor instance, so a restarted actor re-issues them first.
 
 pub mod attention;
 pub mod expert;
@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -26,7 +26,9 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 
 use crate::error::{ActorError, Result};
 use crate::fault::{FaultKind, FaultTrigger};
+use crate::inflight::InflightSet;
 use crate::link::Link;
+use crate::metrics::ActorMetrics;
 use crate::stream::Stream;
 use crate::trace::{SpanTags, Tracer};
 
@@ -38,7 +40,12 @@ pub struct BlockCtx {
 }
 
 impl BlockCtx {
+    /// The span tags of a kernel: everything when tracing, only the kernel name otherwise (so
+    /// the untraced path allocates nothing).
     pub(crate) fn tags(&self, name: &'static str, meta: &Meta, layer: usize) -> SpanTags {
+        if self.tracer.is_none() {
+            return SpanTags::named(name);
+        }
         SpanTags {
             name,
             actor: self.name.clone(),
@@ -48,6 +55,9 @@ impl BlockCtx {
             requests: meta.requests.to_vec(),
             ..SpanTags::default()
         }
+    }
+    pub(crate) fn traced(&self) -> bool {
+        self.tracer.is_some()
     }
     pub(crate) fn flow_id(&self) -> Option<u64> {
         self.tracer.as_ref().map(|t| t.flow_id())
@@ -153,15 +163,24 @@ pub(crate) async fn call<B: Block>(
         .map_err(|_| ActorError::Closed("a block actor dropped a request".into()))?
 }
 
-/// An envelope being worked on: kept outside the actor instance so a restart re-issues it.
-pub struct InFlight<B: Block> {
-    pub id: u64,
+/// An envelope being worked on (an entry of the actor's [`InflightSet`], kept outside the
+/// actor instance so a restart re-issues it).
+pub struct Attempt<B: Block> {
     pub env: Envelope<B>,
+    /// When the current attempt started (the supervisor's deadline runs from here).
     pub since: Instant,
     /// The actor instance (epoch) that started it; an older epoch means "re-issue me".
     pub epoch: u64,
-    /// The task running it (concurrent blocks), aborted when a new instance re-issues it.
-    pub task: Option<tokio::task::AbortHandle>,
+}
+
+impl<B: Block> Clone for Attempt<B> {
+    fn clone(&self) -> Self {
+        Attempt {
+            env: self.env.clone(),
+            since: self.since,
+            epoch: self.epoch,
+        }
+    }
 }
 
 /// Everything an actor instance needs; outlives instances, so restarts keep weights (the block
@@ -170,11 +189,11 @@ pub struct BlockSlot<B: Block> {
     pub block: Arc<B>,
     pub ctx: BlockCtx,
     pub rx: flume::Receiver<Envelope<B>>,
-    pub inflight: Mutex<Vec<InFlight<B>>>,
+    pub inflight: InflightSet<Attempt<B>>,
     pub fault: Option<Arc<FaultTrigger>>,
     pub down: AtomicBool,
+    metrics: ActorMetrics,
     epoch: AtomicU64,
-    next_id: AtomicU64,
     /// A concurrent actor at its in-flight limit waits for a task to finish (which then pulls).
     parked: AtomicBool,
 }
@@ -188,18 +207,15 @@ impl<B: Block> BlockSlot<B> {
     ) -> Arc<Self> {
         Arc::new(BlockSlot {
             block: Arc::new(block),
+            metrics: ActorMetrics::new(&ctx.name),
             ctx,
             rx,
-            inflight: Mutex::new(Vec::new()),
+            inflight: InflightSet::default(),
             fault,
             down: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
-            next_id: AtomicU64::new(0),
             parked: AtomicBool::new(false),
         })
-    }
-    fn slot(&self) -> std::sync::MutexGuard<'_, Vec<InFlight<B>>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// Envelopes a concurrent actor works on at once: the channel capacity (the same quota).
     fn limit(&self) -> usize {
@@ -215,10 +231,10 @@ impl<B: Block> BlockSlot<B> {
         // The in-flight list keeps its own copy for re-issue; this one is consumed.
         let Envelope { job, meta, reply } = env;
         let out = self.block.run(&self.ctx, job, &meta).await;
-        crate::metrics::actor_message(&self.ctx.name, t0.elapsed(), self.rx.len());
+        self.metrics.message(t0.elapsed(), self.rx.len());
         let bytes = out.as_ref().map(B::out_bytes).unwrap_or(0);
         reply.send::<B>(out, bytes).await;
-        self.slot().retain(|f| f.id != id);
+        self.inflight.remove(id);
     }
     /// One attempt at `env`: the fault hook, then run inline or as a task.
     async fn start(self: &Arc<Self>, me: &ActorRef<BlockMsg>, id: u64, env: Envelope<B>) {
@@ -251,9 +267,7 @@ impl<B: Block> BlockSlot<B> {
                 let _ = me2.send_message(BlockMsg::Pull);
             }
         });
-        if let Some(f) = self.slot().iter_mut().find(|f| f.id == id) {
-            f.task = Some(task.abort_handle());
-        }
+        self.inflight.set_task(id, task.abort_handle());
     }
 }
 
@@ -298,26 +312,22 @@ impl<B: Block> Actor for BlockActor<B> {
     ) -> Result<(), ActorProcessingErr> {
         let epoch = slot.epoch.load(Ordering::SeqCst);
         // Re-issue what a previous instance left in flight (its tasks are aborted first).
-        let stale: Vec<(u64, Envelope<B>)> = slot
-            .slot()
-            .iter_mut()
-            .filter(|f| f.epoch != epoch)
-            .map(|f| {
-                if let Some(t) = f.task.take() {
-                    t.abort();
-                }
-                f.epoch = epoch;
-                f.since = Instant::now();
-                (f.id, f.env.clone())
-            })
-            .collect();
-        for (id, env) in stale {
-            slot.start(&me, id, env).await;
+        let now = Instant::now();
+        let stale = slot.inflight.reissue(|a| {
+            let old = a.epoch != epoch;
+            if old {
+                a.epoch = epoch;
+                a.since = now;
+            }
+            old
+        });
+        for (id, a) in stale {
+            slot.start(&me, id, a.env).await;
         }
-        if slot.slot().len() >= slot.limit() {
+        if slot.inflight.len() >= slot.limit() {
             slot.parked.store(true, Ordering::SeqCst);
             // A task may have finished between the check and parking: then pull ourselves.
-            if slot.slot().len() >= slot.limit() || !slot.parked.swap(false, Ordering::SeqCst) {
+            if slot.inflight.len() >= slot.limit() || !slot.parked.swap(false, Ordering::SeqCst) {
                 return Ok(());
             }
         }
@@ -330,16 +340,13 @@ impl<B: Block> Actor for BlockActor<B> {
         };
         // Start every envelope already waiting, up to the in-flight limit (one `Pull` for all).
         loop {
-            let id = slot.next_id.fetch_add(1, Ordering::Relaxed);
-            slot.slot().push(InFlight {
-                id,
+            let id = slot.inflight.add(Attempt {
                 env: env.clone(),
                 since: Instant::now(),
                 epoch,
-                task: None,
             });
             slot.start(&me, id, env).await;
-            if slot.slot().len() >= slot.limit() {
+            if slot.inflight.len() >= slot.limit() {
                 break;
             }
             match slot.rx.try_recv() {
@@ -380,7 +387,7 @@ impl<B: Block> Child for BlockSlot<B> {
         })
     }
     fn busy_since(&self) -> Option<Instant> {
-        self.slot().iter().map(|f| f.since).min()
+        self.inflight.lock().iter().map(|f| f.item.since).min()
     }
     fn deadline_factor(&self) -> u32 {
         B::DEADLINE_FACTOR
@@ -395,17 +402,48 @@ impl<B: Block> Child for BlockSlot<B> {
             reason,
             rows: None,
         };
-        let inflight: Vec<InFlight<B>> = std::mem::take(&mut *self.slot());
+        let inflight = self.inflight.drain();
         tokio::spawn(async move {
-            for f in inflight {
-                if let Some(t) = f.task {
-                    t.abort();
-                }
-                f.env.reply.send::<B>(Err(err.clone()), 0).await;
+            for a in inflight {
+                a.env.reply.send::<B>(Err(err.clone()), 0).await;
             }
             while let Ok(e) = self.rx.recv_async().await {
                 e.reply.send::<B>(Err(err.clone()), 0).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::StreamKind;
+    use std::time::Duration;
+
+    #[test]
+    fn untraced_kernel_tags_and_per_message_metrics_allocate_nothing() {
+        let be = Arc::new(troupe_engine::kernels::CpuBackend::new());
+        let stream = Stream::spawn("cpu-test", 0, be, None, StreamKind::CpuPool).expect("stream");
+        let ctx = BlockCtx {
+            name: "layer1.router".into(),
+            stream: Arc::new(stream),
+            tracer: None,
+        };
+        let meta = Meta {
+            step: 7,
+            micro_batch: 1,
+            requests: Arc::new(vec![3, 4, 5]),
+        };
+        let metrics = ActorMetrics::new(&ctx.name);
+        crate::metrics::expert_tokens(1, 2, 4); // registers the handle
+        let n = crate::alloc_probe::allocations(|| {
+            for _ in 0..100 {
+                std::hint::black_box(ctx.tags("dispatch", &meta, 1));
+                std::hint::black_box(ctx.flow_id());
+                metrics.message(Duration::from_micros(3), 2);
+                crate::metrics::expert_tokens(1, 2, 4);
+            }
+        });
+        assert_eq!(n, 0, "allocations on the untraced path");
     }
 }

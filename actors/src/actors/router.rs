@@ -3,13 +3,17 @@
 //! adds expert outputs in ascending expert id whatever order they arrived in, so every placement
 //! gives the reference bits. Only a group on another node than the router is reached over the
 //! link; same-node groups get their rows directly. A group that is down fails only the rows routed to it.
+//! `run` is the sequence of steps: `dispatch` (one kernel) → shared experts as a task →
+//! `send_to_groups` → `gather` → combine + the layer's finite check (one kernel).
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use troupe_engine::model::{DispatchPlan, Model};
+use troupe_engine::backend::Routing;
+use troupe_engine::model::{DispatchPlan, Model, MoePlan};
 use troupe_engine::Tensor;
 
-use crate::actors::expert::{moe, ExpertGroupBlock, GroupJob, SharedBlock};
+use crate::actors::expert::{ExpertGroupBlock, GroupJob, GroupOut, SharedBlock};
 use crate::actors::{call, Block, BlockCtx, Envelope, Meta, ReplyTo};
 use crate::error::{ActorError, Result};
 use crate::link::Link;
@@ -27,6 +31,24 @@ pub struct RouterBlock {
     pub shared: Option<flume::Sender<Envelope<SharedBlock>>>,
 }
 
+/// What the dispatch kernel hands back: the normalised rows, the routing and its plan, the
+/// groups that got rows (ascending group index) and, aligned with them, each group's items.
+struct Dispatch {
+    hn: Tensor,
+    routing: Routing,
+    plan: Arc<DispatchPlan>,
+    active: Vec<usize>,
+    jobs: Vec<Vec<(usize, Tensor)>>,
+}
+
+/// The expert outputs gathered for the combine, when the last of them arrives (over the link)
+/// and the trace arrows ending in the combine span.
+struct Gathered {
+    outs: Vec<Option<Tensor>>,
+    ready_at: Option<Instant>,
+    flows_in: Vec<(u64, &'static str)>,
+}
+
 impl Block for RouterBlock {
     /// The post-attention residual `h` of a micro-batch.
     type Job = Tensor;
@@ -35,64 +57,121 @@ impl Block for RouterBlock {
     const CONCURRENT: bool = true;
 
     async fn run(&self, ctx: &BlockCtx, h: Tensor, meta: &Meta) -> Result<Tensor> {
+        // One trace flow arrow per group (by group index); none when not tracing.
+        let flow_ids: Vec<Option<u64>> = match ctx.traced() {
+            true => (0..self.groups.len()).map(|_| ctx.flow_id()).collect(),
+            false => Vec::new(),
+        };
+        let d = self.dispatch(ctx, &h, meta, &flow_ids).await?;
+        for e in d.plan.active_experts() {
+            crate::metrics::expert_tokens(self.layer, e, d.plan.rows[e].len());
+        }
+        let shared = self.shared.as_ref().map(|tx| {
+            let (tx, hn, meta) = (tx.clone(), d.hn.clone(), meta.clone());
+            tokio::spawn(async move { call(&tx, hn, meta).await })
+        });
+        let Dispatch {
+            routing,
+            plan,
+            active,
+            jobs,
+            ..
+        } = d;
+        let results = self.send_to_groups(&active, jobs, &flow_ids, meta).await?;
+        let gathered = self.gather(&results, active.len(), &plan).await?;
+        let shared_out = match shared {
+            Some(j) => Some(j.await.map_err(|e| {
+                ActorError::Closed(format!("layer {}: shared experts task: {e}", self.layer))
+            })??),
+            None => None,
+        };
         let (model, l) = (self.model.clone(), self.layer);
-        let n_experts = self.group_of.len();
+        let mut tags = ctx.tags("combine", meta, l);
+        tags.flows_in = gathered.flows_in;
+        let outs = gathered.outs;
+        ctx.stream
+            .run_at(tags, gathered.ready_at, move |_| {
+                let layer = &model.layers[l];
+                let out = layer
+                    .moe()?
+                    .combine(&h, &routing, &plan, &outs, shared_out.as_ref())?;
+                layer.check_output(&out)?;
+                Ok(out)
+            })
+            .await
+    }
+}
+
+impl RouterBlock {
+    /// One kernel: post-attention norm, routing, and the gather of each active group's rows
+    /// (a kernel fewer on the critical path than routing and gathering apart). The span opens a
+    /// flow arrow per group (`flow_ids`, by group index).
+    async fn dispatch(
+        &self,
+        ctx: &BlockCtx,
+        h: &Tensor,
+        meta: &Meta,
+        flow_ids: &[Option<u64>],
+    ) -> Result<Dispatch> {
+        let (model, l) = (self.model.clone(), self.layer);
         let group_of = self.group_of.clone();
-        // One kernel: post-attention norm, routing, and the gather of each active group's rows
-        // (a kernel fewer on the critical path than routing and gathering apart).
-        let flow_ids: Vec<Option<u64>> = (0..self.groups.len()).map(|_| ctx.flow_id()).collect();
         let mut tags = ctx.tags("dispatch", meta, l);
         tags.flows_out = flow_ids
             .iter()
             .flatten()
             .map(|&f| (f, "dispatch"))
             .collect();
-        let h2 = h.clone();
-        let (hn, routing, plan, active, jobs) = ctx
-            .stream
+        let h = h.clone();
+        ctx.stream
             .run(tags, move |be| {
                 let layer = &model.layers[l];
-                let moe = moe(&model, l)?;
-                let hn = be.rms_norm(&h2, &layer.post_norm, model.eps())?;
-                let (_, routing) = moe.router.route(be, &hn)?;
-                let plan = DispatchPlan::new(&routing, n_experts)?;
-                let mut active: Vec<usize> = plan.active_experts().map(|e| group_of[e]).collect();
+                let hn = layer.ffn_norm(be, &h, model.eps())?;
+                let MoePlan {
+                    routing, dispatch, ..
+                } = layer.moe()?.plan(be, &hn)?;
+                let mut active: Vec<usize> =
+                    dispatch.active_experts().map(|e| group_of[e]).collect();
                 active.sort_unstable();
                 active.dedup();
-                let jobs: Vec<Vec<(usize, Tensor)>> = active
+                let jobs = active
                     .iter()
                     .map(|&g| {
-                        plan.active_experts()
+                        dispatch
+                            .active_experts()
                             .filter(|&e| group_of[e] == g)
-                            .map(|e| (e, hn.gather_rows(&plan.rows[e])))
+                            .map(|e| (e, hn.gather_rows(&dispatch.rows[e])))
                             .collect()
                     })
                     .collect();
-                Ok((hn, routing, Arc::new(plan), active, jobs))
+                Ok(Dispatch {
+                    hn,
+                    routing,
+                    plan: Arc::new(dispatch),
+                    active,
+                    jobs,
+                })
             })
-            .await?;
-        for e in plan.active_experts() {
-            crate::metrics::expert_tokens(l, e, plan.rows[e].len());
-        }
-        // The dispatch span's flow arrows, one per active group (by group index).
-        let flows: Vec<Option<u64>> = active.iter().map(|&g| flow_ids[g]).collect();
-        let shared = match &self.shared {
-            Some(tx) => {
-                let (tx, hn, meta) = (tx.clone(), hn.clone(), meta.clone());
-                Some(tokio::spawn(async move { call(&tx, hn, meta).await }))
-            }
-            None => None,
-        };
+            .await
+    }
+
+    /// Sends each active group its rows — over the link when the group sits on another node
+    /// (they arrive at `ready_at`, and its result comes back the same way) — and returns the
+    /// channel their results come back on.
+    async fn send_to_groups(
+        &self,
+        active: &[usize],
+        jobs: Vec<Vec<(usize, Tensor)>>,
+        flow_ids: &[Option<u64>],
+        meta: &Meta,
+    ) -> Result<flume::Receiver<Result<GroupOut>>> {
         let (rtx, rrx) = flume::bounded(2 * active.len() + 1);
-        for ((&g, items), flow) in active.iter().zip(jobs).zip(&flows) {
+        for (&g, items) in active.iter().zip(jobs) {
             let bytes: usize = items.iter().map(|(_, t)| t.data().len() * 4).sum();
-            // A group on another node gets its rows over the link: they arrive at `ready_at`,
-            // and its result comes back the same way.
             let link = &self.group_links[g];
             let env = Envelope {
                 job: GroupJob {
                     items,
-                    flow: *flow,
+                    flow: flow_ids.get(g).copied().flatten(),
                     ready_at: link.as_ref().map(|l| l.book("dispatch", bytes)),
                 },
                 meta: meta.clone(),
@@ -102,65 +181,61 @@ impl Block for RouterBlock {
                 },
             };
             self.groups[g].send_async(env).await.map_err(|_| {
-                ActorError::Closed(format!("layer {l}: expert group channel closed"))
+                ActorError::Closed(format!("layer {}: expert group channel closed", self.layer))
             })?;
         }
-        drop(rtx);
-        let mut outs: Vec<Option<Tensor>> = vec![None; n_experts];
-        let mut flows_in = Vec::new();
-        let mut ready_at = None;
-        // Counted per group: a result re-sent by a restarted group is not counted twice.
+        Ok(rrx)
+    }
+
+    /// Waits for `expected` groups' results. Counted per group: a result re-sent by a restarted
+    /// group is not counted twice. A group that is down fails the rows routed to it.
+    async fn gather(
+        &self,
+        results: &flume::Receiver<Result<GroupOut>>,
+        expected: usize,
+        plan: &DispatchPlan,
+    ) -> Result<Gathered> {
+        let mut g_out = Gathered {
+            outs: vec![None; self.group_of.len()],
+            ready_at: None,
+            flows_in: Vec::new(),
+        };
         let mut got = vec![false; self.groups.len()];
         let mut received = 0;
-        while received < active.len() {
-            let r = rrx.recv_async().await.map_err(|_| {
-                ActorError::Closed(format!("layer {l}: expert results channel closed"))
+        while received < expected {
+            let r = results.recv_async().await.map_err(|_| {
+                ActorError::Closed(format!(
+                    "layer {}: expert results channel closed",
+                    self.layer
+                ))
             })?;
             match r {
                 Ok(out) => {
                     let Some(&(e0, _)) = out.outs.first() else {
                         continue;
                     };
-                    let g = self.group_of[e0];
-                    if std::mem::replace(&mut got[g], true) {
+                    if std::mem::replace(&mut got[self.group_of[e0]], true) {
                         continue;
                     }
                     received += 1;
-                    ready_at = ready_at.max(out.ready_at);
-                    flows_in.extend(out.flow.map(|f| (f, "combine")));
+                    g_out.ready_at = g_out.ready_at.max(out.ready_at);
+                    g_out.flows_in.extend(out.flow.map(|f| (f, "combine")));
                     for (e, t) in out.outs {
-                        outs[e] = Some(t);
+                        g_out.outs[e] = Some(t);
                     }
                 }
                 Err(ActorError::ActorDown { actor, reason, .. }) => {
-                    let rows = rows_needing(
-                        &plan,
-                        &self.group_of,
-                        self.group_names.iter().position(|n| *n == actor),
-                    );
+                    let group = self.group_names.iter().position(|n| *n == actor);
                     return Err(ActorError::ActorDown {
                         actor,
                         reason,
-                        rows: Some(rows),
+                        rows: Some(rows_needing(plan, &self.group_of, group)),
                     });
                 }
                 Err(e) => return Err(e),
             }
         }
-        let shared_out = match shared {
-            Some(j) => Some(j.await.map_err(|e| {
-                ActorError::Closed(format!("layer {l}: shared experts task: {e}"))
-            })??),
-            None => None,
-        };
-        let model = self.model.clone();
-        let mut tags = ctx.tags("combine", meta, l);
-        tags.flows_in = flows_in;
-        ctx.stream
-            .run_at(tags, ready_at, move |_| {
-                moe(&model, l)?.combine(&h, &routing, &plan, &outs, shared_out.as_ref())
-            })
-            .await
+        Ok(g_out)
     }
 }
 

@@ -1,25 +1,26 @@
 //! Per-sequence KV caches: `LatentKvCache` for MLA (only the normalised kv_lora latent and the
 //! one shared rope key per position — what DeepSeek caches) and `KvCache` for GQA (keys and
-//! values per kv head).
+//! values per kv head). Their storage is private to the engine: executors append through the
+//! attention steps and roll back with [`LayerCache::truncate`].
 
 use crate::tensor::Tensor;
 
 /// MLA cache of one layer: `latent` rows of width `kv_lora`, `rope_key` rows of width `rope`.
 #[derive(Clone, Debug, Default)]
 pub struct LatentKvCache {
-    pub kv_lora: usize,
-    pub rope: usize,
-    pub latent: Vec<f32>,
-    pub rope_key: Vec<f32>,
+    pub(crate) kv_lora: usize,
+    pub(crate) rope: usize,
+    pub(crate) latent: Vec<f32>,
+    pub(crate) rope_key: Vec<f32>,
 }
 
 /// GQA cache of one layer: keys `[len, kv_heads*head_dim]`, values likewise.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    pub k_width: usize,
-    pub v_width: usize,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub(crate) k_width: usize,
+    pub(crate) v_width: usize,
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
 }
 
 /// The cache of one layer.
@@ -39,6 +40,20 @@ impl LayerCache {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Drops cached positions `len..` (no-op when `len` is not below the cached length): rolls a
+    /// cache back to before a chunk, so a re-run of that chunk gives the same bits.
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            LayerCache::Latent(c) => {
+                c.latent.truncate(len.saturating_mul(c.kv_lora));
+                c.rope_key.truncate(len.saturating_mul(c.rope));
+            }
+            LayerCache::Kv(c) => {
+                c.k.truncate(len.saturating_mul(c.k_width));
+                c.v.truncate(len.saturating_mul(c.v_width));
+            }
+        }
     }
     /// Bytes held (f32).
     pub fn bytes(&self) -> usize {
@@ -97,5 +112,51 @@ impl SequenceCache {
     }
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| l.bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_rolls_back_to_a_position_and_ignores_longer_lengths() {
+        let mut latent = LayerCache::Latent(LatentKvCache {
+            kv_lora: 2,
+            rope: 1,
+            ..Default::default()
+        });
+        let mut kv = LayerCache::Kv(KvCache {
+            k_width: 3,
+            v_width: 2,
+            ..Default::default()
+        });
+        if let LayerCache::Latent(c) = &mut latent {
+            c.append(
+                &Tensor::from_flat(2, (0..6).map(|i| i as f32).collect()),
+                &Tensor::from_flat(1, vec![7.0, 8.0, 9.0]),
+            );
+        }
+        if let LayerCache::Kv(c) = &mut kv {
+            c.append(
+                &Tensor::from_flat(3, vec![1.0; 9]),
+                &Tensor::from_flat(2, vec![2.0; 6]),
+            );
+        }
+        for c in [&mut latent, &mut kv] {
+            assert_eq!(c.len(), 3);
+            c.truncate(usize::MAX);
+            assert_eq!(c.len(), 3);
+            c.truncate(1);
+            assert_eq!(c.len(), 1);
+        }
+        assert_eq!(latent.bytes(), 4 * (2 + 1));
+        assert_eq!(kv.bytes(), 4 * (3 + 2));
+        if let LayerCache::Latent(c) = &latent {
+            assert_eq!(
+                (c.latent.as_slice(), c.rope_key.as_slice()),
+                (&[0.0, 1.0][..], &[7.0][..])
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Feed-forward blocks: the SwiGLU MLP, and the MoE block (router + routed experts + shared
-//! experts) split into the steps the actor runtime distributes: route → `DispatchPlan` →
-//! per-expert MLP → `combine`. Combine adds expert outputs in ascending expert id, whatever order
+//! experts) split into the steps the actor runtime distributes: `plan` (route → `DispatchPlan`)
+//! → per-expert MLP → `combine`. Combine adds expert outputs in ascending expert id, whatever order
 //! they were computed in, so every placement and schedule gives the same bits.
 
 use crate::backend::{Backend, RouterRule, Routing};
@@ -54,7 +54,7 @@ impl DispatchPlan {
         for (r, ids) in routing.ids.iter().enumerate() {
             for &e in ids {
                 let slot = rows.get_mut(e as usize).ok_or_else(|| {
-                    EngineError::Invalid(format!("router chose expert {e} of {n_experts}"))
+                    EngineError::internal(format!("router chose expert {e} of {n_experts}"))
                 })?;
                 slot.push(r);
             }
@@ -79,7 +79,28 @@ pub struct MoeBlock {
     pub shared: Option<Mlp>,
 }
 
+/// The routing step of an MoE block over normalised rows.
+#[derive(Clone, Debug)]
+pub struct MoePlan {
+    /// Raw router logits `[n, experts]`.
+    pub logits: Tensor,
+    pub routing: Routing,
+    /// Which rows go to which expert.
+    pub dispatch: DispatchPlan,
+}
+
 impl MoeBlock {
+    /// Routes the normalised rows `hn` and plans the dispatch (the first step of the block).
+    pub fn plan(&self, be: &dyn Backend, hn: &Tensor) -> Result<MoePlan> {
+        let (logits, routing) = self.router.route(be, hn)?;
+        let dispatch = DispatchPlan::new(&routing, self.experts.len())?;
+        Ok(MoePlan {
+            logits,
+            routing,
+            dispatch,
+        })
+    }
+
     /// `residual + Σ_e w_e·expert_e(x) + shared(x)`, summing experts in ascending id per row.
     /// `expert_out[e]` holds expert `e`'s outputs for `plan.rows[e]`, in that order.
     pub fn combine(
@@ -100,12 +121,12 @@ impl MoeBlock {
             for (&e, &w) in routing.ids[r].iter().zip(&routing.weights[r]) {
                 let e = e as usize;
                 let out = expert_out.get(e).and_then(|o| o.as_ref()).ok_or_else(|| {
-                    EngineError::Invalid(format!("combine: no output from expert {e}"))
+                    EngineError::internal(format!("combine: no output from expert {e}"))
                 })?;
                 let slot = cursor[e];
                 cursor[e] += 1;
                 if plan.rows[e].get(slot) != Some(&r) {
-                    return Err(EngineError::Invalid(format!(
+                    return Err(EngineError::internal(format!(
                         "combine: expert {e} rows out of order"
                     )));
                 }
@@ -135,8 +156,11 @@ impl MoeBlock {
         residual: &Tensor,
         x: &Tensor,
     ) -> Result<(Tensor, Tensor, Routing)> {
-        let (logits, routing) = self.router.route(be, x)?;
-        let plan = DispatchPlan::new(&routing, self.experts.len())?;
+        let MoePlan {
+            logits,
+            routing,
+            dispatch: plan,
+        } = self.plan(be, x)?;
         let mut outs: Vec<Option<Tensor>> = vec![None; self.experts.len()];
         for e in plan.active_experts() {
             outs[e] = Some(self.experts[e].forward(be, &x.gather_rows(&plan.rows[e]))?);

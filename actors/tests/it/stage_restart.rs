@@ -2,11 +2,9 @@
 //! replaces its children and re-issues the stage's calls in flight — outputs stay bit-identical.
 //! A stage failing past the restart budget fails the requests with `ActorDown`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use troupe_actors::{ActorError, ActorRuntime, RuntimeConfig};
 
 fn config(faults: &str, schedule: &str, max_restarts: usize) -> RuntimeConfig {

@@ -1,12 +1,10 @@
 //! Traces and metrics: the Chrome trace has non-overlapping spans per stream and every request's
 //! steps; the Prometheus listener serves the runtime's metrics on loopback.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use troupe_actors::{ActorRuntime, FaultPlan, LinkSpec, RuntimeConfig, RuntimeOptions};
 
@@ -147,7 +145,9 @@ fn prometheus_listener_serves_runtime_metrics() {
             metrics_addr: Some(addr),
             ..Default::default()
         },
-        faults: Some(FaultPlan::parse("actor:layer2.expert5,after:0,kind:panic").unwrap()),
+        // The Prometheus recorder is process-global and the tests share one process: the faulted
+        // actor exists only under this test's placement, so no other test's restarts count here.
+        faults: Some(FaultPlan::parse("actor:layer2.experts4-7,after:0,kind:panic").unwrap()),
         link: Some(LinkSpec {
             latency: Duration::from_micros(10),
             gbps: 100.0,
@@ -155,7 +155,8 @@ fn prometheus_listener_serves_runtime_metrics() {
         ..Default::default()
     };
     let reqs = greedy_requests("deepseek-v3-tiny", 2);
-    let rt = ActorRuntime::start_with(model, None, None, cfg).expect("start");
+    let placement: toml::Table = toml::from_str("expert_group_size = 4").unwrap();
+    let rt = ActorRuntime::start_with(model, Some(&placement), None, cfg).expect("start");
     rt.generate(&reqs).expect("generate");
     let mut text = String::new();
     for _ in 0..50 {
@@ -182,7 +183,7 @@ fn prometheus_listener_serves_runtime_metrics() {
         "per-actor labels"
     );
     assert!(
-        text.contains("troupe_actor_restarts_total{actor=\"layer2.expert5\"} 1"),
+        text.contains("troupe_actor_restarts_total{actor=\"layer2.experts4-7\"} 1"),
         "restart counted:\n{text}"
     );
 }

@@ -2,11 +2,9 @@
 //! `RuntimeOptions::backends` (troupe-actors itself never links troupe-ptx). On the PTX
 //! interpreter the actor runtime gives the reference executor's tokens and logits on that device.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use troupe_actors::{
     ActorError, ActorRuntime, BackendFactory, FaultPlan, RuntimeConfig, RuntimeOptions,
 };

@@ -2,11 +2,9 @@
 //! router and an expert group on another node go over it, same-node transfers never do. Outputs
 //! are bit-identical either way.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::common::*;
 use troupe_actors::{ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
 
 /// Runs the fixture's prompts with `placement` (+ a 20 µs / 10 Gbit/s link); returns the link's

@@ -1,11 +1,9 @@
 //! Supervision without loss: injected panics and hangs are restarted and re-issued, and the
 //! outputs stay bit-identical; an actor failing repeatedly fails only the requests needing it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use troupe_actors::{ActorError, ActorRuntime, RuntimeConfig};
 use troupe_engine::weights::random::SplitMix64;
 

@@ -1,9 +1,7 @@
 //! The async library API: concurrent requests on one `Engine` are batched continuously and each
 //! token stream equals the reference executor's tokens.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use troupe_actors::{Engine, FaultPlan, RuntimeConfig, RuntimeOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

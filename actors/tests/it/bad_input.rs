@@ -1,9 +1,7 @@
 //! Bad placements, schedules, fault specs and prompts give a clear error naming the field —
 //! never a panic or a hang.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use troupe_actors::{ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
 
 fn start_err(placement: &str, schedule: &str, cfg: RuntimeConfig) -> ActorError {
@@ -199,4 +197,61 @@ fn bad_prompts_give_the_engine_errors() {
         2
     );
     rt.shutdown().expect("shutdown");
+}
+
+#[test]
+fn max_new_tokens_near_usize_max_is_rejected_at_once_like_the_reference() {
+    let (g, model) = load("deepseek-v3-tiny");
+    let req = request(vec![5, 6, 7], usize::MAX, None);
+    let be = troupe_engine::kernels::CpuBackend::new();
+    let want = troupe_engine::generate::generate(
+        &troupe_engine::executor::ReferenceExecutor::new(&model, &be),
+        std::slice::from_ref(&req),
+    )
+    .expect_err("reference")
+    .to_string();
+    assert!(want.contains("exceeds the position limit of 256"), "{want}");
+    let rt = ActorRuntime::start_with(
+        model.clone(),
+        None,
+        None,
+        RuntimeConfig {
+            faults: Some(FaultPlan::default()),
+            ..Default::default()
+        },
+    )
+    .expect("start");
+    let e = rt
+        .generate(std::slice::from_ref(&req))
+        .expect_err("generate");
+    assert_eq!(e.to_string(), want);
+    // Straight into the batcher (no up-front check in the caller): refused before any token.
+    let t0 = std::time::Instant::now();
+    let each = rt.generate_each(std::slice::from_ref(&req));
+    assert_eq!(each[0].as_ref().expect_err("batcher").to_string(), want);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    rt.shutdown().expect("shutdown");
+    // The async service too: the first item of the stream is the error.
+    let tokio_rt = tokio::runtime::Runtime::new().expect("tokio");
+    let first = tokio_rt.block_on(async {
+        let engine = troupe_actors::Engine::start(
+            model,
+            &g,
+            RuntimeConfig {
+                faults: Some(FaultPlan::default()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("engine");
+        let mut stream = engine.generate(req);
+        let first = stream.recv().await.expect("an item");
+        engine.shutdown().await.expect("shutdown");
+        first
+    });
+    assert_eq!(first.expect_err("service").to_string(), want);
 }

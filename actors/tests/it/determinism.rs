@@ -3,9 +3,7 @@
 //! tiny fixtures and on the `extra/*-odd` checkpoints (odd dims, MQA, sliding window shorter than
 //! the prompt, tied embeddings, 3-4 expert groups). Generations are short to keep the suite fast.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use troupe_actors::{ActorRuntime, RuntimeConfig, RuntimeOptions};
 use troupe_engine::weights::random::SplitMix64;
 

@@ -1,0 +1,14 @@
+//! The integration tests of troupe-actors, one binary with one module per concern: start-up
+//! errors, bit-identity with the reference executor, devices, nodes and links, traces and
+//! metrics, the async service, stage restarts, supervision, stream order and non-finite values.
+
+mod bad_input;
+mod common;
+mod determinism;
+mod devices;
+mod nodes;
+mod non_finite;
+mod observability;
+mod service;
+mod stage_restart;
+mod supervision;
