@@ -3,9 +3,14 @@
 //! - [`engine`] (`troupe-engine`): tensors, graph files and IR, CPU kernels, checkpoint loading,
 //!   the reference executor;
 //! - [`actors`] (`troupe-actors`): the supervised actor runtime, schedules, transport;
-//! - [`ptx`] (`troupe-ptx`): PTX kernels, the CUDA backend, the PTX interpreter.
+//! - [`ptx`] (`troupe-ptx`): PTX kernels, the CUDA backend, the PTX interpreter;
+//!
+//! and adds [`backends`]: the backend of each built-in device (`cpu`, `ptx-interp`, `cuda:N`)
+//! and the actor runtime's factory over them, `backends::default_factory()`.
 //!
 //! See ARCHITECTURE.md for the map.
+
+pub mod backends;
 
 pub use troupe_actors as actors;
 pub use troupe_engine as engine;

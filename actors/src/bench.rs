@@ -1,6 +1,7 @@
 //! Benchmark (not a test): decode speed of the actor runtime vs the reference executor, and the
-//! fraction of simulated link time each schedule hides. Wired into `troupe bench --runtime
-//! actors` by the CLI, or run `troupe-actors-bench MODEL [SEQS] [STEPS]`.
+//! fraction of simulated link time each schedule hides. Run it with `troupe bench -m MODEL
+//! --runtime actors [--seqs N] [-p PROMPT] [-r ROUNDS] [--no-link] [--profile actors|reference
+//! [--trace F]]`.
 //!
 //! Everything is measured **interleaved in one process**, so machine noise hits every contender
 //! alike: all runtimes are started up front, every sequence is prefilled with the same prompt,
@@ -151,7 +152,7 @@ fn prompt(model: &Model, len: usize, seq: usize) -> Vec<u32> {
 }
 
 /// One way of running decode steps.
-trait Contender {
+trait Stepper {
     /// One decode step over every sequence; returns link (busy, exposed) ns during it.
     fn step(&mut self) -> Result<(u64, u64)>;
 }
@@ -179,7 +180,7 @@ impl Reference<'_> {
     }
 }
 
-impl Contender for Reference<'_> {
+impl Stepper for Reference<'_> {
     fn step(&mut self) -> Result<(u64, u64)> {
         self.forward(&|i| vec![(i as u32 * 31 + 5) % self.model.spec.vocab_size as u32])?;
         Ok((0, 0))
@@ -227,7 +228,7 @@ impl Actors {
     }
 }
 
-impl Contender for Actors {
+impl Stepper for Actors {
     fn step(&mut self) -> Result<(u64, u64)> {
         let vocab = self.rt.core().model.spec.vocab_size as u32;
         self.forward(&|i| vec![(i as u32 * 31 + 5) % vocab])
@@ -301,7 +302,7 @@ fn paired(a: &Samples, b: &Samples, f: impl Fn(f64, f64) -> f64) -> f64 {
 }
 
 /// Runs `rounds` interleaved decode steps over `cs`.
-fn interleave(cs: &mut [&mut dyn Contender], rounds: usize) -> Result<Vec<Samples>> {
+fn interleave(cs: &mut [&mut dyn Stepper], rounds: usize) -> Result<Vec<Samples>> {
     for c in cs.iter_mut() {
         c.step()?; // warm-up
     }
@@ -381,8 +382,7 @@ pub fn link_overlap(
         rts.push(start_actors(model, base, s, Some(o.link), o)?);
     }
     let r = {
-        let mut cs: Vec<&mut dyn Contender> =
-            rts.iter_mut().map(|a| a as &mut dyn Contender).collect();
+        let mut cs: Vec<&mut dyn Stepper> = rts.iter_mut().map(|a| a as &mut dyn Stepper).collect();
         interleave(&mut cs, o.steps)?
     };
     for a in rts {
@@ -416,17 +416,34 @@ pub fn link_overlap(
         .collect())
 }
 
-/// Decode steps of one contender only, for profiling (`perf record`): `"actors"` or `"reference"`.
+/// The runtime whose decode steps [`profile`] runs alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contender {
+    Actors,
+    Reference,
+}
+
+impl std::fmt::Display for Contender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Contender::Actors => "actors",
+            Contender::Reference => "reference",
+        })
+    }
+}
+
+/// Decode steps of one contender only, for profiling (`perf record`); `o.trace` writes the
+/// actors' Chrome trace of those steps. Returns decode tokens/s (median step).
 pub fn profile(
     model: Arc<Model>,
     placement: Option<&toml::Table>,
     o: &BenchOptions,
-    which: &str,
+    which: Contender,
 ) -> Result<f64> {
     let mut base = placement.cloned().unwrap_or_default();
     base.remove("link");
     let mut times = Vec::new();
-    if which == "reference" {
+    if which == Contender::Reference {
         let mut r = Reference {
             model: &model,
             be: CpuBackend::new(),

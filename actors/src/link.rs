@@ -71,12 +71,12 @@ impl Link {
     /// Books a transfer of `bytes` now; returns when it arrives.
     pub fn book(&self, what: &'static str, bytes: usize) -> Instant {
         let now = Instant::now();
-        let wire = Duration::from_secs_f64(bytes as f64 * 8.0 / (self.spec.gbps * 1e9));
+        let wire = wire_time(bytes, self.spec.gbps);
         let (at, busy) = {
             let mut w = self.wire.lock().unwrap_or_else(|p| p.into_inner());
             let start = w.free.max(now);
-            w.free = start + wire;
-            let at = w.free + self.spec.latency;
+            w.free = later(start, wire);
+            let at = later(w.free, self.spec.latency);
             let busy = at.saturating_duration_since(w.busy_until.max(now));
             w.busy_until = w.busy_until.max(at);
             (at, busy)
@@ -94,6 +94,18 @@ impl Link {
     }
 }
 
+/// How long `bytes` occupy a wire of `gbps` Gbit/s. Never panics: a time too long for a
+/// `Duration` (only reachable with a spec that skipped `LinkSpec::new`) saturates.
+fn wire_time(bytes: usize, gbps: f64) -> Duration {
+    Duration::try_from_secs_f64(bytes as f64 * 8.0 / (gbps * 1e9)).unwrap_or(Duration::MAX)
+}
+
+/// `t + d`, saturating at about a year from `t` instead of overflowing `Instant`.
+fn later(t: Instant, d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    t.checked_add(d.min(YEAR)).unwrap_or(t)
+}
+
 /// Removes Linux's default 50 µs timer slack from the calling thread, so a timed wait for an
 /// arrival ends on time.
 pub(crate) fn precise_timers() {
@@ -101,5 +113,27 @@ pub(crate) fn precise_timers() {
     // SAFETY: a plain prctl on the calling thread with valid arguments; failure is harmless.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extreme_transfer_times_saturate_instead_of_panicking() {
+        // 1 GB over 1e-300 Gbit/s: infinite seconds (panicked in `Duration::from_secs_f64`).
+        assert_eq!(wire_time(1 << 30, 1e-300), Duration::MAX);
+        assert_eq!(wire_time(1 << 30, 0.0), Duration::MAX);
+        assert_eq!(wire_time(1000, 10.0), Duration::from_nanos(800));
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+        // A link built around `LinkSpec::new` books such a transfer without panicking.
+        let spec = LinkSpec {
+            latency: Duration::MAX,
+            gbps: 1e-300,
+        };
+        let link = Link::new(spec, None, Arc::default());
+        assert!(link.book("dispatch", 1 << 20) > now);
     }
 }

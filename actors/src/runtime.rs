@@ -13,7 +13,7 @@ use ractor::{Actor, ActorRef};
 use troupe_engine::generate::{GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
 use troupe_engine::model::{FeedForward, Model};
-use troupe_engine::Tensor;
+use troupe_engine::{DeviceId, Tensor};
 
 use crate::actors::attention::AttentionBlock;
 use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
@@ -40,10 +40,12 @@ pub struct RuntimeOptions {
     pub stages: Option<usize>,
     pub trace: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
-    /// Puts every stream on this device (`cpu`, `ptx-interp`, `cuda:N`), overriding the
-    /// placement's per-stream `device`.
-    pub device: Option<String>,
-    /// Builds each stream's backend from its device (None: `cpu` only).
+    /// Puts every stream on this device, overriding the placement's per-stream `device`.
+    pub device: Option<DeviceId>,
+    /// Builds each stream's backend from its device. None: `cpu` only
+    /// ([`BackendFactory::cpu_only`]). `troupe::backends::default_factory()` (the `troupe`
+    /// crate) also builds `ptx-interp` and `cuda:N`; a factory of your own can serve any device,
+    /// [`DeviceId::Custom`] names included.
     pub backends: Option<BackendFactory>,
 }
 
@@ -84,7 +86,7 @@ pub struct Core {
     pub actor_names: Vec<String>,
     pub faults: HashMap<String, Arc<FaultTrigger>>,
     stage_tx: Mutex<Option<Vec<flume::Sender<StageCall>>>>,
-    root: tokio::sync::Mutex<Option<(ActorRef<()>, ractor::concurrency::JoinHandle<()>)>>,
+    root: tokio::sync::Mutex<Option<RootHandle>>,
     shutting_down: Arc<AtomicBool>,
     step: AtomicU64,
     request: AtomicU64,
@@ -120,25 +122,26 @@ impl BlockRegistry<'_> {
     }
 }
 
+/// The channels and supervised children of every block actor, as built by [`build_blocks`].
+struct Blocks {
+    attention: Vec<flume::Sender<Envelope<AttentionBlock>>>,
+    ffn: Vec<FfnTx>,
+    /// Per stage: its block actors.
+    children: Vec<Vec<Arc<dyn Child>>>,
+    names: Vec<String>,
+}
+
 impl Core {
-    /// Starts everything on the current tokio runtime.
+    /// Starts everything on the current tokio runtime: resolves the placement and schedule,
+    /// starts the streams and the link, builds the block actors of every layer, then spawns
+    /// the supervision tree over them.
     pub async fn start(
         model: Arc<Model>,
         graph_placement: Option<&toml::Table>,
         graph_schedule: Option<&toml::Table>,
         cfg: RuntimeConfig,
     ) -> Result<Arc<Core>> {
-        let mut placement = Placement::resolve(
-            cfg.placement.as_ref().or(graph_placement),
-            &model,
-            cfg.options.stages,
-        )?;
-        if let Some(s) = cfg.supervision {
-            placement.supervision = s;
-        }
-        if cfg.link.is_some() {
-            placement.link = cfg.link;
-        }
+        let placement = resolve_placement(&model, graph_placement, &cfg)?;
         let schedule = match &cfg.custom_schedule {
             Some(s) => s.clone(),
             None => schedule::from_config(
@@ -159,174 +162,22 @@ impl Core {
             .trace
             .as_ref()
             .map(|p| Arc::new(Tracer::new(p, &placement.streams)));
-        if let Some(d) = &cfg.options.device {
-            placement.stream_devices = vec![d.clone(); placement.streams.len()];
-        }
-        let factory = cfg
-            .options
-            .backends
-            .clone()
-            .unwrap_or_else(BackendFactory::cpu_only);
-        let overlap = placement.link.map(|_| Arc::new(Overlap::default()));
-        let streams: Vec<Arc<Stream>> = placement
-            .streams
-            .iter()
-            .zip(&placement.stream_devices)
-            .enumerate()
-            .map(|(i, (n, device))| {
-                let be = factory
-                    .build(device)
-                    .map_err(|e| match &cfg.options.device {
-                        Some(_) => ActorError::placement("--device", e),
-                        None => ActorError::placement(format!("streams[{i}].device"), e),
-                    })?;
-                let kind = match device.as_str() {
-                    "cpu" => StreamKind::CpuPool,
-                    _ => StreamKind::Worker,
-                };
-                Stream::spawn(n, i, be, tracer.clone(), kind)
-                    .map(|s| Arc::new(s.with_overlap(overlap.clone())))
-            })
-            .collect::<Result<_>>()?;
-        let link = placement.link.map(|l| {
-            Arc::new(Link::new(
-                l,
-                tracer.clone(),
-                overlap.clone().unwrap_or_default(),
-            ))
-        });
-
-        let cap = placement.channel_capacity;
-        let n_layers = model.layers.len();
-        let mut actor_names: Vec<String> = (0..placement.stages.len())
-            .map(|s| format!("stage{s}"))
-            .collect();
-        let mut block_names = Vec::new();
+        let (streams, link) = start_streams(&placement, &cfg.options, &tracer)?;
         let triggers = faults.triggers();
-        let mut children: Vec<Vec<Arc<dyn Child>>> = vec![Vec::new(); placement.stages.len()];
-        let mut attention = Vec::with_capacity(n_layers);
-        let mut ffn = Vec::with_capacity(n_layers);
         let ctx = |name: String, stream: usize| BlockCtx {
             name,
             stream: streams[stream].clone(),
             tracer: tracer.clone(),
         };
-        for l in 0..n_layers {
-            let s = placement.stage_of(l);
-            let st = placement.stage_streams[s];
-            let mut reg = BlockRegistry {
-                cap,
-                triggers: &triggers,
-                names: &mut block_names,
-            };
-            let name = format!("layer{l}.attention");
-            let block = AttentionBlock {
-                model: model.clone(),
-                layer: l,
-            };
-            attention.push(reg.add(name.clone(), block, ctx(name, st), &mut children[s]));
-            match &model.layers[l].ffn {
-                FeedForward::Dense(_) => {
-                    let name = format!("layer{l}.mlp");
-                    let block = MlpBlock {
-                        model: model.clone(),
-                        layer: l,
-                    };
-                    let tx = reg.add(name.clone(), block, ctx(name, st), &mut children[s]);
-                    ffn.push(FfnTx::Dense(tx));
-                }
-                FeedForward::Moe(moe) => {
-                    let mut group_of = vec![0usize; moe.experts.len()];
-                    let mut groups = Vec::new();
-                    let mut group_names = Vec::new();
-                    let mut group_links = Vec::new();
-                    for (g, grp) in placement.expert_groups[l].iter().enumerate() {
-                        let name = grp.actor_name(l, g);
-                        for &e in &grp.experts {
-                            group_of[e] = g;
-                        }
-                        let block = ExpertGroupBlock {
-                            model: model.clone(),
-                            layer: l,
-                            experts: grp.experts.clone(),
-                        };
-                        let ctx = ctx(name.clone(), grp.stream);
-                        groups.push(reg.add(name.clone(), block, ctx, &mut children[s]));
-                        group_names.push(name);
-                        group_links.push(if grp.node != placement.stage_nodes[s] {
-                            link.clone()
-                        } else {
-                            None
-                        });
-                    }
-                    let shared = if moe.shared.is_some() {
-                        let name = format!("layer{l}.shared");
-                        let block = SharedBlock {
-                            model: model.clone(),
-                            layer: l,
-                        };
-                        Some(reg.add(name.clone(), block, ctx(name, st), &mut children[s]))
-                    } else {
-                        None
-                    };
-                    let name = format!("layer{l}.router");
-                    let block = RouterBlock {
-                        model: model.clone(),
-                        layer: l,
-                        group_of,
-                        groups,
-                        group_names,
-                        group_links,
-                        shared,
-                    };
-                    let tx = reg.add(name.clone(), block, ctx(name, st), &mut children[s]);
-                    ffn.push(FfnTx::Moe(tx));
-                }
-            }
-        }
-        actor_names.extend(block_names);
-        faults.validate(&actor_names)?;
-        if let Some(f) = faults
-            .faults
-            .iter()
-            .find(|f| f.actor.starts_with("stage") && f.kind != FaultKind::Panic)
-        {
-            return Err(ActorError::Fault {
-                spec: f.actor.clone(),
-                message: "stage actors take `kind:panic` faults only".into(),
-            });
-        }
-        let (stage_tx, stage_rx): (Vec<_>, Vec<_>) = (0..placement.stages.len())
-            .map(|_| flume::bounded::<StageCall>(cap))
-            .unzip();
-        let wiring = Arc::new(Wiring {
-            attention,
-            ffn,
-            stages: stage_tx.clone(),
-            stage_ranges: placement.stages.clone(),
-        });
-        let shutting_down = Arc::new(AtomicBool::new(false));
-        let args: Vec<StageArgs> = children
-            .into_iter()
-            .zip(stage_rx)
-            .enumerate()
-            .map(|(index, (children, rx))| StageArgs {
-                run: StageRun {
-                    index,
-                    wiring: wiring.clone(),
-                    inflight: Arc::new(StageInflight::default()),
-                    fault: triggers.get(&format!("stage{index}")).cloned(),
-                },
-                children,
-                cells: Arc::new(Mutex::new(Vec::new())),
-                rx,
-                policy: placement.supervision,
-                shutting_down: shutting_down.clone(),
-            })
+        let blocks = build_blocks(&model, &placement, &link, &triggers, &ctx);
+        let mut actor_names: Vec<String> = (0..placement.stages.len())
+            .map(|s| format!("stage{s}"))
             .collect();
-        let (root, join) = Actor::spawn(None, RootActor, args)
-            .await
-            .map_err(|e| ActorError::Startup(format!("supervision tree: {e}")))?;
+        actor_names.extend(blocks.names.iter().cloned());
+        check_faults(&faults, &actor_names)?;
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let (stage_tx, root) =
+            spawn_tree(&placement, blocks, &triggers, shutting_down.clone()).await?;
         Ok(Arc::new(Core {
             model,
             placement,
@@ -337,7 +188,7 @@ impl Core {
             actor_names,
             faults: triggers,
             stage_tx: Mutex::new(Some(stage_tx)),
-            root: tokio::sync::Mutex::new(Some((root, join))),
+            root: tokio::sync::Mutex::new(Some(root)),
             shutting_down,
             step: AtomicU64::new(0),
             request: AtomicU64::new(0),
@@ -397,6 +248,222 @@ impl Core {
         };
         self.forward(vec![seq]).map_err(|f| f.error)
     }
+}
+
+/// The placement (`cfg.placement` over the graph's), with the config's supervision, link and
+/// device overrides applied; an overriding link is checked like a graph file's.
+fn resolve_placement(
+    model: &Model,
+    graph_placement: Option<&toml::Table>,
+    cfg: &RuntimeConfig,
+) -> Result<Placement> {
+    let mut placement = Placement::resolve(
+        cfg.placement.as_ref().or(graph_placement),
+        model,
+        cfg.options.stages,
+    )?;
+    if let Some(s) = cfg.supervision {
+        placement.supervision = s;
+    }
+    if let Some(link) = cfg.link {
+        link.validate()?;
+        placement.link = Some(link);
+    }
+    if let Some(d) = &cfg.options.device {
+        placement.put_all_streams_on(d);
+    }
+    Ok(placement)
+}
+
+/// One stream per placement stream, its backend built by the options' factory (default: cpu
+/// only); and the link, when the placement has one.
+fn start_streams(
+    placement: &Placement,
+    options: &RuntimeOptions,
+    tracer: &Option<Arc<Tracer>>,
+) -> Result<(Vec<Arc<Stream>>, Option<Arc<Link>>)> {
+    let factory = options
+        .backends
+        .clone()
+        .unwrap_or_else(BackendFactory::cpu_only);
+    let overlap = placement.link.map(|_| Arc::new(Overlap::default()));
+    let streams = placement
+        .streams
+        .iter()
+        .zip(&placement.stream_devices)
+        .enumerate()
+        .map(|(i, (name, device))| {
+            let be = factory.build(device).map_err(|e| {
+                let field = match options.device {
+                    Some(_) => "--device".to_string(),
+                    None => format!("streams[{i}].device"),
+                };
+                ActorError::placement(field, e.to_string())
+            })?;
+            let kind = StreamKind::for_device(device);
+            Stream::spawn(name, i, be, tracer.clone(), kind)
+                .map(|s| Arc::new(s.with_overlap(overlap.clone())))
+        })
+        .collect::<Result<_>>()?;
+    let link = placement
+        .link
+        .map(|l| Arc::new(Link::new(l, tracer.clone(), overlap.unwrap_or_default())));
+    Ok((streams, link))
+}
+
+/// The block actors of every layer (attention, then the dense MLP or the expert groups, shared
+/// experts and router), each on its stream, registered under its stage.
+fn build_blocks(
+    model: &Arc<Model>,
+    placement: &Placement,
+    link: &Option<Arc<Link>>,
+    triggers: &HashMap<String, Arc<FaultTrigger>>,
+    ctx: &dyn Fn(String, usize) -> BlockCtx,
+) -> Blocks {
+    let n_layers = model.layers.len();
+    let mut names = Vec::new();
+    let mut children: Vec<Vec<Arc<dyn Child>>> = vec![Vec::new(); placement.stages.len()];
+    let mut attention = Vec::with_capacity(n_layers);
+    let mut ffn = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let s = placement.stage_of(l);
+        let st = placement.stage_streams[s];
+        let mut reg = BlockRegistry {
+            cap: placement.channel_capacity,
+            triggers,
+            names: &mut names,
+        };
+        let children = &mut children[s];
+        let name = format!("layer{l}.attention");
+        let block = AttentionBlock {
+            model: model.clone(),
+            layer: l,
+        };
+        attention.push(reg.add(name.clone(), block, ctx(name, st), children));
+        match &model.layers[l].ffn {
+            FeedForward::Dense(_) => {
+                let name = format!("layer{l}.mlp");
+                let block = MlpBlock {
+                    model: model.clone(),
+                    layer: l,
+                };
+                ffn.push(FfnTx::Dense(reg.add(
+                    name.clone(),
+                    block,
+                    ctx(name, st),
+                    children,
+                )));
+            }
+            FeedForward::Moe(moe) => {
+                let stage_node = placement.stage_nodes[s];
+                let mut router = RouterBlock {
+                    model: model.clone(),
+                    layer: l,
+                    group_of: vec![0usize; moe.experts.len()],
+                    groups: Vec::new(),
+                    group_names: Vec::new(),
+                    group_links: Vec::new(),
+                    shared: None,
+                };
+                for (g, grp) in placement.expert_groups[l].iter().enumerate() {
+                    let name = grp.actor_name(l, g);
+                    for &e in &grp.experts {
+                        router.group_of[e] = g;
+                    }
+                    let block = ExpertGroupBlock {
+                        model: model.clone(),
+                        layer: l,
+                        experts: grp.experts.clone(),
+                    };
+                    let ctx = ctx(name.clone(), grp.stream);
+                    router
+                        .groups
+                        .push(reg.add(name.clone(), block, ctx, children));
+                    router.group_names.push(name);
+                    let remote = grp.node != stage_node;
+                    router
+                        .group_links
+                        .push(if remote { link.clone() } else { None });
+                }
+                if moe.shared.is_some() {
+                    let name = format!("layer{l}.shared");
+                    let block = SharedBlock {
+                        model: model.clone(),
+                        layer: l,
+                    };
+                    router.shared = Some(reg.add(name.clone(), block, ctx(name, st), children));
+                }
+                let name = format!("layer{l}.router");
+                let tx = reg.add(name.clone(), router, ctx(name, st), children);
+                ffn.push(FfnTx::Moe(tx));
+            }
+        }
+    }
+    Blocks {
+        attention,
+        ffn,
+        children,
+        names,
+    }
+}
+
+/// Every fault names an actor that exists; stage actors take `kind:panic` only.
+fn check_faults(faults: &FaultPlan, actor_names: &[String]) -> Result<()> {
+    faults.validate(actor_names)?;
+    match faults
+        .faults
+        .iter()
+        .find(|f| f.actor.starts_with("stage") && f.kind != FaultKind::Panic)
+    {
+        Some(f) => Err(ActorError::Fault {
+            spec: f.actor.clone(),
+            message: "stage actors take `kind:panic` faults only".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+type RootHandle = (ActorRef<()>, ractor::concurrency::JoinHandle<()>);
+
+/// The stage channels and the supervision tree: root → one `stage{S}` per stage → its blocks.
+async fn spawn_tree(
+    placement: &Placement,
+    blocks: Blocks,
+    triggers: &HashMap<String, Arc<FaultTrigger>>,
+    shutting_down: Arc<AtomicBool>,
+) -> Result<(Vec<flume::Sender<StageCall>>, RootHandle)> {
+    let (stage_tx, stage_rx): (Vec<_>, Vec<_>) = (0..placement.stages.len())
+        .map(|_| flume::bounded::<StageCall>(placement.channel_capacity))
+        .unzip();
+    let wiring = Arc::new(Wiring {
+        attention: blocks.attention,
+        ffn: blocks.ffn,
+        stages: stage_tx.clone(),
+        stage_ranges: placement.stages.clone(),
+    });
+    let args: Vec<StageArgs> = blocks
+        .children
+        .into_iter()
+        .zip(stage_rx)
+        .enumerate()
+        .map(|(index, (children, rx))| StageArgs {
+            run: StageRun {
+                index,
+                wiring: wiring.clone(),
+                inflight: Arc::new(StageInflight::default()),
+                fault: triggers.get(&format!("stage{index}")).cloned(),
+            },
+            children,
+            cells: Arc::new(Mutex::new(Vec::new())),
+            rx,
+            policy: placement.supervision,
+            shutting_down: shutting_down.clone(),
+        })
+        .collect();
+    let root = Actor::spawn(None, RootActor, args)
+        .await
+        .map_err(|e| ActorError::Startup(format!("supervision tree: {e}")))?;
+    Ok((stage_tx, root))
 }
 
 /// The blocking actor runtime the CLI drives. Its blocking calls must not be made from inside the

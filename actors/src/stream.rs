@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use troupe_engine::{Backend, EngineError};
+use troupe_engine::error::BoxError;
+use troupe_engine::{Backend, DeviceId, EngineError};
 
 use crate::error::{ActorError, Result};
 use crate::overlap::Overlap;
@@ -31,10 +32,28 @@ struct Job {
     work: Work,
 }
 
-/// A device name → backend function.
-pub type MakeBackend = dyn Fn(&str) -> std::result::Result<Arc<dyn Backend>, String> + Send + Sync;
+/// A device → backend function (see [`BackendFactory::new`]).
+pub type MakeBackend =
+    dyn Fn(&DeviceId) -> std::result::Result<Arc<dyn Backend>, BackendBuildError> + Send + Sync;
 
-/// Builds the backend of a stream from its device name (`cpu`, `ptx-interp`, `cuda:N`).
+/// Why a stream's backend could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendBuildError {
+    /// The factory does not serve this device.
+    #[error("device `{device}` is not served by this backend factory (it builds {serves}); pass one that does in RuntimeOptions::backends")]
+    Unsupported { device: DeviceId, serves: String },
+    /// The factory serves the device, but building its backend failed (e.g. no CUDA driver).
+    #[error("device `{device}`: {source}")]
+    Failed {
+        device: DeviceId,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Builds the backend of a stream from its device. The default ([`BackendFactory::cpu_only`])
+/// serves `cpu`; `troupe::backends::default_factory()` adds `ptx-interp` and `cuda:N`; a caller's
+/// own factory may serve any device, [`DeviceId::Custom`] names included.
 #[derive(Clone)]
 pub struct BackendFactory(pub Arc<MakeBackend>);
 
@@ -47,22 +66,27 @@ impl std::fmt::Debug for BackendFactory {
 impl BackendFactory {
     /// Wraps a device → backend function.
     pub fn new(
-        f: impl Fn(&str) -> std::result::Result<Arc<dyn Backend>, String> + Send + Sync + 'static,
+        f: impl Fn(&DeviceId) -> std::result::Result<Arc<dyn Backend>, BackendBuildError>
+            + Send
+            + Sync
+            + 'static,
     ) -> Self {
         BackendFactory(Arc::new(f))
     }
     /// The default: `cpu` only.
     pub fn cpu_only() -> Self {
-        BackendFactory::new(|device| {
-            match device {
-            "cpu" => Ok(Arc::new(troupe_engine::kernels::CpuBackend::new()) as Arc<dyn Backend>),
-            other => Err(format!(
-                "device `{other}` needs a backend factory (RuntimeOptions::backends); this one builds cpu only"
-            )),
-        }
+        BackendFactory::new(|device| match device {
+            DeviceId::Cpu => Ok(Arc::new(troupe_engine::kernels::CpuBackend::new())),
+            other => Err(BackendBuildError::Unsupported {
+                device: other.clone(),
+                serves: "cpu only".into(),
+            }),
         })
     }
-    pub fn build(&self, device: &str) -> std::result::Result<Arc<dyn Backend>, String> {
+    pub fn build(
+        &self,
+        device: &DeviceId,
+    ) -> std::result::Result<Arc<dyn Backend>, BackendBuildError> {
         (self.0)(device)
     }
 }
@@ -173,6 +197,17 @@ pub enum StreamKind {
     CpuPool,
     /// On the stream's own worker thread (device backends bound to one thread, e.g. CUDA).
     Worker,
+}
+
+impl StreamKind {
+    /// How a stream on `device` runs: the CPU backend on the pool, every other device (custom
+    /// ones included, whose thread-safety this crate cannot know) on its worker thread.
+    pub fn for_device(device: &DeviceId) -> StreamKind {
+        match device {
+            DeviceId::Cpu => StreamKind::CpuPool,
+            _ => StreamKind::Worker,
+        }
+    }
 }
 
 impl Stream {

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use troupe_actors::stream::BackendBuildError;
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::kernels::CpuBackend;
 use troupe_engine::model::{MlaForm, Model};
-use troupe_engine::{Backend, EngineError};
+use troupe_engine::{Backend, DeviceId, EngineError};
 
 use super::RunArgs;
 
@@ -68,24 +68,15 @@ pub fn mla_form(s: &str) -> Result<MlaForm, CliError> {
     }
 }
 
-/// The kernel backend for `--device`.
-pub fn backend(device: &str) -> Result<Arc<dyn Backend>, CliError> {
-    match device {
-        "cpu" => Ok(Arc::new(CpuBackend::new())),
-        d if d == "cuda" || d.starts_with("cuda:") => {
-            let ordinal = match d.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| {
-                    CliError::Usage(format!("--device {d}: expected cuda or cuda:N"))
-                })?,
-                None => 0,
-            };
-            troupe_ptx::cuda_backend(ordinal).map_err(|e| CliError::Runtime(e.to_string()))
-        }
-        "ptx-interp" => troupe_ptx::interp_backend().map_err(|e| CliError::Runtime(e.to_string())),
-        other => Err(CliError::Usage(format!(
-            "--device {other}: expected cpu, cuda[:N] or ptx-interp"
-        ))),
-    }
+/// The kernel backend for `--device` (the library's built-in devices, `troupe::backends`).
+pub fn backend(device: &DeviceId) -> Result<Arc<dyn Backend>, CliError> {
+    troupe::backends::backend(device).map_err(|e| match e {
+        BackendBuildError::Unsupported { .. } => CliError::Usage(format!(
+            "--device {device}: expected {}",
+            troupe::backends::BUILTIN_DEVICES
+        )),
+        BackendBuildError::Failed { .. } => CliError::Runtime(e.to_string()),
+    })
 }
 
 /// Parses `0,5,9` into token ids; the error names the bad entry.

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use troupe_actors::{ActorRuntime, BackendFactory, RuntimeOptions};
+use troupe_actors::{ActorRuntime, RuntimeOptions};
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::{generate, GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
 use troupe_engine::model::{MlaForm, Model};
-use troupe_engine::{Backend, Tensor};
+use troupe_engine::{Backend, DeviceId, Tensor};
 
 use super::common::CliError;
-use super::{RunArgs, RuntimeArgs};
+use super::{RunArgs, RuntimeArgs, RuntimeKind};
 
 /// A started executor.
 pub enum Executor {
@@ -32,19 +32,17 @@ impl Executor {
         rt: &RuntimeArgs,
         form: MlaForm,
     ) -> Result<Executor, CliError> {
-        let runtime = rt.runtime.clone().unwrap_or_else(|| {
-            if run.device == "cpu" {
-                "actors".into()
-            } else {
-                "reference".into()
-            }
+        let runtime = rt.runtime.unwrap_or(if run.device == DeviceId::Cpu {
+            RuntimeKind::Actors
+        } else {
+            RuntimeKind::Reference
         });
         let actor_flags = rt.schedule.is_some()
             || rt.stages.is_some()
             || rt.trace.is_some()
             || rt.metrics_addr.is_some();
-        match runtime.as_str() {
-            "actors" => {
+        match runtime {
+            RuntimeKind::Actors => {
                 if form != MlaForm::Auto {
                     return Err(CliError::Usage(
                         "--mla applies to --runtime reference; the actor runtime uses auto".into(),
@@ -57,16 +55,14 @@ impl Executor {
                     metrics_addr: rt.metrics_addr,
                     // A non-CPU `--device` puts every stream on it (else the placement's
                     // per-stream `device` holds); each stream builds its backend like the reference.
-                    device: (run.device != "cpu").then(|| run.device.clone()),
-                    backends: Some(BackendFactory::new(|d| {
-                        super::common::backend(d).map_err(|e| e.to_string())
-                    })),
+                    device: (run.device != DeviceId::Cpu).then(|| run.device.clone()),
+                    backends: Some(troupe::backends::default_factory()),
                 };
                 let r = ActorRuntime::start(model, graph, opts)
                     .map_err(|e| CliError::Runtime(e.to_string()))?;
                 Ok(Executor::Actors(r))
             }
-            "reference" => {
+            RuntimeKind::Reference => {
                 if actor_flags {
                     return Err(CliError::Usage(
                         "--schedule, --stages, --trace and --metrics-addr need --runtime actors"
@@ -79,9 +75,6 @@ impl Executor {
                     form,
                 })
             }
-            other => Err(CliError::Usage(format!(
-                "--runtime {other}: expected actors or reference"
-            ))),
         }
     }
 

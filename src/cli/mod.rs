@@ -9,7 +9,8 @@ mod logits;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use troupe_engine::DeviceId;
 
 pub use common::CliError;
 
@@ -55,7 +56,7 @@ pub struct RunArgs {
     pub threads: Option<usize>,
     /// Device for the kernels: cpu, cuda[:N], ptx-interp.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceId,
     /// MLA computation: auto (naive prefill, absorbed decode), naive, absorbed.
     #[arg(long, default_value = "auto")]
     pub mla: String,
@@ -66,8 +67,8 @@ pub struct RunArgs {
 pub struct RuntimeArgs {
     /// actors (supervised actor runtime) or reference (sequential executor). Default: actors on
     /// --device cpu, reference on other devices (give --runtime actors to run the actors there).
-    #[arg(long)]
-    pub runtime: Option<String>,
+    #[arg(long, value_enum)]
+    pub runtime: Option<RuntimeKind>,
     /// Actor schedule: sequential, two-microbatch, pipeline (default: the graph's [schedule]).
     #[arg(long)]
     pub schedule: Option<String>,
@@ -80,6 +81,15 @@ pub struct RuntimeArgs {
     /// Serve Prometheus metrics on HOST:PORT while running.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// `--runtime`: which executor runs the model.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// The supervised actor runtime (troupe-actors).
+    Actors,
+    /// The sequential reference executor (troupe-engine).
+    Reference,
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {

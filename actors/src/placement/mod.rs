@@ -1,18 +1,26 @@
-//! `[placement]`: which streams exist, which layers form which pipeline stage, which stream runs
-//! each stage's blocks, how routed experts are grouped into actors and mapped to streams and
-//! nodes, the link model and the supervision policy. Parsed from the graph file's raw table and
-//! resolved against the loaded model; every error names the offending field.
+//! `[placement]`: which streams exist and on which device, which layers form which pipeline
+//! stage, which stream runs each stage's blocks, how routed experts are grouped into actors and
+//! mapped to streams and nodes, the link model and the supervision policy. `spec.rs` reads the
+//! graph file's table (serde, unknown fields refused), `resolve.rs` resolves it against the
+//! loaded model; every error names the offending field.
 
 use std::ops::Range;
 use std::time::Duration;
 
-use toml::{Table, Value};
+use toml::Table;
 use troupe_engine::model::{FeedForward, Model};
+use troupe_engine::DeviceId;
 
 use crate::error::{ActorError, Result};
 
-mod parse;
-use parse::*;
+#[cfg(test)]
+mod device_tests;
+mod resolve;
+pub mod spec;
+#[cfg(test)]
+mod tests;
+
+pub use spec::{LinkTable, PlacementSpec, SupervisionTable};
 
 /// One resolved expert group: the experts one actor owns.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,11 +47,57 @@ impl ExpertGroup {
     }
 }
 
-/// The link between the router and the expert groups.
+/// The link between the router and the expert groups. Build it with [`LinkSpec::new`], which
+/// keeps both numbers in their documented range.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkSpec {
     pub latency: Duration,
     pub gbps: f64,
+}
+
+/// `[placement.link] latency_us` range: 0 to 1 s.
+pub const LINK_LATENCY_US: std::ops::RangeInclusive<f64> = 0.0..=1e6;
+/// `[placement.link] gbps` range: 1 Mbit/s to 1 Pbit/s.
+pub const LINK_GBPS: std::ops::RangeInclusive<f64> = 1e-3..=1e6;
+
+impl LinkSpec {
+    /// A link of `latency_us` µs and `gbps` Gbit/s; each must be finite and in
+    /// [`LINK_LATENCY_US`] / [`LINK_GBPS`] (the error names `link.latency_us` / `link.gbps`).
+    pub fn new(latency_us: f64, gbps: f64) -> Result<LinkSpec> {
+        let latency_us = in_range(latency_us, &LINK_LATENCY_US, "link.latency_us", "µs")?;
+        let gbps = in_range(gbps, &LINK_GBPS, "link.gbps", "Gbit/s")?;
+        let latency = Duration::try_from_secs_f64(latency_us * 1e-6)
+            .map_err(|e| ActorError::placement("link.latency_us", e.to_string()))?;
+        Ok(LinkSpec { latency, gbps })
+    }
+
+    /// Checks a spec built field by field (e.g. `RuntimeConfig::link`) like [`LinkSpec::new`].
+    pub fn validate(&self) -> Result<()> {
+        LinkSpec::new(self.latency.as_secs_f64() * 1e6, self.gbps).map(|_| ())
+    }
+
+    /// `[placement.link]`: `gbps` is required, `latency_us` defaults to 0.
+    pub fn from_table(t: &LinkTable) -> Result<LinkSpec> {
+        let gbps = t
+            .gbps
+            .ok_or_else(|| ActorError::placement("link.gbps", "missing (bandwidth in Gbit/s)"))?;
+        LinkSpec::new(t.latency_us.unwrap_or(0.0), gbps)
+    }
+}
+
+fn in_range(x: f64, range: &std::ops::RangeInclusive<f64>, field: &str, unit: &str) -> Result<f64> {
+    if range.contains(&x) {
+        Ok(x)
+    } else {
+        Err(ActorError::placement(
+            field,
+            format!(
+                "expected a finite number of {unit} in {}..={}, found {x}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
 }
 
 /// Restart policy of every supervisor.
@@ -66,12 +120,48 @@ impl Default for SupervisionSpec {
     }
 }
 
+/// `window_ms` / `deadline_ms` at most one day (a deadline is multiplied by 4 for routers).
+pub const MAX_SUPERVISION_MS: u64 = 86_400_000;
+
+impl SupervisionSpec {
+    /// `[placement.supervision]` over the defaults.
+    pub fn from_table(t: &SupervisionTable) -> Result<SupervisionSpec> {
+        let mut s = SupervisionSpec::default();
+        let ms = |v: u64, field: &str| {
+            if v > MAX_SUPERVISION_MS {
+                return Err(ActorError::placement(
+                    field,
+                    format!("{v} ms is more than a day (at most {MAX_SUPERVISION_MS})"),
+                ));
+            }
+            Ok(Duration::from_millis(v))
+        };
+        if let Some(n) = t.max_restarts {
+            s.max_restarts = n;
+        }
+        if let Some(w) = t.window_ms {
+            s.window = ms(w, "supervision.window_ms")?;
+        }
+        match t.deadline_ms {
+            Some(0) => {
+                return Err(ActorError::placement(
+                    "supervision.deadline_ms",
+                    "must be at least 1",
+                ))
+            }
+            Some(d) => s.deadline = ms(d, "supervision.deadline_ms")?,
+            None => {}
+        }
+        Ok(s)
+    }
+}
+
 /// A resolved placement.
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub streams: Vec<String>,
-    /// Device of each stream (`cpu`, `ptx-interp`, `cuda:N`), built by the backend factory.
-    pub stream_devices: Vec<String>,
+    /// Device of each stream; its backend is built by the runtime's backend factory.
+    pub stream_devices: Vec<DeviceId>,
     pub stages: Vec<Range<usize>>,
     /// Stream of stage `s`'s attention / router / shared / dense-MLP actors.
     pub stage_streams: Vec<usize>,
@@ -86,255 +176,20 @@ pub struct Placement {
     pub supervision: SupervisionSpec,
 }
 
-const KNOWN: &[&str] = &[
-    "streams",
-    "stages",
-    "stage_streams",
-    "experts",
-    "expert_group_size",
-    "expert_streams",
-    "expert_groups",
-    "nodes",
-    "stage_nodes",
-    "expert_nodes",
-    "link",
-    "channel_capacity",
-    "supervision",
-];
-
 impl Placement {
-    /// Resolves `table` (the graph's `[placement]`, or none) against `model`. `stages_override`
-    /// is the CLI's `--stages N`.
+    /// Reads `table` (the graph's `[placement]`, or none) and resolves it against `model`.
+    /// `stages_override` is the CLI's `--stages N`.
     pub fn resolve(
         table: Option<&Table>,
         model: &Model,
         stages_override: Option<usize>,
     ) -> Result<Placement> {
-        let empty = Table::new();
-        let t = table.unwrap_or(&empty);
-        if let Some(k) = t.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(ActorError::placement(
-                k.as_str(),
-                format!("unknown field (known: {})", KNOWN.join(", ")),
-            ));
-        }
-        let n_layers = model.layers.len();
-        let (streams, stream_devices): (Vec<String>, Vec<String>) =
-            parse_streams(t.get("streams"))?.into_iter().unzip();
-        let stream_index = |name: &str, field: &str| -> Result<usize> {
-            streams.iter().position(|s| s == name).ok_or_else(|| {
-                ActorError::placement(
-                    field,
-                    format!("no stream named `{name}` (streams: {})", streams.join(", ")),
-                )
-            })
-        };
-        let stages = match stages_override {
-            Some(n) => even_stages(n, n_layers, "stages")?,
-            None => parse_stages(t.get("stages"), n_layers)?,
-        };
-        let stage_streams = match t.get("stage_streams") {
-            None => (0..stages.len()).map(|s| s % streams.len()).collect(),
-            Some(Value::Array(a)) => {
-                if a.len() != stages.len() {
-                    return Err(ActorError::placement(
-                        "stage_streams",
-                        format!("{} entries for {} stages", a.len(), stages.len()),
-                    ));
-                }
-                a.iter()
-                    .enumerate()
-                    .map(|(i, v)| stream_ref(v, &format!("stage_streams[{i}]"), &stream_index))
-                    .collect::<Result<_>>()?
-            }
-            Some(v) => {
-                return Err(ActorError::placement(
-                    "stage_streams",
-                    format!("expected a list of stream names, found `{v}`"),
-                ))
-            }
-        };
-        let nodes = match t.get("nodes") {
-            None => 1,
-            Some(v) => int(v, "nodes")?,
-        };
-        if nodes == 0 {
-            return Err(ActorError::placement(
-                "nodes",
-                "at least one node is needed",
-            ));
-        }
-        let stage_nodes = match t.get("stage_nodes") {
-            None => vec![0; stages.len()],
-            Some(v) => {
-                let n = parse_nodes(v, "stage_nodes", nodes)?;
-                if n.len() != stages.len() {
-                    return Err(ActorError::placement(
-                        "stage_nodes",
-                        format!("{} entries for {} stages", n.len(), stages.len()),
-                    ));
-                }
-                n
-            }
-        };
-        let expert_nodes = match t.get("expert_nodes") {
-            None => vec![0],
-            Some(v) => parse_nodes(v, "expert_nodes", nodes)?,
-        };
-        let expert_streams: Vec<usize> = match t.get("expert_streams") {
-            None => (0..streams.len()).collect(),
-            Some(Value::Array(a)) if !a.is_empty() => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| stream_ref(v, &format!("expert_streams[{i}]"), &stream_index))
-                .collect::<Result<_>>()?,
-            Some(v) => {
-                return Err(ActorError::placement(
-                    "expert_streams",
-                    format!("expected a non-empty list of stream names, found `{v}`"),
-                ))
-            }
-        };
-        let rule = match t.get("experts") {
-            None => "round-robin".to_string(),
-            Some(Value::String(s)) if s == "round-robin" || s == "block" => s.clone(),
-            Some(v) => {
-                return Err(ActorError::placement(
-                    "experts",
-                    format!("expected \"round-robin\" or \"block\", found `{v}` (explicit lists go in [[placement.expert_groups]])"),
-                ))
-            }
-        };
-        let group_size = match t.get("expert_group_size") {
-            None => None,
-            Some(v) => match int(v, "expert_group_size")? {
-                0 => {
-                    return Err(ActorError::placement(
-                        "expert_group_size",
-                        "must be at least 1",
-                    ))
-                }
-                g => Some(g),
-            },
-        };
-        let explicit = parse_explicit_groups(t.get("expert_groups"), &stream_index, nodes)?;
-        let mut expert_groups = Vec::with_capacity(n_layers);
-        for layer in &model.layers {
-            let n_experts = match &layer.ffn {
-                FeedForward::Moe(m) => m.experts.len(),
-                FeedForward::Dense(_) => {
-                    if let Some((i, _)) = explicit
-                        .iter()
-                        .enumerate()
-                        .find(|(_, (l, _))| *l == Some(layer.index))
-                    {
-                        return Err(ActorError::placement(
-                            format!("expert_groups[{i}].layer"),
-                            format!("layer {} is dense (no experts)", layer.index),
-                        ));
-                    }
-                    expert_groups.push(Vec::new());
-                    continue;
-                }
-            };
-            let mine: Vec<&(Option<usize>, ExpertGroup)> = {
-                let per_layer: Vec<_> = explicit
-                    .iter()
-                    .filter(|(l, _)| *l == Some(layer.index))
-                    .collect();
-                if per_layer.is_empty() {
-                    explicit.iter().filter(|(l, _)| l.is_none()).collect()
-                } else {
-                    per_layer
-                }
-            };
-            let groups = if mine.is_empty() {
-                rule_groups(n_experts, group_size, &rule, &expert_streams, &expert_nodes)
-            } else {
-                let mut seen = vec![false; n_experts];
-                for (_, g) in &mine {
-                    for &e in &g.experts {
-                        if e >= n_experts {
-                            return Err(ActorError::placement(
-                                "expert_groups",
-                                format!(
-                                    "expert {e} does not exist (layer {} has {n_experts} experts)",
-                                    layer.index
-                                ),
-                            ));
-                        }
-                        if std::mem::replace(&mut seen[e], true) {
-                            return Err(ActorError::placement(
-                                "expert_groups",
-                                format!("expert {e} of layer {} is placed twice", layer.index),
-                            ));
-                        }
-                    }
-                }
-                if let Some(e) = seen.iter().position(|s| !s) {
-                    return Err(ActorError::placement(
-                        "expert_groups",
-                        format!("expert {e} of layer {} is not placed", layer.index),
-                    ));
-                }
-                mine.iter().map(|(_, g)| g.clone()).collect()
-            };
-            expert_groups.push(groups);
-        }
-        if let Some((i, (Some(l), _))) = explicit
-            .iter()
-            .enumerate()
-            .find(|(_, (l, _))| l.is_some_and(|l| l >= n_layers))
-        {
-            return Err(ActorError::placement(
-                format!("expert_groups[{i}].layer"),
-                format!("layer {l} does not exist (the model has {n_layers} layers)"),
-            ));
-        }
-        let link = match t.get("link") {
-            None => None,
-            Some(Value::Table(l)) => Some(parse_link(l)?),
-            Some(v) => {
-                return Err(ActorError::placement(
-                    "link",
-                    format!("expected a table, found `{v}`"),
-                ))
-            }
-        };
-        let channel_capacity = match t.get("channel_capacity") {
-            None => 4,
-            Some(v) => match int(v, "channel_capacity")? {
-                0 => {
-                    return Err(ActorError::placement(
-                        "channel_capacity",
-                        "must be at least 1",
-                    ))
-                }
-                c => c,
-            },
-        };
-        let supervision = match t.get("supervision") {
-            None => SupervisionSpec::default(),
-            Some(Value::Table(s)) => parse_supervision(s)?,
-            Some(v) => {
-                return Err(ActorError::placement(
-                    "supervision",
-                    format!("expected a table, found `{v}`"),
-                ))
-            }
-        };
-        Ok(Placement {
-            streams,
-            stream_devices,
-            stages,
-            stage_streams,
-            stage_nodes,
-            expert_groups,
-            nodes,
-            link,
-            channel_capacity,
-            supervision,
-        })
+        PlacementSpec::from_table(table)?.resolve(&layer_experts(model), stages_override)
+    }
+
+    /// Puts every stream on `device` (`RuntimeOptions::device`).
+    pub fn put_all_streams_on(&mut self, device: &DeviceId) {
+        self.stream_devices = vec![device.clone(); self.streams.len()];
     }
 
     /// The stage owning `layer`.
@@ -346,4 +201,16 @@ impl Placement {
 /// The stage (index into `stages`) holding `layer` (0 when none does).
 pub fn stage_of(stages: &[Range<usize>], layer: usize) -> usize {
     stages.iter().position(|r| r.contains(&layer)).unwrap_or(0)
+}
+
+/// Per layer of `model`: its routed-expert count (`None`: a dense layer).
+pub fn layer_experts(model: &Model) -> Vec<Option<usize>> {
+    model
+        .layers
+        .iter()
+        .map(|l| match &l.ffn {
+            FeedForward::Moe(m) => Some(m.experts.len()),
+            FeedForward::Dense(_) => None,
+        })
+        .collect()
 }

@@ -19,7 +19,8 @@ pub use two_microbatch::TwoMicroBatch;
 
 use std::sync::Arc;
 
-use toml::{Table, Value};
+use serde::Deserialize;
+use toml::Table;
 
 use crate::error::{ActorError, Result};
 
@@ -52,45 +53,40 @@ pub trait Schedule: Send + Sync {
     fn run(&self, pass: &mut ForwardPass<'_>) -> Result<()>;
 }
 
+/// `[schedule]` as written in a graph file (unknown fields refused).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleTable {
+    kind: Option<String>,
+    micro_batches: Option<usize>,
+    split_at: Option<usize>,
+}
+
 /// Builds the schedule from `[schedule]` and the CLI's `--schedule` (which wins).
 pub fn from_config(
     table: Option<&Table>,
     cli: Option<&str>,
     n_stages: usize,
 ) -> Result<Arc<dyn Schedule>> {
-    let empty = Table::new();
-    let t = table.unwrap_or(&empty);
-    if let Some(k) = t
-        .keys()
-        .find(|k| !["kind", "micro_batches", "split_at"].contains(&k.as_str()))
-    {
-        return Err(ActorError::schedule(
-            k.as_str(),
-            "unknown field (known: kind, micro_batches, split_at)",
-        ));
-    }
-    let pos = |k: &str| -> Result<Option<usize>> {
-        match t.get(k) {
-            None => Ok(None),
-            Some(Value::Integer(i)) if *i >= 1 => Ok(Some(*i as usize)),
-            Some(v) => Err(ActorError::schedule(
-                k,
-                format!("expected a positive integer, found `{v}`"),
-            )),
-        }
+    let t: ScheduleTable = match table {
+        None => ScheduleTable::default(),
+        Some(t) => crate::placement::spec::from_table(t)
+            .map_err(|e| ActorError::schedule(e.field, e.message))?,
     };
-    let kind = match (cli, t.get("kind")) {
+    let positive = |v: Option<usize>, field: &str| match v {
+        Some(0) => Err(ActorError::schedule(
+            field,
+            "expected a positive integer, found `0`",
+        )),
+        v => Ok(v),
+    };
+    let split_at = positive(t.split_at, "split_at")?;
+    let micro_batches = positive(t.micro_batches, "micro_batches")?;
+    let kind = match (cli, t.kind) {
         (Some(c), _) => c.to_string(),
-        (None, Some(Value::String(s))) => s.clone(),
+        (None, Some(k)) => k,
         (None, None) => "sequential".to_string(),
-        (None, Some(v)) => {
-            return Err(ActorError::schedule(
-                "kind",
-                format!("expected a string, found `{v}`"),
-            ))
-        }
     };
-    let (split_at, micro_batches) = (pos("split_at")?, pos("micro_batches")?);
     let field = if cli.is_some() { "--schedule" } else { "kind" };
     Ok(match kind.as_str() {
         "sequential" => Arc::new(Sequential),

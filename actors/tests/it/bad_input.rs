@@ -52,7 +52,8 @@ fn placement_naming_a_missing_stream_is_rejected() {
     let (f, m) = placement_err("streams = 2\nstage_streams = [\"cpu7\"]");
     assert_eq!(f, "stage_streams[0]");
     assert!(m.contains("no stream named `cpu7`"), "{m}");
-    let (f, _) = placement_err("streams = [\"gpu0\"]");
+    // A bare name is a CPU stream, unless it reads as another device.
+    let (f, _) = placement_err("streams = [\"cuda:0\"]");
     assert_eq!(f, "streams[0]");
     let (f, _) = placement_err("[[expert_groups]]\nexperts = [0]\nstream = \"nope\"");
     assert_eq!(f, "expert_groups[0].stream");

@@ -5,26 +5,30 @@
 use std::sync::Arc;
 
 use crate::common::*;
+use troupe_actors::stream::BackendBuildError;
 use troupe_actors::{
     ActorError, ActorRuntime, BackendFactory, FaultPlan, RuntimeConfig, RuntimeOptions,
 };
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::generate;
 use troupe_engine::kernels::CpuBackend;
-use troupe_engine::Backend;
+use troupe_engine::{Backend, DeviceId};
 
 fn factory() -> BackendFactory {
     BackendFactory::new(|d| {
-        let be: Result<Arc<dyn Backend>, String> = match d {
-            "cpu" => Ok(Arc::new(CpuBackend::new())),
-            "ptx-interp" => troupe_ptx::interp_backend().map_err(|e| e.to_string()),
-            "cuda" => troupe_ptx::cuda_backend(0).map_err(|e| e.to_string()),
-            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => troupe_ptx::cuda_backend(n).map_err(|e| e.to_string()),
-                _ => Err(format!("unknown device `{other}`")),
-            },
+        let failed = |e: troupe_ptx::GpuError| BackendBuildError::Failed {
+            device: d.clone(),
+            source: Box::new(e),
         };
-        be
+        match d {
+            DeviceId::Cpu => Ok(Arc::new(CpuBackend::new()) as Arc<dyn Backend>),
+            DeviceId::PtxInterp => troupe_ptx::interp_backend().map_err(failed),
+            DeviceId::Cuda(n) => troupe_ptx::cuda_backend(*n).map_err(failed),
+            other => Err(BackendBuildError::Unsupported {
+                device: other.clone(),
+                serves: "cpu, ptx-interp and cuda:N".into(),
+            }),
+        }
     })
 }
 
@@ -32,7 +36,7 @@ fn config(device: Option<&str>) -> RuntimeConfig {
     RuntimeConfig {
         options: RuntimeOptions {
             schedule: Some("sequential".into()),
-            device: device.map(str::to_string),
+            device: device.map(|d| d.parse().expect("device name")),
             backends: Some(factory()),
             ..Default::default()
         },

@@ -1,0 +1,180 @@
+//! Devices end to end: a caller's own [`BackendFactory`] serves a device troupe does not know
+//! (`DeviceId::Custom`), the default factory refuses it naming the field, and `--device` applies
+//! to every stream. The model is a tiny random-weight graph written to a temp dir.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use troupe_engine::executor::ReferenceExecutor;
+use troupe_engine::graph::LoadedGraph;
+use troupe_engine::kernels::CpuBackend;
+use troupe_engine::model::Model;
+use troupe_engine::{Backend, DeviceId};
+
+use crate::stream::{BackendBuildError, BackendFactory};
+use crate::{ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
+
+const TINY_GRAPH: &str = r#"format = 1
+[model]
+architecture = "deepseek-v3"
+vocab_size = 64
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+intermediate_size = 48
+rms_norm_eps = 1e-6
+max_position_embeddings = 64
+dtype = "bf16"
+bos_token_id = 0
+eos_token_id = 1
+[model.attention]
+kind = "mla"
+q_lora_rank = 16
+kv_lora_rank = 16
+qk_nope_head_dim = 8
+qk_rope_head_dim = 4
+v_head_dim = 8
+[model.rope]
+theta = 10000.0
+layout = "interleaved"
+[model.moe]
+n_routed_experts = 4
+num_experts_per_tok = 2
+moe_intermediate_size = 16
+n_shared_experts = 1
+first_k_dense_replace = 1
+n_group = 1
+topk_group = 1
+scoring = "sigmoid"
+topk_method = "noaux_tc"
+norm_topk_prob = true
+routed_scaling_factor = 2.5
+[weights]
+random = { seed = 3, std = 0.05 }
+"#;
+
+fn tiny_model() -> Arc<Model> {
+    let dir = std::env::temp_dir().join(format!("troupe-device-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, TINY_GRAPH).expect("write graph");
+    let graph = LoadedGraph::open(&path).expect("graph");
+    Arc::new(Model::load(&graph, &mut |_, _| {}).expect("model"))
+}
+
+fn config(
+    placement: &str,
+    device: Option<DeviceId>,
+    factory: Option<BackendFactory>,
+) -> RuntimeConfig {
+    RuntimeConfig {
+        options: RuntimeOptions {
+            schedule: Some("sequential".into()),
+            device,
+            backends: factory,
+            ..Default::default()
+        },
+        placement: Some(toml::from_str(placement).expect("placement")),
+        faults: Some(FaultPlan::default()),
+        ..Default::default()
+    }
+}
+
+/// Serves `cpu` and the custom device `my-npu` (the CPU kernels under another name), counting
+/// the `my-npu` backends it builds.
+fn custom_factory(built: Arc<AtomicUsize>) -> BackendFactory {
+    BackendFactory::new(move |device| match device {
+        DeviceId::Cpu => Ok(Arc::new(CpuBackend::new()) as Arc<dyn Backend>),
+        DeviceId::Custom(name) if name == "my-npu" => {
+            built.fetch_add(1, Ordering::SeqCst);
+            Ok(Arc::new(CpuBackend::new()))
+        }
+        other => Err(BackendBuildError::Unsupported {
+            device: other.clone(),
+            serves: "cpu and my-npu".into(),
+        }),
+    })
+}
+
+const TWO_STREAMS: &str =
+    "[[streams]]\nname = \"host\"\n[[streams]]\nname = \"accel\"\ndevice = \"my-npu\"\n";
+
+#[test]
+fn a_custom_factory_serves_a_custom_device() {
+    let model = tiny_model();
+    let prompt = [0u32, 5, 9, 17, 3];
+    let want = ReferenceExecutor::new(&model, &CpuBackend::new())
+        .logits(&prompt)
+        .expect("reference");
+    let built = Arc::new(AtomicUsize::new(0));
+    let cfg = config(TWO_STREAMS, None, Some(custom_factory(built.clone())));
+    let rt = ActorRuntime::start_with(model.clone(), None, None, cfg).expect("start");
+    assert_eq!(
+        rt.core().placement.stream_devices,
+        [DeviceId::Cpu, DeviceId::Custom("my-npu".into())]
+    );
+    let got = rt.logits(&prompt).expect("logits");
+    rt.shutdown().expect("shutdown");
+    assert_eq!(
+        built.load(Ordering::SeqCst),
+        1,
+        "the factory built the custom stream"
+    );
+    let bits = |t: &troupe_engine::Tensor| t.data().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want), "logits differ from the reference");
+}
+
+#[test]
+fn a_device_no_factory_serves_is_refused_naming_the_field() {
+    let model = tiny_model();
+    // The default factory builds cpu only.
+    match ActorRuntime::start_with(model.clone(), None, None, config(TWO_STREAMS, None, None)) {
+        Err(ActorError::Placement { field, message }) => {
+            assert_eq!(field, "streams[1].device");
+            assert!(
+                message.contains("`my-npu`") && message.contains("backend factory"),
+                "{message}"
+            );
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("my-npu was built without a factory serving it"),
+    }
+    // `RuntimeOptions::device` puts every stream on one device; its error names `--device`.
+    let other = DeviceId::Custom("other-npu".into());
+    let built = Arc::new(AtomicUsize::new(0));
+    let cfg = config(
+        "streams = 2",
+        Some(other),
+        Some(custom_factory(built.clone())),
+    );
+    match ActorRuntime::start_with(model.clone(), None, None, cfg) {
+        Err(ActorError::Placement { field, .. }) => assert_eq!(field, "--device"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("other-npu was built"),
+    }
+    let npu = DeviceId::Custom("my-npu".into());
+    let cfg = config(
+        "streams = 2",
+        Some(npu.clone()),
+        Some(custom_factory(built.clone())),
+    );
+    let rt = ActorRuntime::start_with(model, None, None, cfg).expect("start on my-npu");
+    assert_eq!(rt.core().placement.stream_devices, [npu.clone(), npu]);
+    rt.shutdown().expect("shutdown");
+    assert_eq!(built.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_out_of_range_link_override_is_refused() {
+    let model = tiny_model();
+    let mut cfg = config("streams = 1", None, None);
+    cfg.link = Some(crate::LinkSpec {
+        latency: std::time::Duration::from_micros(10),
+        gbps: 1e-300,
+    });
+    match ActorRuntime::start_with(model, None, None, cfg) {
+        Err(ActorError::Placement { field, .. }) => assert_eq!(field, "link.gbps"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("gbps = 1e-300 accepted"),
+    }
+}
