@@ -68,7 +68,13 @@ impl Input {
                     clip(&String::from_utf8_lossy(header.unwrap_or(&[])), 400)
                 )
             }
-            (Some((_, bytes)), None) => clip(&String::from_utf8_lossy(bytes), 300),
+            (Some((_, bytes)), None) => {
+                let before = std::fs::read(&self.seed).unwrap_or_default();
+                changed_lines(
+                    &String::from_utf8_lossy(&before),
+                    &String::from_utf8_lossy(bytes),
+                )
+            }
             (None, None) => String::new(),
         };
         format!(
@@ -225,4 +231,20 @@ fn mutate_json_file(runner: &mut TestRunner, bytes: &[u8], n_ops: usize) -> (Vec
     }
     let text = serde_json::to_vec_pretty(&v).expect("JSON");
     (text, format!("{ops:?}"))
+}
+
+/// The lines `after` adds (`+`) and drops (`-`) relative to `before`, at most 12.
+fn changed_lines(before: &str, after: &str) -> String {
+    let old: std::collections::HashSet<&str> = before.lines().collect();
+    let new: std::collections::HashSet<&str> = after.lines().collect();
+    let added = after
+        .lines()
+        .filter(|l| !old.contains(l))
+        .map(|l| format!("+{}", l.trim()));
+    let dropped = before
+        .lines()
+        .filter(|l| !new.contains(l))
+        .map(|l| format!("-{}", l.trim()));
+    let all: Vec<String> = added.chain(dropped).take(12).collect();
+    clip(&all.join(" | "), 600)
 }

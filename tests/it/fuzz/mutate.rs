@@ -551,9 +551,8 @@ pub fn fault_op() -> impl Strategy<Value = FaultOp> {
     let keys = select(vec![
         "actor", "after", "kind", "times", "", "Actor", "kind ",
     ]);
-    let inserts = select(vec![
-        ";", ",", ":", ";;", ",,", "::", " ", "\t", "=", "\u{0}", "é",
-    ]);
+    // No NUL: an environment variable cannot hold one.
+    let inserts = select(vec![";", ",", ":", ";;", ",,", "::", " ", "\t", "=", "é"]);
     prop_oneof![
         4 => (any::<Index>(), values).prop_map(|(i, v)| FaultOp::Value(i, v)),
         2 => (any::<Index>(), keys).prop_map(|(i, k)| FaultOp::Key(i, k)),
