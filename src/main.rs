@@ -1,15 +1,21 @@
 //! The `troupe` command line: generate, logits, inspect, import-hf, bench.
 //!
-//! Errors are printed as one line on stderr (`troupe: error: ...`) and the exit code is 2.
+//! Errors, usage errors included, are printed as one line on stderr (`troupe: error: ...`) and the
+//! exit code is 2; `--help` and `--version` exit 0.
 
 mod cli;
 
-use clap::Parser;
-
 fn main() {
-    let args = cli::Cli::parse();
+    let args = cli::parse_or_exit();
     if let Err(e) = cli::run(args) {
-        eprintln!("troupe: error: {e}");
+        // One line, even when a library's message spans several.
+        let message = e.to_string();
+        let lines: Vec<&str> = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        eprintln!("troupe: error: {}", lines.join(" "));
         std::process::exit(2);
     }
 }

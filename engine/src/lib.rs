@@ -14,6 +14,7 @@ pub mod generate;
 pub mod graph;
 pub mod inspect;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod params;
 pub mod sampling;

@@ -1,16 +1,18 @@
-//! What every model-running command shares: the error type, thread setup, model loading with a
+//! What every model-running command shares: the error type, the checks that run before any
+//! weight is touched (TROUPE_FAULT, the memory pre-check), thread setup, model loading with a
 //! progress bar, device selection, and prompt parsing.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use troupe_actors::stream::BackendBuildError;
-use troupe_engine::graph::LoadedGraph;
+use troupe_engine::graph::{LoadedGraph, WeightsSource};
+use troupe_engine::kernels::CpuBackend;
+use troupe_engine::memory::{self, Available, MemoryError, MemoryNeed, RunShape};
 use troupe_engine::model::{MlaForm, Model};
 use troupe_engine::{Backend, DeviceId, EngineError};
 
-use super::RunArgs;
+use super::{RunArgs, MAX_THREADS};
 
 /// Errors of the command line.
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +25,17 @@ pub enum CliError {
     Output { path: String, message: String },
     #[error("{0}")]
     Runtime(String),
+    #[error("{0}; pass --skip-memory-check to try anyway")]
+    Memory(#[from] MemoryError),
 }
 
 /// Sizes the global compute pool (once per process).
 pub fn init_threads(threads: Option<usize>) -> Result<(), CliError> {
     if let Some(t) = threads {
-        if t == 0 {
-            return Err(CliError::Usage("--threads must be at least 1".into()));
+        if t == 0 || t > MAX_THREADS {
+            return Err(CliError::Usage(format!(
+                "--threads {t}: expected a whole number from 1 to {MAX_THREADS}"
+            )));
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
@@ -39,22 +45,75 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Opens the graph and loads its weights, with a progress bar on a terminal.
-pub fn load_model(path: &Path) -> Result<(LoadedGraph, Arc<Model>), CliError> {
-    let graph = LoadedGraph::open(path)?;
+/// The graph of `--model`, once the checks that need no model pass (a malformed `TROUPE_FAULT` is
+/// an error under every runtime, not only where actors read it).
+pub fn open_graph(run: &RunArgs) -> Result<LoadedGraph, CliError> {
+    check_fault_env()?;
+    Ok(LoadedGraph::open(&run.model)?)
+}
+
+fn check_fault_env() -> Result<(), CliError> {
+    let Some(raw) = std::env::var_os("TROUPE_FAULT") else {
+        return Ok(());
+    };
+    let text = raw
+        .to_str()
+        .ok_or_else(|| CliError::Usage("TROUPE_FAULT is not valid UTF-8".into()))?;
+    troupe_actors::FaultPlan::parse(text)
+        .map(|_| ())
+        .map_err(|e| CliError::Usage(format!("TROUPE_FAULT: {e}")))
+}
+
+/// Fails when `sequences` sequences of `tokens` positions would not fit in the memory this
+/// process can get (unless `--skip-memory-check`); runs before any weight is allocated or mapped.
+pub fn check_memory(
+    run: &RunArgs,
+    graph: &LoadedGraph,
+    sequences: usize,
+    tokens: usize,
+) -> Result<(), CliError> {
+    if run.skip_memory_check {
+        return Ok(());
+    }
+    let threads = run.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // Longer runs are refused by the position check, with a clearer message.
+    let shape = RunShape {
+        sequences,
+        tokens_per_sequence: tokens.min(graph.spec.max_position_embeddings),
+        threads,
+    };
+    let random = matches!(graph.weights, WeightsSource::Random(_));
+    let need = MemoryNeed::of(&graph.spec, random, &shape);
+    Ok(memory::check(need, Available::of_this_process())?)
+}
+
+/// Sizes the thread pool, builds the `--device` backend and loads the weights.
+pub fn start_model(
+    run: &RunArgs,
+    graph: &LoadedGraph,
+) -> Result<(Arc<Model>, Arc<dyn Backend>), CliError> {
+    init_threads(run.threads)?;
+    let be = backend(&run.device)?;
+    Ok((load_model(graph)?, be))
+}
+
+/// Loads the weights of `graph`, with a progress bar on a terminal.
+pub fn load_model(graph: &LoadedGraph) -> Result<Arc<Model>, CliError> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    bar.set_message(path.display().to_string());
-    let model = Model::load(&graph, &mut |done, total| {
+    bar.set_message(graph.origin.display().to_string());
+    let model = Model::load(graph, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
-    Ok((graph, Arc::new(model?)))
+    Ok(Arc::new(model?))
 }
 
 pub fn mla_form(s: &str) -> Result<MlaForm, CliError> {
@@ -79,15 +138,19 @@ pub fn backend(device: &DeviceId) -> Result<Arc<dyn Backend>, CliError> {
     })
 }
 
-/// Parses `0,5,9` into token ids; the error names the bad entry.
+/// Parses `0,5,9` into token ids; the error names the bad entry. An empty (or blank) string is
+/// an empty prompt; an empty entry (`1,,2`, `1,2,`) is an error.
 pub fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
     let mut out = Vec::new();
-    for (i, part) in s
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .enumerate()
-    {
+    if s.trim().is_empty() {
+        return Ok(out);
+    }
+    for (i, part) in s.split(',').map(str::trim).enumerate() {
+        if part.is_empty() {
+            return Err(CliError::Usage(format!(
+                "--prompt-ids: entry {i} is empty (ids are separated by single commas)"
+            )));
+        }
         let v: i64 = part.parse().map_err(|_| {
             CliError::Usage(format!(
                 "--prompt-ids: entry {i} `{part}` is not an integer"
@@ -103,10 +166,21 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
     Ok(out)
 }
 
-/// Setup shared by generate/logits/bench.
-pub fn prepare(run: &RunArgs) -> Result<(LoadedGraph, Arc<Model>, Arc<dyn Backend>), CliError> {
-    init_threads(run.threads)?;
-    let be = backend(&run.device)?;
-    let (graph, model) = load_model(&run.model)?;
+/// Setup for a run of `sequences` sequences of `tokens` positions: open the graph, check the
+/// memory, then size the pool, build the backend and load the weights.
+pub fn prepare_for(
+    run: &RunArgs,
+    sequences: usize,
+    tokens: usize,
+) -> Result<(LoadedGraph, Arc<Model>, Arc<dyn Backend>), CliError> {
+    let graph = open_graph(run)?;
+    check_memory(run, &graph, sequences, tokens)?;
+    let (model, be) = start_model(run, &graph)?;
     Ok((graph, model, be))
+}
+
+/// Setup shared by generate/logits/bench when the run's length is not known up front: the memory
+/// check counts the weights and one position of one sequence.
+pub fn prepare(run: &RunArgs) -> Result<(LoadedGraph, Arc<Model>, Arc<dyn Backend>), CliError> {
+    prepare_for(run, 1, 1)
 }

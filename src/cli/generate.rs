@@ -6,7 +6,9 @@ use troupe_engine::generate::GenerateRequest;
 use troupe_engine::sampling::SamplingParams;
 use troupe_engine::tokenizer::TextTokenizer;
 
-use super::common::{mla_form, parse_ids, prepare, CliError};
+use troupe_engine::graph::LoadedGraph;
+
+use super::common::{check_memory, mla_form, open_graph, parse_ids, start_model, CliError};
 use super::executor::Executor;
 use super::{RunArgs, RuntimeArgs};
 
@@ -59,7 +61,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
             return Err(CliError::Usage(format!("--top-p {p}: must be in (0, 1]")));
         }
     }
-    let (graph, model, be) = prepare(&a.run)?;
+    let graph = open_graph(&a.run)?;
     let tokenizer = match &graph.tokenizer {
         Some(p) => Some(TextTokenizer::open(p)?),
         None => None,
@@ -74,7 +76,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
                 ))
             })?;
             let mut ids = Vec::new();
-            if let (Some(bos), false) = (model.spec.bos_token_id, a.no_bos) {
+            if let (Some(bos), false) = (graph.spec.bos_token_id, a.no_bos) {
                 ids.push(bos);
             }
             ids.extend(tok.encode(text)?);
@@ -82,6 +84,9 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         }
         (None, None) => return Err(CliError::Usage("give --prompt or --prompt-ids".into())),
     };
+    let positions = check_positions(&graph, prompt.len(), a.max_new_tokens)?;
+    check_memory(&a.run, &graph, 1, positions)?;
+    let (model, be) = start_model(&a.run, &graph)?;
     let exec = Executor::start(
         &graph,
         model.clone(),
@@ -126,4 +131,20 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// The positions a run reaches (prompt + new tokens, the last one never fed back), checked
+/// against `max_position_embeddings` before any weight is loaded; no sum can wrap.
+fn check_positions(
+    graph: &LoadedGraph,
+    prompt: usize,
+    max_new_tokens: usize,
+) -> Result<usize, CliError> {
+    let limit = graph.spec.max_position_embeddings;
+    match prompt.checked_add(max_new_tokens.saturating_sub(1)) {
+        Some(n) if n <= limit => Ok(n),
+        _ => Err(CliError::Usage(format!(
+            "--max-new-tokens {max_new_tokens}: {prompt} prompt tokens + {max_new_tokens} new tokens exceed the position limit of {limit} (max_position_embeddings)"
+        ))),
+    }
 }

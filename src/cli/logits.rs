@@ -1,11 +1,15 @@
 //! `troupe logits`: one cache-free forward pass, written as safetensors tensor `logits` (F32, [T, V]).
+//! `--out` is written as the user means the path: through symlinks, in place when it is not a
+//! regular file (a device, a FIFO), and atomically (temp file + rename) when it is one.
 
-use std::path::PathBuf;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::common::{mla_form, parse_ids, prepare, CliError};
+use super::common::{mla_form, parse_ids, prepare_for, CliError};
 use super::executor::Executor;
 use super::{RunArgs, RuntimeArgs};
 
@@ -25,7 +29,7 @@ pub struct LogitsArgs {
 
 pub fn run(a: LogitsArgs) -> Result<(), CliError> {
     let ids = parse_ids(&a.prompt_ids)?;
-    let (graph, model, be) = prepare(&a.run)?;
+    let (graph, model, be) = prepare_for(&a.run, 1, ids.len())?;
     let exec = Executor::start(&graph, model, be, &a.run, &a.runtime, mla_form(&a.run.mla)?)?;
     let result = exec.logits(&ids);
     exec.finish()?;
@@ -34,7 +38,7 @@ pub fn run(a: LogitsArgs) -> Result<(), CliError> {
 }
 
 /// Writes one F32 tensor named `logits`.
-pub fn write_logits(path: &std::path::Path, shape: &[usize], data: &[f32]) -> Result<(), CliError> {
+pub fn write_logits(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), CliError> {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let out_err = |m: String| CliError::Output {
         path: path.display().to_string(),
@@ -42,6 +46,68 @@ pub fn write_logits(path: &std::path::Path, shape: &[usize], data: &[f32]) -> Re
     };
     let view =
         TensorView::new(Dtype::F32, shape.to_vec(), &bytes).map_err(|e| out_err(e.to_string()))?;
-    safetensors::serialize_to_file([("logits", view)], None, path)
-        .map_err(|e| out_err(e.to_string()))
+    let file =
+        safetensors::serialize([("logits", view)], None).map_err(|e| out_err(e.to_string()))?;
+    write_output(path, &file).map_err(|e| out_err(e.to_string()))
+}
+
+/// Writes `bytes` to what `path` names: a symlink's final target (the link stays a link); a path
+/// that exists and is not a regular file (a device, a FIFO) directly, never replacing the node;
+/// otherwise a sibling temp file renamed over the target, so readers never see half a file.
+fn write_output(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let target = follow_symlinks(path)?;
+    match fs::metadata(&target) {
+        Ok(m) if m.is_dir() => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a directory",
+        )),
+        Ok(m) if !m.is_file() => {
+            let mut f = fs::OpenOptions::new().write(true).open(&target)?;
+            f.write_all(bytes)?;
+            f.flush()
+        }
+        _ => {
+            let name = target.file_name().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
+            })?;
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(".{}.tmp", std::process::id()));
+            let tmp = target.with_file_name(tmp_name);
+            let written = (|| {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)?;
+                f.write_all(bytes)?;
+                f.sync_all()?;
+                fs::rename(&tmp, &target)
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            written
+        }
+    }
+}
+
+/// The path a chain of symlinks ends at (which may not exist yet); at most 40 links, as Linux.
+fn follow_symlinks(path: &Path) -> std::io::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = fs::read_link(&p)?;
+                p = match p.parent() {
+                    Some(dir) if link.is_relative() => dir.join(link),
+                    _ => link,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "too many levels of symbolic links",
+    ))
 }

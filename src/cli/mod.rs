@@ -9,7 +9,8 @@ mod logits;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use troupe_engine::DeviceId;
 
 pub use common::CliError;
@@ -51,8 +52,8 @@ pub struct RunArgs {
     /// A graph file (.toml) or an HF model folder.
     #[arg(long, short = 'm')]
     pub model: PathBuf,
-    /// Compute threads (default: all cores).
-    #[arg(long, short = 't')]
+    /// Compute threads, 1 to 1024 (default: all cores).
+    #[arg(long, short = 't', value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Device for the kernels: cpu, cuda[:N], ptx-interp.
     #[arg(long, default_value = "cpu")]
@@ -60,6 +61,19 @@ pub struct RunArgs {
     /// MLA computation: auto (naive prefill, absorbed decode), naive, absorbed.
     #[arg(long, default_value = "auto")]
     pub mla: String,
+    /// Run even when the model looks too large for this machine's available memory.
+    #[arg(long)]
+    pub skip_memory_check: bool,
+}
+
+/// The most compute threads `--threads` accepts: more only thrash (and 10⁵ hang the machine).
+pub const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(t) if (1..=MAX_THREADS).contains(&t) => Ok(t),
+        _ => Err(format!("expected a whole number from 1 to {MAX_THREADS}")),
+    }
 }
 
 /// Which executor runs the model, and the actor runtime's options.
@@ -90,6 +104,65 @@ pub enum RuntimeKind {
     Actors,
     /// The sequential reference executor (troupe-engine).
     Reference,
+}
+
+/// Parses the command line; `--help`/`--version` print and exit 0, and a usage error prints one
+/// line (`troupe: error: ...; see 'troupe generate --help'`) and exits 2.
+pub fn parse_or_exit() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            std::process::exit(0)
+        }
+        Err(e) => {
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            eprintln!("troupe: error: {}", usage_line(&e, &args));
+            std::process::exit(2)
+        }
+    }
+}
+
+/// One line for a clap error: its first line without the `error:` prefix, and where to read more.
+fn usage_line(e: &clap::Error, args: &[String]) -> String {
+    let command = Cli::command();
+    let sub = args
+        .iter()
+        .find(|a| !a.starts_with('-'))
+        .filter(|a| command.find_subcommand(a.as_str()).is_some());
+    let help = match sub {
+        Some(s) => format!("troupe {s} --help"),
+        None => "troupe --help".into(),
+    };
+    let message = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+        match sub {
+            Some(s) => format!("`{s}` needs arguments"),
+            None => format!("a command is required ({})", names.join(", ")),
+        }
+    } else {
+        // The first paragraph (a list of missing arguments continues it), without the `error:`
+        // prefix; tips and usage follow a blank line.
+        let text = e.render().to_string();
+        let paragraph: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .skip_while(|l| l.is_empty())
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let first = paragraph.join(" ");
+        let first = first.strip_prefix("error: ").unwrap_or(&first);
+        let first = first.strip_suffix(" found").unwrap_or(first);
+        if first.is_empty() {
+            "invalid arguments".into()
+        } else {
+            first.to_string()
+        }
+    };
+    format!("{message}; see '{help}'")
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {

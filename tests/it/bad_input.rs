@@ -1,11 +1,9 @@
 //! Bad input gets one clear line on stderr naming the culprit and exit code 2 — never a panic.
 //! Each case runs the real `troupe` binary on a broken copy of a fixture.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::troupe;
+use crate::common::{self, troupe};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 /// Asserts a clean failure whose message contains every `needle`.

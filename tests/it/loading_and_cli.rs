@@ -2,10 +2,9 @@
 //! that point at HF folders, `import-hf` round trips, `troupe logits` output, `--json`, seeded
 //! sampling, and random-weight graphs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use troupe::engine::dtype::{f16_to_f32, f32_to_f16};
 use troupe::engine::executor::ReferenceExecutor;
 use troupe::engine::graph::LoadedGraph;
 use troupe::engine::kernels::CpuBackend;
@@ -61,7 +60,7 @@ fn f16_weights_match_their_f32_upcast() {
     let mut f32 = Vec::new();
     for (n, v) in st.tensors() {
         let vals = f32_le(v.data());
-        let h: Vec<half::f16> = vals.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let h: Vec<u16> = vals.iter().map(|&x| f32_to_f16(x)).collect();
         f16.push((
             n.clone(),
             v.shape().to_vec(),
@@ -71,7 +70,7 @@ fn f16_weights_match_their_f32_upcast() {
             n,
             v.shape().to_vec(),
             h.iter()
-                .flat_map(|x| x.to_f32().to_le_bytes())
+                .flat_map(|&x| f16_to_f32(x).to_le_bytes())
                 .collect::<Vec<u8>>(),
         ));
     }

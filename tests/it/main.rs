@@ -1,0 +1,13 @@
+//! The root crate's integration tests, one binary (`cargo test -p troupe --test it`):
+//! - `bad_input`: broken fixtures get one clear stderr line and exit 2;
+//! - `loading_and_cli`: loading paths (shards, f16, graph files) and the CLI's contracts;
+//! - `hardening`: regression tests of issue #14's CLI findings (threads, memory pre-check,
+//!   `logits --out`, `--max-new-tokens`, usage errors, `--prompt-ids`, `TROUPE_FAULT`);
+//! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
+//!   fault strings, in process and through the binary).
+
+mod bad_input;
+mod common;
+mod fuzz;
+mod hardening;
+mod loading_and_cli;
