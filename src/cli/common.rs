@@ -7,7 +7,6 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressStyle};
 use troupe_actors::stream::BackendBuildError;
 use troupe_engine::graph::{LoadedGraph, WeightsSource};
-use troupe_engine::kernels::CpuBackend;
 use troupe_engine::memory::{self, Available, MemoryError, MemoryNeed, RunShape};
 use troupe_engine::model::{MlaForm, Model};
 use troupe_engine::{Backend, DeviceId, EngineError};

@@ -146,7 +146,8 @@ fn write_micro(fixture: &str, dir: &Path) {
                 WeightRole::NormGain => RandomInit::Ones,
                 WeightRole::Bias => RandomInit::Zeros,
             };
-            let w = random_weight(&s.name, s.shape.clone(), DType::F32, init, 11);
+            let w = random_weight(&s.name, s.shape.clone(), DType::F32, init, 11)
+                .unwrap_or_else(|e| panic!("micro {fixture}: {e}"));
             (s.name.clone(), s.shape.clone(), w.bytes().to_vec())
         })
         .collect();
