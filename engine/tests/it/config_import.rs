@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use troupe_engine::graph::hf_config::{spec_from_hf_config, spec_from_hf_config_file};
 use troupe_engine::EngineError;
 
-use crate::fixtures::fixture;
+use crate::fixtures::{fixture, sparse_file};
 
 fn config(case: &str) -> Value {
     let text = std::fs::read_to_string(fixture(case).join("config.json")).unwrap();
