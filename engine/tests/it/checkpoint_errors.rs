@@ -168,10 +168,11 @@ fn a_device_as_the_model_or_tokenizer_path_is_refused_without_reading() {
 #[test]
 fn an_oversized_graph_file_is_refused_with_the_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("big.toml");
-    let f = std::fs::File::create(&g).unwrap();
-    f.set_len(troupe_engine::files::MAX_GRAPH_FILE_BYTES + 1)
-        .unwrap();
+    let g = sparse_file(
+        dir.path(),
+        "big.toml",
+        troupe_engine::files::MAX_GRAPH_FILE_BYTES + 1,
+    );
     let e = LoadedGraph::open(&g).err().unwrap().to_string();
     assert!(e.contains("big.toml") && e.contains("larger than"), "{e}");
 }

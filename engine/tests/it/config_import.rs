@@ -156,10 +156,11 @@ fn config_json_that_is_a_device_is_refused_without_reading() {
 #[test]
 fn oversized_config_json_is_refused_with_the_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.json");
-    let f = std::fs::File::create(&cfg).unwrap();
-    f.set_len(troupe_engine::files::MAX_CONFIG_BYTES + 1)
-        .unwrap();
+    let cfg = sparse_file(
+        dir.path(),
+        "config.json",
+        troupe_engine::files::MAX_CONFIG_BYTES + 1,
+    );
     let e = spec_from_hf_config_file(&cfg).unwrap_err().to_string();
     assert!(
         e.contains("larger than") && e.contains("config.json"),
