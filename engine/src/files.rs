@@ -51,7 +51,7 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
             return "a socket";
         }
     }
-    "not a regular file"
+    "an unusual file type"
 }
 
 /// Checks that `path` is a regular file (following symlinks); returns its size.

@@ -217,7 +217,16 @@ impl LoadedGraph {
 
     /// Reads an HF folder's `config.json`.
     pub fn from_hf_dir(dir: &Path) -> Result<LoadedGraph> {
-        let spec = spec_from_hf_config_file(&dir.join("config.json"))?;
+        let config = dir.join("config.json");
+        if !config.exists() {
+            return Err(EngineError::GraphFile {
+                path: dir.into(),
+                message: format!(
+                    "a folder without config.json is not a model folder: {PASS_FOLDER}"
+                ),
+            });
+        }
+        let spec = spec_from_hf_config_file(&config)?;
         let tok = dir.join("tokenizer.json");
         Ok(LoadedGraph {
             origin: dir.to_path_buf(),

@@ -10,7 +10,7 @@ use troupe_engine::model::Model;
 use troupe_engine::weights::Checkpoint;
 use troupe_engine::EngineError;
 
-use crate::fixtures::{fixture, scratch_copy};
+use crate::fixtures::{fixture, scratch_copy, sparse_file};
 
 /// (header, data) of a safetensors file.
 fn split(path: &Path) -> (Map<String, Value>, Vec<u8>) {
@@ -134,6 +134,10 @@ fn a_checkpoint_or_config_as_the_model_path_asks_for_the_folder() {
             .to_string();
         assert!(e.contains("pass the model folder"), "{file}: {e}");
     }
+    // A folder that is not a model folder says so.
+    let empty = tempfile::tempdir().unwrap();
+    let e = LoadedGraph::open(empty.path()).err().unwrap().to_string();
+    assert!(e.contains("not a model folder"), "{e}");
     // Binary content under another name gets the same hint instead of a UTF-8 error.
     let dir = tempfile::tempdir().unwrap();
     let weird = dir.path().join("weights.bin");
@@ -144,37 +148,31 @@ fn a_checkpoint_or_config_as_the_model_path_asks_for_the_folder() {
 
 #[cfg(unix)]
 #[test]
-fn a_device_as_the_model_path_is_refused_without_reading() {
-    let e = LoadedGraph::open(Path::new("/dev/zero"))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("/dev/zero") && e.contains("not a regular file"),
-        "{e}"
-    );
-}
-
-#[cfg(unix)]
-#[test]
-fn a_device_as_the_tokenizer_is_refused_without_reading() {
-    let e = troupe_engine::tokenizer::TextTokenizer::open(Path::new("/dev/zero"))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("/dev/zero") && e.contains("not a regular file"),
-        "{e}"
-    );
+fn a_device_as_the_model_or_tokenizer_path_is_refused_without_reading() {
+    let dev = Path::new("/dev/zero");
+    let errors = [
+        LoadedGraph::open(dev).err().map(|e| e.to_string()),
+        troupe_engine::tokenizer::TextTokenizer::open(dev)
+            .err()
+            .map(|e| e.to_string()),
+    ];
+    for e in errors {
+        let e = e.expect("an error");
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
 }
 
 #[test]
 fn an_oversized_graph_file_is_refused_with_the_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("big.toml");
-    let f = std::fs::File::create(&g).unwrap();
-    f.set_len(troupe_engine::files::MAX_GRAPH_FILE_BYTES + 1)
-        .unwrap();
+    let g = sparse_file(
+        dir.path(),
+        "big.toml",
+        troupe_engine::files::MAX_GRAPH_FILE_BYTES + 1,
+    );
     let e = LoadedGraph::open(&g).err().unwrap().to_string();
     assert!(e.contains("big.toml") && e.contains("larger than"), "{e}");
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use troupe_engine::graph::hf_config::{spec_from_hf_config, spec_from_hf_config_file};
 use troupe_engine::EngineError;
 
-use crate::fixtures::fixture;
+use crate::fixtures::{fixture, sparse_file};
 
 fn config(case: &str) -> Value {
     let text = std::fs::read_to_string(fixture(case).join("config.json")).unwrap();
@@ -156,10 +156,11 @@ fn config_json_that_is_a_device_is_refused_without_reading() {
 #[test]
 fn oversized_config_json_is_refused_with_the_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.json");
-    let f = std::fs::File::create(&cfg).unwrap();
-    f.set_len(troupe_engine::files::MAX_CONFIG_BYTES + 1)
-        .unwrap();
+    let cfg = sparse_file(
+        dir.path(),
+        "config.json",
+        troupe_engine::files::MAX_CONFIG_BYTES + 1,
+    );
     let e = spec_from_hf_config_file(&cfg).unwrap_err().to_string();
     assert!(
         e.contains("larger than") && e.contains("config.json"),

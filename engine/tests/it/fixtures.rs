@@ -121,3 +121,11 @@ pub fn scratch_copy(case: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// A sparse file of `len` bytes (zeros) in `dir`, to exceed a size cap without writing it.
+pub fn sparse_file(dir: &Path, name: &str, len: u64) -> PathBuf {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).expect("create");
+    f.set_len(len).expect("set_len");
+    path
+}
