@@ -28,6 +28,14 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = read_bytes_capped(path, MAX_TOKENIZER_BYTES, "a tokenizer.json")?;
+        // JSON syntax first: tokenizers 0.22 panics (`expect("Helper")`) on a syntax error inside
+        // the `decoder` section instead of returning it, so only well-formed JSON reaches it.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            EngineError::Tokenizer {
+                path: path.into(),
+                message: format!("invalid JSON: {e}"),
+            }
+        })?;
         let inner =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| EngineError::Tokenizer {
                 path: path.into(),

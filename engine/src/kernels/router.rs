@@ -15,21 +15,30 @@
 //! *dropped* group win — which contradicts group-limited routing (and, in DeepSeek's deployment,
 //! would send the token to a node it was meant to avoid). Test: `engine/tests/it/router.rs`.
 //!
-//! Ties break towards the lower expert id. All in f32, one row at a time.
+//! Ties break towards the lower expert id; a NaN score ranks below every number. All in f32, one
+//! row at a time.
 
 use crate::backend::Routing;
 use crate::error::{EngineError, Result};
 use crate::params::{RouterRule, Scoring, TopkMethod};
 use crate::tensor::Tensor;
 
+/// Orders scores for ranking: the usual order of finite and infinite values (`-0.0 == 0.0`),
+/// with NaN below everything. A total order, so sorting cannot panic on a NaN score (a non-finite
+/// layer output is reported by the forward pass's finiteness check right after the layer).
+fn rank_order(a: f32, b: f32) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (false, false) => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+    }
+}
+
 /// Indices of the `k` largest values (ties → lower index), in descending order of value.
 pub fn top_k_indices(v: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| {
-        v[b].partial_cmp(&v[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
+    idx.sort_by(|&a, &b| rank_order(v[b], v[a]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
 }

@@ -12,3 +12,4 @@ mod random_weights;
 mod requests;
 mod router;
 mod spec_validation;
+mod tokenizer_files;

@@ -59,3 +59,22 @@ fn v2_group_limited_greedy_keeps_the_best_groups_by_max() {
     let r = route(&logits, &rule, None).unwrap();
     assert_eq!(r.ids, vec![vec![2, 3]]);
 }
+
+#[test]
+fn nan_scores_rank_last_and_never_panic() {
+    // A NaN among many scores made the old comparator inconsistent (NaN "equal" to everything),
+    // which Rust's sort may answer with a panic. NaN now ranks below every number.
+    use troupe_engine::kernels::router::top_k_indices;
+    let mut v: Vec<f32> = (0..64).map(|i| ((i * 37) % 64) as f32).collect();
+    for i in (0..64).step_by(3) {
+        v[i] = f32::NAN;
+    }
+    let top = top_k_indices(&v, 64);
+    let first_nan = top.iter().position(|&i| v[i].is_nan()).unwrap();
+    assert!(top[first_nan..].iter().all(|&i| v[i].is_nan()));
+    assert!(top[..first_nan]
+        .windows(2)
+        .all(|w| v[w[0]] >= v[w[1]]));
+    // Ties (all NaN) keep ascending ids.
+    assert!(top[first_nan..].windows(2).all(|w| w[0] < w[1]));
+}
