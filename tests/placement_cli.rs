@@ -36,11 +36,15 @@ fn bad_bench_numbers_are_refused_by_the_parser() {
         ("-r", "0", "--reps"),
         ("--reps", "x", "--reps"),
         ("--seqs", "0", "--seqs"),
-        ("--seqs", "-3", "--seqs"),
+        ("--seqs=-3", "", "--seqs"),
         ("-p", "many", "--n-prompt"),
         ("-n", "1e3", "--n-gen"),
     ] {
-        assert_usage_error(&["bench", "-m", &m, flag, value], named);
+        let mut args = vec!["bench", "-m", &m, flag];
+        if !value.is_empty() {
+            args.push(value);
+        }
+        assert_usage_error(&args, named);
     }
     assert_usage_error(&["bench", "-m", &m, "--profile", "gpu"], "--profile");
     assert_usage_error(&["bench", "-m", &m, "--runtime", "fast"], "--runtime");
@@ -90,53 +94,19 @@ fn device_and_runtime_are_parsed_once_by_clap() {
 /// A tiny random-weight model with `link` as its `[placement.link]` table.
 fn graph_with_link(dir: &Path, link: &str) -> PathBuf {
     let text = format!(
-        r#"format = 1
-[model]
-architecture = "deepseek-v3"
-vocab_size = 64
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-intermediate_size = 48
-rms_norm_eps = 1e-6
-max_position_embeddings = 64
-dtype = "bf16"
-bos_token_id = 0
-eos_token_id = 1
-[model.attention]
-kind = "mla"
-q_lora_rank = 16
-kv_lora_rank = 16
-qk_nope_head_dim = 8
-qk_rope_head_dim = 4
-v_head_dim = 8
-[model.rope]
-theta = 10000.0
-layout = "interleaved"
-[model.moe]
-n_routed_experts = 4
-num_experts_per_tok = 2
-moe_intermediate_size = 16
-n_shared_experts = 1
-first_k_dense_replace = 1
-n_group = 1
-topk_group = 1
-scoring = "sigmoid"
-topk_method = "noaux_tc"
-norm_topk_prob = true
-routed_scaling_factor = 2.5
-[weights]
-random = {{ seed = 3, std = 0.05 }}
-[placement]
-nodes = 2
-expert_nodes = [1]
-[placement.link]
-{link}
-"#
+        "{}[placement]\nnodes = 2\nexpert_nodes = [1]\n[placement.link]\n{link}\n",
+        include_str!("../actors/src/placement/tiny_graph.toml")
     );
     let path = dir.join("tiny.toml");
     std::fs::write(&path, text).expect("write graph");
     path
+}
+
+/// Two tokens from `graph` on the actor runtime.
+fn generate_on_actors(graph: &Path) -> Output {
+    let path = graph.to_str().expect("utf-8 path");
+    let args = ["generate", "-m", path, "--prompt-ids", "1,2", "-n", "2"];
+    troupe(&[&args[..], &["--runtime", "actors"]].concat())
 }
 
 #[test]
@@ -150,35 +120,13 @@ fn extreme_link_numbers_are_one_line_errors_naming_the_field() {
         ("latency_us = -1\ngbps = 10", "link.latency_us"),
         ("latency_us = 5\ngbps = -10", "link.gbps"),
     ] {
-        let g = graph_with_link(dir.path(), link);
-        let o = troupe(&[
-            "generate",
-            "-m",
-            g.to_str().expect("utf-8 path"),
-            "--prompt-ids",
-            "1,2",
-            "-n",
-            "2",
-            "--runtime",
-            "actors",
-        ]);
+        let o = generate_on_actors(&graph_with_link(dir.path(), link));
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{link}: {err}");
         assert_eq!(err.lines().count(), 1, "{link}: {err}");
         assert!(err.contains(field), "{link}: {err}");
     }
     // In range, the same graph runs.
-    let g = graph_with_link(dir.path(), "latency_us = 5\ngbps = 10");
-    let o = troupe(&[
-        "generate",
-        "-m",
-        g.to_str().expect("utf-8 path"),
-        "--prompt-ids",
-        "1,2",
-        "-n",
-        "2",
-        "--runtime",
-        "actors",
-    ]);
+    let o = generate_on_actors(&graph_with_link(dir.path(), "latency_us = 5\ngbps = 10"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

@@ -14,44 +14,8 @@ use troupe_engine::{Backend, DeviceId};
 use crate::stream::{BackendBuildError, BackendFactory};
 use crate::{ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
 
-const TINY_GRAPH: &str = r#"format = 1
-[model]
-architecture = "deepseek-v3"
-vocab_size = 64
-hidden_size = 32
-num_hidden_layers = 2
-num_attention_heads = 2
-intermediate_size = 48
-rms_norm_eps = 1e-6
-max_position_embeddings = 64
-dtype = "bf16"
-bos_token_id = 0
-eos_token_id = 1
-[model.attention]
-kind = "mla"
-q_lora_rank = 16
-kv_lora_rank = 16
-qk_nope_head_dim = 8
-qk_rope_head_dim = 4
-v_head_dim = 8
-[model.rope]
-theta = 10000.0
-layout = "interleaved"
-[model.moe]
-n_routed_experts = 4
-num_experts_per_tok = 2
-moe_intermediate_size = 16
-n_shared_experts = 1
-first_k_dense_replace = 1
-n_group = 1
-topk_group = 1
-scoring = "sigmoid"
-topk_method = "noaux_tc"
-norm_topk_prob = true
-routed_scaling_factor = 2.5
-[weights]
-random = { seed = 3, std = 0.05 }
-"#;
+/// 2 layers (the first dense), 4 routed experts, random weights.
+const TINY_GRAPH: &str = include_str!("tiny_graph.toml");
 
 fn tiny_model() -> Arc<Model> {
     let dir = std::env::temp_dir().join(format!("troupe-device-tests-{}", std::process::id()));

@@ -6,9 +6,7 @@ use std::ops::Range;
 
 use troupe_engine::DeviceId;
 
-use super::spec::{
-    ExpertGroupSpec, ExpertRule, PlacementSpec, StagesSpec, StreamEntry, StreamsSpec,
-};
+use super::spec::{CountOrList, ExpertGroupSpec, ExpertRule, PlacementSpec, StreamEntry};
 use super::{ExpertGroup, LinkSpec, Placement, SupervisionSpec};
 use crate::error::{ActorError, Result};
 
@@ -131,18 +129,18 @@ impl PlacementSpec {
         let cpu = |i: i64| (format!("cpu{i}"), DeviceId::Cpu);
         let streams: Vec<(String, DeviceId)> = match &self.streams {
             None => (0..2).map(cpu).collect(),
-            Some(StreamsSpec::Count(n)) if (1..=MAX_STREAM_COUNT).contains(n) => {
+            Some(CountOrList::Count(n)) if (1..=MAX_STREAM_COUNT).contains(n) => {
                 (0..*n).map(cpu).collect()
             }
-            Some(StreamsSpec::List(list)) if !list.is_empty() => list
+            Some(CountOrList::List(list)) if !list.is_empty() => list
                 .iter()
                 .enumerate()
                 .map(|(i, e)| stream_entry(e, i))
                 .collect::<Result<_>>()?,
             Some(other) => {
                 let found = match other {
-                    StreamsSpec::Count(n) => n.to_string(),
-                    StreamsSpec::List(_) => "[]".to_string(),
+                    CountOrList::Count(n) => n.to_string(),
+                    CountOrList::List(_) => "[]".to_string(),
                 };
                 return Err(ActorError::placement(
                     "streams",
@@ -166,7 +164,7 @@ impl PlacementSpec {
     fn resolve_stages(&self, n_layers: usize) -> Result<Vec<Range<usize>>> {
         match &self.stages {
             None => even_stages(1, n_layers, "stages"),
-            Some(StagesSpec::Count(n)) => match usize::try_from(*n) {
+            Some(CountOrList::Count(n)) => match usize::try_from(*n) {
                 Ok(n) => even_stages(n, n_layers, "stages"),
                 Err(_) => Err(ActorError::placement(
                     "stages",
@@ -175,7 +173,7 @@ impl PlacementSpec {
                     ),
                 )),
             },
-            Some(StagesSpec::Ranges(ranges)) => stage_ranges(ranges, n_layers),
+            Some(CountOrList::List(ranges)) => stage_ranges(ranges, n_layers),
         }
     }
 

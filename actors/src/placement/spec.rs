@@ -39,13 +39,16 @@ impl PlacementSpec {
     }
 }
 
-/// `streams`: a count (`cpu0..`) or a list of entries.
+/// A field that is a count or a list: `streams = 3` / `streams = [..]`, `stages = 2` /
+/// `stages = [[0, 3], [4, 7]]`. The count is checked when resolved.
 #[derive(Clone, Debug, PartialEq)]
-pub enum StreamsSpec {
-    /// Checked against `1..=256` when resolved.
+pub enum CountOrList<T> {
     Count(i64),
-    List(Vec<StreamEntry>),
+    List(Vec<T>),
 }
+
+/// `streams`: a count (`cpu0..`, 1..=256) or a list of entries.
+pub type StreamsSpec = CountOrList<StreamEntry>;
 
 /// One entry of a `streams` list.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,12 +67,8 @@ pub struct StreamTable {
     pub device: Option<String>,
 }
 
-/// `stages`: a count (even split) or `[first, last]` layer ranges.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StagesSpec {
-    Count(i64),
-    Ranges(Vec<(usize, usize)>),
-}
+/// `stages`: a count (even split) or inclusive `[first, last]` layer ranges.
+pub type StagesSpec = CountOrList<(usize, usize)>;
 
 /// `experts`: how rule-made expert groups are spread over `expert_streams` / `expert_nodes`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -140,29 +139,29 @@ pub fn from_table<T: DeserializeOwned>(table: &Table) -> Result<T, FieldError> {
     })
 }
 
-impl<'de> Deserialize<'de> for StreamsSpec {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for CountOrList<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StreamsSpec;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = CountOrList<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a stream count (1..=256), a non-empty list of names or [[placement.streams]] tables")
+                f.write_str("a count or a list")
             }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<StreamsSpec, E> {
-                Ok(StreamsSpec::Count(n))
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<CountOrList<T>, E> {
+                Ok(CountOrList::Count(n))
             }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<StreamsSpec, E> {
-                Ok(StreamsSpec::Count(i64::try_from(n).unwrap_or(i64::MAX)))
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<CountOrList<T>, E> {
+                Ok(CountOrList::Count(i64::try_from(n).unwrap_or(i64::MAX)))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StreamsSpec, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CountOrList<T>, A::Error> {
                 let mut list = Vec::new();
                 while let Some(e) = seq.next_element()? {
                     list.push(e);
                 }
-                Ok(StreamsSpec::List(list))
+                Ok(CountOrList::List(list))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -180,32 +179,6 @@ impl<'de> Deserialize<'de> for StreamEntry {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StreamEntry, A::Error> {
                 StreamTable::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(StreamEntry::Table)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for StagesSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StagesSpec;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a stage count or a list of [first, last] layer ranges")
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<StagesSpec, E> {
-                Ok(StagesSpec::Count(n))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<StagesSpec, E> {
-                Ok(StagesSpec::Count(i64::try_from(n).unwrap_or(i64::MAX)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StagesSpec, A::Error> {
-                let mut ranges = Vec::new();
-                while let Some(r) = seq.next_element()? {
-                    ranges.push(r);
-                }
-                Ok(StagesSpec::Ranges(ranges))
             }
         }
         d.deserialize_any(V)
