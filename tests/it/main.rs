@@ -3,6 +3,7 @@
 //! - `loading_and_cli`: loading paths (shards, f16, graph files) and the CLI's contracts;
 //! - `hardening`: regression tests of issue #14's CLI findings (threads, memory pre-check,
 //!   `logits --out`, `--max-new-tokens`, usage errors, `--prompt-ids`, `TROUPE_FAULT`);
+//! - `placement_cli`: `--device`/`--runtime`/bench flags parsed once by clap, hostile link numbers;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
 //!   fault strings, in process and through the binary).
 
@@ -11,3 +12,4 @@ mod common;
 mod fuzz;
 mod hardening;
 mod loading_and_cli;
+mod placement_cli;

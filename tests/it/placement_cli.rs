@@ -95,7 +95,7 @@ fn device_and_runtime_are_parsed_once_by_clap() {
 fn graph_with_link(dir: &Path, link: &str) -> PathBuf {
     let text = format!(
         "{}[placement]\nnodes = 2\nexpert_nodes = [1]\n[placement.link]\n{link}\n",
-        include_str!("../actors/src/placement/tiny_graph.toml")
+        include_str!("../../actors/src/placement/tiny_graph.toml")
     );
     let path = dir.join("tiny.toml");
     std::fs::write(&path, text).expect("write graph");
