@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use troupe_actors::stream::{BackendBuildError, BackendFactory};
+use troupe_actors::{BackendBuildError, BackendFactory};
 use troupe_engine::kernels::CpuBackend;
 use troupe_engine::{Backend, DeviceId};
 

@@ -11,6 +11,7 @@
 pub mod actors;
 #[cfg(test)]
 mod alloc_probe;
+pub mod backend_factory;
 pub mod batch;
 pub mod batcher;
 pub mod bench;
@@ -30,10 +31,10 @@ pub mod stream;
 pub mod supervisor;
 pub mod trace;
 
+pub use backend_factory::{BackendBuildError, BackendFactory};
 pub use error::{ActorError, Result};
 pub use fault::{Fault, FaultKind, FaultPlan};
 pub use placement::{LinkSpec, Placement, SupervisionSpec};
 pub use runtime::{ActorRuntime, Core, RuntimeConfig, RuntimeOptions};
 pub use schedule::{ForwardPass, MicroBatch, Op, Schedule};
 pub use service::Engine;
-pub use stream::BackendFactory;

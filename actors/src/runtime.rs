@@ -19,6 +19,7 @@ use crate::actors::attention::AttentionBlock;
 use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
 use crate::actors::router::RouterBlock;
 use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
+use crate::backend_factory::BackendFactory;
 use crate::batch::SeqCaches;
 use crate::batcher::Batcher;
 use crate::error::{ActorError, Result};
@@ -29,7 +30,7 @@ use crate::pass::{run_pass, SeqInput};
 use crate::placement::{LinkSpec, Placement, SupervisionSpec};
 use crate::schedule::{self, Schedule};
 use crate::stage::{FfnTx, StageCall, StageInflight, StageRun, Wiring};
-use crate::stream::{BackendFactory, Stream, StreamKind};
+use crate::stream::{Stream, StreamKind};
 use crate::supervisor::{RootActor, StageArgs};
 use crate::trace::Tracer;
 

@@ -1,5 +1,5 @@
 //! Device streams. A `Stream` is one backend (`Arc<dyn Backend>`, built by the runtime's
-//! [`BackendFactory`] from the stream's `device`) plus a [`KernelQueue`]: kernels submitted to it
+//! [`BackendFactory`](crate::backend_factory::BackendFactory) from the stream's `device`) plus a [`KernelQueue`]: kernels submitted to it
 //! run one at a time, strictly in submission order (a kernel held for a link arrival enters the
 //! order when it arrives), so actors sharing a stream serialise on it exactly like CUDA work on
 //! one CUDA stream. The order holds because the submitter enqueues synchronously; only the
@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use troupe_engine::error::BoxError;
 use troupe_engine::{Backend, DeviceId, EngineError};
 
 use crate::error::{ActorError, Result};
@@ -30,65 +29,6 @@ type Work = Box<dyn FnOnce(&dyn Backend) + Send>;
 struct Job {
     not_before: Option<Instant>,
     work: Work,
-}
-
-/// A device → backend function (see [`BackendFactory::new`]).
-pub type MakeBackend =
-    dyn Fn(&DeviceId) -> std::result::Result<Arc<dyn Backend>, BackendBuildError> + Send + Sync;
-
-/// Why a stream's backend could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendBuildError {
-    /// The factory does not serve this device.
-    #[error("device `{device}` is not served by this backend factory (it builds {serves}); pass one that does in RuntimeOptions::backends")]
-    Unsupported { device: DeviceId, serves: String },
-    /// The factory serves the device, but building its backend failed (e.g. no CUDA driver).
-    #[error("device `{device}`: {source}")]
-    Failed {
-        device: DeviceId,
-        #[source]
-        source: BoxError,
-    },
-}
-
-/// Builds the backend of a stream from its device. The default ([`BackendFactory::cpu_only`])
-/// serves `cpu`; `troupe::backends::default_factory()` adds `ptx-interp` and `cuda:N`; a caller's
-/// own factory may serve any device, [`DeviceId::Custom`] names included.
-#[derive(Clone)]
-pub struct BackendFactory(pub Arc<MakeBackend>);
-
-impl std::fmt::Debug for BackendFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BackendFactory")
-    }
-}
-
-impl BackendFactory {
-    /// Wraps a device → backend function.
-    pub fn new(
-        f: impl Fn(&DeviceId) -> std::result::Result<Arc<dyn Backend>, BackendBuildError>
-            + Send
-            + Sync
-            + 'static,
-    ) -> Self {
-        BackendFactory(Arc::new(f))
-    }
-    /// The default: `cpu` only.
-    pub fn cpu_only() -> Self {
-        BackendFactory::new(|device| match device {
-            DeviceId::Cpu => Ok(Arc::new(troupe_engine::kernels::CpuBackend::new())),
-            other => Err(BackendBuildError::Unsupported {
-                device: other.clone(),
-                serves: "cpu only".into(),
-            }),
-        })
-    }
-    pub fn build(
-        &self,
-        device: &DeviceId,
-    ) -> std::result::Result<Arc<dyn Backend>, BackendBuildError> {
-        (self.0)(device)
-    }
 }
 
 /// The kernels of a stream not run yet, and whether a drain is under way. A submitter appends

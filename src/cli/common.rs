@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use troupe_actors::stream::BackendBuildError;
+use troupe_actors::BackendBuildError;
 use troupe_engine::graph::{LoadedGraph, WeightsSource};
 use troupe_engine::memory::{self, Available, MemoryError, MemoryNeed, RunShape};
 use troupe_engine::model::{MlaForm, Model};

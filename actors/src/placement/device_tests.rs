@@ -11,7 +11,7 @@ use troupe_engine::kernels::CpuBackend;
 use troupe_engine::model::Model;
 use troupe_engine::{Backend, DeviceId};
 
-use crate::stream::{BackendBuildError, BackendFactory};
+use crate::backend_factory::{BackendBuildError, BackendFactory};
 use crate::{ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
 
 /// 2 layers (the first dense), 4 routed experts, random weights.

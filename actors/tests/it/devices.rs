@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use crate::common::*;
-use troupe_actors::stream::BackendBuildError;
 use troupe_actors::{
-    ActorError, ActorRuntime, BackendFactory, FaultPlan, RuntimeConfig, RuntimeOptions,
+    ActorError, ActorRuntime, BackendBuildError, BackendFactory, FaultPlan, RuntimeConfig,
+    RuntimeOptions,
 };
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::generate;

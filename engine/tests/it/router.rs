@@ -72,9 +72,7 @@ fn nan_scores_rank_last_and_never_panic() {
     let top = top_k_indices(&v, 64);
     let first_nan = top.iter().position(|&i| v[i].is_nan()).unwrap();
     assert!(top[first_nan..].iter().all(|&i| v[i].is_nan()));
-    assert!(top[..first_nan]
-        .windows(2)
-        .all(|w| v[w[0]] >= v[w[1]]));
+    assert!(top[..first_nan].windows(2).all(|w| v[w[0]] >= v[w[1]]));
     // Ties (all NaN) keep ascending ids.
     assert!(top[first_nan..].windows(2).all(|w| w[0] < w[1]));
 }

@@ -11,7 +11,9 @@ use crate::fixtures::fixture;
 #[test]
 fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
     let text = std::fs::read_to_string(fixture("deepseek-v3-tiny/tokenizer.json")).unwrap();
-    let at = text.find("\"decoder\"").expect("fixture tokenizer has a decoder");
+    let at = text
+        .find("\"decoder\"")
+        .expect("fixture tokenizer has a decoder");
     // `"decoder": {"type": ...` → `"decoder": {"type" ...`: a missing colon inside the section.
     let colon = at + text[at..].find("\"type\":").expect("decoder has a type") + "\"type\"".len();
     let mut broken = text.clone();
