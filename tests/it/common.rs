@@ -36,7 +36,6 @@ pub fn case_dir(case: &str) -> PathBuf {
 /// The arrays of one case's `reference.safetensors`.
 pub struct Reference {
     bytes: Vec<u8>,
-    pub json: serde_json::Value,
 }
 
 impl Reference {
@@ -44,17 +43,7 @@ impl Reference {
         let dir = case_dir(case);
         let bytes =
             std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
-        let json = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("reference.json")).expect("reference.json"),
-        )
-        .expect("json");
-        Reference { bytes, json }
-    }
-    pub fn has(&self, name: &str) -> bool {
-        SafeTensors::deserialize(&self.bytes)
-            .unwrap()
-            .tensor(name)
-            .is_ok()
+        Reference { bytes }
     }
     /// (shape, values) of an F32 tensor.
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -79,15 +68,6 @@ impl Reference {
     }
     pub fn ids(&self, name: &str) -> Vec<u32> {
         self.i64(name).into_iter().map(|x| x as u32).collect()
-    }
-    pub fn n_prompts(&self) -> usize {
-        self.json["prompts"]
-            .as_array()
-            .map(|a| a.len())
-            .unwrap_or(0)
-    }
-    pub fn hidden_prompt(&self) -> usize {
-        self.json["hidden_states"]["prompt_index"].as_u64().unwrap() as usize
     }
 }
 
