@@ -43,22 +43,11 @@ pub fn check_chunk(model: &Model, tokens: &[u32], cached: usize) -> Result<()> {
     if tokens.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
-    let vocab = model.spec.vocab_size;
-    if let Some((pos, &id)) = tokens
-        .iter()
-        .enumerate()
-        .find(|(_, &t)| t as usize >= vocab)
-    {
-        return Err(EngineError::TokenOutOfRange {
-            id: id as i64,
-            position: cached + pos,
-            vocab,
-        });
-    }
+    crate::tokenizer::check_token_ids(tokens, model.spec.vocab_size, cached)?;
     let limit = model.spec.max_position_embeddings;
-    if cached + tokens.len() > limit {
+    if cached.saturating_add(tokens.len()) > limit {
         return Err(EngineError::TooLong {
-            len: cached + tokens.len(),
+            len: cached.saturating_add(tokens.len()),
             limit,
         });
     }

@@ -113,15 +113,7 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn embedding(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
         let (vocab, hidden) = (table.rows(), table.cols());
-        for (pos, &id) in ids.iter().enumerate() {
-            if id as usize >= vocab {
-                return Err(EngineError::TokenOutOfRange {
-                    id: id as i64,
-                    position: pos,
-                    vocab,
-                });
-            }
-        }
+        troupe_engine::tokenizer::check_token_ids(ids, vocab, 0)?;
         let run = || -> GpuResult<Vec<f32>> {
             let bf16 = table.dtype() == DType::BF16;
             let t = self.weight(table, !bf16)?;

@@ -4,6 +4,7 @@
 //! - `hardening`: regression tests of issue #14's CLI findings (threads, memory pre-check,
 //!   `logits --out`, `--max-new-tokens`, usage errors, `--prompt-ids`, `TROUPE_FAULT`);
 //! - `placement_cli`: `--device`/`--runtime`/bench flags parsed once by clap, hostile link numbers;
+//! - `library_devices`: `troupe::backends::default_factory()` puts actor streams on ptx-interp;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
 //!   fault strings, in process and through the binary).
 
@@ -11,5 +12,6 @@ mod bad_input;
 mod common;
 mod fuzz;
 mod hardening;
+mod library_devices;
 mod loading_and_cli;
 mod placement_cli;
