@@ -18,11 +18,15 @@ use crate::{ActorError, ActorRuntime, FaultPlan, RuntimeConfig, RuntimeOptions};
 const TINY_GRAPH: &str = include_str!("tiny_graph.toml");
 
 fn tiny_model() -> Arc<Model> {
+    // Tests run concurrently: each call writes its own file, so none reads another's half-written one.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("troupe-device-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("tiny.toml");
+    let path = dir.join(format!("tiny-{n}.toml"));
     std::fs::write(&path, TINY_GRAPH).expect("write graph");
     let graph = LoadedGraph::open(&path).expect("graph");
+    let _ = std::fs::remove_file(&path);
     Arc::new(Model::load(&graph, &mut |_, _| {}).expect("model"))
 }
 
