@@ -32,9 +32,10 @@ while :; do
 done
 
 echo "fuzz campaign: $round round(s), $(($(date +%s) - start)) s, seeds $SEED..$((SEED + round - 1))"
-awk '/^@@TALLY / {
-       kind = $2
-       for (i = 3; i <= NF; i++) {
+awk '/@@TALLY / {
+       sub(/.*@@TALLY /, "")
+       kind = $1
+       for (i = 2; i <= NF; i++) {
          split($i, kv, "=")
          key = kind SUBSEP kv[1]
          if (!(key in sum)) order[++n] = key
@@ -47,5 +48,5 @@ awk '/^@@TALLY / {
          printf "  %-10s %-18s %d\n", k[1], k[2], sum[order[i]]
        }
      }' "$LOG"
-failing=$(grep -c '^    case ' "$LOG" || true)
+failing=$(grep -ac "^    case " "$LOG" || true)
 echo "failing cases listed (up to 3 per class and round): $failing; inputs in $LOG"
