@@ -29,16 +29,23 @@ pub struct GenerateOutput {
 /// Validates a request against the model before any compute.
 pub fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
     check_chunk(model, &r.prompt, 0)?;
-    // Saturating: `max_new_tokens` near usize::MAX must be too long, not wrap to a short length.
-    let need = r
-        .prompt
-        .len()
-        .saturating_add(r.max_new_tokens.saturating_sub(1));
-    let limit = model.spec.max_position_embeddings;
+    check_positions(
+        model.spec.max_position_embeddings,
+        r.prompt.len(),
+        r.max_new_tokens,
+    )?;
+    Ok(())
+}
+
+/// The positions a request reaches (its prompt plus its new tokens, the last one never fed
+/// back), checked against the position `limit`; usable before any weight is loaded. Saturating:
+/// `max_new_tokens` near usize::MAX is too long, never wrapped to a short length.
+pub fn check_positions(limit: usize, prompt_len: usize, max_new_tokens: usize) -> Result<usize> {
+    let need = prompt_len.saturating_add(max_new_tokens.saturating_sub(1));
     if need > limit {
         return Err(EngineError::TooLong { len: need, limit });
     }
-    Ok(())
+    Ok(need)
 }
 
 /// Runs every request to completion, batched.

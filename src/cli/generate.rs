@@ -133,18 +133,16 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The positions a run reaches (prompt + new tokens, the last one never fed back), checked
-/// against `max_position_embeddings` before any weight is loaded; no sum can wrap.
+/// The engine's position check, before any weight is loaded, worded for the flag.
 fn check_positions(
     graph: &LoadedGraph,
     prompt: usize,
     max_new_tokens: usize,
 ) -> Result<usize, CliError> {
     let limit = graph.spec.max_position_embeddings;
-    match prompt.checked_add(max_new_tokens.saturating_sub(1)) {
-        Some(n) if n <= limit => Ok(n),
-        _ => Err(CliError::Usage(format!(
+    troupe_engine::generate::check_positions(limit, prompt, max_new_tokens).map_err(|_| {
+        CliError::Usage(format!(
             "--max-new-tokens {max_new_tokens}: {prompt} prompt tokens + {max_new_tokens} new tokens exceed the position limit of {limit} (max_position_embeddings)"
-        ))),
-    }
+        ))
+    })
 }
