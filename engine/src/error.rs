@@ -72,6 +72,21 @@ pub enum EngineError {
         #[source]
         source: BoxError,
     },
+    /// A handle given to a backend that did not make it (data moves only by `upload`/`download`).
+    #[error("op `{op}` on backend `{backend}` was given a tensor that lives on {found}; transfer it first")]
+    WrongDevice {
+        op: String,
+        backend: String,
+        found: String,
+    },
+    /// A sequence needed a KV-cache page and the layer's pool had none left (this request
+    /// fails; others go on).
+    #[error("KV cache full: layer {layer} has all {capacity_pages} pages of {page_tokens} tokens in use; raise the pool capacity or shorten requests")]
+    KvCacheFull {
+        layer: usize,
+        capacity_pages: usize,
+        page_tokens: usize,
+    },
     /// An allocation the input asked for failed (the process keeps running).
     #[error("cannot allocate {bytes} bytes for {what}: not enough memory")]
     OutOfMemory { what: String, bytes: u64 },

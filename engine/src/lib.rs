@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod device;
+pub mod device_tensor;
 pub mod dtype;
 pub mod error;
 pub mod executor;
@@ -24,5 +25,6 @@ pub mod weights;
 
 pub use backend::Backend;
 pub use device::DeviceId;
+pub use device_tensor::{DeviceRouting, DeviceTensor};
 pub use error::{EngineError, Result};
 pub use tensor::Tensor;
