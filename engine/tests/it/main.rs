@@ -8,6 +8,7 @@ mod dot;
 mod fixtures;
 mod hf_extra;
 mod hf_reference;
+mod paged_cache;
 mod random_weights;
 mod requests;
 mod router;
