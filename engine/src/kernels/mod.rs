@@ -6,6 +6,8 @@ pub mod attention;
 pub mod columns;
 pub mod cpu;
 mod cpu_attention_shim;
+#[cfg(test)]
+mod cpu_tests;
 pub mod dot;
 pub mod kv_pages;
 pub mod linear;
