@@ -3,10 +3,16 @@
 
 pub mod activation;
 pub mod attention;
+mod attention_core;
+pub mod attention_cost;
+mod attention_simd;
+#[cfg(test)]
+mod attention_tests;
 pub mod cpu;
 pub mod dot;
 pub mod linear;
 pub mod norm;
+pub mod paged_attention;
 pub mod rope;
 pub mod router;
 
