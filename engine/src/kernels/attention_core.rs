@@ -10,21 +10,25 @@
 //! `b = exp(m - M')`, `L = fma(l, b, L·a)`, `O = fma(acc, b, O·a)`, and the output is `O / L`.
 //! Chunk boundaries depend only on positions, so a row's arithmetic is the same whatever the
 //! number of rows, the page size, the thread count or how the (row, kv head, chunk) tasks are
-//! spread over threads (batch invariance). A decode step reads each cached row once from memory
-//! for all heads of its kv head (the chunk's second pass over the values hits the cache).
+//! spread over threads (batch invariance).
+//!
+//! Memory: a decode step reads each cached row once from memory for all heads of its kv head. The
+//! score pass prefetches rows `PREFETCH_AHEAD` positions ahead (the hardware prefetchers stop at
+//! every 4 KiB page); the value pass re-reads the chunk from L2 and meanwhile prefetches the next
+//! chunk's rows into L2, so streaming the cache overlaps the arithmetic.
 
 use rayon::prelude::*;
 
 use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
 use crate::kernels::attention_simd::{
-    exp_scalar, exp_sum, keys_per_tile, prefetch_part, score_tile,
+    exp_scalar, exp_sum, keys_per_tile, line_range, prefetch_lines, score_tile,
 };
-use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile};
+use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile, VALUE_BLOCK};
 use crate::tensor::Tensor;
 
 /// Keys per chunk (a fixed constant: changing it changes results' rounding).
-pub(crate) const CHUNK: usize = 256;
+pub(crate) const CHUNK: usize = 128;
 
 /// Keys per block of the score pass: a block stays in L1 while every head tile reads it.
 const SCORE_BLOCK: usize = 12;
@@ -194,24 +198,13 @@ fn chunk_partial<R: KeyRows>(
     // Scores, key blocks outer (a block stays in L1 while every head tile reads it).
     let mut scores = vec![0.0f32; group * n];
     let mut tile_out = [[0.0f32; 8]; 4];
-    // Absorbed MLA's values are the key columns: nothing more to fetch for them.
-    let values_are_keys = std::ptr::eq(vrows[0].as_ptr(), krows[0].as_ptr());
     let head_tiles = head_tiles(group);
-    // Row `r` (relative to the chunk), part `part` of `head_tiles`: requested while the tile
-    // `PREFETCH_AHEAD` rows earlier is computed, so each row's fetch is spread over its head tiles.
-    let fetch = |r: usize, part: usize| {
-        let j = t.lo + r;
-        if j < t.end {
-            prefetch_part(&keys.key(j)[t.g * d1..][..d1], part, head_tiles);
-            prefetch_part(&keys.rope(j)[..d2], part, head_tiles);
-            if !values_are_keys {
-                prefetch_part(&keys.value(j)[t.g * vd..][..vd], part, head_tiles);
-            }
-        }
-    };
-    // The first rows (already on their way when the previous chunk ran on this thread).
+    let fetch = RowFetch::new(keys, p, t, head_tiles);
+    // Row `lo + r` is requested in `head_tiles` parts while the tiles of row `lo + r -
+    // PREFETCH_AHEAD` are computed. The first rows were requested during the previous chunk's
+    // value pass when it ran on this thread; otherwise now.
     for r in 0..PREFETCH_AHEAD.min(n) {
-        (0..head_tiles).for_each(|part| fetch(r, part));
+        (0..head_tiles).for_each(|part| fetch.part(t.lo + r, part));
     }
     for j0 in (0..n).step_by(SCORE_BLOCK) {
         let j1 = (j0 + SCORE_BLOCK).min(n);
@@ -224,7 +217,7 @@ fn chunk_partial<R: KeyRows>(
             while j < j1 {
                 let k = kt.min(j1 - j);
                 for r in j..j + k {
-                    fetch(r + PREFETCH_AHEAD, tile_index);
+                    fetch.part(t.lo + r + PREFETCH_AHEAD, tile_index);
                 }
                 let tile = ScoreTile {
                     q: &qs[h..h + ht],
@@ -250,7 +243,75 @@ fn chunk_partial<R: KeyRows>(
     }
     let mut accs: Vec<&mut [f32]> = acc.chunks_mut(vd).collect();
     let ps: Vec<&[f32]> = scores.chunks(n).collect();
-    value_tile(&ps, &vrows, &mut accs, simd);
+    // Meanwhile, the next chunk's rows come into L2 (the next task on this thread is usually
+    // that chunk), a few rows after each strip of the value pass.
+    let next_end = (t.hi + CHUNK).min(t.end);
+    let strips = vd.div_ceil(32) * n.div_ceil(VALUE_BLOCK);
+    let per_strip = (next_end.saturating_sub(t.hi)).div_ceil(strips.max(1));
+    let mut cursor = t.hi;
+    let mut between = || {
+        let to = (cursor + per_strip).min(next_end);
+        (cursor..to).for_each(|j| fetch.whole_to_l2(j));
+        cursor = to;
+    };
+    value_tile(&ps, &vrows, &mut accs, simd, &mut between);
+}
+
+/// Prefetching of the cached rows of one task's kv head (results never depend on it).
+struct RowFetch<'a, R> {
+    keys: &'a R,
+    g: usize,
+    widths: [usize; 3],
+    /// Rows at or past this position are not the sequence's.
+    end: usize,
+    /// Absorbed MLA's values are the key columns: nothing more to fetch for them.
+    values_are_keys: bool,
+    /// Line ranges of key, rope and value for each part.
+    parts: Vec<[(usize, usize); 3]>,
+}
+
+impl<'a, R: KeyRows> RowFetch<'a, R> {
+    fn new(keys: &'a R, p: &AttentionParams, t: Task, parts: usize) -> Self {
+        let widths = [p.d1, p.d2, p.v_dim];
+        let values_are_keys =
+            std::ptr::eq(keys.key(t.lo).as_ptr(), keys.value(t.lo).as_ptr()) && t.g == 0;
+        RowFetch {
+            keys,
+            g: t.g,
+            widths,
+            end: t.end,
+            values_are_keys,
+            parts: (0..parts)
+                .map(|part| widths.map(|w| line_range(w, part, parts)))
+                .collect(),
+        }
+    }
+    /// The three slices of row `j` this task reads.
+    fn slices(&self, j: usize) -> [&'a [f32]; 3] {
+        let [d1, d2, vd] = self.widths;
+        [
+            &self.keys.key(j)[self.g * d1..][..d1],
+            &self.keys.rope(j)[..d2],
+            &self.keys.value(j)[self.g * vd..][..vd],
+        ]
+    }
+    fn fetch(&self, j: usize, lines: [(usize, usize); 3], to_l2: bool) {
+        if j >= self.end {
+            return;
+        }
+        let parts = if self.values_are_keys { 2 } else { 3 };
+        for (row, l) in self.slices(j).iter().zip(lines).take(parts) {
+            prefetch_lines(row, l, to_l2);
+        }
+    }
+    /// Part `part` of row `j`, into L1.
+    fn part(&self, j: usize, part: usize) {
+        self.fetch(j, self.parts[part], false);
+    }
+    /// All of row `j`, into L2.
+    fn whole_to_l2(&self, j: usize) {
+        self.fetch(j, self.widths.map(|w| (0, w.div_ceil(16))), true);
+    }
 }
 
 /// How many head tiles `group` heads make.

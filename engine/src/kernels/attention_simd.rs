@@ -60,26 +60,33 @@ pub(crate) fn exp_scalar(x: f32) -> f32 {
     }
 }
 
-/// Asks the processor to start loading part `part` of `parts` of `row` into the caches (no
-/// effect on results). The hardware prefetchers stop at every 4 KiB page and the score pass
+/// The 64-byte lines `from..to` of a `width`-long row split in `parts` parts: part `part`.
+pub(crate) fn line_range(width: usize, part: usize, parts: usize) -> (usize, usize) {
+    let lines = width.div_ceil(16);
+    (lines * part / parts, lines * (part + 1) / parts)
+}
+
+/// Asks the processor to start loading lines `lines` (64 bytes each) of `row` into the caches
+/// (no effect on results). The hardware prefetchers stop at every 4 KiB page and the score pass
 /// touches each cached row once, so a decode step waits on memory without this.
 #[inline(always)]
-pub(crate) fn prefetch_part(row: &[f32], part: usize, parts: usize) {
+pub(crate) fn prefetch_lines(row: &[f32], lines: (usize, usize), to_l2: bool) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let lines = row.len().div_ceil(16);
-        let (from, to) = (lines * part / parts, lines * (part + 1) / parts);
-        for line in from..to {
-            // SAFETY: `line * 16 < row.len()`, and a prefetch has no architectural effect
-            // (SSE, part of the x86_64 baseline).
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch(row.as_ptr().add(line * 16) as *const i8, _MM_HINT_T0);
+    for line in lines.0..lines.1 {
+        // SAFETY: `line_range` keeps `line * 16 < row.len()`, and a prefetch has no
+        // architectural effect (SSE, part of the x86_64 baseline).
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+            let line = row.as_ptr().add(line * 16) as *const i8;
+            if to_l2 {
+                _mm_prefetch(line, _MM_HINT_T1);
+            } else {
+                _mm_prefetch(line, _MM_HINT_T0);
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (row, part, parts);
+    let _ = (row, lines, to_l2);
 }
 
 /// Query and key slices of one score tile: `q[h]`, `q_rope[h]` for each head of the tile and
@@ -140,6 +147,9 @@ pub(crate) fn exp_sum(s: &mut [f32], max: f32, simd: bool) -> f32 {
     fold8(&lanes)
 }
 
+/// Keys per block of the value pass (AVX2 path).
+pub(crate) const VALUE_BLOCK: usize = 64;
+
 /// Heads per tile given `left` heads still to do: 4, 2 or 1.
 pub(crate) fn head_tile(left: usize) -> usize {
     match left {
@@ -152,15 +162,26 @@ pub(crate) fn head_tile(left: usize) -> usize {
 /// Value accumulation of one chunk: for each head `h` (all heads of a kv head) and each
 /// column `c` of `cols`, `acc[h][c] = Σ_j p[h][j] · values[j][c]` in key order (fma, from +0.0).
 /// `acc[h]` has the value width; `values[j]` too.
-pub(crate) fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]], simd: bool) {
+/// `between` runs after each strip of the AVX2 path (after each head on the portable one): the
+/// caller prefetches the next chunk's rows there, while this pass computes from the caches.
+pub(crate) fn value_tile(
+    p: &[&[f32]],
+    values: &[&[f32]],
+    acc: &mut [&mut [f32]],
+    simd: bool,
+    between: &mut dyn FnMut(),
+) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: as in `score_tile`.
-        unsafe { avx2::value_tile(p, values, acc) };
+        unsafe { avx2::value_tile(p, values, acc, between) };
         return;
     }
     let _ = simd;
-    value_columns(p, values, acc, 0);
+    for h in 0..p.len() {
+        value_columns(&p[h..h + 1], values, &mut acc[h..h + 1], 0);
+        between();
+    }
 }
 
 /// The portable value accumulation of columns `from..` (also the AVX2 path's ragged tail).
@@ -326,34 +347,45 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]]) {
+    pub unsafe fn value_tile(
+        p: &[&[f32]],
+        values: &[&[f32]],
+        acc: &mut [&mut [f32]],
+        between: &mut dyn FnMut(),
+    ) {
         let width = acc[0].len();
         let vecs = width / 8;
-        // Strips of 4 vectors outer: a strip of the chunk's values stays in L1 for all heads.
-        for c in (0..vecs).step_by(4) {
-            let strip = (vecs - c).min(4);
-            let mut h = 0;
-            while h < p.len() {
-                let ht = head_tile(p.len() - h);
-                let (ph, ah) = (&p[h..h + ht], &mut acc[h..h + ht]);
-                match (ht, strip) {
-                    (4, 4) => {
-                        vtile::<4, 2>(ph, values, ah, c * 8);
-                        vtile::<4, 2>(ph, values, ah, c * 8 + 16);
-                    }
-                    (2, 4) => vtile::<2, 4>(ph, values, ah, c * 8),
-                    (1, 4) => vtile::<1, 4>(ph, values, ah, c * 8),
-                    _ => {
-                        for v in c..c + strip {
-                            match ht {
-                                4 => vtile::<4, 1>(ph, values, ah, v * 8),
-                                2 => vtile::<2, 1>(ph, values, ah, v * 8),
-                                _ => vtile::<1, 1>(ph, values, ah, v * 8),
+        // Key blocks outer, then strips of 4 vectors, then head tiles: a strip of a key block
+        // (64 rows x 128 bytes) stays in L1 while every head reads it. Accumulators go through
+        // memory between key blocks: the same fma chain, so the same bits.
+        for k0 in (0..values.len()).step_by(VALUE_BLOCK) {
+            let vals = &values[k0..(k0 + VALUE_BLOCK).min(values.len())];
+            for c in (0..vecs).step_by(4) {
+                let strip = (vecs - c).min(4);
+                let mut h = 0;
+                while h < p.len() {
+                    let ht = head_tile(p.len() - h);
+                    let (ph, ah) = (&p[h..h + ht], &mut acc[h..h + ht]);
+                    match (ht, strip) {
+                        (4, 4) => {
+                            vtile::<4, 2>(ph, k0, vals, ah, c * 8);
+                            vtile::<4, 2>(ph, k0, vals, ah, c * 8 + 16);
+                        }
+                        (2, 4) => vtile::<2, 4>(ph, k0, vals, ah, c * 8),
+                        (1, 4) => vtile::<1, 4>(ph, k0, vals, ah, c * 8),
+                        _ => {
+                            for v in c..c + strip {
+                                match ht {
+                                    4 => vtile::<4, 1>(ph, k0, vals, ah, v * 8),
+                                    2 => vtile::<2, 1>(ph, k0, vals, ah, v * 8),
+                                    _ => vtile::<1, 1>(ph, k0, vals, ah, v * 8),
+                                }
                             }
                         }
                     }
+                    h += ht;
                 }
-                h += ht;
+                between();
             }
         }
         if vecs * 8 < width {
@@ -361,20 +393,24 @@ mod avx2 {
         }
     }
 
-    /// Columns `col ..col + 8·W` of `H` heads over all keys of the chunk.
+    /// Columns `col ..col + 8·W` of `H` heads over the keys `vals` (keys `k0..` of the chunk),
+    /// continuing the accumulators held in `acc`.
     #[inline(always)]
     unsafe fn vtile<const H: usize, const W: usize>(
         p: &[&[f32]],
-        values: &[&[f32]],
+        k0: usize,
+        vals: &[&[f32]],
         acc: &mut [&mut [f32]],
         col: usize,
     ) {
-        let mut a = [[_mm256_setzero_ps(); W]; H];
-        for (j, v) in values.iter().enumerate() {
+        let mut a: [[__m256; W]; H] = std::array::from_fn(|h| {
+            std::array::from_fn(|w| _mm256_loadu_ps(acc[h].as_ptr().add(col + 8 * w)))
+        });
+        for (j, v) in vals.iter().enumerate() {
             let vv: [__m256; W] =
                 std::array::from_fn(|w| _mm256_loadu_ps(v.as_ptr().add(col + 8 * w)));
             for h in 0..H {
-                let pb = _mm256_set1_ps(*p[h].get_unchecked(j));
+                let pb = _mm256_set1_ps(*p[h].get_unchecked(k0 + j));
                 for w in 0..W {
                     a[h][w] = _mm256_fmadd_ps(pb, vv[w], a[h][w]);
                 }
