@@ -5,12 +5,12 @@
 
 use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
-use crate::kernels::attention_core::{attend, check_queries, KeyRows};
+use crate::kernels::attention_core::{attend, KeyRows};
 use crate::kernels::dot::simd_available;
 use crate::tensor::Tensor;
 
 /// Keys and values held in three tensors.
-struct TensorRows<'a> {
+pub(crate) struct TensorRows<'a> {
     k: &'a Tensor,
     k_rope: Option<&'a Tensor>,
     v: &'a Tensor,
@@ -28,6 +28,51 @@ impl KeyRows for TensorRows<'_> {
     }
 }
 
+impl<'a> TensorRows<'a> {
+    /// Checks the key and value shapes against `p` for `tq` queries from `p.q_start`.
+    pub(crate) fn checked(
+        k: &'a Tensor,
+        k_rope: Option<&'a Tensor>,
+        v: &'a Tensor,
+        tq: usize,
+        p: &AttentionParams,
+    ) -> Result<Self> {
+        let err = |m: String| EngineError::kernel("attention", m);
+        if k.cols() != p.kv_heads * p.d1 || v.cols() != p.kv_heads * p.v_dim {
+            return Err(err(format!(
+                "widths k {} v {} do not match kv heads {} x (d1 {}, v_dim {})",
+                k.cols(),
+                v.cols(),
+                p.kv_heads,
+                p.d1,
+                p.v_dim
+            )));
+        }
+        let tk = k.rows();
+        match k_rope {
+            Some(r) if r.cols() != p.d2 || r.rows() != tk => {
+                return Err(err(format!(
+                    "k_rope is [{}, {}], expected [{tk}, d2 {}]",
+                    r.rows(),
+                    r.cols(),
+                    p.d2
+                )))
+            }
+            None if p.d2 > 0 => return Err(err(format!("d2 = {} but no k_rope", p.d2))),
+            _ => {}
+        }
+        if v.rows() != tk || p.q_start + tq > tk {
+            return Err(err(format!(
+                "{tq} queries from position {} need {} keys, have {tk} (v {})",
+                p.q_start,
+                p.q_start + tq,
+                v.rows()
+            )));
+        }
+        Ok(TensorRows { k, k_rope, v })
+    }
+}
+
 /// `q` `[tq, heads·d1]`, `q_rope` `[tq, heads·d2]`, `k` `[tk, kv_heads·d1]`, `k_rope` `[tk, d2]`
 /// (one rope key shared by all kv heads), `v` `[tk, kv_heads·v_dim]` → `[tq, heads·v_dim]`.
 /// Query row `i` sits at position `q_start + i` and sees keys `0..=q_start + i` (or the last
@@ -40,53 +85,6 @@ pub fn attention(
     v: &Tensor,
     p: &AttentionParams,
 ) -> Result<Tensor> {
-    attention_with(q, q_rope, k, k_rope, v, p, simd_available())
-}
-
-/// `attention` on the AVX2 path (`simd`, only when available) or the portable one.
-pub(crate) fn attention_with(
-    q: &Tensor,
-    q_rope: Option<&Tensor>,
-    k: &Tensor,
-    k_rope: Option<&Tensor>,
-    v: &Tensor,
-    p: &AttentionParams,
-    simd: bool,
-) -> Result<Tensor> {
-    check_queries("attention", q, q_rope, p)?;
-    let err = |m: String| EngineError::kernel("attention", m);
-    if k.cols() != p.kv_heads * p.d1 || v.cols() != p.kv_heads * p.v_dim {
-        return Err(err(format!(
-            "widths k {} v {} do not match kv heads {} x (d1 {}, v_dim {})",
-            k.cols(),
-            v.cols(),
-            p.kv_heads,
-            p.d1,
-            p.v_dim
-        )));
-    }
-    let tk = k.rows();
-    match k_rope {
-        Some(r) if r.cols() != p.d2 || r.rows() != tk => {
-            return Err(err(format!(
-                "k_rope is [{}, {}], expected [{tk}, d2 {}]",
-                r.rows(),
-                r.cols(),
-                p.d2
-            )))
-        }
-        None if p.d2 > 0 => return Err(err(format!("d2 = {} but no k_rope", p.d2))),
-        _ => {}
-    }
-    let tq = q.rows();
-    if v.rows() != tk || p.q_start + tq > tk {
-        return Err(err(format!(
-            "{tq} queries from position {} need {} keys, have {tk} (v {})",
-            p.q_start,
-            p.q_start + tq,
-            v.rows()
-        )));
-    }
-    let rows = TensorRows { k, k_rope, v };
-    attend(q, q_rope, &rows, p, simd && simd_available())
+    let rows = TensorRows::checked(k, k_rope, v, q.rows(), p)?;
+    attend("attention", q, q_rope, &rows, p, simd_available())
 }

@@ -25,6 +25,7 @@ use crate::kernels::attention_simd::{
     exp_scalar, exp_sum, keys_per_tile, line_range, prefetch_lines, score_tile,
 };
 use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile, VALUE_BLOCK};
+use crate::kernels::dot::simd_available;
 use crate::tensor::Tensor;
 
 /// Keys per chunk (a fixed constant: changing it changes results' rounding).
@@ -50,7 +51,7 @@ pub(crate) trait KeyRows: Sync {
 }
 
 /// Checks the query shapes against `p` (the caller checks the keys).
-pub(crate) fn check_queries(
+fn check_queries(
     kernel: &str,
     q: &Tensor,
     q_rope: Option<&Tensor>,
@@ -99,15 +100,18 @@ struct Task {
     end: usize,
 }
 
-/// `[tq, heads·v_dim]` attention output; shapes already checked (`check_queries` and the
-/// caller's key checks: every position `< q_start + tq` is readable from `keys`).
+/// `[tq, heads·v_dim]` attention output (AVX2 when `simd` and available). The caller has checked
+/// `keys`: every position `< q_start + tq` is readable.
 pub(crate) fn attend<R: KeyRows>(
+    kernel: &str,
     q: &Tensor,
     q_rope: Option<&Tensor>,
     keys: &R,
     p: &AttentionParams,
     simd: bool,
 ) -> Result<Tensor> {
+    check_queries(kernel, q, q_rope, p)?;
+    let simd = simd && simd_available();
     let (tq, group) = (q.rows(), p.heads / p.kv_heads);
     let mut tasks = Vec::new();
     // Per query row: index of its first task and its chunk count (tasks run row, kv head, chunk).

@@ -4,11 +4,12 @@
 
 use crate::backend::AttentionParams;
 use crate::device_tensor::KvLayout;
-use crate::kernels::attention::{attention, attention_with};
+use crate::kernels::attention::{attention, TensorRows};
+use crate::kernels::attention_core::attend;
 use crate::kernels::attention_cost::attention_cost;
 use crate::kernels::attention_simd::exp_scalar;
 use crate::kernels::dot::simd_available;
-use crate::kernels::paged_attention::{paged_attention, paged_attention_with};
+use crate::kernels::paged_attention::{paged_attention, PageRows};
 use crate::tensor::Tensor;
 
 /// A small deterministic generator (xorshift64*).
@@ -127,28 +128,31 @@ impl Case {
             })
             .collect()
     }
+    /// `paged_attention` (the AVX2 path when `simd`, else the portable one).
     fn paged(&self, simd: bool) -> Tensor {
         let pages = self.pages();
         let refs: Vec<&[f32]> = pages.iter().map(|p| &p[..]).collect();
-        paged_attention_with(
+        let rows = PageRows::checked(&refs, &self.layout, self.len, self.q.rows(), &self.p);
+        let q_rope = self.q_rope.as_ref();
+        attend(
+            "paged_attention",
             &self.q,
-            self.q_rope.as_ref(),
-            &refs,
-            &self.layout,
-            self.len,
+            q_rope,
+            &rows.unwrap(),
             &self.p,
             simd,
         )
         .unwrap()
     }
+    /// `attention` on the same rows (the AVX2 path when `simd`, else the portable one).
     fn dense(&self, simd: bool) -> Tensor {
         let (k, kr, v) = self.contiguous();
-        attention_with(
+        let rows = TensorRows::checked(&k, kr.as_ref(), &v, self.q.rows(), &self.p).unwrap();
+        attend(
+            "attention",
             &self.q,
             self.q_rope.as_ref(),
-            &k,
-            kr.as_ref(),
-            &v,
+            &rows,
             &self.p,
             simd,
         )

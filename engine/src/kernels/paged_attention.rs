@@ -6,12 +6,12 @@
 use crate::backend::AttentionParams;
 use crate::device_tensor::KvLayout;
 use crate::error::{EngineError, Result};
-use crate::kernels::attention_core::{attend, check_queries, KeyRows};
+use crate::kernels::attention_core::{attend, KeyRows};
 use crate::kernels::dot::simd_available;
 use crate::tensor::Tensor;
 
 /// A sequence's cached rows spread over its pages (`[key | rope | value]` per row).
-struct PageRows<'a> {
+pub(crate) struct PageRows<'a> {
     pages: &'a [&'a [f32]],
     shift: u32,
     mask: usize,
@@ -57,78 +57,76 @@ pub fn paged_attention(
     len: usize,
     p: &AttentionParams,
 ) -> Result<Tensor> {
-    paged_attention_with(q, q_rope, pages, layout, len, p, simd_available())
+    let rows = PageRows::checked(pages, layout, len, q.rows(), p)?;
+    attend("paged_attention", q, q_rope, &rows, p, simd_available())
 }
 
-/// `paged_attention` on the AVX2 path (`simd`, only when available) or the portable one.
-pub(crate) fn paged_attention_with(
-    q: &Tensor,
-    q_rope: Option<&Tensor>,
-    pages: &[&[f32]],
-    layout: &KvLayout,
-    len: usize,
-    p: &AttentionParams,
-    simd: bool,
-) -> Result<Tensor> {
-    check_queries("paged_attention", q, q_rope, p)?;
-    let err = |m: String| EngineError::kernel("paged_attention", m);
-    let pt = layout.page_tokens;
-    if pt == 0 || !pt.is_power_of_two() {
-        return Err(err(format!("page_tokens {pt} is not a power of two")));
-    }
-    let values = if layout.value_width == 0 {
-        layout.key_width
-    } else {
-        layout.value_width
-    };
-    if layout.key_width != p.kv_heads * p.d1
-        || layout.rope_width != p.d2
-        || values != p.kv_heads * p.v_dim
-    {
-        return Err(err(format!(
-            "layout {layout:?} does not hold kv heads {} x (d1 {}, v_dim {}) and rope {}",
-            p.kv_heads, p.d1, p.v_dim, p.d2
-        )));
-    }
-    let tq = q.rows();
-    if p.q_start + tq > len {
-        return Err(err(format!(
-            "{tq} queries from position {} need {} cached positions, have {len}",
-            p.q_start,
-            p.q_start + tq
-        )));
-    }
-    let row_width = layout.row_width();
-    let needed = len.div_ceil(pt);
-    if pages.len() < needed {
-        return Err(err(format!(
-            "{len} positions need {needed} pages of {pt}, got {}",
-            pages.len()
-        )));
-    }
-    if let Some((i, pg)) = pages[..needed]
-        .iter()
-        .enumerate()
-        .find(|(_, pg)| pg.len() < pt * row_width)
-    {
-        return Err(err(format!(
-            "page {i} holds {} values, a page is {pt} x {row_width}",
-            pg.len()
-        )));
-    }
-    let rows = PageRows {
-        pages,
-        shift: pt.trailing_zeros(),
-        mask: pt - 1,
-        row_width,
-        key: layout.key_width,
-        rope: layout.rope_width,
-        value_at: if layout.value_width == 0 {
-            0
+impl<'a> PageRows<'a> {
+    /// Checks the pages and layout against `p` for `tq` queries from `p.q_start`.
+    pub(crate) fn checked(
+        pages: &'a [&'a [f32]],
+        layout: &KvLayout,
+        len: usize,
+        tq: usize,
+        p: &AttentionParams,
+    ) -> Result<Self> {
+        let err = |m: String| EngineError::kernel("paged_attention", m);
+        let pt = layout.page_tokens;
+        if pt == 0 || !pt.is_power_of_two() {
+            return Err(err(format!("page_tokens {pt} is not a power of two")));
+        }
+        let values = if layout.value_width == 0 {
+            layout.key_width
         } else {
-            layout.key_width + layout.rope_width
-        },
-        value: values,
-    };
-    attend(q, q_rope, &rows, p, simd && simd_available())
+            layout.value_width
+        };
+        if layout.key_width != p.kv_heads * p.d1
+            || layout.rope_width != p.d2
+            || values != p.kv_heads * p.v_dim
+        {
+            return Err(err(format!(
+                "layout {layout:?} does not hold kv heads {} x (d1 {}, v_dim {}) and rope {}",
+                p.kv_heads, p.d1, p.v_dim, p.d2
+            )));
+        }
+        if p.q_start + tq > len {
+            return Err(err(format!(
+                "{tq} queries from position {} need {} cached positions, have {len}",
+                p.q_start,
+                p.q_start + tq
+            )));
+        }
+        let row_width = layout.row_width();
+        let needed = len.div_ceil(pt);
+        if pages.len() < needed {
+            return Err(err(format!(
+                "{len} positions need {needed} pages of {pt}, got {}",
+                pages.len()
+            )));
+        }
+        if let Some((i, pg)) = pages[..needed]
+            .iter()
+            .enumerate()
+            .find(|(_, pg)| pg.len() < pt * row_width)
+        {
+            return Err(err(format!(
+                "page {i} holds {} values, a page is {pt} x {row_width}",
+                pg.len()
+            )));
+        }
+        Ok(PageRows {
+            pages,
+            shift: pt.trailing_zeros(),
+            mask: pt - 1,
+            row_width,
+            key: layout.key_width,
+            rope: layout.rope_width,
+            value_at: if layout.value_width == 0 {
+                0
+            } else {
+                layout.key_width + layout.rope_width
+            },
+            value: values,
+        })
+    }
 }
