@@ -80,7 +80,7 @@ fn run(
         .iter_mut()
         .map(|(t, c)| SeqChunk {
             tokens: t.clone(),
-            cache: &mut **c,
+            cache: c,
         })
         .collect();
     let logits = be
