@@ -4,6 +4,7 @@
 
 mod checkpoint_errors;
 mod config_import;
+mod decode_ops;
 mod dot;
 mod fixtures;
 mod hf_extra;
