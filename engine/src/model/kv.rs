@@ -298,6 +298,7 @@ impl SequenceCache {
                     if l.pages.len() > n {
                         l.pool.give_back(&l.pages[n..]);
                         l.pages.truncate(n);
+                        l.generation += 1;
                     }
                 }
                 return Err(e);
