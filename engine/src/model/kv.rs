@@ -27,6 +27,8 @@ pub const DEFAULT_PAGE_TOKENS: usize = 64;
 pub const DEFAULT_FULL_LENGTH_SEQUENCES: usize = 8;
 /// The default pool capacity is at least this many pages.
 pub const MIN_DEFAULT_PAGES: usize = 1024;
+/// The largest page (positions) a configuration may ask for.
+pub const MAX_PAGE_TOKENS: usize = 1 << 20;
 
 /// The pool configuration of every layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,12 +57,20 @@ impl KvConfig {
     pub fn default_for(spec: &ModelSpec) -> KvConfig {
         KvConfig::for_spec(spec, DEFAULT_PAGE_TOKENS)
     }
-    /// Errors unless `page_tokens` is a power of two and the capacity is not zero.
+    /// Errors unless `page_tokens` is a power of two up to `MAX_PAGE_TOKENS` and the capacity
+    /// is positive and fits u32 page ids.
     pub fn validate(&self) -> Result<()> {
-        if !self.page_tokens.is_power_of_two() || self.capacity_pages == 0 {
+        if !self.page_tokens.is_power_of_two()
+            || self.page_tokens > MAX_PAGE_TOKENS
+            || self.capacity_pages == 0
+            || self.capacity_pages > u32::MAX as usize
+        {
             return Err(EngineError::Invalid(format!(
-                "KV cache: page_tokens {} must be a power of two and capacity_pages {} positive",
-                self.page_tokens, self.capacity_pages
+                "KV cache: page_tokens {} must be a power of two up to {MAX_PAGE_TOKENS}, and \
+                 capacity_pages {} between 1 and {}",
+                self.page_tokens,
+                self.capacity_pages,
+                u32::MAX
             )));
         }
         Ok(())
@@ -96,11 +106,6 @@ impl PageAllocator {
             capacity_pages: capacity,
         }
         .validate()?;
-        if capacity > u32::MAX as usize {
-            return Err(EngineError::Invalid(format!(
-                "KV cache: {capacity} pages exceed the u32 page ids"
-            )));
-        }
         Ok(Arc::new(PageAllocator {
             capacity,
             page_tokens,

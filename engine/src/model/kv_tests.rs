@@ -139,3 +139,26 @@ fn layers_sharing_an_allocator_share_one_table() {
     drop(seq);
     assert_eq!(alloc.pages_in_use(), 0);
 }
+
+#[test]
+fn oversized_configurations_are_errors_not_aborts() {
+    let be = CpuBackend::new();
+    let layout = KvLayout {
+        page_tokens: 4,
+        key_width: 2,
+        rope_width: 0,
+        value_width: 0,
+    };
+    for (page_tokens, capacity) in [(3, 8), (1 << 21, 8), (4, 0), (4, 1 << 33)] {
+        assert!(
+            PageAllocator::new(capacity, page_tokens).is_err(),
+            "{page_tokens} {capacity}"
+        );
+    }
+    let huge_rows = KvLayout {
+        page_tokens: 1 << 20,
+        key_width: usize::MAX / 2,
+        ..layout
+    };
+    assert!(KvPool::new(&be, 0, huge_rows, 1).is_err());
+}
