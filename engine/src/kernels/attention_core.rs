@@ -58,7 +58,7 @@ fn check_queries(
     p: &AttentionParams,
 ) -> Result<()> {
     let err = |m: String| EngineError::kernel(kernel, m);
-    if p.heads == 0 || p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
+    if p.heads == 0 || p.kv_heads == 0 || !p.heads.is_multiple_of(p.kv_heads) {
         return Err(err(format!("{} heads vs {} kv heads", p.heads, p.kv_heads)));
     }
     if p.v_dim == 0 {
@@ -275,7 +275,7 @@ fn chunk_partial<'a, R: KeyRows>(
         (cursor..to).for_each(|j| fetch.whole_to_l2(j));
         cursor = to;
     };
-    value_tile(&ps, &vrows, &mut accs, simd, &mut between);
+    value_tile(&ps, vrows, &mut accs, simd, &mut between);
 }
 
 /// The buffers of `chunk_partial`, reused across the kv heads of a task.
