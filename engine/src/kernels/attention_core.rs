@@ -58,7 +58,7 @@ fn check_queries(
     p: &AttentionParams,
 ) -> Result<()> {
     let err = |m: String| EngineError::kernel(kernel, m);
-    if p.heads == 0 || p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
+    if p.heads == 0 || p.kv_heads == 0 || !p.heads.is_multiple_of(p.kv_heads) {
         return Err(err(format!("{} heads vs {} kv heads", p.heads, p.kv_heads)));
     }
     if p.v_dim == 0 {
@@ -89,7 +89,8 @@ fn check_queries(
     }
 }
 
-/// One unit of work: query row `row`, kv head `g`, keys `lo..hi` (one chunk).
+/// One unit of work: query row `row`, kv head `g`, keys `lo..hi` (one chunk). A parallel task
+/// runs every kv head of a (row, chunk) in turn, reusing its buffers.
 #[derive(Clone, Copy)]
 struct Task {
     row: usize,
@@ -113,42 +114,49 @@ pub(crate) fn attend<R: KeyRows>(
     check_queries(kernel, q, q_rope, p)?;
     let simd = simd && simd_available();
     let (tq, group) = (q.rows(), p.heads / p.kv_heads);
+    // (row, chunk) tasks, rows in order; per query row: its first task and its chunk count.
     let mut tasks = Vec::new();
-    // Per query row: index of its first task and its chunk count (tasks run row, kv head, chunk).
     let mut rows = Vec::with_capacity(tq);
     for i in 0..tq {
         let pos = p.q_start + i;
         let first = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let chunks = first / CHUNK..=pos / CHUNK;
         rows.push((tasks.len(), chunks.clone().count()));
-        for g in 0..p.kv_heads {
-            for c in chunks.clone() {
-                let (lo, hi) = ((c * CHUNK).max(first), ((c + 1) * CHUNK).min(pos + 1));
-                tasks.push(Task {
-                    row: i,
-                    g,
-                    lo,
-                    hi,
-                    end: pos + 1,
-                });
-            }
+        for c in chunks {
+            let (lo, hi) = ((c * CHUNK).max(first), ((c + 1) * CHUNK).min(pos + 1));
+            let end = pos + 1;
+            tasks.push(Task {
+                row: i,
+                g: 0,
+                lo,
+                hi,
+                end,
+            });
         }
     }
+    // Partials: task-major, then kv head.
     let part_len = group * (p.v_dim + 2);
-    let mut partials = vec![0.0f32; tasks.len() * part_len];
+    let task_len = p.kv_heads * part_len;
+    let mut partials = vec![0.0f32; tasks.len() * task_len];
     let work: usize =
-        tasks.iter().map(|t| t.hi - t.lo).sum::<usize>() * group * (p.d1 + p.d2 + p.v_dim);
+        tasks.iter().map(|t| t.hi - t.lo).sum::<usize>() * p.heads * (p.d1 + p.d2 + p.v_dim);
     let parallel = work >= PARALLEL_WORK && rayon::current_num_threads() > 1;
-    let run = |(t, part): (&Task, &mut [f32])| chunk_partial(q, q_rope, keys, p, *t, simd, part);
+    let run = |(t, parts): (&Task, &mut [f32])| {
+        let mut scratch = Scratch::default();
+        for (g, part) in parts.chunks_mut(part_len).enumerate() {
+            let t = Task { g, ..*t };
+            chunk_partial(q, q_rope, keys, p, t, simd, part, &mut scratch);
+        }
+    };
     if parallel {
         tasks
             .par_iter()
-            .zip(partials.par_chunks_mut(part_len))
+            .zip(partials.par_chunks_mut(task_len))
             .for_each(run);
     } else {
         tasks
             .iter()
-            .zip(partials.chunks_mut(part_len))
+            .zip(partials.chunks_mut(task_len))
             .for_each(run);
     }
     let width = p.heads * p.v_dim;
@@ -156,9 +164,8 @@ pub(crate) fn attend<R: KeyRows>(
     let combine = |(idx, o): (usize, &mut [f32])| {
         let (i, g) = (idx / p.kv_heads, idx % p.kv_heads);
         let (start, chunks) = rows[i];
-        let first = (start + g * chunks) * part_len;
-        let parts = &partials[first..first + chunks * part_len];
-        combine_chunks(parts, group, p.v_dim, o, simd);
+        let parts = &partials[start * task_len + g * part_len..];
+        combine_chunks(parts, task_len, chunks, group, p.v_dim, o, simd);
     };
     let slab = group * p.v_dim;
     if parallel {
@@ -171,36 +178,46 @@ pub(crate) fn attend<R: KeyRows>(
 
 /// One chunk's partial for all heads of kv head `t.g`: `part` = `[m; group] [l; group]
 /// [acc; group × v_dim]`.
-fn chunk_partial<R: KeyRows>(
-    q: &Tensor,
-    q_rope: Option<&Tensor>,
-    keys: &R,
+#[allow(clippy::too_many_arguments)]
+fn chunk_partial<'a, R: KeyRows>(
+    q: &'a Tensor,
+    q_rope: Option<&'a Tensor>,
+    keys: &'a R,
     p: &AttentionParams,
     t: Task,
     simd: bool,
     part: &mut [f32],
+    scratch: &mut Scratch<'a>,
 ) {
     let (group, n) = (p.heads / p.kv_heads, t.hi - t.lo);
     let (d1, d2, vd) = (p.d1, p.d2, p.v_dim);
     let h0 = t.g * group;
     let qrow = q.row(t.row);
-    let qs: Vec<&[f32]> = (0..group).map(|h| &qrow[(h0 + h) * d1..][..d1]).collect();
-    let qr: Vec<&[f32]> = match q_rope {
-        Some(r) => (0..group)
-            .map(|h| &r.row(t.row)[(h0 + h) * d2..][..d2])
-            .collect(),
-        None => vec![&[][..]; group],
-    };
-    let krows: Vec<&[f32]> = (t.lo..t.hi)
-        .map(|j| &keys.key(j)[t.g * d1..][..d1])
-        .collect();
-    let rrows: Vec<&[f32]> = (t.lo..t.hi).map(|j| &keys.rope(j)[..d2]).collect();
-    let vrows: Vec<&[f32]> = (t.lo..t.hi)
-        .map(|j| &keys.value(j)[t.g * vd..][..vd])
-        .collect();
+    let Scratch {
+        qs,
+        qr,
+        krows,
+        rrows,
+        vrows,
+        scores,
+    } = scratch;
+    qs.clear();
+    qs.extend((0..group).map(|h| &qrow[(h0 + h) * d1..][..d1]));
+    qr.clear();
+    match q_rope {
+        Some(r) => qr.extend((0..group).map(|h| &r.row(t.row)[(h0 + h) * d2..][..d2])),
+        None => qr.resize(group, &[]),
+    }
+    krows.clear();
+    krows.extend((t.lo..t.hi).map(|j| &keys.key(j)[t.g * d1..][..d1]));
+    rrows.clear();
+    rrows.extend((t.lo..t.hi).map(|j| &keys.rope(j)[..d2]));
+    vrows.clear();
+    vrows.extend((t.lo..t.hi).map(|j| &keys.value(j)[t.g * vd..][..vd]));
 
     // Scores, key blocks outer (a block stays in L1 while every head tile reads it).
-    let mut scores = vec![0.0f32; group * n];
+    scores.clear();
+    scores.resize(group * n, 0.0);
     let mut tile_out = [[0.0f32; 8]; 4];
     let head_tiles = head_tiles(group);
     let fetch = RowFetch::new(keys, p, t, head_tiles);
@@ -258,7 +275,18 @@ fn chunk_partial<R: KeyRows>(
         (cursor..to).for_each(|j| fetch.whole_to_l2(j));
         cursor = to;
     };
-    value_tile(&ps, &vrows, &mut accs, simd, &mut between);
+    value_tile(&ps, vrows, &mut accs, simd, &mut between);
+}
+
+/// The buffers of `chunk_partial`, reused across the kv heads of a task.
+#[derive(Default)]
+struct Scratch<'a> {
+    qs: Vec<&'a [f32]>,
+    qr: Vec<&'a [f32]>,
+    krows: Vec<&'a [f32]>,
+    rrows: Vec<&'a [f32]>,
+    vrows: Vec<&'a [f32]>,
+    scores: Vec<f32>,
 }
 
 /// Prefetching of the cached rows of one task's kv head (results never depend on it).
@@ -329,31 +357,41 @@ fn head_tiles(group: usize) -> usize {
 }
 
 /// Combines the chunk partials of one (row, kv head) into `out` (`group × v_dim`).
-fn combine_chunks(parts: &[f32], group: usize, vd: usize, out: &mut [f32], simd: bool) {
+/// The partial of chunk `c` starts at `parts[c · stride]`.
+fn combine_chunks(
+    parts: &[f32],
+    stride: usize,
+    chunks: usize,
+    group: usize,
+    vd: usize,
+    out: &mut [f32],
+    simd: bool,
+) {
+    let shape = (stride, chunks, group, vd);
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: `simd` is only set when `dot::simd_available()` returned true.
-        unsafe { combine_fma(parts, group, vd, out) };
+        unsafe { combine_fma(parts, shape, out) };
         return;
     }
     let _ = simd;
-    combine_impl(parts, group, vd, out);
+    combine_impl(parts, shape, out);
 }
 
 /// `combine_impl` compiled with FMA instructions (same operations, so the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn combine_fma(parts: &[f32], group: usize, vd: usize, out: &mut [f32]) {
-    combine_impl(parts, group, vd, out)
+unsafe fn combine_fma(parts: &[f32], shape: (usize, usize, usize, usize), out: &mut [f32]) {
+    combine_impl(parts, shape, out)
 }
 
 #[inline(always)]
-fn combine_impl(parts: &[f32], group: usize, vd: usize, out: &mut [f32]) {
-    let part_len = group * (vd + 2);
+fn combine_impl(parts: &[f32], shape: (usize, usize, usize, usize), out: &mut [f32]) {
+    let (stride, chunks, group, vd) = shape;
     for (h, o) in out.chunks_mut(vd).enumerate() {
         let (mut big_m, mut big_l) = (parts[h], parts[group + h]);
         o.copy_from_slice(&parts[2 * group + h * vd..][..vd]);
-        for c in parts.chunks(part_len).skip(1) {
+        for c in (1..chunks).map(|c| &parts[c * stride..]) {
             let (m, l) = (c[h], c[group + h]);
             let acc = &c[2 * group + h * vd..][..vd];
             let next = big_m.max(m);

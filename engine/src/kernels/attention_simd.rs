@@ -23,7 +23,9 @@ pub(crate) fn fold8(l: &[f32; 8]) -> f32 {
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
 const MAGIC: f32 = 12_582_912.0;
-const NEG_LN2_HI: f32 = -0.693_359_375;
+/// `-ln 2` split in a part with few mantissa bits (exactly -0.693359375, so `n · NEG_LN2_HI` is
+/// exact) and the rest.
+const NEG_LN2_HI: f32 = -0.693_359_4;
 const NEG_LN2_LO: f32 = 2.121_944_4e-4;
 /// Below this, `exp` returns 0 (the true value is under 1.7e-38).
 const EXP_FLOOR: f32 = -87.0;
@@ -197,6 +199,7 @@ fn value_columns(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]], from: 
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // tiles index registers by head and column
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
