@@ -8,7 +8,7 @@ use troupe_engine::device_tensor::{BlockTableRef, KvStore};
 use troupe_engine::{DeviceTensor, EngineError, Result};
 
 use super::kv::page_shift;
-use super::GpuBackend;
+use super::{shape_err, GpuBackend};
 use crate::device::{Arg, Device};
 use crate::error::{GpuError, GpuResult};
 use crate::launch::{self, u32_of};
@@ -24,15 +24,14 @@ struct KeySource<'a, B> {
     page_shift: usize,
 }
 
-fn bad(what: &str, found: &[usize], expected: String) -> EngineError {
-    EngineError::ShapeMismatch {
-        tensor: format!("attention {what}: expected {expected}"),
-        expected: Vec::new(),
-        found: found.to_vec(),
-    }
-}
+const KERNEL: &str = "attention_f32";
 
 impl<D: Device> GpuBackend<D> {
+    /// A `GpuError::Shape` of `attention_f32` for tensor `what`.
+    fn bad(&self, what: &str, found: &[usize], expected: String) -> EngineError {
+        self.gpu_err(shape_err(KERNEL, what, found, expected))
+    }
+
     /// Checks the query side and returns the q_rope buffer (when `d2 > 0`).
     fn queries<'a>(
         &self,
@@ -42,18 +41,24 @@ impl<D: Device> GpuBackend<D> {
         p: &AttentionParams,
     ) -> Result<Option<&'a D::Buf>> {
         if p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
-            return Err(EngineError::Invalid(format!(
-                "{op}: {} heads over {} kv heads",
-                p.heads, p.kv_heads
+            return Err(self.gpu_err(GpuError::limit(
+                KERNEL,
+                "kv_heads",
+                p.kv_heads,
+                format!("dividing {} heads", p.heads),
             )));
         }
         if q.cols() != p.heads * p.d1 {
-            return Err(bad("q", &[q.rows(), q.cols()], format!("[_, {}]", p.heads * p.d1)));
+            return Err(self.bad(
+                "q",
+                &[q.rows(), q.cols()],
+                format!("[_, {}]", p.heads * p.d1),
+            ));
         }
         match q_rope {
             Some(r) if p.d2 > 0 => {
                 if r.rows() != q.rows() || r.cols() != p.heads * p.d2 {
-                    return Err(bad(
+                    return Err(self.bad(
                         "q_rope",
                         &[r.rows(), r.cols()],
                         format!("[{}, {}]", q.rows(), p.heads * p.d2),
@@ -61,7 +66,7 @@ impl<D: Device> GpuBackend<D> {
                 }
                 Ok(Some(self.buf(op, r)?))
             }
-            None if p.d2 > 0 => Err(bad("q_rope", &[], format!("[_, {}]", p.heads * p.d2))),
+            None if p.d2 > 0 => Err(self.bad("q_rope", &[], format!("[_, {}]", p.heads * p.d2))),
             _ => Ok(None),
         }
     }
@@ -134,10 +139,10 @@ impl<D: Device> GpuBackend<D> {
         let (kb, vb) = (self.buf(op, k)?, self.buf(op, v)?);
         let tk = k.rows();
         if k.cols() != p.kv_heads * p.d1 {
-            return Err(bad("k", &[tk, k.cols()], format!("[_, {}]", p.kv_heads * p.d1)));
+            return Err(self.bad("k", &[tk, k.cols()], format!("[_, {}]", p.kv_heads * p.d1)));
         }
         if v.rows() != tk || v.cols() != p.kv_heads * p.v_dim {
-            return Err(bad(
+            return Err(self.bad(
                 "v",
                 &[v.rows(), v.cols()],
                 format!("[{tk}, {}]", p.kv_heads * p.v_dim),
@@ -146,11 +151,15 @@ impl<D: Device> GpuBackend<D> {
         let kr = match k_rope {
             Some(r) if p.d2 > 0 => {
                 if r.rows() != tk || r.cols() != p.d2 {
-                    return Err(bad("k_rope", &[r.rows(), r.cols()], format!("[{tk}, {}]", p.d2)));
+                    return Err(self.bad(
+                        "k_rope",
+                        &[r.rows(), r.cols()],
+                        format!("[{tk}, {}]", p.d2),
+                    ));
                 }
                 Some(self.buf(op, r)?)
             }
-            None if p.d2 > 0 => return Err(bad("k_rope", &[], format!("[{tk}, {}]", p.d2))),
+            None if p.d2 > 0 => return Err(self.bad("k_rope", &[], format!("[{tk}, {}]", p.d2))),
             _ => None,
         };
         let src = KeySource {

@@ -260,7 +260,11 @@ impl<D: Device> GpuBackend<D> {
         Ok(self.tensor(a.rows(), a.cols(), out))
     }
 
-    pub(super) fn silu_mul_op(&self, gate: &DeviceTensor, up: &DeviceTensor) -> Result<DeviceTensor> {
+    pub(super) fn silu_mul_op(
+        &self,
+        gate: &DeviceTensor,
+        up: &DeviceTensor,
+    ) -> Result<DeviceTensor> {
         self.elementwise("silu_mul", gate, up, launch::silu_mul)
     }
 

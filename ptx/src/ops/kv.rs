@@ -131,8 +131,11 @@ impl<D: Device> GpuBackend<D> {
                 copy.buf = grown;
                 copy.cap = cap;
             }
-            self.dev
-                .write(&mut copy.buf, copy.len * 4, &u32_bytes(&table.pages[copy.len..]))?;
+            self.dev.write(
+                &mut copy.buf,
+                copy.len * 4,
+                &u32_bytes(&table.pages[copy.len..]),
+            )?;
             copy.len = n;
         }
         f(&copy.buf)
@@ -140,9 +143,8 @@ impl<D: Device> GpuBackend<D> {
 
     pub(super) fn kv_store_op(&self, layout: KvLayout, capacity: usize) -> Result<KvStore> {
         page_shift(&layout)?;
-        let buf = self.on_device(|| {
-            self.alloc_f32(capacity * layout.page_tokens * layout.row_width())
-        })?;
+        let buf =
+            self.on_device(|| self.alloc_f32(capacity * layout.page_tokens * layout.row_width()))?;
         let buf: DeviceBuf = Arc::new(buf);
         Ok(KvStore {
             layout,
@@ -168,7 +170,12 @@ impl<D: Device> GpuBackend<D> {
         let mut parts = vec![(self.buf("kv_write", key)?, key, lay.key_width, 0, "key")];
         for (part, width, col, what) in [
             (rope, lay.rope_width, lay.key_width, "rope"),
-            (value, lay.value_width, lay.key_width + lay.rope_width, "value"),
+            (
+                value,
+                lay.value_width,
+                lay.key_width + lay.rope_width,
+                "value",
+            ),
         ] {
             match part {
                 Some(p) => parts.push((self.buf("kv_write", p)?, p, width, col, what)),

@@ -73,6 +73,11 @@ impl<D: Device> GpuBackend<D> {
         run().map_err(|e| to_engine(&self.dev.name(), e))
     }
 
+    /// A `GpuError` as the `EngineError::Backend` naming this device.
+    fn gpu_err(&self, e: GpuError) -> EngineError {
+        to_engine(&self.dev.name(), e)
+    }
+
     /// `EngineError::WrongDevice` for a handle `op` was given that this backend did not make.
     fn wrong_device(&self, op: &str, found: Location) -> EngineError {
         EngineError::WrongDevice {
@@ -103,7 +108,11 @@ impl<D: Device> GpuBackend<D> {
     }
 
     /// The cached device buffer under `key`, uploading `make()` on first use.
-    fn cached(&self, key: &str, make: impl FnOnce() -> GpuResult<Vec<u8>>) -> GpuResult<Arc<D::Buf>> {
+    fn cached(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> GpuResult<Vec<u8>>,
+    ) -> GpuResult<Arc<D::Buf>> {
         if let Some(b) = lock(&self.weights, "weight cache")?.get(key) {
             return Ok(b.clone());
         }

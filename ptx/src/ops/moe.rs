@@ -133,7 +133,10 @@ impl<D: Device> GpuBackend<D> {
     pub(super) fn routing_to_device_op(&self, r: &Routing, top_k: usize) -> Result<DeviceRouting> {
         let rows = r.ids.len();
         if r.weights.len() != rows
-            || r.ids.iter().zip(&r.weights).any(|(i, w)| i.len() != top_k || w.len() != top_k)
+            || r.ids
+                .iter()
+                .zip(&r.weights)
+                .any(|(i, w)| i.len() != top_k || w.len() != top_k)
         {
             return Err(EngineError::Invalid(format!(
                 "routing_to_device: every one of {rows} rows needs {top_k} ids and weights"
@@ -192,11 +195,11 @@ impl<D: Device> GpuBackend<D> {
         let ids: Vec<u32> = experts.iter().map(|e| e.id).collect();
         let (y, inv) = self.on_device(|| {
             let y = self.alloc_f32(entries * hidden)?;
-            let inv = self.dev.alloc(entries * 4)?;
             if entries == 0 || count == 0 {
                 let absent = vec![ABSENT; entries];
                 return Ok((y, self.dev.upload(&u32_bytes(&absent))?));
             }
+            let inv = self.dev.alloc(entries * 4)?;
             // global expert id -> local index in this call (or ABSENT)
             let map_len = ids.last().map_or(0, |&m| m as usize + 1);
             let map = self.cached(&format!("moe-map:{ids:?}"), || {
@@ -206,13 +209,12 @@ impl<D: Device> GpuBackend<D> {
                 }
                 Ok(u32_bytes(&m))
             })?;
-            let stack = |what: &str, f: fn(&ExpertWeights<'_>) -> &Weight| {
-                let ws: Vec<&Weight> = experts.iter().map(f).collect();
-                self.stacked(what, &ws)
-            };
-            let (gate, gdt) = stack("gate", |e| e.gate)?;
-            let (up, udt) = stack("up", |e| e.up)?;
-            let (down, ddt) = stack("down", |e| e.down)?;
+            let gates: Vec<&Weight> = experts.iter().map(|e| e.gate).collect();
+            let ups: Vec<&Weight> = experts.iter().map(|e| e.up).collect();
+            let downs: Vec<&Weight> = experts.iter().map(|e| e.down).collect();
+            let (gate, gdt) = self.stacked("gate", &gates)?;
+            let (up, udt) = self.stacked("up", &ups)?;
+            let (down, ddt) = self.stacked("down", &downs)?;
             // moe_sort
             let offsets = self.dev.alloc((count + 1) * 4)?;
             let order = self.dev.alloc(entries * 4)?;
@@ -370,7 +372,11 @@ impl<D: Device> GpuBackend<D> {
                     Arg::Buf(inv),
                     Arg::U32(u32_of(l.kernel, "tokens", n)?),
                     Arg::U32(u32_of(l.kernel, "hidden", hidden)?),
-                    Arg::U32(u32_of(l.kernel, "top_k", if pb.is_empty() { 0 } else { top_k })?),
+                    Arg::U32(u32_of(
+                        l.kernel,
+                        "top_k",
+                        if pb.is_empty() { 0 } else { top_k },
+                    )?),
                     Arg::Buf(res),
                     sh.map_or(Arg::Null, Arg::Buf),
                 ],

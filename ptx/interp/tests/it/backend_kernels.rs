@@ -39,7 +39,14 @@ fn attend(
     m: &Module,
     q: DevicePtr,
     qr: DevicePtr,
-    src: (ParamValue, ParamValue, ParamValue, ParamValue, [usize; 3], usize),
+    src: (
+        ParamValue,
+        ParamValue,
+        ParamValue,
+        ParamValue,
+        [usize; 3],
+        usize,
+    ),
     tq: usize,
     tk: usize,
     dims: (usize, usize, usize, usize),
@@ -117,7 +124,14 @@ fn paged_attention_matches_contiguous_bitwise() {
         &m,
         qb,
         qrb,
-        (p(sb), p(sb.offset(4 * d1 as u64)), p(sb), p(tb), [w, w, w], shift),
+        (
+            p(sb),
+            p(sb.offset(4 * d1 as u64)),
+            p(sb),
+            p(tb),
+            [w, w, w],
+            shift,
+        ),
         tq,
         tk,
         dims,
@@ -143,9 +157,15 @@ fn paged_attention_matches_contiguous_bitwise() {
             let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..d1 {
-                let want: f64 = (0..=pos).map(|j| e[j] * lat[j * d1 + d] as f64).sum::<f64>() / z;
+                let want: f64 = (0..=pos)
+                    .map(|j| e[j] * lat[j * d1 + d] as f64)
+                    .sum::<f64>()
+                    / z;
                 let got = paged[(i * heads + h) * d1 + d] as f64;
-                assert!((got - want).abs() < 1e-5, "row {i} head {h} d {d}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "row {i} head {h} d {d}: {got} vs {want}"
+                );
             }
         }
     }
@@ -266,7 +286,9 @@ fn rope_from_first_position_into_a_copy() {
     let (rows, heads, stride, offset, rot, first) = (3usize, 2usize, 10usize, 4usize, 6usize, 41);
     let mut rng = XorShift(7);
     let x = vec_of(&mut rng, rows * heads * stride);
-    let inv: Vec<f32> = (0..rot / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rot as f32)).collect();
+    let inv: Vec<f32> = (0..rot / 2)
+        .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rot as f32))
+        .collect();
     let mut dev = SimulatedGpu::new();
     let (xb, fb) = (dev.alloc_f32(&x).unwrap(), dev.alloc_f32(&inv).unwrap());
     let out = dev.alloc(x.len() * 4).unwrap();
@@ -283,8 +305,13 @@ fn rope_from_first_position_into_a_copy() {
         u(rot),
         u(1),
     ];
-    dev.launch(&m, "rope_f32", &cfg((rows as u32, heads as u32, 1), 64, 0), &params)
-        .unwrap_or_else(|e| panic!("{e}"));
+    dev.launch(
+        &m,
+        "rope_f32",
+        &cfg((rows as u32, heads as u32, 1), 64, 0),
+        &params,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let got = dev.read_f32(out, x.len()).unwrap();
     for r in 0..rows {
         for h in 0..heads {
@@ -294,7 +321,10 @@ fn rope_from_first_position_into_a_copy() {
             }
             for i in 0..rot / 2 {
                 let angle = ((first + r) as f32 * inv[i]) as f64;
-                let (a, b) = (x[base + offset + i] as f64, x[base + offset + i + rot / 2] as f64);
+                let (a, b) = (
+                    x[base + offset + i] as f64,
+                    x[base + offset + i + rot / 2] as f64,
+                );
                 let want0 = a * angle.cos() - b * angle.sin();
                 let want1 = b * angle.cos() + a * angle.sin();
                 assert!((got[base + offset + i] as f64 - want0).abs() < 1e-6);
@@ -316,8 +346,21 @@ fn moe_sort_subset_combine_and_merge() {
     let (ib, mb) = (dev.alloc(32).unwrap(), dev.alloc(28).unwrap());
     dev.write_u32(ib, &ids).unwrap();
     dev.write_u32(mb, &map).unwrap();
-    let (off, order, inv) = (dev.alloc(16).unwrap(), dev.alloc(32).unwrap(), dev.alloc(32).unwrap());
-    let params = [p(off), p(order), p(inv), p(ib), u(8), u(3), p(mb), u(map.len())];
+    let (off, order, inv) = (
+        dev.alloc(16).unwrap(),
+        dev.alloc(32).unwrap(),
+        dev.alloc(32).unwrap(),
+    );
+    let params = [
+        p(off),
+        p(order),
+        p(inv),
+        p(ib),
+        u(8),
+        u(3),
+        p(mb),
+        u(map.len()),
+    ];
     dev.launch(&m, "moe_sort", &cfg((1, 1, 1), 32, 0), &params)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dev.read_u32(off, 4).unwrap(), vec![0, 2, 4, 5]);
@@ -327,14 +370,29 @@ fn moe_sort_subset_combine_and_merge() {
 
     // combine: hidden 3; y rows = sorted position * 10 + column
     let hidden = 3;
-    let y: Vec<f32> = (0..5 * hidden).map(|i| (i / hidden * 10 + i % hidden) as f32).collect();
+    let y: Vec<f32> = (0..5 * hidden)
+        .map(|i| (i / hidden * 10 + i % hidden) as f32)
+        .collect();
     let w: Vec<f32> = (0..8).map(|i| 0.25 * (i + 1) as f32).collect();
     let res: Vec<f32> = (0..4 * hidden).map(|i| 100.0 * i as f32).collect();
     let shared: Vec<f32> = (0..4 * hidden).map(|i| -(i as f32)).collect();
     let (yb, wb) = (dev.alloc_f32(&y).unwrap(), dev.alloc_f32(&w).unwrap());
-    let (rb, sb) = (dev.alloc_f32(&res).unwrap(), dev.alloc_f32(&shared).unwrap());
+    let (rb, sb) = (
+        dev.alloc_f32(&res).unwrap(),
+        dev.alloc_f32(&shared).unwrap(),
+    );
     let out = dev.alloc(4 * hidden * 4).unwrap();
-    let params = [p(out), p(yb), p(wb), p(inv), u(4), u(hidden), u(2), p(rb), p(sb)];
+    let params = [
+        p(out),
+        p(yb),
+        p(wb),
+        p(inv),
+        u(4),
+        u(hidden),
+        u(2),
+        p(rb),
+        p(sb),
+    ];
     dev.launch(&m, "moe_combine", &cfg((4, 1, 1), 256, 0), &params)
         .unwrap_or_else(|e| panic!("{e}"));
     let got = dev.read_f32(out, 4 * hidden).unwrap();
@@ -350,12 +408,20 @@ fn moe_sort_subset_combine_and_merge() {
             }
             acc += shared[t * hidden + c];
             let want = res[t * hidden + c] + acc;
-            assert_eq!(got[t * hidden + c].to_bits(), want.to_bits(), "token {t} col {c}");
+            assert_eq!(
+                got[t * hidden + c].to_bits(),
+                want.to_bits(),
+                "token {t} col {c}"
+            );
         }
     }
 
     // merge: part A has inv [0, x, 1, x], part B [x, 0, x, 1] -> [0, 2, 1, 3]
-    let (a, b, merged) = (dev.alloc(16).unwrap(), dev.alloc(16).unwrap(), dev.alloc(16).unwrap());
+    let (a, b, merged) = (
+        dev.alloc(16).unwrap(),
+        dev.alloc(16).unwrap(),
+        dev.alloc(16).unwrap(),
+    );
     dev.write_u32(a, &[0, x, 1, x]).unwrap();
     dev.write_u32(b, &[x, 0, x, 1]).unwrap();
     for (part, offset, first) in [(a, 0, 1), (b, 2, 0)] {
@@ -405,7 +471,10 @@ fn non_finite_flag_is_sticky_and_reported_by_argmax_and_flag_copy() {
         .unwrap_or_else(|e| panic!("{e}"));
     let got = dev.read_u32(dst, 6).unwrap();
     assert_eq!(got[0], 0xABCD);
-    assert_eq!(got[1..], x[1..].iter().map(|v| v.to_bits()).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        got[1..],
+        x[1..].iter().map(|v| v.to_bits()).collect::<Vec<_>>()[..]
+    );
     dev.write_u32(flag, &[0, 0, 0]).unwrap();
     dev.launch(&ew, "flag_copy_b32", &cfg((1, 1, 1), 256, 0), &params)
         .unwrap_or_else(|e| panic!("{e}"));
