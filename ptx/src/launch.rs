@@ -57,19 +57,23 @@ pub fn rms_norm(rows: usize) -> GpuResult<Launch> {
     l1d("rms_norm_f32", rows, 256, 0)
 }
 
-/// `rope_f32`: one CTA of 64 threads per (row, head).
-pub fn rope(rows: usize, heads: usize) -> GpuResult<Launch> {
-    let k = "rope_f32";
+/// Grid (rows, heads): one CTA of `block` threads per (row, head), no shared memory.
+fn per_row_head(kernel: &'static str, rows: usize, heads: usize, block: u32) -> GpuResult<Launch> {
     Ok(Launch {
-        kernel: k,
+        kernel,
         grid: (
-            u32_of(k, "rows", rows.max(1))?,
-            yz(k, "heads", heads.max(1))?,
+            u32_of(kernel, "rows", rows.max(1))?,
+            yz(kernel, "heads", heads.max(1))?,
             1,
         ),
-        block: (64, 1, 1),
+        block: (block, 1, 1),
         shared_bytes: 0,
     })
+}
+
+/// `rope_f32`: one CTA of 64 threads per (row, head).
+pub fn rope(rows: usize, heads: usize) -> GpuResult<Launch> {
+    per_row_head("rope_f32", rows, heads, 64)
 }
 
 /// `silu_mul_f32`: one thread per element.
@@ -130,17 +134,7 @@ pub fn moe_index_merge(entries: usize) -> GpuResult<Launch> {
 
 /// `copy_rows_b32`: one CTA of 128 threads per (row, head).
 pub fn copy_rows(rows: usize, heads: usize) -> GpuResult<Launch> {
-    let k = "copy_rows_b32";
-    Ok(Launch {
-        kernel: k,
-        grid: (
-            u32_of(k, "rows", rows.max(1))?,
-            yz(k, "heads", heads.max(1))?,
-            1,
-        ),
-        block: (128, 1, 1),
-        shared_bytes: 0,
-    })
+    per_row_head("copy_rows_b32", rows, heads, 128)
 }
 
 /// `add_f32`: one thread per element.

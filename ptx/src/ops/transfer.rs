@@ -9,7 +9,7 @@ use troupe_engine::error::PassSite;
 use troupe_engine::{DeviceTensor, EngineError, Result, Tensor};
 
 use super::{lock, GpuBackend};
-use crate::device::{bytes_f32, bytes_u32, f32_bytes, Arg, Device};
+use crate::device::{bytes_u32, f32_bytes, Arg, Device};
 use crate::error::GpuResult;
 use crate::launch::{self, u32_of};
 
@@ -47,27 +47,12 @@ impl<D: Device> GpuBackend<D> {
     pub(super) fn download_op(&self, t: &DeviceTensor) -> Result<Tensor> {
         let src = self.buf("download", t)?;
         let n = t.rows() * t.cols();
-        let data = self.on_device(|| {
-            if n == 0 {
-                return Ok(Vec::new());
-            }
-            let fl = lock(&self.finite, "non-finite flag")?;
-            match (&fl.buf, fl.pending) {
-                (Some(flag), true) => {
-                    let staged = self.flag_copy(src, n, flag, F32_MARK)?;
-                    drop(fl);
-                    Ok(bytes_f32(&self.dev.download(&staged, n * 4)?))
-                }
-                _ => {
-                    drop(fl);
-                    Ok(bytes_f32(&self.dev.download(src, n * 4)?))
-                }
-            }
-        })?;
-        if data.first().is_some_and(|v| v.to_bits() == F32_MARK) {
-            self.report_finite()?;
-        }
-        Tensor::matrix(t.rows(), t.cols(), data)
+        let words = self.read_flagged(src, n, F32_MARK)?;
+        Tensor::matrix(
+            t.rows(),
+            t.cols(),
+            words.into_iter().map(f32::from_bits).collect(),
+        )
     }
 
     pub(super) fn argmax_op(&self, logits: &DeviceTensor) -> Result<Vec<u32>> {
@@ -103,27 +88,30 @@ impl<D: Device> GpuBackend<D> {
 
     /// The ids of a routing read back through the flag (word 0 marked when a check failed).
     pub(super) fn download_ids(&self, ids: &D::Buf, n: usize) -> Result<Vec<u32>> {
-        let v = self.on_device(|| {
+        self.read_flagged(ids, n, ID_MARK)
+    }
+
+    /// The first `n` words of `src`; while checks are pending they are read through
+    /// `flag_copy_b32`, and a `mark` in word 0 makes the flag be read and reported.
+    fn read_flagged(&self, src: &D::Buf, n: usize, mark: u32) -> Result<Vec<u32>> {
+        let words = self.on_device(|| {
             if n == 0 {
                 return Ok(Vec::new());
             }
             let fl = lock(&self.finite, "non-finite flag")?;
-            match (&fl.buf, fl.pending) {
-                (Some(flag), true) => {
-                    let staged = self.flag_copy(ids, n, flag, ID_MARK)?;
-                    drop(fl);
-                    Ok(bytes_u32(&self.dev.download(&staged, n * 4)?))
-                }
-                _ => {
-                    drop(fl);
-                    Ok(bytes_u32(&self.dev.download(ids, n * 4)?))
-                }
-            }
+            let staged = match (&fl.buf, fl.pending) {
+                (Some(flag), true) => Some(self.flag_copy(src, n, flag, mark)?),
+                _ => None,
+            };
+            drop(fl);
+            Ok(bytes_u32(
+                &self.dev.download(staged.as_ref().unwrap_or(src), n * 4)?,
+            ))
         })?;
-        if v.first() == Some(&ID_MARK) {
+        if words.first() == Some(&mark) {
             self.report_finite()?;
         }
-        Ok(v)
+        Ok(words)
     }
 
     pub(super) fn check_finite_op(&self, x: &DeviceTensor, at: PassSite) -> Result<()> {
