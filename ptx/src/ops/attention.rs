@@ -186,7 +186,7 @@ impl<D: Device> GpuBackend<D> {
         let op = "paged_attention";
         let qb = self.buf(op, q)?;
         let qr = self.queries(op, q, q_rope, p)?;
-        let sb = self.store_buf(op, store)?;
+        let ps = self.page_store(op, store)?;
         let lay = store.layout;
         let shift = page_shift(&lay)?;
         if lay.key_width != p.kv_heads * p.d1 || lay.rope_width != p.d2 {
@@ -215,6 +215,8 @@ impl<D: Device> GpuBackend<D> {
         self.check_table(op, store, table, len)?;
         let w = lay.row_width();
         let out = self.on_device(|| {
+            let st = self.store_pages(ps, store, &table.pages[..len.div_ceil(lay.page_tokens)])?;
+            let sb = &st.buf;
             self.with_table(table, |tb| {
                 let src = KeySource {
                     k1: Arg::Buf(sb),

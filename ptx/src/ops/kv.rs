@@ -1,11 +1,13 @@
-//! The paged KV cache on the device: `kv_store` (one buffer of `capacity × page_tokens` rows of
-//! `[key | rope | value]`), `kv_write` (rows scattered into their pages by `copy_rows_b32` through
-//! the block table), `kv_read` (a sequence's positions gathered back into rows), and the device
-//! copies of block tables: one per `BlockTableRef::id`, to which only appended entries are
+//! The paged KV cache on the device: `kv_store` (one buffer of `page_tokens`-row pages of
+//! `[key | rope | value]`, grown on the device — doubling, old pages copied by `copy_rows_b32` —
+//! as higher page ids are used, up to the pool's `capacity`, so a large pool costs memory only
+//! once its pages are in use), `kv_write` (rows scattered into their pages by `copy_rows_b32`
+//! through the block table), `kv_read` (a sequence's positions gathered back into rows), and the
+//! device copies of block tables: one per `BlockTableRef::id`, to which only appended entries are
 //! uploaded (4 bytes per new page) unless the table's `generation` changed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use troupe_engine::device_tensor::{BlockTableRef, DeviceBuf, KvLayout, KvStore, Location};
 use troupe_engine::{DeviceTensor, EngineError, Result};
@@ -17,6 +19,19 @@ use crate::error::GpuResult;
 /// Device copies of block tables kept before the map is cleared (sequences that ended leave
 /// their entry behind; the next use of a live one re-uploads it).
 const MAX_TABLES: usize = 4096;
+
+/// Pages a store starts with (it grows on demand).
+const FIRST_PAGES: usize = 4;
+
+/// One layer's page storage: the buffer holds pages `0..pages` (of the pool's `capacity`).
+pub(crate) struct PageStore<B> {
+    state: Mutex<StoreState<B>>,
+}
+
+pub(crate) struct StoreState<B> {
+    pub buf: B,
+    pages: usize,
+}
 
 /// One block table's device copy: `len` entries valid, room for `cap`.
 struct TableCopy<B> {
@@ -52,14 +67,44 @@ pub(super) fn page_shift(layout: &KvLayout) -> Result<usize> {
 
 impl<D: Device> GpuBackend<D> {
     /// The page storage behind `store`, or `WrongDevice`.
-    pub(super) fn store_buf<'a>(&self, op: &str, store: &'a KvStore) -> Result<&'a D::Buf> {
+    pub(super) fn page_store<'a>(
+        &self,
+        op: &str,
+        store: &'a KvStore,
+    ) -> Result<&'a PageStore<D::Buf>> {
         match store.owner {
             Location::Device(id) if id == self.id => store
                 .buf
-                .downcast_ref::<D::Buf>()
+                .downcast_ref::<PageStore<D::Buf>>()
                 .ok_or_else(|| self.wrong_device(op, store.owner)),
             other => Err(self.wrong_device(op, other)),
         }
+    }
+
+    /// The storage of `store` with every page of `pages` allocated (grown on the device when a
+    /// page id is past the buffer; ids were checked against the capacity).
+    pub(super) fn store_pages<'a>(
+        &self,
+        ps: &'a PageStore<D::Buf>,
+        store: &KvStore,
+        pages: &[u32],
+    ) -> GpuResult<MutexGuard<'a, StoreState<D::Buf>>> {
+        let mut st = lock(&ps.state, "KV page store")?;
+        let needed = pages.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
+        if needed > st.pages {
+            let grown = needed.max(2 * st.pages).min(store.capacity).max(needed);
+            let rows_per_page = store.layout.page_tokens;
+            let w = store.layout.row_width();
+            let buf = self.alloc_f32(grown * rows_per_page * w)?;
+            self.copy(
+                &buf,
+                &st.buf,
+                &Copy2d::rows(st.pages * rows_per_page, w, 0, 0),
+            )?;
+            st.buf = buf;
+            st.pages = grown;
+        }
+        Ok(st)
     }
 
     /// Checks that `table` covers positions `0..end` with pages inside the store.
@@ -143,9 +188,12 @@ impl<D: Device> GpuBackend<D> {
 
     pub(super) fn kv_store_op(&self, layout: KvLayout, capacity: usize) -> Result<KvStore> {
         page_shift(&layout)?;
+        let pages = capacity.min(FIRST_PAGES);
         let buf =
-            self.on_device(|| self.alloc_f32(capacity * layout.page_tokens * layout.row_width()))?;
-        let buf: DeviceBuf = Arc::new(buf);
+            self.on_device(|| self.alloc_f32(pages * layout.page_tokens * layout.row_width()))?;
+        let buf: DeviceBuf = Arc::new(PageStore {
+            state: Mutex::new(StoreState { buf, pages }),
+        });
         Ok(KvStore {
             layout,
             capacity,
@@ -163,7 +211,7 @@ impl<D: Device> GpuBackend<D> {
         rope: Option<&DeviceTensor>,
         value: Option<&DeviceTensor>,
     ) -> Result<()> {
-        let sb = self.store_buf("kv_write", store)?;
+        let ps = self.page_store("kv_write", store)?;
         let lay = store.layout;
         let shift = page_shift(&lay)?;
         let t = key.rows();
@@ -200,7 +248,9 @@ impl<D: Device> GpuBackend<D> {
         if t == 0 {
             return Ok(());
         }
+        let touched = &table.pages[start / lay.page_tokens..(start + t).div_ceil(lay.page_tokens)];
         self.on_device(|| {
+            let st = self.store_pages(ps, store, touched)?;
             self.with_table(table, |tb| {
                 for &(b, _, width, col, _) in &parts {
                     let c = Copy2d {
@@ -210,7 +260,7 @@ impl<D: Device> GpuBackend<D> {
                         page_shift: shift,
                         ..Copy2d::rows(t, width, 0, start)
                     };
-                    self.copy(sb, b, &c)?;
+                    self.copy(&st.buf, b, &c)?;
                 }
                 Ok(())
             })
@@ -223,7 +273,7 @@ impl<D: Device> GpuBackend<D> {
         table: BlockTableRef<'_>,
         len: usize,
     ) -> Result<DeviceTensor> {
-        let sb = self.store_buf("kv_read", store)?;
+        let ps = self.page_store("kv_read", store)?;
         let lay = store.layout;
         let shift = page_shift(&lay)?;
         self.check_table("kv_read", store, table, len)?;
@@ -233,13 +283,14 @@ impl<D: Device> GpuBackend<D> {
             if len == 0 {
                 return Ok(out);
             }
+            let st = self.store_pages(ps, store, &table.pages[..len.div_ceil(lay.page_tokens)])?;
             self.with_table(table, |tb| {
                 let c = Copy2d {
                     src_map: Some(tb),
                     page_shift: shift,
                     ..Copy2d::rows(len, w, 0, 0)
                 };
-                self.copy(&out, sb, &c)
+                self.copy(&out, &st.buf, &c)
             })?;
             Ok(out)
         })?;

@@ -3,7 +3,8 @@
 //! the residual `add` (exact), `per_head_linear` (one row and several), the grouped expert MLP
 //! and `moe_combine` (one part and the same experts split in two parts: bit-identical), the
 //! sticky non-finite flag reported by `argmax`/`download`/`routing_to_host`, typed
-//! `WrongDevice` errors, and the block-table cache (only appended entries cross).
+//! `WrongDevice` errors, the block-table cache (only appended entries cross) and the page store
+//! growing on the device.
 
 use crate::common::*;
 use troupe_engine::backend::{Backend, ExpertWeights, HeadSlice, Routing};
@@ -317,4 +318,43 @@ fn block_tables_upload_only_appended_entries() {
         ))
         .expect("kv_read");
     assert_bits("kv_read", back.row(5), &[1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+}
+
+/// The page storage grows on the device as higher page ids come into use: pages written before
+/// a growth keep their rows, and no byte crosses for it.
+#[test]
+fn page_store_grows_on_the_device_keeping_its_pages() {
+    let gpu = interp();
+    let layout = KvLayout {
+        page_tokens: 2,
+        key_width: 2,
+        rope_width: 1,
+        value_width: 0,
+    };
+    let store = gpu.kv_store(layout, 64).expect("store");
+    let pages = [1u32, 3, 62];
+    let table = |n| BlockTableRef {
+        id: 5,
+        generation: 0,
+        pages: &pages[..n],
+    };
+    let key: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let rope: Vec<f32> = (0..6).map(|i| -(i as f32)).collect();
+    let up = |v: &[f32], c| gpu.up(&Tensor::matrix(v.len() / c, c, v.to_vec()).expect("t"));
+    let (k1, r1) = (up(&key[..8], 2), up(&rope[..4], 1));
+    let (k2, r2) = (up(&key[8..], 2), up(&rope[4..], 1));
+    gpu.kv_write(&store, table(2), 0, &k1, Some(&r1), None)
+        .expect("pages 1 and 3");
+    let before = gpu.counters();
+    gpu.kv_write(&store, table(3), 4, &k2, Some(&r2), None)
+        .expect("page 62: the store grows");
+    assert_eq!(
+        gpu.counters().since(&before).h2d_bytes,
+        4,
+        "the new table entry only"
+    );
+    let back = gpu.down(gpu.kv_read(&store, table(3), 6)).expect("kv_read");
+    for j in 0..6 {
+        assert_bits("row", back.row(j), &[key[2 * j], key[2 * j + 1], rope[j]]);
+    }
 }
