@@ -68,6 +68,9 @@ impl<D: Device> Device for Counted<D> {
         self.lock()?.d2h_bytes += v.len() as u64;
         Ok(v)
     }
+    fn address(&self, buf: &D::Buf) -> u64 {
+        self.dev.address(buf)
+    }
     fn launch(&self, launch: &Launch, args: &[Arg<'_, D::Buf>]) -> GpuResult<()> {
         self.dev.launch(launch, args)?;
         *self

@@ -188,6 +188,9 @@ impl Device for CudaDevice {
             .map_err(drv("cuStreamSynchronize"))?;
         Ok(v)
     }
+    fn address(&self, buf: &CudaBuf) -> u64 {
+        buf.0.device_ptr(&self.stream).0
+    }
     fn launch(&self, l: &Launch, args: &[Arg<'_, CudaBuf>]) -> GpuResult<()> {
         self.bind()?;
         let f = *self.mods.functions.get(l.kernel).ok_or_else(|| {

@@ -32,6 +32,8 @@ pub trait Device: Send + Sync {
     fn write(&self, buf: &mut Self::Buf, offset: usize, bytes: &[u8]) -> GpuResult<()>;
     /// The first `bytes` bytes of `buf`, after all launches issued so far have finished.
     fn download(&self, buf: &Self::Buf, bytes: usize) -> GpuResult<Vec<u8>>;
+    /// The device address of `buf` (for tables of pointers a kernel reads, e.g. grouped weights).
+    fn address(&self, buf: &Self::Buf) -> u64;
     /// Runs `launch.kernel` with `args`.
     fn launch(&self, launch: &Launch, args: &[Arg<'_, Self::Buf>]) -> GpuResult<()>;
 }

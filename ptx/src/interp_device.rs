@@ -218,6 +218,10 @@ impl Device for InterpDevice {
             .map_err(ptx_err("download"))
     }
 
+    fn address(&self, buf: &InterpBuf) -> u64 {
+        buf.ptr.0
+    }
+
     fn launch(&self, l: &Launch, args: &[Arg<'_, InterpBuf>]) -> GpuResult<()> {
         let file = file_of(l.kernel)?;
         if file.min_sm > self.opts.sm {

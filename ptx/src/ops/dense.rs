@@ -1,5 +1,5 @@
 //! Row-wise math and the linears on device handles: `embedding` (ids h2d), `rms_norm`, `linear`,
-//! `per_head_linear` (the heads' matrices stacked once and run as one `grouped_linear` launch,
+//! `per_head_linear` (the heads' matrices, uploaded once, run as one `grouped_linear` launch,
 //! with head-major transposes through `copy_rows_b32` when there is more than one row), `silu_mul`,
 //! the residual `add` and `rope` (from a `first_position` scalar, into a copy). Every output is a
 //! new device buffer; nothing is read back.
@@ -117,7 +117,7 @@ impl<D: Device> GpuBackend<D> {
     }
 
     /// One `grouped_linear_*w` launch: rows `offsets[e] .. offsets[e+1]` of `x` (`[_, k]`) times
-    /// expert `e` of the stacked `w` (`[groups, n, k]`) into the same rows of `out` (`[_, n]`);
+    /// weight `e` of the address table `w` (each `[n, k]`) into the same rows of `out` (`[_, n]`);
     /// `max_rows` bounds every group's row count (grid z).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn grouped_linear(
@@ -185,7 +185,7 @@ impl<D: Device> GpuBackend<D> {
                 return Ok(y);
             }
             let refs: Vec<&Weight> = weights.iter().collect();
-            let (w, dtype) = self.stacked("per-head", &refs)?;
+            let (w, dtype) = self.weight_table(&refs)?;
             let offsets = self.cached(&format!("offsets:{heads}x{rows}"), || {
                 let v: Vec<u32> = (0..=heads).map(|h| (h * rows) as u32).collect();
                 Ok(u32_bytes(&v))

@@ -3,8 +3,8 @@
 //! returns handles to buffers of this backend (`DeviceTensor::on_device` tagged with this
 //! backend's `BackendId`), and data crosses host↔device only in the transfer ops (`transfer`),
 //! `embedding`'s ids, `gather_rows`' indices, the routing transfers and the few bytes of a block
-//! table's new entries. Weights (and the tables derived from them: stacked experts, stacked
-//! per-head matrices, rope frequencies) are uploaded once and cached.
+//! table's new entries. Weights (and what is derived from them: weight-address tables for the
+//! grouped kernels, rope frequencies, expert-id maps) are uploaded once and cached.
 //!
 //! This file holds the backend's state and the helpers every op uses; the ops live in one file
 //! per area: `transfer` (upload/download/argmax/non-finite flag), `dense` (row-wise math and
@@ -138,31 +138,29 @@ impl<D: Device> GpuBackend<D> {
         })
     }
 
-    /// Weights stacked `[count, rows, cols]` in one buffer (the experts of a grouped MLP, the
-    /// heads of a per-head linear), cached under all their names; mixed dtypes are stacked as f32.
-    /// Returns the buffer and the dtype the kernel reads.
-    fn stacked(&self, what: &str, ws: &[&Weight]) -> GpuResult<(Arc<D::Buf>, DType)> {
+    /// The device addresses of `ws` (the experts of a grouped MLP, the heads of a per-head
+    /// linear) as the weight table `grouped_linear_*w` reads: each weight is uploaded once (the
+    /// weight cache), and a table per set of weights (8 bytes each) is cached under their names.
+    /// Mixed dtypes are read as f32 copies. Returns the table and the dtype the kernel reads.
+    fn weight_table(&self, ws: &[&Weight]) -> GpuResult<(Arc<D::Buf>, DType)> {
         let dtype = match ws.first() {
             Some(w) if ws.iter().all(|x| x.dtype() == w.dtype()) => w.dtype(),
             _ => DType::F32,
         };
-        let mut key = format!("stack:{what}:{dtype}");
+        let mut key = format!("table:{dtype}");
         for w in ws {
             key.push('|');
             key.push_str(w.name());
         }
-        let buf = self.cached(&key, || {
-            let mut bytes = Vec::new();
+        let table = self.cached(&key, || {
+            let mut bytes = Vec::with_capacity(ws.len() * 8);
             for w in ws {
-                if dtype == w.dtype() {
-                    bytes.extend_from_slice(w.bytes());
-                } else {
-                    bytes.extend(f32_bytes(&w.to_f32_vec()));
-                }
+                let b = self.weight(w, dtype == DType::F32)?;
+                bytes.extend_from_slice(&self.dev.address(&b).to_le_bytes());
             }
             Ok(bytes)
         })?;
-        Ok((buf, dtype))
+        Ok((table, dtype))
     }
 
     /// One `copy_rows_b32` launch (see `copy.ptx`).

@@ -1,7 +1,7 @@
 //! Mixture of experts on the device: `route` (`route_topk`, the correction bias a cached weight),
 //! the routing transfers, the grouped expert MLP (`moe_sort` → `moe_gather` → `grouped_linear`
-//! gate and up → `silu_mul` → `grouped_linear` down, over the experts' weights stacked once per
-//! expert set and cached) and `moe_combine` (the weighted sum in ascending expert id from 0.0,
+//! gate and up → `silu_mul` → `grouped_linear` down; each expert's weights are uploaded once and
+//! a call reads them through a small cached table of their addresses, whatever subset it names) and `moe_combine` (the weighted sum in ascending expert id from 0.0,
 //! plus the shared expert and the residual, in one launch; the parts of a split layer are
 //! concatenated and their indices merged by `moe_index_merge` first).
 //!
@@ -212,9 +212,9 @@ impl<D: Device> GpuBackend<D> {
             let gates: Vec<&Weight> = experts.iter().map(|e| e.gate).collect();
             let ups: Vec<&Weight> = experts.iter().map(|e| e.up).collect();
             let downs: Vec<&Weight> = experts.iter().map(|e| e.down).collect();
-            let (gate, gdt) = self.stacked("gate", &gates)?;
-            let (up, udt) = self.stacked("up", &ups)?;
-            let (down, ddt) = self.stacked("down", &downs)?;
+            let (gate, gdt) = self.weight_table(&gates)?;
+            let (up, udt) = self.weight_table(&ups)?;
+            let (down, ddt) = self.weight_table(&downs)?;
             // moe_sort
             let offsets = self.dev.alloc((count + 1) * 4)?;
             let order = self.dev.alloc(entries * 4)?;

@@ -168,6 +168,15 @@ fn grouped_mlp_and_combine_match_cpu_and_split_parts_are_bit_identical() {
     assert_close("grouped MLP + combine", got.data(), want.data(), 1e-4, 1.0);
     let split = run(&gpu, &[&[1, 3, 5], &[0, 2, 4]]);
     assert_bits("combine of two parts", split.data(), got.data());
+    // A new set of experts re-uploads no weight: only its three address tables (8 B per
+    // expert) and its expert-id map (4 B per id up to the largest).
+    let (xd, r) = (
+        gpu.up(&x),
+        gpu.routing_to_device(&routing, top_k).expect("routing"),
+    );
+    let before = gpu.counters();
+    gpu.grouped_mlp(&xd, &r, &ew(&[0, 5])).expect("grouped_mlp");
+    assert_eq!(gpu.counters().since(&before).h2d_bytes, 3 * 8 * 2 + 4 * 6);
 }
 
 #[test]

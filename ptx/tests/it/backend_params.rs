@@ -45,6 +45,9 @@ impl Device for Recorder {
         v.resize(bytes, 0);
         Ok(v)
     }
+    fn address(&self, buf: &Vec<u8>) -> u64 {
+        buf.as_ptr() as u64
+    }
     fn launch(&self, l: &Launch, args: &[Arg<'_, Vec<u8>>]) -> GpuResult<()> {
         let kinds = args
             .iter()
