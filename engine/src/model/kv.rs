@@ -50,7 +50,7 @@ impl KvConfig {
             page_tokens,
             capacity_pages: per_seq
                 .saturating_mul(DEFAULT_FULL_LENGTH_SEQUENCES)
-                .max(MIN_DEFAULT_PAGES),
+                .clamp(MIN_DEFAULT_PAGES, u32::MAX as usize),
         }
     }
     /// The default: `DEFAULT_PAGE_TOKENS` per page.

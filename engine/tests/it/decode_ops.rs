@@ -39,6 +39,10 @@ fn a_decode_step_attends_in_place_and_runs_each_moe_layer_as_three_ops() {
         let ids = be.argmax(&logits).unwrap();
         assert_eq!(ids.len(), 2);
         let d = be.counters().since(&before);
+        eprintln!(
+            "{case}: ops of one decode step of 2 sequences: {:?}",
+            d.launches
+        );
         let n = |op: &str| d.launches.get(op).copied().unwrap_or(0) as usize;
         let layers = model.layers.len();
         let moe = (0..layers).filter(|&l| model.spec.is_moe_layer(l)).count();
