@@ -13,7 +13,10 @@ fn interp_backend_runs_an_op() {
     assert_eq!(be.name(), "ptx-interp");
     let x = Tensor::matrix(2, 3, vec![1.0, 2.0, 3.0, -1.0, 0.5, 0.25]).expect("t");
     let w = Weight::from_f32("w", vec![1, 3], &[1.0, 1.0, 1.0]);
-    assert_eq!(be.linear(&x, &w).expect("linear").data(), &[6.0, -0.25]);
+    let y = be
+        .linear(&be.upload(&x).expect("upload"), &w)
+        .expect("linear");
+    assert_eq!(be.download(&y).expect("download").data(), &[6.0, -0.25]);
 }
 
 #[test]

@@ -85,6 +85,8 @@ fn pipeline(dtype: DType, seed: u64) {
             Arg::Buf(&idb),
             u(entries),
             u(EXPERTS),
+            Arg::Null,
+            u(0),
         ],
     )
     .expect("moe_sort");
@@ -129,7 +131,7 @@ fn pipeline(dtype: DType, seed: u64) {
         );
     }
 
-    // grouped_linear over stacked [E, OUT, HIDDEN] weights
+    // grouped_linear over [E, OUT, HIDDEN] weights
     let wv = rng.vec(EXPERTS * OUT * HIDDEN, 0.5);
     let stacked = weight(
         &format!("stacked{dtype:?}"),
@@ -137,7 +139,14 @@ fn pipeline(dtype: DType, seed: u64) {
         vec![EXPERTS * OUT, HIDDEN],
         &wv,
     );
-    let wb = dev.upload(stacked.bytes()).expect("upload w");
+    // One buffer holding every expert's [OUT, HIDDEN] matrix; the kernel reads a table of the
+    // experts' addresses (here consecutive matrices of that buffer).
+    let all_w = dev.upload(stacked.bytes()).expect("upload w");
+    let per_expert = OUT * HIDDEN * stacked.bytes().len() / (EXPERTS * OUT * HIDDEN);
+    let table: Vec<u8> = (0..EXPERTS)
+        .flat_map(|e| (dev.address(&all_w) + (e * per_expert) as u64).to_le_bytes())
+        .collect();
+    let wb = dev.upload(&table).expect("upload weight table");
     let y = dev.alloc(entries * OUT * 4).expect("alloc");
     let max_rows = (0..EXPERTS)
         .map(|e| (offsets[e + 1] - offsets[e]) as usize)
@@ -172,7 +181,9 @@ fn pipeline(dtype: DType, seed: u64) {
             vec![OUT, HIDDEN],
             &wv[e * OUT * HIDDEN..(e + 1) * OUT * HIDDEN],
         );
-        let want = gpu.linear(&seg, &we).expect("linear per expert");
+        let want = gpu
+            .down(gpu.linear(&gpu.up(&seg), &we))
+            .expect("linear per expert");
         assert_bits(
             &format!("grouped_linear {dtype:?} expert {e}"),
             &yv[a * OUT..b * OUT],
@@ -195,6 +206,8 @@ fn pipeline(dtype: DType, seed: u64) {
             u(TOKENS),
             u(OUT),
             u(TOP_K),
+            Arg::Null,
+            Arg::Null,
         ],
     )
     .expect("moe_combine");
