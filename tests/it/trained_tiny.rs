@@ -80,6 +80,28 @@ fn cli_logits(ids: &[u32], flags: &[&str]) -> Vec<f32> {
     f32_le(st.tensor("logits").expect("logits tensor").data())
 }
 
+/// `troupe generate --json` of `ids` for `n` tokens with extra flags: the generated ids.
+fn cli_generate(ids: &[u32], n: usize, flags: &[&str]) -> Vec<u32> {
+    let (m, ids, n) = (dir(), ids_arg(ids), n.to_string());
+    let args = [
+        &[
+            "generate",
+            "-m",
+            &m,
+            "--prompt-ids",
+            &ids,
+            "-n",
+            &n,
+            "--json",
+        ][..],
+        flags,
+    ]
+    .concat();
+    let (code, out, err) = troupe(&args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    json_ids(&out, "generated_ids")
+}
+
 #[test]
 fn the_mtp_module_is_stored_as_deepseek_v3_stores_it() {
     let g = LoadedGraph::open(&case_dir(CASE)).expect("open fortune-tiny");
@@ -145,28 +167,13 @@ fn reference_executor_matches_transformers_logits_and_greedy_tokens() {
 #[test]
 fn actor_runtime_matches_transformers_through_the_cli() {
     let r = Reference::open(CASE);
-    let m = dir();
     for (p, ids) in prompts(&r).iter().enumerate() {
         let got = cli_logits(ids, &["--runtime", "actors"]);
         let (_, want) = r.f32(&format!("prompt.{p}.logits_f32compute"));
         assert_close(&format!("actors prompt {p} logits"), &got, &want);
-        let (ids_s, n) = (ids_arg(ids), N_NEW.to_string());
-        let args = [
-            "generate",
-            "-m",
-            &m,
-            "--prompt-ids",
-            &ids_s,
-            "-n",
-            &n,
-            "--runtime",
-            "actors",
-            "--json",
-        ];
-        let (code, out, err) = troupe(&args);
-        assert_eq!(code, 0, "{args:?}: {err}");
         let want = r.ids(&format!("prompt.{p}.generated_ids_f32compute"));
-        assert_eq!(json_ids(&out, "generated_ids"), want, "actors prompt {p}");
+        let got = cli_generate(ids, N_NEW, &["--runtime", "actors"]);
+        assert_eq!(got, want, "actors prompt {p}");
     }
 }
 
@@ -198,29 +205,10 @@ fn ptx_interpreter_matches_transformers_on_a_short_prompt() {
     let got = cli_logits(ids, &["--device", "ptx-interp"]);
     let (_, want) = r.f32("prompt.0.logits_f32compute");
     assert_close("ptx-interp prompt 0 logits", &got, &want);
-    let (m, ids_s) = (dir(), ids_arg(ids));
+    let want = r.ids("prompt.0.generated_ids_f32compute");
     for runtime in ["reference", "actors"] {
-        let args = [
-            "generate",
-            "-m",
-            &m,
-            "--prompt-ids",
-            &ids_s,
-            "-n",
-            "3",
-            "--device",
-            "ptx-interp",
-            "--runtime",
-            runtime,
-            "--json",
-        ];
-        let (code, out, err) = troupe(&args);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        let want = r.ids("prompt.0.generated_ids_f32compute");
-        assert_eq!(
-            json_ids(&out, "generated_ids"),
-            want[..3],
-            "ptx-interp {runtime}"
-        );
+        let flags = ["--device", "ptx-interp", "--runtime", runtime];
+        let got = cli_generate(ids, 3, &flags);
+        assert_eq!(got, want[..3], "ptx-interp {runtime}");
     }
 }
