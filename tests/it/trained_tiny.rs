@@ -133,7 +133,8 @@ fn the_mtp_module_is_stored_as_deepseek_v3_stores_it() {
 #[test]
 fn reference_executor_matches_transformers_logits_and_greedy_tokens() {
     let model = load_model(&case_dir(CASE));
-    let exec = ReferenceExecutor::new(&model, &CpuBackend::new());
+    let backend = CpuBackend::new();
+    let exec = ReferenceExecutor::new(&model, &backend);
     let r = Reference::open(CASE);
     let ps = prompts(&r);
     assert_eq!(ps.len(), 3, "three reference prompts");
