@@ -6,7 +6,9 @@
 //! - `placement_cli`: `--device`/`--runtime`/bench flags parsed once by clap, hostile link numbers;
 //! - `library_devices`: `troupe::backends::default_factory()` puts actor streams on ptx-interp;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
-//!   fault strings, in process and through the binary).
+//!   fault strings, in process and through the binary);
+//! - `trained_tiny`: the bundled trained model (fortune-tiny) against its transformers reference
+//!   on CPU, through the actor runtime, the CLI text path and `--device ptx-interp`.
 
 mod bad_input;
 mod common;
@@ -15,3 +17,4 @@ mod hardening;
 mod library_devices;
 mod loading_and_cli;
 mod placement_cli;
+mod trained_tiny;
