@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
 use troupe_engine::kernels::CpuBackend;
-use troupe_engine::model::{Model, SequenceCache};
+use troupe_engine::model::{KvConfig, Model, SequenceCache};
 
 use crate::batch::SeqCaches;
 use crate::error::Result;
@@ -161,6 +161,19 @@ struct Reference<'m> {
     model: &'m Model,
     be: CpuBackend,
     caches: Vec<SequenceCache>,
+}
+
+impl<'m> Reference<'m> {
+    /// The reference executor on a CPU backend with `sequences` empty caches.
+    fn new(model: &'m Model, sequences: usize) -> Result<Self> {
+        let be = CpuBackend::new();
+        let pools = model.kv_pools(&be, KvConfig::default_for(&model.spec))?;
+        Ok(Reference {
+            model,
+            be,
+            caches: (0..sequences).map(|_| pools.new_cache()).collect(),
+        })
+    }
 }
 
 impl Reference<'_> {
@@ -335,11 +348,7 @@ pub fn run(
 ) -> Result<BenchReport> {
     let mut base = placement.cloned().unwrap_or_default();
     base.remove("link");
-    let mut reference = Reference {
-        model: &model,
-        be: CpuBackend::new(),
-        caches: (0..o.sequences).map(|_| model.new_cache()).collect(),
-    };
+    let mut reference = Reference::new(&model, o.sequences)?;
     reference.forward(&|i| prompt(&model, o.prompt_len, i))?;
     let mut actors = start_actors(&model, &base, "sequential", None, o)?;
     let r = interleave(&mut [&mut reference, &mut actors], o.steps)?;
@@ -444,11 +453,7 @@ pub fn profile(
     base.remove("link");
     let mut times = Vec::new();
     if which == Contender::Reference {
-        let mut r = Reference {
-            model: &model,
-            be: CpuBackend::new(),
-            caches: (0..o.sequences).map(|_| model.new_cache()).collect(),
-        };
+        let mut r = Reference::new(&model, o.sequences)?;
         r.forward(&|i| prompt(&model, o.prompt_len, i))?;
         for _ in 0..o.steps {
             let t = Instant::now();
