@@ -172,8 +172,12 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// Positions `0..len` of a sequence's cache as one `[len, row_width]` tensor (a copy; for
     /// the naive MLA prefill, which expands every cached latent anyway).
-    fn kv_read(&self, store: &KvStore, table: BlockTableRef<'_>, len: usize)
-        -> Result<DeviceTensor>;
+    fn kv_read(
+        &self,
+        store: &KvStore,
+        table: BlockTableRef<'_>,
+        len: usize,
+    ) -> Result<DeviceTensor>;
     /// Causal attention of one sequence reading its keys and values in place from its pages:
     /// keys `[key | rope]` of the first `len` positions, values the value columns (or the key
     /// columns when `value_width` is 0). `q` `[tq, heads·d1]`, `q_rope` `[tq, heads·d2]`.

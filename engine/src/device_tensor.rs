@@ -54,7 +54,13 @@ pub struct DeviceTensor {
 
 impl std::fmt::Debug for DeviceTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceTensor[{}x{} @ {:?}]", self.rows, self.cols, self.location())
+        write!(
+            f,
+            "DeviceTensor[{}x{} @ {:?}]",
+            self.rows,
+            self.cols,
+            self.location()
+        )
     }
 }
 
@@ -158,6 +164,13 @@ impl DeviceRouting {
     pub fn top_k(&self) -> usize {
         self.top_k
     }
+    /// Where the routing lives.
+    pub fn location(&self) -> Location {
+        match &self.store {
+            RoutingStore::Host(_) => Location::Host,
+            RoutingStore::Device { owner, .. } => Location::Device(*owner),
+        }
+    }
     pub fn host(&self) -> Option<&Routing> {
         match &self.store {
             RoutingStore::Host(r) => Some(r),
@@ -206,7 +219,11 @@ pub struct KvStore {
 
 impl std::fmt::Debug for KvStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KvStore[{:?} x {} pages @ {:?}]", self.layout, self.capacity, self.owner)
+        write!(
+            f,
+            "KvStore[{:?} x {} pages @ {:?}]",
+            self.layout, self.capacity, self.owner
+        )
     }
 }
 

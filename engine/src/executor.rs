@@ -1,13 +1,17 @@
 //! The reference executor: sequential, deterministic, one layer after another on one backend.
 //! Prefill and decode share one path: a forward pass over a batch of sequence chunks, each chunk
-//! extending its own KV cache. Row-wise ops run on the batch's concatenated rows; attention runs
-//! per sequence. Every other executor is tested bit-for-bit against this one. A NaN or infinity
-//! in the embedding, a layer's output or the logits fails the pass with `EngineError::NonFinite`
-//! naming the first such step.
+//! extending its own paged KV cache. Row-wise ops run on the batch's concatenated rows; attention
+//! runs per sequence. Every step is a backend op on handles, so on a device the activations stay
+//! there: only the token ids go in, and the logits come back as a handle. Every other executor
+//! is tested bit-for-bit against this one. A NaN or infinity in the embedding, a layer's output
+//! or the logits fails the pass with `EngineError::NonFinite` naming the first such step.
+
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, Routing};
+use crate::device_tensor::DeviceTensor;
 use crate::error::{EngineError, Result};
-use crate::model::{FeedForward, MlaForm, Model, SequenceCache};
+use crate::model::{FeedForward, KvConfig, KvPools, MlaForm, Model, SequenceCache};
 use crate::tensor::Tensor;
 
 /// One sequence's part of a forward pass.
@@ -16,7 +20,7 @@ pub struct SeqChunk<'c> {
     pub cache: &'c mut SequenceCache,
 }
 
-/// What a forward pass can record for tests and inspection.
+/// What a forward pass can record for tests and inspection (downloaded to the host).
 #[derive(Clone, Debug, Default)]
 pub struct ForwardRecord {
     /// Row 0: embeddings; row l+1: output of layer l (all batch rows concatenated).
@@ -36,6 +40,8 @@ pub struct ReferenceExecutor<'m> {
     pub model: &'m Model,
     pub backend: &'m dyn Backend,
     pub options: ExecOptions,
+    /// The KV pools caches come from (made on first use with `KvConfig::default_for`).
+    kv: Mutex<Option<Arc<KvPools>>>,
 }
 
 /// Checks a chunk against the vocabulary and the position limit before any compute.
@@ -60,20 +66,48 @@ impl<'m> ReferenceExecutor<'m> {
             model,
             backend,
             options: ExecOptions::default(),
+            kv: Mutex::new(None),
         }
     }
 
+    /// An executor whose caches come from `pools` (made on `backend` for `model`).
+    pub fn with_kv(model: &'m Model, backend: &'m dyn Backend, pools: Arc<KvPools>) -> Self {
+        let exec = ReferenceExecutor::new(model, backend);
+        *exec.kv.lock().unwrap_or_else(|p| p.into_inner()) = Some(pools);
+        exec
+    }
+
+    /// The KV pools of this executor.
+    pub fn kv_pools(&self) -> Result<Arc<KvPools>> {
+        let mut kv = self.kv.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = kv.as_ref() {
+            return Ok(p.clone());
+        }
+        let config = KvConfig::default_for(&self.model.spec);
+        let pools = Arc::new(self.model.kv_pools(self.backend, config)?);
+        *kv = Some(pools.clone());
+        Ok(pools)
+    }
+
+    /// An empty cache for one sequence, from this executor's pools.
+    pub fn new_cache(&self) -> Result<SequenceCache> {
+        Ok(self.kv_pools()?.new_cache())
+    }
+
     /// One forward pass; returns the logits of every new row of every chunk, in batch order
-    /// (`[Σ tokens, vocab]`).
+    /// (`[Σ tokens, vocab]`), on the backend. Takes the cache pages the chunks need first
+    /// (`KvCacheFull` before any compute when a pool runs out).
     pub fn forward(
         &self,
         chunks: &mut [SeqChunk<'_>],
         mut record: Option<&mut ForwardRecord>,
-    ) -> Result<Tensor> {
+    ) -> Result<DeviceTensor> {
         let m = self.model;
         let be = self.backend;
-        for c in chunks.iter() {
+        for c in chunks.iter_mut() {
             check_chunk(m, &c.tokens, c.cache.len())?;
+            let len = c.cache.len() + c.tokens.len();
+            c.cache.reserve(len)?;
         }
         let spans: Vec<(usize, usize)> = {
             let mut s = 0;
@@ -92,50 +126,62 @@ impl<'m> ReferenceExecutor<'m> {
             .collect();
         let mut x = m.embed(be, &ids)?;
         if let Some(r) = record.as_deref_mut() {
-            r.residual_stream.push(x.clone());
+            r.residual_stream.push(be.download(&x)?);
         }
         for layer in &m.layers {
             let mut parts = Vec::with_capacity(chunks.len());
             for (c, &(a, b)) in chunks.iter_mut().zip(&spans) {
                 let cache = &mut c.cache.layers[layer.index];
+                let rows = if spans.len() == 1 {
+                    x.clone()
+                } else {
+                    be.slice_rows(&x, a, b)?
+                };
                 parts.push(layer.attention_block(
                     be,
-                    &x.slice_rows(a, b),
+                    &rows,
                     cache,
                     &m.rope,
                     m.eps(),
                     self.options.mla_form,
                 )?);
             }
-            let h = Tensor::concat_rows(&parts)?;
+            let h = match parts.len() {
+                1 => parts.remove(0),
+                _ => be.concat_rows(&parts)?,
+            };
             x = match &layer.ffn {
                 FeedForward::Dense(_) => layer.dense_ffn_block(be, &h, m.eps())?,
                 FeedForward::Moe(moe) => {
                     let hn = layer.ffn_norm(be, &h, m.eps())?;
                     let (out, logits, routing) = moe.forward(be, &h, &hn)?;
                     if let Some(r) = record.as_deref_mut() {
-                        r.routers.push((layer.index, logits, routing));
+                        let routing = be.routing_to_host(&routing)?;
+                        r.routers
+                            .push((layer.index, be.download(&logits)?, routing));
                     }
                     out
                 }
             };
-            layer.check_output(&x)?;
+            layer.check_output(be, &x)?;
             if let Some(r) = record.as_deref_mut() {
-                r.residual_stream.push(x.clone());
+                r.residual_stream.push(be.download(&x)?);
             }
         }
         m.head(be, &x)
     }
 
-    /// Convenience: a cache-free forward pass over one prompt → logits `[t, vocab]`.
+    /// Convenience: a forward pass over one prompt in a fresh cache → its logits `[t, vocab]`,
+    /// downloaded to the host.
     pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
-        let mut cache = self.model.new_cache();
-        self.forward(
+        let mut cache = self.new_cache()?;
+        let logits = self.forward(
             &mut [SeqChunk {
                 tokens: tokens.to_vec(),
                 cache: &mut cache,
             }],
             None,
-        )
+        )?;
+        self.backend.download(&logits)
     }
 }

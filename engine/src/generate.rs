@@ -1,9 +1,12 @@
 //! Autoregressive generation on the reference executor: one batched prefill of every request,
-//! then batched single-token decode steps through the KV caches until each request is done.
+//! then batched single-token decode steps through the paged KV caches until each request is done.
+//! Greedy requests are sampled on the backend (`argmax`: 4 bytes per sequence come back); logits
+//! are downloaded only for non-greedy sampling or when a request keeps them. A request whose cache
+//! cannot get a page (`KvCacheFull`) fails alone; the others go on.
 
 use crate::error::{EngineError, Result};
 use crate::executor::{check_chunk, ReferenceExecutor, SeqChunk};
-use crate::model::Model;
+use crate::model::{Model, SequenceCache};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// One generation request.
@@ -48,7 +51,8 @@ pub fn check_positions(limit: usize, prompt_len: usize, max_new_tokens: usize) -
     Ok(need)
 }
 
-/// Runs every request to completion, batched.
+/// Runs every request to completion, batched; fails when any request does (invalid requests
+/// before any compute).
 pub fn generate(
     exec: &ReferenceExecutor<'_>,
     requests: &[GenerateRequest],
@@ -56,48 +60,121 @@ pub fn generate(
     for r in requests {
         check_request(exec.model, r)?;
     }
-    let mut caches: Vec<_> = requests.iter().map(|_| exec.model.new_cache()).collect();
-    let mut samplers: Vec<Sampler> = requests.iter().map(|r| Sampler::new(r.sampling)).collect();
-    let mut outs = vec![GenerateOutput::default(); requests.len()];
-    let mut next: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt.clone()).collect();
-    loop {
-        let active: Vec<usize> = (0..requests.len())
-            .filter(|&i| {
-                let o = &outs[i];
-                let r = &requests[i];
+    generate_each(exec, requests)?.into_iter().collect()
+}
+
+/// A request in flight.
+struct Live {
+    cache: Option<SequenceCache>,
+    sampler: Sampler,
+    next: Vec<u32>,
+    out: Result<GenerateOutput>,
+}
+
+impl Live {
+    fn active(&self, r: &GenerateRequest) -> bool {
+        match &self.out {
+            Ok(o) => {
                 o.generated.len() < r.max_new_tokens
                     && !(r.stop_token.is_some() && o.generated.last() == r.stop_token.as_ref())
-            })
-            .collect();
+            }
+            Err(_) => false,
+        }
+    }
+    fn fail(&mut self, e: EngineError) {
+        self.cache = None; // returns its pages
+        self.out = Err(e);
+    }
+}
+
+/// Runs every request to completion, batched, with one result per request: an invalid request
+/// or one whose cache runs out of pages fails alone. The outer error is a failure of the whole
+/// batch (a backend error, a non-finite value).
+pub fn generate_each(
+    exec: &ReferenceExecutor<'_>,
+    requests: &[GenerateRequest],
+) -> Result<Vec<Result<GenerateOutput>>> {
+    let be = exec.backend;
+    let mut live = Vec::with_capacity(requests.len());
+    for r in requests {
+        live.push(Live {
+            cache: Some(exec.new_cache()?),
+            sampler: Sampler::new(r.sampling),
+            next: r.prompt.clone(),
+            out: check_request(exec.model, r).map(|_| GenerateOutput::default()),
+        });
+    }
+    loop {
+        // Pages for this step first: a request that cannot get them fails alone.
+        let mut active = Vec::new();
+        for (i, (l, r)) in live.iter_mut().zip(requests).enumerate() {
+            if !l.active(r) {
+                l.cache = None;
+                continue;
+            }
+            let Some(cache) = l.cache.as_mut() else {
+                l.fail(EngineError::internal("an active request without a cache"));
+                continue;
+            };
+            let len = cache.len() + l.next.len();
+            match cache.reserve(len) {
+                Ok(()) => active.push(i),
+                Err(e @ EngineError::KvCacheFull { .. }) => l.fail(e),
+                Err(e) => return Err(e),
+            }
+        }
         if active.is_empty() {
             break;
         }
         let mut chunks = Vec::with_capacity(active.len());
-        // Split borrows of caches across the active requests.
-        let mut cache_refs: Vec<Option<&mut crate::model::SequenceCache>> =
-            caches.iter_mut().map(Some).collect();
-        for &i in &active {
-            let cache = cache_refs[i]
-                .take()
-                .ok_or_else(|| EngineError::internal("cache borrowed twice"))?;
-            chunks.push(SeqChunk {
-                tokens: std::mem::take(&mut next[i]),
-                cache,
-            });
-        }
-        let lens: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
-        let logits = exec.forward(&mut chunks, None)?;
-        let mut row_end = 0;
-        for (&i, len) in active.iter().zip(lens) {
-            row_end += len;
-            let row = logits.row(row_end - 1);
-            let tok = samplers[i].sample(row);
-            outs[i].generated.push(tok);
-            if requests[i].keep_logits {
-                outs[i].step_logits.push(row.to_vec());
+        let mut last_rows = Vec::with_capacity(active.len());
+        let mut rows = 0u32;
+        for (i, l) in live.iter_mut().enumerate() {
+            if let (true, Some(cache)) = (active.contains(&i), l.cache.as_mut()) {
+                rows += l.next.len() as u32;
+                last_rows.push(rows - 1);
+                chunks.push(SeqChunk {
+                    tokens: std::mem::take(&mut l.next),
+                    cache,
+                });
             }
-            next[i] = vec![tok];
+        }
+        let logits = exec.forward(&mut chunks, None)?;
+        drop(chunks);
+        let last = if last_rows.len() as u32 == rows {
+            logits
+        } else {
+            be.gather_rows(&logits, &last_rows)?
+        };
+        let need_rows = active
+            .iter()
+            .any(|&i| requests[i].keep_logits || !live[i].sampler.is_greedy());
+        let host = if need_rows {
+            Some(be.download(&last)?)
+        } else {
+            None
+        };
+        let greedy = match &host {
+            Some(_) => None,
+            None => Some(be.argmax(&last)?),
+        };
+        for (j, &i) in active.iter().enumerate() {
+            let l = &mut live[i];
+            let tok = match (&host, &greedy) {
+                (Some(h), _) => l.sampler.sample(h.row(j)),
+                (None, Some(g)) => g[j],
+                (None, None) => return Err(EngineError::internal("no logits sampled")),
+            };
+            if let Ok(o) = &mut l.out {
+                o.generated.push(tok);
+                if requests[i].keep_logits {
+                    if let Some(h) = &host {
+                        o.step_logits.push(h.row(j).to_vec());
+                    }
+                }
+            }
+            l.next = vec![tok];
         }
     }
-    Ok(outs)
+    Ok(live.into_iter().map(|l| l.out).collect())
 }

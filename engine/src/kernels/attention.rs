@@ -8,14 +8,59 @@ use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
 use crate::tensor::Tensor;
 
+/// The split-key form of the `Backend::attention` contract: head `h`'s query is
+/// `[q_h | q_rope_h]` and kv head `g`'s key `[k_g | k_rope]`; joined here, then the joint kernel.
+pub fn attention(
+    q: &Tensor,
+    q_rope: Option<&Tensor>,
+    k: &Tensor,
+    k_rope: Option<&Tensor>,
+    v: &Tensor,
+    p: &AttentionParams,
+) -> Result<Tensor> {
+    let join = |a: &Tensor, b: Option<&Tensor>, heads: usize, shared: bool| {
+        let Some(b) = b else { return a.clone() };
+        let (w1, w2) = (p.d1, p.d2);
+        let mut out = Vec::with_capacity(a.rows() * heads * (w1 + w2));
+        for r in 0..a.rows() {
+            for h in 0..heads {
+                out.extend_from_slice(&a.row(r)[h * w1..(h + 1) * w1]);
+                let hb = if shared { 0 } else { h };
+                out.extend_from_slice(&b.row(r)[hb * w2..(hb + 1) * w2]);
+            }
+        }
+        Tensor::from_flat(heads * (w1 + w2), out)
+    };
+    if q_rope.is_some() != k_rope.is_some()
+        || q.cols() != p.heads * p.d1
+        || k.cols() != p.kv_heads * p.d1
+        || q_rope.is_some_and(|t| t.cols() != p.heads * p.d2 || t.rows() != q.rows())
+        || k_rope.is_some_and(|t| t.cols() != p.d2 || t.rows() != k.rows())
+    {
+        return Err(EngineError::kernel(
+            "attention",
+            format!("query/key widths do not match {p:?}"),
+        ));
+    }
+    let qj = join(q, q_rope, p.heads, false);
+    let kj = join(k, k_rope, p.kv_heads, true);
+    joint(
+        &qj,
+        &kj,
+        v,
+        p,
+        p.d1 + if q_rope.is_some() { p.d2 } else { 0 },
+    )
+}
+
 /// `q` `[tq, heads*qk]`, `k` `[tk, kv_heads*qk]`, `v` `[tk, kv_heads*v]` → `[tq, heads*v]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
+fn joint(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams, qk_dim: usize) -> Result<Tensor> {
     let err = |m: String| EngineError::kernel("attention", m);
     if p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
         return Err(err(format!("{} heads vs {} kv heads", p.heads, p.kv_heads)));
     }
-    if q.cols() != p.heads * p.qk_dim
-        || k.cols() != p.kv_heads * p.qk_dim
+    if q.cols() != p.heads * qk_dim
+        || k.cols() != p.kv_heads * qk_dim
         || v.cols() != p.kv_heads * p.v_dim
     {
         return Err(err(format!(
@@ -24,7 +69,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
             k.cols(),
             v.cols(),
             p.heads,
-            p.qk_dim,
+            qk_dim,
             p.kv_heads,
             p.v_dim
         )));
@@ -53,10 +98,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
         let mut scores = vec![0.0f32; pos + 1 - first];
         for h in 0..p.heads {
             let kh = h / group;
-            let qv = &q.row(i)[h * p.qk_dim..(h + 1) * p.qk_dim];
+            let qv = &q.row(i)[h * qk_dim..(h + 1) * qk_dim];
             let mut max = f32::NEG_INFINITY;
             for (s, j) in scores.iter_mut().zip(first..=pos) {
-                let kv = &k.row(j)[kh * p.qk_dim..(kh + 1) * p.qk_dim];
+                let kv = &k.row(j)[kh * qk_dim..(kh + 1) * qk_dim];
                 *s = dot8(qv, kv) * p.scale;
                 max = max.max(*s);
             }
@@ -75,7 +120,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Res
             }
         }
     };
-    let work = tq * p.heads * (p.q_start + tq) * (p.qk_dim + p.v_dim);
+    let work = tq * p.heads * (p.q_start + tq) * (qk_dim + p.v_dim);
     if work < (1 << 18) {
         out.chunks_mut(width).enumerate().for_each(row);
     } else {

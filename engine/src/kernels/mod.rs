@@ -3,9 +3,13 @@
 
 pub mod activation;
 pub mod attention;
+pub mod columns;
 pub mod cpu;
+mod cpu_attention_shim;
 pub mod dot;
+pub mod kv_pages;
 pub mod linear;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 pub mod router;

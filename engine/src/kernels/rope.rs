@@ -7,20 +7,15 @@ use crate::params::RopeLayout;
 pub use crate::params::RopeTable;
 use crate::tensor::Tensor;
 
-/// Rotates the rope part of each head of each row of `x` in place.
+/// Rotates the rope part of each head of each row of `x` in place; row `i` sits at position
+/// `first_position + i`.
 pub fn apply_rope(
     x: &mut Tensor,
     slot: RopeSlot,
-    positions: &[usize],
+    first_position: usize,
     table: &RopeTable,
 ) -> Result<()> {
     let d = table.dim();
-    if x.rows() != positions.len() {
-        return Err(EngineError::kernel(
-            "rope",
-            format!("{} rows but {} positions", x.rows(), positions.len()),
-        ));
-    }
     if x.cols() != slot.heads * slot.head_stride || slot.offset + d > slot.head_stride {
         return Err(EngineError::kernel(
             "rope",
@@ -35,9 +30,11 @@ pub fn apply_rope(
         ));
     }
     let cols = x.cols();
+    let rows = x.rows();
     let half = d / 2;
     let data = x.data_mut();
-    for (r, &pos) in positions.iter().enumerate() {
+    for r in 0..rows {
+        let pos = first_position + r;
         let cs: Vec<(f32, f32)> = (0..half).map(|i| table.cos_sin(pos, i)).collect();
         for h in 0..slot.heads {
             let base = r * cols + h * slot.head_stride + slot.offset;

@@ -1,11 +1,15 @@
 //! Attention blocks: MLA (DeepSeek; with or without q-LoRA; naive and absorbed forms over the same
-//! latent cache) and GQA/MQA (Llama, Mixtral; optional sliding window).
+//! paged latent cache) and GQA/MQA (Llama, Mixtral; optional sliding window), as backend ops on
+//! handles. Each chunk's new cache rows are written into the sequence's pages once
+//! (`kv_write`); decode attends over the pages in place (`paged_attention`), so no step copies
+//! or concatenates the cache. MLA's naive prefill reads the cache once per chunk (`kv_read`)
+//! because it expands every cached latent to per-head keys and values anyway.
 
-use crate::backend::{AttentionParams, Backend, RopeSlot};
-use crate::error::Result;
-use crate::model::cache::{KvCache, LatentKvCache, LayerCache};
+use crate::backend::{AttentionParams, Backend, HeadSlice, RopeSlot};
+use crate::device_tensor::{DeviceTensor, KvLayout};
+use crate::error::{EngineError, Result};
+use crate::model::kv::LayerCache;
 use crate::params::RopeTable;
-use crate::tensor::Tensor;
 use crate::weights::Weight;
 
 /// Which of the two equivalent MLA computations to run.
@@ -69,204 +73,191 @@ pub enum Attention {
 }
 
 impl Attention {
-    /// An empty cache for this block.
-    pub fn new_cache(&self) -> LayerCache {
+    /// The cache row layout of this block: MLA `[latent | rope key]` (values = the latent),
+    /// GQA `[k | v]`.
+    pub fn kv_layout(&self, page_tokens: usize) -> KvLayout {
         match self {
-            Attention::Mla(m) => LayerCache::Latent(LatentKvCache {
-                kv_lora: m.kv_lora,
-                rope: m.rope,
-                ..Default::default()
-            }),
-            Attention::Gqa(g) => LayerCache::Kv(KvCache {
-                k_width: g.kv_heads * g.head_dim,
-                v_width: g.kv_heads * g.head_dim,
-                ..Default::default()
-            }),
+            Attention::Mla(m) => KvLayout {
+                page_tokens,
+                key_width: m.kv_lora,
+                rope_width: m.rope,
+                value_width: 0,
+            },
+            Attention::Gqa(g) => KvLayout {
+                page_tokens,
+                key_width: g.kv_heads * g.head_dim,
+                rope_width: 0,
+                value_width: g.kv_heads * g.head_dim,
+            },
         }
     }
 
     /// Attention over one sequence chunk: `x` `[t, hidden]` (already normalised) at positions
-    /// `cache.len()..cache.len()+t`; appends to the cache and returns `[t, hidden]`.
+    /// `cache.len()..cache.len()+t`; writes the chunk's rows into the cache (taking pages as
+    /// needed: `KvCacheFull` when the pool has none) and returns `[t, hidden]`.
     pub fn forward(
         &self,
         be: &dyn Backend,
-        x: &Tensor,
+        x: &DeviceTensor,
         cache: &mut LayerCache,
         rope: &RopeTable,
         form: MlaForm,
-    ) -> Result<Tensor> {
+    ) -> Result<DeviceTensor> {
+        let layout = cache.store().layout;
+        if layout != self.kv_layout(layout.page_tokens) {
+            return Err(EngineError::internal(format!(
+                "attention block given a cache of layout {layout:?}"
+            )));
+        }
         let start = cache.len();
-        let positions: Vec<usize> = (start..start + x.rows()).collect();
-        match (self, cache) {
-            (Attention::Mla(m), LayerCache::Latent(c)) => {
-                m.forward(be, x, &positions, c, rope, form)
-            }
-            (Attention::Gqa(g), LayerCache::Kv(c)) => g.forward(be, x, &positions, c, rope),
-            _ => Err(crate::error::EngineError::internal(
-                "attention block given the wrong cache kind",
-            )),
+        cache.reserve(start + x.rows())?;
+        match self {
+            Attention::Mla(m) => m.forward(be, x, start, cache, rope, form),
+            Attention::Gqa(g) => g.forward(be, x, start, cache, rope),
         }
     }
 }
 
-/// Columns `[c0, c1)` of every row.
-fn columns(t: &Tensor, c0: usize, c1: usize) -> Tensor {
-    let mut out = Vec::with_capacity(t.rows() * (c1 - c0));
-    for r in 0..t.rows() {
-        out.extend_from_slice(&t.row(r)[c0..c1]);
+/// Columns `[offset, offset + width)` of every one of `heads` heads of width `stride`.
+fn cols(heads: usize, stride: usize, offset: usize, width: usize) -> HeadSlice {
+    HeadSlice {
+        heads,
+        stride,
+        offset,
+        width,
     }
-    Tensor::from_flat(c1 - c0, out)
 }
 
 impl MlaAttention {
     fn forward(
         &self,
         be: &dyn Backend,
-        x: &Tensor,
-        positions: &[usize],
-        cache: &mut LatentKvCache,
+        x: &DeviceTensor,
+        start: usize,
+        cache: &mut LayerCache,
         rope: &RopeTable,
         form: MlaForm,
-    ) -> Result<Tensor> {
+    ) -> Result<DeviceTensor> {
         let qk = self.nope + self.rope;
-        let mut q = match &self.query {
+        let q = match &self.query {
             MlaQuery::Lora { a, norm, b } => {
                 let qa = be.linear(x, a)?;
                 be.linear(&be.rms_norm(&qa, norm, self.eps)?, b)?
             }
             MlaQuery::Full(w) => be.linear(x, w)?,
         };
-        be.rope(
-            &mut q,
+        let q = be.rope(
+            &q,
             RopeSlot {
                 heads: self.heads,
                 head_stride: qk,
                 offset: self.nope,
             },
-            positions,
+            start,
             rope,
         )?;
         let kv = be.linear(x, &self.kv_a)?;
-        let latent = be.rms_norm(&columns(&kv, 0, self.kv_lora), &self.kv_norm, self.eps)?;
-        let mut rope_key = columns(&kv, self.kv_lora, self.kv_lora + self.rope);
-        be.rope(
-            &mut rope_key,
+        let width = self.kv_lora + self.rope;
+        let latent = be.rms_norm(
+            &be.head_columns(&kv, cols(1, width, 0, self.kv_lora))?,
+            &self.kv_norm,
+            self.eps,
+        )?;
+        let rope_key = be.rope(
+            &be.head_columns(&kv, cols(1, width, self.kv_lora, self.rope))?,
             RopeSlot {
                 heads: 1,
                 head_stride: self.rope,
                 offset: 0,
             },
-            positions,
+            start,
             rope,
         )?;
-        cache.append(&latent, &rope_key);
+        be.kv_write(
+            cache.store(),
+            cache.table(),
+            start,
+            &latent,
+            Some(&rope_key),
+            None,
+        )?;
+        cache.set_len(start + x.rows())?;
+        let q_nope = be.head_columns(&q, cols(self.heads, qk, 0, self.nope))?;
+        let q_rope = be.head_columns(&q, cols(self.heads, qk, self.nope, self.rope))?;
         let absorbed = match form {
             MlaForm::Naive => false,
             MlaForm::Absorbed => true,
             MlaForm::Auto => x.rows() == 1,
         };
-        let q_start = positions[0];
         let attn = if absorbed {
-            self.absorbed(be, &q, cache, q_start)?
+            self.absorbed(be, &q_nope, &q_rope, cache, start)?
         } else {
-            self.naive(be, &q, cache, q_start)?
+            self.naive(be, &q_nope, &q_rope, cache, start)?
         };
         be.linear(&attn, &self.o)
     }
 
-    /// Expands every cached latent to per-head keys and values.
+    /// Expands every cached latent to per-head keys and values (one `kv_read` of the cache).
     fn naive(
         &self,
         be: &dyn Backend,
-        q: &Tensor,
-        cache: &LatentKvCache,
+        q_nope: &DeviceTensor,
+        q_rope: &DeviceTensor,
+        cache: &LayerCache,
         q_start: usize,
-    ) -> Result<Tensor> {
-        let qk = self.nope + self.rope;
-        let kvb = be.linear(&cache.latent_tensor(), &self.kv_b)?; // [tk, heads*(nope+v)]
-        let tk = kvb.rows();
+    ) -> Result<DeviceTensor> {
+        let width = self.kv_lora + self.rope;
+        let cached = be.kv_read(cache.store(), cache.table(), cache.len())?;
+        let latent = be.head_columns(&cached, cols(1, width, 0, self.kv_lora))?;
+        let k_rope = be.head_columns(&cached, cols(1, width, self.kv_lora, self.rope))?;
+        let kvb = be.linear(&latent, &self.kv_b)?; // [tk, heads*(nope+v)]
         let per = self.nope + self.v_dim;
-        let mut k = Vec::with_capacity(tk * self.heads * qk);
-        let mut v = Vec::with_capacity(tk * self.heads * self.v_dim);
-        for j in 0..tk {
-            let row = kvb.row(j);
-            let kr = &cache.rope_key[j * self.rope..(j + 1) * self.rope];
-            for h in 0..self.heads {
-                k.extend_from_slice(&row[h * per..h * per + self.nope]);
-                k.extend_from_slice(kr);
-                v.extend_from_slice(&row[h * per + self.nope..(h + 1) * per]);
-            }
-        }
+        let k = be.head_columns(&kvb, cols(self.heads, per, 0, self.nope))?;
+        let v = be.head_columns(&kvb, cols(self.heads, per, self.nope, self.v_dim))?;
         let p = AttentionParams {
             heads: self.heads,
             kv_heads: self.heads,
-            qk_dim: qk,
+            d1: self.nope,
+            d2: self.rope,
             v_dim: self.v_dim,
             scale: self.scale,
             q_start,
             sliding_window: None,
         };
-        be.attention(
-            q,
-            &Tensor::from_flat(self.heads * qk, k),
-            &Tensor::from_flat(self.heads * self.v_dim, v),
-            &p,
-        )
+        be.attention(q_nope, Some(q_rope), &k, Some(&k_rope), &v, &p)
     }
 
-    /// Attends in the latent space: MQA with one kv head `[latent | rope_key]`, values = latent.
+    /// Attends in the latent space over the pages in place: MQA with one kv head
+    /// `[latent | rope_key]`, values = latent; `W_uk` folded into the query, `W_uv` into the
+    /// output.
     fn absorbed(
         &self,
         be: &dyn Backend,
-        q: &Tensor,
-        cache: &LatentKvCache,
+        q_nope: &DeviceTensor,
+        q_rope: &DeviceTensor,
+        cache: &LayerCache,
         q_start: usize,
-    ) -> Result<Tensor> {
-        let qk = self.nope + self.rope;
-        let t = q.rows();
-        let width = self.kv_lora + self.rope;
-        let mut qa = vec![0.0f32; t * self.heads * width];
-        for h in 0..self.heads {
-            let q_lat = be.linear(&columns(q, h * qk, h * qk + self.nope), &self.uk_t[h])?;
-            for i in 0..t {
-                let dst = &mut qa[(i * self.heads + h) * width..(i * self.heads + h + 1) * width];
-                dst[..self.kv_lora].copy_from_slice(q_lat.row(i));
-                dst[self.kv_lora..].copy_from_slice(&q.row(i)[h * qk + self.nope..(h + 1) * qk]);
-            }
-        }
-        let tk = cache.len();
-        let mut k = Vec::with_capacity(tk * width);
-        for j in 0..tk {
-            k.extend_from_slice(&cache.latent[j * self.kv_lora..(j + 1) * self.kv_lora]);
-            k.extend_from_slice(&cache.rope_key[j * self.rope..(j + 1) * self.rope]);
-        }
+    ) -> Result<DeviceTensor> {
+        let q_lat = be.per_head_linear(q_nope, &self.uk_t)?;
         let p = AttentionParams {
             heads: self.heads,
             kv_heads: 1,
-            qk_dim: width,
+            d1: self.kv_lora,
+            d2: self.rope,
             v_dim: self.kv_lora,
             scale: self.scale,
             q_start,
             sliding_window: None,
         };
-        let o_lat = be.attention(
-            &Tensor::from_flat(self.heads * width, qa),
-            &Tensor::from_flat(width, k),
-            &cache.latent_tensor(),
+        let o_lat = be.paged_attention(
+            &q_lat,
+            Some(q_rope),
+            cache.store(),
+            cache.table(),
+            cache.len(),
             &p,
         )?;
-        let mut out = vec![0.0f32; t * self.heads * self.v_dim];
-        for h in 0..self.heads {
-            let oh = be.linear(
-                &columns(&o_lat, h * self.kv_lora, (h + 1) * self.kv_lora),
-                &self.uv[h],
-            )?;
-            for i in 0..t {
-                out[(i * self.heads + h) * self.v_dim..(i * self.heads + h + 1) * self.v_dim]
-                    .copy_from_slice(oh.row(i));
-            }
-        }
-        Ok(Tensor::from_flat(self.heads * self.v_dim, out))
+        be.per_head_linear(&o_lat, &self.uv)
     }
 }
 
@@ -274,47 +265,32 @@ impl GqaAttention {
     fn forward(
         &self,
         be: &dyn Backend,
-        x: &Tensor,
-        positions: &[usize],
-        cache: &mut KvCache,
+        x: &DeviceTensor,
+        start: usize,
+        cache: &mut LayerCache,
         rope: &RopeTable,
-    ) -> Result<Tensor> {
-        let mut q = be.linear(x, &self.q)?;
-        let mut k = be.linear(x, &self.k)?;
+    ) -> Result<DeviceTensor> {
+        let slot = |heads| RopeSlot {
+            heads,
+            head_stride: self.head_dim,
+            offset: 0,
+        };
+        let q = be.rope(&be.linear(x, &self.q)?, slot(self.heads), start, rope)?;
+        let k = be.rope(&be.linear(x, &self.k)?, slot(self.kv_heads), start, rope)?;
         let v = be.linear(x, &self.v)?;
-        be.rope(
-            &mut q,
-            RopeSlot {
-                heads: self.heads,
-                head_stride: self.head_dim,
-                offset: 0,
-            },
-            positions,
-            rope,
-        )?;
-        be.rope(
-            &mut k,
-            RopeSlot {
-                heads: self.kv_heads,
-                head_stride: self.head_dim,
-                offset: 0,
-            },
-            positions,
-            rope,
-        )?;
-        cache.append(&k, &v);
+        be.kv_write(cache.store(), cache.table(), start, &k, None, Some(&v))?;
+        cache.set_len(start + x.rows())?;
         let p = AttentionParams {
             heads: self.heads,
             kv_heads: self.kv_heads,
-            qk_dim: self.head_dim,
+            d1: self.head_dim,
+            d2: 0,
             v_dim: self.head_dim,
             scale: self.scale,
-            q_start: positions[0],
+            q_start: start,
             sliding_window: self.sliding_window,
         };
-        let kt = Tensor::from_flat(cache.k_width, cache.k.clone());
-        let vt = Tensor::from_flat(cache.v_width, cache.v.clone());
-        let attn = be.attention(&q, &kt, &vt, &p)?;
+        let attn = be.paged_attention(&q, None, cache.store(), cache.table(), cache.len(), &p)?;
         be.linear(&attn, &self.o)
     }
 }

@@ -1,11 +1,13 @@
 //! Feed-forward blocks: the SwiGLU MLP, and the MoE block (router + routed experts + shared
-//! experts) split into the steps the actor runtime distributes: `plan` (route → `DispatchPlan`)
-//! → per-expert MLP → `combine`. Combine adds expert outputs in ascending expert id, whatever order
-//! they were computed in, so every placement and schedule gives the same bits.
+//! experts) as backend ops: `route` → `grouped_mlp` (the experts' rows grouped per expert, all
+//! experts of a call at once) → `moe_combine`. The actor runtime splits the same steps across
+//! actors: `plan` (route, plus the host `DispatchPlan` it needs to pick expert groups) →
+//! `experts` per group → `combine`. Combine adds expert outputs in ascending expert id, whatever
+//! order or grouping they were computed in, so every placement and schedule gives the same bits.
 
-use crate::backend::{Backend, RouterRule, Routing};
+use crate::backend::{Backend, ExpertRows, ExpertWeights, RouterRule, Routing};
+use crate::device_tensor::{DeviceRouting, DeviceTensor};
 use crate::error::{EngineError, Result};
-use crate::tensor::Tensor;
 use crate::weights::Weight;
 
 /// `down(silu(gate(x)) * up(x))`.
@@ -17,10 +19,19 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, be: &dyn Backend, x: &DeviceTensor) -> Result<DeviceTensor> {
         let g = be.linear(x, &self.gate)?;
         let u = be.linear(x, &self.up)?;
         be.linear(&be.silu_mul(&g, &u)?, &self.down)
+    }
+    /// This MLP as routed expert `id` of a `grouped_mlp` call.
+    pub fn as_expert(&self, id: u32) -> ExpertWeights<'_> {
+        ExpertWeights {
+            id,
+            gate: &self.gate,
+            up: &self.up,
+            down: &self.down,
+        }
     }
 }
 
@@ -28,21 +39,25 @@ impl Mlp {
 #[derive(Clone, Debug)]
 pub struct Router {
     pub gate: Weight,
-    pub bias: Option<Vec<f32>>,
+    /// DeepSeek-V3's `e_score_correction_bias` (`[n_experts]`).
+    pub bias: Option<Weight>,
     pub rule: RouterRule,
 }
 
 impl Router {
     /// Raw logits `[n, experts]` and the routing decision.
-    pub fn route(&self, be: &dyn Backend, x: &Tensor) -> Result<(Tensor, Routing)> {
+    pub fn route(
+        &self,
+        be: &dyn Backend,
+        x: &DeviceTensor,
+    ) -> Result<(DeviceTensor, DeviceRouting)> {
         let logits = be.linear(x, &self.gate)?;
-        let routing = be.route(&logits, &self.rule, self.bias.as_deref())?;
+        let routing = be.route(&logits, &self.rule, self.bias.as_ref())?;
         Ok((logits, routing))
     }
 }
 
-/// Which rows go to which expert: `rows[e]` ascending row indices, and for each of them the slot
-/// of `e` in that row's routing (to find its weight).
+/// Which rows go to which expert: `rows[e]` ascending row indices.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DispatchPlan {
     pub rows: Vec<Vec<usize>>,
@@ -79,97 +94,89 @@ pub struct MoeBlock {
     pub shared: Option<Mlp>,
 }
 
-/// The routing step of an MoE block over normalised rows.
+/// The routing step of an MoE block over normalised rows, with its host copy.
 #[derive(Clone, Debug)]
 pub struct MoePlan {
     /// Raw router logits `[n, experts]`.
-    pub logits: Tensor,
-    pub routing: Routing,
+    pub logits: DeviceTensor,
+    pub routing: DeviceRouting,
+    /// The routing on the host (`routing_to_host`: 8 bytes per slot).
+    pub host_routing: Routing,
     /// Which rows go to which expert.
     pub dispatch: DispatchPlan,
 }
 
 impl MoeBlock {
-    /// Routes the normalised rows `hn` and plans the dispatch (the first step of the block).
-    pub fn plan(&self, be: &dyn Backend, hn: &Tensor) -> Result<MoePlan> {
+    /// Routes the normalised rows `hn` and plans the dispatch on the host (the first step of the
+    /// block under the actor runtime, which picks expert groups from it).
+    pub fn plan(&self, be: &dyn Backend, hn: &DeviceTensor) -> Result<MoePlan> {
         let (logits, routing) = self.router.route(be, hn)?;
-        let dispatch = DispatchPlan::new(&routing, self.experts.len())?;
+        let host_routing = be.routing_to_host(&routing)?;
+        let dispatch = DispatchPlan::new(&host_routing, self.experts.len())?;
         Ok(MoePlan {
             logits,
             routing,
+            host_routing,
             dispatch,
         })
     }
 
-    /// `residual + Σ_e w_e·expert_e(x) + shared(x)`, summing experts in ascending id per row.
-    /// `expert_out[e]` holds expert `e`'s outputs for `plan.rows[e]`, in that order.
-    pub fn combine(
+    /// The outputs of experts `ids` (ascending) for the rows `routing` sends them, in one
+    /// `grouped_mlp` call.
+    pub fn experts(
         &self,
-        residual: &Tensor,
-        routing: &Routing,
-        plan: &DispatchPlan,
-        expert_out: &[Option<Tensor>],
-        shared: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let n = residual.rows();
-        let d = residual.cols();
-        let mut moe = vec![0.0f32; n * d];
-        // position of row r inside plan.rows[e]
-        let mut cursor = vec![0usize; plan.rows.len()];
-        for r in 0..n {
-            let acc = &mut moe[r * d..(r + 1) * d];
-            for (&e, &w) in routing.ids[r].iter().zip(&routing.weights[r]) {
-                let e = e as usize;
-                let out = expert_out.get(e).and_then(|o| o.as_ref()).ok_or_else(|| {
-                    EngineError::internal(format!("combine: no output from expert {e}"))
-                })?;
-                let slot = cursor[e];
-                cursor[e] += 1;
-                if plan.rows[e].get(slot) != Some(&r) {
-                    return Err(EngineError::internal(format!(
-                        "combine: expert {e} rows out of order"
-                    )));
-                }
-                for (a, b) in acc.iter_mut().zip(out.row(slot)) {
-                    *a += w * b;
-                }
-            }
-        }
-        let mut out = residual.clone();
-        let data = out.data_mut();
-        for r in 0..n {
-            for c in 0..d {
-                let mut m = moe[r * d + c];
-                if let Some(s) = shared {
-                    m += s.row(r)[c];
-                }
-                data[r * d + c] += m;
-            }
-        }
-        Ok(out)
+        be: &dyn Backend,
+        hn: &DeviceTensor,
+        routing: &DeviceRouting,
+        ids: &[u32],
+    ) -> Result<ExpertRows> {
+        let weights = ids
+            .iter()
+            .map(|&e| {
+                self.experts
+                    .get(e as usize)
+                    .map(|m| m.as_expert(e))
+                    .ok_or_else(|| EngineError::internal(format!("no routed expert {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        be.grouped_mlp(hn, routing, &weights)
     }
 
-    /// The whole block on one backend (what the reference executor does).
+    /// `residual + (Σ_e w_e·expert_e(x) + shared(x))`, summing experts in ascending id per row;
+    /// `parts` (from `experts`) together cover every expert the routing names.
+    pub fn combine(
+        &self,
+        be: &dyn Backend,
+        residual: &DeviceTensor,
+        routing: &DeviceRouting,
+        parts: &[ExpertRows],
+        shared: Option<&DeviceTensor>,
+    ) -> Result<DeviceTensor> {
+        be.moe_combine(residual, routing, parts, shared)
+    }
+
+    /// The whole block on one backend (what the reference executor does): route, every expert
+    /// of the layer in one `grouped_mlp`, the shared experts, combine. Nothing moves to the host.
+    /// Returns the block's output, the router logits and the routing.
     pub fn forward(
         &self,
         be: &dyn Backend,
-        residual: &Tensor,
-        x: &Tensor,
-    ) -> Result<(Tensor, Tensor, Routing)> {
-        let MoePlan {
-            logits,
-            routing,
-            dispatch: plan,
-        } = self.plan(be, x)?;
-        let mut outs: Vec<Option<Tensor>> = vec![None; self.experts.len()];
-        for e in plan.active_experts() {
-            outs[e] = Some(self.experts[e].forward(be, &x.gather_rows(&plan.rows[e]))?);
-        }
+        residual: &DeviceTensor,
+        x: &DeviceTensor,
+    ) -> Result<(DeviceTensor, DeviceTensor, DeviceRouting)> {
+        let (logits, routing) = self.router.route(be, x)?;
+        let all: Vec<ExpertWeights<'_>> = self
+            .experts
+            .iter()
+            .enumerate()
+            .map(|(e, m)| m.as_expert(e as u32))
+            .collect();
+        let rows = be.grouped_mlp(x, &routing, &all)?;
         let shared = match &self.shared {
             Some(s) => Some(s.forward(be, x)?),
             None => None,
         };
-        let out = self.combine(residual, &routing, &plan, &outs, shared.as_ref())?;
+        let out = self.combine(be, residual, &routing, &[rows], shared.as_ref())?;
         Ok((out, logits, routing))
     }
 }

@@ -223,7 +223,7 @@ fn moe(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Re
     })?;
     let gate = take.get(&ws[0].name)?;
     let (bias, mut i) = if ws.get(1).is_some_and(|w| w.role == WeightRole::Bias) {
-        (Some(take.get(&ws[1].name)?.to_f32_vec()), 2)
+        (Some(take.get(&ws[1].name)?), 2)
     } else {
         (None, 1)
     };

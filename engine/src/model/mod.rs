@@ -3,23 +3,27 @@
 //! `ffn.rs`, head) and the non-finite check of each step's output. The reference executor runs
 //! these steps in order; the actor runtime runs the same steps in different actors, which is why
 //! they are public and side-effect free (except caches) — no executor writes a step itself.
+//! Every step is backend ops on handles (`DeviceTensor`): activations stay where the backend
+//! keeps them, and the non-finite checks are `Backend::check_finite`.
 
 pub mod attention;
-pub mod cache;
 pub mod ffn;
+pub mod kv;
+#[cfg(test)]
+mod kv_tests;
 mod load;
 
 pub use attention::{Attention, MlaForm};
-pub use cache::{LayerCache, SequenceCache};
 pub use ffn::{DispatchPlan, FeedForward, Mlp, MoeBlock, MoePlan};
+pub use kv::{KvConfig, KvPool, KvPools, LayerCache, SequenceCache};
 pub use load::Progress;
 
 use crate::backend::Backend;
+use crate::device_tensor::DeviceTensor;
 use crate::error::{EngineError, PassSite, Result};
 use crate::graph::ir::Plan;
 use crate::graph::spec::ModelSpec;
 use crate::kernels::rope::RopeTable;
-use crate::tensor::Tensor;
 use crate::weights::Weight;
 
 /// One decoder layer: `h = x + attn(norm1(x)); out = h + ffn(norm2(h))`.
@@ -50,88 +54,63 @@ impl Model {
         self.spec.rms_norm_eps as f32
     }
 
-    /// An empty cache for one sequence.
-    pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache {
-            layers: self
-                .layers
-                .iter()
-                .map(|l| l.attention.new_cache())
-                .collect(),
-        }
+    /// The KV pools of every layer on `be`, with `config` (see `KvConfig::default_for`).
+    pub fn kv_pools(&self, be: &dyn Backend, config: KvConfig) -> Result<KvPools> {
+        KvPools::new(self, be, config)
     }
 
     /// Token embeddings `[ids.len(), hidden]` (checked finite).
-    pub fn embed(&self, be: &dyn Backend, ids: &[u32]) -> Result<Tensor> {
+    pub fn embed(&self, be: &dyn Backend, ids: &[u32]) -> Result<DeviceTensor> {
         let x = be.embedding(&self.embed, ids)?;
-        ensure_finite(&x, PassSite::Embedding)?;
+        be.check_finite(&x, PassSite::Embedding)?;
         Ok(x)
     }
 
     /// Final norm + LM head over hidden rows (the logits, checked finite).
-    pub fn head(&self, be: &dyn Backend, h: &Tensor) -> Result<Tensor> {
+    pub fn head(&self, be: &dyn Backend, h: &DeviceTensor) -> Result<DeviceTensor> {
         let logits = be.linear(&be.rms_norm(h, &self.norm, self.eps())?, &self.lm_head)?;
-        ensure_finite(&logits, PassSite::Head)?;
+        be.check_finite(&logits, PassSite::Head)?;
         Ok(logits)
     }
 }
 
-/// Fails with [`EngineError::NonFinite`] naming `at` (and the first offending row) when `t`
-/// holds a NaN or an infinity. One pass over the data, branch-free per block so it vectorises;
-/// finite data is left untouched.
-pub fn ensure_finite(t: &Tensor, at: PassSite) -> Result<()> {
-    const BLOCK: usize = 256;
-    let data = t.data();
-    let clean = data
-        .chunks(BLOCK)
-        .all(|b| b.iter().fold(true, |ok, v| ok & v.is_finite()));
-    if clean {
-        return Ok(());
-    }
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(EngineError::NonFinite {
-            layer: at,
-            row: i / t.cols().max(1),
-            value: data[i],
-        }),
-        None => Ok(()),
-    }
-}
-
 impl DecoderLayer {
-    /// `x + attention(input_norm(x))` for one sequence chunk.
+    /// `x + attention(input_norm(x))` for one sequence chunk (writes the chunk into `cache`).
     pub fn attention_block(
         &self,
         be: &dyn Backend,
-        x: &Tensor,
+        x: &DeviceTensor,
         cache: &mut LayerCache,
         rope: &RopeTable,
         eps: f32,
         form: MlaForm,
-    ) -> Result<Tensor> {
+    ) -> Result<DeviceTensor> {
         let xn = be.rms_norm(x, &self.input_norm, eps)?;
-        let mut h = self.attention.forward(be, &xn, cache, rope, form)?;
-        h.add_assign(x)?;
-        Ok(h)
+        let h = self.attention.forward(be, &xn, cache, rope, form)?;
+        be.add(&h, x)
     }
 
     /// `post_norm(h)`: the input of the feed-forward part (router, experts, dense MLP).
-    pub fn ffn_norm(&self, be: &dyn Backend, h: &Tensor, eps: f32) -> Result<Tensor> {
+    pub fn ffn_norm(&self, be: &dyn Backend, h: &DeviceTensor, eps: f32) -> Result<DeviceTensor> {
         be.rms_norm(h, &self.post_norm, eps)
     }
 
     /// `h + mlp(post_norm(h))`, the feed-forward half of a dense layer (an internal error on an
     /// MoE layer: callers dispatch on `ffn`).
-    pub fn dense_ffn_block(&self, be: &dyn Backend, h: &Tensor, eps: f32) -> Result<Tensor> {
+    pub fn dense_ffn_block(
+        &self,
+        be: &dyn Backend,
+        h: &DeviceTensor,
+        eps: f32,
+    ) -> Result<DeviceTensor> {
         let FeedForward::Dense(mlp) = &self.ffn else {
             return Err(EngineError::internal(format!(
                 "layer {}: dense FFN block asked of an MoE layer",
                 self.index
             )));
         };
-        let mut out = mlp.forward(be, &self.ffn_norm(be, h, eps)?)?;
-        out.add_assign(h)?;
-        Ok(out)
+        let out = mlp.forward(be, &self.ffn_norm(be, h, eps)?)?;
+        be.add(&out, h)
     }
 
     /// The MoE block of this layer (an internal error on a dense layer).
@@ -146,36 +125,7 @@ impl DecoderLayer {
     }
 
     /// Checks this layer's output rows (its residual stream out) for NaN and infinity.
-    pub fn check_output(&self, out: &Tensor) -> Result<()> {
-        ensure_finite(out, PassSite::Layer(self.index))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ensure_finite_names_the_step_and_the_first_bad_row() {
-        let ok = Tensor::from_flat(3, vec![1.0, -2.0, 0.0, 1e30, -1e-30, f32::MAX]);
-        assert!(ensure_finite(&ok, PassSite::Layer(2)).is_ok());
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let mut v = vec![0.5f32; 3 * 300];
-            v[3 * 200 + 1] = bad;
-            v[3 * 250] = bad;
-            match ensure_finite(&Tensor::from_flat(3, v), PassSite::Layer(2)) {
-                Err(e @ EngineError::NonFinite { .. }) => {
-                    let EngineError::NonFinite { layer, row, value } = &e else {
-                        unreachable!()
-                    };
-                    assert_eq!((*layer, *row), (PassSite::Layer(2), 200));
-                    assert_eq!(value.to_bits(), bad.to_bits());
-                    assert!(e.to_string().contains("decoder layer 2"), "{e}");
-                }
-                other => panic!("{bad}: expected a non-finite error, got {other:?}"),
-            }
-        }
-        let e = ensure_finite(&Tensor::from_flat(1, vec![f32::NAN]), PassSite::Head).unwrap_err();
-        assert!(e.to_string().contains("the LM head"), "{e}");
+    pub fn check_output(&self, be: &dyn Backend, out: &DeviceTensor) -> Result<()> {
+        be.check_finite(out, PassSite::Layer(self.index))
     }
 }

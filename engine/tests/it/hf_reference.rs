@@ -8,6 +8,7 @@ use troupe_engine::generate::{generate, GenerateRequest};
 use troupe_engine::kernels::CpuBackend;
 use troupe_engine::model::{MlaForm, Model};
 use troupe_engine::sampling::SamplingParams;
+use troupe_engine::Backend;
 
 fn load(case: &str) -> Model {
     load_model(&fixture(case))
@@ -72,7 +73,7 @@ fn check_hidden_and_routing(case: &str) {
     let r = Reference::open(case);
     let h = r.hidden_prompt();
     let ids = r.ids(&format!("prompt.{h}.input_ids"));
-    let mut cache = model.new_cache();
+    let mut cache = exec.new_cache().unwrap();
     let mut rec = ForwardRecord::default();
     exec.forward(
         &mut [SeqChunk {
@@ -182,7 +183,7 @@ fn batch_invariance_bit_exact() {
             .map(|p| r.ids(&format!("prompt.{p}.input_ids")))
             .collect();
         let alone = exec.logits(&prompts[1]).unwrap();
-        let mut caches: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+        let mut caches: Vec<_> = (0..3).map(|_| exec.new_cache().unwrap()).collect();
         let mut it = caches.iter_mut();
         let (c0, c1, c2) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
         let mut chunks = [
@@ -199,7 +200,9 @@ fn batch_invariance_bit_exact() {
                 cache: c2,
             },
         ];
-        let batched = exec.forward(&mut chunks, None).unwrap();
+        let batched = be
+            .download(&exec.forward(&mut chunks, None).unwrap())
+            .unwrap();
         let start = prompts[2].len();
         let mine = batched.slice_rows(start, start + prompts[1].len());
         assert!(
