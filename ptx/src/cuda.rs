@@ -145,16 +145,47 @@ impl Device for CudaDevice {
             .map(CudaBuf)
             .map_err(drv("cuMemAllocAsync"))
     }
+    fn write(&self, buf: &mut CudaBuf, offset: usize, bytes: &[u8]) -> GpuResult<()> {
+        self.bind()?;
+        let end = offset
+            .checked_add(bytes.len())
+            .filter(|&e| e <= buf.0.len())
+            .ok_or_else(|| {
+                GpuError::launch(
+                    "write",
+                    format!(
+                        "{} bytes at {offset} past a {}-byte buffer",
+                        bytes.len(),
+                        buf.0.len()
+                    ),
+                )
+            })?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let mut view = buf
+            .0
+            .try_slice_mut(offset..end)
+            .ok_or_else(|| GpuError::launch("write", "buffer range"))?;
+        self.stream
+            .memcpy_htod(bytes, &mut view)
+            .map_err(drv("cuMemcpyHtoDAsync"))
+    }
     fn download(&self, buf: &CudaBuf, bytes: usize) -> GpuResult<Vec<u8>> {
         self.bind()?;
-        let mut v = self
+        let view = buf.0.try_slice(0..bytes).ok_or_else(|| {
+            GpuError::launch(
+                "download",
+                format!("{bytes} bytes requested from a {}-byte buffer", buf.0.len()),
+            )
+        })?;
+        let v = self
             .stream
-            .clone_dtoh(&buf.0)
+            .clone_dtoh(&view)
             .map_err(drv("cuMemcpyDtoHAsync"))?;
         self.stream
             .synchronize()
             .map_err(drv("cuStreamSynchronize"))?;
-        v.truncate(bytes);
         Ok(v)
     }
     fn launch(&self, l: &Launch, args: &[Arg<'_, CudaBuf>]) -> GpuResult<()> {
@@ -172,6 +203,7 @@ impl Device for CudaDevice {
         for a in args {
             vals.push(match a {
                 Arg::Buf(b) => Val::P(b.0.device_ptr(&self.stream).0),
+                Arg::BufAt(b, off) => Val::P(b.0.device_ptr(&self.stream).0 + *off as u64),
                 Arg::Null => Val::P(0),
                 Arg::U32(v) => Val::U(*v),
                 Arg::F32(v) => Val::F(*v),

@@ -10,6 +10,8 @@ use crate::launch::Launch;
 /// A kernel argument, in the order of the entry's `.param` list.
 pub enum Arg<'a, B> {
     Buf(&'a B),
+    /// A pointer `bytes` bytes into a buffer (a column offset inside a row-major matrix).
+    BufAt(&'a B, usize),
     /// A null pointer (optional inputs such as the router bias).
     Null,
     U32(u32),
@@ -19,13 +21,15 @@ pub enum Arg<'a, B> {
 /// A device that can hold buffers and run kernels from the embedded library.
 pub trait Device: Send + Sync {
     /// A device buffer (freed on drop).
-    type Buf: Send + Sync;
+    type Buf: Send + Sync + 'static;
     /// `cuda:0`, `ptx-interp`, ...
     fn name(&self) -> String;
     /// A new buffer holding `bytes`.
     fn upload(&self, bytes: &[u8]) -> GpuResult<Self::Buf>;
     /// A new zero-filled buffer of `bytes` bytes.
     fn alloc(&self, bytes: usize) -> GpuResult<Self::Buf>;
+    /// Overwrites `bytes.len()` bytes of `buf` from byte `offset` (in stream order).
+    fn write(&self, buf: &mut Self::Buf, offset: usize, bytes: &[u8]) -> GpuResult<()>;
     /// The first `bytes` bytes of `buf`, after all launches issued so far have finished.
     fn download(&self, buf: &Self::Buf, bytes: usize) -> GpuResult<Vec<u8>>;
     /// Runs `launch.kernel` with `args`.

@@ -190,6 +190,22 @@ impl Device for InterpDevice {
         Ok(self.buf(ptr, bytes))
     }
 
+    fn write(&self, buf: &mut InterpBuf, offset: usize, bytes: &[u8]) -> GpuResult<()> {
+        if offset + bytes.len() > buf.bytes.max(4) {
+            return Err(GpuError::launch(
+                "write",
+                format!(
+                    "{} bytes at {offset} past a {}-byte buffer",
+                    bytes.len(),
+                    buf.bytes
+                ),
+            ));
+        }
+        self.lock_mem()?
+            .write(DevicePtr(buf.ptr.0 + offset as u64), bytes)
+            .map_err(ptx_err("write"))
+    }
+
     fn download(&self, buf: &InterpBuf, bytes: usize) -> GpuResult<Vec<u8>> {
         if bytes > buf.bytes.max(4) {
             return Err(GpuError::launch(
@@ -218,6 +234,7 @@ impl Device for InterpDevice {
             .iter()
             .map(|a| match a {
                 Arg::Buf(b) => ParamValue::Ptr(b.ptr),
+                Arg::BufAt(b, off) => ParamValue::Ptr(DevicePtr(b.ptr.0 + *off as u64)),
                 Arg::Null => ParamValue::Ptr(DevicePtr(0)),
                 Arg::U32(v) => ParamValue::U32(*v),
                 Arg::F32(v) => ParamValue::F32(*v),

@@ -36,7 +36,17 @@ pub const LIBRARY: &[KernelFile] = &[
     ptx!("rope.ptx", 80, ["rope_f32"]),
     ptx!("silu_mul.ptx", 80, ["silu_mul_f32"]),
     ptx!("router.ptx", 80, ["route_topk"]),
-    ptx!("permute.ptx", 80, ["moe_sort", "moe_gather", "moe_combine"]),
+    ptx!(
+        "permute.ptx",
+        80,
+        ["moe_sort", "moe_gather", "moe_combine", "moe_index_merge"]
+    ),
+    ptx!("copy.ptx", 80, ["copy_rows_b32"]),
+    ptx!(
+        "elementwise.ptx",
+        80,
+        ["add_f32", "check_finite_f32", "flag_copy_b32"]
+    ),
     ptx!(
         "linear.ptx",
         80,

@@ -57,19 +57,23 @@ pub fn rms_norm(rows: usize) -> GpuResult<Launch> {
     l1d("rms_norm_f32", rows, 256, 0)
 }
 
-/// `rope_f32`: one CTA of 64 threads per (row, head).
-pub fn rope(rows: usize, heads: usize) -> GpuResult<Launch> {
-    let k = "rope_f32";
+/// Grid (rows, heads): one CTA of `block` threads per (row, head), no shared memory.
+fn per_row_head(kernel: &'static str, rows: usize, heads: usize, block: u32) -> GpuResult<Launch> {
     Ok(Launch {
-        kernel: k,
+        kernel,
         grid: (
-            u32_of(k, "rows", rows.max(1))?,
-            yz(k, "heads", heads.max(1))?,
+            u32_of(kernel, "rows", rows.max(1))?,
+            yz(kernel, "heads", heads.max(1))?,
             1,
         ),
-        block: (64, 1, 1),
+        block: (block, 1, 1),
         shared_bytes: 0,
     })
+}
+
+/// `rope_f32`: one CTA of 64 threads per (row, head).
+pub fn rope(rows: usize, heads: usize) -> GpuResult<Launch> {
+    per_row_head("rope_f32", rows, heads, 64)
 }
 
 /// `silu_mul_f32`: one thread per element.
@@ -121,6 +125,31 @@ pub fn moe_gather(entries: usize) -> GpuResult<Launch> {
 /// `moe_combine`: one CTA per token.
 pub fn moe_combine(tokens: usize) -> GpuResult<Launch> {
     l1d("moe_combine", tokens, 256, 0)
+}
+
+/// `moe_index_merge`: one thread per routing entry.
+pub fn moe_index_merge(entries: usize) -> GpuResult<Launch> {
+    l1d("moe_index_merge", entries.div_ceil(256), 256, 0)
+}
+
+/// `copy_rows_b32`: one CTA of 128 threads per (row, head).
+pub fn copy_rows(rows: usize, heads: usize) -> GpuResult<Launch> {
+    per_row_head("copy_rows_b32", rows, heads, 128)
+}
+
+/// `add_f32`: one thread per element.
+pub fn add(n: usize) -> GpuResult<Launch> {
+    l1d("add_f32", n.div_ceil(256), 256, 0)
+}
+
+/// `check_finite_f32`: one thread per element.
+pub fn check_finite(n: usize) -> GpuResult<Launch> {
+    l1d("check_finite_f32", n.div_ceil(256), 256, 0)
+}
+
+/// `flag_copy_b32`: one thread per word.
+pub fn flag_copy(n: usize) -> GpuResult<Launch> {
+    l1d("flag_copy_b32", n.div_ceil(256), 256, 0)
 }
 
 fn linear_kernel(w: DType, grouped: bool) -> &'static str {
@@ -188,17 +217,17 @@ pub fn f32_to_bf16(n: usize) -> GpuResult<Launch> {
     l1d("f32_to_bf16", n.div_ceil(256), 256, 0)
 }
 
-/// `attention_f32`: one CTA per (query row, group of 4 heads); per warp `(d1 + d2 + v_dim + 32)`
-/// floats of shared memory.
+/// `attention_f32`: one CTA per (query row, group of 4 heads); per warp `(d1 + d2 + v_dim + 64)`
+/// words of shared memory.
 pub fn attention(tq: usize, heads: usize, d1: usize, d2: usize, v_dim: usize) -> GpuResult<Launch> {
     let k = "attention_f32";
-    let shared = 4 * (d1 + d2 + v_dim + 32) * 4;
+    let shared = 4 * (d1 + d2 + v_dim + 64) * 4;
     if shared > MAX_DYNAMIC_SHARED {
         return Err(GpuError::limit(
             k,
             "qk_dim + v_dim",
             d1 + d2 + v_dim,
-            "<= 3040",
+            "<= 3008",
         ));
     }
     Ok(Launch {
@@ -266,7 +295,8 @@ mod tests {
         assert_eq!(g.grid, (1, 2, 1));
         assert!(gemm_bf16_tc(8, 8, 12).is_err());
         let a = attention(3, 5, 512, 64, 512).unwrap();
-        assert_eq!((a.grid, a.shared_bytes), ((3, 2, 1), 4 * 1120 * 4));
+        assert_eq!((a.grid, a.shared_bytes), ((3, 2, 1), 4 * 1152 * 4));
+        assert_eq!(copy_rows(3, 5).unwrap().grid, (3, 5, 1));
         assert_eq!(moe_sort(8).unwrap().block, (32, 1, 1));
         assert_eq!(moe_sort(257).unwrap().block, (288, 1, 1));
         assert!(route(4, 256, 8, 8).is_ok());

@@ -3,8 +3,9 @@
 //! - `kernels/*.ptx`: hand-written PTX kernels for a whole forward pass (embedded by [`kernels`]);
 //! - [`launch`]: for each op, the kernel and its grid/block/shared memory -- the single source of
 //!   truth used by every device;
-//! - [`device`]: the buffer/launch primitives a device offers; [`ops::GpuBackend`] implements the
-//!   engine's `Backend` on any device;
+//! - [`device`]: the buffer/launch primitives a device offers; [`counted`] counts the bytes each way
+//!   and the launches per kernel; [`ops::GpuBackend`] implements the engine's `Backend` on any
+//!   device with device-resident activations;
 //! - [`cuda`]: the device on a CUDA stream via cudarc (dynamic loading; `GpuError::NoDriver` on
 //!   machines without a driver);
 //! - [`interp`]: the PTX interpreter, the `troupe-ptx-interp` crate (`ptx/interp/`), re-exported;
@@ -17,6 +18,7 @@
 // `x % n != 0` rather than `is_multiple_of` (stable only since 1.87; the workspace targets 1.80).
 #![allow(clippy::manual_is_multiple_of)]
 
+pub mod counted;
 pub mod cuda;
 pub mod device;
 pub mod error;

@@ -25,7 +25,9 @@ fn gpu_error<T: std::fmt::Debug>(result: troupe_engine::Result<T>) -> GpuError {
 #[test]
 fn shape_and_limit_errors_downcast_to_gpu_error() {
     let be = interp_backend().expect("interpreter");
-    let x = Tensor::matrix(2, 3, vec![1.0; 6]).expect("x");
+    let x = be
+        .upload(&Tensor::matrix(2, 3, vec![1.0; 6]).expect("x"))
+        .expect("up");
     let w = Weight::from_f32("blk.0.w", vec![4, 5], &[0.5; 20]);
     match gpu_error(be.linear(&x, &w)) {
         GpuError::Shape {
@@ -42,14 +44,17 @@ fn shape_and_limit_errors_downcast_to_gpu_error() {
     let p = AttentionParams {
         heads: 2,
         kv_heads: 0,
-        qk_dim: 3,
+        d1: 3,
+        d2: 0,
         v_dim: 3,
         scale: 1.0,
         q_start: 0,
         sliding_window: None,
     };
-    let q = Tensor::matrix(1, 6, vec![0.1; 6]).expect("q");
-    match gpu_error(be.attention(&q, &q, &q, &p)) {
+    let q = be
+        .upload(&Tensor::matrix(1, 6, vec![0.1; 6]).expect("q"))
+        .expect("up");
+    match gpu_error(be.attention(&q, None, &q, None, &q, &p)) {
         GpuError::Limit { field, value, .. } => {
             assert_eq!((field.as_str(), value), ("kv_heads", 0))
         }
@@ -69,7 +74,9 @@ fn interpreter_fault_downcasts_to_the_typed_ptx_error() {
         .with_source(file.file, src)
         .expect("override");
     let be: Box<dyn Backend> = Box::new(GpuBackend::new(dev));
-    let g = Tensor::matrix(1, 40, vec![0.5; 40]).expect("g");
+    let g = be
+        .upload(&Tensor::matrix(1, 40, vec![0.5; 40]).expect("g"))
+        .expect("up");
     match gpu_error(be.silu_mul(&g, &g)) {
         GpuError::Ptx { kernel, error } => {
             assert_eq!(kernel, "silu_mul_f32");

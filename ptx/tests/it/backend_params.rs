@@ -4,8 +4,12 @@
 
 use std::sync::Mutex;
 
-use troupe_engine::backend::{AttentionParams, Backend, RopeSlot, RouterRule};
+use troupe_engine::backend::{
+    AttentionParams, Backend, ExpertWeights, HeadSlice, RopeSlot, RouterRule,
+};
+use troupe_engine::device_tensor::{BlockTableRef, KvLayout};
 use troupe_engine::dtype::DType;
+use troupe_engine::error::PassSite;
 use troupe_engine::graph::spec::{RopeLayout, RopeSpec, Scoring, TopkMethod};
 use troupe_engine::kernels::rope::RopeTable;
 use troupe_engine::weights::Weight;
@@ -32,6 +36,10 @@ impl Device for Recorder {
     fn alloc(&self, bytes: usize) -> GpuResult<Vec<u8>> {
         Ok(vec![0; bytes])
     }
+    fn write(&self, buf: &mut Vec<u8>, offset: usize, bytes: &[u8]) -> GpuResult<()> {
+        buf[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
     fn download(&self, buf: &Vec<u8>, bytes: usize) -> GpuResult<Vec<u8>> {
         let mut v = buf.clone();
         v.resize(bytes, 0);
@@ -41,7 +49,7 @@ impl Device for Recorder {
         let kinds = args
             .iter()
             .map(|a| match a {
-                Arg::Buf(_) | Arg::Null => "u64",
+                Arg::Buf(_) | Arg::BufAt(..) | Arg::Null => "u64",
                 Arg::U32(_) => "u32",
                 Arg::F32(_) => "f32",
             })
@@ -74,7 +82,9 @@ fn every_op_matches_its_entry_signature() {
     let b = GpuBackend::new(Recorder {
         launches: Mutex::new(Vec::new()),
     });
-    let x = Tensor::matrix(3, 8, vec![0.5; 24]).unwrap();
+    let x = b
+        .upload(&Tensor::matrix(3, 8, vec![0.5; 24]).unwrap())
+        .unwrap();
     let w8 = Weight::from_f32("w8", vec![8], &[1.0; 8]);
     let wl = Weight::from_u16("wl", DType::BF16, vec![5, 8], &[0x3f80; 40]);
     b.embedding(&wl, &[0, 4, 2]).unwrap();
@@ -83,6 +93,19 @@ fn every_op_matches_its_entry_signature() {
     b.linear(&x, &Weight::from_f32("wf", vec![2, 8], &[0.0; 16]))
         .unwrap();
     b.silu_mul(&x, &x).unwrap();
+    b.add(&x, &x).unwrap();
+    let heads = [
+        Weight::from_f32("h0", vec![3, 4], &[0.0; 12]),
+        Weight::from_f32("h1", vec![3, 4], &[0.0; 12]),
+    ];
+    b.per_head_linear(&x, &heads).unwrap();
+    let slice = HeadSlice {
+        heads: 2,
+        stride: 4,
+        offset: 1,
+        width: 2,
+    };
+    b.head_columns(&x, slice).unwrap();
     let spec = RopeSpec {
         theta: 1e4,
         layout: RopeLayout::HalfSplit,
@@ -94,18 +117,39 @@ fn every_op_matches_its_entry_signature() {
         head_stride: 4,
         offset: 0,
     };
-    b.rope(&mut x.clone(), slot, &[0, 1, 2], &table).unwrap();
+    b.rope(&x, slot, 7, &table).unwrap();
     let p = AttentionParams {
         heads: 2,
         kv_heads: 1,
-        qk_dim: 4,
+        d1: 4,
+        d2: 0,
         v_dim: 4,
         scale: 0.5,
         q_start: 0,
         sliding_window: None,
     };
-    let kv = Tensor::matrix(3, 4, vec![0.1; 12]).unwrap();
-    b.attention(&x, &kv, &kv, &p).unwrap();
+    let kv = b
+        .upload(&Tensor::matrix(3, 4, vec![0.1; 12]).unwrap())
+        .unwrap();
+    b.attention(&x, None, &kv, None, &kv, &p).unwrap();
+    let layout = KvLayout {
+        page_tokens: 2,
+        key_width: 4,
+        rope_width: 0,
+        value_width: 4,
+    };
+    let store = b.kv_store(layout, 4).unwrap();
+    let bt = BlockTableRef {
+        id: 9,
+        generation: 0,
+        pages: &[3, 1],
+    };
+    b.kv_write(&store, bt, 0, &kv, None, Some(&kv)).unwrap();
+    b.paged_attention(&x, None, &store, bt, 3, &p).unwrap();
+    b.kv_read(&store, bt, 3).unwrap();
+    b.slice_rows(&x, 1, 2).unwrap();
+    b.concat_rows(&[x.clone(), x.clone()]).unwrap();
+    b.gather_rows(&x, &[2, 0]).unwrap();
     let rule = RouterRule {
         n_experts: 8,
         top_k: 2,
@@ -116,7 +160,23 @@ fn every_op_matches_its_entry_signature() {
         norm_topk_prob: true,
         routed_scaling_factor: 2.5,
     };
-    b.route(&x, &rule, Some(&[0.0; 8])).unwrap();
+    let bias = Weight::from_f32("bias", vec![8], &[0.0; 8]);
+    let r = b.route(&x, &rule, Some(&bias)).unwrap();
+    let ew = |n: &str, rows, cols| Weight::from_f32(n, vec![rows, cols], &vec![0.0; rows * cols]);
+    let (g, u, d) = (ew("g", 6, 8), ew("u", 6, 8), ew("d", 8, 6));
+    let experts = [ExpertWeights {
+        id: 3,
+        gate: &g,
+        up: &u,
+        down: &d,
+    }];
+    let rows = b.grouped_mlp(&x, &r, &experts).unwrap();
+    let rows2 = b.grouped_mlp(&x, &r, &experts).unwrap();
+    b.moe_combine(&x, &r, &[rows], Some(&x)).unwrap();
+    b.moe_combine(&x, &r, &[rows2.clone(), rows2], None)
+        .unwrap();
+    b.check_finite(&x, PassSite::Head).unwrap();
+    b.download(&x).unwrap();
     b.argmax(&x).unwrap();
 
     let launches = b.device().launches.lock().unwrap();
@@ -129,10 +189,43 @@ fn every_op_matches_its_entry_signature() {
             "linear_bf16w",
             "linear_f32w",
             "silu_mul_f32",
+            "add_f32",
+            "copy_rows_b32",
+            "grouped_linear_f32w",
+            "copy_rows_b32",
+            "copy_rows_b32",
             "rope_f32",
             "attention_f32",
+            "copy_rows_b32",
+            "copy_rows_b32",
+            "attention_f32",
+            "copy_rows_b32",
+            "copy_rows_b32",
+            "copy_rows_b32",
+            "copy_rows_b32",
+            "copy_rows_b32",
             "route_topk",
-            "argmax_f32"
+            "moe_sort",
+            "moe_gather",
+            "grouped_linear_f32w",
+            "grouped_linear_f32w",
+            "silu_mul_f32",
+            "grouped_linear_f32w",
+            "moe_sort",
+            "moe_gather",
+            "grouped_linear_f32w",
+            "grouped_linear_f32w",
+            "silu_mul_f32",
+            "grouped_linear_f32w",
+            "moe_combine",
+            "copy_rows_b32",
+            "moe_index_merge",
+            "copy_rows_b32",
+            "moe_index_merge",
+            "moe_combine",
+            "check_finite_f32",
+            "flag_copy_b32",
+            "argmax_f32",
         ]
     );
     for (l, kinds) in launches.iter() {

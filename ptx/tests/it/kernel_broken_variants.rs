@@ -53,7 +53,7 @@ fn rms_norm_without_bar_sync_is_a_shared_race() {
     let x = rng.matrix(2, 300, 1.0);
     let w = weight("norm", DType::F32, vec![300], &rng.vec(300, 1.0));
     // Through the Backend trait: EngineError::Backend naming the backend and the race.
-    match be.rms_norm(&x, &w, 1e-6) {
+    match be.down(be.rms_norm(&be.up(&x), &w, 1e-6)) {
         Err(EngineError::Backend { backend, source }) => {
             let message = source.to_string();
             assert_eq!(backend, "ptx-interp");
@@ -164,7 +164,8 @@ fn silu_mul_off_by_one_bound_is_out_of_bounds() {
         "setp.gt.u32 %p1, %r5, %r1;",
     );
     let g = Tensor::matrix(3, 100, vec![0.5; 300]).expect("t");
-    match be.silu_mul(&g, &g) {
+    let gd = be.up(&g);
+    match be.down(be.silu_mul(&gd, &gd)) {
         Err(EngineError::Backend { source, .. }) => {
             let message = source.to_string();
             assert!(
@@ -214,14 +215,15 @@ fn linear_off_by_one_k_loop_is_caught() {
             vec![n, k],
             &rng.vec(n * k, 1.0),
         );
-        match be.linear(&x, &w) {
+        match be.down(be.linear(&be.up(&x), &w)) {
             Err(EngineError::Backend { source, .. }) => {
                 let message = source.to_string();
                 assert!(message.contains("out-of-bounds"), "{message}")
             }
             Err(e) => panic!("unexpected error {e}"),
             Ok(got) => {
-                let want = CpuBackend::new().linear(&x, &w).expect("cpu");
+                let cpu = CpuBackend::new();
+                let want = cpu.down(cpu.linear(&cpu.up(&x), &w)).expect("cpu");
                 let (d, _) = max_abs_diff(got.data(), want.data());
                 assert!(d > 1e-3, "off-by-one k loop not caught (max |d| {d})");
             }
@@ -258,7 +260,8 @@ fn malformed_ptx_and_bad_launch_are_typed_errors() {
         "setp.ge.u32 %p1, %r5 %r1 frobnicate;",
     );
     let g = Tensor::matrix(1, 4, vec![1.0; 4]).expect("t");
-    match be.silu_mul(&g, &g) {
+    let gd = be.up(&g);
+    match be.down(be.silu_mul(&gd, &gd)) {
         Err(EngineError::Backend { backend, source }) => {
             let message = source.to_string();
             assert_eq!(backend, "ptx-interp");

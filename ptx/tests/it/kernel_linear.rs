@@ -36,8 +36,10 @@ fn check_linear(dtype: DType, seed: u64) {
         let x = rng.matrix(m, k, 1.0);
         let wv = rng.vec(n * k, 0.5);
         let w = weight(&format!("w{m}x{n}x{k}"), dtype, vec![n, k], &wv);
-        let got = gpu.linear(&x, &w).expect("interp linear");
-        let want = cpu.linear(&x, &w).expect("cpu linear");
+        let got = gpu
+            .down(gpu.linear(&gpu.up(&x), &w))
+            .expect("interp linear");
+        let want = cpu.down(cpu.linear(&cpu.up(&x), &w)).expect("cpu linear");
         assert_eq!(got.shape(), want.shape());
         let wf = w.to_f32_vec();
         for r in 0..m {
@@ -53,7 +55,9 @@ fn check_linear(dtype: DType, seed: u64) {
         }
         // Batch invariance: row r alone gives bitwise the same result as inside the batch.
         let last = x.slice_rows(m - 1, m);
-        let alone = gpu.linear(&last, &w).expect("interp linear, one row");
+        let alone = gpu
+            .down(gpu.linear(&gpu.up(&last), &w))
+            .expect("interp linear, one row");
         assert_bits("batch invariance", alone.data(), got.row(m - 1));
     }
 }
@@ -88,8 +92,8 @@ fn embedding_matches_cpu_bit_exact() {
                 &rng.vec(vocab * hidden, 2.0),
             );
             let ids: Vec<u32> = (0..11).map(|_| rng.below(vocab as u32)).collect();
-            let got = gpu.embedding(&t, &ids).expect("interp embedding");
-            let want = cpu.embedding(&t, &ids).expect("cpu embedding");
+            let got = gpu.down(gpu.embedding(&t, &ids)).expect("interp embedding");
+            let want = cpu.down(cpu.embedding(&t, &ids)).expect("cpu embedding");
             assert_eq!(got.shape(), want.shape());
             assert_bits(
                 &format!("embedding {dtype:?} {vocab}x{hidden}"),

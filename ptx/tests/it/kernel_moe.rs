@@ -85,6 +85,8 @@ fn pipeline(dtype: DType, seed: u64) {
             Arg::Buf(&idb),
             u(entries),
             u(EXPERTS),
+            Arg::Null,
+            u(0),
         ],
     )
     .expect("moe_sort");
@@ -172,7 +174,9 @@ fn pipeline(dtype: DType, seed: u64) {
             vec![OUT, HIDDEN],
             &wv[e * OUT * HIDDEN..(e + 1) * OUT * HIDDEN],
         );
-        let want = gpu.linear(&seg, &we).expect("linear per expert");
+        let want = gpu
+            .down(gpu.linear(&gpu.up(&seg), &we))
+            .expect("linear per expert");
         assert_bits(
             &format!("grouped_linear {dtype:?} expert {e}"),
             &yv[a * OUT..b * OUT],
@@ -195,6 +199,8 @@ fn pipeline(dtype: DType, seed: u64) {
             u(TOKENS),
             u(OUT),
             u(TOP_K),
+            Arg::Null,
+            Arg::Null,
         ],
     )
     .expect("moe_combine");

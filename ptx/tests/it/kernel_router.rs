@@ -8,6 +8,7 @@ use crate::common::*;
 use troupe_engine::backend::{Backend, RouterRule};
 use troupe_engine::graph::spec::{Scoring, TopkMethod};
 use troupe_engine::kernels::CpuBackend;
+use troupe_engine::weights::Weight;
 
 /// Weights: softmax uses `ex2.approx` (<= 2 ulp) and a lane-strided sum over E experts vs libm
 /// `exp` and a serial sum (each order within E * u relative), then the same normalisation and
@@ -21,12 +22,17 @@ fn check(rule: RouterRule, n: usize, with_bias: bool, seed: u64) {
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(seed);
     let logits = rng.matrix(n, rule.n_experts, 3.0);
-    let bias = with_bias.then(|| rng.vec(rule.n_experts, 0.1));
+    let bias = with_bias.then(|| {
+        let v = rng.vec(rule.n_experts, 0.1);
+        Weight::from_f32(&format!("bias{seed}"), vec![rule.n_experts], &v)
+    });
     let got = gpu
-        .route(&logits, &rule, bias.as_deref())
+        .route(&gpu.up(&logits), &rule, bias.as_ref())
+        .and_then(|r| gpu.routing_to_host(&r))
         .expect("interp route");
     let want = cpu
-        .route(&logits, &rule, bias.as_deref())
+        .route(&cpu.up(&logits), &rule, bias.as_ref())
+        .and_then(|r| cpu.routing_to_host(&r))
         .expect("cpu route");
     assert_eq!(
         got.ids, want.ids,

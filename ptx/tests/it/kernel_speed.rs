@@ -17,19 +17,22 @@ fn run(race_check: bool) {
     // A prefill-sized linear (m 32, n 512, k 256) and an attention over 64 keys.
     let x = rng.matrix(32, 256, 1.0);
     let w = weight("w", DType::BF16, vec![512, 256], &rng.vec(512 * 256, 0.5));
-    be.linear(&x, &w).expect("linear");
+    be.linear(&be.up(&x), &w).expect("linear");
     let q = rng.matrix(64, 4 * 64, 1.0);
     let kv = rng.matrix(64, 64, 1.0);
     let p = AttentionParams {
         heads: 4,
         kv_heads: 1,
-        qk_dim: 64,
+        d1: 64,
+        d2: 0,
         v_dim: 64,
         scale: 0.125,
         q_start: 0,
         sliding_window: None,
     };
-    be.attention(&q, &kv, &kv, &p).expect("attention");
+    let kv = be.up(&kv);
+    be.attention(&be.up(&q), None, &kv, None, &kv, &p)
+        .expect("attention");
     let gemm_dev = InterpDevice::new(InterpOptions {
         race_check,
         ..InterpOptions::default()

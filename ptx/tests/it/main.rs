@@ -1,12 +1,15 @@
 //! troupe-ptx's integration tests, one binary: one module per area (the constructors and the CUDA
-//! path without a driver, typed errors across the `Backend` trait, launch parameters, every kernel
-//! through the `Backend` trait on the interpreter, broken kernel variants, end-to-end fixtures),
+//! path without a driver, typed errors across the `Backend` trait, launch parameters, the
+//! device-resident ops and the transfer/launch budgets of a decode step, every kernel through the
+//! `Backend` trait on the interpreter, broken kernel variants, end-to-end fixtures),
 //! with the shared helpers in `common`. The interpreter's own tests live in `ptx/interp/tests/it/`.
 
 mod common;
 
+mod backend_budget;
 mod backend_constructors;
 mod backend_errors;
+mod backend_ops;
 mod backend_params;
 mod kernel_attention;
 mod kernel_broken_variants;

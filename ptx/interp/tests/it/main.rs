@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod backend_kernels;
 mod basic;
 mod control;
 mod convert;

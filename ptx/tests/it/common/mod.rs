@@ -1,13 +1,14 @@
 //! Shared helpers of troupe-ptx's tests: the paths of the kernel sources and the HF fixtures, the
-//! interpreter backend with the race detector on, a deterministic random source, and comparison
-//! helpers that report the worst element. `gemm` is the host side of the tensor-core GEMM tests.
+//! interpreter backend with the race detector on, `OnHost` (host tensors in and out of any
+//! backend's device handles), a deterministic random source, and comparison helpers that report
+//! the worst element. `gemm` is the host side of the tensor-core GEMM tests.
 
 pub mod gemm;
 
 use std::path::PathBuf;
 
 use troupe_engine::weights::Weight;
-use troupe_engine::Tensor;
+use troupe_engine::{Backend, DeviceTensor, Tensor};
 use troupe_ptx::{GpuBackend, InterpDevice, InterpOptions};
 
 /// `ptx/kernels/`, the PTX sources the library embeds.
@@ -29,6 +30,20 @@ pub fn interp() -> GpuBackend<InterpDevice> {
         ..InterpOptions::default()
     }))
 }
+
+/// Host tensors in and out of a backend's handles, for tests that compare ops across backends.
+pub trait OnHost: Backend {
+    /// `t` uploaded (panics on failure: test input).
+    fn up(&self, t: &Tensor) -> DeviceTensor {
+        self.upload(t).expect("upload")
+    }
+    /// The result of an op, downloaded (errors pass through).
+    fn down(&self, r: troupe_engine::Result<DeviceTensor>) -> troupe_engine::Result<Tensor> {
+        r.and_then(|t| self.download(&t))
+    }
+}
+
+impl<B: Backend + ?Sized> OnHost for B {}
 
 /// xorshift64*: deterministic test data without a dependency.
 pub struct Rng(u64);
