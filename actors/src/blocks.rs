@@ -187,4 +187,3 @@ pub(crate) fn build_blocks(
         names,
     }
 }
-

@@ -10,17 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::generate::{GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::model::{KvConfig, KvPool, Model};
 use troupe_engine::{Backend, DeviceId, Tensor};
 
 use crate::actors::BlockCtx;
 use crate::backend_factory::BackendFactory;
-use crate::blocks::{build_blocks, kv_pools, Blocks};
 use crate::batch::SeqCaches;
 use crate::batcher::Batcher;
+use crate::blocks::{build_blocks, kv_pools, Blocks};
 use crate::error::{ActorError, Result};
 use crate::fault::{FaultKind, FaultPlan, FaultTrigger};
 use crate::link::Link;
@@ -145,13 +145,7 @@ impl Core {
             tracer: tracer.clone(),
         };
         let blocks = build_blocks(
-            &model,
-            &placement,
-            &link,
-            &kv_pools,
-            &locations,
-            &triggers,
-            &ctx,
+            &model, &placement, &link, &kv_pools, &locations, &triggers, &ctx,
         );
         let mut actor_names: Vec<String> = (0..placement.stages.len())
             .map(|s| format!("stage{s}"))

@@ -47,15 +47,25 @@ pub fn move_tensor(t: &DeviceTensor, from: &dyn Backend, to: &dyn Backend) -> Re
     to.upload(&from.download(t)?)
 }
 
-/// Expert outputs (made by `from`) as `ExpertRows` `to` can combine; a device's own index data
-/// does not survive the move (the rows keep their order: by expert id, then row).
-pub fn move_expert_rows(r: &ExpertRows, from: &dyn Backend, to: &dyn Backend) -> Result<ExpertRows> {
+/// Expert outputs (made by `from`) as `ExpertRows` `to` can combine. Moved, they are the
+/// `entries` (expert, routed row) rows in their order (by expert id, then row), nothing more: a
+/// device may keep more rows behind them (padding) and its own index data, which do not move.
+pub fn move_expert_rows(
+    r: &ExpertRows,
+    entries: usize,
+    from: &dyn Backend,
+    to: &dyn Backend,
+) -> Result<ExpertRows> {
     if r.rows.location() == to.location() {
         return Ok(r.clone());
     }
+    let rows = match r.rows.rows() == entries {
+        true => r.rows.clone(),
+        false => from.slice_rows(&r.rows, 0, entries)?,
+    };
     Ok(ExpertRows {
         experts: r.experts.clone(),
-        rows: move_tensor(&r.rows, from, to)?,
+        rows: move_tensor(&rows, from, to)?,
         index: None,
     })
 }

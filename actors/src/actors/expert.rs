@@ -66,7 +66,10 @@ impl Block for ExpertGroupBlock {
         }
         let (model, l, mine) = (self.model.clone(), self.layer, self.experts.clone());
         let GroupJob {
-            experts, x, routing, ..
+            experts,
+            x,
+            routing,
+            ..
         } = job;
         let rows = ctx
             .stream

@@ -86,7 +86,11 @@ impl Block for RouterBlock {
         }
         let own = ctx.stream.backend();
         let shared = self.shared.as_ref().map(|tx| {
-            let (tx, hn, meta) = (tx.clone(), Owned::new(d.hn.clone(), own.clone()), meta.clone());
+            let (tx, hn, meta) = (
+                tx.clone(),
+                Owned::new(d.hn.clone(), own.clone()),
+                meta.clone(),
+            );
             tokio::spawn(async move { call(&tx, hn, meta).await })
         });
         let Dispatch {
@@ -111,12 +115,21 @@ impl Block for RouterBlock {
         let mut tags = ctx.tags("combine", meta, l);
         tags.flows_in = gathered.flows_in;
         let outs = gathered.outs;
+        // Rows routed to each expert: how many rows of a group's results are entries.
+        let counts: Vec<usize> = plan.rows.iter().map(Vec::len).collect();
         let out = ctx
             .stream
             .run_at(tags, gathered.ready_at, move |be| {
                 let parts = outs
                     .iter()
-                    .map(|(rows, on)| move_expert_rows(rows, &**on, be))
+                    .map(|(rows, on)| {
+                        let entries = rows
+                            .experts
+                            .iter()
+                            .map(|&e| counts.get(e as usize).copied().unwrap_or(0))
+                            .sum();
+                        move_expert_rows(rows, entries, &**on, be)
+                    })
                     .collect::<troupe_engine::Result<Vec<_>>>()?;
                 let shared = shared_out.map(|s| s.to(be)).transpose()?;
                 let layer = &model.layers[l];
@@ -181,7 +194,10 @@ impl RouterBlock {
                             x: be.gather_rows(&hn, &idx)?,
                             routing: GroupRouting::Host {
                                 routing: Arc::new(Routing {
-                                    ids: rows.iter().map(|&r| host_routing.ids[r].clone()).collect(),
+                                    ids: rows
+                                        .iter()
+                                        .map(|&r| host_routing.ids[r].clone())
+                                        .collect(),
                                     weights: rows
                                         .iter()
                                         .map(|&r| host_routing.weights[r].clone())
