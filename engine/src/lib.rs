@@ -1,8 +1,9 @@
 //! troupe-engine: the engine core — tensors, graph files and IR, CPU kernels, checkpoint loading,
 //! tokenizer, and the sequential reference executor every other executor is checked against.
 //!
-//! Start at [`backend::Backend`] (the op set), [`graph::spec::ModelSpec`] (what a model is),
-//! [`model::Model`] (a loaded model as typed layers) and [`executor::ReferenceExecutor`].
+//! Start at [`backend::Backend`] (the op set over handles a backend owns, [`device_tensor`]),
+//! [`graph::spec::ModelSpec`] (what a model is), [`model::Model`] (a loaded model as typed
+//! layers), [`model::kv`] (the paged KV cache) and [`executor::ReferenceExecutor`].
 
 pub mod backend;
 pub mod device;

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use crate::graph::ir::{NodeKind, Plan};
 use crate::graph::spec::{AttentionSpec, ModelSpec};
+use crate::model::KvConfig;
 
 /// What a run will hold at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +31,8 @@ pub struct RunShape {
 pub struct MemoryNeed {
     /// Every weight tensor (random weights are allocated; checkpoint tensors are mmap'd and read).
     pub weights: u64,
-    /// The f32 KV caches of all sequences at full length (latent + rope key for MLA).
+    /// The f32 KV cache pages all sequences hold at full length (latent + rope key for MLA;
+    /// whole pages, at most the pool capacity).
     pub kv_cache: u64,
     /// Activations, logits, attention scores, random-weight generation buffers, runtime overhead.
     pub activations: u64,
@@ -40,14 +42,24 @@ pub struct MemoryNeed {
 const RUNTIME_BYTES: u64 = 64 << 20;
 
 impl MemoryNeed {
-    /// The bytes `spec` needs for `shape`; `random` when the weights are generated.
+    /// The bytes `spec` needs for `shape` with the default KV pools; `random` when the weights
+    /// are generated.
     pub fn of(spec: &ModelSpec, random: bool, shape: &RunShape) -> MemoryNeed {
+        MemoryNeed::with_kv(spec, random, shape, &KvConfig::default_for(spec))
+    }
+
+    /// As [`MemoryNeed::of`] with the KV pools configured as `kv`: each sequence holds whole
+    /// pages of `kv.page_tokens` positions, and a layer's pool never holds more than
+    /// `kv.capacity_pages` pages.
+    pub fn with_kv(spec: &ModelSpec, random: bool, shape: &RunShape, kv: &KvConfig) -> MemoryNeed {
         let weights = WeightCount::of(spec);
         let elem = spec.dtype.size() as u128;
         let layers = spec.num_hidden_layers as u128;
         let tokens = shape.tokens_per_sequence.max(1) as u128;
         let seqs = shape.sequences.max(1) as u128;
-        let kv_cache = mul(&[4, kv_values_per_token_layer(spec), layers, tokens, seqs]);
+        let page = kv.page_tokens.max(1) as u128;
+        let pages = mul(&[tokens.div_ceil(page), seqs]).min(kv.capacity_pages as u128);
+        let kv_cache = mul(&[4, kv_values_per_token_layer(spec), layers, pages, page]);
         // Per token: the logits row, a few hidden-wide and FFN-wide buffers; per sequence one
         // score matrix of one head (T × T); generation: parallel f32 + 16-bit copies of the
         // largest tensor.
@@ -379,6 +391,35 @@ mod tests {
         assert_eq!(Bytes(23_000_000_000).to_string(), "23 GB");
         assert_eq!(Bytes(1_340_000_000_000).to_string(), "1.3 TB");
         assert_eq!(Bytes(u64::MAX).to_string(), "18 EB");
+    }
+
+    #[test]
+    fn kv_bytes_count_whole_pages_up_to_the_pool_capacity() {
+        let spec = crate::graph::file::LoadedGraph::open(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../graphs/ds-v3-mini.toml"),
+        )
+        .unwrap()
+        .spec;
+        let shape = |sequences, tokens_per_sequence| RunShape {
+            sequences,
+            tokens_per_sequence,
+            threads: 1,
+        };
+        let row = 4 * kv_values_per_token_layer(&spec) as u64 * spec.num_hidden_layers as u64;
+        let kv = |pages, cap, s: &RunShape| {
+            let config = KvConfig {
+                page_tokens: pages,
+                capacity_pages: cap,
+            };
+            MemoryNeed::with_kv(&spec, false, s, &config).kv_cache
+        };
+        assert_eq!(kv(64, 1000, &shape(3, 65)), 3 * 2 * 64 * row);
+        assert_eq!(kv(1, 1000, &shape(3, 65)), 3 * 65 * row);
+        assert_eq!(kv(64, 4, &shape(3, 65)), 4 * 64 * row);
+        assert_eq!(
+            MemoryNeed::of(&spec, false, &shape(2, 100)).kv_cache,
+            2 * 128 * row
+        );
     }
 
     #[test]

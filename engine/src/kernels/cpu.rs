@@ -13,7 +13,9 @@ use crate::device_tensor::{
 };
 use crate::error::{EngineError, PassSite, Result};
 use crate::kernels::kv_pages::HostKvPages;
-use crate::kernels::{activation, attention, columns, linear, moe, norm, rope, router};
+use crate::kernels::{
+    activation, attention, columns, linear, moe, norm, paged_attention, rope, router,
+};
 use crate::tensor::Tensor;
 use crate::tokenizer::check_token_ids;
 use crate::weights::Weight;
@@ -292,15 +294,10 @@ impl Backend for CpuBackend {
         let op = "paged_attention";
         let pages = host_pages(store, op)?;
         let q_rope = q_rope.map(|t| host(t, op)).transpose()?;
-        crate::kernels::cpu_attention_shim::paged_attention(
-            host(q, op)?,
-            q_rope,
-            pages,
-            table,
-            len,
-            p,
-        )
-        .map(wrap)
+        let guards = pages.lock_pages(op, table, len)?;
+        let views: Vec<&[f32]> = guards.iter().map(|g| &g[..]).collect();
+        paged_attention::paged_attention(host(q, op)?, q_rope, &views, &pages.layout(), len, p)
+            .map(wrap)
     }
     fn route(
         &self,

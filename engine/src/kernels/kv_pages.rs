@@ -24,18 +24,45 @@ fn kv_err(op: &str, m: impl Into<String>) -> EngineError {
 }
 
 impl HostKvPages {
-    /// Storage for `capacity` pages (none allocated yet).
+    /// Storage for `capacity` pages (none allocated yet; `OutOfMemory` when even the page
+    /// directory does not fit).
     pub fn new(layout: KvLayout, capacity: usize) -> Result<HostKvPages> {
-        if !layout.page_tokens.is_power_of_two() || layout.row_width() == 0 {
+        let page_values = layout.page_tokens.checked_mul(layout.row_width());
+        if !layout.page_tokens.is_power_of_two() || page_values.is_none_or(|v| v == 0) {
             return Err(kv_err(
                 "kv_store",
                 format!("{layout:?}: page_tokens must be a power of two and rows non-empty"),
             ));
         }
+        let mut pages = Vec::new();
+        pages
+            .try_reserve_exact(capacity)
+            .map_err(|_| EngineError::OutOfMemory {
+                what: format!("a KV store directory of {capacity} pages"),
+                bytes: (capacity as u64).saturating_mul(std::mem::size_of::<PageSlot>() as u64),
+            })?;
+        pages.extend((0..capacity).map(|_| OnceLock::new()));
         Ok(HostKvPages {
             layout,
-            pages: (0..capacity).map(|_| OnceLock::new()).collect(),
+            pages: pages.into_boxed_slice(),
         })
+    }
+
+    /// Page `id`, allocated (zeroed) on first use; `OutOfMemory` when the allocation fails.
+    fn page_for_write(&self, id: u32) -> Result<&RwLock<Box<[f32]>>> {
+        let slot = self.page("kv_write", id)?;
+        if let Some(p) = slot.get() {
+            return Ok(p);
+        }
+        let n = self.layout.page_tokens * self.layout.row_width();
+        let mut data: Vec<f32> = Vec::new();
+        data.try_reserve_exact(n)
+            .map_err(|_| EngineError::OutOfMemory {
+                what: format!("a KV cache page of {n} values"),
+                bytes: 4 * n as u64,
+            })?;
+        data.resize(n, 0.0);
+        Ok(slot.get_or_init(|| RwLock::new(data.into_boxed_slice())))
     }
 
     /// The entry of page `id` (an error when outside the capacity).
@@ -92,9 +119,7 @@ impl HostKvPages {
                     format!("position {pos} has no page in the table"),
                 )
             })?;
-            let page = self
-                .page("kv_write", id)?
-                .get_or_init(|| RwLock::new(vec![0.0f32; pt * row_w].into_boxed_slice()));
+            let page = self.page_for_write(id)?;
             let mut data = page.write().unwrap_or_else(|p| p.into_inner());
             let end = (start + t).min((page_no + 1) * pt);
             for p in pos..end {

@@ -3,14 +3,21 @@
 
 pub mod activation;
 pub mod attention;
+mod attention_core;
+pub mod attention_cost;
+mod attention_simd;
+#[cfg(test)]
+mod attention_tests;
 pub mod columns;
 pub mod cpu;
-mod cpu_attention_shim;
+#[cfg(test)]
+mod cpu_tests;
 pub mod dot;
 pub mod kv_pages;
 pub mod linear;
 pub mod moe;
 pub mod norm;
+pub mod paged_attention;
 pub mod rope;
 pub mod router;
 

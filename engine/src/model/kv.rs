@@ -1,17 +1,20 @@
 //! The paged KV cache. Each layer has a **pool**: the page storage a backend gives
-//! (`Backend::kv_store`) plus the engine's free list of page ids. A sequence's cache of one layer
-//! (`LayerCache`) is a **block table** — the ids of its pages in position order (page `i` holds
-//! positions `i·page_tokens ..`), with an `id` and a `generation` that changes whenever an entry
-//! other than a new last one changes — and the number of positions written.
+//! (`Backend::kv_store`) and a `PageAllocator` (the free list of page ids). Pools built together
+//! (`KvPools::new`) share one allocator, so page id `p` names page `p` of every layer's store and
+//! a sequence has **one block table for all its layers** — the ids of its pages in position order
+//! (page `i` holds positions `i·page_tokens ..`), with an `id` and a `generation` that changes
+//! whenever an entry other than a new last one changes. A device keeping a copy of the table
+//! therefore uploads one new entry when a sequence opens a page, whatever the number of layers.
+//! Each layer's `LayerCache` holds the table (shared) and the number of positions it has written.
 //!
 //! Invariants: a page belongs to at most one table; appending positions only adds pages at the
-//! end of a table and never moves or copies a cached row; `truncate(len)` returns every page
-//! wholly past `len` to the pool; dropping a `LayerCache` returns all its pages; a sequence that
-//! needs a page when its pool has none gets `EngineError::KvCacheFull` and nothing else changes
-//! (other sequences keep their pages and go on).
+//! end of a table and never moves or copies a cached row; truncating to `len` returns every page
+//! wholly past `len` to the allocator once no layer of the table needs it; dropping a sequence's
+//! caches returns all its pages; a sequence that needs a page when the allocator has none gets
+//! `EngineError::KvCacheFull` and nothing else changes (other sequences keep their pages).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::Backend;
 use crate::device_tensor::{BlockTableRef, KvLayout, KvStore};
@@ -24,13 +27,17 @@ pub const DEFAULT_PAGE_TOKENS: usize = 64;
 pub const DEFAULT_FULL_LENGTH_SEQUENCES: usize = 8;
 /// The default pool capacity is at least this many pages.
 pub const MIN_DEFAULT_PAGES: usize = 1024;
+/// The largest page (positions) a configuration may ask for.
+pub const MAX_PAGE_TOKENS: usize = 1 << 20;
 
 /// The pool configuration of every layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvConfig {
     /// Positions per page (a power of two).
     pub page_tokens: usize,
-    /// Pages per layer pool (a cap: the CPU store allocates a page on its first write).
+    /// Page ids of the allocator the layers share: each layer's store holds this many pages and
+    /// a sequence's page `p` serves every layer (a cap: the CPU store allocates a page on its
+    /// first write).
     pub capacity_pages: usize,
 }
 
@@ -43,19 +50,27 @@ impl KvConfig {
             page_tokens,
             capacity_pages: per_seq
                 .saturating_mul(DEFAULT_FULL_LENGTH_SEQUENCES)
-                .max(MIN_DEFAULT_PAGES),
+                .clamp(MIN_DEFAULT_PAGES, u32::MAX as usize),
         }
     }
     /// The default: `DEFAULT_PAGE_TOKENS` per page.
     pub fn default_for(spec: &ModelSpec) -> KvConfig {
         KvConfig::for_spec(spec, DEFAULT_PAGE_TOKENS)
     }
-    /// Errors unless `page_tokens` is a power of two and the capacity is not zero.
+    /// Errors unless `page_tokens` is a power of two up to `MAX_PAGE_TOKENS` and the capacity
+    /// is positive and fits u32 page ids.
     pub fn validate(&self) -> Result<()> {
-        if !self.page_tokens.is_power_of_two() || self.capacity_pages == 0 {
+        if !self.page_tokens.is_power_of_two()
+            || self.page_tokens > MAX_PAGE_TOKENS
+            || self.capacity_pages == 0
+            || self.capacity_pages > u32::MAX as usize
+        {
             return Err(EngineError::Invalid(format!(
-                "KV cache: page_tokens {} must be a power of two and capacity_pages {} positive",
-                self.page_tokens, self.capacity_pages
+                "KV cache: page_tokens {} must be a power of two up to {MAX_PAGE_TOKENS}, and \
+                 capacity_pages {} between 1 and {}",
+                self.page_tokens,
+                self.capacity_pages,
+                u32::MAX
             )));
         }
         Ok(())
@@ -71,30 +86,29 @@ struct FreeList {
     in_use: usize,
 }
 
-/// One layer's pool: a backend's page storage and the free list.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The free list of page ids `0..capacity`, shared by the pools built together.
 #[derive(Debug)]
-pub struct KvPool {
-    layer: usize,
-    store: KvStore,
+pub struct PageAllocator {
+    capacity: usize,
+    page_tokens: usize,
     free: Mutex<FreeList>,
 }
 
-impl KvPool {
-    /// A pool of `capacity` pages of `layout` on `be`, for decoder layer `layer`.
-    pub fn new(
-        be: &dyn Backend,
-        layer: usize,
-        layout: KvLayout,
-        capacity: usize,
-    ) -> Result<Arc<KvPool>> {
-        if capacity > u32::MAX as usize {
-            return Err(EngineError::Invalid(format!(
-                "KV cache: {capacity} pages exceed the u32 page ids"
-            )));
+impl PageAllocator {
+    /// `capacity` pages of `page_tokens` positions (a power of two).
+    pub fn new(capacity: usize, page_tokens: usize) -> Result<Arc<PageAllocator>> {
+        KvConfig {
+            page_tokens,
+            capacity_pages: capacity,
         }
-        Ok(Arc::new(KvPool {
-            layer,
-            store: be.kv_store(layout, capacity)?,
+        .validate()?;
+        Ok(Arc::new(PageAllocator {
+            capacity,
+            page_tokens,
             free: Mutex::new(FreeList {
                 returned: Vec::new(),
                 fresh: 0,
@@ -102,31 +116,21 @@ impl KvPool {
             }),
         }))
     }
-    pub fn layer(&self) -> usize {
-        self.layer
-    }
-    pub fn store(&self) -> &KvStore {
-        &self.store
-    }
-    pub fn layout(&self) -> KvLayout {
-        self.store.layout
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
     /// Pages currently owned by sequences.
     pub fn pages_in_use(&self) -> usize {
-        self.lock().in_use
+        lock(&self.free).in_use
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, FreeList> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// `n` pages, or `KvCacheFull` (taking none) when fewer are free.
-    fn take(&self, n: usize) -> Result<Vec<u32>> {
-        let mut f = self.lock();
-        let capacity = self.store.capacity;
-        if f.returned.len() + (capacity - f.fresh) < n {
+    /// `n` pages, or `KvCacheFull` naming `layer` (taking none) when fewer are free.
+    fn take(&self, layer: usize, n: usize) -> Result<Vec<u32>> {
+        let mut f = lock(&self.free);
+        if f.returned.len() + (self.capacity - f.fresh) < n {
             return Err(EngineError::KvCacheFull {
-                layer: self.layer,
-                capacity_pages: capacity,
-                page_tokens: self.store.layout.page_tokens,
+                layer,
+                capacity_pages: self.capacity,
+                page_tokens: self.page_tokens,
             });
         }
         let mut out = Vec::with_capacity(n);
@@ -143,9 +147,67 @@ impl KvPool {
         Ok(out)
     }
     fn give_back(&self, pages: &[u32]) {
-        let mut f = self.lock();
+        let mut f = lock(&self.free);
         f.in_use -= pages.len();
         f.returned.extend(pages.iter().rev());
+    }
+}
+
+/// One layer's pool: a backend's page storage and the allocator of its page ids.
+#[derive(Debug)]
+pub struct KvPool {
+    layer: usize,
+    store: KvStore,
+    alloc: Arc<PageAllocator>,
+}
+
+impl KvPool {
+    /// A pool of `capacity` pages of `layout` on `be` for decoder layer `layer`, with its own
+    /// allocator (its sequences' tables are this layer's alone).
+    pub fn new(
+        be: &dyn Backend,
+        layer: usize,
+        layout: KvLayout,
+        capacity: usize,
+    ) -> Result<Arc<KvPool>> {
+        let alloc = PageAllocator::new(capacity, layout.page_tokens)?;
+        KvPool::sharing(be, layer, layout, alloc)
+    }
+    /// A pool on `be` whose page ids come from `alloc` (shared with other layers' pools, so a
+    /// sequence's table serves all of them); the store holds `alloc.capacity()` pages.
+    pub fn sharing(
+        be: &dyn Backend,
+        layer: usize,
+        layout: KvLayout,
+        alloc: Arc<PageAllocator>,
+    ) -> Result<Arc<KvPool>> {
+        if layout.page_tokens != alloc.page_tokens {
+            return Err(EngineError::Invalid(format!(
+                "KV cache layer {layer}: {}-position pages in an allocator of {}-position pages",
+                layout.page_tokens, alloc.page_tokens
+            )));
+        }
+        Ok(Arc::new(KvPool {
+            layer,
+            store: be.kv_store(layout, alloc.capacity)?,
+            alloc,
+        }))
+    }
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+    pub fn layout(&self) -> KvLayout {
+        self.store.layout
+    }
+    pub fn allocator(&self) -> &Arc<PageAllocator> {
+        &self.alloc
+    }
+    /// Pages currently owned by sequences (of every pool sharing this one's allocator).
+    pub fn pages_in_use(&self) -> usize {
+        self.alloc.pages_in_use()
     }
 }
 
@@ -157,52 +219,136 @@ pub struct KvPools {
 }
 
 impl KvPools {
-    /// One pool per layer on `be`, laid out for each layer's attention.
+    /// One pool per layer on `be`, laid out for each layer's attention, all sharing one
+    /// allocator of `config.capacity_pages` pages (one block table per sequence).
     pub fn new(model: &super::Model, be: &dyn Backend, config: KvConfig) -> Result<KvPools> {
-        config.validate()?;
+        let alloc = PageAllocator::new(config.capacity_pages, config.page_tokens)?;
         let layers = model
             .layers
             .iter()
             .map(|l| {
                 let layout = l.attention.kv_layout(config.page_tokens);
-                KvPool::new(be, l.index, layout, config.capacity_pages)
+                KvPool::sharing(be, l.index, layout, alloc.clone())
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(KvPools { config, layers })
     }
-    /// An empty cache of one sequence (no page taken yet).
+    /// An empty cache of one sequence (no page taken yet): one table for the layers whose pools
+    /// share an allocator.
     pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache {
-            layers: self
-                .layers
-                .iter()
-                .map(|p| LayerCache::new(p.clone()))
-                .collect(),
-        }
+        let mut tables: Vec<Arc<Table>> = Vec::new();
+        let layers = self
+            .layers
+            .iter()
+            .map(|pool| {
+                let shared = tables
+                    .iter()
+                    .find(|t| Arc::ptr_eq(&t.alloc, &pool.alloc))
+                    .cloned();
+                let table = shared.unwrap_or_else(|| {
+                    let t = Table::new(pool.alloc.clone());
+                    tables.push(t.clone());
+                    t
+                });
+                LayerCache::in_table(pool.clone(), table)
+            })
+            .collect();
+        SequenceCache { layers }
     }
 }
 
-/// One sequence's cache of one layer: its block table in that layer's pool.
+/// A sequence's block table in one allocator; its pages go back when the last layer drops it.
+#[derive(Debug)]
+struct Table {
+    id: u64,
+    alloc: Arc<PageAllocator>,
+    state: Mutex<TableState>,
+}
+
+#[derive(Debug, Default)]
+struct TableState {
+    pages: Vec<u32>,
+    generation: u64,
+}
+
+impl Table {
+    fn new(alloc: Arc<PageAllocator>) -> Arc<Table> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Arc::new(Table {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            alloc,
+            state: Mutex::new(TableState::default()),
+        })
+    }
+    /// Pages for `pages` entries (`KvCacheFull` naming `layer`, the table unchanged).
+    fn grow(&self, layer: usize, pages: usize) -> Result<()> {
+        let mut s = lock(&self.state);
+        if pages > s.pages.len() {
+            let more = self.alloc.take(layer, pages - s.pages.len())?;
+            s.pages.extend(more);
+        }
+        Ok(())
+    }
+    /// Keeps the first `pages` entries and returns the others.
+    fn shrink(&self, pages: usize) {
+        let mut s = lock(&self.state);
+        if pages < s.pages.len() {
+            self.alloc.give_back(&s.pages[pages..]);
+            s.pages.truncate(pages);
+            s.generation += 1;
+        }
+    }
+    fn len(&self) -> usize {
+        lock(&self.state).pages.len()
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        let s = lock(&self.state);
+        self.alloc.give_back(&s.pages);
+    }
+}
+
+/// One sequence's cache of one layer: the sequence's block table (shared with the layers whose
+/// pools share this one's allocator) and the positions this layer has written.
 #[derive(Debug)]
 pub struct LayerCache {
     pool: Arc<KvPool>,
-    id: u64,
-    generation: u64,
-    pages: Vec<u32>,
+    table: Arc<Table>,
+    /// The table's entries and generation as this layer last saw them (what `table()` lends).
+    seen: Vec<u32>,
+    seen_generation: u64,
     len: usize,
 }
 
 impl LayerCache {
-    /// An empty table in `pool`.
+    /// An empty table of its own in `pool`.
     pub fn new(pool: Arc<KvPool>) -> LayerCache {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let table = Table::new(pool.alloc.clone());
+        LayerCache::in_table(pool, table)
+    }
+    fn in_table(pool: Arc<KvPool>, table: Arc<Table>) -> LayerCache {
         LayerCache {
             pool,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            generation: 0,
-            pages: Vec::new(),
+            table,
+            seen: Vec::new(),
+            seen_generation: 0,
             len: 0,
         }
+    }
+    /// Brings `seen` up to date with the shared table.
+    fn refresh(&mut self) {
+        let s = lock(&self.table.state);
+        if s.generation != self.seen_generation || s.pages.len() < self.seen.len() {
+            self.seen.clear();
+            self.seen_generation = s.generation;
+        }
+        let have = self.seen.len();
+        self.seen.extend_from_slice(&s.pages[have..]);
+    }
+    fn page_tokens(&self) -> usize {
+        self.pool.layout().page_tokens
     }
     /// Cached positions.
     pub fn len(&self) -> usize {
@@ -217,58 +363,49 @@ impl LayerCache {
     pub fn pool(&self) -> &Arc<KvPool> {
         &self.pool
     }
-    /// The block table as backends see it.
+    /// The block table as backends see it (as of this layer's last `reserve`/`truncate`).
     pub fn table(&self) -> BlockTableRef<'_> {
         BlockTableRef {
-            id: self.id,
-            generation: self.generation,
-            pages: &self.pages,
+            id: self.table.id,
+            generation: self.seen_generation,
+            pages: &self.seen,
         }
     }
     /// Takes pages until positions `0..len` are covered (none when they already are);
-    /// `KvCacheFull` when the pool runs out, leaving the table as it was.
+    /// `KvCacheFull` when the allocator runs out, leaving the table as it was.
     pub fn reserve(&mut self, len: usize) -> Result<()> {
-        let need = len.div_ceil(self.pool.layout().page_tokens);
-        if need > self.pages.len() {
-            let more = self.pool.take(need - self.pages.len())?;
-            self.pages.extend(more);
-        }
+        self.table
+            .grow(self.pool.layer(), len.div_ceil(self.page_tokens()))?;
+        self.refresh();
         Ok(())
     }
     /// Records that positions `0..len` are written (their pages must be reserved).
     pub fn set_len(&mut self, len: usize) -> Result<()> {
-        if len.div_ceil(self.pool.layout().page_tokens) > self.pages.len() {
+        if len.div_ceil(self.page_tokens()) > self.seen.len() {
             return Err(EngineError::internal(format!(
                 "layer {}: {len} positions written into {} pages",
                 self.pool.layer(),
-                self.pages.len()
+                self.seen.len()
             )));
         }
         self.len = len;
         Ok(())
     }
-    /// Drops cached positions `len..` and returns the pages wholly past `len` (reserved pages
-    /// up to `len` stay): rolls a cache back to before a chunk, so a re-run of that chunk gives
-    /// the same bits.
+    /// Drops cached positions `len..` (reserved pages up to `len` stay): rolls a cache back to
+    /// before a chunk, so a re-run of that chunk gives the same bits. The pages wholly past
+    /// `len` go back to the allocator when this layer is the table's only user (a table shared
+    /// by layers gives pages back through `SequenceCache::truncate`).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
-        let keep = len.div_ceil(self.pool.layout().page_tokens);
-        if keep < self.pages.len() {
-            self.pool.give_back(&self.pages[keep..]);
-            self.pages.truncate(keep);
-            self.generation += 1;
+        if Arc::strong_count(&self.table) == 1 {
+            self.table.shrink(len.div_ceil(self.page_tokens()));
         }
+        self.refresh();
     }
-    /// Bytes of the pages this table holds (f32 rows).
+    /// Bytes of the pages this layer's store holds for the table (f32 rows).
     pub fn bytes(&self) -> usize {
         let l = self.pool.layout();
-        self.pages.len() * l.page_tokens * l.row_width() * 4
-    }
-}
-
-impl Drop for LayerCache {
-    fn drop(&mut self) {
-        self.pool.give_back(&self.pages);
+        self.seen.len() * l.page_tokens * l.row_width() * 4
     }
 }
 
@@ -286,29 +423,34 @@ impl SequenceCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Bytes of the pages all layers hold.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| l.bytes()).sum()
     }
     /// Pages for positions `0..len` in every layer, or `KvCacheFull` with every table as before.
     pub fn reserve(&mut self, len: usize) -> Result<()> {
-        let before: Vec<usize> = self.layers.iter().map(|l| l.pages.len()).collect();
+        let before: Vec<usize> = self.layers.iter().map(|l| l.table.len()).collect();
         for i in 0..self.layers.len() {
             if let Err(e) = self.layers[i].reserve(len) {
                 for (l, &n) in self.layers.iter_mut().zip(&before) {
-                    if l.pages.len() > n {
-                        l.pool.give_back(&l.pages[n..]);
-                        l.pages.truncate(n);
-                    }
+                    l.table.shrink(n);
+                }
+                for l in &mut self.layers {
+                    l.refresh();
                 }
                 return Err(e);
             }
         }
         Ok(())
     }
-    /// Rolls every layer back to `len` positions.
+    /// Rolls every layer back to `len` positions and returns the pages wholly past `len`.
     pub fn truncate(&mut self, len: usize) {
         for l in &mut self.layers {
-            l.truncate(len);
+            l.len = l.len.min(len);
+            l.table.shrink(len.div_ceil(l.page_tokens()));
+        }
+        for l in &mut self.layers {
+            l.refresh();
         }
     }
 }

@@ -4,10 +4,12 @@
 
 mod checkpoint_errors;
 mod config_import;
+mod decode_ops;
 mod dot;
 mod fixtures;
 mod hf_extra;
 mod hf_reference;
+mod paged_cache;
 mod random_weights;
 mod requests;
 mod router;

@@ -1,0 +1,151 @@
+//! Timing harness (not a test: nothing is asserted) for the absorbed-MLA decode step of
+//! `paged_attention` at depth, with `graphs/ds-v3-mini.toml`'s shapes: 16 query heads sharing one
+//! cached latent row of 256 + a 32-wide rope key, pages of 64 positions, 8 layers. Prints the
+//! time per call next to the two floors it is judged against, both measured in the same run:
+//! cache bytes ÷ streaming read bandwidth and attention FLOPs ÷ peak FMA rate.
+//!
+//! Run: `cargo test --release -p troupe-engine --bench attention_decode -- --ignored --nocapture`
+//! (`ATTN_LEN` changes the depth, `RAYON_NUM_THREADS` the threads).
+
+use std::time::Instant;
+
+use troupe_engine::backend::AttentionParams;
+use troupe_engine::device_tensor::KvLayout;
+use troupe_engine::kernels::attention_cost::{
+    attention_cost, measure_fma_rate, measure_read_bandwidth,
+};
+use troupe_engine::kernels::paged_attention::paged_attention;
+use troupe_engine::Tensor;
+
+const LAYERS: usize = 8;
+
+/// CPU time of this process so far (ns, all threads; Linux), to tell a contended run: the
+/// timings are only meaningful when it is close to wall time x threads.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+const HEADS: usize = 16;
+const KV_LORA: usize = 256;
+const ROPE: usize = 32;
+const PAGE: usize = 64;
+
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "timing harness: run with --ignored --nocapture"]
+fn ds_v3_mini_decode_at_depth() {
+    let len: usize = std::env::var("ATTN_LEN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let layout = KvLayout {
+        page_tokens: PAGE,
+        key_width: KV_LORA,
+        rope_width: ROPE,
+        value_width: 0,
+    };
+    let p = AttentionParams {
+        heads: HEADS,
+        kv_heads: 1,
+        d1: KV_LORA,
+        d2: ROPE,
+        v_dim: KV_LORA,
+        scale: 1.0 / 96f32.sqrt(),
+        q_start: len - 1,
+        sliding_window: None,
+    };
+    let page_len = PAGE * layout.row_width();
+    let n_pages = len.div_ceil(PAGE);
+    // One separate page set per layer, as the model holds them (8 × 4.7 MB at len 4096).
+    let layers: Vec<Vec<Vec<f32>>> = (0..LAYERS)
+        .map(|l| {
+            (0..n_pages)
+                .map(|i| noise(page_len, (l * 1000 + i) as u64))
+                .collect()
+        })
+        .collect();
+    let refs: Vec<Vec<&[f32]>> = layers
+        .iter()
+        .map(|pages| pages.iter().map(|p| &p[..]).collect())
+        .collect();
+    let q = Tensor::matrix(1, HEADS * KV_LORA, noise(HEADS * KV_LORA, 1)).unwrap();
+    let q_rope = Tensor::matrix(1, HEADS * ROPE, noise(HEADS * ROPE, 2)).unwrap();
+    let call = |l: usize| paged_attention(&q, Some(&q_rope), &refs[l], &layout, len, &p).unwrap();
+
+    let threads = rayon::current_num_threads();
+    // Best round of `rounds` (wall time per call) and the CPU share the loop got overall.
+    let time = |rounds: usize, layers: &[usize]| {
+        for &l in layers {
+            std::hint::black_box(call(l));
+        }
+        let (cpu0, t0) = (process_cpu_ns(), Instant::now());
+        let mut best = f64::MAX;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for &l in layers {
+                std::hint::black_box(call(l));
+            }
+            best = best.min(t.elapsed().as_secs_f64() / layers.len() as f64);
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let busy = match (cpu0, process_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e9 / (wall * threads as f64),
+            _ => f64::NAN,
+        };
+        (best, busy)
+    };
+    let all: Vec<usize> = (0..LAYERS).collect();
+    let (per_call, busy) = time(20, &all);
+    let (per_call_hot, busy_hot) = time(100, &[0]);
+
+    let bw = measure_read_bandwidth();
+    let fma = measure_fma_rate();
+    let (bytes, flops) = attention_cost(&layout, len, &p);
+    let floor_read = bytes as f64 / (bw * 1e9);
+    let floor_fma = flops as f64 / (fma * 1e9);
+    let floor = floor_read.max(floor_fma);
+    println!("paged_attention, ds-v3-mini decode, len {len}, page {PAGE}, threads {threads}");
+    println!(
+        "  measured: read bandwidth {bw:.2} GB/s, FMA rate {fma:.1} GFLOP/s; per call {:.2} MB, {:.1} MFLOP",
+        bytes as f64 / 1e6,
+        flops as f64 / 1e6
+    );
+    for (name, t, busy) in [
+        ("8 layers round-robin", per_call, busy),
+        ("1 layer, cache-hot", per_call_hot, busy_hot),
+    ] {
+        println!(
+            "  {name} (best round; the loop had {:.0}% of {threads} cores): {:.1} us/call = {:.2} ms per token of {LAYERS} layers; {:.2} GB/s ({:.0}% of read bw), {:.1} GFLOP/s ({:.0}% of FMA rate); {:.2}x the floor",
+            100.0 * busy,
+            t * 1e6,
+            t * LAYERS as f64 * 1e3,
+            bytes as f64 / t / 1e9,
+            100.0 * bytes as f64 / t / 1e9 / bw,
+            flops as f64 / t / 1e9,
+            100.0 * flops as f64 / t / 1e9 / fma,
+            t / floor
+        );
+    }
+    println!(
+        "  floors per call: read {:.1} us, FMA {:.1} us (per token x{LAYERS}: {:.2} ms, {:.2} ms)",
+        floor_read * 1e6,
+        floor_fma * 1e6,
+        floor_read * LAYERS as f64 * 1e3,
+        floor_fma * LAYERS as f64 * 1e3
+    );
+}

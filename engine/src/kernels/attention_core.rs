@@ -1,0 +1,371 @@
+//! The one causal-attention algorithm behind `attention` (keys in tensors) and `paged_attention`
+//! (keys read in place from cache pages): both hand it a `KeyRows` and get the same bits for the
+//! same keys.
+//!
+//! Per query row (position `pos`, first visible key `first`) and kv head `g` with its `group`
+//! query heads, the visible keys are cut at absolute multiples of `CHUNK` positions. Each chunk
+//! computes, for every head, its scores, their max `m`, `p_j = exp(s_j - m)`, `l = Σ p_j` and
+//! `acc = Σ p_j · v_j` (`attention_simd` fixes each order); the chunks are then combined in
+//! ascending order with the online-softmax rescaling `M' = max(M, m)`, `a = exp(M - M')`,
+//! `b = exp(m - M')`, `L = fma(l, b, L·a)`, `O = fma(acc, b, O·a)`, and the output is `O / L`.
+//! Chunk boundaries depend only on positions, so a row's arithmetic is the same whatever the
+//! number of rows, the page size, the thread count or how the (row, kv head, chunk) tasks are
+//! spread over threads (batch invariance).
+//!
+//! Memory: a decode step reads each cached row once from memory for all heads of its kv head. The
+//! score pass prefetches rows `PREFETCH_AHEAD` positions ahead (the hardware prefetchers stop at
+//! every 4 KiB page); the value pass re-reads the chunk from L2 and meanwhile prefetches the next
+//! chunk's rows into L2, so streaming the cache overlaps the arithmetic.
+
+use rayon::prelude::*;
+
+use crate::backend::AttentionParams;
+use crate::error::{EngineError, Result};
+use crate::kernels::attention_simd::{
+    exp_scalar, exp_sum, keys_per_tile, line_range, prefetch_lines, score_tile,
+};
+use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile, VALUE_BLOCK};
+use crate::kernels::dot::simd_available;
+use crate::tensor::Tensor;
+
+/// Keys per chunk (a fixed constant: changing it changes results' rounding).
+pub(crate) const CHUNK: usize = 128;
+
+/// Keys per block of the score pass: a block stays in L1 while every head tile reads it.
+const SCORE_BLOCK: usize = 12;
+
+/// How many rows ahead of the score pass the cache rows are prefetched.
+const PREFETCH_AHEAD: usize = 24;
+
+/// Below this many multiply-adds a call runs on the calling thread (same results either way).
+const PARALLEL_WORK: usize = 1 << 16;
+
+/// Where the keys and values of one sequence live.
+pub(crate) trait KeyRows: Sync {
+    /// The first key part of position `j`, all kv heads (`kv_heads·d1`).
+    fn key(&self, j: usize) -> &[f32];
+    /// The rope key of position `j` (`d2`, shared by all kv heads).
+    fn rope(&self, j: usize) -> &[f32];
+    /// The values of position `j`, all kv heads (`kv_heads·v_dim`).
+    fn value(&self, j: usize) -> &[f32];
+}
+
+/// Checks the query shapes against `p` (the caller checks the keys).
+fn check_queries(
+    kernel: &str,
+    q: &Tensor,
+    q_rope: Option<&Tensor>,
+    p: &AttentionParams,
+) -> Result<()> {
+    let err = |m: String| EngineError::kernel(kernel, m);
+    if p.heads == 0 || p.kv_heads == 0 || p.heads % p.kv_heads != 0 {
+        return Err(err(format!("{} heads vs {} kv heads", p.heads, p.kv_heads)));
+    }
+    if p.v_dim == 0 {
+        return Err(err("v_dim is 0".into()));
+    }
+    if p.sliding_window == Some(0) {
+        return Err(err("sliding window of 0 positions".into()));
+    }
+    if q.cols() != p.heads * p.d1 {
+        return Err(err(format!(
+            "q has {} columns, expected heads {} x d1 {}",
+            q.cols(),
+            p.heads,
+            p.d1
+        )));
+    }
+    match q_rope {
+        Some(r) if r.cols() != p.heads * p.d2 || r.rows() != q.rows() => Err(err(format!(
+            "q_rope is [{}, {}], expected [{}, heads {} x d2 {}]",
+            r.rows(),
+            r.cols(),
+            q.rows(),
+            p.heads,
+            p.d2
+        ))),
+        None if p.d2 > 0 => Err(err(format!("d2 = {} but no q_rope", p.d2))),
+        _ => Ok(()),
+    }
+}
+
+/// One unit of work: query row `row`, kv head `g`, keys `lo..hi` (one chunk).
+#[derive(Clone, Copy)]
+struct Task {
+    row: usize,
+    g: usize,
+    lo: usize,
+    hi: usize,
+    /// The row's visible keys end at `end` (rows past the chunk may be prefetched).
+    end: usize,
+}
+
+/// `[tq, heads·v_dim]` attention output (AVX2 when `simd` and available). The caller has checked
+/// `keys`: every position `< q_start + tq` is readable.
+pub(crate) fn attend<R: KeyRows>(
+    kernel: &str,
+    q: &Tensor,
+    q_rope: Option<&Tensor>,
+    keys: &R,
+    p: &AttentionParams,
+    simd: bool,
+) -> Result<Tensor> {
+    check_queries(kernel, q, q_rope, p)?;
+    let simd = simd && simd_available();
+    let (tq, group) = (q.rows(), p.heads / p.kv_heads);
+    let mut tasks = Vec::new();
+    // Per query row: index of its first task and its chunk count (tasks run row, kv head, chunk).
+    let mut rows = Vec::with_capacity(tq);
+    for i in 0..tq {
+        let pos = p.q_start + i;
+        let first = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let chunks = first / CHUNK..=pos / CHUNK;
+        rows.push((tasks.len(), chunks.clone().count()));
+        for g in 0..p.kv_heads {
+            for c in chunks.clone() {
+                let (lo, hi) = ((c * CHUNK).max(first), ((c + 1) * CHUNK).min(pos + 1));
+                tasks.push(Task {
+                    row: i,
+                    g,
+                    lo,
+                    hi,
+                    end: pos + 1,
+                });
+            }
+        }
+    }
+    let part_len = group * (p.v_dim + 2);
+    let mut partials = vec![0.0f32; tasks.len() * part_len];
+    let work: usize =
+        tasks.iter().map(|t| t.hi - t.lo).sum::<usize>() * group * (p.d1 + p.d2 + p.v_dim);
+    let parallel = work >= PARALLEL_WORK && rayon::current_num_threads() > 1;
+    let run = |(t, part): (&Task, &mut [f32])| chunk_partial(q, q_rope, keys, p, *t, simd, part);
+    if parallel {
+        tasks
+            .par_iter()
+            .zip(partials.par_chunks_mut(part_len))
+            .for_each(run);
+    } else {
+        tasks
+            .iter()
+            .zip(partials.chunks_mut(part_len))
+            .for_each(run);
+    }
+    let width = p.heads * p.v_dim;
+    let mut out = vec![0.0f32; tq * width];
+    let combine = |(idx, o): (usize, &mut [f32])| {
+        let (i, g) = (idx / p.kv_heads, idx % p.kv_heads);
+        let (start, chunks) = rows[i];
+        let first = (start + g * chunks) * part_len;
+        let parts = &partials[first..first + chunks * part_len];
+        combine_chunks(parts, group, p.v_dim, o, simd);
+    };
+    let slab = group * p.v_dim;
+    if parallel {
+        out.par_chunks_mut(slab).enumerate().for_each(combine);
+    } else {
+        out.chunks_mut(slab).enumerate().for_each(combine);
+    }
+    Tensor::matrix(tq, width, out)
+}
+
+/// One chunk's partial for all heads of kv head `t.g`: `part` = `[m; group] [l; group]
+/// [acc; group × v_dim]`.
+fn chunk_partial<R: KeyRows>(
+    q: &Tensor,
+    q_rope: Option<&Tensor>,
+    keys: &R,
+    p: &AttentionParams,
+    t: Task,
+    simd: bool,
+    part: &mut [f32],
+) {
+    let (group, n) = (p.heads / p.kv_heads, t.hi - t.lo);
+    let (d1, d2, vd) = (p.d1, p.d2, p.v_dim);
+    let h0 = t.g * group;
+    let qrow = q.row(t.row);
+    let qs: Vec<&[f32]> = (0..group).map(|h| &qrow[(h0 + h) * d1..][..d1]).collect();
+    let qr: Vec<&[f32]> = match q_rope {
+        Some(r) => (0..group)
+            .map(|h| &r.row(t.row)[(h0 + h) * d2..][..d2])
+            .collect(),
+        None => vec![&[][..]; group],
+    };
+    let krows: Vec<&[f32]> = (t.lo..t.hi)
+        .map(|j| &keys.key(j)[t.g * d1..][..d1])
+        .collect();
+    let rrows: Vec<&[f32]> = (t.lo..t.hi).map(|j| &keys.rope(j)[..d2]).collect();
+    let vrows: Vec<&[f32]> = (t.lo..t.hi)
+        .map(|j| &keys.value(j)[t.g * vd..][..vd])
+        .collect();
+
+    // Scores, key blocks outer (a block stays in L1 while every head tile reads it).
+    let mut scores = vec![0.0f32; group * n];
+    let mut tile_out = [[0.0f32; 8]; 4];
+    let head_tiles = head_tiles(group);
+    let fetch = RowFetch::new(keys, p, t, head_tiles);
+    // Row `lo + r` is requested in `head_tiles` parts while the tiles of row `lo + r -
+    // PREFETCH_AHEAD` are computed. The first rows were requested during the previous chunk's
+    // value pass when it ran on this thread; otherwise now.
+    for r in 0..PREFETCH_AHEAD.min(n) {
+        (0..head_tiles).for_each(|part| fetch.part(t.lo + r, part));
+    }
+    for j0 in (0..n).step_by(SCORE_BLOCK) {
+        let j1 = (j0 + SCORE_BLOCK).min(n);
+        let mut h = 0;
+        let mut tile_index = 0;
+        while h < group {
+            let ht = head_tile(group - h);
+            let kt = keys_per_tile(ht);
+            let mut j = j0;
+            while j < j1 {
+                let k = kt.min(j1 - j);
+                for r in j..j + k {
+                    fetch.part(t.lo + r + PREFETCH_AHEAD, tile_index);
+                }
+                let tile = ScoreTile {
+                    q: &qs[h..h + ht],
+                    q_rope: &qr[h..h + ht],
+                    key: &krows[j..j + k],
+                    rope: &rrows[j..j + k],
+                };
+                score_tile(&tile, p.scale, simd, &mut tile_out);
+                for (hh, row) in tile_out.iter().enumerate().take(ht) {
+                    scores[(h + hh) * n + j..][..k].copy_from_slice(&row[..k]);
+                }
+                j += k;
+            }
+            h += ht;
+            tile_index += 1;
+        }
+    }
+    let (ml, acc) = part.split_at_mut(2 * group);
+    for (h, s) in scores.chunks_mut(n).enumerate() {
+        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        ml[h] = m;
+        ml[group + h] = exp_sum(s, m, simd);
+    }
+    let mut accs: Vec<&mut [f32]> = acc.chunks_mut(vd).collect();
+    let ps: Vec<&[f32]> = scores.chunks(n).collect();
+    // Meanwhile, the next chunk's rows come into L2 (the next task on this thread is usually
+    // that chunk), a few rows after each strip of the value pass.
+    let next_end = (t.hi + CHUNK).min(t.end);
+    let strips = vd.div_ceil(32) * n.div_ceil(VALUE_BLOCK);
+    let per_strip = (next_end.saturating_sub(t.hi)).div_ceil(strips.max(1));
+    let mut cursor = t.hi;
+    let mut between = || {
+        let to = (cursor + per_strip).min(next_end);
+        (cursor..to).for_each(|j| fetch.whole_to_l2(j));
+        cursor = to;
+    };
+    value_tile(&ps, &vrows, &mut accs, simd, &mut between);
+}
+
+/// Prefetching of the cached rows of one task's kv head (results never depend on it).
+struct RowFetch<'a, R> {
+    keys: &'a R,
+    g: usize,
+    widths: [usize; 3],
+    /// Rows at or past this position are not the sequence's.
+    end: usize,
+    /// Absorbed MLA's values are the key columns: nothing more to fetch for them.
+    values_are_keys: bool,
+    /// Line ranges of key, rope and value for each part.
+    parts: Vec<[(usize, usize); 3]>,
+}
+
+impl<'a, R: KeyRows> RowFetch<'a, R> {
+    fn new(keys: &'a R, p: &AttentionParams, t: Task, parts: usize) -> Self {
+        let widths = [p.d1, p.d2, p.v_dim];
+        let values_are_keys =
+            std::ptr::eq(keys.key(t.lo).as_ptr(), keys.value(t.lo).as_ptr()) && t.g == 0;
+        RowFetch {
+            keys,
+            g: t.g,
+            widths,
+            end: t.end,
+            values_are_keys,
+            parts: (0..parts)
+                .map(|part| widths.map(|w| line_range(w, part, parts)))
+                .collect(),
+        }
+    }
+    /// The three slices of row `j` this task reads.
+    fn slices(&self, j: usize) -> [&'a [f32]; 3] {
+        let [d1, d2, vd] = self.widths;
+        [
+            &self.keys.key(j)[self.g * d1..][..d1],
+            &self.keys.rope(j)[..d2],
+            &self.keys.value(j)[self.g * vd..][..vd],
+        ]
+    }
+    fn fetch(&self, j: usize, lines: [(usize, usize); 3], to_l2: bool) {
+        if j >= self.end {
+            return;
+        }
+        let parts = if self.values_are_keys { 2 } else { 3 };
+        for (row, l) in self.slices(j).iter().zip(lines).take(parts) {
+            prefetch_lines(row, l, to_l2);
+        }
+    }
+    /// Part `part` of row `j`, into L1.
+    fn part(&self, j: usize, part: usize) {
+        self.fetch(j, self.parts[part], false);
+    }
+    /// All of row `j`, into L2.
+    fn whole_to_l2(&self, j: usize) {
+        self.fetch(j, self.widths.map(|w| (0, w.div_ceil(16))), true);
+    }
+}
+
+/// How many head tiles `group` heads make.
+fn head_tiles(group: usize) -> usize {
+    let (mut left, mut tiles) = (group, 0);
+    while left > 0 {
+        left -= head_tile(left);
+        tiles += 1;
+    }
+    tiles
+}
+
+/// Combines the chunk partials of one (row, kv head) into `out` (`group × v_dim`).
+fn combine_chunks(parts: &[f32], group: usize, vd: usize, out: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only set when `dot::simd_available()` returned true.
+        unsafe { combine_fma(parts, group, vd, out) };
+        return;
+    }
+    let _ = simd;
+    combine_impl(parts, group, vd, out);
+}
+
+/// `combine_impl` compiled with FMA instructions (same operations, so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn combine_fma(parts: &[f32], group: usize, vd: usize, out: &mut [f32]) {
+    combine_impl(parts, group, vd, out)
+}
+
+#[inline(always)]
+fn combine_impl(parts: &[f32], group: usize, vd: usize, out: &mut [f32]) {
+    let part_len = group * (vd + 2);
+    for (h, o) in out.chunks_mut(vd).enumerate() {
+        let (mut big_m, mut big_l) = (parts[h], parts[group + h]);
+        o.copy_from_slice(&parts[2 * group + h * vd..][..vd]);
+        for c in parts.chunks(part_len).skip(1) {
+            let (m, l) = (c[h], c[group + h]);
+            let acc = &c[2 * group + h * vd..][..vd];
+            let next = big_m.max(m);
+            let (a, b) = (exp_scalar(big_m - next), exp_scalar(m - next));
+            big_l = l.mul_add(b, big_l * a);
+            for (x, y) in o.iter_mut().zip(acc) {
+                *x = y.mul_add(b, *x * a);
+            }
+            big_m = next;
+        }
+        for x in o.iter_mut() {
+            *x /= big_l;
+        }
+    }
+}

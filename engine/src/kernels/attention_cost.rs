@@ -1,0 +1,105 @@
+//! What attention over a cache should cost on this machine: the bytes and FLOPs of one decode
+//! step (`attention_cost`) and the two rates they are divided by, measured on the current rayon
+//! pool (`measure_read_bandwidth`, `measure_fma_rate`). `troupe bench -d` and the attention
+//! microbench (`engine/benches/attention_decode.rs`) print both reference figures.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::backend::AttentionParams;
+use crate::device_tensor::KvLayout;
+
+/// Bytes read from the cache and FLOPs of one query row attending at position `len - 1` over a
+/// cache of `len` positions (the decode step): each visible cached row is read once for all
+/// heads (`row_width` f32 values), and every head does a `d1 + d2` dot and a `v_dim` value
+/// update per key (2 FLOPs per multiply-add; the softmax's O(heads·keys) work is left out).
+pub fn attention_cost(layout: &KvLayout, len: usize, p: &AttentionParams) -> (u64, u64) {
+    let keys = p.sliding_window.map_or(len, |w| len.min(w)) as u64;
+    let bytes = keys * layout.row_width() as u64 * 4;
+    let flops = 2 * p.heads as u64 * keys * (p.d1 + p.d2 + p.v_dim) as u64;
+    (bytes, flops)
+}
+
+/// Streaming read bandwidth of this machine with the current pool's threads (GB/s): the best of
+/// three sums over a 256 MiB buffer (far larger than the caches).
+pub fn measure_read_bandwidth() -> f64 {
+    let n = 64 << 20; // 256 MiB of f32
+    let buf: Vec<f32> = (0..n).map(|i| (i & 1023) as f32).collect();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut lanes = [0.0f32; 16];
+                for ch in c.chunks_exact(16) {
+                    for (l, v) in lanes.iter_mut().zip(ch) {
+                        *l += v;
+                    }
+                }
+                lanes.iter().sum::<f32>()
+            })
+            .sum();
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / dt / 1e9);
+    }
+    best
+}
+
+/// Independent fused multiply-add chains per thread (enough to cover the FMA latency).
+const CHAINS: usize = 12;
+
+/// Peak f32 fused-multiply-add rate of the current pool's threads (GFLOP/s, 2 FLOPs per FMA):
+/// the best of three runs of `CHAINS` independent 8-wide FMA chains per thread (AVX2 when
+/// available, else the compiler's code for the same scalar loop).
+pub fn measure_fma_rate() -> f64 {
+    let threads = rayon::current_num_threads();
+    let iters: usize = 4_000_000;
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = (0..threads)
+            .into_par_iter()
+            .map(|k| fma_chains(iters, k as f32 * 1e-9))
+            .sum();
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        let flops = (threads * iters * CHAINS * 8 * 2) as f64;
+        best = best.max(flops / dt / 1e9);
+    }
+    best
+}
+
+fn fma_chains(iters: usize, seed: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::dot::simd_available() {
+        // SAFETY: the processor has AVX2 and FMA (checked just above).
+        return unsafe { fma_chains_avx2(iters, seed) };
+    }
+    fma_chains_portable(iters, seed)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_avx2(iters: usize, seed: f32) -> f32 {
+    fma_chains_portable(iters, seed)
+}
+
+#[inline(always)]
+fn fma_chains_portable(iters: usize, seed: f32) -> f32 {
+    let mut acc = [[seed; 8]; CHAINS];
+    let (a, b) = (
+        std::hint::black_box(0.999_999f32),
+        std::hint::black_box(1e-7f32),
+    );
+    for _ in 0..iters {
+        for chain in acc.iter_mut() {
+            for x in chain.iter_mut() {
+                *x = x.mul_add(a, b);
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}

@@ -1,0 +1,386 @@
+//! Tests of the CPU attention kernels: the math against a plain f64 reference, paged against
+//! contiguous (bit for bit, every page size, MLA and GQA layouts), AVX2 against portable, one
+//! thread against two, one query row against many.
+
+use crate::backend::AttentionParams;
+use crate::device_tensor::KvLayout;
+use crate::kernels::attention::{attention, TensorRows};
+use crate::kernels::attention_core::attend;
+use crate::kernels::attention_cost::attention_cost;
+use crate::kernels::attention_simd::exp_scalar;
+use crate::kernels::dot::simd_available;
+use crate::kernels::paged_attention::{paged_attention, PageRows};
+use crate::tensor::Tensor;
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn tensor(&mut self, rows: usize, cols: usize, amp: f32) -> Tensor {
+        let data = (0..rows * cols).map(|_| self.f32() * amp).collect();
+        Tensor::matrix(rows, cols, data).unwrap()
+    }
+}
+
+/// One random case: a cache of `len` rows in `layout` and queries at `q_start..`.
+struct Case {
+    p: AttentionParams,
+    layout: KvLayout,
+    len: usize,
+    rows: Vec<f32>,
+    q: Tensor,
+    q_rope: Option<Tensor>,
+}
+
+impl Case {
+    fn new(rng: &mut Rng, mla: bool, page_tokens: usize) -> Case {
+        let len = 1 + rng.below(700);
+        Case::with_len(rng, mla, page_tokens, len)
+    }
+    fn with_len(rng: &mut Rng, mla: bool, page_tokens: usize, len: usize) -> Case {
+        let kv_heads = if mla { 1 } else { 1 + rng.below(3) };
+        let heads = kv_heads * [1, 2, 3, 4, 5, 8, 16][rng.below(7)];
+        let d1 = [3, 8, 13, 16, 32, 40][rng.below(6)];
+        let d2 = if mla { [4, 8, 11, 16][rng.below(4)] } else { 0 };
+        let v_dim = if mla {
+            d1
+        } else {
+            [5, 8, 16, 24, 33][rng.below(5)]
+        };
+        let tq = 1 + rng.below(len.min(9));
+        let layout = KvLayout {
+            page_tokens,
+            key_width: kv_heads * d1,
+            rope_width: d2,
+            value_width: if mla { 0 } else { kv_heads * v_dim },
+        };
+        let p = AttentionParams {
+            heads,
+            kv_heads,
+            d1,
+            d2,
+            v_dim,
+            scale: 1.0 / ((d1 + d2) as f32).sqrt(),
+            q_start: len - tq,
+            sliding_window: if rng.below(3) == 0 {
+                Some(1 + rng.below(200))
+            } else {
+                None
+            },
+        };
+        let rows = (0..len * layout.row_width())
+            .map(|_| rng.f32() * 2.0)
+            .collect();
+        let q = rng.tensor(tq, heads * d1, 2.0);
+        let q_rope = (d2 > 0).then(|| rng.tensor(tq, heads * d2, 2.0));
+        Case {
+            p,
+            layout,
+            len,
+            rows,
+            q,
+            q_rope,
+        }
+    }
+    /// The cache as `k`, `k_rope`, `v` tensors.
+    fn contiguous(&self) -> (Tensor, Option<Tensor>, Tensor) {
+        let (w, kw, rw) = (
+            self.layout.row_width(),
+            self.layout.key_width,
+            self.layout.rope_width,
+        );
+        let col = |from: usize, width: usize| {
+            let data = self
+                .rows
+                .chunks(w)
+                .flat_map(|r| r[from..from + width].to_vec())
+                .collect();
+            Tensor::matrix(self.len, width, data).unwrap()
+        };
+        let v = if self.layout.value_width == 0 {
+            col(0, kw)
+        } else {
+            col(kw + rw, self.layout.value_width)
+        };
+        (col(0, kw), (rw > 0).then(|| col(kw, rw)), v)
+    }
+    /// The cache spread over pages (each padded with garbage past the last row).
+    fn pages(&self) -> Vec<Vec<f32>> {
+        let per = self.layout.page_tokens * self.layout.row_width();
+        self.rows
+            .chunks(per)
+            .map(|c| {
+                let mut page = c.to_vec();
+                page.resize(per, f32::NAN);
+                page
+            })
+            .collect()
+    }
+    /// `paged_attention` (the AVX2 path when `simd`, else the portable one).
+    fn paged(&self, simd: bool) -> Tensor {
+        let pages = self.pages();
+        let refs: Vec<&[f32]> = pages.iter().map(|p| &p[..]).collect();
+        let rows = PageRows::checked(&refs, &self.layout, self.len, self.q.rows(), &self.p);
+        let q_rope = self.q_rope.as_ref();
+        attend(
+            "paged_attention",
+            &self.q,
+            q_rope,
+            &rows.unwrap(),
+            &self.p,
+            simd,
+        )
+        .unwrap()
+    }
+    /// `attention` on the same rows (the AVX2 path when `simd`, else the portable one).
+    fn dense(&self, simd: bool) -> Tensor {
+        let (k, kr, v) = self.contiguous();
+        let rows = TensorRows::checked(&k, kr.as_ref(), &v, self.q.rows(), &self.p).unwrap();
+        attend(
+            "attention",
+            &self.q,
+            self.q_rope.as_ref(),
+            &rows,
+            &self.p,
+            simd,
+        )
+        .unwrap()
+    }
+}
+
+/// Softmax attention in f64, the textbook way.
+fn reference(c: &Case) -> Vec<f64> {
+    let (k, kr, v) = c.contiguous();
+    let p = &c.p;
+    let group = p.heads / p.kv_heads;
+    let mut out = Vec::new();
+    for i in 0..c.q.rows() {
+        let pos = p.q_start + i;
+        let first = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        for h in 0..p.heads {
+            let g = h / group;
+            let s: Vec<f64> = (first..=pos)
+                .map(|j| {
+                    let mut d = 0.0f64;
+                    for t in 0..p.d1 {
+                        d += c.q.row(i)[h * p.d1 + t] as f64 * k.row(j)[g * p.d1 + t] as f64;
+                    }
+                    for t in 0..p.d2 {
+                        let qr = c.q_rope.as_ref().unwrap().row(i)[h * p.d2 + t] as f64;
+                        d += qr * kr.as_ref().unwrap().row(j)[t] as f64;
+                    }
+                    d * p.scale as f64
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for col in 0..p.v_dim {
+                let o: f64 = (first..=pos)
+                    .zip(&e)
+                    .map(|(j, w)| w * v.row(j)[g * p.v_dim + col] as f64)
+                    .sum();
+                out.push(o / sum);
+            }
+        }
+    }
+    out
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.data().iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn matches_the_f64_reference() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for n in 0..60 {
+        let c = Case::new(&mut rng, n % 2 == 0, 64);
+        let want = reference(&c);
+        let got = c.dense(simd_available());
+        for (g, w) in got.data().iter().zip(&want) {
+            assert!(
+                (*g as f64 - w).abs() <= 2e-5 * (1.0 + w.abs()),
+                "case {n}: {g} vs {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn paged_is_bit_identical_to_contiguous_for_every_page_size() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for n in 0..48 {
+        let mla = n % 2 == 0;
+        for shift in 0..=7 {
+            let c = Case::new(&mut rng, mla, 1 << shift);
+            let dense = c.dense(simd_available());
+            assert_eq!(
+                bits(&c.paged(simd_available())),
+                bits(&dense),
+                "case {n}, page {}",
+                1 << shift
+            );
+        }
+    }
+}
+
+#[test]
+fn avx2_and_portable_paths_give_the_same_bits() {
+    if !simd_available() {
+        return;
+    }
+    let mut rng = Rng(0x0bad_cafe_f00d_d00d);
+    for n in 0..40 {
+        let c = Case::new(&mut rng, n % 2 == 1, 16);
+        assert_eq!(
+            bits(&c.dense(true)),
+            bits(&c.dense(false)),
+            "case {n} dense"
+        );
+        assert_eq!(
+            bits(&c.paged(true)),
+            bits(&c.paged(false)),
+            "case {n} paged"
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut rng = Rng(0x5151_2020_7777_0101);
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (pool(1), pool(2));
+    for n in 0..12 {
+        // several chunks, enough work to go parallel
+        let len = 520 + rng.below(300);
+        let c = Case::with_len(&mut rng, n % 2 == 0, 32, len);
+        assert_eq!(
+            bits(&one.install(|| c.paged(simd_available()))),
+            bits(&two.install(|| c.paged(simd_available())))
+        );
+        assert_eq!(
+            bits(&one.install(|| c.dense(simd_available()))),
+            bits(&two.install(|| c.dense(simd_available())))
+        );
+    }
+}
+
+#[test]
+fn each_query_row_is_the_same_alone_or_in_a_batch() {
+    let mut rng = Rng(0x7a7a_0000_1111_2222);
+    for n in 0..16 {
+        let c = Case::new(&mut rng, n % 2 == 0, 8);
+        let all = c.paged(simd_available());
+        for i in 0..c.q.rows() {
+            let mut one = Case {
+                p: c.p,
+                layout: c.layout,
+                len: c.len,
+                rows: c.rows.clone(),
+                q: c.q.slice_rows(i, i + 1),
+                q_rope: c.q_rope.as_ref().map(|r| r.slice_rows(i, i + 1)),
+            };
+            one.p.q_start = c.p.q_start + i;
+            one.len = c.p.q_start + i + 1; // a decode step sees only the rows cached so far
+            assert_eq!(
+                bits(&one.paged(simd_available())),
+                bits(&all.slice_rows(i, i + 1)),
+                "case {n} row {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn exp_is_accurate_over_the_softmax_range() {
+    let mut x = -87.0f32;
+    while x <= 0.0 {
+        let (got, want) = (exp_scalar(x) as f64, (x as f64).exp());
+        assert!(
+            (got - want).abs() <= 3e-7 * want,
+            "exp({x}) = {got}, want {want}"
+        );
+        x += 0.013;
+    }
+    assert_eq!(exp_scalar(0.0), 1.0);
+    assert_eq!(exp_scalar(-100.0), 0.0);
+    assert_eq!(exp_scalar(f32::NEG_INFINITY), 0.0);
+    assert!(exp_scalar(f32::NAN).is_nan());
+}
+
+#[test]
+fn shape_errors_are_errors() {
+    let mut rng = Rng(42);
+    let c = Case::new(&mut rng, true, 4);
+    let pages = c.pages();
+    let refs: Vec<&[f32]> = pages.iter().map(|p| &p[..]).collect();
+    let (q, qr, l) = (&c.q, c.q_rope.as_ref(), &c.layout);
+    assert!(paged_attention(q, qr, &refs[..refs.len() - 1], l, c.len, &c.p).is_err());
+    assert!(paged_attention(q, qr, &refs, l, c.p.q_start + q.rows() - 1, &c.p).is_err());
+    assert!(paged_attention(q, None, &refs, l, c.len, &c.p).is_err());
+    let odd = KvLayout {
+        page_tokens: 3,
+        ..*l
+    };
+    assert!(paged_attention(q, qr, &refs, &odd, c.len, &c.p).is_err());
+    let wide = KvLayout {
+        rope_width: l.rope_width + 1,
+        ..*l
+    };
+    assert!(paged_attention(q, qr, &refs, &wide, c.len, &c.p).is_err());
+    let (k, kr, v) = c.contiguous();
+    assert!(attention(q, qr, &k, None, &v, &c.p).is_err());
+    assert!(attention(q, qr, &k.slice_rows(0, c.p.q_start), kr.as_ref(), &v, &c.p).is_err());
+    let bad = AttentionParams {
+        kv_heads: c.p.heads + 1,
+        ..c.p
+    };
+    assert!(attention(q, qr, &k, kr.as_ref(), &v, &bad).is_err());
+}
+
+#[test]
+fn cost_counts_each_visible_row_once() {
+    let layout = KvLayout {
+        page_tokens: 64,
+        key_width: 256,
+        rope_width: 32,
+        value_width: 0,
+    };
+    let p = AttentionParams {
+        heads: 16,
+        kv_heads: 1,
+        d1: 256,
+        d2: 32,
+        v_dim: 256,
+        scale: 1.0,
+        q_start: 4095,
+        sliding_window: None,
+    };
+    assert_eq!(
+        attention_cost(&layout, 4096, &p),
+        (4096 * 288 * 4, 2 * 16 * 4096 * (288 + 256))
+    );
+    let windowed = AttentionParams {
+        sliding_window: Some(100),
+        ..p
+    };
+    assert_eq!(attention_cost(&layout, 4096, &windowed).0, 100 * 288 * 4);
+}
