@@ -1,76 +1,39 @@
-//! The per-sequence state a forward pass hands to actors: each sequence's KV caches (one lock per
-//! layer, owned by the request, shared with the attention actors: a block table in the layer's
-//! pool, made by the attention actor on first use and returning its pages when the request's
-//! caches are dropped) and the layout of a micro-batch (which rows belong to which sequence, and
-//! where each sequence's chunk starts).
+//! The per-sequence state a forward pass hands to actors: each sequence's KV cache (owned by the
+//! request, shared with the attention actors: one block table for all its layers, from the
+//! runtime's pools, whose pages go back when the request's caches are dropped) and the layout of
+//! a micro-batch (which rows belong to which sequence, and where each sequence's chunk starts).
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use troupe_engine::model::{KvPool, LayerCache, Model};
+use troupe_engine::model::{KvPools, SequenceCache};
 use troupe_engine::EngineError;
 
-use crate::actors::attention::table_in;
-
-/// One sequence's KV caches, layer by layer (`None` until the layer's attention first runs).
+/// One sequence's KV cache, every layer. One lock: a sequence is in one micro-batch of a pass
+/// and its layers run one after another, so nobody waits on it.
 #[derive(Debug)]
 pub struct SeqCaches {
-    pub layers: Vec<Mutex<Option<LayerCache>>>,
+    cache: Mutex<SequenceCache>,
 }
 
 impl SeqCaches {
-    pub fn new(model: &Model) -> Arc<SeqCaches> {
+    /// An empty cache in `pools` (the runtime's: `Core::kv_pools`).
+    pub fn new(pools: &KvPools) -> Arc<SeqCaches> {
         Arc::new(SeqCaches {
-            layers: model.layers.iter().map(|_| Mutex::new(None)).collect(),
+            cache: Mutex::new(pools.new_cache()),
         })
     }
-    /// Locks layer `l` (a poisoned lock is recovered: attention truncates before writing).
-    pub fn layer(&self, l: usize) -> Option<MutexGuard<'_, Option<LayerCache>>> {
-        self.layers
-            .get(l)
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Locks the cache (a poisoned lock is recovered: attention truncates before writing).
+    pub fn lock(&self) -> MutexGuard<'_, SequenceCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
-    /// Rolls every layer back to `start` positions and takes the pages of positions
-    /// `0..start + new` in each layer's pool (`pools[l]`); on `KvCacheFull` every layer is
-    /// rolled back to `start` again, so the sequence holds no page it did not hold before.
-    pub fn reserve(
-        &self,
-        pools: &[Arc<KvPool>],
-        start: usize,
-        new: usize,
-    ) -> Result<(), EngineError> {
-        let r = self.reserve_all(pools, start, new);
-        if r.is_err() {
-            for l in 0..self.layers.len() {
-                if let Some(Some(c)) = self.layer(l).as_deref_mut() {
-                    c.truncate(start);
-                }
-            }
-        }
-        r
-    }
-    fn reserve_all(
-        &self,
-        pools: &[Arc<KvPool>],
-        start: usize,
-        new: usize,
-    ) -> Result<(), EngineError> {
-        if pools.len() != self.layers.len() {
-            return Err(EngineError::internal(format!(
-                "{} KV pools for a sequence of {} layers",
-                pools.len(),
-                self.layers.len()
-            )));
-        }
-        for (l, pool) in pools.iter().enumerate() {
-            let mut slot = self
-                .layer(l)
-                .ok_or_else(|| EngineError::internal(format!("no cache for layer {l}")))?;
-            let cache = table_in(&mut slot, pool)?;
-            cache.truncate(start);
-            cache.reserve(start + new)?;
-        }
-        Ok(())
+    /// Rolls every layer back to `start` positions (returning the pages past it) and takes the
+    /// pages of positions `0..start + new`; on `KvCacheFull` the sequence holds no page past
+    /// `start`'s.
+    pub fn reserve(&self, start: usize, new: usize) -> Result<(), EngineError> {
+        let mut c = self.lock();
+        c.truncate(start);
+        c.reserve(start + new)
     }
 }
 

@@ -161,7 +161,7 @@ fn admit(core: &Core, s: Submission, active: &mut Vec<Active>) {
     active.push(Active {
         id: core.next_request(),
         sampler: Sampler::new(s.request.sampling),
-        caches: SeqCaches::new(&core.model),
+        caches: SeqCaches::new(&core.kv_pools),
         committed: 0,
         next: s.request.prompt.clone(),
         produced: 0,

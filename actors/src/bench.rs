@@ -277,7 +277,7 @@ fn start_actors(
     let cfg = actors_config(base, schedule, link, None);
     let rt = ActorRuntime::start_with(model.clone(), None, None, cfg)?;
     let caches = (0..o.sequences)
-        .map(|_| (SeqCaches::new(model), 0))
+        .map(|_| (SeqCaches::new(&rt.core().kv_pools), 0))
         .collect();
     let mut a = Actors { rt, caches };
     a.forward(&|i| prompt(model, o.prompt_len, i))?;

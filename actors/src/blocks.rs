@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use troupe_engine::device_tensor::Location;
-use troupe_engine::model::{FeedForward, KvConfig, KvPool, Model};
+use troupe_engine::model::kv::PageAllocator;
+use troupe_engine::model::{FeedForward, KvConfig, KvPool, KvPools, Model};
 
 use crate::actors::attention::AttentionBlock;
 use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
@@ -20,29 +21,32 @@ use crate::placement::Placement;
 use crate::stage::FfnTx;
 use crate::stream::Stream;
 
-/// Each layer's KV pool, on the backend of the stream its attention actor runs on.
+/// Each layer's KV pool, on the backend of the stream its attention actor runs on; all share one
+/// page allocator, so a sequence has one block table for every layer.
 pub(crate) fn kv_pools(
     model: &Model,
     placement: &Placement,
     streams: &[Arc<Stream>],
     kv: KvConfig,
-) -> Result<Vec<Arc<KvPool>>> {
+) -> Result<KvPools> {
     kv.validate()?;
-    model
+    let alloc = PageAllocator::new(kv.capacity_pages, kv.page_tokens)?;
+    let layers = model
         .layers
         .iter()
         .enumerate()
         .map(|(l, layer)| {
             let stream = &streams[placement.stage_streams[placement.stage_of(l)]];
             let layout = layer.attention.kv_layout(kv.page_tokens);
-            Ok(KvPool::new(
+            Ok(KvPool::sharing(
                 &**stream.backend(),
                 l,
                 layout,
-                kv.capacity_pages,
+                alloc.clone(),
             )?)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(KvPools { config: kv, layers })
 }
 
 fn channel<B: Block>(cap: usize) -> (flume::Sender<Envelope<B>>, flume::Receiver<Envelope<B>>) {

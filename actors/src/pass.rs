@@ -242,10 +242,10 @@ impl<'a> ForwardPass<'a> {
 /// Takes every sequence's cache pages for this pass before any compute (rolling its cache back
 /// to its start first). Sequences whose pool runs out fail alone: `KvCacheFull` naming them
 /// (the others keep their pages and can run the pass again without them).
-fn reserve_pages(core: &Core, seqs: &[SeqInput]) -> Result<(), PassFailure> {
+fn reserve_pages(seqs: &[SeqInput]) -> Result<(), PassFailure> {
     let mut full: Option<(EngineError, Vec<usize>)> = None;
     for (i, s) in seqs.iter().enumerate() {
-        match s.caches.reserve(&core.kv_pools, s.start, s.tokens.len()) {
+        match s.caches.reserve(s.start, s.tokens.len()) {
             Ok(()) => {}
             Err(e @ EngineError::KvCacheFull { .. }) => match &mut full {
                 Some((_, failed)) => failed.push(i),
@@ -287,7 +287,7 @@ pub fn run_pass(
             sequences: None,
         });
     }
-    reserve_pages(core, &seqs)?;
+    reserve_pages(&seqs)?;
     let n = seqs.len();
     let mut pass = ForwardPass {
         core,

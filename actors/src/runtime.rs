@@ -13,7 +13,7 @@ use ractor::{Actor, ActorRef};
 use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::generate::{GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::model::{KvConfig, KvPool, Model};
+use troupe_engine::model::{KvConfig, KvPools, Model};
 use troupe_engine::{Backend, DeviceId, Tensor};
 
 use crate::actors::BlockCtx;
@@ -90,9 +90,9 @@ pub struct Core {
     /// Names of every actor (`stage{S}` and block actors).
     pub actor_names: Vec<String>,
     pub faults: HashMap<String, Arc<FaultTrigger>>,
-    /// The KV configuration, and each layer's pool (on its attention actor's stream's backend).
-    pub kv: KvConfig,
-    pub kv_pools: Vec<Arc<KvPool>>,
+    /// Each layer's KV pool (on its attention actor's stream's backend, one page allocator for
+    /// all) and their configuration; a sequence's cache is `SeqCaches::new(&core.kv_pools)`.
+    pub kv_pools: KvPools,
     stage_tx: Mutex<Option<Vec<flume::Sender<StageCall>>>>,
     root: tokio::sync::Mutex<Option<RootHandle>>,
     shutting_down: Arc<AtomicBool>,
@@ -145,7 +145,13 @@ impl Core {
             tracer: tracer.clone(),
         };
         let blocks = build_blocks(
-            &model, &placement, &link, &kv_pools, &locations, &triggers, &ctx,
+            &model,
+            &placement,
+            &link,
+            &kv_pools.layers,
+            &locations,
+            &triggers,
+            &ctx,
         );
         let mut actor_names: Vec<String> = (0..placement.stages.len())
             .map(|s| format!("stage{s}"))
@@ -164,7 +170,6 @@ impl Core {
             tracer,
             actor_names,
             faults: triggers,
-            kv,
             kv_pools,
             stage_tx: Mutex::new(Some(stage_tx)),
             root: tokio::sync::Mutex::new(Some(root)),
@@ -244,7 +249,7 @@ impl Core {
         let seq = SeqInput {
             request: self.next_request(),
             tokens: tokens.to_vec(),
-            caches: SeqCaches::new(&self.model),
+            caches: SeqCaches::new(&self.kv_pools),
             start: 0,
         };
         let logits = self.forward(vec![seq]).map_err(|f| f.error)?;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use troupe_actors::BackendBuildError;
+use troupe_engine::graph::spec::ModelSpec;
 use troupe_engine::graph::{LoadedGraph, WeightsSource};
 use troupe_engine::memory::{self, Available, MemoryError, MemoryNeed, RunShape};
-use troupe_engine::graph::spec::ModelSpec;
 use troupe_engine::model::kv::DEFAULT_PAGE_TOKENS;
 use troupe_engine::model::{KvConfig, MlaForm, Model};
 use troupe_engine::{Backend, DeviceId, EngineError};

@@ -89,7 +89,9 @@ pub const MAX_PAGE_TOKENS: usize = 1 << 16;
 fn parse_page_tokens(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n.is_power_of_two() && n <= MAX_PAGE_TOKENS => Ok(n),
-        _ => Err(format!("expected a power of two from 1 to {MAX_PAGE_TOKENS}")),
+        _ => Err(format!(
+            "expected a power of two from 1 to {MAX_PAGE_TOKENS}"
+        )),
     }
 }
 

@@ -56,10 +56,18 @@ fn number(v: &Value, key: &str) -> f64 {
 
 fn check(v: &Value, device: &str, runtime: &str) {
     let what = format!("{device}/{runtime}");
-    assert!(v["model"].as_str().is_some_and(|m| m.contains("deepseek-v3-tiny")), "{what}: {v}");
+    assert!(
+        v["model"]
+            .as_str()
+            .is_some_and(|m| m.contains("deepseek-v3-tiny")),
+        "{what}: {v}"
+    );
     assert_eq!(v["device"], device, "{what}");
     assert_eq!(v["runtime"], runtime, "{what}");
-    assert!(v["isa"].as_str().is_some_and(|s| !s.is_empty()), "{what}: {v}");
+    assert!(
+        v["isa"].as_str().is_some_and(|s| !s.is_empty()),
+        "{what}: {v}"
+    );
     assert!(number(v, "threads") >= 1.0, "{what}");
     let tests = v["tests"].as_array().expect("tests");
     let got: Vec<(String, u64, u64, u64)> = tests
@@ -121,10 +129,7 @@ fn bench_json_on_the_ptx_interpreter_counts_what_crosses() {
         check(&v, "ptx-interp", runtime);
         if runtime == "reference" {
             // Greedy sampling on the device: the sampled id is all that comes back.
-            assert!(
-                number(&v, "d2h_bytes_per_decode_step") <= 4.0,
-                "{v}"
-            );
+            assert!(number(&v, "d2h_bytes_per_decode_step") <= 4.0, "{v}");
         }
     }
 }

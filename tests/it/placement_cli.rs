@@ -55,7 +55,10 @@ fn bad_bench_numbers_are_refused_by_the_parser() {
     assert_usage_error(&["bench", "-m", &m, "--compare", "-d", "64"], "-d");
     assert_usage_error(&["bench", "-m", &m, "-d", "x"], "--n-depth");
     // A depth plus a test longer than the model's positions is refused before loading.
-    assert_usage_error(&["bench", "-m", &m, "-d", "8192", "-n", "64"], "position limit");
+    assert_usage_error(
+        &["bench", "-m", &m, "-d", "8192", "-n", "64"],
+        "position limit",
+    );
     assert_usage_error(&["bench", "-m", &m, "--kv-pages", "0"], "--kv-pages");
     assert_usage_error(&["bench", "-m", &m, "--page-tokens", "48"], "--page-tokens");
 }

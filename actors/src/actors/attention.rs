@@ -1,14 +1,14 @@
 //! `layer{L}.attention`: input norm + attention + residual for every sequence of a micro-batch,
 //! each against its own paged KV cache. The actor owns its layer's KV pool (page storage on its
-//! stream's backend, `KvPool`) and makes each sequence's block table in it (`LayerCache`, kept in
-//! the sequence's `SeqCaches` so it lives as long as the request and returns its pages when the
-//! request ends). The chunk of one sequence is always whole (so `MlaForm::Auto` picks the same
-//! form as the reference executor). Before writing, the cache is truncated to the sequence's
-//! start position, so a re-issued message gives the same bits.
+//! stream's backend, `KvPool`); each sequence's `SeqCaches` holds its block table and this
+//! layer's written length (the pass took the chunk's pages before any compute). The chunk of one
+//! sequence is always whole (so `MlaForm::Auto` picks the same form as the reference executor).
+//! Before writing, the layer's cache is rolled back to the sequence's start position, so a
+//! re-issued message gives the same bits.
 
 use std::sync::Arc;
 
-use troupe_engine::model::{KvPool, LayerCache, MlaForm, Model};
+use troupe_engine::model::{KvPool, MlaForm, Model};
 use troupe_engine::EngineError;
 
 use crate::actors::{Block, BlockCtx, Meta};
@@ -42,10 +42,15 @@ impl Block for AttentionBlock {
                 let whole = job.mb.seqs.len() == 1;
                 let mut parts = Vec::with_capacity(job.mb.seqs.len());
                 for s in &job.mb.seqs {
-                    let mut slot = s.caches.layer(l).ok_or_else(|| {
+                    let mut caches = s.caches.lock();
+                    let cache = caches.layers.get_mut(l).ok_or_else(|| {
                         EngineError::internal(format!("sequence has no cache for layer {l}"))
                     })?;
-                    let cache = table_in(&mut slot, &pool)?;
+                    if !Arc::ptr_eq(cache.pool(), &pool) {
+                        return Err(EngineError::internal(format!(
+                            "layer {l}: a sequence's cache belongs to another pool"
+                        )));
+                    }
                     cache.truncate(s.start);
                     if cache.len() != s.start {
                         return Err(EngineError::internal(format!(
@@ -74,19 +79,4 @@ impl Block for AttentionBlock {
             })
             .await
     }
-}
-
-/// The sequence's block table in `pool`, made on first use.
-pub fn table_in<'a>(
-    slot: &'a mut Option<LayerCache>,
-    pool: &Arc<KvPool>,
-) -> std::result::Result<&'a mut LayerCache, EngineError> {
-    let cache = slot.get_or_insert_with(|| LayerCache::new(pool.clone()));
-    if !Arc::ptr_eq(cache.pool(), pool) {
-        return Err(EngineError::internal(format!(
-            "layer {}: a sequence's cache belongs to another pool",
-            pool.layer()
-        )));
-    }
-    Ok(cache)
 }

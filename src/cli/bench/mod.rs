@@ -32,7 +32,6 @@ use troupe_actors::bench::Contender;
 use super::common::CliError;
 use super::{RunArgs, RuntimeKind};
 
-
 /// `-p` default of the pp test.
 const PROMPT_LEN: usize = 128;
 
@@ -58,7 +57,12 @@ pub struct BenchArgs {
     pub n_gen: usize,
     /// Tokens already in the cache before each test (llama-bench's depth); a comma-separated
     /// list runs every test at every depth.
-    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
     pub n_depth: Vec<usize>,
     /// Repetitions (median reported). With --compare: interleaved decode rounds.
     #[arg(short = 'r', long, default_value_t = 5, value_parser = at_least_one)]

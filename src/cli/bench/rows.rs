@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::DeviceId;
 
-use super::costs::{measure_flop_rate, measure_read_bandwidth, DepthCost};
+use super::costs::{measure_fma_rate, measure_read_bandwidth, DepthCost};
 use super::target::{ActorsTarget, ReferenceTarget, Target};
 use super::{weight_bytes_per_token, BenchArgs};
 use crate::cli::common::{check_memory, kv_config, mla_form, open_graph, start_model, CliError};
@@ -155,7 +155,9 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
     let form = mla_form(&a.run.mla)?;
     let kv = kv_config(&a.run, &model.spec);
     let mut target: Box<dyn Target> = match runtime {
-        RuntimeKind::Reference => Box::new(ReferenceTarget::new(model.clone(), be.clone(), form, kv)?),
+        RuntimeKind::Reference => {
+            Box::new(ReferenceTarget::new(model.clone(), be.clone(), form, kv)?)
+        }
         RuntimeKind::Actors if form != MlaForm::Auto => {
             return Err(CliError::Usage(
                 "--mla applies to --runtime reference; the actor runtime uses auto".into(),
@@ -269,17 +271,17 @@ fn decode_costs(
     if depths.iter().all(|&d| d == 0) {
         return Vec::new();
     }
-    let gflops = measure_flop_rate();
+    let gflops = measure_fma_rate();
     let mut out = Vec::new();
     for &d in depths.iter().filter(|&&d| d > 0) {
-        let c = DepthCost::of(&model.spec, d);
+        let c = DepthCost::of(model, d);
         let (read, compute) = (c.read_seconds(bw), c.compute_seconds(gflops));
         let extra = match (tg(0), tg(d)) {
             (Some(r0), Some(rd)) => Some(1.0 / rd.tok_s.0 - 1.0 / r0.tok_s.0),
             _ => None,
         };
         println!(
-            "attention at d{d} per decoded token: cache {:.1} MB / {bw:.2} GB/s = {:.3} ms; {:.1} MFLOP / {gflops:.1} GFLOP/s = {:.3} ms{}",
+            "attention at d{d} per decoded token: cache {:.1} MB / {bw:.2} GB/s = {:.3} ms; {:.1} MFLOP / {gflops:.1} GFLOP/s (FMA peak) = {:.3} ms{}",
             c.cache_bytes as f64 / 1e6,
             read * 1e3,
             c.flops as f64 / 1e6,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use troupe_actors::batch::SeqCaches;
 use troupe_actors::pass::SeqInput;
 use troupe_actors::{ActorRuntime, RuntimeOptions};
+use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::executor::SeqChunk;
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::model::{KvConfig, KvPools, MlaForm, Model, SequenceCache};
 use troupe_engine::{Backend, DeviceId, DeviceTensor};
 
@@ -112,8 +112,8 @@ impl ActorsTarget {
             kv: Some(kv),
             ..Default::default()
         };
-        let caches = SeqCaches::new(&model);
         let rt = ActorRuntime::start(model, graph, opts).map_err(actor_err)?;
+        let caches = SeqCaches::new(&rt.core().kv_pools);
         Ok(ActorsTarget { rt, caches })
     }
 }
