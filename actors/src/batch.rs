@@ -1,34 +1,39 @@
-//! The per-sequence state a forward pass hands to actors: each sequence's KV caches (one lock per
-//! layer, owned by the request, shared with the attention actors) and the layout of a
-//! micro-batch (which rows belong to which sequence, and where each sequence's chunk starts).
+//! The per-sequence state a forward pass hands to actors: each sequence's KV cache (owned by the
+//! request, shared with the attention actors: one block table for all its layers, from the
+//! runtime's pools, whose pages go back when the request's caches are dropped) and the layout of
+//! a micro-batch (which rows belong to which sequence, and where each sequence's chunk starts).
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use troupe_engine::model::{LayerCache, Model};
+use troupe_engine::model::{KvPools, SequenceCache};
+use troupe_engine::EngineError;
 
-/// One sequence's KV caches, layer by layer.
+/// One sequence's KV cache, every layer. One lock: a sequence is in one micro-batch of a pass
+/// and its layers run one after another, so nobody waits on it.
 #[derive(Debug)]
 pub struct SeqCaches {
-    pub layers: Vec<Mutex<LayerCache>>,
+    cache: Mutex<SequenceCache>,
 }
 
 impl SeqCaches {
-    pub fn new(model: &Model) -> Arc<SeqCaches> {
+    /// An empty cache in `pools` (the runtime's: `Core::kv_pools`).
+    pub fn new(pools: &KvPools) -> Arc<SeqCaches> {
         Arc::new(SeqCaches {
-            layers: model
-                .new_cache()
-                .layers
-                .into_iter()
-                .map(Mutex::new)
-                .collect(),
+            cache: Mutex::new(pools.new_cache()),
         })
     }
-    /// Locks layer `l` (a poisoned lock is recovered: attention truncates before writing).
-    pub fn layer(&self, l: usize) -> Option<MutexGuard<'_, LayerCache>> {
-        self.layers
-            .get(l)
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Locks the cache (a poisoned lock is recovered: attention truncates before writing).
+    pub fn lock(&self) -> MutexGuard<'_, SequenceCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Rolls every layer back to `start` positions (returning the pages past it) and takes the
+    /// pages of positions `0..start + new`; on `KvCacheFull` the sequence holds no page past
+    /// `start`'s.
+    pub fn reserve(&self, start: usize, new: usize) -> Result<(), EngineError> {
+        let mut c = self.lock();
+        c.truncate(start);
+        c.reserve(start + new)
     }
 }
 

@@ -12,11 +12,13 @@ use std::time::Instant;
 
 use troupe_engine::generate::{check_request, GenerateOutput, GenerateRequest};
 use troupe_engine::sampling::Sampler;
+use troupe_engine::EngineError;
 
 use crate::batch::SeqCaches;
 use crate::error::{ActorError, Result};
-use crate::pass::SeqInput;
+use crate::pass::{PassFailure, SeqInput};
 use crate::runtime::Core;
+use crate::transfer::Owned;
 
 /// One generated token, with its logits row when asked for.
 pub type FullToken = (u32, Option<Vec<f32>>);
@@ -159,13 +161,56 @@ fn admit(core: &Core, s: Submission, active: &mut Vec<Active>) {
     active.push(Active {
         id: core.next_request(),
         sampler: Sampler::new(s.request.sampling),
-        caches: SeqCaches::new(&core.model),
+        caches: SeqCaches::new(&core.kv_pools),
         committed: 0,
         next: s.request.prompt.clone(),
         produced: 0,
         req: s.request,
         sink: s.sink,
     });
+}
+
+/// One token per active sequence from the logits of a pass (with the logits row when its
+/// request keeps them). Greedy sampling runs on the device (`argmax`: 4 bytes per sequence come
+/// back); the last rows are downloaded only when a request samples on the host or keeps them.
+fn sample(
+    logits: &Owned,
+    active: &mut [Active],
+) -> std::result::Result<Vec<(u32, Option<Vec<f32>>)>, PassFailure> {
+    let fail = |e: EngineError| PassFailure {
+        error: e.into(),
+        sequences: None,
+    };
+    let be = &*logits.on;
+    let mut last = Vec::with_capacity(active.len());
+    let mut rows = 0u32;
+    for a in active.iter() {
+        rows += a.next.len() as u32;
+        last.push(rows - 1);
+    }
+    let last_rows = match last.len() as u32 == rows {
+        true => logits.t.clone(),
+        false => be.gather_rows(&logits.t, &last).map_err(fail)?,
+    };
+    let on_host = active
+        .iter()
+        .any(|a| a.req.keep_logits || !a.sampler.is_greedy());
+    if !on_host {
+        let ids = be.argmax(&last_rows).map_err(fail)?;
+        return Ok(ids.into_iter().map(|t| (t, None)).collect());
+    }
+    let host = be.download(&last_rows).map_err(fail)?;
+    Ok(active
+        .iter_mut()
+        .enumerate()
+        .map(|(j, a)| {
+            let row = host.row(j);
+            (
+                a.sampler.sample(row),
+                a.req.keep_logits.then(|| row.to_vec()),
+            )
+        })
+        .collect())
 }
 
 fn batch_loop(core: &Core, rx: flume::Receiver<Submission>) {
@@ -193,15 +238,11 @@ fn batch_loop(core: &Core, rx: flume::Receiver<Submission>) {
             })
             .collect();
         let t0 = Instant::now();
-        match core.forward(seqs) {
-            Ok(logits) => {
+        match core.forward(seqs).and_then(|l| sample(&l, &mut active)) {
+            Ok(tokens) => {
                 crate::metrics::step_done(active.len(), t0.elapsed());
-                let mut row_end = 0;
-                for a in active.iter_mut() {
-                    row_end += a.next.len();
-                    let row = logits.row(row_end - 1);
-                    let tok = a.sampler.sample(row);
-                    a.sink.token(tok, a.req.keep_logits.then(|| row.to_vec()));
+                for (a, (tok, row)) in active.iter_mut().zip(tokens) {
+                    a.sink.token(tok, row);
                     a.committed += a.next.len();
                     a.next = vec![tok];
                     a.produced += 1;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
 use troupe_engine::kernels::CpuBackend;
-use troupe_engine::model::{Model, SequenceCache};
+use troupe_engine::model::{KvConfig, Model, SequenceCache};
 
 use crate::batch::SeqCaches;
 use crate::error::Result;
@@ -163,6 +163,19 @@ struct Reference<'m> {
     caches: Vec<SequenceCache>,
 }
 
+impl<'m> Reference<'m> {
+    /// The reference executor on a CPU backend with `sequences` empty caches.
+    fn new(model: &'m Model, sequences: usize) -> Result<Self> {
+        let be = CpuBackend::new();
+        let pools = model.kv_pools(&be, KvConfig::default_for(&model.spec))?;
+        Ok(Reference {
+            model,
+            be,
+            caches: (0..sequences).map(|_| pools.new_cache()).collect(),
+        })
+    }
+}
+
 impl Reference<'_> {
     fn forward(&mut self, tokens: &dyn Fn(usize) -> Vec<u32>) -> Result<()> {
         let exec = ReferenceExecutor::new(self.model, &self.be);
@@ -264,7 +277,7 @@ fn start_actors(
     let cfg = actors_config(base, schedule, link, None);
     let rt = ActorRuntime::start_with(model.clone(), None, None, cfg)?;
     let caches = (0..o.sequences)
-        .map(|_| (SeqCaches::new(model), 0))
+        .map(|_| (SeqCaches::new(&rt.core().kv_pools), 0))
         .collect();
     let mut a = Actors { rt, caches };
     a.forward(&|i| prompt(model, o.prompt_len, i))?;
@@ -335,11 +348,7 @@ pub fn run(
 ) -> Result<BenchReport> {
     let mut base = placement.cloned().unwrap_or_default();
     base.remove("link");
-    let mut reference = Reference {
-        model: &model,
-        be: CpuBackend::new(),
-        caches: (0..o.sequences).map(|_| model.new_cache()).collect(),
-    };
+    let mut reference = Reference::new(&model, o.sequences)?;
     reference.forward(&|i| prompt(&model, o.prompt_len, i))?;
     let mut actors = start_actors(&model, &base, "sequential", None, o)?;
     let r = interleave(&mut [&mut reference, &mut actors], o.steps)?;
@@ -444,11 +453,7 @@ pub fn profile(
     base.remove("link");
     let mut times = Vec::new();
     if which == Contender::Reference {
-        let mut r = Reference {
-            model: &model,
-            be: CpuBackend::new(),
-            caches: (0..o.sequences).map(|_| model.new_cache()).collect(),
-        };
+        let mut r = Reference::new(&model, o.sequences)?;
         r.forward(&|i| prompt(&model, o.prompt_len, i))?;
         for _ in 0..o.steps {
             let t = Instant::now();

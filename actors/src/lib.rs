@@ -15,6 +15,7 @@ pub mod backend_factory;
 pub mod batch;
 pub mod batcher;
 pub mod bench;
+mod blocks;
 pub mod error;
 pub mod fault;
 pub mod inflight;
@@ -30,6 +31,7 @@ pub mod stage;
 pub mod stream;
 pub mod supervisor;
 pub mod trace;
+pub mod transfer;
 
 pub use backend_factory::{BackendBuildError, BackendFactory};
 pub use error::{ActorError, Result};

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use troupe_engine::executor::check_chunk;
-use troupe_engine::Tensor;
+use troupe_engine::EngineError;
 
 use crate::batch::{MbInfo, MbSeq, SeqCaches};
 use crate::error::{ActorError, Result};
@@ -16,6 +16,7 @@ use crate::runtime::Core;
 use crate::schedule::{Op, Schedule};
 use crate::stage::StageCall;
 use crate::trace::SpanTags;
+use crate::transfer::Owned;
 
 /// One sequence's part of a pass.
 #[derive(Clone, Debug)]
@@ -33,9 +34,9 @@ pub struct MicroBatch(usize);
 
 struct MbState {
     info: Arc<MbInfo>,
-    x: Option<Tensor>,
+    x: Option<Owned>,
     next_op: usize,
-    pending: Option<(flume::Receiver<Result<Tensor>>, usize)>,
+    pending: Option<(flume::Receiver<Result<Owned>>, usize)>,
 }
 
 /// Why a pass failed, and which of its sequences that concerns (`None`: all).
@@ -137,10 +138,9 @@ impl<'a> ForwardPass<'a> {
             },
             None => SpanTags::named("embed"),
         };
-        let x = self
-            .core
-            .stage_stream(0)
-            .run_blocking(tags, move |be| model.embed(be, &ids))?;
+        let stream = self.core.stage_stream(0);
+        let x = stream.run_blocking(tags, move |be| model.embed(be, &ids))?;
+        let x = Owned::new(x, stream.backend().clone());
         self.mbs.push(MbState {
             info,
             x: Some(x),
@@ -239,12 +239,42 @@ impl<'a> ForwardPass<'a> {
     }
 }
 
-/// Runs one forward pass; returns the logits of every new row in batch order.
+/// Takes every sequence's cache pages for this pass before any compute (rolling its cache back
+/// to its start first). Sequences whose pool runs out fail alone: `KvCacheFull` naming them
+/// (the others keep their pages and can run the pass again without them).
+fn reserve_pages(seqs: &[SeqInput]) -> Result<(), PassFailure> {
+    let mut full: Option<(EngineError, Vec<usize>)> = None;
+    for (i, s) in seqs.iter().enumerate() {
+        match s.caches.reserve(s.start, s.tokens.len()) {
+            Ok(()) => {}
+            Err(e @ EngineError::KvCacheFull { .. }) => match &mut full {
+                Some((_, failed)) => failed.push(i),
+                None => full = Some((e, vec![i])),
+            },
+            Err(e) => {
+                return Err(PassFailure {
+                    error: e.into(),
+                    sequences: None,
+                })
+            }
+        }
+    }
+    match full {
+        Some((e, failed)) => Err(PassFailure {
+            error: e.into(),
+            sequences: Some(failed),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs one forward pass; returns the logits of every new row in batch order, on the last
+/// stage's backend.
 pub fn run_pass(
     core: &Core,
     schedule: &dyn Schedule,
     seqs: Vec<SeqInput>,
-) -> Result<Tensor, PassFailure> {
+) -> Result<Owned, PassFailure> {
     for (i, s) in seqs.iter().enumerate() {
         check_chunk(&core.model, &s.tokens, s.start).map_err(|e| PassFailure {
             error: e.into(),
@@ -257,6 +287,7 @@ pub fn run_pass(
             sequences: None,
         });
     }
+    reserve_pages(&seqs)?;
     let n = seqs.len();
     let mut pass = ForwardPass {
         core,
@@ -296,12 +327,11 @@ pub fn run_pass(
     }
     let mut order: Vec<usize> = (0..pass.mbs.len()).collect();
     order.sort_by_key(|&m| pass.mbs[m].info.seqs[0].index);
-    let parts: Vec<Tensor> = order.iter().filter_map(|&m| pass.mbs[m].x.take()).collect();
+    let parts: Vec<Owned> = order.iter().filter_map(|&m| pass.mbs[m].x.take()).collect();
     let fail = |error: ActorError| PassFailure {
         error,
         sequences: None,
     };
-    let x = Tensor::concat_rows(&parts).map_err(|e| fail(e.into()))?;
     let model = core.model.clone();
     let last = core.placement.stages.len() - 1;
     let tags = match core.tracer {
@@ -314,7 +344,19 @@ pub fn run_pass(
         },
         None => SpanTags::named("head"),
     };
-    core.stage_stream(last)
-        .run_blocking(tags, move |be| model.head(be, &x))
-        .map_err(fail)
+    let stream = core.stage_stream(last);
+    let logits = stream
+        .run_blocking(tags, move |be| {
+            let mut x = parts
+                .iter()
+                .map(|p| p.to(be))
+                .collect::<troupe_engine::Result<Vec<_>>>()?;
+            let x = match x.len() {
+                1 => x.remove(0),
+                _ => be.concat_rows(&x)?,
+            };
+            model.head(be, &x)
+        })
+        .map_err(fail)?;
+    Ok(Owned::new(logits, stream.backend().clone()))
 }

@@ -10,18 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::generate::{GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::model::{FeedForward, Model};
-use troupe_engine::{DeviceId, Tensor};
+use troupe_engine::model::{KvConfig, KvPools, Model};
+use troupe_engine::{Backend, DeviceId, Tensor};
 
-use crate::actors::attention::AttentionBlock;
-use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
-use crate::actors::router::RouterBlock;
-use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
+use crate::actors::BlockCtx;
 use crate::backend_factory::BackendFactory;
 use crate::batch::SeqCaches;
 use crate::batcher::Batcher;
+use crate::blocks::{build_blocks, kv_pools, Blocks};
 use crate::error::{ActorError, Result};
 use crate::fault::{FaultKind, FaultPlan, FaultTrigger};
 use crate::link::Link;
@@ -29,10 +28,11 @@ use crate::overlap::Overlap;
 use crate::pass::{run_pass, SeqInput};
 use crate::placement::{LinkSpec, Placement, SupervisionSpec};
 use crate::schedule::{self, Schedule};
-use crate::stage::{FfnTx, StageCall, StageInflight, StageRun, Wiring};
+use crate::stage::{StageCall, StageInflight, StageRun, Wiring};
 use crate::stream::{Stream, StreamKind};
 use crate::supervisor::{RootActor, StageArgs};
 use crate::trace::Tracer;
+use crate::transfer::Owned;
 
 /// What the CLI passes (`--schedule`, `--stages`, `--trace`, `--metrics-addr`, `--device`).
 #[derive(Clone, Debug, Default)]
@@ -48,6 +48,10 @@ pub struct RuntimeOptions {
     /// crate) also builds `ptx-interp` and `cuda:N`; a factory of your own can serve any device,
     /// [`DeviceId::Custom`] names included.
     pub backends: Option<BackendFactory>,
+    /// The KV cache: pages per layer pool and positions per page (None:
+    /// `KvConfig::default_for` the model). A request whose cache needs a page when its pool has
+    /// none fails alone with `KvCacheFull`.
+    pub kv: Option<KvConfig>,
 }
 
 /// Everything configurable programmatically (a superset of [`RuntimeOptions`]).
@@ -86,50 +90,14 @@ pub struct Core {
     /// Names of every actor (`stage{S}` and block actors).
     pub actor_names: Vec<String>,
     pub faults: HashMap<String, Arc<FaultTrigger>>,
+    /// Each layer's KV pool (on its attention actor's stream's backend, one page allocator for
+    /// all) and their configuration; a sequence's cache is `SeqCaches::new(&core.kv_pools)`.
+    pub kv_pools: KvPools,
     stage_tx: Mutex<Option<Vec<flume::Sender<StageCall>>>>,
     root: tokio::sync::Mutex<Option<RootHandle>>,
     shutting_down: Arc<AtomicBool>,
     step: AtomicU64,
     request: AtomicU64,
-}
-
-fn channel<B: Block>(cap: usize) -> (flume::Sender<Envelope<B>>, flume::Receiver<Envelope<B>>) {
-    flume::bounded(cap)
-}
-
-/// Where new block actors are registered while the tree is built: their names (for fault
-/// validation) and the children of their stage.
-struct BlockRegistry<'a> {
-    cap: usize,
-    triggers: &'a HashMap<String, Arc<FaultTrigger>>,
-    names: &'a mut Vec<String>,
-}
-
-impl BlockRegistry<'_> {
-    /// Creates `block`'s bounded channel and supervised slot under `name`, adds the slot to
-    /// `children`, and returns the sender its callers use.
-    fn add<B: Block>(
-        &mut self,
-        name: String,
-        block: B,
-        ctx: BlockCtx,
-        children: &mut Vec<Arc<dyn Child>>,
-    ) -> flume::Sender<Envelope<B>> {
-        let (tx, rx) = channel::<B>(self.cap);
-        let slot = BlockSlot::new(block, ctx, rx, self.triggers.get(&name).cloned());
-        self.names.push(name);
-        children.push(slot);
-        tx
-    }
-}
-
-/// The channels and supervised children of every block actor, as built by [`build_blocks`].
-struct Blocks {
-    attention: Vec<flume::Sender<Envelope<AttentionBlock>>>,
-    ffn: Vec<FfnTx>,
-    /// Per stage: its block actors.
-    children: Vec<Vec<Arc<dyn Child>>>,
-    names: Vec<String>,
 }
 
 impl Core {
@@ -164,13 +132,27 @@ impl Core {
             .as_ref()
             .map(|p| Arc::new(Tracer::new(p, &placement.streams)));
         let (streams, link) = start_streams(&placement, &cfg.options, &tracer)?;
+        let kv = cfg
+            .options
+            .kv
+            .unwrap_or_else(|| KvConfig::default_for(&model.spec));
+        let kv_pools = kv_pools(&model, &placement, &streams, kv)?;
+        let locations: Vec<_> = streams.iter().map(|s| s.backend().location()).collect();
         let triggers = faults.triggers();
         let ctx = |name: String, stream: usize| BlockCtx {
             name,
             stream: streams[stream].clone(),
             tracer: tracer.clone(),
         };
-        let blocks = build_blocks(&model, &placement, &link, &triggers, &ctx);
+        let blocks = build_blocks(
+            &model,
+            &placement,
+            &link,
+            &kv_pools.layers,
+            &locations,
+            &triggers,
+            &ctx,
+        );
         let mut actor_names: Vec<String> = (0..placement.stages.len())
             .map(|s| format!("stage{s}"))
             .collect();
@@ -188,6 +170,7 @@ impl Core {
             tracer,
             actor_names,
             faults: triggers,
+            kv_pools,
             stage_tx: Mutex::new(Some(stage_tx)),
             root: tokio::sync::Mutex::new(Some(root)),
             shutting_down,
@@ -217,9 +200,31 @@ impl Core {
         self.faults.values().map(|t| t.fired()).sum()
     }
 
-    /// One forward pass on this thread (blocking): logits of every new row.
-    pub fn forward(&self, seqs: Vec<SeqInput>) -> Result<Tensor, crate::pass::PassFailure> {
+    /// One forward pass on this thread (blocking): logits of every new row, on the last stage's
+    /// backend.
+    pub fn forward(&self, seqs: Vec<SeqInput>) -> Result<Owned, crate::pass::PassFailure> {
         run_pass(self, &*self.schedule, seqs)
+    }
+
+    /// Bytes moved and kernels launched so far, summed over the backends of the streams (each
+    /// device's backend once).
+    pub fn device_counters(&self) -> DeviceCounters {
+        let mut total = DeviceCounters::default();
+        let mut seen: Vec<&Arc<dyn Backend>> = Vec::new();
+        for s in &self.streams {
+            let be = s.backend();
+            if seen.iter().any(|b| Arc::ptr_eq(b, be)) {
+                continue;
+            }
+            seen.push(be);
+            let c = be.counters();
+            total.h2d_bytes += c.h2d_bytes;
+            total.d2h_bytes += c.d2h_bytes;
+            for (k, v) in c.launches {
+                *total.launches.entry(k).or_default() += v;
+            }
+        }
+        total
     }
 
     /// Stops every actor and writes the trace file.
@@ -244,10 +249,11 @@ impl Core {
         let seq = SeqInput {
             request: self.next_request(),
             tokens: tokens.to_vec(),
-            caches: SeqCaches::new(&self.model),
+            caches: SeqCaches::new(&self.kv_pools),
             start: 0,
         };
-        self.forward(vec![seq]).map_err(|f| f.error)
+        let logits = self.forward(vec![seq]).map_err(|f| f.error)?;
+        Ok(logits.on.download(&logits.t)?)
     }
 }
 
@@ -288,19 +294,29 @@ fn start_streams(
         .clone()
         .unwrap_or_else(BackendFactory::cpu_only);
     let overlap = placement.link.map(|_| Arc::new(Overlap::default()));
+    // One backend per device, shared by the streams on it: their handles are one device's
+    // memory, so only a hand-over between devices moves data.
+    let mut built: HashMap<DeviceId, Arc<dyn Backend>> = HashMap::new();
     let streams = placement
         .streams
         .iter()
         .zip(&placement.stream_devices)
         .enumerate()
         .map(|(i, (name, device))| {
-            let be = factory.build(device).map_err(|e| {
-                let field = match options.device {
-                    Some(_) => "--device".to_string(),
-                    None => format!("streams[{i}].device"),
-                };
-                ActorError::placement(field, e.to_string())
-            })?;
+            let be = match built.get(device) {
+                Some(be) => be.clone(),
+                None => {
+                    let be = factory.build(device).map_err(|e| {
+                        let field = match options.device {
+                            Some(_) => "--device".to_string(),
+                            None => format!("streams[{i}].device"),
+                        };
+                        ActorError::placement(field, e.to_string())
+                    })?;
+                    built.insert(device.clone(), be.clone());
+                    be
+                }
+            };
             let kind = StreamKind::for_device(device);
             Stream::spawn(name, i, be, tracer.clone(), kind)
                 .map(|s| Arc::new(s.with_overlap(overlap.clone())))
@@ -310,102 +326,6 @@ fn start_streams(
         .link
         .map(|l| Arc::new(Link::new(l, tracer.clone(), overlap.unwrap_or_default())));
     Ok((streams, link))
-}
-
-/// The block actors of every layer (attention, then the dense MLP or the expert groups, shared
-/// experts and router), each on its stream, registered under its stage.
-fn build_blocks(
-    model: &Arc<Model>,
-    placement: &Placement,
-    link: &Option<Arc<Link>>,
-    triggers: &HashMap<String, Arc<FaultTrigger>>,
-    ctx: &dyn Fn(String, usize) -> BlockCtx,
-) -> Blocks {
-    let n_layers = model.layers.len();
-    let mut names = Vec::new();
-    let mut children: Vec<Vec<Arc<dyn Child>>> = vec![Vec::new(); placement.stages.len()];
-    let mut attention = Vec::with_capacity(n_layers);
-    let mut ffn = Vec::with_capacity(n_layers);
-    for l in 0..n_layers {
-        let s = placement.stage_of(l);
-        let st = placement.stage_streams[s];
-        let mut reg = BlockRegistry {
-            cap: placement.channel_capacity,
-            triggers,
-            names: &mut names,
-        };
-        let children = &mut children[s];
-        let name = format!("layer{l}.attention");
-        let block = AttentionBlock {
-            model: model.clone(),
-            layer: l,
-        };
-        attention.push(reg.add(name.clone(), block, ctx(name, st), children));
-        match &model.layers[l].ffn {
-            FeedForward::Dense(_) => {
-                let name = format!("layer{l}.mlp");
-                let block = MlpBlock {
-                    model: model.clone(),
-                    layer: l,
-                };
-                ffn.push(FfnTx::Dense(reg.add(
-                    name.clone(),
-                    block,
-                    ctx(name, st),
-                    children,
-                )));
-            }
-            FeedForward::Moe(moe) => {
-                let stage_node = placement.stage_nodes[s];
-                let mut router = RouterBlock {
-                    model: model.clone(),
-                    layer: l,
-                    group_of: vec![0usize; moe.experts.len()],
-                    groups: Vec::new(),
-                    group_names: Vec::new(),
-                    group_links: Vec::new(),
-                    shared: None,
-                };
-                for (g, grp) in placement.expert_groups[l].iter().enumerate() {
-                    let name = grp.actor_name(l, g);
-                    for &e in &grp.experts {
-                        router.group_of[e] = g;
-                    }
-                    let block = ExpertGroupBlock {
-                        model: model.clone(),
-                        layer: l,
-                        experts: grp.experts.clone(),
-                    };
-                    let ctx = ctx(name.clone(), grp.stream);
-                    router
-                        .groups
-                        .push(reg.add(name.clone(), block, ctx, children));
-                    router.group_names.push(name);
-                    let remote = grp.node != stage_node;
-                    router
-                        .group_links
-                        .push(if remote { link.clone() } else { None });
-                }
-                if moe.shared.is_some() {
-                    let name = format!("layer{l}.shared");
-                    let block = SharedBlock {
-                        model: model.clone(),
-                        layer: l,
-                    };
-                    router.shared = Some(reg.add(name.clone(), block, ctx(name, st), children));
-                }
-                let name = format!("layer{l}.router");
-                let tx = reg.add(name.clone(), router, ctx(name, st), children);
-                ffn.push(FfnTx::Moe(tx));
-            }
-        }
-    }
-    Blocks {
-        attention,
-        ffn,
-        children,
-        names,
-    }
 }
 
 /// Every fault names an actor that exists; stage actors take `kind:panic` only.

@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use ractor::ActorRef;
 
-use troupe_engine::Tensor;
-
 use crate::actors::attention::{AttentionBlock, AttnJob};
 use crate::actors::expert::MlpBlock;
 use crate::actors::router::RouterBlock;
@@ -23,14 +21,17 @@ use crate::fault::FaultTrigger;
 use crate::inflight::InflightSet;
 use crate::schedule::Op;
 use crate::supervisor::StageMsg;
+use crate::transfer::Owned;
 
 /// A micro-batch travelling through the stages.
 #[derive(Clone)]
 pub struct StageCall {
     pub ops: Vec<Op>,
-    pub x: Tensor,
+    /// The micro-batch's hidden rows, on the backend of the stream that made them (each block
+    /// moves them to its own backend when that one keeps data elsewhere).
+    pub x: Owned,
     pub mb: Arc<MbInfo>,
-    pub reply: flume::Sender<Result<Tensor>>,
+    pub reply: flume::Sender<Result<Owned>>,
 }
 
 /// The FFN actor of a layer.

@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use troupe_engine::{Backend, DeviceId, EngineError};
+use troupe_engine::{Backend, DeviceId, DeviceTensor, EngineError};
 
 use crate::error::{ActorError, Result};
 use crate::overlap::Overlap;
 use crate::trace::{SpanTags, Tracer};
+use crate::transfer::Owned;
 
 type Work = Box<dyn FnOnce(&dyn Backend) + Send>;
 
@@ -192,6 +193,11 @@ impl Stream {
         &self.name
     }
 
+    /// The backend this stream's kernels run on.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.lane.backend
+    }
+
     /// Kernels submitted but not started yet.
     pub fn queued(&self) -> usize {
         self.lane.queue.pending.load(Ordering::Relaxed)
@@ -271,6 +277,16 @@ impl Stream {
         });
         rx.await
             .map_err(|_| ActorError::Closed(format!("stream `{}` stopped", self.name)))?
+    }
+
+    /// [`Stream::run`] of a kernel producing a tensor, returned with this stream's backend.
+    pub async fn run_owned(
+        &self,
+        tags: SpanTags,
+        f: impl FnOnce(&dyn Backend) -> Result<DeviceTensor, EngineError> + Send + 'static,
+    ) -> Result<Owned> {
+        let t = self.run_at(tags, None, f).await?;
+        Ok(Owned::new(t, self.backend().clone()))
     }
 
     /// Runs `f` on the stream and blocks the calling (non-async) thread until it has run.

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use troupe_actors::BackendBuildError;
+use troupe_engine::graph::spec::ModelSpec;
 use troupe_engine::graph::{LoadedGraph, WeightsSource};
 use troupe_engine::memory::{self, Available, MemoryError, MemoryNeed, RunShape};
-use troupe_engine::model::{MlaForm, Model};
+use troupe_engine::model::kv::DEFAULT_PAGE_TOKENS;
+use troupe_engine::model::{KvConfig, MlaForm, Model};
 use troupe_engine::{Backend, DeviceId, EngineError};
 
 use super::{RunArgs, MAX_THREADS};
@@ -113,6 +115,17 @@ pub fn load_model(graph: &LoadedGraph) -> Result<Arc<Model>, CliError> {
     });
     bar.finish_and_clear();
     Ok(Arc::new(model?))
+}
+
+/// The KV cache configuration of `--kv-pages` / `--page-tokens` (the engine's defaults for the
+/// rest).
+pub fn kv_config(run: &RunArgs, spec: &ModelSpec) -> KvConfig {
+    let page_tokens = run.page_tokens.unwrap_or(DEFAULT_PAGE_TOKENS);
+    let default = KvConfig::for_spec(spec, page_tokens);
+    KvConfig {
+        page_tokens,
+        capacity_pages: run.kv_pages.unwrap_or(default.capacity_pages),
+    }
 }
 
 pub fn mla_form(s: &str) -> Result<MlaForm, CliError> {

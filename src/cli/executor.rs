@@ -7,10 +7,10 @@ use troupe_actors::{ActorRuntime, RuntimeOptions};
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::{generate, GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::model::{MlaForm, Model};
+use troupe_engine::model::{KvPools, MlaForm, Model};
 use troupe_engine::{Backend, DeviceId, Tensor};
 
-use super::common::CliError;
+use super::common::{kv_config, CliError};
 use super::{RunArgs, RuntimeArgs, RuntimeKind};
 
 /// A started executor.
@@ -20,6 +20,7 @@ pub enum Executor {
         model: Arc<Model>,
         backend: Arc<dyn Backend>,
         form: MlaForm,
+        pools: Arc<KvPools>,
     },
 }
 
@@ -57,6 +58,7 @@ impl Executor {
                     // per-stream `device` holds); each stream builds its backend like the reference.
                     device: (run.device != DeviceId::Cpu).then(|| run.device.clone()),
                     backends: Some(troupe::backends::default_factory()),
+                    kv: Some(kv_config(run, &model.spec)),
                 };
                 let r = ActorRuntime::start(model, graph, opts)
                     .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -69,10 +71,12 @@ impl Executor {
                             .into(),
                     ));
                 }
+                let pools = Arc::new(model.kv_pools(&*backend, kv_config(run, &model.spec))?);
                 Ok(Executor::Reference {
                     model,
                     backend,
                     form,
+                    pools,
                 })
             }
         }
@@ -85,7 +89,8 @@ impl Executor {
                 model,
                 backend,
                 form,
-            } => Ok(generate(&reference(model, backend, *form), reqs)?),
+                pools,
+            } => Ok(generate(&reference(model, backend, *form, pools), reqs)?),
         }
     }
 
@@ -96,7 +101,8 @@ impl Executor {
                 model,
                 backend,
                 form,
-            } => Ok(reference(model, backend, *form).logits(ids)?),
+                pools,
+            } => Ok(reference(model, backend, *form, pools).logits(ids)?),
         }
     }
 
@@ -110,20 +116,21 @@ impl Executor {
 }
 
 /// Engine errors keep their own clear message; others are runtime errors.
-fn actor_err(e: troupe_actors::ActorError) -> CliError {
+pub(super) fn actor_err(e: troupe_actors::ActorError) -> CliError {
     match e.engine() {
         Some(inner) => CliError::Runtime(inner.to_string()),
         None => CliError::Runtime(e.to_string()),
     }
 }
 
-/// The reference executor over `model`, computing MLA in `form`.
+/// The reference executor over `model`, computing MLA in `form`, its caches from `pools`.
 pub(super) fn reference<'a>(
     model: &'a Model,
     backend: &'a Arc<dyn Backend>,
     form: MlaForm,
+    pools: &Arc<KvPools>,
 ) -> ReferenceExecutor<'a> {
-    let mut exec = ReferenceExecutor::new(model, backend.as_ref());
+    let mut exec = ReferenceExecutor::with_kv(model, backend.as_ref(), pools.clone());
     exec.options.mla_form = form;
     exec
 }

@@ -64,6 +64,35 @@ pub struct RunArgs {
     /// Run even when the model looks too large for this machine's available memory.
     #[arg(long)]
     pub skip_memory_check: bool,
+    /// KV cache pages per layer pool (default: room for 8 sequences of the model's full length,
+    /// at least 1024). A request whose cache needs a page when none is free fails alone.
+    #[arg(long, value_parser = parse_pages)]
+    pub kv_pages: Option<usize>,
+    /// Positions per KV cache page, a power of two (default 64).
+    #[arg(long, value_parser = parse_page_tokens)]
+    pub page_tokens: Option<usize>,
+}
+
+/// The most pages `--kv-pages` accepts (page ids are 32-bit).
+pub const MAX_KV_PAGES: usize = u32::MAX as usize;
+
+fn parse_pages(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_KV_PAGES).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {MAX_KV_PAGES}")),
+    }
+}
+
+/// The largest page `--page-tokens` accepts.
+pub const MAX_PAGE_TOKENS: usize = 1 << 16;
+
+fn parse_page_tokens(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n.is_power_of_two() && n <= MAX_PAGE_TOKENS => Ok(n),
+        _ => Err(format!(
+            "expected a power of two from 1 to {MAX_PAGE_TOKENS}"
+        )),
+    }
 }
 
 /// The most compute threads `--threads` accepts: more only thrash (and 10⁵ hang the machine).

@@ -5,15 +5,19 @@
 //!   `logits --out`, `--max-new-tokens`, usage errors, `--prompt-ids`, `TROUPE_FAULT`);
 //! - `placement_cli`: `--device`/`--runtime`/bench flags parsed once by clap, hostile link numbers;
 //! - `library_devices`: `troupe::backends::default_factory()` puts actor streams on ptx-interp;
+//! - `bench_json`: `troupe bench --json` on cpu and ptx-interp, both runtimes;
+//! - `kv_capacity`: a KV pool too small for one request fails that request alone;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
 //!   fault strings, in process and through the binary);
 //! - `trained_tiny`: the bundled trained model (fortune-tiny) against its transformers reference
 //!   on CPU, through the actor runtime, the CLI text path and `--device ptx-interp`.
 
 mod bad_input;
+mod bench_json;
 mod common;
 mod fuzz;
 mod hardening;
+mod kv_capacity;
 mod library_devices;
 mod loading_and_cli;
 mod placement_cli;

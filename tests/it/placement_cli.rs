@@ -1,5 +1,5 @@
-//! The command line's device, runtime and bench flags (parsed once by clap: a bad value exits 2
-//! naming the flag) and hostile `[placement.link]` numbers in a graph file (a one-line error
+//! The command line's device, runtime, KV cache and bench flags (parsed once by clap: a bad value
+//! exits 2 naming the flag) and hostile `[placement.link]` numbers in a graph file (a one-line error
 //! naming the field, exit 2; `latency_us = 1e300` used to panic with exit 101).
 
 use std::path::{Path, PathBuf};
@@ -50,8 +50,17 @@ fn bad_bench_numbers_are_refused_by_the_parser() {
     assert_usage_error(&["bench", "-m", &m, "--runtime", "fast"], "--runtime");
     // --trace goes with --profile.
     assert_usage_error(&["bench", "-m", &m, "--trace", "t.json"], "--profile");
-    // The actor bench's flags need --runtime actors.
-    assert_usage_error(&["bench", "-m", &m, "--no-link"], "--runtime actors");
+    // The comparison's flags need --compare, and the comparison takes no depth or JSON.
+    assert_usage_error(&["bench", "-m", &m, "--no-link"], "--compare");
+    assert_usage_error(&["bench", "-m", &m, "--compare", "-d", "64"], "-d");
+    assert_usage_error(&["bench", "-m", &m, "-d", "x"], "--n-depth");
+    // A depth plus a test longer than the model's positions is refused before loading.
+    assert_usage_error(
+        &["bench", "-m", &m, "-d", "8192", "-n", "64"],
+        "position limit",
+    );
+    assert_usage_error(&["bench", "-m", &m, "--kv-pages", "0"], "--kv-pages");
+    assert_usage_error(&["bench", "-m", &m, "--page-tokens", "48"], "--page-tokens");
 }
 
 #[test]

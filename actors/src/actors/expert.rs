@@ -1,16 +1,20 @@
 //! Feed-forward blocks: `layer{L}.expert{E}` / `layer{L}.experts{A}-{B}` / `layer{L}.group{G}`
-//! (a group of routed experts: each runs its MLP on the rows dispatched to it),
+//! (a group of routed experts: one `grouped_mlp` over the rows routed to its experts),
 //! `layer{L}.shared` (the shared experts over all rows) and `layer{L}.mlp` (the dense FFN of a
 //! non-MoE layer: the engine's `DecoderLayer::dense_ffn_block`, then the layer's finite check).
+//! Inputs arrive as handles with their owning backend and are moved to this actor's stream's
+//! backend only when it keeps data elsewhere (`transfer.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use troupe_engine::backend::ExpertRows;
 use troupe_engine::model::Model;
-use troupe_engine::{EngineError, Tensor};
+use troupe_engine::{Backend, EngineError};
 
 use crate::actors::{Block, BlockCtx, Meta};
 use crate::error::Result;
+use crate::transfer::{GroupRouting, Owned};
 
 /// A group of routed experts of one layer.
 pub struct ExpertGroupBlock {
@@ -19,19 +23,24 @@ pub struct ExpertGroupBlock {
     pub experts: Vec<usize>,
 }
 
-/// Rows for some experts of the group: `(expert id, its rows of normalised hidden state)`.
+/// Work for some experts of the group: the normalised rows (all of the micro-batch's, or only
+/// those routed to this group when it sits on another node or device) and their routing.
 #[derive(Clone)]
 pub struct GroupJob {
-    pub items: Vec<(usize, Tensor)>,
+    /// The group's experts that got rows (ascending).
+    pub experts: Vec<u32>,
+    pub x: Owned,
+    pub routing: GroupRouting,
     /// Trace flow arrow from the router's dispatch span.
     pub flow: Option<u64>,
     /// When the rows arrive over the link (None: same node).
     pub ready_at: Option<Instant>,
 }
 
-/// Expert outputs, aligned with the job's items.
+/// The group's expert outputs (by expert id, then row), and the backend that made them.
 pub struct GroupOut {
-    pub outs: Vec<(usize, Tensor)>,
+    pub rows: ExpertRows,
+    pub on: Arc<dyn Backend>,
     /// Trace flow arrow to the router's combine span.
     pub flow: Option<u64>,
     /// When the outputs arrive back at the router over the link (None: same node).
@@ -46,7 +55,7 @@ impl Block for ExpertGroupBlock {
     async fn run(&self, ctx: &BlockCtx, job: GroupJob, meta: &Meta) -> Result<GroupOut> {
         let mut tags = ctx.tags("experts", meta, self.layer);
         if ctx.traced() {
-            tags.experts = job.items.iter().map(|(e, _)| *e).collect();
+            tags.experts = job.experts.iter().map(|&e| e as usize).collect();
         }
         if let Some(f) = job.flow {
             tags.flows_in.push((f, "dispatch"));
@@ -56,32 +65,35 @@ impl Block for ExpertGroupBlock {
             tags.flows_out.push((f, "combine"));
         }
         let (model, l, mine) = (self.model.clone(), self.layer, self.experts.clone());
-        let outs = ctx
+        let GroupJob {
+            experts,
+            x,
+            routing,
+            ..
+        } = job;
+        let rows = ctx
             .stream
             .run_at(tags, job.ready_at, move |be| {
-                let m = model.layers[l].moe()?;
-                job.items
-                    .iter()
-                    .map(|(e, x)| {
-                        if !mine.contains(e) {
-                            return Err(EngineError::internal(format!(
-                                "expert {e} of layer {l} was sent to the wrong group"
-                            )));
-                        }
-                        Ok((*e, m.experts[*e].forward(be, x)?))
-                    })
-                    .collect::<std::result::Result<Vec<_>, EngineError>>()
+                if let Some(e) = experts.iter().find(|&&e| !mine.contains(&(e as usize))) {
+                    return Err(EngineError::internal(format!(
+                        "expert {e} of layer {l} was sent to the wrong group"
+                    )));
+                }
+                let x = x.to(be)?;
+                let routing = routing.on(be)?;
+                model.layers[l].moe()?.experts(be, &x, &routing, &experts)
             })
             .await?;
         Ok(GroupOut {
-            outs,
+            rows,
+            on: ctx.stream.backend().clone(),
             flow: back,
             ready_at: None,
         })
     }
 
     fn out_bytes(out: &GroupOut) -> usize {
-        out.outs.iter().map(|(_, t)| t.data().len() * 4).sum()
+        out.rows.rows.bytes()
     }
 
     fn arrives_at(out: &mut GroupOut, at: Instant) {
@@ -97,16 +109,16 @@ pub struct SharedBlock {
 
 impl Block for SharedBlock {
     /// The normalised hidden rows.
-    type Job = Tensor;
-    type Out = Tensor;
+    type Job = Owned;
+    type Out = Owned;
     const CONCURRENT: bool = true;
 
-    async fn run(&self, ctx: &BlockCtx, hn: Tensor, meta: &Meta) -> Result<Tensor> {
+    async fn run(&self, ctx: &BlockCtx, hn: Owned, meta: &Meta) -> Result<Owned> {
         let (model, l) = (self.model.clone(), self.layer);
         ctx.stream
-            .run(ctx.tags("shared", meta, l), move |be| {
+            .run_owned(ctx.tags("shared", meta, l), move |be| {
                 match &model.layers[l].moe()?.shared {
-                    Some(s) => s.forward(be, &hn),
+                    Some(s) => s.forward(be, &hn.to(be)?),
                     None => Err(EngineError::internal(format!(
                         "layer {l} has no shared experts"
                     ))),
@@ -124,16 +136,16 @@ pub struct MlpBlock {
 
 impl Block for MlpBlock {
     /// The post-attention residual `h`.
-    type Job = Tensor;
-    type Out = Tensor;
+    type Job = Owned;
+    type Out = Owned;
 
-    async fn run(&self, ctx: &BlockCtx, h: Tensor, meta: &Meta) -> Result<Tensor> {
+    async fn run(&self, ctx: &BlockCtx, h: Owned, meta: &Meta) -> Result<Owned> {
         let (model, l) = (self.model.clone(), self.layer);
         ctx.stream
-            .run(ctx.tags("mlp", meta, l), move |be| {
+            .run_owned(ctx.tags("mlp", meta, l), move |be| {
                 let layer = &model.layers[l];
-                let out = layer.dense_ffn_block(be, &h, model.eps())?;
-                layer.check_output(&out)?;
+                let out = layer.dense_ffn_block(be, &h.to(be)?, model.eps())?;
+                layer.check_output(be, &out)?;
                 Ok(out)
             })
             .await

@@ -1,22 +1,28 @@
-//! `layer{L}.router`: post-attention norm + routing, dispatch of each expert's rows to its group
-//! actor (across the link when one is configured), the shared experts, and the combine — which
+//! `layer{L}.router`: post-attention norm + routing, dispatch to the expert group actors (across
+//! the link when one is configured), the shared experts, and the combine (`moe_combine`, which
 //! adds expert outputs in ascending expert id whatever order they arrived in, so every placement
-//! gives the reference bits. Only a group on another node than the router is reached over the
-//! link; same-node groups get their rows directly. A group that is down fails only the rows routed to it.
-//! `run` is the sequence of steps: `dispatch` (one kernel) → shared experts as a task →
-//! `send_to_groups` → `gather` → combine + the layer's finite check (one kernel).
+//! gives the reference bits). Routing runs on the router's backend; only the routing decision
+//! comes to the host (`routing_to_host`), to know which groups get rows. A group whose backend
+//! reads the router's handles and that sits on the router's node gets the normalised rows and the
+//! routing as handles (nothing moves); a group on another node or device gets only the rows
+//! routed to its experts (`gather_rows`) and their routing, moved explicitly (`transfer.rs`), and
+//! its results come back the same way — the bytes the link books are these. A group that is
+//! down fails only the rows routed to it. `run` is the sequence of steps: `dispatch` (one
+//! kernel) → shared experts as a task → `send_to_groups` → `gather` → combine + the layer's
+//! finite check (one kernel).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use troupe_engine::backend::Routing;
+use troupe_engine::backend::{ExpertRows, Routing};
 use troupe_engine::model::{DispatchPlan, Model, MoePlan};
-use troupe_engine::Tensor;
+use troupe_engine::{Backend, DeviceRouting, DeviceTensor};
 
 use crate::actors::expert::{ExpertGroupBlock, GroupJob, GroupOut, SharedBlock};
 use crate::actors::{call, Block, BlockCtx, Envelope, Meta, ReplyTo};
 use crate::error::{ActorError, Result};
 use crate::link::Link;
+use crate::transfer::{move_expert_rows, GroupRouting, Owned};
 
 pub struct RouterBlock {
     pub model: Arc<Model>,
@@ -28,56 +34,76 @@ pub struct RouterBlock {
     /// Per group: the link its dispatch and combine cross (`Some` only when the group sits on
     /// another node than this router and a link is configured).
     pub group_links: Vec<Option<Arc<Link>>>,
+    /// Per group: whether it gets only its own rows, moved (another node, or a backend that
+    /// keeps data elsewhere than the router's), instead of the router's handles.
+    pub group_apart: Vec<bool>,
     pub shared: Option<flume::Sender<Envelope<SharedBlock>>>,
 }
 
-/// What the dispatch kernel hands back: the normalised rows, the routing and its plan, the
-/// groups that got rows (ascending group index) and, aligned with them, each group's items.
-struct Dispatch {
-    hn: Tensor,
-    routing: Routing,
-    plan: Arc<DispatchPlan>,
-    active: Vec<usize>,
-    jobs: Vec<Vec<(usize, Tensor)>>,
+/// One active group's work as the dispatch kernel makes it.
+struct GroupWork {
+    experts: Vec<u32>,
+    x: DeviceTensor,
+    routing: GroupRouting,
 }
 
-/// The expert outputs gathered for the combine, when the last of them arrives (over the link)
-/// and the trace arrows ending in the combine span.
+/// What the dispatch kernel hands back: the residual and normalised rows on the router's
+/// backend, the routing and its plan, the groups that got rows (ascending group index) and,
+/// aligned with them, each group's work.
+struct Dispatch {
+    h: DeviceTensor,
+    hn: DeviceTensor,
+    routing: DeviceRouting,
+    plan: Arc<DispatchPlan>,
+    active: Vec<usize>,
+    jobs: Vec<GroupWork>,
+}
+
+/// The expert outputs gathered for the combine (with the backend that made each), when the last
+/// of them arrives (over the link) and the trace arrows ending in the combine span.
 struct Gathered {
-    outs: Vec<Option<Tensor>>,
+    outs: Vec<(ExpertRows, Arc<dyn Backend>)>,
     ready_at: Option<Instant>,
     flows_in: Vec<(u64, &'static str)>,
 }
 
 impl Block for RouterBlock {
     /// The post-attention residual `h` of a micro-batch.
-    type Job = Tensor;
-    type Out = Tensor;
+    type Job = Owned;
+    type Out = Owned;
     const DEADLINE_FACTOR: u32 = 4;
     const CONCURRENT: bool = true;
 
-    async fn run(&self, ctx: &BlockCtx, h: Tensor, meta: &Meta) -> Result<Tensor> {
+    async fn run(&self, ctx: &BlockCtx, h: Owned, meta: &Meta) -> Result<Owned> {
         // One trace flow arrow per group (by group index); none when not tracing.
         let flow_ids: Vec<Option<u64>> = match ctx.traced() {
             true => (0..self.groups.len()).map(|_| ctx.flow_id()).collect(),
             false => Vec::new(),
         };
-        let d = self.dispatch(ctx, &h, meta, &flow_ids).await?;
+        let d = self.dispatch(ctx, h, meta, &flow_ids).await?;
         for e in d.plan.active_experts() {
             crate::metrics::expert_tokens(self.layer, e, d.plan.rows[e].len());
         }
+        let own = ctx.stream.backend();
         let shared = self.shared.as_ref().map(|tx| {
-            let (tx, hn, meta) = (tx.clone(), d.hn.clone(), meta.clone());
+            let (tx, hn, meta) = (
+                tx.clone(),
+                Owned::new(d.hn.clone(), own.clone()),
+                meta.clone(),
+            );
             tokio::spawn(async move { call(&tx, hn, meta).await })
         });
         let Dispatch {
+            h,
             routing,
             plan,
             active,
             jobs,
             ..
         } = d;
-        let results = self.send_to_groups(&active, jobs, &flow_ids, meta).await?;
+        let results = self
+            .send_to_groups(own, &active, jobs, &flow_ids, meta)
+            .await?;
         let gathered = self.gather(&results, active.len(), &plan).await?;
         let shared_out = match shared {
             Some(j) => Some(j.await.map_err(|e| {
@@ -89,61 +115,107 @@ impl Block for RouterBlock {
         let mut tags = ctx.tags("combine", meta, l);
         tags.flows_in = gathered.flows_in;
         let outs = gathered.outs;
-        ctx.stream
-            .run_at(tags, gathered.ready_at, move |_| {
+        // Rows routed to each expert: how many rows of a group's results are entries.
+        let counts: Vec<usize> = plan.rows.iter().map(Vec::len).collect();
+        let out = ctx
+            .stream
+            .run_at(tags, gathered.ready_at, move |be| {
+                let parts = outs
+                    .iter()
+                    .map(|(rows, on)| {
+                        let entries = rows
+                            .experts
+                            .iter()
+                            .map(|&e| counts.get(e as usize).copied().unwrap_or(0))
+                            .sum();
+                        move_expert_rows(rows, entries, &**on, be)
+                    })
+                    .collect::<troupe_engine::Result<Vec<_>>>()?;
+                let shared = shared_out.map(|s| s.to(be)).transpose()?;
                 let layer = &model.layers[l];
                 let out = layer
                     .moe()?
-                    .combine(&h, &routing, &plan, &outs, shared_out.as_ref())?;
-                layer.check_output(&out)?;
+                    .combine(be, &h, &routing, &parts, shared.as_ref())?;
+                layer.check_output(be, &out)?;
                 Ok(out)
             })
-            .await
+            .await?;
+        Ok(Owned::new(out, own.clone()))
     }
 }
 
 impl RouterBlock {
-    /// One kernel: post-attention norm, routing, and the gather of each active group's rows
-    /// (a kernel fewer on the critical path than routing and gathering apart). The span opens a
-    /// flow arrow per group (`flow_ids`, by group index).
+    /// One kernel: post-attention norm, routing (its decision to the host, for the plan), and
+    /// each active group's work: the router's handles, or only its rows gathered for a group
+    /// apart (a kernel fewer on the critical path than routing and gathering apart). The span
+    /// opens a flow arrow per group (`flow_ids`, by group index).
     async fn dispatch(
         &self,
         ctx: &BlockCtx,
-        h: &Tensor,
+        h: Owned,
         meta: &Meta,
         flow_ids: &[Option<u64>],
     ) -> Result<Dispatch> {
         let (model, l) = (self.model.clone(), self.layer);
-        let group_of = self.group_of.clone();
+        let (group_of, apart) = (self.group_of.clone(), self.group_apart.clone());
         let mut tags = ctx.tags("dispatch", meta, l);
         tags.flows_out = flow_ids
             .iter()
             .flatten()
             .map(|&f| (f, "dispatch"))
             .collect();
-        let h = h.clone();
         ctx.stream
             .run(tags, move |be| {
                 let layer = &model.layers[l];
+                let h = h.to(be)?;
                 let hn = layer.ffn_norm(be, &h, model.eps())?;
                 let MoePlan {
-                    routing, dispatch, ..
+                    routing,
+                    host_routing,
+                    dispatch,
+                    ..
                 } = layer.moe()?.plan(be, &hn)?;
                 let mut active: Vec<usize> =
                     dispatch.active_experts().map(|e| group_of[e]).collect();
                 active.sort_unstable();
                 active.dedup();
-                let jobs = active
-                    .iter()
-                    .map(|&g| {
-                        dispatch
-                            .active_experts()
-                            .filter(|&e| group_of[e] == g)
-                            .map(|e| (e, hn.gather_rows(&dispatch.rows[e])))
-                            .collect()
-                    })
-                    .collect();
+                let mut jobs = Vec::with_capacity(active.len());
+                for &g in &active {
+                    let experts = dispatch
+                        .active_experts()
+                        .filter(|&e| group_of[e] == g)
+                        .map(|e| e as u32)
+                        .collect();
+                    jobs.push(if apart[g] {
+                        let rows = rows_needing(&dispatch, &group_of, Some(g));
+                        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+                        GroupWork {
+                            experts,
+                            x: be.gather_rows(&hn, &idx)?,
+                            routing: GroupRouting::Host {
+                                routing: Arc::new(Routing {
+                                    ids: rows
+                                        .iter()
+                                        .map(|&r| host_routing.ids[r].clone())
+                                        .collect(),
+                                    weights: rows
+                                        .iter()
+                                        .map(|&r| host_routing.weights[r].clone())
+                                        .collect(),
+                                }),
+                                top_k: routing.top_k(),
+                            },
+                        }
+                    } else {
+                        GroupWork {
+                            experts,
+                            x: hn.clone(),
+                            routing: GroupRouting::Handle(routing.clone()),
+                        }
+                    });
+                }
                 Ok(Dispatch {
+                    h,
                     hn,
                     routing,
                     plan: Arc::new(dispatch),
@@ -159,18 +231,26 @@ impl RouterBlock {
     /// channel their results come back on.
     async fn send_to_groups(
         &self,
+        own: &Arc<dyn Backend>,
         active: &[usize],
-        jobs: Vec<Vec<(usize, Tensor)>>,
+        jobs: Vec<GroupWork>,
         flow_ids: &[Option<u64>],
         meta: &Meta,
     ) -> Result<flume::Receiver<Result<GroupOut>>> {
         let (rtx, rrx) = flume::bounded(2 * active.len() + 1);
-        for (&g, items) in active.iter().zip(jobs) {
-            let bytes: usize = items.iter().map(|(_, t)| t.data().len() * 4).sum();
+        for (&g, work) in active.iter().zip(jobs) {
             let link = &self.group_links[g];
+            // What crosses the link: the group's rows and their routing (nothing when the
+            // group reads the router's handles, which only same-node groups do).
+            let bytes = match self.group_apart[g] {
+                true => work.x.bytes() + work.routing.bytes(),
+                false => 0,
+            };
             let env = Envelope {
                 job: GroupJob {
-                    items,
+                    experts: work.experts,
+                    x: Owned::new(work.x, own.clone()),
+                    routing: work.routing,
                     flow: flow_ids.get(g).copied().flatten(),
                     ready_at: link.as_ref().map(|l| l.book("dispatch", bytes)),
                 },
@@ -196,7 +276,7 @@ impl RouterBlock {
         plan: &DispatchPlan,
     ) -> Result<Gathered> {
         let mut g_out = Gathered {
-            outs: vec![None; self.group_of.len()],
+            outs: Vec::with_capacity(expected),
             ready_at: None,
             flows_in: Vec::new(),
         };
@@ -211,18 +291,19 @@ impl RouterBlock {
             })?;
             match r {
                 Ok(out) => {
-                    let Some(&(e0, _)) = out.outs.first() else {
+                    let Some(&e0) = out.rows.experts.first() else {
                         continue;
                     };
-                    if std::mem::replace(&mut got[self.group_of[e0]], true) {
+                    let Some(g) = self.group_of.get(e0 as usize).copied() else {
+                        continue;
+                    };
+                    if std::mem::replace(&mut got[g], true) {
                         continue;
                     }
                     received += 1;
                     g_out.ready_at = g_out.ready_at.max(out.ready_at);
                     g_out.flows_in.extend(out.flow.map(|f| (f, "combine")));
-                    for (e, t) in out.outs {
-                        g_out.outs[e] = Some(t);
-                    }
+                    g_out.outs.push((out.rows, out.on));
                 }
                 Err(ActorError::ActorDown { actor, reason, .. }) => {
                     let group = self.group_names.iter().position(|n| *n == actor);

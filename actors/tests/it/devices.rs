@@ -124,3 +124,32 @@ fn a_missing_cuda_device_is_a_clear_startup_error() {
         .expect("no factory");
     assert!(err.to_string().contains("backend factory"), "{err}");
 }
+
+#[test]
+fn expert_groups_on_another_device_get_their_rows_moved_explicitly() {
+    let (_g, model) = load("deepseek-v3-tiny");
+    let reqs = vec![request(prompts("deepseek-v3-tiny")[0].clone(), 3, None)];
+    let want = reference(&model, &reqs);
+    // Routers, attention and the head on the CPU; every expert group on the interpreter.
+    let text = "stage_streams = [\"host\"]\nexpert_streams = [\"gpu\"]\n[[streams]]\nname = \"host\"\ndevice = \"cpu\"\n[[streams]]\nname = \"gpu\"\ndevice = \"ptx-interp\"";
+    let table: toml::Table = toml::from_str(text).expect("placement");
+    let rt = ActorRuntime::start_with(model, Some(&table), None, config(None)).expect("start");
+    let got = rt.generate(&reqs).expect("generate");
+    let moved = rt.core().device_counters();
+    rt.shutdown().expect("shutdown");
+    assert_eq!(got[0].generated, want[0].generated, "tokens");
+    for (g, w) in got[0].step_logits.iter().zip(&want[0].step_logits) {
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let diff = g
+            .iter()
+            .zip(w)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-4 * scale.max(1.0), "logits differ by {diff}");
+    }
+    // The groups' rows and routing went up to the interpreter, their results came back down.
+    assert!(moved.h2d_bytes > 0 && moved.d2h_bytes > 0, "{moved:?}");
+    assert!(
+        moved.launches.keys().any(|k| k.contains("grouped")),
+        "{moved:?}"
+    );
+}
