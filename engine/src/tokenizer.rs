@@ -59,9 +59,10 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Text of `ids`, special tokens (`<|eos|>`, `<|bos|>`, ...) left out, as a reader wants it.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
-            .decode(ids, false)
+            .decode(ids, true)
             .map_err(|e| EngineError::Tokenizer {
                 path: self.path.clone(),
                 message: e.to_string(),

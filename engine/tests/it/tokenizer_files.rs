@@ -40,3 +40,15 @@ fn the_fixture_tokenizer_still_round_trips() {
     assert!(!ids.is_empty());
     assert_eq!(tok.decode(&ids).unwrap(), "The quick brown fox");
 }
+
+#[test]
+fn decoding_leaves_special_tokens_out() {
+    // fortune-tiny's tokenizer: <|bos|> = 0, <|eos|> = 1 (tests/fixtures/fortune-tiny/README.md).
+    let tok = TextTokenizer::open(&fixture("fortune-tiny/tokenizer.json")).unwrap();
+    let mut ids = vec![0u32];
+    ids.extend(tok.encode("A fool and his money").unwrap());
+    ids.push(1);
+    let text = tok.decode(&ids).unwrap();
+    assert_eq!(text.trim_start(), "A fool and his money");
+    assert!(!text.contains("<|"), "{text}");
+}

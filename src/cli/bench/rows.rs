@@ -9,8 +9,9 @@
 //! "d2h_bytes_per_decode_step", "kernel_launches": {kernel: launches per decode step},
 //! "decode_steps_counted", "depth_costs": [{"n_depth", "cache_bytes", "attention_flops",
 //! "read_gbps", "gflops", "read_ms", "compute_ms", "extra_ms"}]}`. The per-step counts are
-//! differences of `Backend::counters()` over the first tg test's untimed warm-up run (all
-//! backends of the runtime summed), divided by its steps; null without a tg test.
+//! differences of `Backend::counters()` over the first tg test's first timed run, after an
+//! untimed warm-up has made the weights resident (all backends of the runtime summed), divided
+//! by its steps; null without a tg test.
 
 use std::time::Instant;
 
@@ -72,22 +73,27 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// Runs `body` once untimed (its counters are returned), then `reps` times; returns the
-/// counters of the untimed run and median, min, max of `per_run / seconds`.
+/// Runs `body` once untimed (a warm-up: weights reach the device then), then `reps` times;
+/// returns the counters of the first timed run (steady state: what every step moves once the
+/// weights are resident) and median, min, max of `per_run / seconds`.
 fn timed(
     target: &mut dyn Target,
     reps: usize,
     per_run: usize,
     mut body: impl FnMut(&mut dyn Target) -> Result<(), CliError>,
 ) -> Result<(DeviceCounters, (f64, f64, f64)), CliError> {
-    let before = target.counters();
     body(target)?; // warm-up
-    let moved = target.counters().since(&before);
+    let mut moved = DeviceCounters::default();
     let mut rates = Vec::with_capacity(reps);
-    for _ in 0..reps {
+    for rep in 0..reps {
+        let before = (rep == 0).then(|| target.counters());
         let t = Instant::now();
         body(target)?;
-        rates.push(per_run as f64 / t.elapsed().as_secs_f64());
+        let secs = t.elapsed().as_secs_f64();
+        if let Some(before) = before {
+            moved = target.counters().since(&before);
+        }
+        rates.push(per_run as f64 / secs);
     }
     Ok((moved, stats(rates)))
 }
