@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use troupe_engine::generate::{check_request, GenerateOutput, GenerateRequest};
+use troupe_engine::generate::{check_request, last_rows, GenerateOutput, GenerateRequest};
 use troupe_engine::sampling::Sampler;
 use troupe_engine::EngineError;
 
@@ -182,16 +182,8 @@ fn sample(
         sequences: None,
     };
     let be = &*logits.on;
-    let mut last = Vec::with_capacity(active.len());
-    let mut rows = 0u32;
-    for a in active.iter() {
-        rows += a.next.len() as u32;
-        last.push(rows - 1);
-    }
-    let last_rows = match last.len() as u32 == rows {
-        true => logits.t.clone(),
-        false => be.gather_rows(&logits.t, &last).map_err(fail)?,
-    };
+    let lens: Vec<usize> = active.iter().map(|a| a.next.len()).collect();
+    let last_rows = last_rows(be, &logits.t, &lens).map_err(fail)?;
     let on_host = active
         .iter()
         .any(|a| a.req.keep_logits || !a.sampler.is_greedy());

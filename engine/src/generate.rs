@@ -4,6 +4,8 @@
 //! are downloaded only for non-greedy sampling or when a request keeps them. A request whose cache
 //! cannot get a page (`KvCacheFull`) fails alone; the others go on.
 
+use crate::backend::Backend;
+use crate::device_tensor::DeviceTensor;
 use crate::error::{EngineError, Result};
 use crate::executor::{check_chunk, ReferenceExecutor, SeqChunk};
 use crate::model::{Model, SequenceCache};
@@ -127,12 +129,10 @@ pub fn generate_each(
             break;
         }
         let mut chunks = Vec::with_capacity(active.len());
-        let mut last_rows = Vec::with_capacity(active.len());
-        let mut rows = 0u32;
+        let mut chunk_lens = Vec::with_capacity(active.len());
         for (i, l) in live.iter_mut().enumerate() {
             if let (true, Some(cache)) = (active.contains(&i), l.cache.as_mut()) {
-                rows += l.next.len() as u32;
-                last_rows.push(rows - 1);
+                chunk_lens.push(l.next.len());
                 chunks.push(SeqChunk {
                     tokens: std::mem::take(&mut l.next),
                     cache,
@@ -141,11 +141,7 @@ pub fn generate_each(
         }
         let logits = exec.forward(&mut chunks, None)?;
         drop(chunks);
-        let last = if last_rows.len() as u32 == rows {
-            logits
-        } else {
-            be.gather_rows(&logits, &last_rows)?
-        };
+        let last = last_rows(be, &logits, &chunk_lens)?;
         let need_rows = active
             .iter()
             .any(|&i| requests[i].keep_logits || !live[i].sampler.is_greedy());
@@ -177,4 +173,26 @@ pub fn generate_each(
         }
     }
     Ok(live.into_iter().map(|l| l.out).collect())
+}
+
+/// The logits of each chunk's last row, from a pass's logits of `chunk_lens` rows per chunk in
+/// batch order (the pass's own handle when every chunk is one row, as in a decode step).
+pub fn last_rows(
+    be: &dyn Backend,
+    logits: &DeviceTensor,
+    chunk_lens: &[usize],
+) -> Result<DeviceTensor> {
+    let mut rows = 0u32;
+    let last: Vec<u32> = chunk_lens
+        .iter()
+        .map(|&n| {
+            rows += n as u32;
+            rows - 1
+        })
+        .collect();
+    if last.len() as u32 == rows {
+        Ok(logits.clone())
+    } else {
+        be.gather_rows(logits, &last)
+    }
 }
