@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use troupe_actors::BackendBuildError;
 use troupe_engine::graph::spec::ModelSpec;
 use troupe_engine::graph::{LoadedGraph, WeightsSource};
+use troupe_engine::kernels::isa::{self, Isa, IsaError};
 use troupe_engine::memory::{self, Available, MemoryError, MemoryNeed, RunShape};
 use troupe_engine::model::kv::DEFAULT_PAGE_TOKENS;
 use troupe_engine::model::{KvConfig, MlaForm, Model};
@@ -30,7 +31,7 @@ pub enum CliError {
     Memory(#[from] MemoryError),
 }
 
-/// Sizes the global compute pool (once per process).
+/// Sizes the global compute pools, rayon's and the kernels' (once per process).
 pub fn init_threads(threads: Option<usize>) -> Result<(), CliError> {
     if let Some(t) = threads {
         if t == 0 || t > MAX_THREADS {
@@ -38,6 +39,7 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), CliError> {
                 "--threads {t}: expected a whole number from 1 to {MAX_THREADS}"
             )));
         }
+        troupe_engine::kernels::pool::set_threads(t);
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()
@@ -46,10 +48,21 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Makes the CPU kernels use `--isa` (a path this processor lacks, or an unknown name, is a
+/// usage error).
+pub fn init_isa(isa: Option<&str>) -> Result<(), CliError> {
+    let Some(name) = isa else {
+        return Ok(());
+    };
+    let usage = |e: IsaError| CliError::Usage(e.to_string());
+    isa::set_active(Isa::parse(name).map_err(usage)?).map_err(usage)
+}
+
 /// The graph of `--model`, once the checks that need no model pass (a malformed `TROUPE_FAULT` is
-/// an error under every runtime, not only where actors read it).
+/// an error under every runtime, not only where actors read it; so is `--isa`).
 pub fn open_graph(run: &RunArgs) -> Result<LoadedGraph, CliError> {
     check_fault_env()?;
+    init_isa(run.isa.as_deref())?;
     Ok(LoadedGraph::open(&run.model)?)
 }
 

@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// Device for the kernels: cpu, cuda[:N], ptx-interp.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceId,
+    /// CPU kernel path: avx512, avx2 or portable (default: the best this processor has).
+    #[arg(long)]
+    pub isa: Option<String>,
     /// MLA computation: auto (naive prefill, absorbed decode), naive, absorbed.
     #[arg(long, default_value = "auto")]
     pub mla: String,

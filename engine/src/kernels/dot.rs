@@ -1,13 +1,16 @@
-//! The one dot-product order every CPU linear uses, in a portable and an AVX2+FMA form that give
-//! bit-identical results (checked in `engine/tests/it/dot.rs`).
+//! The one dot-product order every CPU linear uses, in a portable, an AVX2+FMA and an AVX-512F
+//! form that give bit-identical results (checked in `engine/tests/it/dot.rs`); the form is the
+//! [`Isa`] a caller passes (normally [`super::isa::active`]).
 //!
-//! Order (fixed, whatever the batch size or thread count): element `i` is accumulated with a fused
-//! multiply-add into lane `i % 16` (lanes start at +0.0; a ragged tail is zero-padded), then the
-//! lanes are folded as `s[j] = lane[j] + lane[j + 8]` and
-//! `((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))`. Because every output element has its own
-//! accumulation chain in this order, blocking over rows (several x rows or weight rows at once)
-//! never changes a result: this is what makes the linear batch-invariant.
+//! Order (fixed, whatever the batch size, thread count or instruction set): element `i` is
+//! accumulated with a fused multiply-add into lane `i % 16` (lanes start at +0.0; a ragged tail is
+//! zero-padded), then the lanes are folded as `s[j] = lane[j] + lane[j + 8]` and
+//! `((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))`. AVX2 keeps the 16 lanes in two 8-wide
+//! registers, AVX-512 in one 16-wide register: the same 16 chains. Because every output element
+//! has its own accumulation chain in this order, blocking over rows (several x rows or weight rows
+//! at once) never changes a result: this is what makes the linear batch-invariant.
 
+use super::isa::Isa;
 use crate::dtype::{bf16_to_f32, f16_to_f32};
 
 /// A weight row in one of the supported storage types.
@@ -56,31 +59,26 @@ pub fn dot_portable(x: &[f32], w: WRow<'_>) -> f32 {
     fold16(&lanes)
 }
 
-/// Whether the AVX2+FMA(+F16C) path can run on this processor.
+/// Whether the kernels' active path ([`super::isa::active`]) uses AVX2+FMA(+F16C) instructions
+/// (true on the AVX-512 path too; false when the processor lacks them or `--isa portable`).
 pub fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::isa::active().has_avx2()
 }
 
 /// Computes `out[r][c] = dot(xs[r], ws[c])` for a small block (`xs.len() <= 4`, `ws.len() <= 4`)
-/// in the fixed order, using AVX2 when `simd` is set.
+/// in the fixed order, on `isa` (which must be supported: see [`Isa::supported`]).
 #[inline]
-pub fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], simd: bool, out: &mut [[f32; 4]; 4]) {
+pub fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], isa: Isa, out: &mut [[f32; 4]; 4]) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only set when `simd_available()` returned true.
-        unsafe { avx2::dot_block(xs, ws, out) };
-        return;
+    match isa {
+        // SAFETY: an `Isa` other than `Portable` is only used when the processor supports it.
+        Isa::Avx512 if isa.supported() => return unsafe { avx512::dot_block(xs, ws, out) },
+        Isa::Avx2 | Isa::Avx512 if isa.supported() => {
+            return unsafe { avx2::dot_block(xs, ws, out) }
+        }
+        _ => {}
     }
-    let _ = simd;
+    let _ = isa;
     for (r, x) in xs.iter().enumerate() {
         for (c, w) in ws.iter().enumerate() {
             out[r][c] = dot_portable(x, *w);
@@ -88,9 +86,28 @@ pub fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], simd: bool, out: &mut [[f32; 4]
     }
 }
 
+/// Zero-padded copy of a tail of up to 16 weight elements as f32.
+#[inline(always)]
+fn tail16(w: WRow<'_>, start: usize, buf: &mut [f32; 16]) {
+    for (j, b) in buf.iter_mut().enumerate() {
+        let i = start + j;
+        *b = if i < w.len() { w.get(i) } else { 0.0 };
+    }
+}
+
+/// Zero-padded copy of a tail of up to 16 activations.
+#[inline(always)]
+fn xtail16(x: &[f32], start: usize, k: usize, buf: &mut [f32; 16]) {
+    for (j, b) in buf.iter_mut().enumerate() {
+        if start + j < k {
+            *b = x[start + j];
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{fold16, WRow};
+    use super::{fold16, tail16, WRow};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -103,15 +120,6 @@ mod avx2 {
                 _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
             }
             WRow::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i)),
-        }
-    }
-
-    /// Zero-padded copy of a tail of up to 16 weight elements as f32.
-    #[inline(always)]
-    fn tail16(w: WRow<'_>, start: usize, buf: &mut [f32; 16]) {
-        for (j, b) in buf.iter_mut().enumerate() {
-            let i = start + j;
-            *b = if i < w.len() { w.get(i) } else { 0.0 };
         }
     }
 
@@ -178,11 +186,7 @@ mod avx2 {
             }
             for r in 0..R {
                 let mut xt = [0.0f32; 16];
-                for (j, v) in xt.iter_mut().enumerate() {
-                    if main + j < k {
-                        *v = xs[r][main + j];
-                    }
-                }
+                super::xtail16(xs[r], main, k, &mut xt);
                 let x0 = _mm256_loadu_ps(xt.as_ptr());
                 let x1 = _mm256_loadu_ps(xt.as_ptr().add(8));
                 for c in 0..C {
@@ -198,6 +202,101 @@ mod avx2 {
                 let mut lanes = [0.0f32; 16];
                 _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c][0]);
                 _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][c][1]);
+                out[r][c] = fold16(&lanes);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{fold16, tail16, xtail16, WRow};
+    use std::arch::x86_64::*;
+
+    /// 16 weight elements from `i` as f32 (lane `j` = element `i + j`).
+    #[inline(always)]
+    unsafe fn load16(w: WRow<'_>, i: usize) -> __m512 {
+        match w {
+            WRow::F32(s) => _mm512_loadu_ps(s.as_ptr().add(i)),
+            WRow::BF16(s) => {
+                let h = _mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+            WRow::F16(s) => {
+                _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))
+            }
+        }
+    }
+
+    /// As `avx2::dot_block`, with one 16-lane accumulator per dot.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], out: &mut [[f32; 4]; 4]) {
+        match (xs.len(), ws.len()) {
+            (1, 1) => tile::<1, 1>(xs, ws, out),
+            (1, 2) => tile::<1, 2>(xs, ws, out),
+            (1, 3) => tile::<1, 3>(xs, ws, out),
+            (1, 4) => tile::<1, 4>(xs, ws, out),
+            (2, 1) => tile::<2, 1>(xs, ws, out),
+            (2, 2) => tile::<2, 2>(xs, ws, out),
+            (r, c) => {
+                for r0 in (0..r).step_by(2) {
+                    for c0 in (0..c).step_by(2) {
+                        let (rn, cn) = ((r - r0).min(2), (c - c0).min(2));
+                        let mut sub = [[0.0f32; 4]; 4];
+                        dot_block(&xs[r0..r0 + rn], &ws[c0..c0 + cn], &mut sub);
+                        for i in 0..rn {
+                            for j in 0..cn {
+                                out[r0 + i][c0 + j] = sub[i][j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const C: usize>(
+        xs: &[&[f32]],
+        ws: &[WRow<'_>],
+        out: &mut [[f32; 4]; 4],
+    ) {
+        let k = ws[0].len();
+        let main = k / 16 * 16;
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut i = 0;
+        while i < main {
+            let mut wv = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                wv[c] = load16(ws[c], i);
+            }
+            for r in 0..R {
+                let xv = _mm512_loadu_ps(xs[r].as_ptr().add(i));
+                for c in 0..C {
+                    acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+                }
+            }
+            i += 16;
+        }
+        if main < k {
+            let mut wt = [[0.0f32; 16]; C];
+            for c in 0..C {
+                tail16(ws[c], main, &mut wt[c]);
+            }
+            for r in 0..R {
+                let mut xt = [0.0f32; 16];
+                xtail16(xs[r], main, k, &mut xt);
+                let xv = _mm512_loadu_ps(xt.as_ptr());
+                for c in 0..C {
+                    let wv = _mm512_loadu_ps(wt[c].as_ptr());
+                    acc[r][c] = _mm512_fmadd_ps(xv, wv, acc[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                let mut lanes = [0.0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
                 out[r][c] = fold16(&lanes);
             }
         }

@@ -1,34 +1,35 @@
-//! `linear`: `y = x @ W^T` for f32 activations and f32/bf16/f16 weights stored `[out, in]`.
+//! `linear`: `y = x @ W^T` for f32 activations and f32/bf16/f16 weights stored `[out, in]`, and
+//! [`linear_many`]: several such products in one parallel region (the grouped expert MLP's gate
+//! and up projections of every expert at once).
 //!
-//! Parallel over blocks of weight rows (output columns) on the rayon pool; inside a block, register
-//! tiles of (x rows × weight rows): 1×4 for a single x row (a GEMV streams four weight rows at
-//! once), 2×2 otherwise (each load reused twice). Every output element is one `dot` chain in the
-//! order fixed by [`super::dot`], so results do not depend on the tiling, the batch size or the
-//! thread count.
+//! Each product is split by weight rows (output columns) into contiguous chunks that the compute
+//! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
+//! Inside a chunk, register tiles of (x rows × weight rows): 1×4 for a single x row (a GEMV
+//! streams four weight rows at once), 2×2 otherwise (each load reused twice). Every output
+//! element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
+//! the tiling, the chunking, the batch size, the thread count or the instruction set.
+//!
+//! The storage type is dispatched in [`columns_into`] (`WFlat`): a new weight format (FP8 with
+//! block scales) adds a `WFlat` variant and an arm there that fills the same column range with its
+//! own fixed order.
 
-use rayon::prelude::*;
-
-use super::dot::{dot_block, simd_available, WRow};
+use super::dot::{dot_block, WRow};
+use super::isa::{self, Isa};
+use super::pool;
 use crate::dtype::DType;
 use crate::error::{EngineError, Result};
 use crate::tensor::Tensor;
 use crate::weights::Weight;
 
-/// Weight rows handled by one parallel task.
-const COLS_PER_TASK: usize = 32;
-/// Below this many multiply-adds the call runs on the calling thread.
-const SERIAL_WORK: usize = 1 << 16;
+/// Below this many multiply-adds in a region, it runs on the calling thread.
+const SERIAL_WORK: usize = 1 << 15;
+/// Fewest weight rows (output columns) in one chunk.
+const MIN_COLS_PER_TASK: usize = 16;
+/// Chunks per pool thread in a region (a few, so a late thread does not stall the region).
+const TASKS_PER_THREAD: usize = 4;
 
-/// Row `r` of `w` as a typed slice.
-fn weight_row<'a>(w: &'a Weight, flat: &WFlat<'a>, r: usize) -> WRow<'a> {
-    let k = w.cols();
-    match flat {
-        WFlat::F32(s) => WRow::F32(&s[r * k..(r + 1) * k]),
-        WFlat::BF16(s) => WRow::BF16(&s[r * k..(r + 1) * k]),
-        WFlat::F16(s) => WRow::F16(&s[r * k..(r + 1) * k]),
-    }
-}
-
+/// A weight's elements, by storage type.
+#[derive(Clone, Copy)]
 enum WFlat<'a> {
     F32(&'a [f32]),
     BF16(&'a [u16]),
@@ -43,33 +44,71 @@ fn flat(w: &Weight) -> Result<WFlat<'_>> {
     })
 }
 
-/// Computes columns `c0..c1` of `x @ W^T` into `out` (`[n, c1 - c0]`, row-major).
-fn block(
-    x: &Tensor,
-    w: &Weight,
-    wf: &WFlat<'_>,
-    c0: usize,
-    c1: usize,
-    simd: bool,
-    out: &mut [f32],
+/// Row `r` (`k` elements) of a weight as a typed slice.
+#[inline(always)]
+fn weight_row<'a>(wf: WFlat<'a>, k: usize, r: usize) -> WRow<'a> {
+    match wf {
+        WFlat::F32(s) => WRow::F32(&s[r * k..(r + 1) * k]),
+        WFlat::BF16(s) => WRow::BF16(&s[r * k..(r + 1) * k]),
+        WFlat::F16(s) => WRow::F16(&s[r * k..(r + 1) * k]),
+    }
+}
+
+/// Where a region's tasks write: a `[rows, stride]` row-major f32 buffer shared by tasks that
+/// write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr {
+    ptr: *mut f32,
+    len: usize,
+}
+// SAFETY: tasks of one region write disjoint elements (distinct column ranges or products), and
+// the buffer outlives the region.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Writes `v` at `i`.
+    ///
+    /// # Safety
+    /// No other thread accesses element `i` during the region.
+    #[inline(always)]
+    unsafe fn set(self, i: usize, v: f32) {
+        debug_assert!(i < self.len);
+        *self.ptr.add(i) = v;
+    }
+}
+
+/// Computes columns `c0..c1` of `x @ W^T` (`x` is `[n, k]` row-major) into `out[r * out_dim + c]`.
+///
+/// # Safety
+/// No other thread touches those output elements meanwhile; `out` holds `n * out_dim`.
+unsafe fn columns_into(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    wf: WFlat<'_>,
+    (c0, c1): (usize, usize),
+    out_dim: usize,
+    isa: Isa,
+    out: OutPtr,
 ) {
-    let n = x.rows();
-    let width = c1 - c0;
+    // (The FP8 arm goes here: `WFlat::F8E4M3 { .. } => fp8::columns_into(..)`.)
     // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice.
     let (row_step, col_step) = if n == 1 { (1, 4) } else { (2, 2) };
+    let xrow = |r: usize| &x[r * k..(r + 1) * k];
     let mut r = 0;
     while r < n {
         let rn = (n - r).min(row_step);
-        let xs: [&[f32]; 4] = std::array::from_fn(|i| x.row(r + i.min(rn - 1)));
+        let xs: [&[f32]; 4] = std::array::from_fn(|i| xrow(r + i.min(rn - 1)));
         let mut c = c0;
         while c < c1 {
             let cn = (c1 - c).min(col_step);
-            let ws: [WRow<'_>; 4] = std::array::from_fn(|j| weight_row(w, wf, c + j.min(cn - 1)));
+            let ws: [WRow<'_>; 4] = std::array::from_fn(|j| weight_row(wf, k, c + j.min(cn - 1)));
             let mut tile = [[0.0f32; 4]; 4];
-            dot_block(&xs[..rn], &ws[..cn], simd, &mut tile);
+            dot_block(&xs[..rn], &ws[..cn], isa, &mut tile);
             for (dr, trow) in tile.iter().enumerate().take(rn) {
                 for (dc, v) in trow.iter().enumerate().take(cn) {
-                    out[(r + dr) * width + (c - c0 + dc)] = *v;
+                    out.set((r + dr) * out_dim + c + dc, *v);
                 }
             }
             c += cn;
@@ -78,13 +117,27 @@ fn block(
     }
 }
 
-/// `x` `[n, in]` times `w^T` (`w` is `[out, in]`) → `[n, out]`.
-pub fn linear(x: &Tensor, w: &Weight) -> Result<Tensor> {
-    linear_with(x, w, simd_available())
+/// One product of a [`linear_many`] region: `x @ w^T` into `out` (`[x.rows(), w.rows()]`).
+pub struct LinearJob<'a> {
+    pub x: &'a Tensor,
+    pub w: &'a Weight,
+    pub out: &'a mut [f32],
 }
 
-/// As [`linear`], choosing the SIMD path explicitly (tests compare both).
-pub fn linear_with(x: &Tensor, w: &Weight, simd: bool) -> Result<Tensor> {
+/// A checked job: its weight's elements and its output pointer.
+struct Ready<'a> {
+    x: &'a [f32],
+    n: usize,
+    k: usize,
+    wf: WFlat<'a>,
+    out_dim: usize,
+    out: OutPtr,
+    /// Columns per task, and this job's first task index in the region.
+    cols_per_task: usize,
+    first_task: usize,
+}
+
+fn check(x: &Tensor, w: &Weight) -> Result<()> {
     if w.shape().len() != 2 || x.cols() != w.cols() {
         return Err(EngineError::ShapeMismatch {
             tensor: w.name().to_string(),
@@ -92,30 +145,115 @@ pub fn linear_with(x: &Tensor, w: &Weight, simd: bool) -> Result<Tensor> {
             found: w.shape().to_vec(),
         });
     }
-    let n = x.rows();
-    let out_dim = w.rows();
-    let wf = flat(w)?;
-    let mut out = vec![0.0f32; n * out_dim];
-    if n * out_dim * w.cols() < SERIAL_WORK || rayon::current_num_threads() == 1 {
-        block(x, w, &wf, 0, out_dim, simd, &mut out);
-    } else {
-        let parts: Vec<(usize, Vec<f32>)> = (0..out_dim.div_ceil(COLS_PER_TASK))
-            .into_par_iter()
-            .map(|t| {
-                let c0 = t * COLS_PER_TASK;
-                let c1 = (c0 + COLS_PER_TASK).min(out_dim);
-                let mut buf = vec![0.0f32; n * (c1 - c0)];
-                block(x, w, &wf, c0, c1, simd, &mut buf);
-                (c0, buf)
-            })
-            .collect();
-        for (c0, buf) in parts {
-            let width = buf.len() / n.max(1);
-            for r in 0..n {
-                out[r * out_dim + c0..r * out_dim + c0 + width]
-                    .copy_from_slice(&buf[r * width..(r + 1) * width]);
-            }
-        }
+    Ok(())
+}
+
+/// Runs every job in one parallel region on `isa`: tasks are contiguous column chunks of each
+/// job (`cols_per_task` columns each when given — tests vary it — else sized for the pool).
+/// Each output element is computed exactly as [`linear`] computes it.
+pub fn linear_many_with(
+    jobs: &mut [LinearJob<'_>],
+    isa: Isa,
+    cols_per_task: Option<usize>,
+) -> Result<()> {
+    if !isa.supported() {
+        return Err(EngineError::internal(format!(
+            "linear: the {isa} kernels cannot run on this processor"
+        )));
     }
-    Tensor::matrix(n, out_dim, out)
+    let mut work = 0usize;
+    for j in jobs.iter() {
+        check(j.x, j.w)?;
+        if j.out.len() != j.x.rows() * j.w.rows() {
+            return Err(EngineError::kernel(
+                "linear",
+                format!(
+                    "output of {} for [{}, {}]",
+                    j.out.len(),
+                    j.x.rows(),
+                    j.w.rows()
+                ),
+            ));
+        }
+        work += j.x.rows() * j.w.rows() * j.w.cols();
+    }
+    let threads = pool::threads();
+    let total_cols: usize = jobs.iter().map(|j| j.w.rows()).sum();
+    let auto = total_cols
+        .div_ceil(threads * TASKS_PER_THREAD)
+        .next_multiple_of(4)
+        .max(MIN_COLS_PER_TASK);
+    let mut ready = Vec::with_capacity(jobs.len());
+    let mut tasks = 0;
+    for j in jobs.iter_mut() {
+        let per = cols_per_task.unwrap_or(auto).max(1);
+        let out_dim = j.w.rows();
+        ready.push(Ready {
+            x: j.x.data(),
+            n: j.x.rows(),
+            k: j.w.cols(),
+            wf: flat(j.w)?,
+            out_dim,
+            out: OutPtr {
+                ptr: j.out.as_mut_ptr(),
+                len: j.out.len(),
+            },
+            cols_per_task: per,
+            first_task: tasks,
+        });
+        tasks += out_dim.div_ceil(per);
+    }
+    let run = |t: usize| {
+        // The job holding task `t` (jobs are few: a linear scan).
+        let Some(j) = ready.iter().rev().find(|j| j.first_task <= t) else {
+            return;
+        };
+        let c0 = (t - j.first_task) * j.cols_per_task;
+        let c1 = (c0 + j.cols_per_task).min(j.out_dim);
+        // SAFETY: task `t` alone writes columns c0..c1 of its job's output, which outlives the
+        // region (borrowed mutably by `jobs`).
+        unsafe { columns_into(j.x, j.n, j.k, j.wf, (c0, c1), j.out_dim, isa, j.out) };
+    };
+    if work < SERIAL_WORK {
+        (0..tasks).for_each(run);
+    } else {
+        pool::for_each_task(tasks, &run);
+    }
+    Ok(())
+}
+
+/// [`linear_many_with`] on the active instruction set.
+pub fn linear_many(jobs: &mut [LinearJob<'_>]) -> Result<()> {
+    linear_many_with(jobs, isa::active(), None)
+}
+
+/// `x` `[n, in]` times `w^T` (`w` is `[out, in]`) → `[n, out]`.
+pub fn linear(x: &Tensor, w: &Weight) -> Result<Tensor> {
+    linear_with(x, w, isa::active())
+}
+
+/// As [`linear`], on the instruction set `isa` (tests compare the paths).
+pub fn linear_with(x: &Tensor, w: &Weight, isa: Isa) -> Result<Tensor> {
+    linear_split(x, w, isa, None)
+}
+
+/// As [`linear_with`], in chunks of `cols_per_task` output columns when given.
+pub fn linear_split(
+    x: &Tensor,
+    w: &Weight,
+    isa: Isa,
+    cols_per_task: Option<usize>,
+) -> Result<Tensor> {
+    check(x, w)?;
+    let mut out = vec![0.0f32; x.rows() * w.rows()];
+    linear_many_with(
+        &mut [LinearJob {
+            x,
+            w,
+            out: &mut out,
+        }],
+        isa,
+        cols_per_task,
+    )?;
+    Tensor::matrix(x.rows(), w.rows(), out)
 }

@@ -13,11 +13,13 @@ pub mod cpu;
 #[cfg(test)]
 mod cpu_tests;
 pub mod dot;
+pub mod isa;
 pub mod kv_pages;
 pub mod linear;
 pub mod moe;
 pub mod norm;
 pub mod paged_attention;
+pub mod pool;
 pub mod rope;
 pub mod router;
 

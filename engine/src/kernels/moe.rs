@@ -1,12 +1,14 @@
 //! Host kernels of the MoE block: the grouped expert MLP (every routed row of every listed expert,
 //! rows grouped per expert in ascending expert id, then ascending row) and the weighted combine
 //! (`residual + (Σ_slots w·y + shared)`, slots summed in ascending expert id from 0.0). Each
-//! expert row is computed by the same `linear`/`silu_mul` calls as a lone MLP on those rows, so
-//! results are bit-identical to running the experts one by one.
+//! expert row is computed with the same per-element order as a lone MLP on those rows (the
+//! projections of all experts share parallel regions, `linear::linear_many`), so results are
+//! bit-identical to running the experts one by one.
 
 use crate::backend::{ExpertWeights, Routing};
 use crate::error::{EngineError, Result};
-use crate::kernels::{activation, linear};
+use crate::kernels::activation;
+use crate::kernels::linear::{self, LinearJob};
 use crate::tensor::Tensor;
 
 /// Rows routed to `expert`, ascending.
@@ -28,7 +30,10 @@ pub fn mlp(x: &Tensor, e: &ExpertWeights<'_>) -> Result<Tensor> {
 }
 
 /// The grouped expert MLP: for each expert of `experts` (ascending ids) the rows of `x` routed to
-/// it, in row order, concatenated → `[Σ rows, hidden]`, with the experts that got rows.
+/// it, in row order, concatenated → `[Σ rows, hidden]`, with the experts that got rows. Two
+/// parallel regions in all: every expert's gate and up projections, then every expert's down
+/// projection (written straight into its rows of the output); each output element is computed as
+/// by [`mlp`] on that expert's rows alone.
 pub fn grouped_mlp(
     x: &Tensor,
     routing: &Routing,
@@ -46,21 +51,74 @@ pub fn grouped_mlp(
             "experts must be listed in ascending id order",
         ));
     }
-    let mut ids = Vec::new();
-    let mut outs = Vec::new();
+    let width = experts.first().map_or(x.cols(), |e| e.down.rows());
+    if let Some(e) = experts.iter().find(|e| e.down.rows() != width) {
+        return Err(EngineError::kernel(
+            "grouped_mlp",
+            format!(
+                "expert {} outputs {} columns, not {width}",
+                e.id,
+                e.down.rows()
+            ),
+        ));
+    }
+    let mut active = Vec::new();
     for e in experts {
         let rows = rows_of_expert(routing, e.id);
-        if rows.is_empty() {
-            continue;
+        if !rows.is_empty() {
+            active.push((e, x.gather_rows(&rows)));
         }
-        ids.push(e.id);
-        outs.push(mlp(&x.gather_rows(&rows), e)?);
     }
-    let width = experts.first().map_or(x.cols(), |e| e.down.rows());
-    if outs.is_empty() {
-        return Tensor::matrix(0, width, Vec::new()).map(|t| (ids, t));
+    let ids = active.iter().map(|(e, _)| e.id).collect();
+    // Gate and up of every expert.
+    let mut gates: Vec<Vec<f32>> = active
+        .iter()
+        .map(|(e, xe)| vec![0.0; xe.rows() * e.gate.rows()])
+        .collect();
+    let mut ups: Vec<Vec<f32>> = active
+        .iter()
+        .map(|(e, xe)| vec![0.0; xe.rows() * e.up.rows()])
+        .collect();
+    let mut jobs = Vec::with_capacity(2 * active.len());
+    for (((e, xe), g), u) in active.iter().zip(&mut gates).zip(&mut ups) {
+        jobs.push(LinearJob {
+            x: xe,
+            w: e.gate,
+            out: g,
+        });
+        jobs.push(LinearJob {
+            x: xe,
+            w: e.up,
+            out: u,
+        });
     }
-    Ok((ids, Tensor::concat_rows(&outs)?))
+    linear::linear_many(&mut jobs)?;
+    drop(jobs);
+    let hidden = active
+        .iter()
+        .zip(gates.into_iter().zip(ups))
+        .map(|((e, xe), (g, u))| {
+            let g = Tensor::matrix(xe.rows(), e.gate.rows(), g)?;
+            activation::silu_mul(&g, &Tensor::matrix(xe.rows(), e.up.rows(), u)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Down of every expert, into its block of rows.
+    let total: usize = active.iter().map(|(_, xe)| xe.rows()).sum();
+    let mut out = vec![0.0f32; total * width];
+    let mut jobs = Vec::with_capacity(active.len());
+    let mut rest = out.as_mut_slice();
+    for ((e, xe), h) in active.iter().zip(&hidden) {
+        let (mine, tail) = rest.split_at_mut(xe.rows() * width);
+        rest = tail;
+        jobs.push(LinearJob {
+            x: h,
+            w: e.down,
+            out: mine,
+        });
+    }
+    linear::linear_many(&mut jobs)?;
+    drop(jobs);
+    Ok((ids, Tensor::matrix(total, width, out)?))
 }
 
 /// One `grouped_mlp` output as the combine reads it.

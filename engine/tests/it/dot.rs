@@ -1,12 +1,18 @@
-//! The AVX2+FMA dot kernel against the portable one: bit-identical for every storage type, length
-//! and block shape, and the linear built on them likewise.
+//! Every kernel path this processor has (AVX2+FMA, AVX-512F) against the portable one:
+//! bit-identical dots for every storage type, length and block shape, and the linear built on
+//! them likewise, whatever the chunking or the number of products sharing a region.
 
 use troupe_engine::dtype::{f32_to_bf16, f32_to_f16, DType};
 use troupe_engine::kernels::dot::{dot_block, dot_portable, simd_available, WRow};
-use troupe_engine::kernels::linear::linear_with;
+use troupe_engine::kernels::isa::Isa;
+use troupe_engine::kernels::linear::{linear_many_with, linear_split, linear_with, LinearJob};
 use troupe_engine::weights::random::SplitMix64;
 use troupe_engine::weights::Weight;
 use troupe_engine::Tensor;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
 
 fn values(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n)
@@ -19,7 +25,8 @@ fn this_machine_runs_the_simd_path() {
     // The CI machine (Zen 3) has AVX2+FMA+F16C; without it the tests below compare the portable
     // path with itself.
     if std::env::var_os("TROUPE_ALLOW_NO_AVX2").is_none() && cfg!(target_arch = "x86_64") {
-        assert!(simd_available(), "AVX2+FMA+F16C not detected");
+        assert!(Isa::Avx2.supported(), "AVX2+FMA+F16C not detected");
+        assert!(simd_available(), "the AVX2 path is not the default");
     }
 }
 
@@ -45,16 +52,19 @@ fn avx2_and_portable_dots_are_bit_identical() {
             wb.iter().map(|r| WRow::BF16(r)).collect::<Vec<_>>(),
             wh.iter().map(|r| WRow::F16(r)).collect::<Vec<_>>(),
         ] {
-            for (nr, nc) in [(1, 1), (1, 4), (2, 2), (3, 4), (4, 4), (4, 1)] {
+            for (isa, (nr, nc)) in Isa::available()
+                .into_iter()
+                .flat_map(|i| [(1, 1), (1, 4), (2, 2), (3, 4), (4, 4), (4, 1)].map(|b| (i, b)))
+            {
                 let mut simd = [[0.0f32; 4]; 4];
-                dot_block(&xr[..nr], &rows[..nc], simd_available(), &mut simd);
+                dot_block(&xr[..nr], &rows[..nc], isa, &mut simd);
                 for r in 0..nr {
                     for c in 0..nc {
                         let want = dot_portable(xr[r], rows[c]);
                         assert_eq!(
                             simd[r][c].to_bits(),
                             want.to_bits(),
-                            "k={k} block {nr}x{nc} ({r},{c})"
+                            "{isa} k={k} block {nr}x{nc} ({r},{c})"
                         );
                     }
                 }
@@ -69,21 +79,63 @@ fn avx2_and_portable_linears_are_bit_identical() {
     for (n, k, out) in [(1usize, 37usize, 70usize), (3, 64, 33), (8, 130, 65)] {
         let x = Tensor::matrix(n, k, values(&mut rng, n * k)).unwrap();
         let wv = values(&mut rng, out * k);
-        let bits: Vec<u16> = wv.iter().map(|&v| f32_to_bf16(v)).collect();
+        let wb: Vec<u16> = wv.iter().map(|&v| f32_to_bf16(v)).collect();
         for w in [
             Weight::from_f32("w", vec![out, k], &wv),
-            Weight::from_u16("w", DType::BF16, vec![out, k], &bits),
+            Weight::from_u16("w", DType::BF16, vec![out, k], &wb),
         ] {
-            let a = linear_with(&x, &w, simd_available()).unwrap();
-            let b = linear_with(&x, &w, false).unwrap();
-            assert!(
-                a.data()
-                    .iter()
-                    .zip(b.data())
-                    .all(|(p, q)| p.to_bits() == q.to_bits()),
-                "n={n} k={k} out={out} {}",
-                w.dtype()
-            );
+            let want = linear_with(&x, &w, Isa::Portable).unwrap();
+            for isa in Isa::available() {
+                for chunk in [None, Some(1), Some(4), Some(7), Some(64)] {
+                    let got = linear_split(&x, &w, isa, chunk).unwrap();
+                    assert_eq!(
+                        bits(got.data()),
+                        bits(want.data()),
+                        "{isa} chunk {chunk:?} n={n} k={k} out={out} {}",
+                        w.dtype()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn products_sharing_a_region_match_lone_linears() {
+    let mut rng = SplitMix64::new(9);
+    let x1 = Tensor::matrix(1, 96, values(&mut rng, 96)).unwrap();
+    let x3 = Tensor::matrix(3, 96, values(&mut rng, 3 * 96)).unwrap();
+    let bf = |rng: &mut SplitMix64, rows: usize| {
+        let v: Vec<u16> = values(rng, rows * 96)
+            .iter()
+            .map(|&v| f32_to_bf16(v))
+            .collect();
+        Weight::from_u16("w", DType::BF16, vec![rows, 96], &v)
+    };
+    let (wa, wb) = (bf(&mut rng, 300), bf(&mut rng, 45));
+    for isa in Isa::available() {
+        let (mut a, mut b, mut c) = (vec![0.0; 300], vec![0.0; 3 * 45], vec![0.0; 3 * 300]);
+        let mut jobs = [
+            LinearJob {
+                x: &x1,
+                w: &wa,
+                out: &mut a,
+            },
+            LinearJob {
+                x: &x3,
+                w: &wb,
+                out: &mut b,
+            },
+            LinearJob {
+                x: &x3,
+                w: &wa,
+                out: &mut c,
+            },
+        ];
+        linear_many_with(&mut jobs, isa, None).unwrap();
+        for (got, (x, w)) in [a, b, c].iter().zip([(&x1, &wa), (&x3, &wb), (&x3, &wa)]) {
+            let want = linear_with(x, w, Isa::Portable).unwrap();
+            assert_eq!(bits(got), bits(want.data()), "{isa}");
         }
     }
 }

@@ -105,11 +105,11 @@ fn tokens(vocab: usize, len: usize, salt: u64) -> Vec<u32> {
         .collect()
 }
 
-/// The instruction set of the kernels: the CPU kernels' path, or the device's.
+/// The instruction set of the kernels: the CPU kernels' path (`avx512`, `avx2`, `portable`), or
+/// the device's.
 fn isa(device: &DeviceId) -> &'static str {
     match device {
-        DeviceId::Cpu if troupe_engine::kernels::dot::simd_available() => "avx2+fma",
-        DeviceId::Cpu => "portable",
+        DeviceId::Cpu => troupe_engine::kernels::isa::active().name(),
         _ => "ptx",
     }
 }
@@ -178,9 +178,10 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
     };
     let threads = rayon::current_num_threads();
     println!(
-        "model: {}  threads: {threads}  device: {}  runtime: {}",
+        "model: {}  threads: {threads}  device: {}  isa: {}  runtime: {}",
         a.run.model.display(),
         be.name(),
+        isa(&a.run.device),
         target.runtime()
     );
     println!("{:<16} {:>12} {:>22}", "test", "tok/s", "min - max");
