@@ -17,6 +17,7 @@ mod bench_json;
 mod common;
 mod fuzz;
 mod hardening;
+mod isa_paths;
 mod kv_capacity;
 mod library_devices;
 mod loading_and_cli;

@@ -127,6 +127,15 @@ mod avx2 {
     /// accumulators stay in registers.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], out: &mut [[f32; 4]; 4]) {
+        if xs.len() == 1 && ws.iter().all(|w| matches!(w, WRow::BF16(_))) {
+            match ws.len() {
+                1 => return gemv_bf16::<1>(xs[0], ws, out),
+                2 => return gemv_bf16::<2>(xs[0], ws, out),
+                3 => return gemv_bf16::<3>(xs[0], ws, out),
+                4 => return gemv_bf16::<4>(xs[0], ws, out),
+                _ => {}
+            }
+        }
         match (xs.len(), ws.len()) {
             (1, 1) => tile::<1, 1>(xs, ws, out),
             (1, 2) => tile::<1, 2>(xs, ws, out),
@@ -149,6 +158,57 @@ mod avx2 {
                     }
                 }
             }
+        }
+    }
+
+    /// One x row against `C` bf16 weight rows, widening 16 weights with one load and two
+    /// unpacks: register `a` then holds elements {0-3, 8-11} of each 16-block and `b` elements
+    /// {4-7, 12-15} (the x row is permuted to match), the same 16 lanes as `tile` in another
+    /// register layout, put back in lane order before the fold.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn gemv_bf16<const C: usize>(x: &[f32], ws: &[WRow<'_>], out: &mut [[f32; 4]; 4]) {
+        let k = ws[0].len();
+        let main = k / 16 * 16;
+        let ptrs: [*const u16; C] = std::array::from_fn(|c| match ws[c] {
+            WRow::BF16(s) => s.as_ptr(),
+            _ => std::ptr::null(),
+        });
+        let zero = _mm256_setzero_si256();
+        let mut acc = [[_mm256_setzero_ps(); 2]; C];
+        let mut i = 0;
+        while i < main {
+            let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
+            let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
+            let xa = _mm256_permute2f128_ps(x0, x1, 0x20);
+            let xb = _mm256_permute2f128_ps(x0, x1, 0x31);
+            for c in 0..C {
+                let w = _mm256_loadu_si256(ptrs[c].add(i) as *const __m256i);
+                let wa = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, w));
+                let wb = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, w));
+                acc[c][0] = _mm256_fmadd_ps(xa, wa, acc[c][0]);
+                acc[c][1] = _mm256_fmadd_ps(xb, wb, acc[c][1]);
+            }
+            i += 16;
+        }
+        for c in 0..C {
+            let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+            _mm256_storeu_ps(a.as_mut_ptr(), acc[c][0]);
+            _mm256_storeu_ps(b.as_mut_ptr(), acc[c][1]);
+            let mut lanes = [0.0f32; 16];
+            lanes[..4].copy_from_slice(&a[..4]);
+            lanes[4..8].copy_from_slice(&b[..4]);
+            lanes[8..12].copy_from_slice(&a[4..]);
+            lanes[12..].copy_from_slice(&b[4..]);
+            if main < k {
+                let mut wt = [0.0f32; 16];
+                let mut xt = [0.0f32; 16];
+                tail16(ws[c], main, &mut wt);
+                super::xtail16(x, main, k, &mut xt);
+                for j in 0..16 {
+                    lanes[j] = xt[j].mul_add(wt[j], lanes[j]);
+                }
+            }
+            out[0][c] = fold16(&lanes);
         }
     }
 

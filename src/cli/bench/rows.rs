@@ -4,7 +4,7 @@
 //! repetition rolls the cache back to the depth.
 //!
 //! The JSON object (the last stdout line with `--json`):
-//! `{"model", "device", "isa", "threads", "runtime", "tests": [{"name": "pp128"|"tg64",
+//! `{"model", "device", "isa" (avx512, avx2, portable or ptx), "threads", "runtime", "tests": [{"name": "pp128"|"tg64",
 //! "n_prompt", "n_gen", "n_depth", "tok_s", "min", "max"}], "h2d_bytes_per_decode_step",
 //! "d2h_bytes_per_decode_step", "kernel_launches": {kernel: launches per decode step},
 //! "decode_steps_counted", "depth_costs": [{"n_depth", "cache_bytes", "attention_flops",
