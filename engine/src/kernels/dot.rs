@@ -86,6 +86,27 @@ pub fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], isa: Isa, out: &mut [[f32; 4]; 
     }
 }
 
+/// A block larger than the tile kernels take, as 2×2 tiles of `tile` (each dot keeps its order).
+#[inline(always)]
+fn split_block(
+    xs: &[&[f32]],
+    ws: &[WRow<'_>],
+    out: &mut [[f32; 4]; 4],
+    mut tile: impl FnMut(&[&[f32]], &[WRow<'_>], &mut [[f32; 4]; 4]),
+) {
+    let (r, c) = (xs.len(), ws.len());
+    for r0 in (0..r).step_by(2) {
+        for c0 in (0..c).step_by(2) {
+            let (rn, cn) = ((r - r0).min(2), (c - c0).min(2));
+            let mut sub = [[0.0f32; 4]; 4];
+            tile(&xs[r0..r0 + rn], &ws[c0..c0 + cn], &mut sub);
+            for i in 0..rn {
+                out[r0 + i][c0..c0 + cn].copy_from_slice(&sub[i][..cn]);
+            }
+        }
+    }
+}
+
 /// Zero-padded copy of a tail of up to 16 weight elements as f32.
 #[inline(always)]
 fn tail16(w: WRow<'_>, start: usize, buf: &mut [f32; 16]) {
@@ -143,21 +164,8 @@ mod avx2 {
             (1, 4) => tile::<1, 4>(xs, ws, out),
             (2, 1) => tile::<2, 1>(xs, ws, out),
             (2, 2) => tile::<2, 2>(xs, ws, out),
-            (r, c) => {
-                // Larger blocks are split into tiles; each dot keeps its own order.
-                for r0 in (0..r).step_by(2) {
-                    for c0 in (0..c).step_by(2) {
-                        let (rn, cn) = ((r - r0).min(2), (c - c0).min(2));
-                        let mut sub = [[0.0f32; 4]; 4];
-                        dot_block(&xs[r0..r0 + rn], &ws[c0..c0 + cn], &mut sub);
-                        for i in 0..rn {
-                            for j in 0..cn {
-                                out[r0 + i][c0 + j] = sub[i][j];
-                            }
-                        }
-                    }
-                }
-            }
+            // Larger blocks are split into tiles; each dot keeps its own order.
+            _ => super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o)),
         }
     }
 
@@ -298,20 +306,7 @@ mod avx512 {
             (1, 4) => tile::<1, 4>(xs, ws, out),
             (2, 1) => tile::<2, 1>(xs, ws, out),
             (2, 2) => tile::<2, 2>(xs, ws, out),
-            (r, c) => {
-                for r0 in (0..r).step_by(2) {
-                    for c0 in (0..c).step_by(2) {
-                        let (rn, cn) = ((r - r0).min(2), (c - c0).min(2));
-                        let mut sub = [[0.0f32; 4]; 4];
-                        dot_block(&xs[r0..r0 + rn], &ws[c0..c0 + cn], &mut sub);
-                        for i in 0..rn {
-                            for j in 0..cn {
-                                out[r0 + i][c0 + j] = sub[i][j];
-                            }
-                        }
-                    }
-                }
-            }
+            _ => super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o)),
         }
     }
 
