@@ -12,7 +12,7 @@ use std::time::Instant;
 use troupe_engine::backend::AttentionParams;
 use troupe_engine::device_tensor::KvLayout;
 use troupe_engine::kernels::attention_cost::{
-    attention_cost, measure_fma_rate, measure_read_bandwidth,
+    attention_cost, measure_fma_rate, measure_read_bandwidth, FMA_FLOPS_PER_THREAD_RUN,
 };
 use troupe_engine::kernels::paged_attention::paged_attention;
 use troupe_engine::Tensor;
@@ -33,6 +33,13 @@ const HEADS: usize = 16;
 const KV_LORA: usize = 256;
 const ROPE: usize = 32;
 const PAGE: usize = 64;
+
+/// `b` (4-byte aligned) as f32 values.
+fn bytemuck_f32(b: &mut [u8]) -> &mut [f32] {
+    assert!(b.as_ptr().align_offset(4) == 0 && b.len() % 4 == 0);
+    // SAFETY: aligned, length a multiple of 4, and every bit pattern is an f32.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f32, b.len() / 4) }
+}
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -71,7 +78,11 @@ fn ds_v3_mini_decode_at_depth() {
     };
     let page_len = PAGE * layout.row_width();
     let n_pages = len.div_ceil(PAGE);
-    // One separate page set per layer, as the model holds them (8 × 4.7 MB at len 4096).
+    // One separate page set per layer, as the model holds them (8 × 4.7 MB at len 4096):
+    // one heap allocation per page, or (`ATTN_HUGE=1`) each layer's pages in one anonymous
+    // mapping advised to use 2 MiB pages.
+    let huge = std::env::var("ATTN_HUGE").is_ok_and(|v| v == "1");
+    let mut maps: Vec<memmap2::MmapMut> = Vec::new();
     let layers: Vec<Vec<Vec<f32>>> = (0..LAYERS)
         .map(|l| {
             (0..n_pages)
@@ -79,10 +90,46 @@ fn ds_v3_mini_decode_at_depth() {
                 .collect()
         })
         .collect();
-    let refs: Vec<Vec<&[f32]>> = layers
-        .iter()
-        .map(|pages| pages.iter().map(|p| &p[..]).collect())
-        .collect();
+    if huge {
+        for pages in &layers {
+            let bytes = n_pages * page_len * 4 + (2 << 20);
+            let mut m = memmap2::MmapMut::map_anon(bytes).unwrap();
+            m.advise(memmap2::Advice::HugePage).unwrap();
+            let off = m.as_ptr().align_offset(2 << 20);
+            let dst: &mut [f32] = bytemuck_f32(&mut m[off..off + n_pages * page_len * 4]);
+            for (i, p) in pages.iter().enumerate() {
+                dst[i * page_len..(i + 1) * page_len].copy_from_slice(p);
+            }
+            maps.push(m);
+        }
+    }
+    let refs: Vec<Vec<&[f32]>> = if huge {
+        maps.iter()
+            .map(|m| {
+                let off = m.as_ptr().align_offset(2 << 20);
+                let all: &[f32] = unsafe {
+                    std::slice::from_raw_parts(
+                        m.as_ptr().add(off) as *const f32,
+                        n_pages * page_len,
+                    )
+                };
+                all.chunks(page_len).collect()
+            })
+            .collect()
+    } else {
+        layers
+            .iter()
+            .map(|pages| pages.iter().map(|p| &p[..]).collect())
+            .collect()
+    };
+    println!(
+        "pages: {}",
+        if huge {
+            "2 MiB-advised slabs"
+        } else {
+            "one allocation each"
+        }
+    );
     let q = Tensor::matrix(1, HEADS * KV_LORA, noise(HEADS * KV_LORA, 1)).unwrap();
     let q_rope = Tensor::matrix(1, HEADS * ROPE, noise(HEADS * ROPE, 2)).unwrap();
     let call = |l: usize| paged_attention(&q, Some(&q_rope), &refs[l], &layout, len, &p).unwrap();
@@ -103,18 +150,27 @@ fn ds_v3_mini_decode_at_depth() {
             best = best.min(t.elapsed().as_secs_f64() / layers.len() as f64);
         }
         let wall = t0.elapsed().as_secs_f64();
-        let busy = match (cpu0, process_cpu_ns()) {
-            (Some(a), Some(b)) => (b - a) as f64 / 1e9 / (wall * threads as f64),
+        let cpu = match (cpu0, process_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e9,
             _ => f64::NAN,
         };
-        (best, busy)
+        let busy = cpu / (wall * threads as f64);
+        (best, busy, cpu / (rounds * layers.len()) as f64)
     };
     let all: Vec<usize> = (0..LAYERS).collect();
-    let (per_call, busy) = time(20, &all);
-    let (per_call_hot, busy_hot) = time(100, &[0]);
+    let (per_call, busy, cpu_call) = time(20, &all);
+    let (per_call_hot, busy_hot, cpu_call_hot) = time(100, &[0]);
 
     let bw = measure_read_bandwidth();
+    let cpu0 = process_cpu_ns();
     let fma = measure_fma_rate();
+    // The FMA rate per second of CPU time (a shared machine's time slices left out).
+    let fma_cpu = match (cpu0, process_cpu_ns()) {
+        (Some(a), Some(b)) => {
+            (3 * threads as u64 * FMA_FLOPS_PER_THREAD_RUN) as f64 / ((b - a) as f64 / 1e9) / 1e9
+        }
+        _ => f64::NAN,
+    };
     let (bytes, flops) = attention_cost(&layout, len, &p);
     let floor_read = bytes as f64 / (bw * 1e9);
     let floor_fma = flops as f64 / (fma * 1e9);
@@ -139,6 +195,17 @@ fn ds_v3_mini_decode_at_depth() {
             flops as f64 / t / 1e9,
             100.0 * flops as f64 / t / 1e9 / fma,
             t / floor
+        );
+    }
+    for (name, cpu) in [
+        ("8 layers round-robin", cpu_call),
+        ("1 layer, cache-hot", cpu_call_hot),
+    ] {
+        println!(
+            "  {name}, CPU time: {:.1} us/call (all threads) vs FMA floor {:.1} us at {fma_cpu:.1} GFLOP per CPU-second: {:.2}x",
+            cpu * 1e6,
+            flops as f64 / (fma_cpu * 1e9) * 1e6,
+            cpu / (flops as f64 / (fma_cpu * 1e9))
         );
     }
     println!(

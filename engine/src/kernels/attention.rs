@@ -17,12 +17,15 @@ pub(crate) struct TensorRows<'a> {
 }
 
 impl KeyRows for TensorRows<'_> {
+    #[inline(always)]
     fn key(&self, j: usize) -> &[f32] {
         self.k.row(j)
     }
+    #[inline(always)]
     fn rope(&self, j: usize) -> &[f32] {
         self.k_rope.map_or(&[][..], |r| r.row(j))
     }
+    #[inline(always)]
     fn value(&self, j: usize) -> &[f32] {
         self.v.row(j)
     }

@@ -319,6 +319,7 @@ impl<'a, R: KeyRows> RowFetch<'a, R> {
         }
     }
     /// The three slices of row `j` this task reads.
+    #[inline(always)]
     fn slices(&self, j: usize) -> [&'a [f32]; 3] {
         let [d1, d2, vd] = self.widths;
         [
@@ -327,6 +328,7 @@ impl<'a, R: KeyRows> RowFetch<'a, R> {
             &self.keys.value(j)[self.g * vd..][..vd],
         ]
     }
+    #[inline(always)]
     fn fetch(&self, j: usize, lines: [(usize, usize); 3], to_l2: bool) {
         if j >= self.end {
             return;
@@ -337,6 +339,7 @@ impl<'a, R: KeyRows> RowFetch<'a, R> {
         }
     }
     /// Part `part` of row `j`, into L1.
+    #[inline(always)]
     fn part(&self, j: usize, part: usize) {
         self.fetch(j, self.parts[part], false);
     }

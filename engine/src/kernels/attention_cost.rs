@@ -50,13 +50,18 @@ pub fn measure_read_bandwidth() -> f64 {
 
 /// Independent fused multiply-add chains per thread (enough to cover the FMA latency).
 const CHAINS: usize = 12;
+/// Iterations of the chains per thread and run of `measure_fma_rate`.
+const FMA_ITERS: usize = 4_000_000;
+/// FLOPs one thread computes in one of `measure_fma_rate`'s three runs (to turn the CPU time
+/// of a call into a rate per busy core on a shared machine).
+pub const FMA_FLOPS_PER_THREAD_RUN: u64 = (FMA_ITERS * CHAINS * 8 * 2) as u64;
 
 /// Peak f32 fused-multiply-add rate of the current pool's threads (GFLOP/s, 2 FLOPs per FMA):
 /// the best of three runs of `CHAINS` independent 8-wide FMA chains per thread (AVX2 when
 /// available, else the compiler's code for the same scalar loop).
 pub fn measure_fma_rate() -> f64 {
     let threads = rayon::current_num_threads();
-    let iters: usize = 4_000_000;
+    let iters = FMA_ITERS;
     let mut best = 0.0f64;
     for _ in 0..3 {
         let t = Instant::now();

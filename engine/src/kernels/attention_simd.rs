@@ -254,11 +254,15 @@ mod avx2 {
     ) {
         let n = q[0].len();
         let main = n / 8 * 8;
+        let (qp, kp) = (ptrs::<H>(q), ptrs::<K>(k));
+        let mut kv = [_mm256_setzero_ps(); K];
         let mut i = 0;
         while i < main {
-            let kv: [__m256; K] = std::array::from_fn(|c| _mm256_loadu_ps(k[c].as_ptr().add(i)));
+            for c in 0..K {
+                kv[c] = _mm256_loadu_ps(kp[c].add(i));
+            }
             for h in 0..H {
-                let qv = _mm256_loadu_ps(q[h].as_ptr().add(i));
+                let qv = _mm256_loadu_ps(qp[h].add(i));
                 for c in 0..K {
                     acc[h][c] = _mm256_fmadd_ps(qv, kv[c], acc[h][c]);
                 }
@@ -266,19 +270,35 @@ mod avx2 {
             i += 8;
         }
         if main < n {
-            let pad = |s: &[f32]| {
-                let mut b = [0.0f32; 8];
-                b[..n - main].copy_from_slice(&s[main..n]);
-                _mm256_loadu_ps(b.as_ptr())
-            };
-            let kv: [__m256; K] = std::array::from_fn(|c| pad(k[c]));
+            for c in 0..K {
+                kv[c] = padded(&k[c][main..n]);
+            }
             for h in 0..H {
-                let qv = pad(q[h]);
+                let qv = padded(&q[h][main..n]);
                 for c in 0..K {
                     acc[h][c] = _mm256_fmadd_ps(qv, kv[c], acc[h][c]);
                 }
             }
         }
+    }
+
+    /// The start pointers of the first `N` slices (plain loops: closures and `array::from_fn`
+    /// would keep the intrinsics out of line).
+    #[inline(always)]
+    fn ptrs<const N: usize>(s: &[&[f32]]) -> [*const f32; N] {
+        let mut out = [std::ptr::null(); N];
+        for (o, x) in out.iter_mut().zip(s) {
+            *o = x.as_ptr();
+        }
+        out
+    }
+
+    /// Up to 8 values, zero-padded to a vector.
+    #[inline(always)]
+    unsafe fn padded(s: &[f32]) -> __m256 {
+        let mut b = [0.0f32; 8];
+        b[..s.len()].copy_from_slice(s);
+        _mm256_loadu_ps(b.as_ptr())
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -406,14 +426,21 @@ mod avx2 {
         acc: &mut [&mut [f32]],
         col: usize,
     ) {
-        let mut a: [[__m256; W]; H] = std::array::from_fn(|h| {
-            std::array::from_fn(|w| _mm256_loadu_ps(acc[h].as_ptr().add(col + 8 * w)))
-        });
+        let mut a = [[_mm256_setzero_ps(); W]; H];
+        for h in 0..H {
+            for w in 0..W {
+                a[h][w] = _mm256_loadu_ps(acc[h].as_ptr().add(col + 8 * w));
+            }
+        }
+        let pp = ptrs::<H>(p);
+        let mut vv = [_mm256_setzero_ps(); W];
         for (j, v) in vals.iter().enumerate() {
-            let vv: [__m256; W] =
-                std::array::from_fn(|w| _mm256_loadu_ps(v.as_ptr().add(col + 8 * w)));
+            let vp = v.as_ptr().add(col);
+            for w in 0..W {
+                vv[w] = _mm256_loadu_ps(vp.add(8 * w));
+            }
             for h in 0..H {
-                let pb = _mm256_set1_ps(*p[h].get_unchecked(k0 + j));
+                let pb = _mm256_broadcast_ss(&*pp[h].add(k0 + j));
                 for w in 0..W {
                     a[h][w] = _mm256_fmadd_ps(pb, vv[w], a[h][w]);
                 }

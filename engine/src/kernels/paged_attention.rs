@@ -32,12 +32,15 @@ impl PageRows<'_> {
 }
 
 impl KeyRows for PageRows<'_> {
+    #[inline(always)]
     fn key(&self, j: usize) -> &[f32] {
         &self.row(j)[..self.key]
     }
+    #[inline(always)]
     fn rope(&self, j: usize) -> &[f32] {
         &self.row(j)[self.key..][..self.rope]
     }
+    #[inline(always)]
     fn value(&self, j: usize) -> &[f32] {
         &self.row(j)[self.value_at..][..self.value]
     }
