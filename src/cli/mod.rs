@@ -3,6 +3,7 @@
 mod bench;
 mod common;
 mod executor;
+mod export_hf;
 mod generate;
 mod inspect;
 mod logits;
@@ -44,6 +45,8 @@ pub enum Command {
     },
     /// Prompt-processing and decode throughput (llama-bench's pp/tg).
     Bench(bench::BenchArgs),
+    /// Write a graph's model (random weights included) as an HF folder other engines can load.
+    ExportHf(export_hf::ExportHfArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -204,5 +207,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect { model } => inspect::run_inspect(&model),
         Command::ImportHf { dir } => inspect::run_import(&dir),
         Command::Bench(a) => bench::run(a),
+        Command::ExportHf(a) => export_hf::run(a),
     }
 }

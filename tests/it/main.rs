@@ -6,6 +6,8 @@
 //! - `placement_cli`: `--device`/`--runtime`/bench flags parsed once by clap, hostile link numbers;
 //! - `library_devices`: `troupe::backends::default_factory()` puts actor streams on ptx-interp;
 //! - `bench_json`: `troupe bench --json` on cpu and ptx-interp, both runtimes;
+//! - `export_hf`: `troupe export-hf` folders run back to the graph's exact logits (random bf16,
+//!   the other families' checkpoints); config routing keys, tokenizer size, tensor alignment;
 //! - `kv_capacity`: a KV pool too small for one request fails that request alone;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
 //!   fault strings, in process and through the binary);
@@ -15,6 +17,7 @@
 mod bad_input;
 mod bench_json;
 mod common;
+mod export_hf;
 mod fuzz;
 mod hardening;
 mod isa_paths;

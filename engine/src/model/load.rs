@@ -21,8 +21,8 @@ use crate::weights::{Checkpoint, Weight};
 /// Called as `progress(done, total)` while tensors are opened or generated.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Fetches every tensor of the plan, shape-checked.
-fn collect_weights(
+/// Fetches every tensor of the plan, shape-checked (also what `troupe export-hf` writes out).
+pub fn collect_weights(
     graph: &LoadedGraph,
     plan: &Plan,
     progress: Progress,
