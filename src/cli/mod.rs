@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod eplb;
 mod executor;
 mod generate;
 mod inspect;
@@ -44,6 +45,8 @@ pub enum Command {
     },
     /// Prompt-processing and decode throughput (llama-bench's pp/tg).
     Bench(bench::BenchArgs),
+    /// Expert load balancing (DeepSeek's EPLB): replicas and devices for measured expert loads.
+    Eplb(eplb::EplbArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -201,5 +204,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect { model } => inspect::run_inspect(&model),
         Command::ImportHf { dir } => inspect::run_import(&dir),
         Command::Bench(a) => bench::run(a),
+        Command::Eplb(a) => eplb::run(a),
     }
 }

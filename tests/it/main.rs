@@ -5,6 +5,7 @@
 //!   `logits --out`, `--max-new-tokens`, usage errors, `--prompt-ids`, `TROUPE_FAULT`);
 //! - `placement_cli`: `--device`/`--runtime`/bench flags parsed once by clap, hostile link numbers;
 //! - `library_devices`: `troupe::backends::default_factory()` puts actor streams on ptx-interp;
+//! - `eplb`: `troupe eplb` (the EPLB README example, bad input) and `--dump-expert-load`;
 //! - `bench_json`: `troupe bench --json` on cpu and ptx-interp, both runtimes;
 //! - `kv_capacity`: a KV pool too small for one request fails that request alone;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
@@ -15,6 +16,7 @@
 mod bad_input;
 mod bench_json;
 mod common;
+mod eplb;
 mod fuzz;
 mod hardening;
 mod kv_capacity;
