@@ -6,8 +6,10 @@
 //! reads the router's handles and that sits on the router's node gets the normalised rows and the
 //! routing as handles (nothing moves); a group on another node or device gets only the rows
 //! routed to its experts (`gather_rows`) and their routing, moved explicitly (`transfer.rs`), and
-//! its results come back the same way — the bytes the link books are these. A group that is
-//! down fails only the rows routed to it. `run` is the sequence of steps: `dispatch` (one
+//! its results come back the same way — the bytes the link books are these. An expert listed in
+//! several groups (replicas) has its rows shared among them (`placement::ExpertReplicas`: a
+//! group with part of an expert's rows gets them as entries, and the parts are joined before the
+//! combine). A group that is down fails only the rows routed to it. `run` is the sequence of steps: `dispatch` (one
 //! kernel) → shared experts as a task → `send_to_groups` → `gather` → combine + the layer's
 //! finite check (one kernel).
 
@@ -175,7 +177,7 @@ impl RouterBlock {
                     dispatch,
                     ..
                 } = layer.moe()?.plan(be, &hn)?;
-                let shares = replicas.shares(&dispatch);
+                let shares = replicas.shares(&dispatch, &host_routing);
                 let active: Vec<usize> = (0..shares.len())
                     .filter(|&g| !shares[g].is_empty())
                     .collect();

@@ -4,8 +4,9 @@
 //!
 //! The share is deterministic and depends only on the step's routing: expert `e`'s `n` rows, in
 //! ascending row order (`DispatchPlan::rows[e]`), are cut into `k` contiguous runs (sizes
-//! `n/k`, the first `n mod k` runs one longer), run `i` going to holder `(i + rows[0]) mod k`
-//! (holders in ascending group index; the offset spreads single-row steps over the replicas). A
+//! `n/k`, the first `n mod k` runs one longer), run `i` going to holder `(i + o) mod k` (holders
+//! in ascending group index), where the offset `o` is a hash of the expert id and the bits of its
+//! first row's routing weight — so the one-row steps of decoding spread over the replicas too. A
 //! group that computes only part of an expert's rows gets them as entries — one row per (expert,
 //! row), routed to that expert alone — and the router concatenates the runs back in run order,
 //! so the combine sees each expert's rows exactly as if one group had computed them all. Rows are
@@ -14,6 +15,7 @@
 use troupe_engine::backend::{ExpertRows, Routing};
 use troupe_engine::device_tensor::Location;
 use troupe_engine::model::DispatchPlan;
+use troupe_engine::weights::random::SplitMix64;
 use troupe_engine::{Backend, EngineError};
 
 use super::ExpertGroup;
@@ -112,8 +114,9 @@ impl ExpertReplicas {
         self.nodes.get(g).copied().unwrap_or(0)
     }
 
-    /// Each group's share of the step `plan` describes (empty: no rows for it).
-    pub fn shares(&self, plan: &DispatchPlan) -> Vec<Share> {
+    /// Each group's share of the step `plan` describes (empty: no rows for it); `routing` is
+    /// the step's host routing (the plan's source).
+    pub fn shares(&self, plan: &DispatchPlan, routing: &Routing) -> Vec<Share> {
         let mut shares = vec![
             Share {
                 whole: true,
@@ -125,9 +128,14 @@ impl ExpertReplicas {
             let (rows, holders) = (&plan.rows[e], self.holders(e));
             let k = holders.len().max(1);
             let (base, extra) = (rows.len() / k, rows.len() % k);
+            let offset = if k > 1 {
+                run_offset(e, rows[0], routing)
+            } else {
+                0
+            };
             let mut start = 0;
             for i in 0..holders.len() {
-                let g = holders[(i + rows[0]) % k];
+                let g = holders[(i + offset) % k];
                 let len = base + usize::from(i < extra);
                 if k > 1 {
                     shares[g].whole = false;
@@ -200,4 +208,15 @@ impl ExpertReplicas {
         }
         Ok(parts)
     }
+}
+
+/// A deterministic offset for expert `e`'s runs: SplitMix64 seeded with its id and the bits of
+/// `row`'s routing weight for it, so consecutive one-row steps land on varied replicas.
+fn run_offset(e: usize, row: usize, routing: &Routing) -> usize {
+    let weight = routing.ids.get(row).and_then(|ids| {
+        let slot = ids.iter().position(|&id| id as usize == e)?;
+        routing.weights[row].get(slot).copied()
+    });
+    let seed = (e as u64) << 32 | u64::from(weight.unwrap_or(0.0).to_bits());
+    SplitMix64::new(seed).next_u64() as usize
 }

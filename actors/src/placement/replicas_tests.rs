@@ -102,7 +102,7 @@ fn shares_cover_every_entry_once_in_contiguous_runs() {
     for rows in [1, 2, 3, 5, 11] {
         let routing = routing(rows, 4);
         let plan = DispatchPlan::new(&routing, 4).unwrap();
-        let shares = r.shares(&plan);
+        let shares = r.shares(&plan, &routing);
         assert_eq!(shares.len(), 3);
         for e in 0..4u32 {
             // The holders' runs, in run order, are exactly the expert's rows.
@@ -156,7 +156,7 @@ fn merged_replica_outputs_equal_one_groups_output() {
     )
     .unwrap();
     let r = ExpertReplicas::new(&p.expert_groups[1], experts);
-    let shares = r.shares(&plan);
+    let shares = r.shares(&plan, &routing);
     let outs: Vec<(usize, ExpertRows)> = shares
         .iter()
         .enumerate()
