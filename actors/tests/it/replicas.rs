@@ -74,15 +74,7 @@ fn replicated_experts_match_reference_bits() {
         .unwrap_or_else(|e| panic!("{what}: {e}"));
         let got = rt.generate(&reqs).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_same(&got, &reference(&model, &reqs), &what);
-        let logits = rt.logits(&ps[0]).expect("logits");
-        let be = troupe_engine::kernels::CpuBackend::new();
-        let want = troupe_engine::executor::ReferenceExecutor::new(&model, &be)
-            .logits(&ps[0])
-            .unwrap();
-        assert!(
-            bits(logits.data()) == bits(want.data()),
-            "{what}: logits differ"
-        );
+        assert_logits_match_reference(&rt, &model, &ps[0], &what);
         rt.shutdown().expect("shutdown");
     }
     assert!(
