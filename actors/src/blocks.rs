@@ -17,7 +17,7 @@ use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
 use crate::error::Result;
 use crate::fault::FaultTrigger;
 use crate::link::Link;
-use crate::placement::Placement;
+use crate::placement::{ExpertReplicas, Placement};
 use crate::stage::FfnTx;
 use crate::stream::Stream;
 
@@ -139,7 +139,10 @@ pub(crate) fn build_blocks(
                 let mut router = RouterBlock {
                     model: model.clone(),
                     layer: l,
-                    group_of: vec![0usize; moe.experts.len()],
+                    replicas: Arc::new(ExpertReplicas::new(
+                        &placement.expert_groups[l],
+                        moe.experts.len(),
+                    )),
                     groups: Vec::new(),
                     group_names: Vec::new(),
                     group_links: Vec::new(),
@@ -148,9 +151,6 @@ pub(crate) fn build_blocks(
                 };
                 for (g, grp) in placement.expert_groups[l].iter().enumerate() {
                     let name = grp.actor_name(l, g);
-                    for &e in &grp.experts {
-                        router.group_of[e] = g;
-                    }
                     let block = ExpertGroupBlock {
                         model: model.clone(),
                         layer: l,

@@ -48,6 +48,9 @@ pub struct GenerateArgs {
     /// End stdout with one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Write the rows routed to each expert as load.json for `troupe eplb` (actor runtime).
+    #[arg(long)]
+    pub dump_expert_load: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: GenerateArgs) -> Result<(), CliError> {
@@ -111,9 +114,17 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         },
         keep_logits: false,
     };
+    if a.dump_expert_load.is_some() && !matches!(exec, Executor::Actors(_)) {
+        return Err(CliError::Usage(
+            "--dump-expert-load needs --runtime actors".into(),
+        ));
+    }
     let result = exec.generate(std::slice::from_ref(&req));
     exec.finish()?;
     let out = result?.remove(0);
+    if let Some(path) = &a.dump_expert_load {
+        super::eplb::dump_expert_load(path, &model)?;
+    }
     let text = match &tokenizer {
         Some(t) => t.decode(&out.generated)?,
         None => String::new(),

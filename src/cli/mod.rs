@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod eplb;
 mod executor;
 mod export_hf;
 mod generate;
@@ -47,6 +48,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Write a graph's model (random weights included) as an HF folder other engines can load.
     ExportHf(export_hf::ExportHfArgs),
+    /// Expert load balancing (DeepSeek's EPLB): replicas and devices for measured expert loads.
+    Eplb(eplb::EplbArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -208,5 +211,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::ImportHf { dir } => inspect::run_import(&dir),
         Command::Bench(a) => bench::run(a),
         Command::ExportHf(a) => export_hf::run(a),
+        Command::Eplb(a) => eplb::run(a),
     }
 }

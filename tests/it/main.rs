@@ -5,6 +5,7 @@
 //!   `logits --out`, `--max-new-tokens`, usage errors, `--prompt-ids`, `TROUPE_FAULT`);
 //! - `placement_cli`: `--device`/`--runtime`/bench flags parsed once by clap, hostile link numbers;
 //! - `library_devices`: `troupe::backends::default_factory()` puts actor streams on ptx-interp;
+//! - `eplb`: `troupe eplb` (the EPLB README example, bad input) and `--dump-expert-load`;
 //! - `bench_json`: `troupe bench --json` on cpu and ptx-interp, both runtimes;
 //! - `export_hf`: `troupe export-hf` folders run back to the graph's exact logits (random bf16,
 //!   the other families' checkpoints); config routing keys, tokenizer size, tensor alignment;
@@ -18,6 +19,7 @@ mod bad_input;
 mod bench_json;
 mod common;
 mod export_hf;
+mod eplb;
 mod fuzz;
 mod hardening;
 mod isa_paths;

@@ -27,6 +27,8 @@ pub struct ExpertGroupBlock {
 /// those routed to this group when it sits on another node or device) and their routing.
 #[derive(Clone)]
 pub struct GroupJob {
+    /// The group's index in its layer (echoed in [`GroupOut::group`]).
+    pub group: usize,
     /// The group's experts that got rows (ascending).
     pub experts: Vec<u32>,
     pub x: Owned,
@@ -39,6 +41,8 @@ pub struct GroupJob {
 
 /// The group's expert outputs (by expert id, then row), and the backend that made them.
 pub struct GroupOut {
+    /// The group's index in its layer ([`GroupJob::group`]).
+    pub group: usize,
     pub rows: ExpertRows,
     pub on: Arc<dyn Backend>,
     /// Trace flow arrow to the router's combine span.
@@ -66,6 +70,7 @@ impl Block for ExpertGroupBlock {
         }
         let (model, l, mine) = (self.model.clone(), self.layer, self.experts.clone());
         let GroupJob {
+            group,
             experts,
             x,
             routing,
@@ -85,6 +90,7 @@ impl Block for ExpertGroupBlock {
             })
             .await?;
         Ok(GroupOut {
+            group,
             rows,
             on: ctx.stream.backend().clone(),
             flow: back,

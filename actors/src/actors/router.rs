@@ -6,8 +6,10 @@
 //! reads the router's handles and that sits on the router's node gets the normalised rows and the
 //! routing as handles (nothing moves); a group on another node or device gets only the rows
 //! routed to its experts (`gather_rows`) and their routing, moved explicitly (`transfer.rs`), and
-//! its results come back the same way — the bytes the link books are these. A group that is
-//! down fails only the rows routed to it. `run` is the sequence of steps: `dispatch` (one
+//! its results come back the same way — the bytes the link books are these. An expert listed in
+//! several groups (replicas) has its rows shared among them (`placement::ExpertReplicas`: a
+//! group with part of an expert's rows gets them as entries, and the parts are joined before the
+//! combine). A group that is down fails only the rows routed to it. `run` is the sequence of steps: `dispatch` (one
 //! kernel) → shared experts as a task → `send_to_groups` → `gather` → combine + the layer's
 //! finite check (one kernel).
 
@@ -22,13 +24,14 @@ use crate::actors::expert::{ExpertGroupBlock, GroupJob, GroupOut, SharedBlock};
 use crate::actors::{call, Block, BlockCtx, Envelope, Meta, ReplyTo};
 use crate::error::{ActorError, Result};
 use crate::link::Link;
+use crate::placement::{ExpertReplicas, Share};
 use crate::transfer::{move_expert_rows, GroupRouting, Owned};
 
 pub struct RouterBlock {
     pub model: Arc<Model>,
     pub layer: usize,
-    /// `group_of[e]`: index of expert `e`'s group.
-    pub group_of: Vec<usize>,
+    /// The groups holding each expert (several: its replicas, which share its rows).
+    pub replicas: Arc<ExpertReplicas>,
     pub groups: Vec<flume::Sender<Envelope<ExpertGroupBlock>>>,
     pub group_names: Vec<String>,
     /// Per group: the link its dispatch and combine cross (`Some` only when the group sits on
@@ -48,13 +51,14 @@ struct GroupWork {
 }
 
 /// What the dispatch kernel hands back: the residual and normalised rows on the router's
-/// backend, the routing and its plan, the groups that got rows (ascending group index) and,
-/// aligned with them, each group's work.
+/// backend, the routing and its plan, each group's share of the rows, the groups that got rows
+/// (ascending group index) and, aligned with them, each group's work.
 struct Dispatch {
     h: DeviceTensor,
     hn: DeviceTensor,
     routing: DeviceRouting,
     plan: Arc<DispatchPlan>,
+    shares: Arc<Vec<Share>>,
     active: Vec<usize>,
     jobs: Vec<GroupWork>,
 }
@@ -62,7 +66,8 @@ struct Dispatch {
 /// The expert outputs gathered for the combine (with the backend that made each), when the last
 /// of them arrives (over the link) and the trace arrows ending in the combine span.
 struct Gathered {
-    outs: Vec<(ExpertRows, Arc<dyn Backend>)>,
+    /// (group, its outputs, the backend that made them).
+    outs: Vec<(usize, ExpertRows, Arc<dyn Backend>)>,
     ready_at: Option<Instant>,
     flows_in: Vec<(u64, &'static str)>,
 }
@@ -84,6 +89,7 @@ impl Block for RouterBlock {
         for e in d.plan.active_experts() {
             crate::metrics::expert_tokens(self.layer, e, d.plan.rows[e].len());
         }
+        crate::placement::load::record(self.layer, &d.plan, &self.replicas, &d.shares);
         let own = ctx.stream.backend();
         let shared = self.shared.as_ref().map(|tx| {
             let (tx, hn, meta) = (
@@ -96,7 +102,7 @@ impl Block for RouterBlock {
         let Dispatch {
             h,
             routing,
-            plan,
+            shares,
             active,
             jobs,
             ..
@@ -104,7 +110,7 @@ impl Block for RouterBlock {
         let results = self
             .send_to_groups(own, &active, jobs, &flow_ids, meta)
             .await?;
-        let gathered = self.gather(&results, active.len(), &plan).await?;
+        let gathered = self.gather(&results, active.len(), &shares).await?;
         let shared_out = match shared {
             Some(j) => Some(j.await.map_err(|e| {
                 ActorError::Closed(format!("layer {}: shared experts task: {e}", self.layer))
@@ -115,22 +121,18 @@ impl Block for RouterBlock {
         let mut tags = ctx.tags("combine", meta, l);
         tags.flows_in = gathered.flows_in;
         let outs = gathered.outs;
-        // Rows routed to each expert: how many rows of a group's results are entries.
-        let counts: Vec<usize> = plan.rows.iter().map(Vec::len).collect();
+        let replicas = self.replicas.clone();
         let out = ctx
             .stream
             .run_at(tags, gathered.ready_at, move |be| {
+                // A group's results hold its share's entries; replicas' runs are joined.
                 let parts = outs
                     .iter()
-                    .map(|(rows, on)| {
-                        let entries = rows
-                            .experts
-                            .iter()
-                            .map(|&e| counts.get(e as usize).copied().unwrap_or(0))
-                            .sum();
-                        move_expert_rows(rows, entries, &**on, be)
+                    .map(|(g, rows, on)| {
+                        move_expert_rows(rows, shares[*g].entries(), &**on, be).map(|r| (*g, r))
                     })
                     .collect::<troupe_engine::Result<Vec<_>>>()?;
+                let parts = replicas.merge(be, parts, &shares)?;
                 let shared = shared_out.map(|s| s.to(be)).transpose()?;
                 let layer = &model.layers[l];
                 let out = layer
@@ -157,7 +159,7 @@ impl RouterBlock {
         flow_ids: &[Option<u64>],
     ) -> Result<Dispatch> {
         let (model, l) = (self.model.clone(), self.layer);
-        let (group_of, apart) = (self.group_of.clone(), self.group_apart.clone());
+        let (replicas, apart) = (self.replicas.clone(), self.group_apart.clone());
         let mut tags = ctx.tags("dispatch", meta, l);
         tags.flows_out = flow_ids
             .iter()
@@ -175,19 +177,26 @@ impl RouterBlock {
                     dispatch,
                     ..
                 } = layer.moe()?.plan(be, &hn)?;
-                let mut active: Vec<usize> =
-                    dispatch.active_experts().map(|e| group_of[e]).collect();
-                active.sort_unstable();
-                active.dedup();
+                let shares = replicas.shares(&dispatch, &host_routing);
+                let active: Vec<usize> = (0..shares.len())
+                    .filter(|&g| !shares[g].is_empty())
+                    .collect();
                 let mut jobs = Vec::with_capacity(active.len());
                 for &g in &active {
-                    let experts = dispatch
-                        .active_experts()
-                        .filter(|&e| group_of[e] == g)
-                        .map(|e| e as u32)
-                        .collect();
-                    jobs.push(if apart[g] {
-                        let rows = rows_needing(&dispatch, &group_of, Some(g));
+                    let experts = shares[g].experts.clone();
+                    jobs.push(if !shares[g].whole {
+                        // Part of a replicated expert's rows: one entry per (expert, row).
+                        let (idx, entries) = shares[g].as_entries(&host_routing);
+                        GroupWork {
+                            experts,
+                            x: be.gather_rows(&hn, &idx)?,
+                            routing: GroupRouting::Host {
+                                routing: Arc::new(entries),
+                                top_k: 1,
+                            },
+                        }
+                    } else if apart[g] {
+                        let rows = shares[g].rows_needed();
                         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
                         GroupWork {
                             experts,
@@ -219,6 +228,7 @@ impl RouterBlock {
                     hn,
                     routing,
                     plan: Arc::new(dispatch),
+                    shares: Arc::new(shares),
                     active,
                     jobs,
                 })
@@ -248,6 +258,7 @@ impl RouterBlock {
             };
             let env = Envelope {
                 job: GroupJob {
+                    group: g,
                     experts: work.experts,
                     x: Owned::new(work.x, own.clone()),
                     routing: work.routing,
@@ -273,7 +284,7 @@ impl RouterBlock {
         &self,
         results: &flume::Receiver<Result<GroupOut>>,
         expected: usize,
-        plan: &DispatchPlan,
+        shares: &[Share],
     ) -> Result<Gathered> {
         let mut g_out = Gathered {
             outs: Vec::with_capacity(expected),
@@ -291,26 +302,21 @@ impl RouterBlock {
             })?;
             match r {
                 Ok(out) => {
-                    let Some(&e0) = out.rows.experts.first() else {
-                        continue;
-                    };
-                    let Some(g) = self.group_of.get(e0 as usize).copied() else {
-                        continue;
-                    };
-                    if std::mem::replace(&mut got[g], true) {
+                    let g = out.group;
+                    if g >= got.len() || std::mem::replace(&mut got[g], true) {
                         continue;
                     }
                     received += 1;
                     g_out.ready_at = g_out.ready_at.max(out.ready_at);
                     g_out.flows_in.extend(out.flow.map(|f| (f, "combine")));
-                    g_out.outs.push((out.rows, out.on));
+                    g_out.outs.push((g, out.rows, out.on));
                 }
                 Err(ActorError::ActorDown { actor, reason, .. }) => {
                     let group = self.group_names.iter().position(|n| *n == actor);
                     return Err(ActorError::ActorDown {
                         actor,
                         reason,
-                        rows: Some(rows_needing(plan, &self.group_of, group)),
+                        rows: Some(rows_needing(shares, group)),
                     });
                 }
                 Err(e) => return Err(e),
@@ -320,17 +326,15 @@ impl RouterBlock {
     }
 }
 
-/// Rows routed to the experts of group `g` (unknown group: every row).
-fn rows_needing(plan: &DispatchPlan, group_of: &[usize], g: Option<usize>) -> Vec<usize> {
-    let mut rows: Vec<usize> = match g {
-        Some(g) => plan
-            .active_experts()
-            .filter(|&e| group_of[e] == g)
-            .flat_map(|e| plan.rows[e].iter().copied())
-            .collect(),
-        None => plan.rows.iter().flatten().copied().collect(),
-    };
-    rows.sort_unstable();
-    rows.dedup();
-    rows
+/// Rows whose share group `g` holds (unknown group: every row of the step).
+fn rows_needing(shares: &[Share], g: Option<usize>) -> Vec<usize> {
+    match g.and_then(|g| shares.get(g)) {
+        Some(share) => share.rows_needed(),
+        None => {
+            let mut rows: Vec<usize> = shares.iter().flat_map(Share::rows_needed).collect();
+            rows.sort_unstable();
+            rows.dedup();
+            rows
+        }
+    }
 }

@@ -15,25 +15,45 @@ use crate::error::{ActorError, Result};
 
 #[cfg(test)]
 mod device_tests;
+pub mod eplb;
+#[cfg(test)]
+mod eplb_tests;
+pub mod load;
+pub mod replicas;
+#[cfg(test)]
+mod replicas_tests;
 mod resolve;
 pub mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use replicas::{ExpertReplicas, Share};
 pub use spec::{LinkTable, PlacementSpec, SupervisionTable};
 
-/// One resolved expert group: the experts one actor owns.
+/// One resolved expert group: the experts one actor owns. An expert may sit in several groups
+/// of a layer (its replicas, see [`ExpertReplicas`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExpertGroup {
     pub experts: Vec<usize>,
     pub stream: usize,
     pub node: usize,
+    /// How many earlier groups of the layer have the same base actor name (a replica of the
+    /// same experts); more than 0 adds `.replica{N}` to the actor name.
+    pub replica: usize,
 }
 
 impl ExpertGroup {
     /// Actor name: `layer{L}.expert{E}` (one expert), `layer{L}.experts{A}-{B}` (a contiguous
-    /// range), `layer{L}.group{G}` (an explicit non-contiguous list; G = index in the layer).
+    /// range), `layer{L}.group{G}` (an explicit non-contiguous list; G = index in the layer);
+    /// a later replica of the same experts adds `.replica{N}`.
     pub fn actor_name(&self, layer: usize, index: usize) -> String {
+        match self.replica {
+            0 => self.base_name(layer, index),
+            n => format!("{}.replica{n}", self.base_name(layer, index)),
+        }
+    }
+
+    pub(super) fn base_name(&self, layer: usize, index: usize) -> String {
         let (first, last) = (self.experts[0], self.experts[self.experts.len() - 1]);
         if self.experts.len() == 1 {
             format!("layer{layer}.expert{first}")

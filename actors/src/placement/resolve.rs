@@ -375,6 +375,15 @@ fn explicit_group(
         }
     };
     experts.sort_unstable();
+    if let Some(w) = experts.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ActorError::placement(
+            field("experts"),
+            format!(
+                "expert {} is listed twice (a replica goes in another group)",
+                w[0]
+            ),
+        ));
+    }
     let stream = match &g.stream {
         Some(s) => names.index(s, &field("stream"))?,
         None => {
@@ -397,6 +406,7 @@ fn explicit_group(
             experts,
             stream,
             node,
+            replica: 0,
         },
     ))
 }
@@ -428,6 +438,7 @@ impl RuleGroups {
                 experts: (g * size..((g + 1) * size).min(n_experts)).collect(),
                 stream: pick(&self.streams, g),
                 node: pick(&self.nodes, g),
+                replica: 0,
             })
             .collect()
     }
@@ -468,7 +479,7 @@ fn expert_groups_per_layer(
             out.push(rule.groups(n_experts));
         } else {
             check_coverage(&mine, layer, n_experts)?;
-            out.push(mine.into_iter().cloned().collect());
+            out.push(number_replicas(&mine, layer));
         }
     }
     if let Some((i, (Some(l), _))) = explicit
@@ -487,7 +498,8 @@ fn expert_groups_per_layer(
     Ok(out)
 }
 
-/// Every expert of the layer in exactly one of `groups`.
+/// Every expert of the layer in at least one of `groups` (in several: its replicas, which share
+/// its rows); each id an expert of the layer.
 fn check_coverage(groups: &[&ExpertGroup], layer: usize, n_experts: usize) -> Result<()> {
     let mut seen = vec![false; n_experts];
     for g in groups {
@@ -498,12 +510,7 @@ fn check_coverage(groups: &[&ExpertGroup], layer: usize, n_experts: usize) -> Re
                     format!("expert {e} does not exist (layer {layer} has {n_experts} experts)"),
                 ));
             }
-            if std::mem::replace(&mut seen[e], true) {
-                return Err(ActorError::placement(
-                    "expert_groups",
-                    format!("expert {e} of layer {layer} is placed twice"),
-                ));
-            }
+            seen[e] = true;
         }
     }
     match seen.iter().position(|s| !s) {
@@ -513,4 +520,23 @@ fn check_coverage(groups: &[&ExpertGroup], layer: usize, n_experts: usize) -> Re
         )),
         None => Ok(()),
     }
+}
+
+/// The layer's groups with `replica` set: the number of earlier groups with the same base actor
+/// name (two groups of the same experts), so every actor name stays unique.
+fn number_replicas(groups: &[&ExpertGroup], layer: usize) -> Vec<ExpertGroup> {
+    let mut out: Vec<ExpertGroup> = Vec::with_capacity(groups.len());
+    for (i, g) in groups.iter().enumerate() {
+        let name = g.actor_name(layer, i);
+        let replica = out
+            .iter()
+            .enumerate()
+            .filter(|(j, o)| o.base_name(layer, *j) == name)
+            .count();
+        out.push(ExpertGroup {
+            replica,
+            ..(*g).clone()
+        });
+    }
+    out
 }

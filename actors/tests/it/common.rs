@@ -68,6 +68,22 @@ pub fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// Asserts the runtime's cache-free logits for `prompt` are the reference executor's bits.
+pub fn assert_logits_match_reference(
+    rt: &troupe_actors::ActorRuntime,
+    model: &Model,
+    prompt: &[u32],
+    what: &str,
+) {
+    let logits = rt.logits(prompt).expect("logits");
+    let be = CpuBackend::new();
+    let want = ReferenceExecutor::new(model, &be).logits(prompt).unwrap();
+    assert!(
+        bits(logits.data()) == bits(want.data()),
+        "{what}: logits differ"
+    );
+}
+
 /// Asserts tokens and every logits row are bit-identical.
 pub fn assert_same(got: &[GenerateOutput], want: &[GenerateOutput], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: request count");

@@ -51,15 +51,7 @@ fn every_schedule_matches_reference_on_every_fixture() {
             .expect("start");
             let got = rt.generate(&reqs).expect("generate");
             assert_same(&got, &want, &format!("{case} {schedule}"));
-            let logits = rt.logits(&ps[0]).expect("logits");
-            let be = troupe_engine::kernels::CpuBackend::new();
-            let ref_logits = troupe_engine::executor::ReferenceExecutor::new(&model, &be)
-                .logits(&ps[0])
-                .unwrap();
-            assert!(
-                bits(logits.data()) == bits(ref_logits.data()),
-                "{case} {schedule}: logits differ"
-            );
+            assert_logits_match_reference(&rt, &model, &ps[0], &format!("{case} {schedule}"));
             rt.shutdown().expect("shutdown");
         }
     }

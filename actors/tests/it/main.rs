@@ -1,5 +1,5 @@
 //! The integration tests of troupe-actors, one binary with one module per concern: start-up
-//! errors, bit-identity with the reference executor, devices, nodes and links, traces and
+//! errors, bit-identity with the reference executor (replicated experts too), devices, nodes and links, traces and
 //! metrics, the async service, stage restarts, supervision, stream order and non-finite values.
 
 mod bad_input;
@@ -9,6 +9,7 @@ mod devices;
 mod nodes;
 mod non_finite;
 mod observability;
+mod replicas;
 mod service;
 mod stage_restart;
 mod supervision;
