@@ -18,8 +18,8 @@
 mod bad_input;
 mod bench_json;
 mod common;
-mod export_hf;
 mod eplb;
+mod export_hf;
 mod fuzz;
 mod hardening;
 mod isa_paths;
