@@ -1,7 +1,8 @@
 //! Building the runtime's data plane: each layer's KV pool (on the backend of the stream its
 //! attention actor runs on) and the block actors of every layer (attention, then the dense MLP
 //! or the expert groups, shared experts and router), each with its bounded channel and
-//! supervised slot, registered under its stage.
+//! supervised slot, registered under its stage. Under a transport, the expert groups another
+//! rank holds become one forwarding actor per (layer, rank), `layer{L}.node{N}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use troupe_engine::model::{FeedForward, KvConfig, KvPool, KvPools, Model};
 
 use crate::actors::attention::AttentionBlock;
 use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
+use crate::actors::remote::RemoteNode;
 use crate::actors::router::RouterBlock;
 use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
 use crate::error::Result;
@@ -20,6 +22,7 @@ use crate::link::Link;
 use crate::placement::Placement;
 use crate::stage::FfnTx;
 use crate::stream::Stream;
+use crate::transport::Distributed;
 
 /// Each layer's KV pool, on the backend of the stream its attention actor runs on; all share one
 /// page allocator, so a sequence has one block table for every layer.
@@ -97,6 +100,7 @@ pub(crate) fn build_blocks(
     kv_pools: &[Arc<KvPool>],
     locations: &[Location],
     triggers: &HashMap<String, Arc<FaultTrigger>>,
+    dist: Option<&Distributed>,
     ctx: &dyn Fn(String, usize) -> BlockCtx,
 ) -> Blocks {
     let n_layers = model.layers.len();
@@ -146,15 +150,25 @@ pub(crate) fn build_blocks(
                     group_apart: Vec::new(),
                     shared: None,
                 };
+                // Under a transport, groups on other ranks are one actor per rank (one message
+                // per layer, micro-batch and rank); this rank's groups are local actors.
+                let local_node = dist.map(|d| d.transport.rank());
+                let mut remote: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
                 for (g, grp) in placement.expert_groups[l].iter().enumerate() {
+                    if local_node.is_some_and(|n| n != grp.node) {
+                        remote.entry(grp.node).or_default().extend(&grp.experts);
+                        continue;
+                    }
                     let name = grp.actor_name(l, g);
+                    let index = router.groups.len();
                     for &e in &grp.experts {
-                        router.group_of[e] = g;
+                        router.group_of[e] = index;
                     }
                     let block = ExpertGroupBlock {
                         model: model.clone(),
                         layer: l,
                         experts: grp.experts.clone(),
+                        remote: None,
                     };
                     let ctx = ctx(name.clone(), grp.stream);
                     // A group reads the router's handles when its backend keeps data where the
@@ -169,6 +183,30 @@ pub(crate) fn build_blocks(
                         .group_links
                         .push(if remote { link.clone() } else { None });
                     router.group_apart.push(remote || elsewhere);
+                }
+                for (node, mut experts) in remote {
+                    let Some(d) = dist else { break };
+                    experts.sort_unstable();
+                    let name = format!("layer{l}.node{node}");
+                    let index = router.groups.len();
+                    for &e in &experts {
+                        router.group_of[e] = index;
+                    }
+                    let block = ExpertGroupBlock {
+                        model: model.clone(),
+                        layer: l,
+                        experts,
+                        remote: Some(RemoteNode {
+                            node,
+                            transport: d.transport.clone(),
+                        }),
+                    };
+                    router
+                        .groups
+                        .push(reg.add(name.clone(), block, ctx(name.clone(), st), children));
+                    router.group_names.push(name);
+                    router.group_links.push(None);
+                    router.group_apart.push(true);
                 }
                 if moe.shared.is_some() {
                     let name = format!("layer{l}.shared");

@@ -12,3 +12,4 @@ mod observability;
 mod service;
 mod stage_restart;
 mod supervision;
+mod transport;
