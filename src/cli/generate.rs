@@ -122,12 +122,18 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     let mine: Vec<usize> = (0..prompts.len()).filter(|&i| dep.runs(i)).collect();
     let mut done = Vec::with_capacity(mine.len());
     if !mine.is_empty() {
+        // --trace and --metrics-addr belong to rank 0 (the others' runtimes stay silent).
+        let mut runtime = a.runtime.clone();
+        if dep.rank != 0 {
+            runtime.trace = None;
+            runtime.metrics_addr = None;
+        }
         let exec = Executor::start(
             &graph,
             model.clone(),
             be,
             &a.run,
-            &a.runtime,
+            &runtime,
             mla_form(&a.run.mla)?,
             dist,
         )?;

@@ -16,7 +16,6 @@ pub struct Run {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
-    pub elapsed: Duration,
 }
 
 /// `mpirun` as this machine needs it: root allowed, more ranks than cores, no binding, TCP.
@@ -63,7 +62,6 @@ pub fn finish(mut child: Child, limit: Duration, start: Instant) -> Run {
         code,
         stdout: o.join().unwrap(),
         stderr: e.join().unwrap(),
-        elapsed: start.elapsed(),
     }
 }
 
@@ -80,13 +78,11 @@ pub fn mpirun(n: usize, args: &[String]) -> Run {
 
 /// `troupe ARGS` in one process.
 pub fn troupe_single(args: &[String]) -> Run {
-    let start = Instant::now();
     let out = Command::new(troupe_bin()).args(args).output().unwrap();
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
-        elapsed: start.elapsed(),
     }
 }
 

@@ -97,7 +97,8 @@ impl MpiWorld {
     }
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<super::ExpertReply>>>>;
+/// Calls waiting for their reply, by request id: the reply and its size on the wire.
+type Pending = Mutex<HashMap<u64, oneshot::Sender<(Result<super::ExpertReply>, usize)>>>;
 
 /// Expert exchange between the ranks of an MPI job.
 pub struct MpiTransport {
@@ -241,7 +242,7 @@ fn receive_replies(stats: Arc<PeerStats>, pending: Arc<Pending>) {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         if let Some(tx) = waiting {
-            let _ = tx.send(super::reply_result(from, Message::decode(&bytes)));
+            let _ = tx.send((super::reply_result(from, Message::decode(&bytes)), bytes.len()));
         }
     }
 }
@@ -270,14 +271,14 @@ impl Transport for MpiTransport {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
         let out = bytes.len();
+        let start = Instant::now();
         self.stats.sent(node, out);
         let posted = self.post(node, TAG_REQUEST, bytes);
         let stats = self.stats.clone();
         Box::pin(async move {
-            let start = Instant::now();
             posted?;
-            let r = rx.await.map_err(|_| closed(node))?;
-            stats.exchange(node, layer, out, 0, start);
+            let (r, back) = rx.await.map_err(|_| closed(node))?;
+            stats.exchange(node, layer, out, back, start);
             r
         })
     }
