@@ -201,9 +201,12 @@ pub(crate) fn build_blocks(
                             transport: d.transport.clone(),
                         }),
                     };
-                    router
-                        .groups
-                        .push(reg.add(name.clone(), block, ctx(name.clone(), st), children));
+                    router.groups.push(reg.add(
+                        name.clone(),
+                        block,
+                        ctx(name.clone(), st),
+                        children,
+                    ));
                     router.group_names.push(name);
                     router.group_links.push(None);
                     router.group_apart.push(true);

@@ -32,8 +32,8 @@ use crate::stage::{StageCall, StageInflight, StageRun, Wiring};
 use crate::stream::{Stream, StreamKind};
 use crate::supervisor::{RootActor, StageArgs};
 use crate::trace::Tracer;
-use crate::transport::{AttentionMode, Distributed};
 use crate::transfer::Owned;
+use crate::transport::{AttentionMode, Distributed};
 
 /// What the CLI passes (`--schedule`, `--stages`, `--trace`, `--metrics-addr`, `--device`).
 #[derive(Clone, Debug, Default)]

@@ -21,11 +21,20 @@ const MAX_PLACEMENT_FILE_BYTES: u64 = 1 << 20;
 
 /// Replaces the graph's `[placement]` and `[schedule]` with those of `path` (absent tables
 /// become absent), and takes out `[placement] attention`.
-pub fn apply_placement(graph: &mut LoadedGraph, path: Option<&Path>) -> Result<AttentionMode, CliError> {
+pub fn apply_placement(
+    graph: &mut LoadedGraph,
+    path: Option<&Path>,
+) -> Result<AttentionMode, CliError> {
     if let Some(path) = path {
-        let text = troupe_engine::files::read_text_capped(path, MAX_PLACEMENT_FILE_BYTES, "a placement file")?;
+        let text = troupe_engine::files::read_text_capped(
+            path,
+            MAX_PLACEMENT_FILE_BYTES,
+            "a placement file",
+        )?;
         let at = |m: String| CliError::Usage(format!("--placement {}: {m}", path.display()));
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| at(e.message().to_string()))?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| at(e.message().to_string()))?;
         let mut take = |key: &str| match table.remove(key) {
             None => Ok(None),
             Some(toml::Value::Table(t)) => Ok(Some(t)),
@@ -33,7 +42,9 @@ pub fn apply_placement(graph: &mut LoadedGraph, path: Option<&Path>) -> Result<A
         };
         let (placement, schedule) = (take("placement")?, take("schedule")?);
         if let Some(k) = table.keys().next() {
-            return Err(at(format!("unknown key `{k}` (a placement file holds [placement] and [schedule])")));
+            return Err(at(format!(
+                "unknown key `{k}` (a placement file holds [placement] and [schedule])"
+            )));
         }
         graph.placement = placement;
         graph.schedule = schedule;
@@ -52,7 +63,13 @@ pub fn ranks_from_env() -> (usize, usize) {
             .iter()
             .find_map(|n| std::env::var(n).ok()?.trim().parse::<usize>().ok())
     };
-    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]).unwrap_or(0);
+    let rank = var(&[
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "SLURM_PROCID",
+    ])
+    .unwrap_or(0);
     let size = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"]).unwrap_or(1);
     (rank, size.max(1))
 }
@@ -139,7 +156,11 @@ impl Deployment {
                     world.size()
                 )));
             }
-            Ok(Deployment { rank, size, ..single })
+            Ok(Deployment {
+                rank,
+                size,
+                ..single
+            })
         }
     }
 
@@ -153,9 +174,11 @@ impl Deployment {
         #[cfg(feature = "mpi")]
         if let Some(world) = mpi_job::world() {
             use troupe_actors::transport::{mpi::MpiTransport, ExpertServer};
-            let be: Arc<dyn troupe_engine::Backend> = Arc::new(troupe_engine::kernels::CpuBackend::new());
+            let be: Arc<dyn troupe_engine::Backend> =
+                Arc::new(troupe_engine::kernels::CpuBackend::new());
             let server = Arc::new(ExpertServer::new(model.clone(), be, self.rank));
-            let t = MpiTransport::start(world, server).map_err(|e| CliError::Runtime(e.to_string()))?;
+            let t =
+                MpiTransport::start(world, server).map_err(|e| CliError::Runtime(e.to_string()))?;
             self.transport = Some(t.clone());
             return Ok(Some(Distributed {
                 transport: t,
@@ -168,13 +191,17 @@ impl Deployment {
 
     /// Ends this rank's part: waits for every rank, then sends this rank's results (request
     /// index, generated ids) to rank 0, which gets everyone's back (in request order).
-    pub fn finish(self, mine: Vec<(usize, Vec<u32>)>) -> Result<Option<Vec<(usize, Vec<u32>)>>, CliError> {
+    pub fn finish(
+        self,
+        mine: Vec<(usize, Vec<u32>)>,
+    ) -> Result<Option<Vec<(usize, Vec<u32>)>>, CliError> {
         #[cfg(feature = "mpi")]
         if let (Some(t), Some(world)) = (&self.transport, mpi_job::world()) {
             t.finish(world);
             let mut all = mine;
             if self.rank != 0 {
-                let bytes = serde_json::to_vec(&all).map_err(|e| CliError::Runtime(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec(&all).map_err(|e| CliError::Runtime(e.to_string()))?;
                 world.send_data(0, &bytes);
                 mpi_job::finalize();
                 return Ok(None);

@@ -140,7 +140,10 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         let reqs: Vec<GenerateRequest> = mine.iter().map(|&i| request(&prompts[i])).collect();
         let result = exec.generate(&reqs);
         exec.finish()?;
-        done.extend(mine.into_iter().zip(result?.into_iter().map(|o| o.generated)));
+        done.extend(
+            mine.into_iter()
+                .zip(result?.into_iter().map(|o| o.generated)),
+        );
     }
     let Some(all) = dep.finish(done)? else {
         return Ok(());
@@ -176,8 +179,11 @@ fn read_prompts(
     path: &std::path::Path,
     encode: &dyn Fn(&str) -> Result<Vec<u32>, CliError>,
 ) -> Result<Vec<Vec<u32>>, CliError> {
-    let text = troupe_engine::files::read_text_capped(path, MAX_PROMPTS_FILE_BYTES, "a prompts file")?;
-    let at = |n: usize, m: String| CliError::Usage(format!("--prompts-file {} line {n}: {m}", path.display()));
+    let text =
+        troupe_engine::files::read_text_capped(path, MAX_PROMPTS_FILE_BYTES, "a prompts file")?;
+    let at = |n: usize, m: String| {
+        CliError::Usage(format!("--prompts-file {} line {n}: {m}", path.display()))
+    };
     let mut prompts = Vec::new();
     for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
         if line.is_empty() {
@@ -200,7 +206,10 @@ fn read_prompts(
         prompts.push(ids);
     }
     if prompts.is_empty() {
-        return Err(CliError::Usage(format!("--prompts-file {}: no prompts", path.display())));
+        return Err(CliError::Usage(format!(
+            "--prompts-file {}: no prompts",
+            path.display()
+        )));
     }
     Ok(prompts)
 }

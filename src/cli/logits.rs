@@ -38,7 +38,15 @@ pub fn run(a: LogitsArgs) -> Result<(), CliError> {
     let dist = dep.serve(&model)?;
     let logits = match dep.rank {
         0 => {
-            let exec = Executor::start(&graph, model, be, &a.run, &a.runtime, mla_form(&a.run.mla)?, dist)?;
+            let exec = Executor::start(
+                &graph,
+                model,
+                be,
+                &a.run,
+                &a.runtime,
+                mla_form(&a.run.mla)?,
+                dist,
+            )?;
             let result = exec.logits(&ids);
             exec.finish()?;
             Some(result?)

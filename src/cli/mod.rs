@@ -208,9 +208,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Logits(a) => logits::run(a),
-        Command::Inspect { model, placement } => {
-            inspect::run_inspect(&model, placement.as_deref())
-        }
+        Command::Inspect { model, placement } => inspect::run_inspect(&model, placement.as_deref()),
         Command::ImportHf { dir } => inspect::run_import(&dir),
         Command::Bench(a) => bench::run(a),
     }

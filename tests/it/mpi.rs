@@ -22,7 +22,14 @@ pub struct Run {
 pub fn mpirun_command(n: usize) -> Command {
     let mut c = Command::new("mpirun");
     c.args(["-n", &n.to_string()]);
-    c.args(["--oversubscribe", "--bind-to", "none", "--mca", "btl", "tcp,self"]);
+    c.args([
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        "--mca",
+        "btl",
+        "tcp,self",
+    ]);
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_btl_tcp_if_include", "lo")
@@ -165,14 +172,34 @@ pub fn reference_lines(model: &Path, prompts: &str) -> String {
     r.stdout
 }
 
-/// Runs `generate` under `mpirun -n nodes` with `placement` and checks its stdout equals
-/// `expected` (the reference's JSON lines).
-pub fn assert_generate_matches(dir: &Path, model: &Path, nodes: usize, placement: &str, expected: &str, what: &str) {
+/// Runs `generate` under `mpirun -n nodes` with `groups` under `schedule` (2 stages for
+/// `pipeline`; data-parallel attention when `dp`) and checks its stdout equals `expected` (the
+/// reference's JSON lines for `dir/prompts.jsonl`).
+pub fn assert_deployment_matches(
+    dir: &Path,
+    model: &Path,
+    expected: &str,
+    (nodes, groups, schedule, dp): (usize, &[Group], &str, bool),
+    what: &str,
+) {
+    let stages = if schedule == "pipeline" { 2 } else { 1 };
+    let placement = placement_toml(nodes, stages, groups, schedule, dp);
     let prompts = dir.join("prompts.jsonl").display().to_string();
-    let p = write(dir, &format!("placement-{what}.toml"), placement);
+    let p = write(dir, "placement.toml", &placement);
     let r = mpirun(nodes, &generate_args(model, &prompts, &["--placement", &p]));
     assert_eq!(r.code, Some(0), "{what}: {}\n{placement}", r.stderr);
-    assert_eq!(r.stdout, expected, "{what}: tokens differ from the reference\n{placement}");
+    assert_eq!(
+        r.stdout, expected,
+        "{what}: tokens differ from the reference\n{placement}"
+    );
+}
+
+/// The `troupe: error:` lines of a job's stderr (mpirun adds its own).
+pub fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("troupe: error:"))
+        .collect()
 }
 
 #[test]
@@ -184,9 +211,10 @@ fn staged_placement_matches_the_reference_for_every_rank_count_and_schedule() {
     assert_eq!(expected.lines().count(), 3, "{expected}");
     for nodes in [2, 3, 4] {
         for schedule in ["sequential", "two-microbatch", "pipeline"] {
-            let stages = if schedule == "pipeline" { 2 } else { 1 };
-            let pl = placement_toml(nodes, stages, &scattered_groups(16, nodes), schedule, false);
-            assert_generate_matches(&dir, &model, nodes, &pl, &expected, &format!("n{nodes}-{schedule}"));
+            let groups = scattered_groups(16, nodes);
+            let what = format!("n{nodes}-{schedule}");
+            let d = (nodes, &groups[..], schedule, false);
+            assert_deployment_matches(&dir, &model, &expected, d, &what);
         }
     }
 }
@@ -199,9 +227,10 @@ fn data_parallel_attention_matches_the_reference() {
     let expected = reference_lines(&model, &prompts);
     // 4 ranks for 3 requests: rank 3 runs none and still serves its experts.
     for (nodes, schedule) in [(2, "two-microbatch"), (3, "sequential"), (4, "pipeline")] {
-        let stages = if schedule == "pipeline" { 2 } else { 1 };
-        let pl = placement_toml(nodes, stages, &scattered_groups(16, nodes), schedule, true);
-        assert_generate_matches(&dir, &model, nodes, &pl, &expected, &format!("dp-n{nodes}-{schedule}"));
+        let groups = scattered_groups(16, nodes);
+        let what = format!("dp-n{nodes}-{schedule}");
+        let d = (nodes, &groups[..], schedule, true);
+        assert_deployment_matches(&dir, &model, &expected, d, &what);
     }
 }
 
@@ -212,16 +241,53 @@ fn logits_are_bit_identical_across_ranks() {
     let m = model.display().to_string();
     let reference = dir.join("ref.safetensors").display().to_string();
     let ids = "0,5,9,13,200,7,7,1";
-    let r = troupe_single(&["logits", "--model", &m, "--prompt-ids", ids, "--runtime", "reference", "--out", &reference].map(String::from));
+    let r = troupe_single(
+        &[
+            "logits",
+            "--model",
+            &m,
+            "--prompt-ids",
+            ids,
+            "--runtime",
+            "reference",
+            "--out",
+            &reference,
+        ]
+        .map(String::from),
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     for (nodes, dp) in [(2, false), (3, true), (4, false)] {
-        let pl = write(&dir, "p.toml", &placement_toml(nodes, 1, &scattered_groups(16, nodes), "two-microbatch", dp));
-        let out = dir.join(format!("mpi{nodes}.safetensors")).display().to_string();
-        let args = ["logits", "--model", &m, "--prompt-ids", ids, "-t", "1", "--placement", &pl, "--out", &out].map(String::from);
+        let pl = write(
+            &dir,
+            "p.toml",
+            &placement_toml(nodes, 1, &scattered_groups(16, nodes), "two-microbatch", dp),
+        );
+        let out = dir
+            .join(format!("mpi{nodes}.safetensors"))
+            .display()
+            .to_string();
+        let args = [
+            "logits",
+            "--model",
+            &m,
+            "--prompt-ids",
+            ids,
+            "-t",
+            "1",
+            "--placement",
+            &pl,
+            "--out",
+            &out,
+        ]
+        .map(String::from);
         let r = mpirun(nodes, &args);
         assert_eq!(r.code, Some(0), "n{nodes}: {}", r.stderr);
         assert_eq!(r.stdout, "", "rank 0 writes --out, nobody prints");
-        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&reference).unwrap(), "n{nodes}: logits differ");
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&reference).unwrap(),
+            "n{nodes}: logits differ"
+        );
     }
 }
 
@@ -236,8 +302,9 @@ fn other_moe_fixtures_match_the_reference() {
     ] {
         let model = case_dir(case);
         let expected = reference_lines(&model, &prompts);
-        let pl = placement_toml(nodes, 1, &scattered_groups(experts, nodes), "two-microbatch", dp);
-        assert_generate_matches(&dir, &model, nodes, &pl, &expected, case);
+        let groups = scattered_groups(experts, nodes);
+        let d = (nodes, &groups[..], "two-microbatch", dp);
+        assert_deployment_matches(&dir, &model, &expected, d, case);
     }
 }
 
@@ -245,7 +312,11 @@ fn other_moe_fixtures_match_the_reference() {
 fn inspect_prints_the_weight_bytes_of_each_rank() {
     let dir = scratch("inspect");
     let model = case_dir("deepseek-v3-tiny").display().to_string();
-    let pl = write(&dir, "p.toml", &placement_toml(3, 1, &scattered_groups(16, 3), "sequential", false));
+    let pl = write(
+        &dir,
+        "p.toml",
+        &placement_toml(3, 1, &scattered_groups(16, 3), "sequential", false),
+    );
     let r = troupe_single(&["inspect".into(), model, "--placement".into(), pl]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let bytes: Vec<u64> = r
@@ -256,5 +327,8 @@ fn inspect_prints_the_weight_bytes_of_each_rank() {
         .collect();
     assert_eq!(bytes.len(), 3, "{}", r.stdout);
     // Rank 0 holds the embedding, attention and head besides its experts: the most.
-    assert!(bytes[0] > bytes[1] && bytes[1] > 0 && bytes[2] > 0, "{bytes:?}");
+    assert!(
+        bytes[0] > bytes[1] && bytes[1] > 0 && bytes[2] > 0,
+        "{bytes:?}"
+    );
 }

@@ -3,7 +3,7 @@
 //! and attention mode; tokens always equal the reference executor's.
 
 use crate::common::case_dir;
-use crate::mpi::{assert_generate_matches, placement_toml, reference_lines, scratch, write, Group, PROMPTS};
+use crate::mpi::{assert_deployment_matches, reference_lines, scratch, write, Group, PROMPTS};
 
 /// SplitMix64: a small deterministic generator.
 struct Rng(u64);
@@ -23,7 +23,10 @@ impl Rng {
 
 #[test]
 fn random_deployments_match_the_reference() {
-    let seed: u64 = std::env::var("TROUPE_MPI_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let seed: u64 = std::env::var("TROUPE_MPI_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
     let mut rng = Rng(seed);
     let dir = scratch("property");
     let model = case_dir("deepseek-v3-tiny");
@@ -33,16 +36,20 @@ fn random_deployments_match_the_reference() {
         let nodes = 2 + rng.below(3);
         let n_groups = 1 + rng.below(6);
         let mut groups: Vec<Group> = (0..n_groups)
-            .map(|_| Group { experts: Vec::new(), stream: rng.below(2), node: rng.below(nodes) })
+            .map(|_| Group {
+                experts: Vec::new(),
+                stream: rng.below(2),
+                node: rng.below(nodes),
+            })
             .collect();
         for e in 0..16 {
             groups[rng.below(n_groups)].experts.push(e);
         }
         groups.retain(|g| !g.experts.is_empty());
         let schedule = ["sequential", "two-microbatch", "pipeline"][rng.below(3)];
-        let stages = if schedule == "pipeline" { 2 } else { 1 };
         let dp = rng.below(2) == 1;
-        let pl = placement_toml(nodes, stages, &groups, schedule, dp);
-        assert_generate_matches(&dir, &model, nodes, &pl, &expected, &format!("seed {seed} case {case}"));
+        let what = format!("seed {seed} case {case}");
+        let d = (nodes, &groups[..], schedule, dp);
+        assert_deployment_matches(&dir, &model, &expected, d, &what);
     }
 }

@@ -75,5 +75,4 @@ impl RemoteNode {
             ready_at: None,
         })
     }
-
 }

@@ -193,10 +193,9 @@ impl PeerStats {
 fn reply_result(peer: usize, m: std::result::Result<Message, WireError>) -> Result<ExpertReply> {
     match m {
         Ok(Message::Reply { result: Ok(r), .. }) => Ok(r),
-        Ok(Message::Reply { result: Err(e), .. }) => Err(crate::ActorError::Transport {
-            peer,
-            message: e,
-        }),
+        Ok(Message::Reply { result: Err(e), .. }) => {
+            Err(crate::ActorError::Transport { peer, message: e })
+        }
         Ok(_) => Err(crate::ActorError::Transport {
             peer,
             message: "expected a reply".into(),

@@ -48,8 +48,8 @@ pub struct MpiWorld {
 impl MpiWorld {
     /// Initialises MPI (once per process).
     pub fn init() -> Result<MpiWorld> {
-        let (universe, threading) =
-            mpi::initialize_with_threading(mpi::Threading::Multiple).ok_or_else(|| {
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+            .ok_or_else(|| {
                 ActorError::Startup("MPI was already initialised in this process".into())
             })?;
         if threading != mpi::Threading::Multiple {
@@ -72,7 +72,12 @@ impl MpiWorld {
     }
     /// Finalises MPI (what dropping the world does); no MPI call may follow.
     pub fn finalize(&self) {
-        drop(self.universe.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(
+            self.universe
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
     /// Ends every rank of the job with `code` (no rank is left waiting in a collective).
     pub fn abort(&self, code: i32) -> ! {
@@ -135,10 +140,7 @@ impl MpiTransport {
             }),
         )?;
         let (stats2, tx2) = (stats.clone(), tx.clone());
-        let serve = spawn(
-            "mpi-server",
-            Box::new(move || serve(server, stats2, tx2)),
-        )?;
+        let serve = spawn("mpi-server", Box::new(move || serve(server, stats2, tx2)))?;
         let (stats3, pending3) = (stats.clone(), pending.clone());
         let replies = spawn(
             "mpi-replies",
@@ -170,16 +172,14 @@ impl MpiTransport {
         let stop = Message::Stop.encode();
         let _ = self.post(self.rank, TAG_REQUEST, stop.clone());
         let _ = self.post(self.rank, TAG_REPLY, stop);
-        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         let mut it = threads.into_iter();
         // Server and replies first; then close the outbox so its thread ends.
         for h in it.by_ref().take(2) {
             let _ = h.join();
         }
-        self.outbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).take();
         for h in it {
             let _ = h.join();
         }
@@ -194,7 +194,11 @@ fn closed(peer: usize) -> ActorError {
 }
 
 /// The server thread: answers requests from any rank until a `Stop`.
-fn serve(server: Arc<ExpertServer>, stats: Arc<PeerStats>, outbox: flume::Sender<(usize, i32, Vec<u8>)>) {
+fn serve(
+    server: Arc<ExpertServer>,
+    stats: Arc<PeerStats>,
+    outbox: flume::Sender<(usize, i32, Vec<u8>)>,
+) {
     let world = SimpleCommunicator::world();
     loop {
         let (bytes, status) = world.any_process().receive_vec_with_tag::<u8>(TAG_REQUEST);
@@ -242,7 +246,10 @@ fn receive_replies(stats: Arc<PeerStats>, pending: Arc<Pending>) {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         if let Some(tx) = waiting {
-            let _ = tx.send((super::reply_result(from, Message::decode(&bytes)), bytes.len()));
+            let _ = tx.send((
+                super::reply_result(from, Message::decode(&bytes)),
+                bytes.len(),
+            ));
         }
     }
 }

@@ -36,7 +36,11 @@ impl ExpertServer {
             .get(l)
             .ok_or_else(|| EngineError::internal(format!("no layer {l}")))?;
         let moe = layer.moe()?;
-        if let Some(e) = req.experts.iter().find(|&&e| e as usize >= moe.experts.len()) {
+        if let Some(e) = req
+            .experts
+            .iter()
+            .find(|&&e| e as usize >= moe.experts.len())
+        {
             return Err(EngineError::internal(format!("no routed expert {e}")));
         }
         if req.x.rows() != req.routing.ids.len() {
@@ -53,7 +57,13 @@ impl ExpertServer {
         let entries: usize = out
             .experts
             .iter()
-            .map(|&e| req.routing.ids.iter().filter(|ids| ids.contains(&e)).count())
+            .map(|&e| {
+                req.routing
+                    .ids
+                    .iter()
+                    .filter(|ids| ids.contains(&e))
+                    .count()
+            })
             .sum();
         let rows = match out.rows.rows() == entries {
             true => out.rows,

@@ -64,9 +64,7 @@ impl Transport for SimulatedTransport {
                 })
             });
         };
-        let id = self
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let layer = req.layer;
         let out = Message::Request { id, req }.encode();
         let link = self.link.clone();

@@ -145,10 +145,7 @@ impl Message {
             k => return Err(WireError(format!("unknown kind {k}"))),
         };
         if r.at != bytes.len() {
-            return Err(WireError(format!(
-                "{} trailing bytes",
-                bytes.len() - r.at
-            )));
+            return Err(WireError(format!("{} trailing bytes", bytes.len() - r.at)));
         }
         Ok(m)
     }
@@ -259,8 +256,11 @@ mod tests {
             req: ExpertRequest {
                 layer: 2,
                 experts: vec![1, 5],
-                x: Tensor::new(vec![2, 3], vec![1.0, -0.0, f32::MIN_POSITIVE, 4.5, 5.0, 6.0])
-                    .unwrap(),
+                x: Tensor::new(
+                    vec![2, 3],
+                    vec![1.0, -0.0, f32::MIN_POSITIVE, 4.5, 5.0, 6.0],
+                )
+                .unwrap(),
                 routing: Routing {
                     ids: vec![vec![1, 3], vec![5, 1]],
                     weights: vec![vec![0.25, 0.75], vec![0.5, 0.5]],

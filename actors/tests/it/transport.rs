@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use crate::common::*;
 use troupe_actors::link::Link;
-use troupe_actors::transport::{AttentionMode, Distributed, ExpertServer, SimulatedTransport, Transport};
+use troupe_actors::transport::{
+    AttentionMode, Distributed, ExpertServer, SimulatedTransport, Transport,
+};
 use troupe_actors::{ActorRuntime, FaultPlan, LinkSpec, RuntimeConfig, RuntimeOptions};
 use troupe_engine::model::Model;
 
 fn transport(model: &Arc<Model>, nodes: usize, link: bool) -> Arc<SimulatedTransport> {
     let servers = (0..nodes)
         .map(|k| {
-            let be: Arc<dyn troupe_engine::Backend> = Arc::new(troupe_engine::kernels::CpuBackend::new());
+            let be: Arc<dyn troupe_engine::Backend> =
+                Arc::new(troupe_engine::kernels::CpuBackend::new());
             Arc::new(ExpertServer::new(model.clone(), be, k))
         })
         .collect();
@@ -35,7 +38,11 @@ fn simulated_ranks_give_the_reference_bits_and_count_their_bytes() {
     let reqs = greedy_requests("deepseek-v3-tiny", 3);
     let want = reference(&model, &reqs);
     let table: toml::Table = toml::from_str(GROUPS).unwrap();
-    for (schedule, link) in [("sequential", false), ("two-microbatch", true), ("pipeline", false)] {
+    for (schedule, link) in [
+        ("sequential", false),
+        ("two-microbatch", true),
+        ("pipeline", false),
+    ] {
         let t = transport(&model, 3, link);
         let cfg = RuntimeConfig {
             options: RuntimeOptions {
@@ -51,7 +58,11 @@ fn simulated_ranks_give_the_reference_bits_and_count_their_bytes() {
             ..Default::default()
         };
         let rt = ActorRuntime::start_with(model.clone(), Some(&table), None, cfg).expect("start");
-        assert!(rt.core().actor_names.iter().any(|n| n == "layer1.node2"), "{:?}", rt.core().actor_names);
+        assert!(
+            rt.core().actor_names.iter().any(|n| n == "layer1.node2"),
+            "{:?}",
+            rt.core().actor_names
+        );
         let got = rt.generate(&reqs).expect("generate");
         rt.shutdown().unwrap();
         assert_same(&got, &want, schedule);
@@ -62,12 +73,22 @@ fn simulated_ranks_give_the_reference_bits_and_count_their_bytes() {
                 p[k].bytes_received.load(Ordering::Relaxed),
                 p[k].messages_sent.load(Ordering::Relaxed),
             );
-            assert!(sent > 0 && back > 0, "{schedule}: rank {k}: {sent} B out, {back} B back");
+            assert!(
+                sent > 0 && back > 0,
+                "{schedule}: rank {k}: {sent} B out, {back} B back"
+            );
             // At most one message per MoE layer (3), micro-batch and decode step to each rank.
             let steps = (reqs[0].max_new_tokens + 1) as u64;
-            assert!(msgs <= 3 * 2 * steps * reqs.len() as u64, "{schedule}: {msgs} messages to rank {k}");
+            assert!(
+                msgs <= 3 * 2 * steps * reqs.len() as u64,
+                "{schedule}: {msgs} messages to rank {k}"
+            );
         }
-        assert_eq!(p[0].messages_sent.load(Ordering::Relaxed), 0, "rank 0's own groups are local");
+        assert_eq!(
+            p[0].messages_sent.load(Ordering::Relaxed),
+            0,
+            "rank 0's own groups are local"
+        );
     }
 }
 
@@ -83,14 +104,19 @@ fn a_rank_count_other_than_the_placements_nodes_is_refused() {
         faults: Some(FaultPlan::default()),
         ..Default::default()
     };
-    let err = ActorRuntime::start_with(model, Some(&table), None, cfg).err().expect("refused");
+    let err = ActorRuntime::start_with(model, Some(&table), None, cfg)
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("3 nodes but 2 ranks"), "{err}");
 }
 
 #[test]
 fn the_attention_mode_is_read_and_taken_out_of_the_table() {
     let mut t: toml::Table = toml::from_str("attention = \"data-parallel\"\nnodes = 2").unwrap();
-    assert_eq!(AttentionMode::take_from(&mut t).unwrap(), AttentionMode::DataParallel);
+    assert_eq!(
+        AttentionMode::take_from(&mut t).unwrap(),
+        AttentionMode::DataParallel
+    );
     assert!(!t.contains_key("attention"));
     let mut t: toml::Table = toml::from_str("attention = \"sideways\"").unwrap();
     let e = AttentionMode::take_from(&mut t).unwrap_err().to_string();
