@@ -142,7 +142,7 @@ impl Deployment {
         #[cfg(not(feature = "mpi"))]
         {
             Err(CliError::Usage(format!(
-                "started as {size} ranks, but this troupe was built without MPI (cargo build --features mpi)"
+                "started as rank {rank} of {size}, but this troupe was built without MPI (cargo build --features mpi)"
             )))
         }
         #[cfg(feature = "mpi")]
