@@ -15,7 +15,7 @@ fn main() {
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        eprintln!("troupe: error: {}", lines.join(" "));
-        std::process::exit(2);
+        // Under mpirun only rank 0 prints a setup error; a rank failing later names itself.
+        cli::exit_with_error(&lines.join(" "));
     }
 }

@@ -1,7 +1,8 @@
 //! Building the runtime's data plane: each layer's KV pool (on the backend of the stream its
 //! attention actor runs on) and the block actors of every layer (attention, then the dense MLP
 //! or the expert groups, shared experts and router), each with its bounded channel and
-//! supervised slot, registered under its stage.
+//! supervised slot, registered under its stage. Under a transport, the expert groups another
+//! rank holds become one forwarding actor per (layer, rank), `layer{L}.node{N}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,14 +13,16 @@ use troupe_engine::model::{FeedForward, KvConfig, KvPool, KvPools, Model};
 
 use crate::actors::attention::AttentionBlock;
 use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
+use crate::actors::remote::RemoteNode;
 use crate::actors::router::RouterBlock;
 use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
-use crate::error::Result;
+use crate::error::{ActorError, Result};
 use crate::fault::FaultTrigger;
 use crate::link::Link;
-use crate::placement::{ExpertReplicas, Placement};
+use crate::placement::{ExpertGroup, ExpertReplicas, Placement};
 use crate::stage::FfnTx;
 use crate::stream::Stream;
+use crate::transport::Distributed;
 
 /// Each layer's KV pool, on the backend of the stream its attention actor runs on; all share one
 /// page allocator, so a sequence has one block table for every layer.
@@ -97,8 +100,9 @@ pub(crate) fn build_blocks(
     kv_pools: &[Arc<KvPool>],
     locations: &[Location],
     triggers: &HashMap<String, Arc<FaultTrigger>>,
+    dist: Option<&Distributed>,
     ctx: &dyn Fn(String, usize) -> BlockCtx,
-) -> Blocks {
+) -> Result<Blocks> {
     let n_layers = model.layers.len();
     let mut names = Vec::new();
     let mut children: Vec<Vec<Arc<dyn Child>>> = vec![Vec::new(); placement.stages.len()];
@@ -139,22 +143,32 @@ pub(crate) fn build_blocks(
                 let mut router = RouterBlock {
                     model: model.clone(),
                     layer: l,
-                    replicas: Arc::new(ExpertReplicas::new(
-                        &placement.expert_groups[l],
-                        moe.experts.len(),
-                    )),
+                    // Set below, from the groups this router actually sends to.
+                    replicas: Arc::new(ExpertReplicas::new(&[], moe.experts.len())),
                     groups: Vec::new(),
                     group_names: Vec::new(),
                     group_links: Vec::new(),
                     group_apart: Vec::new(),
                     shared: None,
                 };
+                // Under a transport, groups on other ranks are one actor per rank (one message
+                // per layer, micro-batch and rank); this rank's groups are local actors.
+                let local_node = dist.map(|d| d.transport.rank());
+                let mut remote: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+                // The router's groups in order: this rank's, then one per other rank.
+                let mut routed: Vec<ExpertGroup> = Vec::new();
                 for (g, grp) in placement.expert_groups[l].iter().enumerate() {
+                    if local_node.is_some_and(|n| n != grp.node) {
+                        remote.entry(grp.node).or_default().extend(&grp.experts);
+                        continue;
+                    }
                     let name = grp.actor_name(l, g);
+                    routed.push(grp.clone());
                     let block = ExpertGroupBlock {
                         model: model.clone(),
                         layer: l,
                         experts: grp.experts.clone(),
+                        remote: None,
                     };
                     let ctx = ctx(name.clone(), grp.stream);
                     // A group reads the router's handles when its backend keeps data where the
@@ -170,6 +184,46 @@ pub(crate) fn build_blocks(
                         .push(if remote { link.clone() } else { None });
                     router.group_apart.push(remote || elsewhere);
                 }
+                for (node, mut experts) in remote {
+                    let Some(d) = dist else { break };
+                    experts.sort_unstable();
+                    experts.dedup();
+                    let name = format!("layer{l}.node{node}");
+                    routed.push(ExpertGroup {
+                        experts: experts.clone(),
+                        stream: st,
+                        node,
+                        replica: 0,
+                    });
+                    let block = ExpertGroupBlock {
+                        model: model.clone(),
+                        layer: l,
+                        experts,
+                        remote: Some(RemoteNode {
+                            node,
+                            transport: d.transport.clone(),
+                        }),
+                    };
+                    router.groups.push(reg.add(
+                        name.clone(),
+                        block,
+                        ctx(name.clone(), st),
+                        children,
+                    ));
+                    router.group_names.push(name);
+                    router.group_links.push(None);
+                    router.group_apart.push(true);
+                }
+                let replicas = ExpertReplicas::new(&routed, moe.experts.len());
+                if dist.is_some() && replicas.replicated() {
+                    return Err(ActorError::Placement {
+                        field: format!("expert_groups (layer {l})"),
+                        message: "an expert replicated on several ranks is not supported under \
+                                  mpirun yet; keep each expert's replicas on one rank"
+                            .into(),
+                    });
+                }
+                router.replicas = Arc::new(replicas);
                 if moe.shared.is_some() {
                     let name = format!("layer{l}.shared");
                     let block = SharedBlock {
@@ -184,10 +238,10 @@ pub(crate) fn build_blocks(
             }
         }
     }
-    Blocks {
+    Ok(Blocks {
         attention,
         ffn,
         children,
         names,
-    }
+    })
 }

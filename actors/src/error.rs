@@ -43,6 +43,9 @@ pub enum ActorError {
     /// Spawning actors, threads, the tokio runtime or the metrics listener failed.
     #[error("actor runtime start-up: {0}")]
     Startup(String),
+    /// Another rank of the deployment failed or could not be reached (`peer` = its rank).
+    #[error("rank {peer}: {message}")]
+    Transport { peer: usize, message: String },
     /// Writing the trace file failed.
     #[error("trace file {path}: {message}")]
     Trace { path: String, message: String },

@@ -32,6 +32,7 @@ pub mod stream;
 pub mod supervisor;
 pub mod trace;
 pub mod transfer;
+pub mod transport;
 
 pub use backend_factory::{BackendBuildError, BackendFactory};
 pub use error::{ActorError, Result};

@@ -33,6 +33,7 @@ use crate::stream::{Stream, StreamKind};
 use crate::supervisor::{RootActor, StageArgs};
 use crate::trace::Tracer;
 use crate::transfer::Owned;
+use crate::transport::{AttentionMode, Distributed};
 
 /// What the CLI passes (`--schedule`, `--stages`, `--trace`, `--metrics-addr`, `--device`).
 #[derive(Clone, Debug, Default)]
@@ -68,6 +69,9 @@ pub struct RuntimeConfig {
     pub supervision: Option<SupervisionSpec>,
     /// Overrides `[placement.link]`.
     pub link: Option<LinkSpec>,
+    /// The deployment spans several ranks: expert groups on other nodes are reached through
+    /// this transport (see `transport/`).
+    pub distributed: Option<Distributed>,
 }
 
 impl From<RuntimeOptions> for RuntimeConfig {
@@ -93,6 +97,8 @@ pub struct Core {
     /// Each layer's KV pool (on its attention actor's stream's backend, one page allocator for
     /// all) and their configuration; a sequence's cache is `SeqCaches::new(&core.kv_pools)`.
     pub kv_pools: KvPools,
+    /// The transport to other ranks, when the deployment spans several.
+    pub distributed: Option<Distributed>,
     stage_tx: Mutex<Option<Vec<flume::Sender<StageCall>>>>,
     root: tokio::sync::Mutex<Option<RootHandle>>,
     shutting_down: Arc<AtomicBool>,
@@ -110,7 +116,10 @@ impl Core {
         graph_schedule: Option<&toml::Table>,
         cfg: RuntimeConfig,
     ) -> Result<Arc<Core>> {
-        let placement = resolve_placement(&model, graph_placement, &cfg)?;
+        let mut placement = resolve_placement(&model, graph_placement, &cfg)?;
+        if let Some(d) = &cfg.distributed {
+            distribute(&mut placement, d)?;
+        }
         let schedule = match &cfg.custom_schedule {
             Some(s) => s.clone(),
             None => schedule::from_config(
@@ -131,6 +140,9 @@ impl Core {
             .trace
             .as_ref()
             .map(|p| Arc::new(Tracer::new(p, &placement.streams)));
+        if let (Some(d), Some(t)) = (&cfg.distributed, &tracer) {
+            d.transport.stats().attach_tracer(t.clone());
+        }
         let (streams, link) = start_streams(&placement, &cfg.options, &tracer)?;
         let kv = cfg
             .options
@@ -151,8 +163,9 @@ impl Core {
             &kv_pools.layers,
             &locations,
             &triggers,
+            cfg.distributed.as_ref(),
             &ctx,
-        );
+        )?;
         let mut actor_names: Vec<String> = (0..placement.stages.len())
             .map(|s| format!("stage{s}"))
             .collect();
@@ -171,6 +184,7 @@ impl Core {
             actor_names,
             faults: triggers,
             kv_pools,
+            distributed: cfg.distributed.clone(),
             stage_tx: Mutex::new(Some(stage_tx)),
             root: tokio::sync::Mutex::new(Some(root)),
             shutting_down,
@@ -280,6 +294,40 @@ fn resolve_placement(
         placement.put_all_streams_on(d);
     }
     Ok(placement)
+}
+
+/// Fits the placement to this rank of a deployment over several: the ranks must be its
+/// `nodes`; staged attention runs every stage on this rank (node 0), data-parallel attention
+/// runs them all here. The simulated link does not apply: real transfers replace it.
+fn distribute(placement: &mut Placement, d: &Distributed) -> Result<()> {
+    let (rank, nodes) = (d.transport.rank(), d.transport.nodes());
+    if placement.nodes != nodes {
+        return Err(ActorError::placement(
+            "nodes",
+            format!(
+                "the placement has {} nodes but {nodes} ranks were started",
+                placement.nodes
+            ),
+        ));
+    }
+    match d.attention {
+        AttentionMode::Staged => {
+            if let Some((s, &n)) = placement
+                .stage_nodes
+                .iter()
+                .enumerate()
+                .find(|(_, &n)| n != rank)
+            {
+                return Err(ActorError::placement(
+                    format!("stage_nodes[{s}]"),
+                    format!("node {n}: across ranks, every stage runs on rank {rank} (use attention = \"data-parallel\" to spread attention)"),
+                ));
+            }
+        }
+        AttentionMode::DataParallel => placement.stage_nodes = vec![rank; placement.stages.len()],
+    }
+    placement.link = None;
+    Ok(())
 }
 
 /// One stream per placement stream, its backend built by the options' factory (default: cpu

@@ -51,6 +51,8 @@ pub struct Tracer {
 /// Process ids used in the trace.
 pub const STREAMS_PID: u64 = 1;
 pub const LINK_PID: u64 = 2;
+/// The transport: one track per peer rank (`transport::PeerStats`).
+pub const PEERS_PID: u64 = 3;
 
 impl Tracer {
     pub fn new(path: &Path, stream_names: &[String]) -> Tracer {
@@ -122,6 +124,35 @@ impl Tracer {
         let dur = (self.us(end) - ts).max(0.001);
         self.push(vec![
             json!({"ph": "X", "name": what, "cat": "link", "pid": LINK_PID, "tid": 0, "ts": ts, "dur": dur, "args": {"bytes": bytes}}),
+        ]);
+    }
+
+    /// Names the transport's tracks: pid 3, one per peer rank.
+    pub fn name_peers(&self, peers: usize) {
+        let mut evs = vec![
+            json!({"ph": "M", "name": "process_name", "pid": PEERS_PID, "tid": 0, "args": {"name": "transport"}}),
+        ];
+        for p in 0..peers {
+            evs.push(json!({"ph": "M", "name": "thread_name", "pid": PEERS_PID, "tid": p, "args": {"name": format!("rank {p}")}}));
+        }
+        self.push(evs);
+    }
+
+    /// One exchange with rank `peer` (request out, reply back) on its track.
+    pub fn peer_span(
+        &self,
+        peer: usize,
+        layer: u32,
+        bytes_out: usize,
+        bytes_back: usize,
+        start: Instant,
+        end: Instant,
+    ) {
+        let ts = self.us(start);
+        let dur = (self.us(end) - ts).max(0.001);
+        self.push(vec![
+            json!({"ph": "X", "name": "experts", "cat": "transport", "pid": PEERS_PID, "tid": peer, "ts": ts, "dur": dur,
+                   "args": {"layer": layer, "bytes_out": bytes_out, "bytes_back": bytes_back}}),
         ]);
     }
 

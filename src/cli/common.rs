@@ -61,9 +61,18 @@ pub fn init_isa(isa: Option<&str>) -> Result<(), CliError> {
 /// The graph of `--model`, once the checks that need no model pass (a malformed `TROUPE_FAULT` is
 /// an error under every runtime, not only where actors read it; so is `--isa`).
 pub fn open_graph(run: &RunArgs) -> Result<LoadedGraph, CliError> {
+    Ok(open_graph_placed(run)?.0)
+}
+
+/// [`open_graph`] with `--placement` applied, and the placement's `attention` mode.
+pub fn open_graph_placed(
+    run: &RunArgs,
+) -> Result<(LoadedGraph, troupe_actors::transport::AttentionMode), CliError> {
     check_fault_env()?;
     init_isa(run.isa.as_deref())?;
-    Ok(LoadedGraph::open(&run.model)?)
+    let mut graph = LoadedGraph::open(&run.model)?;
+    let mode = super::distributed::apply_placement(&mut graph, run.placement.as_deref())?;
+    Ok((graph, mode))
 }
 
 fn check_fault_env() -> Result<(), CliError> {

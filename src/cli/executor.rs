@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use troupe_actors::{ActorRuntime, RuntimeOptions};
+use troupe_actors::transport::Distributed;
+use troupe_actors::{ActorRuntime, RuntimeConfig, RuntimeOptions};
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::{generate, GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
@@ -32,6 +33,7 @@ impl Executor {
         run: &RunArgs,
         rt: &RuntimeArgs,
         form: MlaForm,
+        distributed: Option<Distributed>,
     ) -> Result<Executor, CliError> {
         let runtime = rt.runtime.unwrap_or(if run.device == DeviceId::Cpu {
             RuntimeKind::Actors
@@ -60,11 +62,26 @@ impl Executor {
                     backends: Some(troupe::backends::default_factory()),
                     kv: Some(kv_config(run, &model.spec)),
                 };
-                let r = ActorRuntime::start(model, graph, opts)
-                    .map_err(|e| CliError::Runtime(e.to_string()))?;
+                let cfg = RuntimeConfig {
+                    options: opts,
+                    distributed,
+                    ..RuntimeConfig::default()
+                };
+                let r = ActorRuntime::start_with(
+                    model,
+                    graph.placement.as_ref(),
+                    graph.schedule.as_ref(),
+                    cfg,
+                )
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
                 Ok(Executor::Actors(r))
             }
             RuntimeKind::Reference => {
+                if distributed.is_some() {
+                    return Err(CliError::Usage(
+                        "a run over several ranks needs --runtime actors".into(),
+                    ));
+                }
                 if actor_flags {
                     return Err(CliError::Usage(
                         "--schedule, --stages, --trace and --metrics-addr need --runtime actors"

@@ -1,5 +1,8 @@
-//! `troupe generate`: tokens from a prompt, greedy or sampled; `--json` ends stdout with
-//! `{"prompt_ids":[..],"generated_ids":[..],"text":".."}`.
+//! `troupe generate`: tokens from a prompt (or one request per line of `--prompts-file`),
+//! greedy or sampled; `--json` ends stdout with `{"prompt_ids":[..],"generated_ids":[..],"text":".."}`
+//! (one such line per request with `--prompts-file`). Under mpirun, rank 0 prints.
+
+use std::path::PathBuf;
 
 use clap::Args;
 use troupe_engine::generate::GenerateRequest;
@@ -8,7 +11,8 @@ use troupe_engine::tokenizer::TextTokenizer;
 
 use troupe_engine::graph::LoadedGraph;
 
-use super::common::{check_memory, mla_form, open_graph, parse_ids, start_model, CliError};
+use super::common::{check_memory, mla_form, open_graph_placed, parse_ids, start_model, CliError};
+use super::distributed::Deployment;
 use super::executor::Executor;
 use super::{RunArgs, RuntimeArgs};
 
@@ -21,13 +25,18 @@ pub struct GenerateArgs {
     /// Prompt text (tokenized with the model's tokenizer.json; BOS is prepended if the model has one).
     #[arg(
         long,
-        conflicts_with = "prompt_ids",
-        required_unless_present = "prompt_ids"
+        conflicts_with_all = ["prompt_ids", "prompts_file"],
+        required_unless_present_any = ["prompt_ids", "prompts_file"]
     )]
     pub prompt: Option<String>,
     /// Prompt token ids, comma separated (used as given).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompts_file")]
     pub prompt_ids: Option<String>,
+    /// Several requests: one prompt per line (text, tokenized like --prompt), or JSON lines
+    /// `{"prompt_ids": [..]}`; blank lines are skipped. With --json, one JSON line per request
+    /// in input order.
+    #[arg(long)]
+    pub prompts_file: Option<PathBuf>,
     /// Do not prepend the model's BOS token to --prompt.
     #[arg(long)]
     pub no_bos: bool,
@@ -64,41 +73,40 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
             return Err(CliError::Usage(format!("--top-p {p}: must be in (0, 1]")));
         }
     }
-    let graph = open_graph(&a.run)?;
+    let (graph, attention) = open_graph_placed(&a.run)?;
     let tokenizer = match &graph.tokenizer {
         Some(p) => Some(TextTokenizer::open(p)?),
         None => None,
     };
-    let prompt = match (&a.prompt, &a.prompt_ids) {
-        (_, Some(ids)) => parse_ids(ids)?,
-        (Some(text), None) => {
-            let tok = tokenizer.as_ref().ok_or_else(|| {
-                CliError::Usage(format!(
-                    "{}: no tokenizer.json for this model; use --prompt-ids",
-                    graph.origin.display()
-                ))
-            })?;
-            let mut ids = Vec::new();
-            if let (Some(bos), false) = (graph.spec.bos_token_id, a.no_bos) {
-                ids.push(bos);
-            }
-            ids.extend(tok.encode(text)?);
-            ids
+    let encode = |text: &str| -> Result<Vec<u32>, CliError> {
+        let tok = tokenizer.as_ref().ok_or_else(|| {
+            CliError::Usage(format!(
+                "{}: no tokenizer.json for this model; use --prompt-ids",
+                graph.origin.display()
+            ))
+        })?;
+        let mut ids = Vec::new();
+        if let (Some(bos), false) = (graph.spec.bos_token_id, a.no_bos) {
+            ids.push(bos);
         }
-        (None, None) => return Err(CliError::Usage("give --prompt or --prompt-ids".into())),
+        ids.extend(tok.encode(text)?);
+        Ok(ids)
     };
-    let positions = check_positions(&graph, prompt.len(), a.max_new_tokens)?;
-    check_memory(&a.run, &graph, 1, positions)?;
+    let prompts = match (&a.prompt, &a.prompt_ids, &a.prompts_file) {
+        (_, _, Some(path)) => read_prompts(path, &encode)?,
+        (_, Some(ids), None) => vec![parse_ids(ids)?],
+        (Some(text), None, None) => vec![encode(text)?],
+        (None, None, None) => return Err(CliError::Usage("give --prompt or --prompt-ids".into())),
+    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let positions = check_positions(&graph, longest, a.max_new_tokens)?;
+    check_memory(&a.run, &graph, prompts.len(), positions)?;
+    // Under mpirun every rank serves its experts; rank 0 (staged attention) or rank i mod
+    // nodes (data-parallel) runs request i; rank 0 prints them all, in input order.
+    let mut dep = Deployment::join(&graph, attention)?;
     let (model, be) = start_model(&a.run, &graph)?;
-    let exec = Executor::start(
-        &graph,
-        model.clone(),
-        be,
-        &a.run,
-        &a.runtime,
-        mla_form(&a.run.mla)?,
-    )?;
-    let req = GenerateRequest {
+    let dist = dep.serve(&model)?;
+    let request = |prompt: &Vec<u32>| GenerateRequest {
         prompt: prompt.clone(),
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingParams {
@@ -114,34 +122,107 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         },
         keep_logits: false,
     };
-    if a.dump_expert_load.is_some() && !matches!(exec, Executor::Actors(_)) {
-        return Err(CliError::Usage(
-            "--dump-expert-load needs --runtime actors".into(),
-        ));
+    let mine: Vec<usize> = (0..prompts.len()).filter(|&i| dep.runs(i)).collect();
+    let mut done = Vec::with_capacity(mine.len());
+    if !mine.is_empty() {
+        // --trace and --metrics-addr belong to rank 0 (the others' runtimes stay silent).
+        let mut runtime = a.runtime.clone();
+        if dep.rank != 0 {
+            runtime.trace = None;
+            runtime.metrics_addr = None;
+        }
+        let exec = Executor::start(
+            &graph,
+            model.clone(),
+            be,
+            &a.run,
+            &runtime,
+            mla_form(&a.run.mla)?,
+            dist,
+        )?;
+        if a.dump_expert_load.is_some() && !matches!(exec, Executor::Actors(_)) {
+            return Err(CliError::Usage(
+                "--dump-expert-load needs --runtime actors".into(),
+            ));
+        }
+        let reqs: Vec<GenerateRequest> = mine.iter().map(|&i| request(&prompts[i])).collect();
+        let result = exec.generate(&reqs);
+        exec.finish()?;
+        if let (Some(path), 0) = (&a.dump_expert_load, dep.rank) {
+            super::eplb::dump_expert_load(path, &model)?;
+        }
+        done.extend(
+            mine.into_iter()
+                .zip(result?.into_iter().map(|o| o.generated)),
+        );
     }
-    let result = exec.generate(std::slice::from_ref(&req));
-    exec.finish()?;
-    let out = result?.remove(0);
-    if let Some(path) = &a.dump_expert_load {
-        super::eplb::dump_expert_load(path, &model)?;
-    }
-    let text = match &tokenizer {
-        Some(t) => t.decode(&out.generated)?,
-        None => String::new(),
+    let Some(all) = dep.finish(done)? else {
+        return Ok(());
     };
-    if !a.json || tokenizer.is_some() {
-        let shown = if tokenizer.is_some() {
-            text.clone()
-        } else {
-            format!("{:?}", out.generated)
+    let many = a.prompts_file.is_some();
+    for (i, generated) in all {
+        let text = match &tokenizer {
+            Some(t) => t.decode(&generated)?,
+            None => String::new(),
         };
-        println!("{shown}");
-    }
-    if a.json {
-        let line = serde_json::json!({ "prompt_ids": prompt, "generated_ids": out.generated, "text": text });
-        println!("{line}");
+        if !a.json || (tokenizer.is_some() && !many) {
+            let shown = if tokenizer.is_some() {
+                text.clone()
+            } else {
+                format!("{generated:?}")
+            };
+            println!("{shown}");
+        }
+        if a.json {
+            let line = serde_json::json!({ "prompt_ids": prompts[i], "generated_ids": generated, "text": text });
+            println!("{line}");
+        }
     }
     Ok(())
+}
+
+/// The largest prompts file read.
+const MAX_PROMPTS_FILE_BYTES: u64 = 64 << 20;
+
+/// `--prompts-file`: a prompt per non-blank line, text (through `encode`) or a JSON object
+/// `{"prompt_ids": [..]}`; errors name the line.
+fn read_prompts(
+    path: &std::path::Path,
+    encode: &dyn Fn(&str) -> Result<Vec<u32>, CliError>,
+) -> Result<Vec<Vec<u32>>, CliError> {
+    let text =
+        troupe_engine::files::read_text_capped(path, MAX_PROMPTS_FILE_BYTES, "a prompts file")?;
+    let at = |n: usize, m: String| {
+        CliError::Usage(format!("--prompts-file {} line {n}: {m}", path.display()))
+    };
+    let mut prompts = Vec::new();
+    for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() {
+            continue;
+        }
+        if !line.starts_with('{') {
+            prompts.push(encode(line)?);
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| at(n, e.to_string()))?;
+        let ids = v
+            .get("prompt_ids")
+            .and_then(|x| x.as_array())
+            .ok_or_else(|| at(n, "expected {\"prompt_ids\": [..]}".into()))?;
+        let ids = ids
+            .iter()
+            .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| at(n, "prompt_ids must be token ids (whole numbers)".into()))?;
+        prompts.push(ids);
+    }
+    if prompts.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--prompts-file {}: no prompts",
+            path.display()
+        )));
+    }
+    Ok(prompts)
 }
 
 /// The engine's position check, before any weight is loaded, worded for the flag.

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::common::{mla_form, parse_ids, prepare_for, CliError};
+use super::common::{check_memory, mla_form, open_graph_placed, parse_ids, start_model, CliError};
+use super::distributed::Deployment;
 use super::executor::Executor;
 use super::{RunArgs, RuntimeArgs};
 
@@ -29,12 +30,34 @@ pub struct LogitsArgs {
 
 pub fn run(a: LogitsArgs) -> Result<(), CliError> {
     let ids = parse_ids(&a.prompt_ids)?;
-    let (graph, model, be) = prepare_for(&a.run, 1, ids.len())?;
-    let exec = Executor::start(&graph, model, be, &a.run, &a.runtime, mla_form(&a.run.mla)?)?;
-    let result = exec.logits(&ids);
-    exec.finish()?;
-    let logits = result?;
-    write_logits(&a.out, logits.shape(), logits.data())
+    let (graph, attention) = open_graph_placed(&a.run)?;
+    check_memory(&a.run, &graph, 1, ids.len())?;
+    // Under mpirun: rank 0 runs the pass and writes --out; the others serve their experts.
+    let mut dep = Deployment::join(&graph, attention)?;
+    let (model, be) = start_model(&a.run, &graph)?;
+    let dist = dep.serve(&model)?;
+    let logits = match dep.rank {
+        0 => {
+            let exec = Executor::start(
+                &graph,
+                model,
+                be,
+                &a.run,
+                &a.runtime,
+                mla_form(&a.run.mla)?,
+                dist,
+            )?;
+            let result = exec.logits(&ids);
+            exec.finish()?;
+            Some(result?)
+        }
+        _ => None,
+    };
+    dep.finish(Vec::new())?;
+    match logits {
+        Some(l) => write_logits(&a.out, l.shape(), l.data()),
+        None => Ok(()),
+    }
 }
 
 /// Writes one F32 tensor named `logits`.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod distributed;
 mod eplb;
 mod executor;
 mod export_hf;
@@ -16,6 +17,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use troupe_engine::DeviceId;
 
 pub use common::CliError;
+pub use distributed::exit_with_error;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +40,10 @@ pub enum Command {
     Inspect {
         /// A graph file (.toml) or an HF model folder.
         model: PathBuf,
+        /// A TOML file whose [placement] replaces the graph's: also print the weight bytes
+        /// each rank (node) holds.
+        #[arg(long)]
+        placement: Option<PathBuf>,
     },
     /// Print the graph file describing an HF model folder.
     ImportHf {
@@ -80,6 +86,10 @@ pub struct RunArgs {
     /// Positions per KV cache page, a power of two (default 64).
     #[arg(long, value_parser = parse_page_tokens)]
     pub page_tokens: Option<usize>,
+    /// A TOML file whose [placement] and [schedule] tables replace the graph file's whole
+    /// (under mpirun: its `nodes` are the ranks).
+    #[arg(long)]
+    pub placement: Option<PathBuf>,
 }
 
 /// The most pages `--kv-pages` accepts (page ids are 32-bit).
@@ -207,7 +217,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Logits(a) => logits::run(a),
-        Command::Inspect { model } => inspect::run_inspect(&model),
+        Command::Inspect { model, placement } => inspect::run_inspect(&model, placement.as_deref()),
         Command::ImportHf { dir } => inspect::run_import(&dir),
         Command::Bench(a) => bench::run(a),
         Command::ExportHf(a) => export_hf::run(a),

@@ -12,6 +12,8 @@
 //! - `kv_capacity`: a KV pool too small for one request fails that request alone;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
 //!   fault strings, in process and through the binary);
+//! - `mpi`, `mpi_faults`, `mpi_property` (cargo feature `mpi`): deployments over several
+//!   processes under `mpirun`, bit-identical to the reference; rank loss and load failures;
 //! - `trained_tiny`: the bundled trained model (fortune-tiny) against its transformers reference
 //!   on CPU, through the actor runtime, the CLI text path and `--device ptx-interp`.
 
@@ -26,5 +28,11 @@ mod isa_paths;
 mod kv_capacity;
 mod library_devices;
 mod loading_and_cli;
+#[cfg(feature = "mpi")]
+mod mpi;
+#[cfg(feature = "mpi")]
+mod mpi_faults;
+#[cfg(feature = "mpi")]
+mod mpi_property;
 mod placement_cli;
 mod trained_tiny;

@@ -12,6 +12,7 @@ use troupe_engine::backend::ExpertRows;
 use troupe_engine::model::Model;
 use troupe_engine::{Backend, EngineError};
 
+use crate::actors::remote::RemoteNode;
 use crate::actors::{Block, BlockCtx, Meta};
 use crate::error::Result;
 use crate::transfer::{GroupRouting, Owned};
@@ -21,6 +22,8 @@ pub struct ExpertGroupBlock {
     pub model: Arc<Model>,
     pub layer: usize,
     pub experts: Vec<usize>,
+    /// Set when the group lives on another rank: its work goes there through the transport.
+    pub remote: Option<RemoteNode>,
 }
 
 /// Work for some experts of the group: the normalised rows (all of the micro-batch's, or only
@@ -57,6 +60,9 @@ impl Block for ExpertGroupBlock {
     const CONCURRENT: bool = true;
 
     async fn run(&self, ctx: &BlockCtx, job: GroupJob, meta: &Meta) -> Result<GroupOut> {
+        if let Some(remote) = &self.remote {
+            return remote.run(ctx, self.layer, &self.experts, job).await;
+        }
         let mut tags = ctx.tags("experts", meta, self.layer);
         if ctx.traced() {
             tags.experts = job.experts.iter().map(|&e| e as usize).collect();

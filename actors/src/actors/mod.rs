@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod expert;
+pub mod remote;
 pub mod router;
 
 use std::future::Future;

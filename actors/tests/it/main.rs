@@ -13,3 +13,4 @@ mod replicas;
 mod service;
 mod stage_restart;
 mod supervision;
+mod transport;
