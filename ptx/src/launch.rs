@@ -165,7 +165,10 @@ fn linear_kernel(w: DType, grouped: bool) -> &'static str {
 
 /// `linear_*w`: 8 output columns (one per warp) x 16 rows per CTA.
 pub fn linear(w: DType, m: usize, n: usize) -> GpuResult<Launch> {
-    let k = linear_kernel(w, false);
+    linear_grid(linear_kernel(w, false), m, n)
+}
+
+fn linear_grid(k: &'static str, m: usize, n: usize) -> GpuResult<Launch> {
     Ok(Launch {
         kernel: k,
         grid: (
@@ -181,7 +184,15 @@ pub fn linear(w: DType, m: usize, n: usize) -> GpuResult<Launch> {
 /// `grouped_linear_*w`: like `linear`, with grid y = expert and grid z = 16-row chunk of the
 /// longest segment.
 pub fn grouped_linear(w: DType, n: usize, experts: usize, max_rows: usize) -> GpuResult<Launch> {
-    let k = linear_kernel(w, true);
+    grouped_grid(linear_kernel(w, true), n, experts, max_rows)
+}
+
+fn grouped_grid(
+    k: &'static str,
+    n: usize,
+    experts: usize,
+    max_rows: usize,
+) -> GpuResult<Launch> {
     Ok(Launch {
         kernel: k,
         grid: (
@@ -192,6 +203,16 @@ pub fn grouped_linear(w: DType, n: usize, experts: usize, max_rows: usize) -> Gp
         block: (256, 1, 1),
         shared_bytes: 0,
     })
+}
+
+/// `linear_fp8w` (FP8 block-scaled weights, f32 activations): the grid of `linear`.
+pub fn linear_fp8(m: usize, n: usize) -> GpuResult<Launch> {
+    linear_grid("linear_fp8w", m, n)
+}
+
+/// `grouped_linear_fp8w`: the grid of `grouped_linear`.
+pub fn grouped_linear_fp8(n: usize, experts: usize, max_rows: usize) -> GpuResult<Launch> {
+    grouped_grid("grouped_linear_fp8w", n, experts, max_rows)
 }
 
 /// `gemm_bf16_tc`: 64 x 64 output tiles, 4 warps; needs `k % 8 == 0`.

@@ -17,6 +17,7 @@ mod kernel_e2e_fixtures;
 mod kernel_fp8;
 mod kernel_gemm_tc;
 mod kernel_library;
+mod kernel_linear_fp8;
 mod kernel_linear;
 mod kernel_moe;
 mod kernel_router;
