@@ -152,20 +152,27 @@ pub fn flag_copy(n: usize) -> GpuResult<Launch> {
     l1d("flag_copy_b32", n.div_ceil(256), 256, 0)
 }
 
-fn linear_kernel(w: DType, grouped: bool) -> &'static str {
-    match (w, grouped) {
+fn linear_kernel(w: DType, grouped: bool) -> GpuResult<&'static str> {
+    Ok(match (w, grouped) {
         (DType::F32, false) => "linear_f32w",
         (DType::BF16, false) => "linear_bf16w",
         (DType::F16, false) => "linear_f16w",
         (DType::F32, true) => "grouped_linear_f32w",
         (DType::BF16, true) => "grouped_linear_bf16w",
         (DType::F16, true) => "grouped_linear_f16w",
-    }
+        // The FP8 GEMM is the fp8ptx slice of #17; until it lands, FP8 weights are refused here.
+        (DType::F8E4M3, _) => {
+            return Err(GpuError::launch(
+                "linear",
+                "f8e4m3 weights have no GPU kernel in this build (load with --dequantize bf16)",
+            ))
+        }
+    })
 }
 
 /// `linear_*w`: 8 output columns (one per warp) x 16 rows per CTA.
 pub fn linear(w: DType, m: usize, n: usize) -> GpuResult<Launch> {
-    let k = linear_kernel(w, false);
+    let k = linear_kernel(w, false)?;
     Ok(Launch {
         kernel: k,
         grid: (
@@ -181,7 +188,7 @@ pub fn linear(w: DType, m: usize, n: usize) -> GpuResult<Launch> {
 /// `grouped_linear_*w`: like `linear`, with grid y = expert and grid z = 16-row chunk of the
 /// longest segment.
 pub fn grouped_linear(w: DType, n: usize, experts: usize, max_rows: usize) -> GpuResult<Launch> {
-    let k = linear_kernel(w, true);
+    let k = linear_kernel(w, true)?;
     Ok(Launch {
         kernel: k,
         grid: (
