@@ -40,6 +40,11 @@ fn flat(w: &Weight) -> Result<WFlat<'_>> {
         DType::F32 => WFlat::F32(w.as_f32()?),
         DType::BF16 => WFlat::BF16(w.as_u16()?),
         DType::F16 => WFlat::F16(w.as_u16()?),
+        DType::F8E4M3 => {
+            return Err(EngineError::internal(
+                "f8e4m3 weights are multiplied by kernels::fp8",
+            ))
+        }
     })
 }
 
@@ -91,6 +96,9 @@ pub fn linear_with(x: &Tensor, w: &Weight, simd: bool) -> Result<Tensor> {
             expected: vec![w.rows(), x.cols()],
             found: w.shape().to_vec(),
         });
+    }
+    if w.dtype() == DType::F8E4M3 {
+        return super::fp8::linear_fp8(x, w);
     }
     let n = x.rows();
     let out_dim = w.rows();

@@ -13,6 +13,7 @@ pub mod cpu;
 #[cfg(test)]
 mod cpu_tests;
 pub mod dot;
+pub mod fp8;
 pub mod kv_pages;
 pub mod linear;
 pub mod moe;

@@ -1,12 +1,16 @@
 //! Building a [`Model`] from a [`LoadedGraph`]: open the weights (mmap or seeded random), check
 //! every tensor the plan reads against its expected shape before the first token, then assemble
-//! the typed layers.
+//! the typed layers. FP8 (`F8_E4M3`) checkpoint weights stay FP8 when the model's dtype is
+//! `f8e4m3` (an HF folder with an fp8 `quantization_config`) and are dequantised at load to the
+//! model's dtype otherwise (`--dequantize bf16`, or `dtype = "bf16"` in a graph file); random
+//! weights of an `f8e4m3` graph are FP8 where DeepSeek's checkpoints are, bf16 elsewhere.
 
 use std::collections::HashMap;
 
 use rayon::prelude::*;
 
 use crate::backend::RouterRule;
+use crate::dtype::DType;
 use crate::error::{EngineError, Result};
 use crate::graph::file::{LoadedGraph, WeightsSource};
 use crate::graph::ir::{NodeKind, Plan, WeightRole};
@@ -15,11 +19,18 @@ use crate::model::attention::{Attention, GqaAttention, MlaAttention, MlaQuery};
 use crate::model::ffn::{FeedForward, Mlp, MoeBlock, Router};
 use crate::model::{DecoderLayer, Model};
 use crate::params::RopeTable;
+use crate::weights::fp8::{dequantize, fp8_weight_names};
 use crate::weights::random::{random_weight, RandomInit};
 use crate::weights::{Checkpoint, Weight};
 
 /// Called as `progress(done, total)` while tensors are opened or generated.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// Every tensor of the graph's plan, by name, shape-checked (what `Model::load` builds from, and
+/// what `troupe quantize` rewrites).
+pub fn load_weights(graph: &LoadedGraph, progress: Progress) -> Result<HashMap<String, Weight>> {
+    collect_weights(graph, &Plan::compile(&graph.spec), progress)
+}
 
 /// Fetches every tensor of the plan, shape-checked.
 fn collect_weights(
@@ -33,6 +44,7 @@ fn collect_weights(
     match &graph.weights {
         WeightsSource::Random(r) => {
             let dtype = graph.spec.dtype;
+            let fp8 = fp8_weight_names(plan);
             let chunk = 64;
             for (i, part) in specs.chunks(chunk).enumerate() {
                 let made: Vec<Weight> = part
@@ -45,7 +57,9 @@ fn collect_weights(
                         };
                         // The V3 correction bias stays f32, as in real checkpoints.
                         let dt = if s.role == WeightRole::Bias {
-                            crate::dtype::DType::F32
+                            DType::F32
+                        } else if dtype == DType::F8E4M3 && !fp8.contains(&s.name) {
+                            DType::BF16
                         } else {
                             dtype
                         };
@@ -70,7 +84,10 @@ fn collect_weights(
                 }
             };
             for (i, s) in specs.iter().enumerate() {
-                let w = ck.get(&s.name)?;
+                let mut w = ck.get(&s.name)?;
+                if w.dtype() == DType::F8E4M3 && graph.spec.dtype != DType::F8E4M3 {
+                    w = dequantize(&w, graph.spec.dtype)?;
+                }
                 if w.shape() != s.shape.as_slice() {
                     return Err(EngineError::ShapeMismatch {
                         tensor: s.name.clone(),

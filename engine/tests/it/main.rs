@@ -7,6 +7,7 @@ mod config_import;
 mod decode_ops;
 mod dot;
 mod fixtures;
+mod fp8_kernel;
 mod hf_extra;
 mod hf_reference;
 mod paged_cache;
