@@ -160,6 +160,8 @@ fn linear_kernel(w: DType, grouped: bool) -> &'static str {
         (DType::F32, true) => "grouped_linear_f32w",
         (DType::BF16, true) => "grouped_linear_bf16w",
         (DType::F16, true) => "grouped_linear_f16w",
+        (DType::F8E4M3, false) => "linear_fp8w",
+        (DType::F8E4M3, true) => "grouped_linear_fp8w",
     }
 }
 
@@ -203,16 +205,6 @@ fn grouped_grid(
         block: (256, 1, 1),
         shared_bytes: 0,
     })
-}
-
-/// `linear_fp8w` (FP8 block-scaled weights, f32 activations): the grid of `linear`.
-pub fn linear_fp8(m: usize, n: usize) -> GpuResult<Launch> {
-    linear_grid("linear_fp8w", m, n)
-}
-
-/// `grouped_linear_fp8w`: the grid of `grouped_linear`.
-pub fn grouped_linear_fp8(n: usize, experts: usize, max_rows: usize) -> GpuResult<Launch> {
-    grouped_grid("grouped_linear_fp8w", n, experts, max_rows)
 }
 
 /// `gemm_bf16_tc`: 64 x 64 output tiles, 4 warps; needs `k % 8 == 0`.

@@ -2,13 +2,14 @@
 //! on, `launch` configurations), checked bit for bit against a host evaluation of the documented
 //! reduction order: every e4m3 byte converts exactly (NaN for 0x7f/0xff), each 128-wide k-block
 //! is summed lane-strided with fma then by the butterfly, and the block's scale multiplies that
-//! partial once before it is added to the accumulator; ragged n and k (partial scale blocks at
+//! partial once, fused into the accumulator (`acc = fma(scale, partial, acc)`); ragged n and k (partial scale blocks at
 //! both edges), decode (m = 1) and several rows; `grouped_linear_fp8w` over expert segments gives
 //! each row the same bits.
 
 use crate::common::*;
 use crate::kernel_fp8::e4m3_value;
 use troupe_ptx::device::{bytes_f32, f32_bytes, u32_bytes, Arg, Device};
+use troupe_engine::dtype::DType;
 use troupe_ptx::launch;
 
 /// The kernel's value of one output: the fixed FP8 order of `linear_fp8.ptx`, on the host.
@@ -26,7 +27,7 @@ pub(crate) fn fp8_dot_host(x: &[f32], w: &[u8], scales: &[f32]) -> f32 {
                 *v = prev[l] + prev[l ^ s];
             }
         }
-        acc += scales[b] * lanes[0];
+        acc = scales[b].mul_add(lanes[0], acc);
     }
     acc
 }
@@ -55,7 +56,7 @@ fn run_linear(x: &[f32], w: &[u8], s: &[f32], m: usize, n: usize, k: usize) -> V
         dev.upload(&f32_bytes(s)).expect("up"),
     );
     let out = dev.alloc(m * n * 4).expect("alloc");
-    let l = launch::linear_fp8(m, n).expect("config");
+    let l = launch::linear(DType::F8E4M3, m, n).expect("config");
     let u = |v: usize| Arg::U32(v as u32);
     dev.launch(
         &l,
@@ -163,7 +164,7 @@ fn grouped_linear_fp8w_gives_each_row_the_linear_bits() {
     );
     let out = dev.alloc(rows * n * 4).expect("alloc");
     let max_rows = segments.iter().copied().max().unwrap_or(0);
-    let l = launch::grouped_linear_fp8(n, segments.len(), max_rows).expect("config");
+    let l = launch::grouped_linear(DType::F8E4M3, n, segments.len(), max_rows).expect("config");
     let u = |v: usize| Arg::U32(v as u32);
     dev.launch(
         &l,

@@ -9,6 +9,7 @@ mod common;
 mod backend_budget;
 mod backend_constructors;
 mod backend_errors;
+mod backend_fp8;
 mod backend_ops;
 mod backend_params;
 mod kernel_attention;
