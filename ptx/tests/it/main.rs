@@ -15,6 +15,7 @@ mod backend_params;
 mod kernel_attention;
 mod kernel_broken_variants;
 mod kernel_e2e_fixtures;
+mod kernel_e2e_fp8;
 mod kernel_fp8;
 mod kernel_gemm_tc;
 mod kernel_library;
