@@ -6,6 +6,7 @@ mod executor;
 mod generate;
 mod inspect;
 mod logits;
+mod quantize;
 
 use std::path::PathBuf;
 
@@ -44,6 +45,8 @@ pub enum Command {
     },
     /// Prompt-processing and decode throughput (llama-bench's pp/tg).
     Bench(bench::BenchArgs),
+    /// Write a model as an FP8 block-scaled HF folder (DeepSeek-V3's layout): --fp8 -m MODEL --out DIR.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -71,6 +74,17 @@ pub struct RunArgs {
     /// Positions per KV cache page, a power of two (default 64).
     #[arg(long, value_parser = parse_page_tokens)]
     pub page_tokens: Option<usize>,
+    /// Turn an FP8 checkpoint's weights into bf16 (or f16, f32) at load instead of keeping them FP8.
+    #[arg(long, value_parser = parse_dequantize)]
+    pub dequantize: Option<troupe_engine::dtype::DType>,
+}
+
+fn parse_dequantize(s: &str) -> Result<troupe_engine::dtype::DType, String> {
+    use troupe_engine::dtype::DType;
+    match DType::parse(s) {
+        Some(d @ (DType::BF16 | DType::F16 | DType::F32)) => Ok(d),
+        _ => Err("expected bf16, f16 or f32".into()),
+    }
 }
 
 /// The most pages `--kv-pages` accepts (page ids are 32-bit).
@@ -201,5 +215,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect { model } => inspect::run_inspect(&model),
         Command::ImportHf { dir } => inspect::run_import(&dir),
         Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }

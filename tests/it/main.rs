@@ -21,4 +21,5 @@ mod kv_capacity;
 mod library_devices;
 mod loading_and_cli;
 mod placement_cli;
+mod quantize_fp8;
 mod trained_tiny;

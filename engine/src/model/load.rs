@@ -5,15 +5,15 @@
 //! model's dtype otherwise (`--dequantize bf16`, or `dtype = "bf16"` in a graph file); random
 //! weights of an `f8e4m3` graph are FP8 where DeepSeek's checkpoints are, bf16 elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
 use crate::backend::RouterRule;
 use crate::dtype::DType;
 use crate::error::{EngineError, Result};
-use crate::graph::file::{LoadedGraph, WeightsSource};
-use crate::graph::ir::{NodeKind, Plan, WeightRole};
+use crate::graph::file::{LoadedGraph, RandomWeights, WeightsSource};
+use crate::graph::ir::{NodeKind, Plan, WeightRole, WeightSpec};
 use crate::graph::spec::{AttentionSpec, ModelSpec};
 use crate::model::attention::{Attention, GqaAttention, MlaAttention, MlaQuery};
 use crate::model::ffn::{FeedForward, Mlp, MoeBlock, Router};
@@ -26,10 +26,28 @@ use crate::weights::{Checkpoint, Weight};
 /// Called as `progress(done, total)` while tensors are opened or generated.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Every tensor of the graph's plan, by name, shape-checked (what `Model::load` builds from, and
-/// what `troupe quantize` rewrites).
-pub fn load_weights(graph: &LoadedGraph, progress: Progress) -> Result<HashMap<String, Weight>> {
-    collect_weights(graph, &Plan::compile(&graph.spec), progress)
+/// The seeded random tensor `s` of a graph of dtype `dtype` (`fp8`: the plan's FP8 weight names).
+pub fn random_tensor(
+    r: &RandomWeights,
+    dtype: DType,
+    fp8: &HashSet<String>,
+    s: &WeightSpec,
+) -> Result<Weight> {
+    let init = match s.role {
+        WeightRole::Matrix => RandomInit::Normal(r.std),
+        WeightRole::NormGain => RandomInit::Ones,
+        WeightRole::Bias => RandomInit::Zeros,
+    };
+    // The V3 correction bias stays f32, as in real checkpoints; an FP8 model keeps its
+    // embeddings, norms, router and head in bf16.
+    let dt = if s.role == WeightRole::Bias {
+        DType::F32
+    } else if dtype == DType::F8E4M3 && !fp8.contains(&s.name) {
+        DType::BF16
+    } else {
+        dtype
+    };
+    random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
 }
 
 /// Fetches every tensor of the plan, shape-checked.
@@ -49,22 +67,7 @@ fn collect_weights(
             for (i, part) in specs.chunks(chunk).enumerate() {
                 let made: Vec<Weight> = part
                     .par_iter()
-                    .map(|s| {
-                        let init = match s.role {
-                            WeightRole::Matrix => RandomInit::Normal(r.std),
-                            WeightRole::NormGain => RandomInit::Ones,
-                            WeightRole::Bias => RandomInit::Zeros,
-                        };
-                        // The V3 correction bias stays f32, as in real checkpoints.
-                        let dt = if s.role == WeightRole::Bias {
-                            DType::F32
-                        } else if dtype == DType::F8E4M3 && !fp8.contains(&s.name) {
-                            DType::BF16
-                        } else {
-                            dtype
-                        };
-                        random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
-                    })
+                    .map(|s| random_tensor(r, dtype, &fp8, s))
                     .collect::<Result<_>>()?;
                 for w in made {
                     out.insert(w.name().to_string(), w);

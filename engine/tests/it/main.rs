@@ -9,6 +9,7 @@ mod dot;
 mod fixtures;
 mod fp8_kernel;
 mod hf_extra;
+mod hf_fp8;
 mod hf_reference;
 mod paged_cache;
 mod random_weights;
