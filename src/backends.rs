@@ -95,7 +95,10 @@ mod tests {
     fn fp8_compute_is_weight_only_unless_w8a8_is_asked_for() {
         assert_eq!(fp8_compute(None).unwrap(), Fp8Compute::WeightOnly);
         assert_eq!(fp8_compute(Some("")).unwrap(), Fp8Compute::WeightOnly);
-        assert_eq!(fp8_compute(Some("weight-only")).unwrap(), Fp8Compute::WeightOnly);
+        assert_eq!(
+            fp8_compute(Some("weight-only")).unwrap(),
+            Fp8Compute::WeightOnly
+        );
         assert_eq!(fp8_compute(Some("w8a8")).unwrap(), Fp8Compute::W8A8);
         let e = fp8_compute(Some("fp4")).unwrap_err().to_string();
         assert!(e.contains("TROUPE_FP8_COMPUTE=fp4"), "{e}");

@@ -189,12 +189,7 @@ pub fn grouped_linear(w: DType, n: usize, experts: usize, max_rows: usize) -> Gp
     grouped_grid(linear_kernel(w, true), n, experts, max_rows)
 }
 
-fn grouped_grid(
-    k: &'static str,
-    n: usize,
-    experts: usize,
-    max_rows: usize,
-) -> GpuResult<Launch> {
+fn grouped_grid(k: &'static str, n: usize, experts: usize, max_rows: usize) -> GpuResult<Launch> {
     Ok(Launch {
         kernel: k,
         grid: (

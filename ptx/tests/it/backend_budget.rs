@@ -7,7 +7,8 @@
 //! - a whole-model forward (prefill, then decode steps) launches every kernel of the library but
 //!   the opt-in bf16 compute path (the FP8 kernels, W8A8 included, through an FP8 model), and
 //!   the MoE layers run through the grouped kernels;
-//! - an FP8 model keeps the same per-step budget (its weights and scales cross once).
+//! - an FP8 model (deepseek-v3-tiny-fp8) keeps the same per-step budget (its weights and scales
+//!   cross once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use troupe_ptx::kernels::LIBRARY;
 use troupe_ptx::{Fp8Compute, GpuBackend, InterpDevice, InterpOptions};
 
 use crate::common::fixture;
-use crate::common::fp8::fp8_model;
 
 fn load(case: &str) -> Model {
     let graph = LoadedGraph::open(&fixture(case)).unwrap_or_else(|e| panic!("{case}: {e}"));
@@ -107,10 +107,7 @@ fn decode_steps(
 /// one block-table entry (shared by all layers) for one sequence; steps 2 and 3 are the steady
 /// state; step 3 downloads the logits instead of sampling on the device.
 fn check_budget(case: &str) {
-    check_model_budget(case, &load(case));
-}
-
-fn check_model_budget(case: &str, model: &Model) {
+    let model = &load(case);
     let layers = model.layers.len() as u64;
     let vocab = model.spec.vocab_size as u64;
     let modes = [false, false, false, true, false];
@@ -163,13 +160,13 @@ fn decode_step_budget_gqa_moe() {
 /// steps of an FP8 model move the same bytes.
 #[test]
 fn decode_step_budget_fp8_mla_moe() {
-    check_model_budget("fp8 deepseek-v3 (hidden 200)", &fp8_model(200));
+    check_budget("deepseek-v3-tiny-fp8");
 }
 
 /// Kernel families (dtype variants of one kernel count as one) launched by whole-model forward
 /// passes (a prefill, then decode steps whose logits are downloaded) over the given fixtures,
-/// and over the FP8 test model (hidden 256) with W8A8 compute: its linears with `k % 128 == 0`
-/// run `fp8_quant_act` + `fp8_gemm_blockscaled`, the others `linear_fp8w`, the experts
+/// and over deepseek-v3-tiny-fp8 with W8A8 compute: its linears with `k % 128 == 0` run
+/// `fp8_quant_act` + `fp8_gemm_blockscaled`, the others `linear_fp8w`, the experts
 /// `grouped_linear_fp8w`.
 fn launched_families(cases: &[&str]) -> BTreeMap<String, u64> {
     let mut all = BTreeMap::new();
@@ -185,7 +182,7 @@ fn launched_families(cases: &[&str]) -> BTreeMap<String, u64> {
     let w8a8 = fast_interp()
         .with_fp8_compute(Fp8Compute::W8A8)
         .expect("the interpreter is sm_89");
-    count(&fp8_model(256), w8a8);
+    count(&load("deepseek-v3-tiny-fp8"), w8a8);
     all
 }
 

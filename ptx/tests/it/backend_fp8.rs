@@ -23,7 +23,11 @@ fn fp8_weight(rng: &mut Rng, name: &str, n: usize, k: usize) -> Weight {
 fn row_of(w: &Weight, j: usize) -> (&[u8], &[f32]) {
     let k = w.cols();
     let bytes = w.as_u8().expect("fp8 bytes");
-    let s = w.block_scales().expect("scales").row_scales(j).expect("row");
+    let s = w
+        .block_scales()
+        .expect("scales")
+        .row_scales(j)
+        .expect("row");
     (&bytes[j * k..(j + 1) * k], s)
 }
 
@@ -59,7 +63,10 @@ fn fp8_linear_is_the_block_order_and_matches_cpu() {
                 let terms = k.div_ceil(32) + 5 + k.div_ceil(16) + 4 + 3 * k.div_ceil(128) + 2;
                 let tol = terms as f32 * f32::EPSILON * 0.5 * abs + f32::MIN_POSITIVE;
                 let e = want.row(r)[j];
-                assert!((g - e).abs() <= tol, "[{r},{j}]: {g} vs cpu {e} (tol {tol:e})");
+                assert!(
+                    (g - e).abs() <= tol,
+                    "[{r},{j}]: {g} vs cpu {e} (tol {tol:e})"
+                );
             }
         }
         let last = x.slice_rows(m - 1, m);
@@ -75,8 +82,8 @@ fn fp8_linear_is_the_block_order_and_matches_cpu() {
 #[test]
 fn fp8_weight_without_scales_is_a_typed_error_naming_it() {
     let gpu = interp();
-    let w = Weight::from_bytes("bare.weight", DType::F8E4M3, vec![4, 8], &[0x38; 32])
-        .expect("bytes");
+    let w =
+        Weight::from_bytes("bare.weight", DType::F8E4M3, vec![4, 8], &[0x38; 32]).expect("bytes");
     let x = Rng::new(1).matrix(1, 8, 1.0);
     let e = gpu.linear(&gpu.up(&x), &w).expect_err("no scales");
     assert!(e.to_string().contains("bare.weight"), "{e}");
@@ -115,7 +122,11 @@ fn fp8_w8a8_is_opt_in_sm89_only_and_its_error_is_measured() {
             continue;
         }
         assert_eq!(launched.get("fp8_quant_act"), Some(&1), "{launched:?}");
-        assert_eq!(launched.get("fp8_gemm_blockscaled"), Some(&1), "{launched:?}");
+        assert_eq!(
+            launched.get("fp8_gemm_blockscaled"),
+            Some(&1),
+            "{launched:?}"
+        );
         let wf = w.to_f32_vec();
         let (mut worst, mut ymax) = (0.0f32, 0.0f32);
         for r in 0..m {

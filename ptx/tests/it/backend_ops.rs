@@ -176,7 +176,9 @@ fn grouped_mlp_case(dtype: DType, seed: u64) {
     };
     let before = gpu.counters();
     let got = run(&gpu, &[&all]);
-    let kernel = launch::grouped_linear(dtype, 1, 1, 1).expect("config").kernel;
+    let kernel = launch::grouped_linear(dtype, 1, 1, 1)
+        .expect("config")
+        .kernel;
     assert_eq!(gpu.counters().since(&before).launches.get(kernel), Some(&3));
     let want = run(&cpu, &[&all]);
     assert_close("grouped MLP + combine", got.data(), want.data(), 1e-4, 1.0);
@@ -191,7 +193,10 @@ fn grouped_mlp_case(dtype: DType, seed: u64) {
     );
     let before = gpu.counters();
     gpu.grouped_mlp(&xd, &r, &ew(&[0, 5])).expect("grouped_mlp");
-    assert_eq!(gpu.counters().since(&before).h2d_bytes, 3 * per_expert * 2 + 4 * 6);
+    assert_eq!(
+        gpu.counters().since(&before).h2d_bytes,
+        3 * per_expert * 2 + 4 * 6
+    );
 }
 
 #[test]

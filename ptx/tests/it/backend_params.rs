@@ -268,8 +268,12 @@ fn fp8_ops_match_their_entry_signatures() {
         .with_fp8_compute(Fp8Compute::W8A8)
         .expect("the recorder is sm_89");
     for b in [&default, &w8a8] {
-        let x8 = b.upload(&Tensor::matrix(3, 8, vec![0.5; 24]).unwrap()).unwrap();
-        let x128 = b.upload(&Tensor::matrix(3, 128, vec![0.5; 384]).unwrap()).unwrap();
+        let x8 = b
+            .upload(&Tensor::matrix(3, 8, vec![0.5; 24]).unwrap())
+            .unwrap();
+        let x128 = b
+            .upload(&Tensor::matrix(3, 128, vec![0.5; 384]).unwrap())
+            .unwrap();
         b.linear(&x8, &w8).unwrap();
         b.linear(&x128, &w128).unwrap();
         let r = b.routing_to_device(&routing, 1).unwrap();

@@ -8,8 +8,8 @@
 
 use crate::common::*;
 use crate::kernel_fp8::e4m3_value;
-use troupe_ptx::device::{bytes_f32, f32_bytes, u32_bytes, Arg, Device};
 use troupe_engine::dtype::DType;
+use troupe_ptx::device::{bytes_f32, f32_bytes, u32_bytes, Arg, Device};
 use troupe_ptx::launch;
 
 /// The kernel's value of one output: the fixed FP8 order of `linear_fp8.ptx`, on the host.
@@ -109,8 +109,7 @@ fn linear_fp8w_matches_the_block_order_bitwise() {
         let got = run_linear(&x, &w, &s, m, n, k);
         for r in 0..m {
             for j in 0..n {
-                let want =
-                    fp8_dot_host(&x[r * k..][..k], &w[j * k..][..k], row_scales(&s, j, k));
+                let want = fp8_dot_host(&x[r * k..][..k], &w[j * k..][..k], row_scales(&s, j, k));
                 assert_eq!(
                     got[r * n + j].to_bits(),
                     want.to_bits(),

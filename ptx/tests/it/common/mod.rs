@@ -3,7 +3,6 @@
 //! backend's device handles), a deterministic random source, and comparison helpers that report
 //! the worst element. `gemm` is the host side of the tensor-core GEMM tests.
 
-pub mod fp8;
 pub mod gemm;
 
 use std::path::PathBuf;
