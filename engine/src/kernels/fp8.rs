@@ -100,7 +100,8 @@ pub fn linear_fp8_with(x: &Tensor, w: &Weight, path: Fp8Path) -> Result<Tensor> 
     let grid_cols = scales.scale_inv.cols();
     let (n, out_dim, k) = (x.rows(), w.rows(), w.cols());
     let job = Job {
-        x,
+        x: x.data(),
+        n,
         bytes,
         grid,
         grid_cols,
@@ -109,15 +110,16 @@ pub fn linear_fp8_with(x: &Tensor, w: &Weight, path: Fp8Path) -> Result<Tensor> 
     };
     let mut out = vec![0.0f32; n * out_dim];
     if n * out_dim * k < SERIAL_WORK || rayon::current_num_threads() == 1 {
-        job.rows(0, out_dim, &mut out);
+        job.rows(0, out_dim, &mut |r, c, v| out[r * out_dim + c] = v);
     } else {
         let parts: Vec<(usize, Vec<f32>)> = (0..out_dim.div_ceil(ROWS_PER_TASK))
             .into_par_iter()
             .map(|t| {
                 let c0 = t * ROWS_PER_TASK;
                 let c1 = (c0 + ROWS_PER_TASK).min(out_dim);
-                let mut buf = vec![0.0f32; n * (c1 - c0)];
-                job.rows(c0, c1, &mut buf);
+                let width = c1 - c0;
+                let mut buf = vec![0.0f32; n * width];
+                job.rows(c0, c1, &mut |r, c, v| buf[r * width + c - c0] = v);
                 (c0, buf)
             })
             .collect();
@@ -132,9 +134,54 @@ pub fn linear_fp8_with(x: &Tensor, w: &Weight, path: Fp8Path) -> Result<Tensor> 
     Tensor::matrix(n, out_dim, out)
 }
 
+/// Output columns `c0..c1` of `x @ w^T` for every row of `x` (`n × k`, row-major), each handed
+/// to `set(row, column, value)` — the entry for a caller that schedules the columns itself (the
+/// ISA-dispatching `linear`). `w` must be an FP8 weight with its block scales.
+pub fn columns_into(
+    x: &[f32],
+    n: usize,
+    w: &Weight,
+    (c0, c1): (usize, usize),
+    path: Fp8Path,
+    set: &mut dyn FnMut(usize, usize, f32),
+) -> Result<()> {
+    let k = w.cols();
+    let scales = w.block_scales().ok_or_else(|| {
+        EngineError::kernel(
+            "fp8::columns_into",
+            format!("FP8 tensor `{}` has no block scales", w.name()),
+        )
+    })?;
+    if !path.available() || x.len() != n * k || c0 > c1 || c1 > w.rows() {
+        return Err(EngineError::kernel(
+            "fp8::columns_into",
+            format!(
+                "`{}`: x of {} values for {n}×{k}, columns {c0}..{c1} of {}, path {path:?}",
+                w.name(),
+                x.len(),
+                w.rows()
+            ),
+        ));
+    }
+    scales.check_for(w)?;
+    let job = Job {
+        x,
+        n,
+        bytes: w.as_u8()?,
+        grid: scales.scale_inv.as_f32()?,
+        grid_cols: scales.scale_inv.cols(),
+        k,
+        path,
+    };
+    job.rows(c0, c1, set);
+    Ok(())
+}
+
 /// One call's inputs.
 struct Job<'a> {
-    x: &'a Tensor,
+    /// `n × k` activations, row-major.
+    x: &'a [f32],
+    n: usize,
     bytes: &'a [u8],
     grid: &'a [f32],
     grid_cols: usize,
@@ -143,9 +190,9 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Output columns `c0..c1` into `out` (`[n, c1 - c0]`, row-major).
-    fn rows(&self, c0: usize, c1: usize, out: &mut [f32]) {
-        let (n, k, width) = (self.x.rows(), self.k, c1 - c0);
+    /// Output columns `c0..c1` of every row, each handed to `set(row, column, value)`.
+    fn rows(&self, c0: usize, c1: usize, set: &mut dyn FnMut(usize, usize, f32)) {
+        let (n, k) = (self.n, self.k);
         let (row_step, col_step) = if n == 1 { (1, 4) } else { (2, 2) };
         let mut scratch = vec![0.0f32; col_step * k];
         let mut c = c0;
@@ -166,7 +213,10 @@ impl Job<'_> {
             let mut r = 0;
             while r < n {
                 let rn = (n - r).min(row_step);
-                let xs: [&[f32]; 4] = std::array::from_fn(|i| self.x.row(r + i.min(rn - 1)));
+                let xs: [&[f32]; 4] = std::array::from_fn(|i| {
+                    let row = r + i.min(rn - 1);
+                    &self.x[row * k..(row + 1) * k]
+                });
                 let mut acc = [[0.0f32; 4]; 4];
                 for (b, k0) in (0..k).step_by(FP8_BLOCK).enumerate() {
                     let k1 = (k0 + FP8_BLOCK).min(k);
@@ -180,7 +230,7 @@ impl Job<'_> {
                 }
                 for (i, arow) in acc.iter().enumerate().take(rn) {
                     for (j, v) in arow.iter().enumerate().take(cn) {
-                        out[(r + i) * width + (c - c0 + j)] = *v;
+                        set(r + i, c + j, *v);
                     }
                 }
                 r += rn;

@@ -7,6 +7,8 @@
 
 use std::collections::HashSet;
 
+use rayon::prelude::*;
+
 use crate::dtype::{e4m3_to_f32, f32_to_bf16, f32_to_e4m3, f32_to_f16, DType, E4M3_MAX};
 use crate::error::{EngineError, Result};
 use crate::graph::ir::{NodeKind, Plan, WeightRole};
@@ -130,14 +132,44 @@ pub fn quantize_block_scaled(
         });
     }
     let [gr, gc] = BlockScales::grid_for(rows, cols);
-    let mut scales = vec![0.0f32; gr * gc];
-    for (bi, s) in scales.iter_mut().enumerate() {
-        let (br, bc) = (bi / gc, bi % gc);
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(rows * cols)
+        .map_err(|_| EngineError::OutOfMemory {
+            what: format!("tensor `{name}`"),
+            bytes: (rows * cols) as u64,
+        })?;
+    bytes.resize(rows * cols, 0u8);
+    // One task per 128-row band: its scales, then its bytes.
+    let scales: Vec<Vec<f32>> = bytes
+        .par_chunks_mut(FP8_BLOCK * cols.max(1))
+        .enumerate()
+        .map(|(br, band)| quantize_band(name, &values[br * FP8_BLOCK * cols..], cols, br, band))
+        .collect::<Result<_>>()?;
+    let scales: Vec<f32> = scales.concat();
+    debug_assert_eq!(scales.len(), gr * gc);
+    let w = Weight::from_bytes(name, DType::F8E4M3, vec![rows, cols], &bytes)?;
+    let scale_inv = Weight::from_f32(&format!("{name}{SCALE_INV_SUFFIX}"), vec![gr, gc], &scales);
+    w.with_block_scales(BlockScales::new(scale_inv))
+}
+
+/// Block row `br` of a quantisation: `band` is its `rows × cols` bytes (up to 128 rows), `values`
+/// starts at its first row. Returns the band's scales.
+fn quantize_band(
+    name: &str,
+    values: &[f32],
+    cols: usize,
+    br: usize,
+    band: &mut [u8],
+) -> Result<Vec<f32>> {
+    let rows = band.len() / cols.max(1);
+    let gc = cols.div_ceil(FP8_BLOCK);
+    let mut scales = vec![1.0f32; gc];
+    for (bc, s) in scales.iter_mut().enumerate() {
+        let (c0, c1) = (bc * FP8_BLOCK, ((bc + 1) * FP8_BLOCK).min(cols));
         let mut amax = 0.0f32;
-        for r in br * FP8_BLOCK..((br + 1) * FP8_BLOCK).min(rows) {
-            for &v in
-                &values[r * cols + bc * FP8_BLOCK..r * cols + ((bc + 1) * FP8_BLOCK).min(cols)]
-            {
+        for r in 0..rows {
+            for &v in &values[r * cols + c0..r * cols + c1] {
                 amax = amax.max(v.abs());
             }
         }
@@ -146,24 +178,16 @@ pub fn quantize_block_scaled(
                 "tensor `{name}`: block ({br}, {bc}) holds a non-finite value; it cannot be quantised"
             )));
         }
-        *s = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
-    }
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(rows * cols)
-        .map_err(|_| EngineError::OutOfMemory {
-            what: format!("tensor `{name}`"),
-            bytes: (rows * cols) as u64,
-        })?;
-    for r in 0..rows {
-        for c in 0..cols {
-            let s = scales[(r / FP8_BLOCK) * gc + c / FP8_BLOCK];
-            bytes.push(f32_to_e4m3(values[r * cols + c] / s));
+        if amax > 0.0 {
+            *s = amax / E4M3_MAX;
+        }
+        for r in 0..rows {
+            for c in c0..c1 {
+                band[r * cols + c] = f32_to_e4m3(values[r * cols + c] / *s);
+            }
         }
     }
-    let w = Weight::from_bytes(name, DType::F8E4M3, vec![rows, cols], &bytes)?;
-    let scale_inv = Weight::from_f32(&format!("{name}{SCALE_INV_SUFFIX}"), vec![gr, gc], &scales);
-    w.with_block_scales(BlockScales::new(scale_inv))
+    Ok(scales)
 }
 
 /// An FP8 weight turned into `dtype` (f32, bf16 or f16) at load: each element

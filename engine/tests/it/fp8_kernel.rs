@@ -147,3 +147,33 @@ fn nan_weights_give_nan_on_every_path() {
         }
     }
 }
+
+#[test]
+fn columns_into_gives_the_linear_columns() {
+    use troupe_engine::kernels::fp8::columns_into;
+    let mut rng = SplitMix64::new(5);
+    let (out, k, n) = (70usize, 260usize, 3usize);
+    let w = quantize_block_scaled("w", out, k, &values(&mut rng, out * k, 0.05)).unwrap();
+    let x = Tensor::matrix(n, k, values(&mut rng, n * k, 1.0)).unwrap();
+    let full = linear(&x, &w).unwrap();
+    let mut got = vec![f32::NAN; n * out];
+    columns_into(
+        x.data(),
+        n,
+        &w,
+        (9, 50),
+        Fp8Path::detect(),
+        &mut |r, c, v| got[r * out + c] = v,
+    )
+    .unwrap();
+    for r in 0..n {
+        for c in 0..out {
+            let g = got[r * out + c];
+            if (9..50).contains(&c) {
+                assert_eq!(g.to_bits(), full.data()[r * out + c].to_bits(), "({r},{c})");
+            } else {
+                assert!(g.is_nan(), "({r},{c}) written");
+            }
+        }
+    }
+}
