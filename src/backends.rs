@@ -4,12 +4,18 @@
 //! unless given a factory: [`default_factory`] is that factory, for library users
 //! (`RuntimeOptions { backends: Some(troupe::backends::default_factory()), .. }`) and the CLI
 //! alike.
+//!
+//! FP8 weights on `ptx-interp` / `cuda` run the weight-only kernels (f32 activations, within the
+//! f32 reference's tolerances) unless `TROUPE_FP8_COMPUTE=w8a8` asks for DeepSeek's W8A8 scheme
+//! (e4m3 activations, `fp8_gemm_blockscaled`, sm_89+ only; faster on Ada/Hopper, not within those
+//! tolerances); the choice is printed on stderr when it is W8A8.
 
 use std::sync::Arc;
 
 use troupe_actors::{BackendBuildError, BackendFactory};
 use troupe_engine::kernels::CpuBackend;
 use troupe_engine::{Backend, DeviceId};
+use troupe_ptx::Fp8Compute;
 
 /// What [`backend`] builds, for error messages.
 pub const BUILTIN_DEVICES: &str = "cpu, ptx-interp and cuda[:N]";
@@ -23,12 +29,40 @@ pub fn backend(device: &DeviceId) -> Result<Arc<dyn Backend>, BackendBuildError>
     };
     match device {
         DeviceId::Cpu => Ok(Arc::new(CpuBackend::new())),
-        DeviceId::PtxInterp => troupe_ptx::interp_backend().map_err(failed),
-        DeviceId::Cuda(n) => troupe_ptx::cuda_backend(*n).map_err(failed),
+        DeviceId::PtxInterp => fp8_choice(device)
+            .and_then(troupe_ptx::interp_backend_with)
+            .map_err(failed),
+        DeviceId::Cuda(n) => fp8_choice(device)
+            .and_then(|fp8| troupe_ptx::cuda_backend_with(*n, fp8))
+            .map_err(failed),
         DeviceId::Custom(_) => Err(BackendBuildError::Unsupported {
             device: device.clone(),
             serves: BUILTIN_DEVICES.into(),
         }),
+    }
+}
+
+/// The variable that opts the GPU backends into W8A8 FP8 compute.
+pub const FP8_ENV: &str = "TROUPE_FP8_COMPUTE";
+
+/// The FP8 compute of a GPU device from `TROUPE_FP8_COMPUTE`, printed when it is not the default.
+fn fp8_choice(device: &DeviceId) -> Result<Fp8Compute, troupe_ptx::GpuError> {
+    let fp8 = fp8_compute(std::env::var(FP8_ENV).ok().as_deref())?;
+    if fp8 != Fp8Compute::default() {
+        eprintln!("troupe: {device}: FP8 linears compute as {fp8} ({FP8_ENV})");
+    }
+    Ok(fp8)
+}
+
+/// The value of `TROUPE_FP8_COMPUTE`: unset, empty or `weight-only` (the default), or `w8a8`.
+fn fp8_compute(value: Option<&str>) -> Result<Fp8Compute, troupe_ptx::GpuError> {
+    match value {
+        None | Some("") | Some("weight-only") => Ok(Fp8Compute::WeightOnly),
+        Some("w8a8") => Ok(Fp8Compute::W8A8),
+        Some(other) => Err(troupe_ptx::GpuError::launch(
+            "fp8",
+            format!("{FP8_ENV}={other}: expected weight-only or w8a8"),
+        )),
     }
 }
 
@@ -55,5 +89,18 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("a custom device was built"),
         }
+    }
+
+    #[test]
+    fn fp8_compute_is_weight_only_unless_w8a8_is_asked_for() {
+        assert_eq!(fp8_compute(None).unwrap(), Fp8Compute::WeightOnly);
+        assert_eq!(fp8_compute(Some("")).unwrap(), Fp8Compute::WeightOnly);
+        assert_eq!(
+            fp8_compute(Some("weight-only")).unwrap(),
+            Fp8Compute::WeightOnly
+        );
+        assert_eq!(fp8_compute(Some("w8a8")).unwrap(), Fp8Compute::W8A8);
+        let e = fp8_compute(Some("fp4")).unwrap_err().to_string();
+        assert!(e.contains("TROUPE_FP8_COMPUTE=fp4"), "{e}");
     }
 }

@@ -39,7 +39,7 @@ pub enum EngineError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("tensor `{tensor}`: unsupported dtype {dtype} (supported: F32, BF16, F16)")]
+    #[error("tensor `{tensor}`: unsupported dtype {dtype} (supported: F32, BF16, F16, F8_E4M3 with block scales)")]
     UnsupportedDtype { tensor: String, dtype: String },
     #[error("prompt token id {id} at position {position} is out of range (vocab size {vocab})")]
     TokenOutOfRange {

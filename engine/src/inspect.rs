@@ -128,3 +128,61 @@ pub fn inspect(plan: &Plan) -> (Vec<Row>, Counts) {
     }
     (rows, total)
 }
+
+/// Weight bytes of a plan as troupe holds them: the spec's dtype, except that an `f8e4m3` model
+/// holds its linear weights as e4m3 (1 byte) plus one f32 scale per 128×128 block and the rest
+/// (embeddings, norms, router, head) as bf16; the DeepSeek-V3 correction bias is always f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightBytes {
+    pub total: u64,
+    /// Bytes of e4m3 weights (one per parameter).
+    pub fp8: u64,
+    /// Bytes of their f32 block scales.
+    pub scales: u64,
+    /// Bytes read per token (routed experts counted for `top_k` of them).
+    pub active: u64,
+}
+
+/// The [`WeightBytes`] of `plan`.
+pub fn weight_bytes(plan: &Plan) -> WeightBytes {
+    let spec = &plan.spec;
+    let fp8 = spec.dtype == crate::dtype::DType::F8E4M3;
+    let fp8_names = crate::weights::fp8::fp8_weight_names(plan);
+    let mut out = WeightBytes::default();
+    let mut seen = std::collections::HashSet::new();
+    for node in &plan.nodes {
+        let mut routed = 0u64;
+        let mut other = 0u64;
+        for w in node.weights.iter().filter(|w| seen.insert(w.name.as_str())) {
+            let n = numel(&w.shape);
+            let (own, scales) = if w.shape.len() == 1 && w.name.ends_with("_bias") {
+                (4 * n, 0)
+            } else if fp8 && fp8_names.contains(&w.name) {
+                let blocks: u64 = w.shape.iter().map(|&d| d.div_ceil(128) as u64).product();
+                (n, 4 * blocks)
+            } else if fp8 {
+                (2 * n, 0)
+            } else {
+                (spec.dtype.size() as u64 * n, 0)
+            };
+            if scales > 0 {
+                out.fp8 += own;
+                out.scales += scales;
+            }
+            out.total += own + scales;
+            if w.name.contains(".experts.") {
+                routed += own + scales;
+            } else {
+                other += own + scales;
+            }
+        }
+        out.active += match &node.kind {
+            NodeKind::Embedding => other / spec.vocab_size.max(1) as u64,
+            NodeKind::Moe { experts, top_k, .. } => {
+                other + routed / (*experts).max(1) as u64 * *top_k as u64
+            }
+            _ => other + routed,
+        };
+    }
+    out
+}

@@ -112,6 +112,9 @@ impl WeightCount {
         let (reduced, dense_layers, moe_layers, experts) = reduced_spec(spec);
         let plan = Plan::compile(&reduced);
         let elem = spec.dtype.size() as u128;
+        // FP8 models: e4m3 linear weights (plus one f32 scale per 128×128 block), bf16 elsewhere.
+        let fp8 = spec.dtype == crate::dtype::DType::F8E4M3;
+        let fp8_names = crate::weights::fp8::fp8_weight_names(&plan);
         let mut count = WeightCount {
             bytes: 0,
             largest: 0,
@@ -136,11 +139,27 @@ impl WeightCount {
                 // The DeepSeek-V3 correction bias is always f32.
                 let size = if w.shape.len() == 1 && w.name.ends_with("_bias") {
                     4
+                } else if fp8 && !fp8_names.contains(&w.name) {
+                    2
                 } else {
                     elem
                 };
+                let scales = if fp8 && fp8_names.contains(&w.name) {
+                    let blocks = w.shape.iter().map(|&d| d.div_ceil(128) as u128);
+                    let per = mul(&[4, mul(&blocks.collect::<Vec<_>>())]);
+                    if per_expert {
+                        mul(&[per, experts])
+                    } else {
+                        per
+                    }
+                } else {
+                    0
+                };
                 count.largest = count.largest.max(numel);
-                count.bytes = count.bytes.saturating_add(mul(&[numel, size, copies]));
+                count.bytes = count
+                    .bytes
+                    .saturating_add(mul(&[numel, size, copies]))
+                    .saturating_add(mul(&[scales, copies]));
             }
         }
         count

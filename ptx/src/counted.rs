@@ -47,6 +47,9 @@ impl<D: Device> Counted<D> {
 impl<D: Device> Device for Counted<D> {
     type Buf = D::Buf;
 
+    fn sm(&self) -> u32 {
+        self.dev.sm()
+    }
     fn name(&self) -> String {
         self.dev.name()
     }

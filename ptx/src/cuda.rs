@@ -127,6 +127,9 @@ impl Device for CudaDevice {
     fn name(&self) -> String {
         format!("cuda:{}", self.ordinal)
     }
+    fn sm(&self) -> u32 {
+        self.sm
+    }
     fn upload(&self, bytes: &[u8]) -> GpuResult<CudaBuf> {
         self.bind()?;
         if bytes.is_empty() {

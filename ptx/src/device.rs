@@ -24,6 +24,8 @@ pub trait Device: Send + Sync {
     type Buf: Send + Sync + 'static;
     /// `cuda:0`, `ptx-interp`, ...
     fn name(&self) -> String;
+    /// The compute capability (80 = sm_80, 89 = sm_89): which kernel files it can launch.
+    fn sm(&self) -> u32;
     /// A new buffer holding `bytes`.
     fn upload(&self, bytes: &[u8]) -> GpuResult<Self::Buf>;
     /// A new zero-filled buffer of `bytes` bytes.

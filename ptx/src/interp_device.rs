@@ -174,6 +174,10 @@ impl Device for InterpDevice {
         "ptx-interp".into()
     }
 
+    fn sm(&self) -> u32 {
+        self.opts.sm
+    }
+
     fn upload(&self, bytes: &[u8]) -> GpuResult<InterpBuf> {
         let mut m = self.lock_mem()?;
         // Never allocate 0 bytes: kernels may still be handed the pointer.

@@ -61,6 +61,7 @@ pub const LIBRARY: &[KernelFile] = &[
             "grouped_linear_f16w"
         ]
     ),
+    ptx!("linear_fp8.ptx", 80, ["linear_fp8w", "grouped_linear_fp8w"]),
     ptx!("gemm_bf16_tc.ptx", 80, ["gemm_bf16_tc"]),
     ptx!("convert.ptx", 80, ["f32_to_bf16"]),
     ptx!("attention.ptx", 80, ["attention_f32"]),

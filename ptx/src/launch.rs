@@ -160,12 +160,17 @@ fn linear_kernel(w: DType, grouped: bool) -> &'static str {
         (DType::F32, true) => "grouped_linear_f32w",
         (DType::BF16, true) => "grouped_linear_bf16w",
         (DType::F16, true) => "grouped_linear_f16w",
+        (DType::F8E4M3, false) => "linear_fp8w",
+        (DType::F8E4M3, true) => "grouped_linear_fp8w",
     }
 }
 
 /// `linear_*w`: 8 output columns (one per warp) x 16 rows per CTA.
 pub fn linear(w: DType, m: usize, n: usize) -> GpuResult<Launch> {
-    let k = linear_kernel(w, false);
+    linear_grid(linear_kernel(w, false), m, n)
+}
+
+fn linear_grid(k: &'static str, m: usize, n: usize) -> GpuResult<Launch> {
     Ok(Launch {
         kernel: k,
         grid: (
@@ -181,7 +186,10 @@ pub fn linear(w: DType, m: usize, n: usize) -> GpuResult<Launch> {
 /// `grouped_linear_*w`: like `linear`, with grid y = expert and grid z = 16-row chunk of the
 /// longest segment.
 pub fn grouped_linear(w: DType, n: usize, experts: usize, max_rows: usize) -> GpuResult<Launch> {
-    let k = linear_kernel(w, true);
+    grouped_grid(linear_kernel(w, true), n, experts, max_rows)
+}
+
+fn grouped_grid(k: &'static str, n: usize, experts: usize, max_rows: usize) -> GpuResult<Launch> {
     Ok(Launch {
         kernel: k,
         grid: (

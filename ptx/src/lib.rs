@@ -35,16 +35,29 @@ use std::sync::Arc;
 pub use cuda::{CudaBackend, CudaDevice};
 pub use error::{GpuError, GpuResult};
 pub use interp_device::{InterpBackend, InterpDevice, InterpOptions};
-pub use ops::GpuBackend;
+pub use ops::{Fp8Compute, GpuBackend};
 
 /// The engine backend on CUDA device `ordinal` (`--device cuda[:N]`); `GpuError::NoDriver` when
 /// no NVIDIA driver is installed.
 pub fn cuda_backend(ordinal: usize) -> Result<Arc<dyn troupe_engine::Backend>, GpuError> {
-    Ok(Arc::new(CudaBackend::cuda(ordinal)?))
+    cuda_backend_with(ordinal, Fp8Compute::default())
 }
 
 /// The engine backend on the PTX interpreter (`--device ptx-interp`): the same kernels and launch
 /// configurations as the CUDA backend, executed on the CPU.
 pub fn interp_backend() -> Result<Arc<dyn troupe_engine::Backend>, GpuError> {
-    Ok(Arc::new(InterpBackend::interp()))
+    interp_backend_with(Fp8Compute::default())
+}
+
+/// [`cuda_backend`] computing FP8 linears by `fp8` (W8A8 needs an sm_89+ device).
+pub fn cuda_backend_with(
+    ordinal: usize,
+    fp8: Fp8Compute,
+) -> Result<Arc<dyn troupe_engine::Backend>, GpuError> {
+    Ok(Arc::new(CudaBackend::cuda(ordinal)?.with_fp8_compute(fp8)?))
+}
+
+/// [`interp_backend`] computing FP8 linears by `fp8` (the interpreter device is sm_89).
+pub fn interp_backend_with(fp8: Fp8Compute) -> Result<Arc<dyn troupe_engine::Backend>, GpuError> {
+    Ok(Arc::new(InterpBackend::interp().with_fp8_compute(fp8)?))
 }

@@ -72,7 +72,37 @@ pub fn open_graph_placed(
     init_isa(run.isa.as_deref())?;
     let mut graph = LoadedGraph::open(&run.model)?;
     let mode = super::distributed::apply_placement(&mut graph, run.placement.as_deref())?;
+    if let Some(d) = run.dequantize {
+        apply_dequantize(&mut graph, d)?;
+    }
     Ok((graph, mode))
+}
+/// `--dequantize`: an FP8 checkpoint's weights are turned into `d` at load (the loader
+/// dequantises FP8 tensors whenever the model's dtype is not f8e4m3).
+fn apply_dequantize(
+    graph: &mut LoadedGraph,
+    d: troupe_engine::dtype::DType,
+) -> Result<(), CliError> {
+    use troupe_engine::dtype::DType;
+    if graph.spec.dtype != DType::F8E4M3 {
+        return Err(CliError::Usage(format!(
+            "--dequantize {d}: {} is not an FP8 model (dtype {})",
+            run_name(graph),
+            graph.spec.dtype
+        )));
+    }
+    if matches!(graph.weights, WeightsSource::Random(_)) {
+        return Err(CliError::Usage(format!(
+            "--dequantize {d}: {} has random weights; set `dtype` in its graph file instead",
+            run_name(graph)
+        )));
+    }
+    graph.spec.dtype = d;
+    Ok(())
+}
+
+fn run_name(graph: &LoadedGraph) -> String {
+    graph.origin.display().to_string()
 }
 
 fn check_fault_env() -> Result<(), CliError> {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use troupe_engine::graph::{LoadedGraph, Plan};
-use troupe_engine::inspect::inspect;
+use troupe_engine::inspect::{inspect, weight_bytes};
 
 use troupe_actors::transport::AttentionMode;
 
@@ -59,10 +59,19 @@ pub fn run_inspect(path: &Path, placement: Option<&Path>) -> Result<(), CliError
             human(c.attn_flops_per_ctx)
         );
     }
-    let bytes_per = graph.spec.dtype.size() as u64;
+    let bytes = weight_bytes(&plan);
+    let fp8 = if bytes.fp8 > 0 {
+        format!(
+            " ({} FP8 e4m3 + {} of f32 block scales, the rest bf16)",
+            human(bytes.fp8),
+            human(bytes.scales)
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "weights: {} bytes at {}; active weight bytes per token: {}; KV cache (f32, as stored): {} bytes/token (latent) vs {} expanded",
-        human(total.params * bytes_per), graph.spec.dtype, human(total.active_params * bytes_per), human(total.kv_bytes_latent), human(total.kv_bytes_expanded)
+        "weights: {} bytes at {}{fp8}; active weight bytes per token: {}; KV cache (f32, as stored): {} bytes/token (latent) vs {} expanded",
+        human(bytes.total), graph.spec.dtype, human(bytes.active), human(total.kv_bytes_latent), human(total.kv_bytes_expanded)
     );
     if placement.is_some() {
         let mode = super::distributed::apply_placement(&mut graph, placement)?;

@@ -9,6 +9,7 @@ mod export_hf;
 mod generate;
 mod inspect;
 mod logits;
+mod quantize;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,8 @@ pub enum Command {
     ExportHf(export_hf::ExportHfArgs),
     /// Expert load balancing (DeepSeek's EPLB): replicas and devices for measured expert loads.
     Eplb(eplb::EplbArgs),
+    /// Write a model as an FP8 block-scaled HF folder (DeepSeek-V3's layout): --fp8 -m MODEL --out DIR.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -90,6 +93,17 @@ pub struct RunArgs {
     /// (under mpirun: its `nodes` are the ranks).
     #[arg(long)]
     pub placement: Option<PathBuf>,
+    /// Turn an FP8 checkpoint's weights into bf16 (or f16, f32) at load instead of keeping them FP8.
+    #[arg(long, value_parser = parse_dequantize)]
+    pub dequantize: Option<troupe_engine::dtype::DType>,
+}
+
+fn parse_dequantize(s: &str) -> Result<troupe_engine::dtype::DType, String> {
+    use troupe_engine::dtype::DType;
+    match DType::parse(s) {
+        Some(d @ (DType::BF16 | DType::F16 | DType::F32)) => Ok(d),
+        _ => Err("expected bf16, f16 or f32".into()),
+    }
 }
 
 /// The most pages `--kv-pages` accepts (page ids are 32-bit).
@@ -222,5 +236,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(a) => bench::run(a),
         Command::ExportHf(a) => export_hf::run(a),
         Command::Eplb(a) => eplb::run(a),
+        Command::Quantize(a) => quantize::run(a),
     }
 }

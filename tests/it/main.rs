@@ -35,4 +35,5 @@ mod mpi_faults;
 #[cfg(feature = "mpi")]
 mod mpi_property;
 mod placement_cli;
+mod quantize_fp8;
 mod trained_tiny;

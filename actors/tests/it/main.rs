@@ -6,6 +6,7 @@ mod bad_input;
 mod common;
 mod determinism;
 mod devices;
+mod fp8_identity;
 mod nodes;
 mod non_finite;
 mod observability;

@@ -3,6 +3,8 @@
 //! would change the model in a way troupe does not implement are refused by name rather than
 //! ignored: `hidden_act` other than `silu`, `attention_bias`/`mlp_bias` true, a `scoring_func` or
 //! `topk_method` other than the family's, `moe_layer_freq` other than 1 (see [`check_supported`]).
+//! A `quantization_config` must describe DeepSeek's FP8 layout (`quant_method: fp8`, `fmt: e4m3`,
+//! `weight_block_size: [128, 128]`, dynamic activations); the model's dtype is then `f8e4m3`.
 
 use std::path::Path;
 
@@ -180,6 +182,53 @@ fn check_supported(c: &Cfg, arch: Architecture) -> Result<()> {
     Ok(())
 }
 
+/// Whether `quantization_config` declares FP8 block-scaled weights (false when absent); any other
+/// quantisation is refused by key.
+fn fp8_quantization(c: &Cfg) -> Result<bool> {
+    const KEY: &str = "quantization_config";
+    let Some(q) = c.get(KEY) else {
+        return Ok(false);
+    };
+    let field = |k: &str| q.get(k).filter(|v| !v.is_null());
+    let want_str = |k: &str, allowed: &str, required: bool| -> Result<()> {
+        match field(k) {
+            None if !required => Ok(()),
+            None => Err(EngineError::MissingConfigKey {
+                path: c.path.into(),
+                key: format!("{KEY}.{k}"),
+            }),
+            Some(Value::String(s)) if s == allowed => Ok(()),
+            Some(v) => Err(c.bad(
+                &format!("{KEY}.{k}"),
+                format!("{v} is not supported by troupe (supported: {allowed}; troupe reads DeepSeek's FP8 block-scaled checkpoints)"),
+            )),
+        }
+    };
+    if !q.is_object() {
+        return Err(c.bad(KEY, format!("expected an object, found {q}")));
+    }
+    want_str("quant_method", "fp8", true)?;
+    want_str("fmt", "e4m3", false)?;
+    want_str("activation_scheme", "dynamic", false)?;
+    let block_key = format!("{KEY}.weight_block_size");
+    match field("weight_block_size") {
+        None => Err(EngineError::MissingConfigKey {
+            path: c.path.into(),
+            key: block_key,
+        }),
+        Some(v)
+            if v.as_array()
+                .is_some_and(|a| a.len() == 2 && a.iter().all(|d| d.as_u64() == Some(128))) =>
+        {
+            Ok(true)
+        }
+        Some(v) => Err(c.bad(
+            &block_key,
+            format!("{v} is not supported by troupe (supported: [128, 128])"),
+        )),
+    }
+}
+
 /// The rope parameters: v5 `rope_parameters`, else legacy `rope_theta` + `rope_scaling`.
 fn rope(c: &Cfg, arch: Architecture) -> Result<RopeSpec> {
     let params = c.get("rope_parameters").or_else(|| c.get("rope_scaling"));
@@ -263,6 +312,11 @@ pub fn spec_from_hf_config(v: &Value, path: &Path) -> Result<ModelSpec> {
         .or_else(|| c.str_opt("torch_dtype"))
         .and_then(DType::parse)
         .unwrap_or(DType::F32);
+    let dtype = if fp8_quantization(&c)? {
+        DType::F8E4M3
+    } else {
+        dtype
+    };
     let attention = if arch.is_deepseek() {
         AttentionSpec::Mla {
             q_lora_rank: c.usize_opt("q_lora_rank")?,

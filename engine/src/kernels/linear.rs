@@ -41,6 +41,17 @@ fn flat(w: &Weight) -> Result<WFlat<'_>> {
         DType::F32 => WFlat::F32(w.as_f32()?),
         DType::BF16 => WFlat::BF16(w.as_u16()?),
         DType::F16 => WFlat::F16(w.as_u16()?),
+        DType::F8E4M3 => {
+            return Err(EngineError::kernel(
+                "linear",
+                format!("tensor `{}` is FP8: it runs through kernels::fp8", w.name()),
+            ))
+        }
+        DType::F8E4M3 => {
+            return Err(EngineError::internal(
+                "f8e4m3 weights are multiplied by kernels::fp8",
+            ))
+        }
     })
 }
 
@@ -186,6 +197,12 @@ pub fn linear_many_with(
     let mut ready = Vec::with_capacity(jobs.len());
     let mut tasks = 0;
     for j in jobs.iter_mut() {
+        // FP8 block-scaled weights run their own kernel (`fp8`), parallel on its own.
+        if j.w.dtype() == DType::F8E4M3 {
+            let y = super::fp8::linear_fp8_with(j.x, j.w, fp8_path(isa))?;
+            j.out.copy_from_slice(y.data());
+            continue;
+        }
         let per = cols_per_task.unwrap_or(auto).max(1);
         let out_dim = j.w.rows();
         ready.push(Ready {
@@ -220,6 +237,16 @@ pub fn linear_many_with(
         pool::for_each_task(tasks, &run);
     }
     Ok(())
+}
+
+/// The FP8 kernel's path for `isa` (the same instruction sets).
+fn fp8_path(isa: Isa) -> super::fp8::Fp8Path {
+    use super::fp8::Fp8Path;
+    match isa {
+        Isa::Portable => Fp8Path::Portable,
+        Isa::Avx2 => Fp8Path::Avx2,
+        Isa::Avx512 => Fp8Path::Avx512,
+    }
 }
 
 /// [`linear_many_with`] on the active instruction set.

@@ -14,6 +14,7 @@ pub mod cpu;
 mod cpu_tests;
 pub mod dot;
 pub mod isa;
+pub mod fp8;
 pub mod kv_pages;
 pub mod linear;
 pub mod moe;

@@ -1,25 +1,54 @@
 //! Building a [`Model`] from a [`LoadedGraph`]: open the weights (mmap or seeded random), check
 //! every tensor the plan reads against its expected shape before the first token, then assemble
-//! the typed layers.
+//! the typed layers. FP8 (`F8_E4M3`) checkpoint weights stay FP8 when the model's dtype is
+//! `f8e4m3` (an HF folder with an fp8 `quantization_config`) and are dequantised at load to the
+//! model's dtype otherwise (`--dequantize bf16`, or `dtype = "bf16"` in a graph file); random
+//! weights of an `f8e4m3` graph are FP8 where DeepSeek's checkpoints are, bf16 elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
 use crate::backend::RouterRule;
+use crate::dtype::DType;
 use crate::error::{EngineError, Result};
-use crate::graph::file::{LoadedGraph, WeightsSource};
-use crate::graph::ir::{NodeKind, Plan, WeightRole};
+use crate::graph::file::{LoadedGraph, RandomWeights, WeightsSource};
+use crate::graph::ir::{NodeKind, Plan, WeightRole, WeightSpec};
 use crate::graph::spec::{AttentionSpec, ModelSpec};
 use crate::model::attention::{Attention, GqaAttention, MlaAttention, MlaQuery};
 use crate::model::ffn::{FeedForward, Mlp, MoeBlock, Router};
 use crate::model::{DecoderLayer, Model};
 use crate::params::RopeTable;
+use crate::weights::fp8::{dequantize, fp8_weight_names};
 use crate::weights::random::{random_weight, RandomInit};
 use crate::weights::{Checkpoint, Weight};
 
 /// Called as `progress(done, total)` while tensors are opened or generated.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// The seeded random tensor `s` of a graph of dtype `dtype` (`fp8`: the plan's FP8 weight names).
+pub fn random_tensor(
+    r: &RandomWeights,
+    dtype: DType,
+    fp8: &HashSet<String>,
+    s: &WeightSpec,
+) -> Result<Weight> {
+    let init = match s.role {
+        WeightRole::Matrix => RandomInit::Normal(r.std),
+        WeightRole::NormGain => RandomInit::Ones,
+        WeightRole::Bias => RandomInit::Zeros,
+    };
+    // The V3 correction bias stays f32, as in real checkpoints; an FP8 model keeps its
+    // embeddings, norms, router and head in bf16.
+    let dt = if s.role == WeightRole::Bias {
+        DType::F32
+    } else if dtype == DType::F8E4M3 && !fp8.contains(&s.name) {
+        DType::BF16
+    } else {
+        dtype
+    };
+    random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
+}
 
 /// Fetches every tensor of the plan, shape-checked (also what `troupe export-hf` writes out).
 pub fn collect_weights(
@@ -33,24 +62,12 @@ pub fn collect_weights(
     match &graph.weights {
         WeightsSource::Random(r) => {
             let dtype = graph.spec.dtype;
+            let fp8 = fp8_weight_names(plan);
             let chunk = 64;
             for (i, part) in specs.chunks(chunk).enumerate() {
                 let made: Vec<Weight> = part
                     .par_iter()
-                    .map(|s| {
-                        let init = match s.role {
-                            WeightRole::Matrix => RandomInit::Normal(r.std),
-                            WeightRole::NormGain => RandomInit::Ones,
-                            WeightRole::Bias => RandomInit::Zeros,
-                        };
-                        // The V3 correction bias stays f32, as in real checkpoints.
-                        let dt = if s.role == WeightRole::Bias {
-                            crate::dtype::DType::F32
-                        } else {
-                            dtype
-                        };
-                        random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
-                    })
+                    .map(|s| random_tensor(r, dtype, &fp8, s))
                     .collect::<Result<_>>()?;
                 for w in made {
                     out.insert(w.name().to_string(), w);
@@ -70,7 +87,10 @@ pub fn collect_weights(
                 }
             };
             for (i, s) in specs.iter().enumerate() {
-                let w = ck.get(&s.name)?;
+                let mut w = ck.get(&s.name)?;
+                if w.dtype() == DType::F8E4M3 && graph.spec.dtype != DType::F8E4M3 {
+                    w = dequantize(&w, graph.spec.dtype)?;
+                }
                 if w.shape() != s.shape.as_slice() {
                     return Err(EngineError::ShapeMismatch {
                         tensor: s.name.clone(),

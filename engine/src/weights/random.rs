@@ -3,6 +3,7 @@
 
 use crate::dtype::{f32_to_bf16, f32_to_f16, DType};
 use crate::error::Result;
+use crate::weights::fp8::quantize_block_scaled;
 use crate::weights::weight::try_alloc_words;
 use crate::weights::Weight;
 
@@ -54,7 +55,8 @@ pub enum RandomInit {
 }
 
 /// Generates one tensor, straight into the weight's own buffer (one allocation, which fails
-/// with an error naming the tensor rather than aborting).
+/// with an error naming the tensor rather than aborting). `F8E4M3` draws the f32 values and
+/// quantises them in 128×128 blocks (`weights::fp8::quantize_block_scaled`; 2-D only).
 pub fn random_weight(
     name: &str,
     shape: Vec<usize>,
@@ -62,6 +64,15 @@ pub fn random_weight(
     init: RandomInit,
     seed: u64,
 ) -> Result<Weight> {
+    if dtype == DType::F8E4M3 {
+        let f = random_weight(name, shape.clone(), DType::F32, init, seed)?;
+        let [rows, cols] = shape[..] else {
+            return Err(crate::error::EngineError::Invalid(format!(
+                "tensor `{name}`: f8e4m3 weights are 2-D, not {shape:?}"
+            )));
+        };
+        return quantize_block_scaled(name, rows, cols, f.as_f32()?);
+    }
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::new(seed ^ name_hash(name));
     // Element i of the tensor, in generation order; normals come in pairs (both Box–Muller
@@ -86,7 +97,7 @@ pub fn random_weight(
             w.truncate(n);
             w
         }
-        DType::BF16 | DType::F16 => {
+        DType::BF16 | DType::F16 | DType::F8E4M3 => {
             let bits: fn(f32) -> u16 = if dtype == DType::BF16 {
                 f32_to_bf16
             } else {

@@ -1,5 +1,6 @@
 //! Safetensors checkpoints through mmap: a single file, a list of files, or a sharded checkpoint
-//! described by `model.safetensors.index.json`. Tensors are not copied unless misaligned.
+//! described by `model.safetensors.index.json`. Tensors are not copied unless misaligned. An FP8
+//! (`F8_E4M3`) weight comes back with its `<name>_scale_inv` block scales attached and checked.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -12,6 +13,7 @@ use safetensors::tensor::Dtype as StDtype;
 use crate::dtype::DType;
 use crate::error::{EngineError, Result};
 use crate::files::{read_text_capped, regular_file_size, MAX_INDEX_BYTES};
+use crate::weights::fp8::{BlockScales, SCALE_INV_SUFFIX};
 use crate::weights::safetensors_header::parse_header;
 use crate::weights::Weight;
 
@@ -116,6 +118,14 @@ impl Checkpoint {
                 StDtype::F32 => DType::F32,
                 StDtype::BF16 => DType::BF16,
                 StDtype::F16 => DType::F16,
+                StDtype::F8_E4M3 => DType::F8E4M3,
+                StDtype::F8_E5M2 => {
+                    self.unsupported.insert(
+                        e.name,
+                        "F8_E5M2 (FP8 e5m2 is not supported; troupe reads F8_E4M3 weights with 128x128 block scales)".into(),
+                    );
+                    continue;
+                }
                 other => {
                     self.unsupported.insert(e.name, format!("{other:?}"));
                     continue;
@@ -130,7 +140,31 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The tensor `name`; an FP8 weight comes with its `<name>_scale_inv` attached, its dtype
+    /// (f32) and shape (`[ceil(out/128), ceil(in/128)]`) checked.
     pub fn get(&self, name: &str) -> Result<Weight> {
+        let w = self.get_raw(name)?;
+        if w.dtype() != DType::F8E4M3 {
+            return Ok(w);
+        }
+        if w.shape().len() != 2 {
+            return Err(EngineError::Invalid(format!(
+                "tensor `{name}`: an F8_E4M3 tensor must be a 2-D weight with block scales, found shape {:?}",
+                w.shape()
+            )));
+        }
+        let scale_name = format!("{name}{SCALE_INV_SUFFIX}");
+        let scale_inv = self.get_raw(&scale_name).map_err(|e| match e {
+            EngineError::MissingTensor { searched, .. } => EngineError::MissingTensor {
+                tensor: scale_name.clone(),
+                searched: format!("the block scales of F8_E4M3 tensor `{name}`, in {searched}"),
+            },
+            other => other,
+        })?;
+        w.with_block_scales(BlockScales::new(scale_inv))
+    }
+
+    fn get_raw(&self, name: &str) -> Result<Weight> {
         if let Some(dtype) = self.unsupported.get(name) {
             return Err(EngineError::UnsupportedDtype {
                 tensor: name.to_string(),

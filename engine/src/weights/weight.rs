@@ -1,14 +1,16 @@
 //! `Weight`: one named, immutable weight tensor, either borrowed from an mmap'd checkpoint or owned.
 //!
-//! Kernels read the raw elements through `as_f32`/`as_u16`; nothing is converted at load time, so a
-//! bf16 checkpoint stays bf16 in memory (half the bytes to stream per decoded token).
+//! Kernels read the raw elements through `as_f32`/`as_u16`/`as_u8`; nothing is converted at load
+//! time, so a bf16 checkpoint stays bf16 in memory (half the bytes to stream per decoded token) and
+//! an FP8 one stays FP8, its 128×128 block scales attached (`block_scales`).
 
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::dtype::{bf16_to_f32, f16_to_f32, DType};
+use crate::dtype::{bf16_to_f32, e4m3_to_f32, f16_to_f32, DType};
 use crate::error::{EngineError, Result};
+use crate::weights::fp8::BlockScales;
 
 /// Where a weight's bytes live.
 #[derive(Clone, Debug)]
@@ -31,6 +33,8 @@ pub struct Weight {
     dtype: DType,
     shape: Vec<usize>,
     storage: Storage,
+    /// The dequantisation scales of an FP8 weight (None for every other dtype).
+    scales: Option<Arc<BlockScales>>,
 }
 
 impl Weight {
@@ -51,6 +55,7 @@ impl Weight {
                 dtype,
                 shape,
                 storage: Storage::Mapped { map, start, end },
+                scales: None,
             })
         } else {
             Weight::from_bytes(name, dtype, shape, &map[start..end])
@@ -68,6 +73,7 @@ impl Weight {
                 words: Arc::new(words),
                 len,
             },
+            scales: None,
         }
     }
 
@@ -104,6 +110,24 @@ impl Weight {
         Weight::owned(name, dtype, shape, words, bits.len() * 2)
     }
 
+    /// This FP8 weight with its block scales attached; the scale grid must be f32
+    /// `[ceil(rows/128), ceil(cols/128)]` (an error naming both tensors otherwise).
+    pub fn with_block_scales(mut self, scales: BlockScales) -> Result<Self> {
+        scales.check_for(&self)?;
+        self.scales = Some(Arc::new(scales));
+        Ok(self)
+    }
+    /// The block scales of an FP8 weight.
+    pub fn block_scales(&self) -> Option<&BlockScales> {
+        self.scales.as_deref()
+    }
+    /// The same bytes under another name (the scales follow).
+    pub fn renamed(&self, name: &str) -> Self {
+        Weight {
+            name: name.into(),
+            ..self.clone()
+        }
+    }
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -156,10 +180,10 @@ impl Weight {
     }
     /// The raw bit patterns of a bf16/f16 weight.
     pub fn as_u16(&self) -> Result<&[u16]> {
-        if self.dtype == DType::F32 {
+        if !matches!(self.dtype, DType::BF16 | DType::F16) {
             return Err(EngineError::kernel(
                 "as_u16",
-                format!("tensor `{}` is f32, not 16-bit", self.name),
+                format!("tensor `{}` is {}, not 16-bit", self.name, self.dtype),
             ));
         }
         let b = self.bytes();
@@ -168,16 +192,35 @@ impl Weight {
         debug_assert!(pre.is_empty());
         Ok(mid)
     }
-    /// Element `i` upcast to f32.
+    /// The raw e4m3 bytes of an FP8 weight (dequantise with [`Weight::block_scales`]).
+    pub fn as_u8(&self) -> Result<&[u8]> {
+        if self.dtype != DType::F8E4M3 {
+            return Err(EngineError::kernel(
+                "as_u8",
+                format!("tensor `{}` is {}, not f8e4m3", self.name, self.dtype),
+            ));
+        }
+        Ok(self.bytes())
+    }
+    /// Element `i` upcast to f32 (an FP8 element times its block's scale, one f32 rounding, as
+    /// DeepSeek's `w.float() * scale` dequantises).
     #[inline]
     pub fn get_f32(&self, i: usize) -> f32 {
         match self.dtype {
             DType::F32 => self.as_f32().map(|v| v[i]).unwrap_or(f32::NAN),
             DType::BF16 => self.as_u16().map(|v| bf16_to_f32(v[i])).unwrap_or(f32::NAN),
             DType::F16 => self.as_u16().map(|v| f16_to_f32(v[i])).unwrap_or(f32::NAN),
+            DType::F8E4M3 => {
+                let c = self.cols();
+                match (self.as_u8(), self.block_scales()) {
+                    (Ok(v), Some(s)) => e4m3_to_f32(v[i]) * s.scale(i / c, i % c),
+                    _ => f32::NAN,
+                }
+            }
         }
     }
-    /// The whole weight upcast to f32 (a copy; used for small vectors such as norm weights).
+    /// The whole weight upcast to f32 (a copy; used for small vectors such as norm weights, and
+    /// to dequantise FP8).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self.dtype {
             DType::F32 => self.as_f32().map(|v| v.to_vec()).unwrap_or_default(),
@@ -189,6 +232,7 @@ impl Weight {
                 .as_u16()
                 .map(|v| v.iter().map(|&b| f16_to_f32(b)).collect())
                 .unwrap_or_default(),
+            DType::F8E4M3 => (0..self.numel()).map(|i| self.get_f32(i)).collect(),
         }
     }
     /// Row `r` of an `[out, in]` weight, upcast to f32.

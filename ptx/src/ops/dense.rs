@@ -99,6 +99,10 @@ impl<D: Device> GpuBackend<D> {
             if m == 0 {
                 return Ok(out);
             }
+            if weight.dtype() == DType::F8E4M3 {
+                self.fp8_linear(&out, xb, weight, (m, n, k))?;
+                return Ok(out);
+            }
             let w = self.weight(weight, false)?;
             self.dev.launch(
                 &l,

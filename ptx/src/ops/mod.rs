@@ -9,12 +9,14 @@
 //! This file holds the backend's state and the helpers every op uses; the ops live in one file
 //! per area: `transfer` (upload/download/argmax/non-finite flag), `dense` (row-wise math and
 //! linears), `rows` (row/column copies), `attention` (contiguous and paged attention), `kv` (page
-//! storage and block tables), `moe` (router, grouped expert MLP, combine); `backend_impl` maps the
-//! `Backend` trait onto them.
+//! storage and block tables), `moe` (router, grouped expert MLP, combine), `fp8` (FP8 block-scaled
+//! weights: their scales, the weight-only and W8A8 linears); `backend_impl` maps the `Backend`
+//! trait onto them.
 
 mod attention;
 mod backend_impl;
 mod dense;
+mod fp8;
 mod kv;
 mod moe;
 mod rows;
@@ -33,6 +35,7 @@ use crate::device::{f32_bytes, Arg, Device};
 use crate::error::{to_engine, GpuError, GpuResult};
 use crate::launch::{self, u32_of};
 
+pub use fp8::Fp8Compute;
 pub(crate) use kv::BlockTables;
 pub(crate) use transfer::FiniteFlag;
 
@@ -44,6 +47,8 @@ pub struct GpuBackend<D: Device> {
     weights: Mutex<HashMap<String, Arc<D::Buf>>>,
     tables: Mutex<BlockTables<D::Buf>>,
     finite: Mutex<FiniteFlag<D::Buf>>,
+    /// How `linear` computes with FP8 weights (`fp8.rs`).
+    fp8: Fp8Compute,
 }
 
 impl<D: Device> GpuBackend<D> {
@@ -54,6 +59,7 @@ impl<D: Device> GpuBackend<D> {
             weights: Mutex::new(HashMap::new()),
             tables: Mutex::new(BlockTables::default()),
             finite: Mutex::new(FiniteFlag::default()),
+            fp8: Fp8Compute::default(),
         }
     }
 
@@ -141,7 +147,9 @@ impl<D: Device> GpuBackend<D> {
     /// The device addresses of `ws` (the experts of a grouped MLP, the heads of a per-head
     /// linear) as the weight table `grouped_linear_*w` reads: each weight is uploaded once (the
     /// weight cache), and a table per set of weights (8 bytes each) is cached under their names.
-    /// Mixed dtypes are read as f32 copies. Returns the table and the dtype the kernel reads.
+    /// Mixed dtypes are read as f32 copies (FP8 ones dequantised). For FP8 weights the table
+    /// holds two addresses per weight, its bytes then its block scales (`grouped_linear_fp8w`).
+    /// Returns the table and the dtype the kernel reads.
     fn weight_table(&self, ws: &[&Weight]) -> GpuResult<(Arc<D::Buf>, DType)> {
         let dtype = match ws.first() {
             Some(w) if ws.iter().all(|x| x.dtype() == w.dtype()) => w.dtype(),
@@ -157,6 +165,10 @@ impl<D: Device> GpuBackend<D> {
             for w in ws {
                 let b = self.weight(w, dtype == DType::F32)?;
                 bytes.extend_from_slice(&self.dev.address(&b).to_le_bytes());
+                if dtype == DType::F8E4M3 {
+                    let s = self.fp8_scales("grouped_linear_fp8w", w)?;
+                    bytes.extend_from_slice(&self.dev.address(&s).to_le_bytes());
+                }
             }
             Ok(bytes)
         })?;

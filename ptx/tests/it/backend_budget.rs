@@ -5,7 +5,10 @@
 //!   (4·vocab per sequence) when they are asked for; a step that opens a new KV page also uploads
 //!   that page's block-table entry (4 B for all layers: the layers of a sequence share one table);
 //! - a whole-model forward (prefill, then decode steps) launches every kernel of the library but
-//!   the opt-in bf16/FP8 compute paths, and the MoE layers run through the grouped kernels.
+//!   the opt-in bf16 compute path (the FP8 kernels, W8A8 included, through an FP8 model), and
+//!   the MoE layers run through the grouped kernels;
+//! - an FP8 model (deepseek-v3-tiny-fp8) keeps the same per-step budget (its weights and scales
+//!   cross once).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use troupe_engine::graph::LoadedGraph;
 use troupe_engine::model::{KvConfig, Model, SequenceCache};
 use troupe_engine::Backend;
 use troupe_ptx::kernels::LIBRARY;
-use troupe_ptx::{GpuBackend, InterpDevice, InterpOptions};
+use troupe_ptx::{Fp8Compute, GpuBackend, InterpDevice, InterpOptions};
 
 use crate::common::fixture;
 
@@ -104,12 +107,12 @@ fn decode_steps(
 /// one block-table entry (shared by all layers) for one sequence; steps 2 and 3 are the steady
 /// state; step 3 downloads the logits instead of sampling on the device.
 fn check_budget(case: &str) {
-    let model = load(case);
+    let model = &load(case);
     let layers = model.layers.len() as u64;
     let vocab = model.spec.vocab_size as u64;
     let modes = [false, false, false, true, false];
     let be = fast_interp();
-    let steps = decode_steps(&model, &be, 4, 2, &modes);
+    let steps = decode_steps(model, &be, 4, 2, &modes);
     for (i, c) in steps.iter().enumerate() {
         eprintln!(
             "{case}: 2 sequences, decode step {i}{}: h2d {} B, d2h {} B, {} launches",
@@ -153,18 +156,33 @@ fn decode_step_budget_gqa_moe() {
     check_budget("mixtral-tiny");
 }
 
+/// FP8 weights (1 byte each, plus their scales) are uploaded once like the others: the decode
+/// steps of an FP8 model move the same bytes.
+#[test]
+fn decode_step_budget_fp8_mla_moe() {
+    check_budget("deepseek-v3-tiny-fp8");
+}
+
 /// Kernel families (dtype variants of one kernel count as one) launched by whole-model forward
-/// passes (a prefill, then decode steps whose logits are downloaded) over the given fixtures.
+/// passes (a prefill, then decode steps whose logits are downloaded) over the given fixtures,
+/// and over deepseek-v3-tiny-fp8 with W8A8 compute: its linears with `k % 128 == 0` run
+/// `fp8_quant_act` + `fp8_gemm_blockscaled`, the others `linear_fp8w`, the experts
+/// `grouped_linear_fp8w`.
 fn launched_families(cases: &[&str]) -> BTreeMap<String, u64> {
     let mut all = BTreeMap::new();
-    for case in cases {
-        let model = load(case);
-        let be = fast_interp();
-        decode_steps(&model, &be, 4, 2, &[false, true, true]);
+    let mut count = |model: &Model, be: GpuBackend<InterpDevice>| {
+        decode_steps(model, &be, 4, 2, &[false, true, true]);
         for (k, n) in be.counters().launches {
             *all.entry(family(&k)).or_insert(0) += n;
         }
+    };
+    for case in cases {
+        count(&load(case), fast_interp());
     }
+    let w8a8 = fast_interp()
+        .with_fp8_compute(Fp8Compute::W8A8)
+        .expect("the interpreter is sm_89");
+    count(&load("deepseek-v3-tiny-fp8"), w8a8);
     all
 }
 
@@ -180,16 +198,10 @@ fn family(kernel: &str) -> String {
 }
 
 /// Not reached by a forward on one backend, with the reason: the opt-in bf16 tensor-core path
-/// (`gemm_bf16_tc` and the activation conversion that feeds it), the FP8 kernels (until FP8
-/// checkpoints load), and the index merge of a MoE layer split across executors (covered by
+/// (`gemm_bf16_tc` and the activation conversion that feeds it), and the index merge of a MoE
+/// layer split across executors (covered by
 /// `backend_ops::grouped_mlp_and_combine_match_cpu_and_split_parts_are_bit_identical`).
-const NOT_IN_A_FORWARD: &[&str] = &[
-    "gemm_bf16_tc",
-    "f32_to_bf16",
-    "fp8_quant_act",
-    "fp8_gemm_blockscaled",
-    "moe_index_merge",
-];
+const NOT_IN_A_FORWARD: &[&str] = &["gemm_bf16_tc", "f32_to_bf16", "moe_index_merge"];
 
 #[test]
 fn whole_model_forward_launches_every_kernel() {

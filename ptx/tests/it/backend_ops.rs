@@ -14,6 +14,7 @@ use troupe_engine::error::PassSite;
 use troupe_engine::kernels::CpuBackend;
 use troupe_engine::weights::Weight;
 use troupe_engine::{EngineError, Tensor};
+use troupe_ptx::launch;
 
 #[test]
 fn copies_and_add_match_cpu_exactly() {
@@ -102,11 +103,11 @@ fn per_head_linear_matches_cpu() {
     }
 }
 
-fn expert(rng: &mut Rng, id: u32, hidden: usize, inter: usize) -> [Weight; 3] {
+fn expert(rng: &mut Rng, dtype: DType, id: u32, hidden: usize, inter: usize) -> [Weight; 3] {
     let mk = |rng: &mut Rng, n: &str, r, c| {
         weight(
             &format!("e{id}.{n}"),
-            DType::BF16,
+            dtype,
             vec![r, c],
             &rng.vec(r * c, 0.3),
         )
@@ -120,12 +121,22 @@ fn expert(rng: &mut Rng, id: u32, hidden: usize, inter: usize) -> [Weight; 3] {
 
 #[test]
 fn grouped_mlp_and_combine_match_cpu_and_split_parts_are_bit_identical() {
+    grouped_mlp_case(DType::BF16, 203);
+}
+
+/// FP8 experts run `grouped_linear_fp8w` (address tables of 16 B per expert: bytes and scales).
+#[test]
+fn grouped_mlp_with_fp8_experts_matches_cpu() {
+    grouped_mlp_case(DType::F8E4M3, 204);
+}
+
+fn grouped_mlp_case(dtype: DType, seed: u64) {
     let gpu = interp();
     let cpu = CpuBackend::new();
-    let mut rng = Rng::new(203);
+    let mut rng = Rng::new(seed);
     let (tokens, hidden, inter, n_experts, top_k) = (19usize, 24usize, 10usize, 6u32, 2usize);
     let ws: Vec<[Weight; 3]> = (0..n_experts)
-        .map(|e| expert(&mut rng, e, hidden, inter))
+        .map(|e| expert(&mut rng, dtype, e, hidden, inter))
         .collect();
     let ew = |ids: &[u32]| -> Vec<ExpertWeights<'_>> {
         ids.iter()
@@ -163,20 +174,29 @@ fn grouped_mlp_and_combine_match_cpu_and_split_parts_are_bit_identical() {
         b.down(b.moe_combine(&b.up(&res), &r, &rows, Some(&b.up(&shared))))
             .expect("combine")
     };
+    let before = gpu.counters();
     let got = run(&gpu, &[&all]);
+    let kernel = launch::grouped_linear(dtype, 1, 1, 1)
+        .expect("config")
+        .kernel;
+    assert_eq!(gpu.counters().since(&before).launches.get(kernel), Some(&3));
     let want = run(&cpu, &[&all]);
     assert_close("grouped MLP + combine", got.data(), want.data(), 1e-4, 1.0);
     let split = run(&gpu, &[&[1, 3, 5], &[0, 2, 4]]);
     assert_bits("combine of two parts", split.data(), got.data());
     // A new set of experts re-uploads no weight: only its three address tables (8 B per
-    // expert) and its expert-id map (4 B per id up to the largest).
+    // expert, 16 B for FP8: bytes and scales) and its expert-id map (4 B per id up to the largest).
+    let per_expert = if dtype == DType::F8E4M3 { 16 } else { 8 };
     let (xd, r) = (
         gpu.up(&x),
         gpu.routing_to_device(&routing, top_k).expect("routing"),
     );
     let before = gpu.counters();
     gpu.grouped_mlp(&xd, &r, &ew(&[0, 5])).expect("grouped_mlp");
-    assert_eq!(gpu.counters().since(&before).h2d_bytes, 3 * 8 * 2 + 4 * 6);
+    assert_eq!(
+        gpu.counters().since(&before).h2d_bytes,
+        3 * per_expert * 2 + 4 * 6
+    );
 }
 
 #[test]

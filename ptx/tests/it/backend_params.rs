@@ -30,6 +30,9 @@ impl Device for Recorder {
     fn name(&self) -> String {
         "recorder".into()
     }
+    fn sm(&self) -> u32 {
+        89
+    }
     fn upload(&self, bytes: &[u8]) -> GpuResult<Vec<u8>> {
         Ok(bytes.to_vec())
     }
@@ -234,4 +237,67 @@ fn every_op_matches_its_entry_signature() {
     for (l, kinds) in launches.iter() {
         assert_eq!(declared_params(l.kernel), *kinds, "kernel {}", l.kernel);
     }
+}
+
+/// FP8 weights: the weight-only `linear_fp8w` / `grouped_linear_fp8w` by default, and under W8A8
+/// (sm_89+) `fp8_quant_act` + `fp8_gemm_blockscaled` where `k % 128 == 0`, `linear_fp8w` elsewhere.
+#[test]
+fn fp8_ops_match_their_entry_signatures() {
+    use troupe_engine::backend::Routing;
+    use troupe_ptx::Fp8Compute;
+    let recorder = || Recorder {
+        launches: Mutex::new(Vec::new()),
+    };
+    let fp8 = |n: &str, rows: usize, cols: usize| {
+        crate::common::weight(n, DType::F8E4M3, vec![rows, cols], &vec![0.25; rows * cols])
+    };
+    let (w8, w128) = (fp8("w8", 5, 8), fp8("w128", 5, 128));
+    let (g, u, d) = (fp8("g", 6, 8), fp8("u", 6, 8), fp8("d", 8, 6));
+    let experts = [ExpertWeights {
+        id: 1,
+        gate: &g,
+        up: &u,
+        down: &d,
+    }];
+    let routing = Routing {
+        ids: vec![vec![1]; 3],
+        weights: vec![vec![1.0]; 3],
+    };
+    let default = GpuBackend::new(recorder());
+    let w8a8 = GpuBackend::new(recorder())
+        .with_fp8_compute(Fp8Compute::W8A8)
+        .expect("the recorder is sm_89");
+    for b in [&default, &w8a8] {
+        let x8 = b
+            .upload(&Tensor::matrix(3, 8, vec![0.5; 24]).unwrap())
+            .unwrap();
+        let x128 = b
+            .upload(&Tensor::matrix(3, 128, vec![0.5; 384]).unwrap())
+            .unwrap();
+        b.linear(&x8, &w8).unwrap();
+        b.linear(&x128, &w128).unwrap();
+        let r = b.routing_to_device(&routing, 1).unwrap();
+        b.grouped_mlp(&x8, &r, &experts).unwrap();
+    }
+    let names = |b: &GpuBackend<Recorder>| -> Vec<&'static str> {
+        let launches = b.device().launches.lock().unwrap();
+        for (l, kinds) in launches.iter() {
+            assert_eq!(declared_params(l.kernel), *kinds, "kernel {}", l.kernel);
+        }
+        launches.iter().map(|(l, _)| l.kernel).collect()
+    };
+    let grouped = [
+        "moe_sort",
+        "moe_gather",
+        "grouped_linear_fp8w",
+        "grouped_linear_fp8w",
+        "silu_mul_f32",
+        "grouped_linear_fp8w",
+    ];
+    let mut want = vec!["linear_fp8w", "linear_fp8w"];
+    want.extend(grouped);
+    assert_eq!(names(&default), want);
+    let mut want = vec!["linear_fp8w", "fp8_quant_act", "fp8_gemm_blockscaled"];
+    want.extend(grouped);
+    assert_eq!(names(&w8a8), want);
 }

@@ -11,15 +11,17 @@ use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::graph::LoadedGraph;
 use troupe_engine::model::Model;
 
+use troupe_ptx::{GpuBackend, InterpDevice};
+
 use crate::common::fixture;
 
 /// The arrays of `reference.safetensors` this test reads.
-struct Reference {
+pub(crate) struct Reference {
     bytes: Vec<u8>,
 }
 
 impl Reference {
-    fn open(dir: &std::path::Path) -> Self {
+    pub(crate) fn open(dir: &std::path::Path) -> Self {
         let path = dir.join("reference.safetensors");
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Reference { bytes }
@@ -27,10 +29,10 @@ impl Reference {
     fn st(&self) -> SafeTensors<'_> {
         SafeTensors::deserialize(&self.bytes).expect("reference.safetensors parses")
     }
-    fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.st().tensor(name).is_ok()
     }
-    fn ids(&self, name: &str) -> Vec<u32> {
+    pub(crate) fn ids(&self, name: &str) -> Vec<u32> {
         let st = self.st();
         let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(t.dtype(), Dtype::I64, "{name}");
@@ -42,7 +44,7 @@ impl Reference {
             })
             .collect()
     }
-    fn f32(&self, name: &str) -> Vec<f32> {
+    pub(crate) fn f32(&self, name: &str) -> Vec<f32> {
         let st = self.st();
         let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(t.dtype(), Dtype::F32, "{name}");
@@ -54,17 +56,31 @@ impl Reference {
 }
 
 fn check_case(case: &str) {
-    let dir = fixture(case);
-    let graph = LoadedGraph::open(&dir).unwrap_or_else(|e| panic!("{case}: open: {e}"));
-    let model = Model::load(&graph, &mut |_, _| {}).unwrap_or_else(|e| panic!("{case}: load: {e}"));
-    let backend = crate::common::interp();
-    let exec = ReferenceExecutor::new(&model, &backend);
-    let r = Reference::open(&dir);
+    let model = load(case);
     let suffix = if case.ends_with("bf16") {
         "_f32compute"
     } else {
         ""
     };
+    check_logits(case, &model, &crate::common::interp(), suffix);
+}
+
+/// The model of fixture `case`.
+pub(crate) fn load(case: &str) -> Model {
+    let graph = LoadedGraph::open(&fixture(case)).unwrap_or_else(|e| panic!("{case}: open: {e}"));
+    Model::load(&graph, &mut |_, _| {}).unwrap_or_else(|e| panic!("{case}: load: {e}"))
+}
+
+/// Every prompt's logits from `model` on `backend` against `prompt.{p}.logits{suffix}` of the
+/// reference of fixture `case`, at max|d| <= 2e-4 * max|ref|.
+pub(crate) fn check_logits(
+    case: &str,
+    model: &Model,
+    backend: &GpuBackend<InterpDevice>,
+    suffix: &str,
+) {
+    let exec = ReferenceExecutor::new(model, backend);
+    let r = Reference::open(&fixture(case));
     let t0 = std::time::Instant::now();
     let mut p = 0;
     while r.has(&format!("prompt.{p}.input_ids")) {

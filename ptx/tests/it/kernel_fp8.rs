@@ -8,7 +8,7 @@ use troupe_ptx::device::{bytes_f32, f32_bytes, Arg, Device};
 use troupe_ptx::launch;
 
 /// Value of an e4m3 byte (bias 7, 3 mantissa bits, no infinities, 0x7f/0xff NaN).
-fn e4m3_value(b: u8) -> f64 {
+pub(crate) fn e4m3_value(b: u8) -> f64 {
     let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
     let (e, m) = ((b >> 3) & 0xf, b & 7);
     if e == 0xf && m == 7 {
@@ -23,7 +23,7 @@ fn e4m3_value(b: u8) -> f64 {
 }
 
 /// e4m3 of `x` rounded to nearest, ties to even, saturating to +-448 (`cvt.rn.satfinite`).
-fn e4m3_rn_sat(x: f32) -> u8 {
+pub(crate) fn e4m3_rn_sat(x: f32) -> u8 {
     let x = f64::from(x).clamp(-448.0, 448.0);
     let mut best = 0u8;
     for b in 0..=255u8 {

@@ -78,7 +78,8 @@ pub fn bf16_bits(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
-/// A weight of `dtype` (f32, bf16 or f16) with values `v` rounded to that dtype.
+/// A weight of `dtype` with values `v` rounded to that dtype (f32, bf16, f16), or quantised to
+/// FP8 with 128×128 block scales as DeepSeek's checkpoints are (f8e4m3, 2-D only).
 pub fn weight(
     name: &str,
     dtype: troupe_engine::dtype::DType,
@@ -102,6 +103,10 @@ pub fn weight(
                 .map(|&x| half::f16::from_f32(x).to_bits())
                 .collect::<Vec<_>>(),
         ),
+        DType::F8E4M3 => {
+            troupe_engine::weights::fp8::quantize_block_scaled(name, shape[0], shape[1], v)
+                .expect("quantise")
+        }
     }
 }
 
