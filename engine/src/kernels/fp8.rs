@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::dot::fold16;
+use super::dot::{dot_block, fold16, WRow};
 use crate::dtype::E4M3_TO_F32;
 use crate::error::{EngineError, Result};
 use crate::tensor::Tensor;
@@ -254,7 +254,8 @@ fn convert(src: &[u8], dst: &mut [f32], path: Fp8Path) {
     }
 }
 
-/// `out[i][j] = dot(xs[i][k0..k1], ws[j][k0..k1])` in the fixed lane order.
+/// `out[i][j] = dot(xs[i][k0..k1], ws[j][k0..k1])` in the fixed lane order: the bf16 `dot`'s own
+/// kernel (`dot_block` on f32 rows) for the portable and AVX2 paths, a zmm form for AVX-512.
 fn block_dots(
     xs: &[&[f32]],
     ws: &[&[f32]],
@@ -263,35 +264,25 @@ fn block_dots(
     path: Fp8Path,
     out: &mut [[f32; 4]; 4],
 ) {
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: availability checked by `linear_fp8_with`.
-        Fp8Path::Avx2 => unsafe { simd::block_dots_avx2(xs, ws, k0, k1, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Fp8Path::Avx512 => unsafe { simd::block_dots_avx512(xs, ws, k0, k1, out) },
-        _ => {
-            for (i, x) in xs.iter().enumerate() {
-                for (j, w) in ws.iter().enumerate() {
-                    out[i][j] = dot_portable(&x[k0..k1], &w[k0..k1]);
-                }
-            }
-        }
+    #[cfg(target_arch = "x86_64")]
+    if path == Fp8Path::Avx512 {
+        // SAFETY: availability checked by the callers (`Fp8Path::available`).
+        unsafe { simd::block_dots_avx512(xs, ws, k0, k1, out) };
+        return;
     }
-}
-
-/// The lane-order dot of one block (portable reference).
-pub fn dot_portable(x: &[f32], w: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    for (i, (&xv, &wv)) in x.iter().zip(w).enumerate() {
-        lanes[i % 16] = xv.mul_add(wv, lanes[i % 16]);
-    }
-    fold16(&lanes)
+    let xb: [&[f32]; 4] = std::array::from_fn(|i| &xs[i.min(xs.len() - 1)][k0..k1]);
+    let wb: [WRow<'_>; 4] = std::array::from_fn(|j| WRow::F32(&ws[j.min(ws.len() - 1)][k0..k1]));
+    dot_block(
+        &xb[..xs.len()],
+        &wb[..ws.len()],
+        path != Fp8Path::Portable,
+        out,
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    //! The AVX2 and AVX-512 forms of `convert` and `block_dots`.
+    //! The F16C e4m3 conversion and the AVX-512 form of `block_dots`.
     use super::fold16;
     use std::arch::x86_64::*;
 
@@ -325,88 +316,6 @@ mod simd {
         }
         for j in main..n {
             dst[j] = super::E4M3_TO_F32[src[j] as usize];
-        }
-    }
-
-    /// Up to 16 elements of `s[start..end]`, zero-padded.
-    #[inline(always)]
-    fn pad16(s: &[f32], start: usize, end: usize) -> [f32; 16] {
-        let mut t = [0.0f32; 16];
-        t[..end - start].copy_from_slice(&s[start..end]);
-        t
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn block_dots_avx2(
-        xs: &[&[f32]],
-        ws: &[&[f32]],
-        k0: usize,
-        k1: usize,
-        out: &mut [[f32; 4]; 4],
-    ) {
-        match (xs.len(), ws.len()) {
-            (1, 1) => tile_avx2::<1, 1>(xs, ws, k0, k1, out),
-            (1, 2) => tile_avx2::<1, 2>(xs, ws, k0, k1, out),
-            (1, 3) => tile_avx2::<1, 3>(xs, ws, k0, k1, out),
-            (1, 4) => tile_avx2::<1, 4>(xs, ws, k0, k1, out),
-            (2, 1) => tile_avx2::<2, 1>(xs, ws, k0, k1, out),
-            _ => tile_avx2::<2, 2>(xs, ws, k0, k1, out),
-        }
-    }
-
-    /// `R` x rows against `C` weight rows over `k0..k1` (R·C ≤ 4; callers pass no more).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_avx2<const R: usize, const C: usize>(
-        xs: &[&[f32]],
-        ws: &[&[f32]],
-        k0: usize,
-        k1: usize,
-        out: &mut [[f32; 4]; 4],
-    ) {
-        let main = k0 + (k1 - k0) / 16 * 16;
-        let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
-        let mut i = k0;
-        while i < main {
-            let mut wv = [[_mm256_setzero_ps(); 2]; C];
-            for c in 0..C {
-                wv[c][0] = _mm256_loadu_ps(ws[c].as_ptr().add(i));
-                wv[c][1] = _mm256_loadu_ps(ws[c].as_ptr().add(i + 8));
-            }
-            for r in 0..R {
-                let x0 = _mm256_loadu_ps(xs[r].as_ptr().add(i));
-                let x1 = _mm256_loadu_ps(xs[r].as_ptr().add(i + 8));
-                for c in 0..C {
-                    acc[r][c][0] = _mm256_fmadd_ps(x0, wv[c][0], acc[r][c][0]);
-                    acc[r][c][1] = _mm256_fmadd_ps(x1, wv[c][1], acc[r][c][1]);
-                }
-            }
-            i += 16;
-        }
-        if main < k1 {
-            for r in 0..R {
-                let xt = pad16(xs[r], main, k1);
-                for c in 0..C {
-                    let wt = pad16(ws[c], main, k1);
-                    let (x0, x1) = (
-                        _mm256_loadu_ps(xt.as_ptr()),
-                        _mm256_loadu_ps(xt.as_ptr().add(8)),
-                    );
-                    let (w0, w1) = (
-                        _mm256_loadu_ps(wt.as_ptr()),
-                        _mm256_loadu_ps(wt.as_ptr().add(8)),
-                    );
-                    acc[r][c][0] = _mm256_fmadd_ps(x0, w0, acc[r][c][0]);
-                    acc[r][c][1] = _mm256_fmadd_ps(x1, w1, acc[r][c][1]);
-                }
-            }
-        }
-        for r in 0..R {
-            for c in 0..C {
-                let mut lanes = [0.0f32; 16];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c][0]);
-                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[r][c][1]);
-                out[r][c] = fold16(&lanes);
-            }
         }
     }
 

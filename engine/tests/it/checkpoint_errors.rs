@@ -13,14 +13,14 @@ use troupe_engine::EngineError;
 use crate::fixtures::{fixture, scratch_copy, sparse_file};
 
 /// (header, data) of a safetensors file.
-fn split(path: &Path) -> (Map<String, Value>, Vec<u8>) {
+pub(crate) fn split(path: &Path) -> (Map<String, Value>, Vec<u8>) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     (header.as_object().unwrap().clone(), bytes[8 + n..].to_vec())
 }
 
-fn join(path: &Path, header: &Map<String, Value>, data: &[u8]) {
+pub(crate) fn join(path: &Path, header: &Map<String, Value>, data: &[u8]) {
     let h = serde_json::to_vec(header).unwrap();
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
     out.extend(h);

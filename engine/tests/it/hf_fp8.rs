@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use troupe_engine::dtype::DType;
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::{generate, GenerateRequest};
@@ -16,6 +16,7 @@ use troupe_engine::model::{FeedForward, Model};
 use troupe_engine::sampling::SamplingParams;
 use troupe_engine::EngineError;
 
+use crate::checkpoint_errors::{join, split};
 use crate::fixtures::*;
 
 fn check(case: &str, new_tokens: usize) {
@@ -69,22 +70,6 @@ fn deepseek_v3_tiny_fp8_matches_hf() {
 #[test]
 fn deepseek_v3_odd_fp8_matches_hf() {
     check("deepseek-v3-odd-fp8", 32)
-}
-
-/// (header, data) of a safetensors file, and its inverse.
-fn split(path: &Path) -> (Map<String, Value>, Vec<u8>) {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    (header.as_object().unwrap().clone(), bytes[8 + n..].to_vec())
-}
-
-fn join(path: &Path, header: &Map<String, Value>, data: &[u8]) {
-    let h = serde_json::to_vec(header).unwrap();
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend(h);
-    out.extend(data);
-    std::fs::write(path, out).unwrap();
 }
 
 fn load(dir: &Path) -> Result<Model, EngineError> {
