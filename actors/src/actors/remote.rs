@@ -65,6 +65,7 @@ impl RemoteNode {
         let reply = self.transport.call(self.node, req).await?;
         let be = ctx.stream.backend();
         Ok(GroupOut {
+            group: job.group,
             rows: ExpertRows {
                 experts: reply.experts,
                 rows: be.upload(&reply.rows)?,

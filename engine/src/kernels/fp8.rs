@@ -275,7 +275,11 @@ fn block_dots(
     dot_block(
         &xb[..xs.len()],
         &wb[..ws.len()],
-        path != Fp8Path::Portable,
+        if path == Fp8Path::Portable {
+            super::isa::Isa::Portable
+        } else {
+            super::isa::Isa::Avx2
+        },
         out,
     );
 }

@@ -13,8 +13,8 @@ pub mod cpu;
 #[cfg(test)]
 mod cpu_tests;
 pub mod dot;
-pub mod isa;
 pub mod fp8;
+pub mod isa;
 pub mod kv_pages;
 pub mod linear;
 pub mod moe;
