@@ -31,7 +31,7 @@ pub enum CliError {
     Memory(#[from] MemoryError),
 }
 
-/// Sizes the global compute pools, rayon's and the kernels' (once per process).
+/// Sizes the global compute pool, rayon's, which every CPU kernel runs on (once per process).
 pub fn init_threads(threads: Option<usize>) -> Result<(), CliError> {
     if let Some(t) = threads {
         if t == 0 || t > MAX_THREADS {
@@ -39,7 +39,6 @@ pub fn init_threads(threads: Option<usize>) -> Result<(), CliError> {
                 "--threads {t}: expected a whole number from 1 to {MAX_THREADS}"
             )));
         }
-        troupe_engine::kernels::pool::set_threads(t);
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()

@@ -6,15 +6,10 @@
 //! A separate spinning pool (helpers spinning 200 µs between regions) was tried in session 5: it
 //! ran 1-thread decode faster, but beside rayon's own workers it oversubscribed two cores and
 //! made 2-thread decode of ds-v3-mini 0.62× as fast (alternated runs: 18.4 vs 29.8 and 15.2 vs
-//! 24.2 tok/s), so regions go to rayon until one pool serves every kernel.
+//! 24.2 tok/s), so regions go to rayon until one pool serves every kernel. Its size is rayon's
+//! (the CLI's `--threads` sizes it).
 
 use rayon::prelude::*;
-
-/// Sizes the pool: rayon's global pool is sized by the CLI (`init_threads`); this records
-/// nothing and returns whether rayon's pool still had its default size.
-pub fn set_threads(threads: usize) -> bool {
-    threads.max(1) == rayon::current_num_threads()
-}
 
 /// The pool's thread count (the caller included).
 pub fn threads() -> usize {
