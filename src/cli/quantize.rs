@@ -14,7 +14,6 @@ use clap::Args;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use serde_json::{json, Value};
 use troupe_engine::dtype::DType;
-use troupe_engine::graph::spec::{Architecture, AttentionSpec, ModelSpec, RopeLayout};
 use troupe_engine::graph::{LoadedGraph, Plan, WeightsSource};
 use troupe_engine::model::random_tensor;
 use troupe_engine::weights::fp8::{dequantize, fp8_weight_names, quantize_block_scaled};
@@ -265,106 +264,22 @@ fn quantization_config() -> Value {
     })
 }
 
-/// The source folder's `config.json` with `quantization_config` added, or (for a graph file) a
-/// DeepSeek `config.json` written from the spec.
+/// The source folder's `config.json` with `quantization_config` added, or (for a graph file) the
+/// `config.json` that `troupe export-hf` writes for the spec.
 fn write_config(graph: &LoadedGraph, out: &Path) -> Result<(), CliError> {
     let source = graph.origin.join("config.json");
     let mut config = if graph.origin.is_dir() && source.is_file() {
         let text = std::fs::read_to_string(&source).map_err(|e| output_err(&source, e))?;
         serde_json::from_str::<Value>(&text).map_err(|e| output_err(&source, e))?
     } else {
-        hf_config_of(&graph.spec)?
+        super::export_hf::hf_config(&graph.spec, &graph.origin)
+            .map_err(|e| CliError::Usage(format!("quantize: {e}")))?
     };
     let obj = config
         .as_object_mut()
         .ok_or_else(|| output_err(&source, "config.json is not a JSON object"))?;
     obj.insert("quantization_config".into(), quantization_config());
     write_json(&out.join("config.json"), &config)
-}
-
-/// A DeepSeek-V2/V3 `config.json` describing `spec` (what a graph file's model becomes).
-fn hf_config_of(spec: &ModelSpec) -> Result<Value, CliError> {
-    let (class, model_type) = match spec.architecture {
-        Architecture::DeepseekV3 => ("DeepseekV3ForCausalLM", "deepseek_v3"),
-        Architecture::DeepseekV2 => ("DeepseekV2ForCausalLM", "deepseek_v2"),
-        other => {
-            return Err(CliError::Usage(format!(
-                "quantize: a graph file's {other:?} model cannot be written as an HF folder (DeepSeek-V2/V3 graphs can; quantize an HF folder instead)"
-            )))
-        }
-    };
-    let AttentionSpec::Mla {
-        q_lora_rank,
-        kv_lora_rank,
-        qk_nope_head_dim,
-        qk_rope_head_dim,
-        v_head_dim,
-    } = &spec.attention
-    else {
-        return Err(CliError::Usage(
-            "quantize: a DeepSeek graph needs MLA attention".into(),
-        ));
-    };
-    let moe = spec
-        .moe
-        .as_ref()
-        .ok_or_else(|| CliError::Usage("quantize: a DeepSeek graph needs [model.moe]".into()))?;
-    let rope_scaling = match &spec.rope.yarn {
-        None => Value::Null,
-        Some(y) => json!({
-            "type": "yarn", "rope_type": "yarn", "factor": y.factor,
-            "original_max_position_embeddings": y.original_max_position_embeddings,
-            "beta_fast": y.beta_fast, "beta_slow": y.beta_slow,
-            "mscale": y.mscale, "mscale_all_dim": y.mscale_all_dim,
-        }),
-    };
-    let v3 = spec.architecture == Architecture::DeepseekV3;
-    Ok(json!({
-        "architectures": [class],
-        "model_type": model_type,
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
-        "moe_intermediate_size": moe.moe_intermediate_size,
-        "num_hidden_layers": spec.num_hidden_layers,
-        "num_attention_heads": spec.num_attention_heads,
-        "num_key_value_heads": spec.num_attention_heads,
-        "n_shared_experts": moe.n_shared_experts,
-        "n_routed_experts": moe.n_routed_experts,
-        "num_experts_per_tok": moe.num_experts_per_tok,
-        "first_k_dense_replace": moe.first_k_dense_replace,
-        "n_group": moe.n_group,
-        "topk_group": moe.topk_group,
-        "norm_topk_prob": moe.norm_topk_prob,
-        "routed_scaling_factor": moe.routed_scaling_factor,
-        "scoring_func": if v3 { "sigmoid" } else { "softmax" },
-        "topk_method": if v3 { "noaux_tc" } else { topk_v2(moe) },
-        "q_lora_rank": q_lora_rank,
-        "kv_lora_rank": kv_lora_rank,
-        "qk_nope_head_dim": qk_nope_head_dim,
-        "qk_rope_head_dim": qk_rope_head_dim,
-        "v_head_dim": v_head_dim,
-        "head_dim": qk_rope_head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": spec.max_position_embeddings,
-        "rms_norm_eps": spec.rms_norm_eps,
-        "rope_theta": spec.rope.theta,
-        "rope_scaling": rope_scaling,
-        "rope_interleave": spec.rope.layout == RopeLayout::Interleaved,
-        "tie_word_embeddings": spec.tie_word_embeddings,
-        "bos_token_id": spec.bos_token_id,
-        "eos_token_id": spec.eos_token_id,
-        "attention_bias": false,
-        "num_nextn_predict_layers": 0,
-        "torch_dtype": "bfloat16",
-    }))
-}
-
-fn topk_v2(moe: &troupe_engine::graph::spec::MoeSpec) -> &'static str {
-    match moe.topk_method {
-        troupe_engine::graph::spec::TopkMethod::GroupLimitedGreedy => "group_limited_greedy",
-        _ => "greedy",
-    }
 }
 
 /// Copies the tokenizer (and generation config) of the source, when it has them.

@@ -37,6 +37,9 @@ const SCORE_BLOCK: usize = 12;
 /// How many rows ahead of the score pass the cache rows are prefetched.
 const PREFETCH_AHEAD: usize = 24;
 
+/// Calls with more query rows than this do not prefetch (see `Task::prefetch`).
+const PREFETCH_MAX_ROWS: usize = 4;
+
 /// Below this many multiply-adds a call runs on the calling thread (same results either way).
 const PARALLEL_WORK: usize = 1 << 16;
 
@@ -99,6 +102,10 @@ struct Task {
     hi: usize,
     /// The row's visible keys end at `end` (rows past the chunk may be prefetched).
     end: usize,
+    /// Whether to prefetch cache rows (a decode step streams the cache once; when many query
+    /// rows share the chunks, as in prefill, they are in cache after the first row and the
+    /// prefetches only occupy the load queue).
+    prefetch: bool,
 }
 
 /// `[tq, heads·v_dim]` attention output (AVX2 when `simd` and available). The caller has checked
@@ -131,6 +138,7 @@ pub(crate) fn attend<R: KeyRows>(
                 lo,
                 hi,
                 end,
+                prefetch: tq <= PREFETCH_MAX_ROWS,
             });
         }
     }
@@ -296,6 +304,8 @@ struct RowFetch<'a, R> {
     widths: [usize; 3],
     /// Rows at or past this position are not the sequence's.
     end: usize,
+    /// `Task::prefetch`: when false, nothing is fetched.
+    enabled: bool,
     /// Absorbed MLA's values are the key columns: nothing more to fetch for them.
     values_are_keys: bool,
     /// Line ranges of key, rope and value for each part.
@@ -312,6 +322,7 @@ impl<'a, R: KeyRows> RowFetch<'a, R> {
             g: t.g,
             widths,
             end: t.end,
+            enabled: t.prefetch,
             values_are_keys,
             parts: (0..parts)
                 .map(|part| widths.map(|w| line_range(w, part, parts)))
@@ -330,7 +341,7 @@ impl<'a, R: KeyRows> RowFetch<'a, R> {
     }
     #[inline(always)]
     fn fetch(&self, j: usize, lines: [(usize, usize); 3], to_l2: bool) {
-        if j >= self.end {
+        if !self.enabled || j >= self.end {
             return;
         }
         let parts = if self.values_are_keys { 2 } else { 3 };

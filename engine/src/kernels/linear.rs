@@ -9,11 +9,12 @@
 //! element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
-//! The storage type is dispatched in [`columns_into`] (`WFlat`): a new weight format (FP8 with
-//! block scales) adds a `WFlat` variant and an arm there that fills the same column range with its
-//! own fixed order.
+//! The storage type is dispatched in [`columns_into`] (`WFlat`): FP8 block-scaled weights are
+//! one such type, filled by [`super::fp8`] in its own fixed order, so an expert layer's FP8
+//! projections share a region with everything else.
 
 use super::dot::{dot_block, WRow};
+use super::fp8::Fp8Rows;
 use super::isa::{self, Isa};
 use super::pool;
 use crate::dtype::DType;
@@ -34,6 +35,8 @@ enum WFlat<'a> {
     F32(&'a [f32]),
     BF16(&'a [u16]),
     F16(&'a [u16]),
+    /// e4m3 bytes with their 128×128 block scales.
+    F8(Fp8Rows<'a>),
 }
 
 fn flat(w: &Weight) -> Result<WFlat<'_>> {
@@ -41,12 +44,7 @@ fn flat(w: &Weight) -> Result<WFlat<'_>> {
         DType::F32 => WFlat::F32(w.as_f32()?),
         DType::BF16 => WFlat::BF16(w.as_u16()?),
         DType::F16 => WFlat::F16(w.as_u16()?),
-        DType::F8E4M3 => {
-            return Err(EngineError::kernel(
-                "linear",
-                format!("tensor `{}` is FP8: it runs through kernels::fp8", w.name()),
-            ))
-        }
+        DType::F8E4M3 => WFlat::F8(Fp8Rows::of(w)?),
     })
 }
 
@@ -57,6 +55,8 @@ fn weight_row<'a>(wf: WFlat<'a>, k: usize, r: usize) -> WRow<'a> {
         WFlat::F32(s) => WRow::F32(&s[r * k..(r + 1) * k]),
         WFlat::BF16(s) => WRow::BF16(&s[r * k..(r + 1) * k]),
         WFlat::F16(s) => WRow::F16(&s[r * k..(r + 1) * k]),
+        // `columns_into` hands FP8 weights to their kernel before it reads rows.
+        WFlat::F8(_) => unreachable!("FP8 rows are read by kernels::fp8"),
     }
 }
 
@@ -98,7 +98,11 @@ unsafe fn columns_into(
     isa: Isa,
     out: OutPtr,
 ) {
-    // (FP8 weights never get here: `linear_many_with` hands them to `kernels::fp8`.)
+    if let WFlat::F8(rows) = wf {
+        return rows.columns(x, n, (c0, c1), isa, &mut |r, c, v| {
+            out.set(r * out_dim + c, v)
+        });
+    }
     // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice.
     let (row_step, col_step) = if n == 1 { (1, 4) } else { (2, 2) };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
@@ -192,12 +196,6 @@ pub fn linear_many_with(
     let mut ready = Vec::with_capacity(jobs.len());
     let mut tasks = 0;
     for j in jobs.iter_mut() {
-        // FP8 block-scaled weights run their own kernel (`fp8`), parallel on its own.
-        if j.w.dtype() == DType::F8E4M3 {
-            let y = super::fp8::linear_fp8_with(j.x, j.w, fp8_path(isa))?;
-            j.out.copy_from_slice(y.data());
-            continue;
-        }
         let per = cols_per_task.unwrap_or(auto).max(1);
         let out_dim = j.w.rows();
         ready.push(Ready {
@@ -232,16 +230,6 @@ pub fn linear_many_with(
         pool::for_each_task(tasks, &run);
     }
     Ok(())
-}
-
-/// The FP8 kernel's path for `isa` (the same instruction sets).
-fn fp8_path(isa: Isa) -> super::fp8::Fp8Path {
-    use super::fp8::Fp8Path;
-    match isa {
-        Isa::Portable => Fp8Path::Portable,
-        Isa::Avx2 => Fp8Path::Avx2,
-        Isa::Avx512 => Fp8Path::Avx512,
-    }
 }
 
 /// [`linear_many_with`] on the active instruction set.

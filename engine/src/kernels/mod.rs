@@ -14,6 +14,8 @@ pub mod cpu;
 mod cpu_tests;
 pub mod dot;
 pub mod fp8;
+#[cfg(target_arch = "x86_64")]
+mod fp8_simd;
 pub mod isa;
 pub mod kv_pages;
 pub mod linear;

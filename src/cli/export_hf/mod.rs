@@ -9,6 +9,8 @@
 //! `config.json` is in `config.rs`, the tokenizer in `tokenizer.rs`.
 
 mod config;
+
+pub(super) use config::hf_config;
 mod tokenizer;
 
 use std::fs;

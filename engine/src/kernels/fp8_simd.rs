@@ -1,0 +1,160 @@
+//! The x86-64 forms of the FP8 kernel ([`super::fp8`] owns the order): the F16C widening of
+//! e4m3 bytes, the fused decode GEMV tile, and the AVX-512 per-block dots.
+//!
+//! Widening: a byte `b = s eeee mmm`, sign-extended to 16 bits and shifted left by 7, is
+//! `s s eeee mmm 0000000`; clearing bit 14 leaves the f16 `s 0eeee mmm0000000`, which is exactly
+//! `e4m3(b) · 2^-8` (subnormals included: both formats' subnormals scale by the same 2^-8).
+//! A magnitude of 0x7f (e4m3's NaN) becomes the f16 NaN 0xffff. F16C widens to f32 exactly.
+
+use std::arch::x86_64::*;
+
+use super::dot::fold16;
+use super::fp8::scaled;
+use crate::weights::fp8::FP8_BLOCK;
+
+/// 16 e4m3 bytes at `p` → their values · 2^-8, elements 0–7 and 8–15.
+#[inline(always)]
+unsafe fn widen16(p: *const u8) -> (__m256, __m256) {
+    let b = _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
+    let h = _mm256_and_si256(_mm256_slli_epi16(b, 7), _mm256_set1_epi16(0xbfffu16 as i16));
+    let mag = _mm256_set1_epi16(0x3f80);
+    let nan = _mm256_cmpeq_epi16(_mm256_and_si256(h, mag), mag);
+    let h = _mm256_or_si256(h, nan);
+    (
+        _mm256_cvtph_ps(_mm256_castsi256_si128(h)),
+        _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)),
+    )
+}
+
+/// e4m3 bytes → `value · 2^-8` as f32 (exact).
+///
+/// # Safety
+/// The processor has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn convert(src: &[u8], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let main = n / 16 * 16;
+    let mut i = 0;
+    while i < main {
+        let (lo, hi) = widen16(src.as_ptr().add(i));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), lo);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i + 8), hi);
+        i += 16;
+    }
+    for j in main..n {
+        dst[j] = scaled(src[j]);
+    }
+}
+
+/// One x row (`k` values) against four FP8 weight rows (`k` bytes each, with their scale-grid
+/// rows): the four outputs in the fixed order. Each 16 bytes are widened in registers and
+/// FMA'd into the 16 lanes of their row's chain; at each 128-block's end the four chains are
+/// folded together (a 4×4 transpose gives `fold16`'s pairs) and scaled by `256 · scale`.
+///
+/// # Safety
+/// The processor has AVX2, FMA and F16C; every row holds `x.len()` bytes and every scale row
+/// `ceil(x.len() / 128)` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4]) -> [f32; 4] {
+    let k = x.len();
+    let xp = x.as_ptr();
+    let rp: [*const u8; 4] = std::array::from_fn(|c| rows[c].as_ptr());
+    let mut acc = _mm_setzero_ps();
+    let (mut k0, mut b) = (0, 0);
+    while k0 < k {
+        let k1 = (k0 + FP8_BLOCK).min(k);
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = [_mm256_setzero_ps(); 4];
+        let main = k0 + (k1 - k0) / 16 * 16;
+        let mut i = k0;
+        while i < main {
+            let x0 = _mm256_loadu_ps(xp.add(i));
+            let x1 = _mm256_loadu_ps(xp.add(i + 8));
+            for c in 0..4 {
+                let (w0, w1) = widen16(rp[c].add(i));
+                lo[c] = _mm256_fmadd_ps(x0, w0, lo[c]);
+                hi[c] = _mm256_fmadd_ps(x1, w1, hi[c]);
+            }
+            i += 16;
+        }
+        if i < k1 {
+            // The ragged tail, zero-padded to 16 lanes (as `dot` pads it).
+            let mut xb = [0.0f32; 16];
+            xb[..k1 - i].copy_from_slice(&x[i..k1]);
+            let x0 = _mm256_loadu_ps(xb.as_ptr());
+            let x1 = _mm256_loadu_ps(xb.as_ptr().add(8));
+            for c in 0..4 {
+                let mut wb = [0.0f32; 16];
+                for (j, w) in wb.iter_mut().enumerate().take(k1 - i) {
+                    *w = scaled(rows[c][i + j]);
+                }
+                lo[c] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(wb.as_ptr()), lo[c]);
+                hi[c] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(wb.as_ptr().add(8)), hi[c]);
+            }
+        }
+        // fold16 of each chain: s_j = l_j + l_{j+8}; t_j = s_j + s_{j+4} (j < 4); the result
+        // is (t0 + t2) + (t1 + t3). Transposed, the four chains' t_j sit in one register each.
+        let t: [__m128; 4] = std::array::from_fn(|c| {
+            let s = _mm256_add_ps(lo[c], hi[c]);
+            _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1))
+        });
+        let a01 = _mm_unpacklo_ps(t[0], t[1]);
+        let a23 = _mm_unpacklo_ps(t[2], t[3]);
+        let b01 = _mm_unpackhi_ps(t[0], t[1]);
+        let b23 = _mm_unpackhi_ps(t[2], t[3]);
+        let r0 = _mm_movelh_ps(a01, a23);
+        let r1 = _mm_movehl_ps(a23, a01);
+        let r2 = _mm_movelh_ps(b01, b23);
+        let r3 = _mm_movehl_ps(b23, b01);
+        let partial = _mm_add_ps(_mm_add_ps(r0, r2), _mm_add_ps(r1, r3));
+        let scale = _mm_mul_ps(
+            _mm_set_ps(scales[3][b], scales[2][b], scales[1][b], scales[0][b]),
+            _mm_set1_ps(256.0),
+        );
+        acc = _mm_fmadd_ps(scale, partial, acc);
+        k0 = k1;
+        b += 1;
+    }
+    let mut out = [0.0f32; 4];
+    _mm_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+/// `out[i][j] = dot(xs[i][k0..k1], ws[j][k0..k1])`: one zmm register holds the 16 lanes of a
+/// chain; the ragged tail is a masked (zeroing) load.
+///
+/// # Safety
+/// The processor has AVX-512F (and AVX2, FMA, F16C).
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn block_dots_avx512(
+    xs: &[&[f32]],
+    ws: &[&[f32]],
+    k0: usize,
+    k1: usize,
+    out: &mut [[f32; 4]; 4],
+) {
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let mut i = k0;
+    while i < k1 {
+        let m: __mmask16 = if k1 - i >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (k1 - i)) - 1) as __mmask16
+        };
+        for (c, w) in ws.iter().enumerate() {
+            let wv = _mm512_maskz_loadu_ps(m, w.as_ptr().add(i));
+            for (r, x) in xs.iter().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
+                acc[r][c] = _mm512_fmadd_ps(xv, wv, acc[r][c]);
+            }
+        }
+        i += 16;
+    }
+    for r in 0..xs.len() {
+        for c in 0..ws.len() {
+            let mut lanes = [0.0f32; 16];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
+            out[r][c] = fold16(&lanes);
+        }
+    }
+}
