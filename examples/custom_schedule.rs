@@ -1,12 +1,17 @@
 //! A schedule written outside the runtime: every sequence is its own micro-batch, and each layer's
 //! attention is issued for all of them at once, then each layer's FFN — a "layer-synchronous"
 //! schedule. It runs on the deepseek-v3-tiny fixture (or a model path given as the first
-//! argument) and checks its tokens against the reference executor bit for bit.
+//! argument), checks its tokens against the reference executor bit for bit, then registers the
+//! schedule by name and benches it against `sequential` with `troupe_actors::bench` (decode
+//! speed against the reference, link time hidden), the report the built-ins get.
 //!
 //! `cargo run -p troupe-actors --example custom_schedule [MODEL]`
 
 use std::sync::Arc;
 
+use troupe_actors::bench::{self, BenchOptions};
+use troupe_actors::placement::Placement;
+use troupe_actors::schedule::{registry, ScheduleParams};
 use troupe_actors::{ActorRuntime, ForwardPass, Op, RuntimeConfig, Schedule};
 use troupe_engine::executor::ReferenceExecutor;
 use troupe_engine::generate::{generate, GenerateRequest};
@@ -100,5 +105,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err("custom schedule changed the result".into());
         }
     }
+    // Registered by name, it is found wherever a schedule name is taken (`--schedule`,
+    // `[schedule] kind`, `troupe bench --compare --schedule`) in this process.
+    registry::register_schedule(Arc::new(LayerSynchronous))?;
+    let schedules = ["sequential", "layer-synchronous"]
+        .iter()
+        .map(|n| registry::lookup(n, &ScheduleParams::default(), "--schedule"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let o = BenchOptions {
+        sequences: 4,
+        prompt_len: 8,
+        steps: 5,
+        schedules,
+        ..Default::default()
+    };
+    let placement = Placement::builder().cpu_streams(2).build();
+    print!("{}", bench::run(model, Some(&placement), &o)?);
     Ok(())
 }

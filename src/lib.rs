@@ -11,10 +11,15 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod backends;
+pub mod prelude;
 
 pub use troupe_actors as actors;
 pub use troupe_engine as engine;
 pub use troupe_ptx as ptx;
+
+/// The interleaved benchmark of schedules (built-in or your own) against the reference executor:
+/// `troupe::bench::run(model, placement, &BenchOptions { schedules, .. })`.
+pub use troupe_actors::bench;
 
 /// The embeddable engine (tokio): `Engine::load(model, options).await`, `engine.generate(request)`.
 pub use troupe_actors::service::Engine;

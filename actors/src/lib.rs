@@ -31,13 +31,14 @@ pub mod stage;
 pub mod stream;
 pub mod supervisor;
 pub mod trace;
+pub mod trace_stats;
 pub mod transfer;
 pub mod transport;
 
 pub use backend_factory::{BackendBuildError, BackendFactory};
 pub use error::{ActorError, Result};
 pub use fault::{Fault, FaultKind, FaultPlan};
-pub use placement::{LinkSpec, Placement, SupervisionSpec};
+pub use placement::{LinkSpec, Placement, PlacementSpec, SupervisionSpec};
 pub use runtime::{ActorRuntime, Core, RuntimeConfig, RuntimeOptions};
 pub use schedule::{ForwardPass, MicroBatch, Op, Schedule};
 pub use service::Engine;

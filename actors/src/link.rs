@@ -5,7 +5,9 @@
 //! over at once, tagged with that time, and the receiving **stream** does not start the kernel
 //! that consumes it before then (`Stream::run_at`). No thread sleeps or wakes for the link, and
 //! nothing waits on a compute stream while it has other work, so compute overlapping transfers
-//! shows up in wall time and in the trace (link track, pid 2).
+//! shows up in wall time and in the trace (link track, pid 2: one span per transfer, tagged with
+//! its bytes, layer, micro-batch and step). Busy time is also exported as
+//! `troupe_link_busy_seconds_total` (see `metrics.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,14 @@ use std::time::{Duration, Instant};
 use crate::overlap::Overlap;
 use crate::placement::LinkSpec;
 use crate::trace::Tracer;
+
+/// What a transfer belongs to (trace tags; `None` when the booking site does not know).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferTags {
+    pub layer: Option<usize>,
+    pub micro_batch: Option<usize>,
+    pub step: Option<u64>,
+}
 
 /// Totals since start: for the "fraction of link time hidden" measurement.
 #[derive(Debug, Default)]
@@ -37,6 +47,7 @@ pub struct Link {
     spec: LinkSpec,
     wire: Mutex<Wire>,
     tracer: Option<Arc<Tracer>>,
+    busy_seconds: metrics::Gauge,
     pub stats: Arc<LinkStats>,
 }
 
@@ -57,6 +68,7 @@ impl Link {
                 busy_until: now,
             }),
             tracer,
+            busy_seconds: crate::metrics::link_busy_seconds(),
             stats: Arc::new(LinkStats {
                 overlap,
                 ..LinkStats::default()
@@ -68,8 +80,14 @@ impl Link {
         self.spec
     }
 
-    /// Books a transfer of `bytes` now; returns when it arrives.
+    /// Books a transfer of `bytes` now, untagged; returns when it arrives.
     pub fn book(&self, what: &'static str, bytes: usize) -> Instant {
+        self.book_tagged(what, bytes, TransferTags::default())
+    }
+
+    /// Books a transfer of `bytes` now, its trace span tagged with `tags`; returns when it
+    /// arrives.
+    pub fn book_tagged(&self, what: &'static str, bytes: usize, tags: TransferTags) -> Instant {
         let now = Instant::now();
         let wire = wire_time(bytes, self.spec.gbps);
         let (at, busy) = {
@@ -86,9 +104,12 @@ impl Link {
         s.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         s.busy_ns
             .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+        if !busy.is_zero() {
+            self.busy_seconds.increment(busy.as_secs_f64());
+        }
         s.overlap.transfer(at);
         if let Some(t) = &self.tracer {
-            t.link_span(what, bytes, now, at);
+            t.link_span(what, bytes, &tags, now, at);
         }
         at
     }

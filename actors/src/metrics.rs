@@ -5,7 +5,12 @@
 //! - `troupe_actor_restarts_total{actor}`, `troupe_actor_down_total{actor}`;
 //! - `troupe_expert_tokens_total{layer,expert}` (rows dispatched to each routed expert);
 //! - `troupe_tokens_generated_total`, `troupe_tokens_per_second` (last decode step),
-//!   `troupe_forward_passes_total`.
+//!   `troupe_forward_passes_total`;
+//! - `troupe_link_busy_seconds_total` (wall time some transfer was in flight on the simulated
+//!   link) and `troupe_link_exposed_seconds_total` (link busy while no stream ran a kernel),
+//!   summed over the process's runtimes. Fractional seconds, so they are exported as gauges
+//!   that only grow (a `metrics` counter holds integers); `1 − exposed / busy` is the link time
+//!   compute hid.
 //!
 //! The per-message and per-step metrics use handles registered once (per actor when it is
 //! built, per layer and expert on first use) so their labels are not re-allocated on every
@@ -101,4 +106,14 @@ pub(crate) fn step_done(tokens: usize, elapsed: Duration) {
     if elapsed > Duration::ZERO {
         metrics::gauge!("troupe_tokens_per_second").set(tokens as f64 / elapsed.as_secs_f64());
     }
+}
+
+/// `troupe_link_busy_seconds_total`, registered once per link (`Link::new`).
+pub(crate) fn link_busy_seconds() -> Gauge {
+    metrics::gauge!("troupe_link_busy_seconds_total")
+}
+
+/// `troupe_link_exposed_seconds_total`, registered once per runtime (`Overlap::default`).
+pub(crate) fn link_exposed_seconds() -> Gauge {
+    metrics::gauge!("troupe_link_exposed_seconds_total")
 }

@@ -3,7 +3,7 @@
 //! time is wall time during which at least one transfer is in flight while no stream runs a
 //! kernel — link time nothing hides. With the link's busy time (any transfer in flight) it gives
 //! `hidden = 1 − exposed / busy`, measured directly rather than as a difference of two noisy wall
-//! times.
+//! times. Exposed time is also exported as `troupe_link_exposed_seconds_total` (`metrics.rs`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -17,6 +17,7 @@ struct State {
     in_flight: BinaryHeap<Reverse<Instant>>,
     since: Instant,
     exposed_ns: u64,
+    exposed_seconds: metrics::Gauge,
 }
 
 impl State {
@@ -36,7 +37,9 @@ impl State {
             return;
         }
         if !self.in_flight.is_empty() && self.kernels == 0 {
-            self.exposed_ns += (t - self.since).as_nanos() as u64;
+            let d = t - self.since;
+            self.exposed_ns += d.as_nanos() as u64;
+            self.exposed_seconds.increment(d.as_secs_f64());
         }
         self.since = t;
     }
@@ -53,6 +56,7 @@ impl Default for Overlap {
             in_flight: BinaryHeap::new(),
             since: Instant::now(),
             exposed_ns: 0,
+            exposed_seconds: crate::metrics::link_exposed_seconds(),
         }))
     }
 }

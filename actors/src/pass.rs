@@ -58,7 +58,7 @@ pub struct ForwardPass<'a> {
 }
 
 impl<'a> ForwardPass<'a> {
-    fn misuse(&self, message: String) -> ActorError {
+    pub(crate) fn misuse(&self, message: String) -> ActorError {
         ActorError::ScheduleMisuse {
             schedule: self.schedule.clone(),
             message,
@@ -91,6 +91,25 @@ impl<'a> ForwardPass<'a> {
     /// Every op of the model, in order.
     pub fn all_ops(&self) -> Vec<Op> {
         (0..self.n_layers()).flat_map(Op::layer_ops).collect()
+    }
+
+    /// Sequences `0..n_sequences()` cut into `n` contiguous non-empty ranges (fewer when the
+    /// pass has fewer sequences) whose new rows are balanced: the largest range's rows are as
+    /// few as any cut allows; among such cuts, each cut is as early as it can be.
+    pub fn balanced_ranges(&self, n: usize) -> Vec<Range<usize>> {
+        let rows: Vec<usize> = (0..self.n_sequences())
+            .map(|i| self.sequence_rows(i))
+            .collect();
+        balanced_ranges(&rows, n)
+    }
+
+    /// Forms `n` micro-batches (fewer when the pass has fewer sequences) balanced by rows
+    /// ([`ForwardPass::balanced_ranges`]), in sequence order.
+    pub fn split_balanced(&mut self, n: usize) -> Result<Vec<MicroBatch>> {
+        self.balanced_ranges(n)
+            .into_iter()
+            .map(|r| self.micro_batch(r))
+            .collect()
     }
 
     /// Forms a micro-batch of sequences `seqs` and embeds its tokens.
@@ -239,6 +258,48 @@ impl<'a> ForwardPass<'a> {
     }
 }
 
+/// `rows` (per sequence) cut into `n` contiguous non-empty ranges (`n` clamped to
+/// `1..=rows.len()`; none for no rows) minimising the largest range's sum; ties go to the earliest
+/// cut, scanning from the last range back.
+pub fn balanced_ranges(rows: &[usize], n: usize) -> Vec<Range<usize>> {
+    let m = rows.len();
+    if m == 0 {
+        return Vec::new();
+    }
+    let k = n.clamp(1, m);
+    let mut prefix = vec![0usize; m + 1];
+    for (i, r) in rows.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + r;
+    }
+    // best[p][j]: the smallest largest sum cutting the first j sequences into p ranges.
+    let mut best = vec![vec![usize::MAX; m + 1]; k + 1];
+    best[0][0] = 0;
+    for p in 1..=k {
+        for j in p..=m {
+            best[p][j] = (p - 1..j)
+                .filter(|&c| best[p - 1][c] != usize::MAX)
+                .map(|c| best[p - 1][c].max(prefix[j] - prefix[c]))
+                .min()
+                .unwrap_or(usize::MAX);
+        }
+    }
+    let mut out = Vec::with_capacity(k);
+    let mut end = m;
+    for p in (1..=k).rev() {
+        let target = best[p][end];
+        let start = (p - 1..end)
+            .find(|&c| {
+                best[p - 1][c] != usize::MAX
+                    && best[p - 1][c].max(prefix[end] - prefix[c]) == target
+            })
+            .unwrap_or(p - 1);
+        out.push(start..end);
+        end = start;
+    }
+    out.reverse();
+    out
+}
+
 /// Takes every sequence's cache pages for this pass before any compute (rolling its cache back
 /// to its start first). Sequences whose pool runs out fail alone: `KvCacheFull` naming them
 /// (the others keep their pages and can run the pass again without them).
@@ -359,4 +420,33 @@ pub fn run_pass(
         })
         .map_err(fail)?;
     Ok(Owned::new(logits, stream.backend().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_ranges;
+
+    #[test]
+    fn balanced_ranges_minimise_the_largest_part() {
+        assert!(balanced_ranges(&[], 3).is_empty());
+        assert_eq!(balanced_ranges(&[5], 3), vec![0..1]);
+        assert_eq!(balanced_ranges(&[1, 1, 1, 1], 2), vec![0..2, 2..4]);
+        // Two-microbatch's old rule: the first cut with the smallest |a − b|.
+        assert_eq!(balanced_ranges(&[1, 2, 1], 2), vec![0..1, 1..3]);
+        assert_eq!(balanced_ranges(&[8, 1, 1, 1, 1], 2), vec![0..1, 1..5]);
+        assert_eq!(
+            balanced_ranges(&[3, 3, 3, 3, 3, 3], 3),
+            vec![0..2, 2..4, 4..6]
+        );
+        assert_eq!(balanced_ranges(&[1, 1, 1], 5), vec![0..1, 1..2, 2..3]);
+        let parts = balanced_ranges(&[7, 1, 2, 6, 3, 3, 1], 3);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.first().map(|r| r.start), Some(0));
+        assert_eq!(parts.last().map(|r| r.end), Some(7));
+        let sums: Vec<usize> = parts
+            .iter()
+            .map(|r| [7, 1, 2, 6, 3, 3, 1][r.clone()].iter().sum())
+            .collect();
+        assert_eq!(sums.iter().max(), Some(&8), "{parts:?}");
+    }
 }

@@ -26,7 +26,7 @@ use crate::fault::{FaultKind, FaultPlan, FaultTrigger};
 use crate::link::Link;
 use crate::overlap::Overlap;
 use crate::pass::{run_pass, SeqInput};
-use crate::placement::{LinkSpec, Placement, SupervisionSpec};
+use crate::placement::{layer_experts, LinkSpec, Placement, PlacementSpec, SupervisionSpec};
 use crate::schedule::{self, Schedule};
 use crate::stage::{StageCall, StageInflight, StageRun, Wiring};
 use crate::stream::{Stream, StreamKind};
@@ -61,8 +61,10 @@ pub struct RuntimeConfig {
     pub options: RuntimeOptions,
     /// A schedule object (e.g. a custom one); wins over `options.schedule` and `[schedule]`.
     pub custom_schedule: Option<Arc<dyn Schedule>>,
-    /// Replaces the graph's `[placement]` table.
-    pub placement: Option<toml::Table>,
+    /// Replaces the graph's `[placement]` whole: the one way to override a placement in code.
+    /// Build it with `Placement::builder()` (or `PlacementSpec::from_toml_str`); it is resolved
+    /// and checked exactly as a graph file's table.
+    pub placement: Option<PlacementSpec>,
     /// Faults to inject (None: read `TROUPE_FAULT`).
     pub faults: Option<FaultPlan>,
     /// Overrides `[placement.supervision]`.
@@ -278,11 +280,10 @@ fn resolve_placement(
     graph_placement: Option<&toml::Table>,
     cfg: &RuntimeConfig,
 ) -> Result<Placement> {
-    let mut placement = Placement::resolve(
-        cfg.placement.as_ref().or(graph_placement),
-        model,
-        cfg.options.stages,
-    )?;
+    let mut placement = match &cfg.placement {
+        Some(spec) => spec.resolve(&layer_experts(model), cfg.options.stages)?,
+        None => Placement::resolve(graph_placement, model, cfg.options.stages)?,
+    };
     if let Some(s) = cfg.supervision {
         placement.supervision = s;
     }
@@ -459,6 +460,8 @@ impl ActorRuntime {
     }
 
     /// Like [`ActorRuntime::start`] with every programmatic knob (faults, custom schedule, ...).
+    /// `placement` and `schedule` are the graph file's tables as `LoadedGraph` holds them; to
+    /// override the placement in code, set [`RuntimeConfig::placement`] (which wins).
     pub fn start_with(
         model: Arc<Model>,
         placement: Option<&toml::Table>,

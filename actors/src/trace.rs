@@ -1,6 +1,7 @@
 //! Chrome / Perfetto trace recording (`--trace FILE.json`): one track (tid) per stream in process
 //! 1 — a complete ("X") span per kernel, tagged with actor, layer, expert, micro-batch, step and
-//! request ids — one track for the link in process 2, and flow arrows ("s"/"f") from the router's
+//! request ids — one track for the link in process 2 (a span per transfer, tagged with bytes,
+//! layer, micro-batch and step), and flow arrows ("s"/"f") from the router's
 //! dispatch span to each expert group's span and from the group back to the combine span.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::error::{ActorError, Result};
+use crate::link::TransferTags;
 
 /// What a span is about.
 #[derive(Clone, Debug, Default)]
@@ -118,12 +120,31 @@ impl Tracer {
         self.push(evs);
     }
 
-    /// A transfer on the link track.
-    pub fn link_span(&self, what: &'static str, bytes: usize, start: Instant, end: Instant) {
+    /// A transfer on the link track: `bytes`, and the layer, micro-batch and step it belongs to
+    /// when known.
+    pub fn link_span(
+        &self,
+        what: &'static str,
+        bytes: usize,
+        tags: &TransferTags,
+        start: Instant,
+        end: Instant,
+    ) {
         let ts = self.us(start);
         let dur = (self.us(end) - ts).max(0.001);
+        let mut args = serde_json::Map::new();
+        args.insert("bytes".into(), json!(bytes));
+        if let Some(l) = tags.layer {
+            args.insert("layer".into(), json!(l));
+        }
+        if let Some(m) = tags.micro_batch {
+            args.insert("micro_batch".into(), json!(m));
+        }
+        if let Some(s) = tags.step {
+            args.insert("step".into(), json!(s));
+        }
         self.push(vec![
-            json!({"ph": "X", "name": what, "cat": "link", "pid": LINK_PID, "tid": 0, "ts": ts, "dur": dur, "args": {"bytes": bytes}}),
+            json!({"ph": "X", "name": what, "cat": "link", "pid": LINK_PID, "tid": 0, "ts": ts, "dur": dur, "args": args}),
         ]);
     }
 

@@ -10,6 +10,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod quantize;
+mod trace_stats;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,8 @@ pub enum Command {
     Eplb(eplb::EplbArgs),
     /// Write a model as an FP8 block-scaled HF folder (DeepSeek-V3's layout): --fp8 -m MODEL --out DIR.
     Quantize(quantize::QuantizeArgs),
+    /// Per-stream utilisation and link time hidden, from a trace written by --trace.
+    TraceStats(trace_stats::TraceStatsArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -237,5 +240,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::ExportHf(a) => export_hf::run(a),
         Command::Eplb(a) => eplb::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::TraceStats(a) => trace_stats::run(a),
     }
 }

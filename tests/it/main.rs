@@ -14,6 +14,7 @@
 //!   fault strings, in process and through the binary);
 //! - `mpi`, `mpi_faults`, `mpi_property` (cargo feature `mpi`): deployments over several
 //!   processes under `mpirun`, bit-identical to the reference; rank loss and load failures;
+//! - `research_cli`: `troupe trace-stats` on a short run's trace, `bench --compare --schedule`;
 //! - `trained_tiny`: the bundled trained model (fortune-tiny) against its transformers reference
 //!   on CPU, through the actor runtime, the CLI text path and `--device ptx-interp`.
 
@@ -36,4 +37,5 @@ mod mpi_faults;
 mod mpi_property;
 mod placement_cli;
 mod quantize_fp8;
+mod research_cli;
 mod trained_tiny;

@@ -28,7 +28,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use crate::error::{ActorError, Result};
 use crate::fault::{FaultKind, FaultTrigger};
 use crate::inflight::InflightSet;
-use crate::link::Link;
+use crate::link::{Link, TransferTags};
 use crate::metrics::ActorMetrics;
 use crate::stream::Stream;
 use crate::trace::{SpanTags, Tracer};
@@ -99,14 +99,15 @@ pub trait Block: Send + Sync + 'static {
 /// Where a result goes: straight back, or across the link.
 pub enum ReplyTo<T> {
     Direct(flume::Sender<Result<T>>),
-    ViaLink(Arc<Link>, flume::Sender<Result<T>>),
+    /// Back over the link, the transfer tagged with what it belongs to.
+    ViaLink(Arc<Link>, flume::Sender<Result<T>>, TransferTags),
 }
 
 impl<T> Clone for ReplyTo<T> {
     fn clone(&self) -> Self {
         match self {
             ReplyTo::Direct(t) => ReplyTo::Direct(t.clone()),
-            ReplyTo::ViaLink(l, t) => ReplyTo::ViaLink(l.clone(), t.clone()),
+            ReplyTo::ViaLink(l, t, tags) => ReplyTo::ViaLink(l.clone(), t.clone(), *tags),
         }
     }
 }
@@ -117,10 +118,10 @@ impl<T: Send + 'static> ReplyTo<T> {
             ReplyTo::Direct(tx) => {
                 let _ = tx.send_async(r).await;
             }
-            ReplyTo::ViaLink(link, tx) => {
+            ReplyTo::ViaLink(link, tx, tags) => {
                 let mut r = r;
                 if let Ok(out) = &mut r {
-                    B::arrives_at(out, link.book("combine", bytes));
+                    B::arrives_at(out, link.book_tagged("combine", bytes, *tags));
                 }
                 let _ = tx.send_async(r).await;
             }

@@ -23,7 +23,7 @@ use troupe_engine::{Backend, DeviceRouting, DeviceTensor};
 use crate::actors::expert::{ExpertGroupBlock, GroupJob, GroupOut, SharedBlock};
 use crate::actors::{call, Block, BlockCtx, Envelope, Meta, ReplyTo};
 use crate::error::{ActorError, Result};
-use crate::link::Link;
+use crate::link::{Link, TransferTags};
 use crate::placement::{ExpertReplicas, Share};
 use crate::transfer::{move_expert_rows, GroupRouting, Owned};
 
@@ -248,6 +248,11 @@ impl RouterBlock {
         meta: &Meta,
     ) -> Result<flume::Receiver<Result<GroupOut>>> {
         let (rtx, rrx) = flume::bounded(2 * active.len() + 1);
+        let tags = TransferTags {
+            layer: Some(self.layer),
+            micro_batch: Some(meta.micro_batch),
+            step: Some(meta.step),
+        };
         for (&g, work) in active.iter().zip(jobs) {
             let link = &self.group_links[g];
             // What crosses the link: the group's rows and their routing (nothing when the
@@ -263,11 +268,13 @@ impl RouterBlock {
                     x: Owned::new(work.x, own.clone()),
                     routing: work.routing,
                     flow: flow_ids.get(g).copied().flatten(),
-                    ready_at: link.as_ref().map(|l| l.book("dispatch", bytes)),
+                    ready_at: link
+                        .as_ref()
+                        .map(|l| l.book_tagged("dispatch", bytes, tags)),
                 },
                 meta: meta.clone(),
                 reply: match link {
-                    Some(l) => ReplyTo::ViaLink(l.clone(), rtx.clone()),
+                    Some(l) => ReplyTo::ViaLink(l.clone(), rtx.clone(), tags),
                     None => ReplyTo::Direct(rtx.clone()),
                 },
             };

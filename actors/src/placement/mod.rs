@@ -2,7 +2,8 @@
 //! stage, which stream runs each stage's blocks, how routed experts are grouped into actors and
 //! mapped to streams and nodes, the link model and the supervision policy. `spec.rs` reads the
 //! graph file's table (serde, unknown fields refused), `resolve.rs` resolves it against the
-//! loaded model; every error names the offending field.
+//! loaded model; every error names the offending field. `builder.rs` fills the same spec in code
+//! ([`Placement::builder`], [`LinkSpec::builder`]).
 
 use std::ops::Range;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use troupe_engine::DeviceId;
 
 use crate::error::{ActorError, Result};
 
+mod builder;
 #[cfg(test)]
 mod device_tests;
 pub mod eplb;
@@ -27,6 +29,7 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use builder::{LinkBuilder, PlacementBuilder};
 pub use replicas::{ExpertReplicas, Share};
 pub use spec::{LinkTable, PlacementSpec, SupervisionTable};
 

@@ -7,13 +7,16 @@
 //! `[schedule]` in the graph file: `kind = "sequential" | "two-microbatch" | "pipeline"`,
 //! `micro_batches = N` (pipeline; default: one per stage), `split_at = K` (two-microbatch: first
 //! micro-batch = sequences `0..K`; default: balanced by rows). `--schedule` overrides `kind`.
+//! Names resolve through [`registry`]: the built-ins and any schedule a library user registered.
 
 mod pipeline;
+pub mod registry;
 mod sequential;
 mod two_microbatch;
 
 pub use crate::pass::{ForwardPass, MicroBatch};
 pub use pipeline::Pipeline;
+pub use registry::{register, register_schedule, ScheduleParams};
 pub use sequential::Sequential;
 pub use two_microbatch::TwoMicroBatch;
 
@@ -88,17 +91,10 @@ pub fn from_config(
         (None, None) => "sequential".to_string(),
     };
     let field = if cli.is_some() { "--schedule" } else { "kind" };
-    Ok(match kind.as_str() {
-        "sequential" => Arc::new(Sequential),
-        "two-microbatch" => Arc::new(TwoMicroBatch { split_at }),
-        "pipeline" => Arc::new(Pipeline {
-            micro_batches: micro_batches.unwrap_or(n_stages.max(2)),
-        }),
-        other => {
-            return Err(ActorError::schedule(
-                field,
-                format!("unknown schedule `{other}` (known: sequential, two-microbatch, pipeline)"),
-            ))
-        }
-    })
+    let params = ScheduleParams {
+        micro_batches,
+        split_at,
+        n_stages,
+    };
+    registry::lookup(&kind, &params, field)
 }

@@ -1,4 +1,5 @@
-//! `two-microbatch`: the batch split in two by sequences (balanced by rows, or at `split_at`).
+//! `two-microbatch`: the batch split in two by sequences (balanced by rows with
+//! [`ForwardPass::split_balanced`], or at `split_at`).
 //! Both micro-batches are issued as independent op chains at once, so they interleave on the
 //! streams: while A is in its FFN (route → dispatch → experts → combine, link transfers
 //! included), B runs its attention, then they swap — and whenever one waits on the link or on
@@ -14,26 +15,6 @@ pub struct TwoMicroBatch {
     pub split_at: Option<usize>,
 }
 
-impl TwoMicroBatch {
-    fn split(&self, pass: &ForwardPass<'_>) -> usize {
-        let n = pass.n_sequences();
-        if let Some(k) = self.split_at {
-            return k.clamp(1, n - 1);
-        }
-        let total: usize = (0..n).map(|i| pass.sequence_rows(i)).sum();
-        let mut best = (usize::MAX, 1);
-        let mut acc = 0;
-        for k in 1..n {
-            acc += pass.sequence_rows(k - 1);
-            let diff = acc.abs_diff(total - acc);
-            if diff < best.0 {
-                best = (diff, k);
-            }
-        }
-        best.1
-    }
-}
-
 impl Schedule for TwoMicroBatch {
     fn name(&self) -> &str {
         "two-microbatch"
@@ -43,9 +24,19 @@ impl Schedule for TwoMicroBatch {
         if n < 2 {
             return Sequential.run(pass);
         }
-        let k = self.split(pass);
-        let a = pass.micro_batch(0..k)?;
-        let b = pass.micro_batch(k..n)?;
+        let (a, b) = match self.split_at {
+            Some(k) => {
+                let k = k.clamp(1, n - 1);
+                (pass.micro_batch(0..k)?, pass.micro_batch(k..n)?)
+            }
+            None => match pass.split_balanced(2)?[..] {
+                [a, b] => (a, b),
+                _ => {
+                    return Err(pass
+                        .misuse("a balanced split in two did not give two micro-batches".into()))
+                }
+            },
+        };
         let ops = pass.all_ops();
         pass.issue(a, &ops)?;
         pass.issue(b, &ops)?;

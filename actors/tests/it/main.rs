@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod common;
+mod custom_bench;
 mod determinism;
 mod devices;
 mod fp8_identity;

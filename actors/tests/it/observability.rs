@@ -32,7 +32,21 @@ fn trace_has_one_serial_track_per_stream_and_every_request_step() {
     rt.shutdown().expect("shutdown writes the trace");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("trace file"))
         .expect("trace json");
+    let stats = troupe_actors::trace_stats::read(&path).expect("trace-stats reads the trace");
     std::fs::remove_file(&path).ok();
+    assert_eq!(stats.streams.len(), 3, "{stats}");
+    for s in &stats.streams {
+        assert!(
+            s.kernels > 0 && s.utilisation > 0.0 && s.utilisation <= 1.0,
+            "{stats}"
+        );
+    }
+    let link = stats.link.as_ref().expect("the trace has transfers");
+    assert!(
+        link.transfers > 0 && link.bytes > 0 && link.busy_us > 0.0,
+        "{stats}"
+    );
+    assert!(link.exposed_us <= link.busy_us && (0.0..=1.0).contains(&link.hidden));
     let events = doc["traceEvents"].as_array().expect("traceEvents");
     let spans: Vec<&Value> = events
         .iter()
@@ -117,10 +131,29 @@ fn trace_has_one_serial_track_per_stream_and_every_request_step() {
             && e["args"]["micro_batch"].is_u64()
     });
     assert!(tagged, "expert spans carry experts and micro-batch");
-    assert!(
-        events.iter().any(|e| e["pid"] == 2 && e["ph"] == "X"),
-        "link track"
-    );
+    let transfers: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["pid"] == 2 && e["ph"] == "X")
+        .collect();
+    assert!(!transfers.is_empty(), "link track");
+    // Every transfer names its layer (an MoE layer), micro-batch and step.
+    for t in &transfers {
+        let layer = t["args"]["layer"].as_u64().expect("link span layer") as usize;
+        assert!(model.layers[layer].moe().is_ok(), "{t}");
+        assert!(
+            t["args"]["micro_batch"].as_u64().is_some_and(|m| m < 2),
+            "{t}"
+        );
+        assert!(
+            t["args"]["step"].is_u64() && t["args"]["bytes"].is_u64(),
+            "{t}"
+        );
+    }
+    assert_eq!(transfers.len() as u64, stats_transfers(&stats));
+}
+
+fn stats_transfers(s: &troupe_actors::trace_stats::TraceStats) -> u64 {
+    s.link.as_ref().map_or(0, |l| l.transfers as u64)
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {
@@ -155,7 +188,9 @@ fn prometheus_listener_serves_runtime_metrics() {
         ..Default::default()
     };
     let reqs = greedy_requests("deepseek-v3-tiny", 2);
-    let placement: toml::Table = toml::from_str("expert_group_size = 4").unwrap();
+    // Expert groups on node 1: every dispatch and combine crosses the link.
+    let placement: toml::Table =
+        toml::from_str("expert_group_size = 4\nnodes = 2\nexpert_nodes = [1]").unwrap();
     let rt = ActorRuntime::start_with(model, Some(&placement), None, cfg).expect("start");
     rt.generate(&reqs).expect("generate");
     let mut text = String::new();
@@ -185,5 +220,17 @@ fn prometheus_listener_serves_runtime_metrics() {
     assert!(
         text.contains("troupe_actor_restarts_total{actor=\"layer2.experts4-7\"} 1"),
         "restart counted:\n{text}"
+    );
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+    };
+    let busy = value("troupe_link_busy_seconds_total");
+    let exposed = value("troupe_link_exposed_seconds_total");
+    assert!(busy > 0.0, "link busy {busy}");
+    assert!(
+        (0.0..=busy).contains(&exposed),
+        "exposed {exposed} of busy {busy}"
     );
 }

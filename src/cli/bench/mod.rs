@@ -14,7 +14,8 @@
 //! host↔device and the kernel launches per step, from `Backend::counters()`.
 //!
 //! `--compare` instead runs `troupe_actors::bench` (`compare.rs`): decode tokens/s of the actor
-//! runtime vs the reference executor interleaved (`--seqs`, `--no-link`, `--profile`).
+//! runtime vs the reference executor interleaved, for each `--schedule` (`--seqs`, `--no-link`,
+//! `--profile`).
 //! Counts of 0 or non-numbers are refused by clap (exit 2).
 
 mod compare;
@@ -77,6 +78,11 @@ pub struct BenchArgs {
     /// Actors vs reference decode, interleaved, and the link overlap (instead of pp/tg rows).
     #[arg(long)]
     pub compare: bool,
+    /// Actor schedules by name (built-in or registered in `troupe_actors::schedule::registry`),
+    /// comma-separated: with --compare each is measured (default: sequential,two-microbatch);
+    /// with --runtime actors, the one schedule the rows run.
+    #[arg(long, value_delimiter = ',')]
+    pub schedule: Vec<String>,
     /// --compare: sequences decoded together (default 8).
     #[arg(long, value_parser = at_least_one)]
     pub seqs: Option<usize>,

@@ -158,6 +158,20 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
     check_memory(&a.run, &graph, 1, longest.max(1))?;
     let (model, be) = start_model(&a.run, &graph)?;
     let runtime = a.runtime.unwrap_or(RuntimeKind::Reference);
+    let schedule = match (runtime, &a.schedule[..]) {
+        (_, []) => None,
+        (RuntimeKind::Actors, [one]) => Some(one.clone()),
+        (RuntimeKind::Actors, _) => {
+            return Err(CliError::Usage(
+                "--schedule: the pp/tg rows run one schedule (several need --compare)".into(),
+            ))
+        }
+        (RuntimeKind::Reference, _) => {
+            return Err(CliError::Usage(
+                "--schedule needs --runtime actors or --compare".into(),
+            ))
+        }
+    };
     let form = mla_form(&a.run.mla)?;
     let kv = kv_config(&a.run, &model.spec);
     let mut target: Box<dyn Target> = match runtime {
@@ -174,6 +188,7 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
             model.clone(),
             &a.run.device,
             kv,
+            schedule,
         )?),
     };
     let threads = rayon::current_num_threads();

@@ -105,8 +105,10 @@ impl ActorsTarget {
         model: Arc<Model>,
         device: &DeviceId,
         kv: KvConfig,
+        schedule: Option<String>,
     ) -> Result<Self, CliError> {
         let opts = RuntimeOptions {
+            schedule,
             device: (*device != DeviceId::Cpu).then(|| device.clone()),
             backends: Some(troupe::backends::default_factory()),
             kv: Some(kv),
