@@ -6,6 +6,11 @@
 //!   [`ExpertServer`] (replies go through the outbox);
 //! * **replies** — receives replies and completes the call waiting for each (by request id).
 //!
+//! Nothing waits inside a blocking MPI call: Open MPI's blocking receives and barriers
+//! busy-poll, and idle ranks' threads would then take the cores from the ranks computing
+//! (several ranks share a machine's cores). The threads probe (`MPI_Improbe`, `MPI_Test`) and
+//! sleep [`IDLE_SLEEP`] between probes once a few quick ones found nothing ([`Idle`]).
+//!
 //! [`MpiTransport::finish`] ends a run: a barrier (after it no rank sends another request), then
 //! each rank stops its own threads with a `Stop` to itself. A rank that dies is noticed by the
 //! launcher (`mpirun` ends the whole job and names the rank); a rank that fails calls
@@ -15,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -29,6 +34,36 @@ use crate::error::{ActorError, Result};
 const TAG_REQUEST: i32 = 11;
 const TAG_REPLY: i32 = 12;
 const TAG_DATA: i32 = 13;
+
+/// The pause between two probes of an idle thread: what it adds to a message's latency at most.
+const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// Probes that yield the core instead of sleeping, before an idle thread starts sleeping.
+const QUICK_PROBES: u32 = 32;
+
+/// Backs off between probes that found nothing: first yields, then sleeps [`IDLE_SLEEP`].
+struct Idle(u32);
+
+impl Idle {
+    fn wait(&mut self) {
+        self.0 = self.0.saturating_add(1);
+        match self.0 <= QUICK_PROBES {
+            true => std::thread::yield_now(),
+            false => std::thread::sleep(IDLE_SLEEP),
+        }
+    }
+}
+
+/// The next message tagged `tag` from any rank, received without busy-waiting.
+fn receive_any(world: &SimpleCommunicator, tag: i32) -> (Vec<u8>, mpi::point_to_point::Status) {
+    use mpi::point_to_point::MatchedReceiveVec;
+    let mut idle = Idle(0);
+    loop {
+        if let Some(probed) = world.any_process().immediate_matched_probe_with_tag(tag) {
+            return probed.matched_receive_vec::<u8>();
+        }
+        idle.wait();
+    }
+}
 
 /// Whether this process was started by an MPI launcher (Open MPI's `mpirun`, or PMI/PMIx as
 /// Slurm's `srun` sets up).
@@ -83,9 +118,22 @@ impl MpiWorld {
     pub fn abort(&self, code: i32) -> ! {
         SimpleCommunicator::world().abort(code)
     }
-    /// Waits for every rank.
+    /// Waits for every rank (probing, not spinning).
     pub fn barrier(&self) {
-        SimpleCommunicator::world().barrier();
+        let mut req = SimpleCommunicator::world().immediate_barrier();
+        let mut idle = Idle(0);
+        while let Err(pending) = req.test() {
+            req = pending;
+            idle.wait();
+        }
+    }
+    /// Rank 0's `value`, on every rank (a broadcast; every rank must call it).
+    pub fn broadcast_from_rank0(&self, value: u8) -> u8 {
+        let mut v = value;
+        SimpleCommunicator::world()
+            .process_at_rank(0)
+            .broadcast_into(&mut v);
+        v
     }
     /// Sends `bytes` to rank `to` (data outside the expert exchange, e.g. results to rank 0).
     pub fn send_data(&self, to: usize, bytes: &[u8]) {
@@ -95,10 +143,16 @@ impl MpiWorld {
     }
     /// Receives what rank `from` sent with [`MpiWorld::send_data`].
     pub fn receive_data(&self, from: usize) -> Vec<u8> {
-        SimpleCommunicator::world()
-            .process_at_rank(from as i32)
-            .receive_vec_with_tag::<u8>(TAG_DATA)
-            .0
+        use mpi::point_to_point::MatchedReceiveVec;
+        let world = SimpleCommunicator::world();
+        let mut idle = Idle(0);
+        loop {
+            let peer = world.process_at_rank(from as i32);
+            if let Some(probed) = peer.immediate_matched_probe_with_tag(TAG_DATA) {
+                return probed.matched_receive_vec::<u8>().0;
+            }
+            idle.wait();
+        }
     }
 }
 
@@ -201,7 +255,7 @@ fn serve(
 ) {
     let world = SimpleCommunicator::world();
     loop {
-        let (bytes, status) = world.any_process().receive_vec_with_tag::<u8>(TAG_REQUEST);
+        let (bytes, status) = receive_any(&world, TAG_REQUEST);
         let from = status.source_rank() as usize;
         let reply = match Message::decode(&bytes) {
             Ok(Message::Stop) => return,
@@ -230,7 +284,7 @@ fn serve(
 fn receive_replies(stats: Arc<PeerStats>, pending: Arc<Pending>) {
     let world = SimpleCommunicator::world();
     loop {
-        let (bytes, status) = world.any_process().receive_vec_with_tag::<u8>(TAG_REPLY);
+        let (bytes, status) = receive_any(&world, TAG_REPLY);
         let from = status.source_rank() as usize;
         let id = match Message::decode(&bytes) {
             Ok(Message::Stop) => return,
