@@ -35,7 +35,8 @@ WORK=$(mktemp -d)
 NS="troupe-tbf-$$"
 ip netns add "$NS"
 trap 'ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"' EXIT
-ip netns exec "$NS" ip link set lo up
+ip netns exec "$NS" ip link set lo mtu 1500 up
+ip netns exec "$NS" ethtool -K lo gso off tso off 2>/dev/null || true
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 python3 -c "
 for i in range($SEQS): print('{\"prompt_ids\": [0, %d, 9, 7]}' % (10 + i))" > "$WORK/prompts.jsonl"
@@ -46,10 +47,16 @@ if [ "$LAYOUT" = dp ]; then
     dp_line='attention = "data-parallel"'
 fi
 
-placement() { # $1 schedule, $2 extra lines
-    printf '[placement]\nnodes = %s\nstreams = 2\nexpert_nodes = %s\n%s\n%s\n[schedule]\nkind = "%s"\n' \
-        "$NODES" "$nodes_list" "$3" "$2" "$1"
+# One expert group per expert rank, so the link model books one message per (layer, micro-batch,
+# rank) as the MPI transport sends (with several groups per rank it would send rows once per group).
+expert_ranks=$(python3 -c "print(len($nodes_list))")
+group_size=$(( (EXPERTS + expert_ranks - 1) / expert_ranks ))
+placement() { # $1 schedule, $2 extra lines, $3 attention line
+    printf '[placement]\nnodes = %s\nstreams = 2\nexpert_group_size = '"$group_size"'\nexpert_nodes = %s\n%s\n%s\n[schedule]\nkind = "%s"\n' \
+        "$NODES" "$nodes_list" "${3:-}" "$2" "$1"
 }
+# lo's 64 KiB MTU (and GSO) make packets larger than a tbf bucket, which tbf never sends: use
+# Ethernet-sized packets.
 shape() { ip netns exec "$NS" tc qdisc replace dev lo root tbf rate "$RATE" burst 64kb latency 1s; }
 unshape() { ip netns exec "$NS" tc qdisc del dev lo root 2>/dev/null || true; }
 run_mpi() { # $1 schedule, $2 trace

@@ -8,8 +8,9 @@
 //!
 //! Nothing waits inside a blocking MPI call: Open MPI's blocking receives and barriers
 //! busy-poll, and idle ranks' threads would then take the cores from the ranks computing
-//! (several ranks share a machine's cores). The threads probe (`MPI_Improbe`, `MPI_Test`) and
-//! sleep [`IDLE_SLEEP`] between probes once a few quick ones found nothing ([`Idle`]).
+//! (several ranks share a machine's cores). The threads probe (`MPI_Improbe`, `MPI_Test`) and,
+//! once a few quick probes found nothing, sleep between probes, longer the longer they wait, up
+//! to [`MESSAGE_SLEEP`] ([`BARRIER_SLEEP`] in a barrier) ([`Idle`]).
 //!
 //! [`MpiTransport::finish`] ends a run: a barrier (after it no rank sends another request), then
 //! each rank stops its own threads with a `Stop` to itself. A rank that dies is noticed by the
@@ -35,20 +36,33 @@ const TAG_REQUEST: i32 = 11;
 const TAG_REPLY: i32 = 12;
 const TAG_DATA: i32 = 13;
 
-/// The pause between two probes of an idle thread: what it adds to a message's latency at most.
-const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// The longest pause between two probes of a thread waiting for messages: what it adds to a
+/// message's latency at most after a long idle spell.
+const MESSAGE_SLEEP: Duration = Duration::from_micros(200);
+/// The longest pause between two probes of a barrier (ends of runs: latency matters little).
+const BARRIER_SLEEP: Duration = Duration::from_millis(2);
 /// Probes that yield the core instead of sleeping, before an idle thread starts sleeping.
 const QUICK_PROBES: u32 = 32;
 
-/// Backs off between probes that found nothing: first yields, then sleeps [`IDLE_SLEEP`].
-struct Idle(u32);
+/// Backs off between probes that found nothing: first yields, then sleeps from 10 µs, doubling
+/// up to its cap.
+struct Idle {
+    probes: u32,
+    cap: Duration,
+}
 
 impl Idle {
+    fn new(cap: Duration) -> Idle {
+        Idle { probes: 0, cap }
+    }
     fn wait(&mut self) {
-        self.0 = self.0.saturating_add(1);
-        match self.0 <= QUICK_PROBES {
-            true => std::thread::yield_now(),
-            false => std::thread::sleep(IDLE_SLEEP),
+        self.probes = self.probes.saturating_add(1);
+        match self.probes.checked_sub(QUICK_PROBES + 1) {
+            None => std::thread::yield_now(),
+            Some(n) => {
+                let sleep = Duration::from_micros(10u64 << n.min(16));
+                std::thread::sleep(sleep.min(self.cap));
+            }
         }
     }
 }
@@ -56,7 +70,7 @@ impl Idle {
 /// The next message tagged `tag` from any rank, received without busy-waiting.
 fn receive_any(world: &SimpleCommunicator, tag: i32) -> (Vec<u8>, mpi::point_to_point::Status) {
     use mpi::point_to_point::MatchedReceiveVec;
-    let mut idle = Idle(0);
+    let mut idle = Idle::new(MESSAGE_SLEEP);
     loop {
         if let Some(probed) = world.any_process().immediate_matched_probe_with_tag(tag) {
             return probed.matched_receive_vec::<u8>();
@@ -121,7 +135,7 @@ impl MpiWorld {
     /// Waits for every rank (probing, not spinning).
     pub fn barrier(&self) {
         let mut req = SimpleCommunicator::world().immediate_barrier();
-        let mut idle = Idle(0);
+        let mut idle = Idle::new(BARRIER_SLEEP);
         while let Err(pending) = req.test() {
             req = pending;
             idle.wait();
@@ -145,7 +159,7 @@ impl MpiWorld {
     pub fn receive_data(&self, from: usize) -> Vec<u8> {
         use mpi::point_to_point::MatchedReceiveVec;
         let world = SimpleCommunicator::world();
-        let mut idle = Idle(0);
+        let mut idle = Idle::new(MESSAGE_SLEEP);
         loop {
             let peer = world.process_at_rank(from as i32);
             if let Some(probed) = peer.immediate_matched_probe_with_tag(TAG_DATA) {
