@@ -7,21 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::{case_dir, troupe_bin};
 use crate::mpi::{
-    assert_deployment_matches, error_lines, finish, generate_args, mpirun, mpirun_command,
-    placement_toml, reference_lines, scattered_groups, scratch, troupe_single, write, Group,
+    assert_deployment_matches, error_lines, finish, generate_args, inspect_rank_bytes, mpirun,
+    mpirun_command, placement_toml, reference_lines, scattered_groups, scratch, write, Group,
     PROMPTS,
 };
-
-/// `rank R: N bytes` per rank, as `troupe inspect MODEL --placement P` prints them.
-fn inspect_rank_bytes(model: &str, placement: &str) -> Vec<u64> {
-    let r = troupe_single(&["inspect", model, "--placement", placement].map(String::from));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    r.stdout
-        .lines()
-        .filter(|l| l.starts_with("rank "))
-        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
-        .collect()
-}
 
 #[test]
 fn each_rank_loads_its_share_and_runs_rank_0s_kernel_path() {
