@@ -66,9 +66,9 @@ run_mpi() { # $1 schedule, $2 trace
         "$BIN" generate -m "$MODEL" --prompts-file "$WORK/prompts.jsonl" --json -n "$NEW" -t 1 \
         --placement "$WORK/p.toml" --trace "$2" > /dev/null
 }
-run_model() { # $1 schedule, $2 trace: one process, the link model at GBPS
+run_model() { # $1 schedule, $2 trace: one process, the link model at GBPS, one thread per rank
     placement "$1" "$(printf '[placement.link]\ngbps = %s\nlatency_us = 0' "$GBPS")" > "$WORK/l.toml"
-    "$BIN" generate -m "$MODEL" --prompts-file "$WORK/prompts.jsonl" --json -n "$NEW" -t 1 \
+    "$BIN" generate -m "$MODEL" --prompts-file "$WORK/prompts.jsonl" --json -n "$NEW" -t "$NODES" \
         --placement "$WORK/l.toml" --trace "$2" > /dev/null
 }
 
