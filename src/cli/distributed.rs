@@ -369,7 +369,7 @@ pub fn serve_loaded(model: &Arc<Model>) -> Result<(), CliError> {
         // (else a request could outwait its deadline while its rank still loads).
         world.barrier();
     }
-    let _ = model;
+    let _ = (model, dep);
     Ok(())
 }
 
