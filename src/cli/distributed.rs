@@ -334,14 +334,16 @@ pub fn rank_share(graph: &LoadedGraph) -> Result<Option<HashSet<String>>, CliErr
         }
     }
     if rank_report_wanted() {
-        eprintln!(
-            "troupe: rank {} of {}: isa {}, loading {} of {} tensors, {bytes} of {total} weight bytes",
+        // One write, so that mpirun does not interleave it with other ranks' lines.
+        let line = format!(
+            "troupe: rank {} of {}: isa {}, loading {} of {} tensors, {bytes} of {total} weight bytes\n",
             dep.rank,
             dep.size,
             troupe_engine::kernels::isa::active(),
             names.len(),
             seen.len()
         );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }
     Ok(Some(names))
 }
