@@ -16,7 +16,7 @@ use crate::actors::expert::{ExpertGroupBlock, MlpBlock, SharedBlock};
 use crate::actors::remote::RemoteNode;
 use crate::actors::router::RouterBlock;
 use crate::actors::{Block, BlockCtx, BlockSlot, Child, Envelope};
-use crate::error::{ActorError, Result};
+use crate::error::Result;
 use crate::fault::FaultTrigger;
 use crate::link::Link;
 use crate::placement::{ExpertGroup, ExpertReplicas, Placement};
@@ -214,15 +214,10 @@ pub(crate) fn build_blocks(
                     router.group_links.push(None);
                     router.group_apart.push(true);
                 }
+                // An expert with replicas on several ranks is held by several of the `routed`
+                // groups (a rank's node actor among them): its rows are split among them as
+                // among local replicas, and a node actor gets its part as entries.
                 let replicas = ExpertReplicas::new(&routed, moe.experts.len());
-                if dist.is_some() && replicas.replicated() {
-                    return Err(ActorError::Placement {
-                        field: format!("expert_groups (layer {l})"),
-                        message: "an expert replicated on several ranks is not supported under \
-                                  mpirun yet; keep each expert's replicas on one rank"
-                            .into(),
-                    });
-                }
                 router.replicas = Arc::new(replicas);
                 if moe.shared.is_some() {
                     let name = format!("layer{l}.shared");

@@ -116,8 +116,11 @@ impl Core {
         model: Arc<Model>,
         graph_placement: Option<&toml::Table>,
         graph_schedule: Option<&toml::Table>,
-        cfg: RuntimeConfig,
+        mut cfg: RuntimeConfig,
     ) -> Result<Arc<Core>> {
+        if cfg.distributed.is_none() {
+            cfg.distributed = crate::transport::process_distributed();
+        }
         let mut placement = resolve_placement(&model, graph_placement, &cfg)?;
         if let Some(d) = &cfg.distributed {
             distribute(&mut placement, d)?;

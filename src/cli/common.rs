@@ -141,18 +141,23 @@ pub fn check_memory(
     Ok(memory::check(need, Available::of_this_process())?)
 }
 
-/// Sizes the thread pool, builds the `--device` backend and loads the weights.
+/// Sizes the thread pool, builds the `--device` backend and loads the weights (under mpirun,
+/// this rank's share, then serves its experts to the other ranks).
 pub fn start_model(
     run: &RunArgs,
     graph: &LoadedGraph,
 ) -> Result<(Arc<Model>, Arc<dyn Backend>), CliError> {
     init_threads(run.threads)?;
     let be = backend(&run.device)?;
-    Ok((load_model(graph)?, be))
+    let model = load_model(graph)?;
+    super::distributed::serve_loaded(&model)?;
+    Ok((model, be))
 }
 
-/// Loads the weights of `graph`, with a progress bar on a terminal.
+/// Loads the weights of `graph` (under mpirun, this rank's share: see `distributed`), with a
+/// progress bar on a terminal.
 pub fn load_model(graph: &LoadedGraph) -> Result<Arc<Model>, CliError> {
+    let share = super::distributed::rank_share(graph)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
@@ -160,10 +165,14 @@ pub fn load_model(graph: &LoadedGraph) -> Result<Arc<Model>, CliError> {
             .progress_chars("=> "),
     );
     bar.set_message(graph.origin.display().to_string());
-    let model = Model::load(graph, &mut |done, total| {
+    let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    });
+    };
+    let model = match &share {
+        Some(names) => Model::load_where(graph, &|n| names.contains(n), &mut progress),
+        None => Model::load(graph, &mut progress),
+    };
     bar.finish_and_clear();
     Ok(Arc::new(model?))
 }

@@ -5,16 +5,25 @@
 //! the placement is found by every rank alike and printed by rank 0 alone; any other error is
 //! printed by the rank that hit it, and once MPI has started that rank ends the whole job
 //! (`MPI_Abort`), so no rank waits for it.
+//!
+//! Once a process has joined a job (`Deployment::join`, which also makes every rank use rank 0's
+//! CPU kernel path), loading a model loads only this rank's share of the weights
+//! ([`rank_share`], the same ownership `troupe inspect --placement` counts) and starts serving
+//! its experts to the other ranks ([`serve_loaded`]); every actor runtime of the process joins
+//! the deployment. `troupe bench` runs through [`bench_on_ranks`].
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use troupe_actors::transport::{AttentionMode, Distributed};
-use troupe_engine::graph::LoadedGraph;
+use troupe_engine::graph::ir::WeightSpec;
+use troupe_engine::graph::{LoadedGraph, Plan};
 use troupe_engine::model::Model;
 
 use super::common::CliError;
+use super::RunArgs;
 
 /// The largest placement file read.
 const MAX_PLACEMENT_FILE_BYTES: u64 = 1 << 20;
@@ -109,25 +118,41 @@ fn placement_nodes(graph: &LoadedGraph) -> usize {
 }
 
 /// Where this process stands in the deployment.
+#[derive(Clone, Copy, Debug)]
 pub struct Deployment {
     pub rank: usize,
     pub size: usize,
     pub attention: AttentionMode,
-    #[cfg(feature = "mpi")]
-    transport: Option<Arc<troupe_actors::transport::mpi::MpiTransport>>,
+}
+
+/// This process's place in a job of several ranks, once it has joined one.
+static JOB: OnceLock<Deployment> = OnceLock::new();
+
+/// The job this process joined (None when it runs alone).
+pub fn job() -> Option<Deployment> {
+    JOB.get().copied()
+}
+
+/// The expert transport of this process, once its model is loaded and served.
+#[cfg(feature = "mpi")]
+static TRANSPORT: OnceLock<Arc<troupe_actors::transport::mpi::MpiTransport>> = OnceLock::new();
+
+/// Set by `TROUPE_RANK_REPORT=1`: every rank prints one stderr line with its kernel path and
+/// the weight bytes it loaded (what the tests check ranks by).
+fn rank_report_wanted() -> bool {
+    std::env::var_os("TROUPE_RANK_REPORT").is_some_and(|v| v == "1")
 }
 
 impl Deployment {
     /// Checks the rank count against the placement's nodes and, in a job of several ranks,
-    /// starts MPI. Call before loading weights.
+    /// starts MPI and makes every rank use rank 0's CPU kernel path. Call before loading
+    /// weights.
     pub fn join(graph: &LoadedGraph, attention: AttentionMode) -> Result<Deployment, CliError> {
         let (rank, size) = ranks_from_env();
         let single = Deployment {
             rank: 0,
             size: 1,
             attention,
-            #[cfg(feature = "mpi")]
-            transport: None,
         };
         if size <= 1 {
             return Ok(single);
@@ -156,11 +181,14 @@ impl Deployment {
                     world.size()
                 )));
             }
-            Ok(Deployment {
+            adopt_rank0_isa(world)?;
+            let dep = Deployment {
                 rank,
                 size,
-                ..single
-            })
+                attention,
+            };
+            let _ = JOB.set(dep);
+            Ok(dep)
         }
     }
 
@@ -169,24 +197,16 @@ impl Deployment {
         self.attention.rank_of_request(i, self.size) == self.rank
     }
 
-    /// Starts serving this rank's experts to the others; the runtime's transport.
-    pub fn serve(&mut self, model: &Arc<Model>) -> Result<Option<Distributed>, CliError> {
+    /// The runtime's transport to the other ranks (started when the model was loaded).
+    pub fn distributed(&self) -> Option<Distributed> {
         #[cfg(feature = "mpi")]
-        if let Some(world) = mpi_job::world() {
-            use troupe_actors::transport::{mpi::MpiTransport, ExpertServer};
-            let be: Arc<dyn troupe_engine::Backend> =
-                Arc::new(troupe_engine::kernels::CpuBackend::new());
-            let server = Arc::new(ExpertServer::new(model.clone(), be, self.rank));
-            let t =
-                MpiTransport::start(world, server).map_err(|e| CliError::Runtime(e.to_string()))?;
-            self.transport = Some(t.clone());
-            return Ok(Some(Distributed {
-                transport: t,
+        if let Some(t) = TRANSPORT.get() {
+            return Some(Distributed {
+                transport: t.clone(),
                 attention: self.attention,
-            }));
+            });
         }
-        let _ = model;
-        Ok(None)
+        None
     }
 
     /// Ends this rank's part: waits for every rank, then sends this rank's results (request
@@ -196,7 +216,7 @@ impl Deployment {
         mine: Vec<(usize, Vec<u32>)>,
     ) -> Result<Option<Vec<(usize, Vec<u32>)>>, CliError> {
         #[cfg(feature = "mpi")]
-        if let (Some(t), Some(world)) = (&self.transport, mpi_job::world()) {
+        if let (Some(t), Some(world)) = (TRANSPORT.get(), mpi_job::world()) {
             t.finish(world);
             let mut all = mine;
             if self.rank != 0 {
@@ -218,6 +238,171 @@ impl Deployment {
         }
         Ok(Some(mine))
     }
+}
+
+/// Rank 0 tells every rank its CPU kernel path (its `--isa`, or the best it has) and the others
+/// switch to it, so every rank computes the same bits; a rank whose processor lacks that path
+/// fails naming it.
+#[cfg(feature = "mpi")]
+fn adopt_rank0_isa(world: &troupe_actors::transport::mpi::MpiWorld) -> Result<(), CliError> {
+    use troupe_engine::kernels::isa::{self, Isa};
+    let mine = isa::active();
+    let index = Isa::ALL.iter().position(|&i| i == mine).unwrap_or(0) as u8;
+    let chosen = Isa::ALL
+        .get(world.broadcast_from_rank0(index) as usize)
+        .copied()
+        .ok_or_else(|| CliError::Runtime("rank 0 sent an unknown kernel path".into()))?;
+    if chosen != mine {
+        isa::set_active(chosen).map_err(|e| {
+            CliError::Runtime(format!("rank 0 runs the {chosen} kernels, but here: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// The ranks (placement nodes) holding each tensor of `plan`: each routed expert on its groups'
+/// nodes (every replica's), and the rest (embedding, head, attention, norms, routers, shared
+/// experts, dense MLPs) on its stage's node, or on every rank with data-parallel attention.
+/// Also what `troupe inspect --placement` counts. Returns the node count too.
+pub fn tensor_owners<'p>(
+    graph: &LoadedGraph,
+    plan: &'p Plan,
+    mode: AttentionMode,
+) -> Result<(usize, Vec<(&'p WeightSpec, Vec<usize>)>), CliError> {
+    let layer_experts: Vec<Option<usize>> = (0..graph.spec.num_hidden_layers)
+        .map(|l| {
+            graph
+                .spec
+                .moe
+                .as_ref()
+                .filter(|_| graph.spec.is_moe_layer(l))
+                .map(|m| m.n_routed_experts)
+        })
+        .collect();
+    let p = troupe_actors::placement::PlacementSpec::from_table(graph.placement.as_ref())
+        .and_then(|s| s.resolve(&layer_experts, None))
+        .map_err(|e| CliError::Usage(format!("--placement: {e}")))?;
+    let nodes = p.nodes.max(1);
+    let mut out = Vec::new();
+    for node in &plan.nodes {
+        for w in &node.weights {
+            let expert = w
+                .name
+                .split(".experts.")
+                .nth(1)
+                .and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+            let owners: Vec<usize> = match (node.layer, expert) {
+                (Some(l), Some(e)) => p.expert_groups[l]
+                    .iter()
+                    .filter(|g| g.experts.contains(&e))
+                    .map(|g| g.node)
+                    .collect(),
+                _ if mode == AttentionMode::DataParallel => (0..nodes).collect(),
+                (Some(l), None) => vec![p.stage_nodes[p.stage_of(l)]],
+                (None, _) => vec![p.stage_nodes.first().copied().unwrap_or(0)],
+            };
+            out.push((w, owners));
+        }
+    }
+    Ok((nodes, out))
+}
+
+/// Bytes of `w` at the model's dtype (as `troupe inspect` counts them).
+pub fn spec_bytes(graph: &LoadedGraph, w: &WeightSpec) -> u64 {
+    w.shape.iter().product::<usize>() as u64 * graph.spec.dtype.size() as u64
+}
+
+/// The names of the tensors this rank loads, when this process is one rank of a job (None:
+/// every tensor). With `TROUPE_RANK_REPORT=1` the rank prints its kernel path and share.
+pub fn rank_share(graph: &LoadedGraph) -> Result<Option<HashSet<String>>, CliError> {
+    let Some(dep) = job() else {
+        return Ok(None);
+    };
+    let plan = Plan::compile(&graph.spec);
+    let (_, owners) = tensor_owners(graph, &plan, dep.attention)?;
+    let (mut bytes, mut total) = (0u64, 0u64);
+    let mut names = HashSet::new();
+    let mut seen = HashSet::new();
+    for (w, o) in &owners {
+        if !seen.insert(w.name.as_str()) {
+            continue; // a tied head: the embedding's tensor
+        }
+        total += spec_bytes(graph, w);
+        if o.contains(&dep.rank) {
+            bytes += spec_bytes(graph, w);
+            names.insert(w.name.clone());
+        }
+    }
+    if rank_report_wanted() {
+        // One write, so that mpirun does not interleave it with other ranks' lines.
+        let line = format!(
+            "troupe: rank {} of {}: isa {}, loading {} of {} tensors, {bytes} of {total} weight bytes\n",
+            dep.rank,
+            dep.size,
+            troupe_engine::kernels::isa::active(),
+            names.len(),
+            seen.len()
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }
+    Ok(Some(names))
+}
+
+/// After this rank's share of `model` is loaded: starts serving its experts to the other ranks
+/// (once per process), which every actor runtime of this process then uses, and waits until
+/// every rank serves.
+pub fn serve_loaded(model: &Arc<Model>) -> Result<(), CliError> {
+    let Some(dep) = job() else {
+        return Ok(());
+    };
+    #[cfg(feature = "mpi")]
+    if let (Some(world), None) = (mpi_job::world(), TRANSPORT.get()) {
+        use troupe_actors::transport::{mpi::MpiTransport, ExpertServer};
+        let be: Arc<dyn troupe_engine::Backend> =
+            Arc::new(troupe_engine::kernels::CpuBackend::new());
+        let server = Arc::new(ExpertServer::new(model.clone(), be, dep.rank));
+        let t = MpiTransport::start(world, server).map_err(|e| CliError::Runtime(e.to_string()))?;
+        let _ = TRANSPORT.set(t.clone());
+        troupe_actors::transport::set_process_distributed(Distributed {
+            transport: t,
+            attention: dep.attention,
+        });
+        // Ranks load shares of different sizes: no rank sends work before every rank serves
+        // (else a request could outwait its deadline while its rank still loads).
+        world.barrier();
+    }
+    let _ = (model, dep);
+    Ok(())
+}
+
+/// `troupe bench` as one rank of a job: rank 0 runs `body` (the benchmark; it prints the rows)
+/// on an actor runtime whose expert groups on other ranks are reached over MPI, while the other
+/// ranks load their share, serve their experts and wait for rank 0 to end. Outside a job,
+/// `body` alone. `actors_rows`: the run measures the actor runtime's pp/tg rows (the only kind
+/// that spans ranks).
+pub fn bench_on_ranks(
+    run: &RunArgs,
+    actors_rows: bool,
+    body: impl FnOnce() -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    if ranks_from_env().1 <= 1 {
+        return body();
+    }
+    if !actors_rows {
+        SAME_ON_EVERY_RANK.store(true, Ordering::SeqCst);
+        return Err(CliError::Usage(
+            "under mpirun, bench measures --runtime actors (without --compare)".into(),
+        ));
+    }
+    let (graph, attention) = super::common::open_graph_placed(run)?;
+    let dep = Deployment::join(&graph, attention)?;
+    if dep.rank == 0 {
+        body()?;
+    } else {
+        super::common::start_model(run, &graph)?;
+    }
+    dep.finish(Vec::new())?;
+    Ok(())
 }
 
 #[cfg(feature = "mpi")]

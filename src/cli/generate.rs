@@ -103,9 +103,9 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     check_memory(&a.run, &graph, prompts.len(), positions)?;
     // Under mpirun every rank serves its experts; rank 0 (staged attention) or rank i mod
     // nodes (data-parallel) runs request i; rank 0 prints them all, in input order.
-    let mut dep = Deployment::join(&graph, attention)?;
+    let dep = Deployment::join(&graph, attention)?;
     let (model, be) = start_model(&a.run, &graph)?;
-    let dist = dep.serve(&model)?;
+    let dist = dep.distributed();
     let request = |prompt: &Vec<u32>| GenerateRequest {
         prompt: prompt.clone(),
         max_new_tokens: a.max_new_tokens,

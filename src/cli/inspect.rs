@@ -80,57 +80,23 @@ pub fn run_inspect(path: &Path, placement: Option<&Path>) -> Result<(), CliError
     Ok(())
 }
 
-/// Weight bytes each rank (node) of the placement holds: embedding and LM head, every stage's
-/// attention, norms, routers, shared experts and dense MLPs on its stage's node, each routed
-/// expert on its group's node (each replica counted where it is). With data-parallel attention
-/// every non-expert weight is on every rank.
+/// Weight bytes each rank (node) of the placement holds (each replica counted where it is),
+/// by the ownership a rank's load follows (`distributed::tensor_owners`).
 fn print_rank_bytes(graph: &LoadedGraph, plan: &Plan, mode: AttentionMode) -> Result<(), CliError> {
-    let layer_experts: Vec<Option<usize>> = (0..graph.spec.num_hidden_layers)
-        .map(|l| {
-            graph
-                .spec
-                .moe
-                .as_ref()
-                .filter(|_| graph.spec.is_moe_layer(l))
-                .map(|m| m.n_routed_experts)
-        })
-        .collect();
-    let data_parallel = mode == AttentionMode::DataParallel;
-    let p = troupe_actors::placement::PlacementSpec::from_table(graph.placement.as_ref())
-        .and_then(|s| s.resolve(&layer_experts, None))
-        .map_err(|e| CliError::Usage(format!("--placement: {e}")))?;
-    let bytes_per = graph.spec.dtype.size() as u64;
-    let mut per_rank = vec![0u64; p.nodes.max(1)];
-    for node in &plan.nodes {
-        for w in &node.weights {
-            let bytes = w.shape.iter().product::<usize>() as u64 * bytes_per;
-            let expert = w
-                .name
-                .split(".experts.")
-                .nth(1)
-                .and_then(|r| r.split('.').next()?.parse::<usize>().ok());
-            let owners: Vec<usize> = match (node.layer, expert) {
-                (Some(l), Some(e)) => p.expert_groups[l]
-                    .iter()
-                    .filter(|g| g.experts.contains(&e))
-                    .map(|g| g.node)
-                    .collect(),
-                _ if data_parallel => (0..per_rank.len()).collect(),
-                (Some(l), None) => vec![p.stage_nodes[p.stage_of(l)]],
-                (None, _) => vec![p.stage_nodes.first().copied().unwrap_or(0)],
-            };
-            for o in owners {
-                if let Some(r) = per_rank.get_mut(o) {
-                    *r += bytes;
-                }
+    let (nodes, owners) = super::distributed::tensor_owners(graph, plan, mode)?;
+    let mut per_rank = vec![0u64; nodes];
+    for (w, o) in owners {
+        for r in o {
+            if let Some(b) = per_rank.get_mut(r) {
+                *b += super::distributed::spec_bytes(graph, w);
             }
         }
     }
-    let mode = match data_parallel {
+    let mode = match mode == AttentionMode::DataParallel {
         true => "data-parallel attention",
         false => "staged attention",
     };
-    println!("weights per rank ({} nodes, {mode}):", per_rank.len());
+    println!("weights per rank ({nodes} nodes, {mode}):");
     for (r, b) in per_rank.iter().enumerate() {
         println!("rank {r}: {b} bytes ({})", human(*b));
     }

@@ -33,9 +33,9 @@ pub fn run(a: LogitsArgs) -> Result<(), CliError> {
     let (graph, attention) = open_graph_placed(&a.run)?;
     check_memory(&a.run, &graph, 1, ids.len())?;
     // Under mpirun: rank 0 runs the pass and writes --out; the others serve their experts.
-    let mut dep = Deployment::join(&graph, attention)?;
+    let dep = Deployment::join(&graph, attention)?;
     let (model, be) = start_model(&a.run, &graph)?;
-    let dist = dep.serve(&model)?;
+    let dist = dep.distributed();
     let logits = match dep.rank {
         0 => {
             let exec = Executor::start(

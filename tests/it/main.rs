@@ -14,6 +14,7 @@
 //!   fault strings, in process and through the binary);
 //! - `mpi`, `mpi_faults`, `mpi_property` (cargo feature `mpi`): deployments over several
 //!   processes under `mpirun`, bit-identical to the reference; rank loss and load failures;
+//!   `mpi_share`: each rank's share of the weights, rank 0's kernel path, bench under mpirun;
 //! - `research_cli`: `troupe trace-stats` on a short run's trace, `bench --compare --schedule`;
 //! - `trained_tiny`: the bundled trained model (fortune-tiny) against its transformers reference
 //!   on CPU, through the actor runtime, the CLI text path and `--device ptx-interp`.
@@ -35,6 +36,8 @@ mod mpi;
 mod mpi_faults;
 #[cfg(feature = "mpi")]
 mod mpi_property;
+#[cfg(feature = "mpi")]
+mod mpi_share;
 mod placement_cli;
 mod quantize_fp8;
 mod research_cli;

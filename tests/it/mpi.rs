@@ -194,6 +194,17 @@ pub fn assert_deployment_matches(
     );
 }
 
+/// `rank R: N bytes` per rank, as `troupe inspect MODEL --placement P` prints them.
+pub fn inspect_rank_bytes(model: &str, placement: &str) -> Vec<u64> {
+    let r = troupe_single(&["inspect", model, "--placement", placement].map(String::from));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.stdout
+        .lines()
+        .filter(|l| l.starts_with("rank "))
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect()
+}
+
 /// The `troupe: error:` lines of a job's stderr (mpirun adds its own).
 pub fn error_lines(stderr: &str) -> Vec<&str> {
     stderr
@@ -317,15 +328,8 @@ fn inspect_prints_the_weight_bytes_of_each_rank() {
         "p.toml",
         &placement_toml(3, 1, &scattered_groups(16, 3), "sequential", false),
     );
-    let r = troupe_single(&["inspect".into(), model, "--placement".into(), pl]);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    let bytes: Vec<u64> = r
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("rank "))
-        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(bytes.len(), 3, "{}", r.stdout);
+    let bytes = inspect_rank_bytes(&model, &pl);
+    assert_eq!(bytes.len(), 3, "{bytes:?}");
     // Rank 0 holds the embedding, attention and head besides its experts: the most.
     assert!(
         bytes[0] > bytes[1] && bytes[1] > 0 && bytes[2] > 0,

@@ -118,6 +118,21 @@ impl std::fmt::Debug for Distributed {
     }
 }
 
+/// The deployment this process is one rank of, when it is one (set once, by whoever joined
+/// the job: the CLI under mpirun). An MPI process belongs to one job, so every runtime started
+/// in it without an explicit [`crate::RuntimeConfig::distributed`] joins this one.
+static PROCESS_DISTRIBUTED: OnceLock<Distributed> = OnceLock::new();
+
+/// Makes `d` the deployment of every later runtime of this process (the first call wins).
+pub fn set_process_distributed(d: Distributed) {
+    let _ = PROCESS_DISTRIBUTED.set(d);
+}
+
+/// The deployment set by [`set_process_distributed`].
+pub fn process_distributed() -> Option<Distributed> {
+    PROCESS_DISTRIBUTED.get().cloned()
+}
+
 /// Counters of one peer.
 #[derive(Debug, Default)]
 pub struct PeerCounters {

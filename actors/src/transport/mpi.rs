@@ -6,6 +6,12 @@
 //!   [`ExpertServer`] (replies go through the outbox);
 //! * **replies** — receives replies and completes the call waiting for each (by request id).
 //!
+//! Nothing waits inside a blocking MPI call: Open MPI's blocking receives and barriers
+//! busy-poll, and idle ranks' threads would then take the cores from the ranks computing
+//! (several ranks share a machine's cores). The threads probe (`MPI_Improbe`, `MPI_Test`) and,
+//! once a few quick probes found nothing, sleep between probes, longer the longer they wait, up
+//! to [`MESSAGE_SLEEP`] ([`BARRIER_SLEEP`] in a barrier) ([`Idle`]).
+//!
 //! [`MpiTransport::finish`] ends a run: a barrier (after it no rank sends another request), then
 //! each rank stops its own threads with a `Stop` to itself. A rank that dies is noticed by the
 //! launcher (`mpirun` ends the whole job and names the rank); a rank that fails calls
@@ -15,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -29,6 +35,49 @@ use crate::error::{ActorError, Result};
 const TAG_REQUEST: i32 = 11;
 const TAG_REPLY: i32 = 12;
 const TAG_DATA: i32 = 13;
+
+/// The longest pause between two probes of a thread waiting for messages: what it adds to a
+/// message's latency at most after a long idle spell.
+const MESSAGE_SLEEP: Duration = Duration::from_micros(200);
+/// The longest pause between two probes of a barrier (ends of runs: latency matters little).
+const BARRIER_SLEEP: Duration = Duration::from_millis(2);
+/// Probes that yield the core instead of sleeping, before an idle thread starts sleeping.
+const QUICK_PROBES: u32 = 32;
+
+/// Backs off between probes that found nothing: first yields, then sleeps from 10 µs, doubling
+/// up to its cap.
+struct Idle {
+    probes: u32,
+    cap: Duration,
+}
+
+impl Idle {
+    fn new(cap: Duration) -> Idle {
+        Idle { probes: 0, cap }
+    }
+    fn wait(&mut self) {
+        self.probes = self.probes.saturating_add(1);
+        match self.probes.checked_sub(QUICK_PROBES + 1) {
+            None => std::thread::yield_now(),
+            Some(n) => {
+                let sleep = Duration::from_micros(10u64 << n.min(16));
+                std::thread::sleep(sleep.min(self.cap));
+            }
+        }
+    }
+}
+
+/// The next message tagged `tag` from any rank, received without busy-waiting.
+fn receive_any(world: &SimpleCommunicator, tag: i32) -> (Vec<u8>, mpi::point_to_point::Status) {
+    use mpi::point_to_point::MatchedReceiveVec;
+    let mut idle = Idle::new(MESSAGE_SLEEP);
+    loop {
+        if let Some(probed) = world.any_process().immediate_matched_probe_with_tag(tag) {
+            return probed.matched_receive_vec::<u8>();
+        }
+        idle.wait();
+    }
+}
 
 /// Whether this process was started by an MPI launcher (Open MPI's `mpirun`, or PMI/PMIx as
 /// Slurm's `srun` sets up).
@@ -83,9 +132,22 @@ impl MpiWorld {
     pub fn abort(&self, code: i32) -> ! {
         SimpleCommunicator::world().abort(code)
     }
-    /// Waits for every rank.
+    /// Waits for every rank (probing, not spinning).
     pub fn barrier(&self) {
-        SimpleCommunicator::world().barrier();
+        let mut req = SimpleCommunicator::world().immediate_barrier();
+        let mut idle = Idle::new(BARRIER_SLEEP);
+        while let Err(pending) = req.test() {
+            req = pending;
+            idle.wait();
+        }
+    }
+    /// Rank 0's `value`, on every rank (a broadcast; every rank must call it).
+    pub fn broadcast_from_rank0(&self, value: u8) -> u8 {
+        let mut v = value;
+        SimpleCommunicator::world()
+            .process_at_rank(0)
+            .broadcast_into(&mut v);
+        v
     }
     /// Sends `bytes` to rank `to` (data outside the expert exchange, e.g. results to rank 0).
     pub fn send_data(&self, to: usize, bytes: &[u8]) {
@@ -95,10 +157,16 @@ impl MpiWorld {
     }
     /// Receives what rank `from` sent with [`MpiWorld::send_data`].
     pub fn receive_data(&self, from: usize) -> Vec<u8> {
-        SimpleCommunicator::world()
-            .process_at_rank(from as i32)
-            .receive_vec_with_tag::<u8>(TAG_DATA)
-            .0
+        use mpi::point_to_point::MatchedReceiveVec;
+        let world = SimpleCommunicator::world();
+        let mut idle = Idle::new(MESSAGE_SLEEP);
+        loop {
+            let peer = world.process_at_rank(from as i32);
+            if let Some(probed) = peer.immediate_matched_probe_with_tag(TAG_DATA) {
+                return probed.matched_receive_vec::<u8>().0;
+            }
+            idle.wait();
+        }
     }
 }
 
@@ -201,7 +269,7 @@ fn serve(
 ) {
     let world = SimpleCommunicator::world();
     loop {
-        let (bytes, status) = world.any_process().receive_vec_with_tag::<u8>(TAG_REQUEST);
+        let (bytes, status) = receive_any(&world, TAG_REQUEST);
         let from = status.source_rank() as usize;
         let reply = match Message::decode(&bytes) {
             Ok(Message::Stop) => return,
@@ -230,7 +298,7 @@ fn serve(
 fn receive_replies(stats: Arc<PeerStats>, pending: Arc<Pending>) {
     let world = SimpleCommunicator::world();
     loop {
-        let (bytes, status) = world.any_process().receive_vec_with_tag::<u8>(TAG_REPLY);
+        let (bytes, status) = receive_any(&world, TAG_REPLY);
         let from = status.source_rank() as usize;
         let id = match Message::decode(&bytes) {
             Ok(Message::Stop) => return,

@@ -26,6 +26,22 @@ use crate::weights::{Checkpoint, Weight};
 /// Called as `progress(done, total)` while tensors are opened or generated.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
+/// Which of the plan's tensors (by name) this process loads; the rest become absent.
+pub type Keep<'a> = &'a (dyn Fn(&str) -> bool + Sync);
+
+/// The dtype of the random tensor `s` in a graph of dtype `dtype` (`fp8`: the plan's FP8
+/// weight names): the V3 correction bias stays f32, as in real checkpoints; an FP8 model keeps
+/// its embeddings, norms, router and head in bf16.
+fn random_dtype(dtype: DType, fp8: &HashSet<String>, s: &WeightSpec) -> DType {
+    if s.role == WeightRole::Bias {
+        DType::F32
+    } else if dtype == DType::F8E4M3 && !fp8.contains(&s.name) {
+        DType::BF16
+    } else {
+        dtype
+    }
+}
+
 /// The seeded random tensor `s` of a graph of dtype `dtype` (`fp8`: the plan's FP8 weight names).
 pub fn random_tensor(
     r: &RandomWeights,
@@ -38,15 +54,7 @@ pub fn random_tensor(
         WeightRole::NormGain => RandomInit::Ones,
         WeightRole::Bias => RandomInit::Zeros,
     };
-    // The V3 correction bias stays f32, as in real checkpoints; an FP8 model keeps its
-    // embeddings, norms, router and head in bf16.
-    let dt = if s.role == WeightRole::Bias {
-        DType::F32
-    } else if dtype == DType::F8E4M3 && !fp8.contains(&s.name) {
-        DType::BF16
-    } else {
-        dtype
-    };
+    let dt = random_dtype(dtype, fp8, s);
     random_weight(&s.name, s.shape.clone(), dt, init, r.seed)
 }
 
@@ -54,6 +62,19 @@ pub fn random_tensor(
 pub fn collect_weights(
     graph: &LoadedGraph,
     plan: &Plan,
+    progress: Progress,
+) -> Result<HashMap<String, Weight>> {
+    collect_weights_where(graph, plan, &|_| true, progress)
+}
+
+/// [`collect_weights`] for the tensors `keep` accepts; the others are [`Weight::absent`]. A
+/// checkpoint's tensors are all looked up and shape-checked alike (so a missing or misshapen
+/// tensor is the same error on every rank), but only kept ones are dequantised; random ones
+/// are generated only when kept.
+pub fn collect_weights_where(
+    graph: &LoadedGraph,
+    plan: &Plan,
+    keep: Keep,
     progress: Progress,
 ) -> Result<HashMap<String, Weight>> {
     let specs = plan.weight_specs();
@@ -67,7 +88,14 @@ pub fn collect_weights(
             for (i, part) in specs.chunks(chunk).enumerate() {
                 let made: Vec<Weight> = part
                     .par_iter()
-                    .map(|s| random_tensor(r, dtype, &fp8, s))
+                    .map(|s| match keep(&s.name) {
+                        true => random_tensor(r, dtype, &fp8, s),
+                        false => Ok(Weight::absent(
+                            &s.name,
+                            random_dtype(dtype, &fp8, s),
+                            s.shape.clone(),
+                        )),
+                    })
                     .collect::<Result<_>>()?;
                 for w in made {
                     out.insert(w.name().to_string(), w);
@@ -88,15 +116,23 @@ pub fn collect_weights(
             };
             for (i, s) in specs.iter().enumerate() {
                 let mut w = ck.get(&s.name)?;
-                if w.dtype() == DType::F8E4M3 && graph.spec.dtype != DType::F8E4M3 {
-                    w = dequantize(&w, graph.spec.dtype)?;
-                }
                 if w.shape() != s.shape.as_slice() {
                     return Err(EngineError::ShapeMismatch {
                         tensor: s.name.clone(),
                         expected: s.shape.clone(),
                         found: w.shape().to_vec(),
                     });
+                }
+                let dequantise = w.dtype() == DType::F8E4M3 && graph.spec.dtype != DType::F8E4M3;
+                if !keep(&s.name) {
+                    let dtype = if dequantise {
+                        graph.spec.dtype
+                    } else {
+                        w.dtype()
+                    };
+                    w = Weight::absent(&s.name, dtype, s.shape.clone());
+                } else if dequantise {
+                    w = dequantize(&w, graph.spec.dtype)?;
                 }
                 out.insert(s.name.clone(), w);
                 if i % 16 == 0 || i + 1 == total {
@@ -137,6 +173,20 @@ fn absorb(
     v: usize,
     kv_lora: usize,
 ) -> (Vec<Weight>, Vec<Weight>) {
+    if !kv_b.is_loaded() {
+        let absent = |what: &str, shape: [usize; 2]| {
+            (0..heads)
+                .map(|h| {
+                    Weight::absent(
+                        &format!("{}#{what}{h}", kv_b.name()),
+                        DType::F32,
+                        shape.to_vec(),
+                    )
+                })
+                .collect()
+        };
+        return (absent("uk_t", [kv_lora, nope]), absent("uv", [v, kv_lora]));
+    }
     let per = nope + v;
     let mut uk_t = Vec::with_capacity(heads);
     let mut uv = Vec::with_capacity(heads);
@@ -280,9 +330,15 @@ fn moe(spec: &ModelSpec, ws: &[crate::graph::ir::WeightSpec], take: &Take) -> Re
 impl Model {
     /// Loads a model; `progress` is told how many tensors are ready.
     pub fn load(graph: &LoadedGraph, progress: Progress) -> Result<Model> {
+        Model::load_where(graph, &|_| true, progress)
+    }
+
+    /// Loads the tensors `keep` accepts (a rank's share of a deployment); the others are
+    /// [`Weight::absent`], and a kernel reading one fails naming it.
+    pub fn load_where(graph: &LoadedGraph, keep: Keep, progress: Progress) -> Result<Model> {
         graph.spec.validate()?;
         let plan = Plan::compile(&graph.spec);
-        let weights = collect_weights(graph, &plan, progress)?;
+        let weights = collect_weights_where(graph, &plan, keep, progress)?;
         let take = Take(&weights);
         let spec = &graph.spec;
         let mut embed = None;

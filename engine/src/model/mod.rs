@@ -16,7 +16,7 @@ mod load;
 pub use attention::{Attention, MlaForm};
 pub use ffn::{DispatchPlan, FeedForward, Mlp, MoeBlock, MoePlan};
 pub use kv::{KvConfig, KvPool, KvPools, LayerCache, SequenceCache};
-pub use load::{collect_weights, random_tensor, Progress};
+pub use load::{collect_weights, collect_weights_where, random_tensor, Keep, Progress};
 
 use crate::backend::Backend;
 use crate::device_tensor::DeviceTensor;

@@ -24,6 +24,9 @@ enum Storage {
     /// Bytes owned by the process (generated weights, or realigned copies), held as u32 words
     /// so the buffer is 4-byte aligned for f32 reads.
     Owned { words: Arc<Vec<u32>>, len: usize },
+    /// Not loaded in this process: a rank of a deployment over several processes holds only
+    /// the weights its actors use ([`Weight::absent`]).
+    Absent,
 }
 
 /// A named weight tensor. Cheap to clone (shares the bytes).
@@ -95,6 +98,23 @@ impl Weight {
         Ok(Weight::owned(name, dtype, shape, words, bytes.len()))
     }
 
+    /// A placeholder for a tensor this process does not load (another rank holds it): its
+    /// name, dtype and shape, no bytes. Reading its elements is an error naming it.
+    pub fn absent(name: &str, dtype: DType, shape: Vec<usize>) -> Self {
+        Weight {
+            name: name.into(),
+            dtype,
+            shape,
+            storage: Storage::Absent,
+            scales: None,
+        }
+    }
+
+    /// Whether the bytes are in this process (false for [`Weight::absent`]).
+    pub fn is_loaded(&self) -> bool {
+        !matches!(self.storage, Storage::Absent)
+    }
+
     /// An f32 weight from values.
     pub fn from_f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
         let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
@@ -162,10 +182,25 @@ impl Weight {
                 };
                 &all[..*len]
             }
+            Storage::Absent => &[],
+        }
+    }
+    /// An error unless the bytes are in this process.
+    fn check_loaded(&self, op: &str) -> Result<()> {
+        match self.is_loaded() {
+            true => Ok(()),
+            false => Err(EngineError::kernel(
+                op,
+                format!(
+                    "tensor `{}` is not loaded in this process (a rank loads only the weights its actors use)",
+                    self.name
+                ),
+            )),
         }
     }
     /// The elements of an f32 weight.
     pub fn as_f32(&self) -> Result<&[f32]> {
+        self.check_loaded("as_f32")?;
         if self.dtype != DType::F32 {
             return Err(EngineError::kernel(
                 "as_f32",
@@ -180,6 +215,7 @@ impl Weight {
     }
     /// The raw bit patterns of a bf16/f16 weight.
     pub fn as_u16(&self) -> Result<&[u16]> {
+        self.check_loaded("as_u16")?;
         if !matches!(self.dtype, DType::BF16 | DType::F16) {
             return Err(EngineError::kernel(
                 "as_u16",
@@ -194,6 +230,7 @@ impl Weight {
     }
     /// The raw e4m3 bytes of an FP8 weight (dequantise with [`Weight::block_scales`]).
     pub fn as_u8(&self) -> Result<&[u8]> {
+        self.check_loaded("as_u8")?;
         if self.dtype != DType::F8E4M3 {
             return Err(EngineError::kernel(
                 "as_u8",

@@ -12,6 +12,7 @@ mod hf_extra;
 mod hf_fp8;
 mod hf_reference;
 mod paged_cache;
+mod partial_load;
 mod random_weights;
 mod requests;
 mod router;

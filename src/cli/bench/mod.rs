@@ -121,13 +121,19 @@ fn weight_bytes_per_token(model: &Model) -> u64 {
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    // Under mpirun: rank 0 runs the rows, the other ranks serve their experts (mpi helper).
+    let actors_rows = a.runtime == Some(RuntimeKind::Actors) && !a.compare;
+    super::distributed::bench_on_ranks(&a.run, actors_rows, || run_here(&a))
+}
+
+fn run_here(a: &BenchArgs) -> Result<(), CliError> {
     if a.compare {
-        return compare::run(&a);
+        return compare::run(a);
     }
     if a.profile.is_some() || a.no_link || a.seqs.is_some() {
         return Err(CliError::Usage(
             "--profile, --trace, --no-link and --seqs need --compare".into(),
         ));
     }
-    rows::run(&a, a.n_prompt.unwrap_or(PROMPT_LEN))
+    rows::run(a, a.n_prompt.unwrap_or(PROMPT_LEN))
 }
