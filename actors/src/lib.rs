@@ -6,7 +6,7 @@
 //! placement. See `actors/README.md` for the design.
 //!
 //! Entry points: [`ActorRuntime`] (blocking, for the CLI), [`service::Engine`] (async library
-//! API, with [`TokenStream`]), [`schedule::Schedule`] (write your own), [`bench`].
+//! API, with [`TokenStream`]), [`schedule::Schedule`] (write your own), [`mod@bench`].
 
 pub mod actors;
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
-//! The storage type is dispatched in [`columns_into`] (`WFlat`): a new weight format (FP8 with
+//! The storage type is dispatched in `columns_into` (`WFlat`): a new weight format (FP8 with
 //! block scales) adds a `WFlat` variant and an arm there that fills the same column range with its
 //! own fixed order.
 
