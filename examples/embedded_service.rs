@@ -80,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "",
     ];
     let clients: Vec<_> = prompts
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(c, prompt)| {
             tokio::spawn(async move {
@@ -93,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .next_line()
                     .await?
                     .unwrap_or_default();
-                Ok::<_, std::io::Error>((c, *prompt, answer))
+                Ok::<_, std::io::Error>((c, prompt, answer))
             })
         })
         .collect();
