@@ -68,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_new_tokens: 6,
             sampling: SamplingParams::default(),
             stop_token: None,
+            stop_at_eos: false,
             keep_logits: true,
         })
         .collect();

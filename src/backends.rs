@@ -1,5 +1,7 @@
 //! The kernel backends troupe ships, by [`DeviceId`]: `cpu` (troupe-engine's CPU kernels),
-//! `ptx-interp` (troupe-ptx's PTX interpreter) and `cuda:N` (troupe-ptx over the CUDA driver).
+//! `ptx-interp` (troupe-ptx's PTX interpreter) and `cuda:N` (troupe-ptx over the CUDA driver);
+//! the last two only with the cargo feature `gpu` (without it they are
+//! [`BackendBuildError::NotBuilt`]).
 //! The actor runtime (troupe-actors) does not link troupe-ptx, so it builds `cpu` streams only
 //! unless given a factory: [`default_factory`] is that factory, for library users
 //! (`RuntimeOptions { backends: Some(troupe::backends::default_factory()), .. }`) and the CLI
@@ -15,13 +17,19 @@ use std::sync::Arc;
 use troupe_actors::{BackendBuildError, BackendFactory};
 use troupe_engine::kernels::CpuBackend;
 use troupe_engine::{Backend, DeviceId};
+#[cfg(feature = "gpu")]
 use troupe_ptx::Fp8Compute;
 
 /// What [`backend`] builds, for error messages.
+#[cfg(feature = "gpu")]
 pub const BUILTIN_DEVICES: &str = "cpu, ptx-interp and cuda[:N]";
+/// What [`backend`] builds, for error messages.
+#[cfg(not(feature = "gpu"))]
+pub const BUILTIN_DEVICES: &str = "cpu (ptx-interp and cuda[:N] need the `gpu` feature)";
 
 /// The backend of a built-in device; a [`DeviceId::Custom`] device is `Unsupported` (serve it
 /// with a factory of your own that falls back to this function).
+#[cfg(feature = "gpu")]
 pub fn backend(device: &DeviceId) -> Result<Arc<dyn Backend>, BackendBuildError> {
     let failed = |e: troupe_ptx::GpuError| BackendBuildError::Failed {
         device: device.clone(),
@@ -42,10 +50,28 @@ pub fn backend(device: &DeviceId) -> Result<Arc<dyn Backend>, BackendBuildError>
     }
 }
 
+/// The backend of a built-in device; without the `gpu` feature only `cpu` is built, and the GPU
+/// devices are `NotBuilt`.
+#[cfg(not(feature = "gpu"))]
+pub fn backend(device: &DeviceId) -> Result<Arc<dyn Backend>, BackendBuildError> {
+    match device {
+        DeviceId::Cpu => Ok(Arc::new(CpuBackend::new())),
+        DeviceId::PtxInterp | DeviceId::Cuda(_) => Err(BackendBuildError::NotBuilt {
+            device: device.clone(),
+            feature: "gpu",
+        }),
+        DeviceId::Custom(_) => Err(BackendBuildError::Unsupported {
+            device: device.clone(),
+            serves: BUILTIN_DEVICES.into(),
+        }),
+    }
+}
+
 /// The variable that opts the GPU backends into W8A8 FP8 compute.
 pub const FP8_ENV: &str = "TROUPE_FP8_COMPUTE";
 
 /// The FP8 compute of a GPU device from `TROUPE_FP8_COMPUTE`, printed when it is not the default.
+#[cfg(feature = "gpu")]
 fn fp8_choice(device: &DeviceId) -> Result<Fp8Compute, troupe_ptx::GpuError> {
     let fp8 = fp8_compute(std::env::var(FP8_ENV).ok().as_deref())?;
     if fp8 != Fp8Compute::default() {
@@ -55,6 +81,7 @@ fn fp8_choice(device: &DeviceId) -> Result<Fp8Compute, troupe_ptx::GpuError> {
 }
 
 /// The value of `TROUPE_FP8_COMPUTE`: unset, empty or `weight-only` (the default), or `w8a8`.
+#[cfg(feature = "gpu")]
 fn fp8_compute(value: Option<&str>) -> Result<Fp8Compute, troupe_ptx::GpuError> {
     match value {
         None | Some("") | Some("weight-only") => Ok(Fp8Compute::WeightOnly),
@@ -75,6 +102,23 @@ pub fn default_factory() -> BackendFactory {
 mod tests {
     use super::*;
 
+    #[cfg(not(feature = "gpu"))]
+    #[test]
+    fn without_gpu_the_gpu_devices_are_a_typed_error_naming_the_feature() {
+        let f = default_factory();
+        assert_eq!(f.build(&DeviceId::Cpu).expect("cpu").name(), "cpu");
+        for device in [DeviceId::PtxInterp, DeviceId::Cuda(0)] {
+            match f.build(&device) {
+                Err(e @ BackendBuildError::NotBuilt { .. }) => {
+                    assert!(e.to_string().contains("feature `gpu`"), "{e}")
+                }
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("{device} was built without the gpu feature"),
+            }
+        }
+    }
+
+    #[cfg(feature = "gpu")]
     #[test]
     fn builtin_devices_build_and_custom_ones_are_refused_by_name() {
         let f = default_factory();
@@ -91,6 +135,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "gpu")]
     #[test]
     fn fp8_compute_is_weight_only_unless_w8a8_is_asked_for() {
         assert_eq!(fp8_compute(None).unwrap(), Fp8Compute::WeightOnly);

@@ -18,6 +18,14 @@ pub enum BackendBuildError {
     /// The factory does not serve this device.
     #[error("device `{device}` is not served by this backend factory (it builds {serves}); pass one that does in RuntimeOptions::backends")]
     Unsupported { device: DeviceId, serves: String },
+    /// The device's backend is left out of this build (a cargo feature of `troupe` is off).
+    #[error(
+        "device `{device}` needs troupe's cargo feature `{feature}`, which this build leaves out"
+    )]
+    NotBuilt {
+        device: DeviceId,
+        feature: &'static str,
+    },
     /// The factory serves the device, but building its backend failed (e.g. no CUDA driver).
     #[error("device `{device}`: {source}")]
     Failed {

@@ -1,14 +1,19 @@
 //! Continuous batching. One driver thread owns the active sequences: every loop it admits the
-//! requests that arrived meanwhile (their whole prompt is their chunk this step), runs one forward
-//! pass over all active sequences (prefill chunks and 1-token decode chunks together), samples one
-//! token per sequence and streams it out. Because every op is row-independent and attention is
-//! per sequence, the tokens do not depend on who shares a step. A pass failing because an actor is
-//! down fails only the sequences that needed it; the rest re-run the step (attention truncates the
-//! caches back, so the re-run is exact).
+//! requests that arrived meanwhile (their whole prompt is their chunk this step), drops the
+//! requests whose stream was dropped or cancelled (their KV pages go back at once), runs one
+//! forward pass over the active sequences whose stream has room (prefill chunks and 1-token
+//! decode chunks together), samples one token per sequence and streams it out. A stream that
+//! is full pauses its request (back-pressure: no compute, its cache kept) until the reader takes
+//! an event; the others go on. Because every op is row-independent and attention is per
+//! sequence, the tokens do not depend on who shares a step. A pass failing because an actor is
+//! down fails only the sequences that needed it; the rest re-run the step (attention truncates
+//! the caches back, so the re-run is exact).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use troupe_engine::generate::{check_request, last_rows, GenerateOutput, GenerateRequest};
 use troupe_engine::sampling::Sampler;
@@ -23,31 +28,78 @@ use crate::transfer::Owned;
 /// One generated token, with its logits row when asked for.
 pub type FullToken = (u32, Option<Vec<f32>>);
 
+/// Why a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced `max_new_tokens`.
+    Length,
+    /// It produced its stop token (or EOS).
+    Stop,
+}
+
+/// One token on a request's bounded stream.
+#[derive(Clone, Debug)]
+pub struct StreamToken {
+    pub token: u32,
+    /// The logits row it was chosen from (only with `keep_logits`).
+    pub logits: Option<Vec<f32>>,
+    /// Set on the request's last token.
+    pub finish: Option<FinishReason>,
+}
+
+/// The sending side of a request's bounded stream.
+pub type StreamSender = tokio::sync::mpsc::Sender<Result<StreamToken>>;
+
 /// Where a request's tokens go.
 pub enum Sink {
-    Tokens(tokio::sync::mpsc::UnboundedSender<Result<u32>>),
+    /// A bounded stream (the async `Engine`): full pauses the request; closed or `cancelled`
+    /// ends it.
+    Stream {
+        tx: StreamSender,
+        cancelled: Arc<AtomicBool>,
+    },
+    /// Everything, unbounded (the blocking `ActorRuntime`, whose caller collects it).
     Full(flume::Sender<Result<FullToken>>),
 }
 
 impl Sink {
-    fn token(&self, t: u32, logits: Option<Vec<f32>>) {
+    fn token(&self, token: u32, logits: Option<Vec<f32>>, finish: Option<FinishReason>) {
         match self {
-            Sink::Tokens(tx) => {
-                let _ = tx.send(Ok(t));
+            // Room was checked before the step and only this thread sends.
+            Sink::Stream { tx, .. } => {
+                let _ = tx.try_send(Ok(StreamToken {
+                    token,
+                    logits,
+                    finish,
+                }));
             }
             Sink::Full(tx) => {
-                let _ = tx.send(Ok((t, logits)));
+                let _ = tx.send(Ok((token, logits)));
             }
         }
     }
     fn fail(&self, e: ActorError) {
         match self {
-            Sink::Tokens(tx) => {
-                let _ = tx.send(Err(e));
+            Sink::Stream { tx, .. } => {
+                let _ = tx.try_send(Err(e));
             }
             Sink::Full(tx) => {
                 let _ = tx.send(Err(e));
             }
+        }
+    }
+    /// The reader is gone (stream dropped or cancelled): the request stops.
+    fn gone(&self) -> bool {
+        match self {
+            Sink::Stream { tx, cancelled } => tx.is_closed() || cancelled.load(Ordering::Acquire),
+            Sink::Full(tx) => tx.is_disconnected(),
+        }
+    }
+    /// The stream can take one more token.
+    fn has_room(&self) -> bool {
+        match self {
+            Sink::Stream { tx, .. } => tx.capacity() > 0,
+            Sink::Full(_) => true,
         }
     }
 }
@@ -76,52 +128,129 @@ struct Active {
     committed: usize,
     next: Vec<u32>,
     produced: usize,
+    finished: bool,
     sink: Sink,
 }
 
+/// How the driver thread should end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stop {
+    Running,
+    /// Finish the requests in progress (`Batcher::stop`).
+    Finish,
+    /// Drop the requests in progress (`Batcher::abort`: the engine was dropped).
+    Abort,
+}
+
+/// What the driver thread waits on: new requests, a reader making room or cancelling, a stop.
+pub struct Inbox {
+    state: Mutex<InboxState>,
+    changed: Condvar,
+    /// Tokens generated so far, every request (as `troupe_tokens_generated_total` counts them).
+    tokens_generated: AtomicU64,
+}
+
+struct InboxState {
+    submissions: VecDeque<Submission>,
+    woken: bool,
+    stop: Stop,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// A reader took an event or cancelled: the driver looks at its requests again.
+    pub fn wake(&self) {
+        self.lock().woken = true;
+        self.changed.notify_one();
+    }
+    fn set_stop(&self, stop: Stop) {
+        let mut st = self.lock();
+        st.stop = st.stop.max(stop);
+        st.woken = true;
+        self.changed.notify_one();
+    }
+    /// The submissions so far and the stop state; with `wait`, first waits (up to `timeout`)
+    /// for anything to happen. Returns `true` as its last item when the wait timed out.
+    fn take(&self, wait: bool, timeout: Duration) -> (Vec<Submission>, Stop, bool) {
+        let mut st = self.lock();
+        let mut timed_out = false;
+        if wait && st.submissions.is_empty() && !st.woken && st.stop != Stop::Abort {
+            let (guard, t) = self
+                .changed
+                .wait_timeout_while(st, timeout, |s| {
+                    s.submissions.is_empty() && !s.woken && s.stop != Stop::Abort
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            st = guard;
+            timed_out = t.timed_out();
+        }
+        st.woken = false;
+        (st.submissions.drain(..).collect(), st.stop, timed_out)
+    }
+}
+
+/// How long a stopping engine waits for the reader of a full stream before it drops the
+/// request (so `shutdown` cannot hang on a stream nobody reads).
+const UNREAD_STREAM_GRACE: Duration = Duration::from_secs(5);
+
 /// Handle to the batching thread.
 pub struct Batcher {
-    tx: std::sync::Mutex<Option<flume::Sender<Submission>>>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    inbox: Arc<Inbox>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Batcher {
     pub fn start(core: Arc<Core>) -> Result<Batcher> {
-        let (tx, rx) = flume::unbounded();
+        let inbox = Arc::new(Inbox {
+            state: Mutex::new(InboxState {
+                submissions: VecDeque::new(),
+                woken: false,
+                stop: Stop::Running,
+            }),
+            changed: Condvar::new(),
+            tokens_generated: AtomicU64::new(0),
+        });
+        let driver = inbox.clone();
         let thread = std::thread::Builder::new()
             .name("troupe-batcher".into())
-            .spawn(move || batch_loop(&core, rx))
+            .spawn(move || batch_loop(&core, &driver))
             .map_err(|e| ActorError::Startup(format!("batcher thread: {e}")))?;
         Ok(Batcher {
-            tx: std::sync::Mutex::new(Some(tx)),
-            thread: std::sync::Mutex::new(Some(thread)),
+            inbox,
+            thread: Mutex::new(Some(thread)),
         })
     }
 
-    fn submit(&self, request: GenerateRequest, sink: Sink) {
-        let s = Submission { request, sink };
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match tx {
-            Some(tx) => {
-                if let Err(flume::SendError(s)) = tx.send(s) {
-                    s.sink
-                        .fail(ActorError::Closed("the engine is shut down".into()));
-                }
-            }
-            None => s
-                .sink
-                .fail(ActorError::Closed("the engine is shut down".into())),
-        }
+    /// Tokens generated so far by every request.
+    pub fn tokens_generated(&self) -> u64 {
+        self.inbox.tokens_generated.load(Ordering::Relaxed)
     }
 
-    /// Submits a request whose tokens stream out one by one.
-    pub fn submit_tokens(
+    /// What a reader wakes the driver with.
+    pub fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
+    }
+
+    fn submit(&self, request: GenerateRequest, sink: Sink) -> Result<()> {
+        let mut st = self.inbox.lock();
+        if st.stop != Stop::Running {
+            return Err(ActorError::Closed("the engine is shut down".into()));
+        }
+        st.submissions.push_back(Submission { request, sink });
+        self.inbox.changed.notify_one();
+        Ok(())
+    }
+
+    /// Submits a request whose tokens go to `tx` (a bounded stream; see [`Sink::Stream`]).
+    pub fn submit_stream(
         &self,
         request: GenerateRequest,
-    ) -> tokio::sync::mpsc::UnboundedReceiver<Result<u32>> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.submit(request, Sink::Tokens(tx));
-        rx
+        tx: StreamSender,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<()> {
+        self.submit(request, Sink::Stream { tx, cancelled })
     }
 
     /// Submits a request whose tokens come with their logits rows (when `keep_logits`).
@@ -130,23 +259,34 @@ impl Batcher {
         request: GenerateRequest,
     ) -> Result<flume::Receiver<Result<FullToken>>> {
         let (tx, rx) = flume::unbounded();
-        self.submit(request, Sink::Full(tx));
+        self.submit(request, Sink::Full(tx))?;
         Ok(rx)
     }
 
-    /// Finishes the requests in progress, then stops the thread.
+    /// Finishes the requests in progress, then stops the thread (a request whose full stream
+    /// goes unread for 5 s is dropped).
     pub fn stop(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.inbox.set_stop(Stop::Finish);
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();
         }
     }
+
+    /// Drops the requests in progress and lets the thread end after its current step, without
+    /// waiting for it.
+    pub fn abort(&self) {
+        self.inbox.set_stop(Stop::Abort);
+    }
 }
 
 impl Drop for Batcher {
     fn drop(&mut self) {
-        self.stop();
+        self.abort();
+        // Joining on an async thread could wait for actors that need this very thread.
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.stop();
+        }
     }
 }
 
@@ -165,6 +305,7 @@ fn admit(core: &Core, s: Submission, active: &mut Vec<Active>) {
         committed: 0,
         next: s.request.prompt.clone(),
         produced: 0,
+        finished: false,
         req: s.request,
         sink: s.sink,
     });
@@ -205,59 +346,90 @@ fn sample(
         .collect())
 }
 
-fn batch_loop(core: &Core, rx: flume::Receiver<Submission>) {
+fn batch_loop(core: &Core, inbox: &Inbox) {
+    let eos = core.model.spec.eos_token_id;
     let mut active: Vec<Active> = Vec::new();
+    let mut runnable = false;
     loop {
-        if active.is_empty() {
-            match rx.recv() {
-                Ok(s) => admit(core, s, &mut active),
-                Err(_) => return,
-            }
-        }
-        while let Ok(s) = rx.try_recv() {
+        let (submissions, stop, timed_out) = inbox.take(!runnable, UNREAD_STREAM_GRACE);
+        for s in submissions {
             admit(core, s, &mut active);
         }
-        if active.is_empty() {
-            continue;
+        if stop == Stop::Abort {
+            for a in &active {
+                a.sink
+                    .fail(ActorError::Closed("the engine was dropped".into()));
+            }
+            return;
         }
-        let seqs: Vec<SeqInput> = active
-            .iter()
-            .map(|a| SeqInput {
-                request: a.id,
-                tokens: a.next.clone(),
-                caches: a.caches.clone(),
-                start: a.committed,
-            })
-            .collect();
-        let t0 = Instant::now();
-        match core.forward(seqs).and_then(|l| sample(&l, &mut active)) {
-            Ok(tokens) => {
-                crate::metrics::step_done(active.len(), t0.elapsed());
-                for (a, (tok, row)) in active.iter_mut().zip(tokens) {
-                    a.sink.token(tok, row);
-                    a.committed += a.next.len();
-                    a.next = vec![tok];
-                    a.produced += 1;
+        // Cancelled or dropped streams: the request and its cache pages go now.
+        active.retain(|a| !a.sink.gone());
+        if stop == Stop::Finish && (active.is_empty() || timed_out) {
+            for a in &active {
+                a.sink.fail(ActorError::Closed(
+                    "the engine shut down while this stream went unread".into(),
+                ));
+            }
+            return;
+        }
+        let (mut running, parked): (Vec<Active>, Vec<Active>) =
+            active.drain(..).partition(|a| a.sink.has_room());
+        runnable = !running.is_empty();
+        if runnable {
+            step(core, &mut running, eos, &inbox.tokens_generated);
+        }
+        active = running;
+        active.extend(parked);
+        runnable = runnable && !active.is_empty();
+    }
+}
+
+/// One forward pass over `active`, one token each; finished and failed requests leave.
+fn step(core: &Core, active: &mut Vec<Active>, eos: Option<u32>, generated: &AtomicU64) {
+    let seqs: Vec<SeqInput> = active
+        .iter()
+        .map(|a| SeqInput {
+            request: a.id,
+            tokens: a.next.clone(),
+            caches: a.caches.clone(),
+            start: a.committed,
+        })
+        .collect();
+    let t0 = Instant::now();
+    match core.forward(seqs).and_then(|l| sample(&l, active)) {
+        Ok(tokens) => {
+            crate::metrics::step_done(active.len(), t0.elapsed());
+            generated.fetch_add(active.len() as u64, Ordering::Relaxed);
+            for (a, (tok, row)) in active.iter_mut().zip(tokens) {
+                a.committed += a.next.len();
+                a.next = vec![tok];
+                a.produced += 1;
+                let finish = if a.req.stops_at(tok, eos) {
+                    Some(FinishReason::Stop)
+                } else if a.produced >= a.req.max_new_tokens {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                a.sink.token(tok, row, finish);
+                a.finished = finish.is_some();
+            }
+            active.retain(|a| !a.finished);
+        }
+        Err(f) => {
+            let failed: Vec<usize> = f
+                .sequences
+                .clone()
+                .unwrap_or_else(|| (0..active.len()).collect());
+            let mut i = 0;
+            active.retain(|a| {
+                let keep = !failed.contains(&i);
+                if !keep {
+                    a.sink.fail(f.error.clone());
                 }
-                active.retain(|a| {
-                    a.produced < a.req.max_new_tokens && a.req.stop_token != Some(a.next[0])
-                });
-            }
-            Err(f) => {
-                let failed: Vec<usize> = f
-                    .sequences
-                    .clone()
-                    .unwrap_or_else(|| (0..active.len()).collect());
-                let mut i = 0;
-                active.retain(|a| {
-                    let keep = !failed.contains(&i);
-                    if !keep {
-                        a.sink.fail(f.error.clone());
-                    }
-                    i += 1;
-                    keep
-                });
-            }
+                i += 1;
+                keep
+            });
         }
     }
 }

@@ -6,7 +6,7 @@
 //! placement. See `actors/README.md` for the design.
 //!
 //! Entry points: [`ActorRuntime`] (blocking, for the CLI), [`service::Engine`] (async library
-//! API), [`schedule::Schedule`] (write your own), [`bench`].
+//! API, with [`TokenStream`]), [`schedule::Schedule`] (write your own), [`mod@bench`].
 
 pub mod actors;
 #[cfg(test)]
@@ -30,15 +30,17 @@ pub mod service;
 pub mod stage;
 pub mod stream;
 pub mod supervisor;
+pub mod token_stream;
 pub mod trace;
 pub mod trace_stats;
 pub mod transfer;
 pub mod transport;
 
 pub use backend_factory::{BackendBuildError, BackendFactory};
+pub use batcher::FinishReason;
 pub use error::{ActorError, Result};
 pub use fault::{Fault, FaultKind, FaultPlan};
 pub use placement::{LinkSpec, Placement, PlacementSpec, SupervisionSpec};
 pub use runtime::{ActorRuntime, Core, RuntimeConfig, RuntimeOptions};
 pub use schedule::{ForwardPass, MicroBatch, Op, Schedule};
-pub use service::Engine;
+pub use service::{CancelHandle, Engine, EngineOptions, TokenEvent, TokenStream};

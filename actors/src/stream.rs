@@ -1,5 +1,5 @@
 //! Device streams. A `Stream` is one backend (`Arc<dyn Backend>`, built by the runtime's
-//! [`BackendFactory`](crate::backend_factory::BackendFactory) from the stream's `device`) plus a [`KernelQueue`]: kernels submitted to it
+//! [`BackendFactory`](crate::backend_factory::BackendFactory) from the stream's `device`) plus a `KernelQueue`: kernels submitted to it
 //! run one at a time, strictly in submission order (a kernel held for a link arrival enters the
 //! order when it arrives), so actors sharing a stream serialise on it exactly like CUDA work on
 //! one CUDA stream. The order holds because the submitter enqueues synchronously; only the

@@ -51,6 +51,9 @@ pub enum EngineError {
         "sequence of {len} tokens exceeds the position limit of {limit} (max_position_embeddings)"
     )]
     TooLong { len: usize, limit: usize },
+    /// A request setting no sampler or stop rule can use; `field` names it.
+    #[error("request field `{field}`: {message}")]
+    InvalidRequest { field: String, message: String },
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,
     #[error("tokenizer {path}: {message}")]

@@ -11,16 +11,77 @@ use crate::executor::{check_chunk, ReferenceExecutor, SeqChunk};
 use crate::model::{Model, SequenceCache};
 use crate::sampling::{Sampler, SamplingParams};
 
-/// One generation request.
+/// One generation request: `GenerateRequest::new(prompt, max_new_tokens)` (greedy, stops at
+/// the model's EOS), then the builder methods, e.g. `.temperature(0.7).top_k(40).seed(5)`.
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
-    /// Stop after emitting this token (None: always produce `max_new_tokens`).
+    /// Stop after emitting this token (as well as at EOS when `stop_at_eos`).
     pub stop_token: Option<u32>,
+    /// Stop after emitting the model's EOS token (`eos_token_id`; no effect without one).
+    pub stop_at_eos: bool,
     /// Keep the logits row each token was chosen from.
     pub keep_logits: bool,
+}
+
+impl GenerateRequest {
+    /// Greedy decoding of up to `max_new_tokens` after `prompt`, stopping at the model's EOS.
+    pub fn new(prompt: Vec<u32>, max_new_tokens: usize) -> Self {
+        GenerateRequest {
+            prompt,
+            max_new_tokens,
+            sampling: SamplingParams::default(),
+            stop_token: None,
+            stop_at_eos: true,
+            keep_logits: false,
+        }
+    }
+    /// All sampling settings at once.
+    pub fn sampling(mut self, sampling: SamplingParams) -> Self {
+        self.sampling = sampling;
+        self
+    }
+    /// Samples at this temperature (0: greedy); must be finite and ≥ 0.
+    pub fn temperature(mut self, temperature: f32) -> Self {
+        self.sampling.temperature = Some(temperature);
+        self
+    }
+    /// Samples among the `k` most likely tokens only (with a temperature).
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.sampling.top_k = Some(k);
+        self
+    }
+    /// Samples from the smallest set of tokens whose probability reaches `p`, in (0, 1].
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.sampling.top_p = Some(p);
+        self
+    }
+    /// The sampler's seed (the same seed gives the same tokens).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.sampling.seed = seed;
+        self
+    }
+    /// Whether to stop at the model's EOS token (default: yes).
+    pub fn stop_at_eos(mut self, stop: bool) -> Self {
+        self.stop_at_eos = stop;
+        self
+    }
+    /// Also stop after emitting `token`.
+    pub fn stop_token(mut self, token: u32) -> Self {
+        self.stop_token = Some(token);
+        self
+    }
+    /// Keep the logits row each token was chosen from.
+    pub fn keep_logits(mut self) -> Self {
+        self.keep_logits = true;
+        self
+    }
+    /// Whether the request is done after emitting `token` (its stop token, or EOS when asked).
+    pub fn stops_at(&self, token: u32, eos: Option<u32>) -> bool {
+        self.stop_token == Some(token) || (self.stop_at_eos && eos == Some(token))
+    }
 }
 
 /// The result of one request.
@@ -34,11 +95,42 @@ pub struct GenerateOutput {
 /// Validates a request against the model before any compute.
 pub fn check_request(model: &Model, r: &GenerateRequest) -> Result<()> {
     check_chunk(model, &r.prompt, 0)?;
+    check_sampling(&r.sampling)?;
+    if let Some(t) = r.stop_token {
+        crate::tokenizer::check_token_ids(&[t], model.spec.vocab_size, 0).map_err(|_| {
+            EngineError::InvalidRequest {
+                field: "stop_token".into(),
+                message: format!(
+                    "token {t} is outside the vocabulary ({})",
+                    model.spec.vocab_size
+                ),
+            }
+        })?;
+    }
     check_positions(
         model.spec.max_position_embeddings,
         r.prompt.len(),
         r.max_new_tokens,
     )?;
+    Ok(())
+}
+
+/// Sampling settings a sampler can use: a temperature that is finite and ≥ 0, a top-p in (0, 1].
+pub fn check_sampling(s: &SamplingParams) -> Result<()> {
+    let bad = |field: &str, message: String| EngineError::InvalidRequest {
+        field: field.into(),
+        message,
+    };
+    if let Some(t) = s.temperature {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(bad("temperature", format!("{t}: must be finite and >= 0")));
+        }
+    }
+    if let Some(p) = s.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(bad("top_p", format!("{p}: must be in (0, 1]")));
+        }
+    }
     Ok(())
 }
 
@@ -74,11 +166,11 @@ struct Live {
 }
 
 impl Live {
-    fn active(&self, r: &GenerateRequest) -> bool {
+    fn active(&self, r: &GenerateRequest, eos: Option<u32>) -> bool {
         match &self.out {
             Ok(o) => {
                 o.generated.len() < r.max_new_tokens
-                    && !(r.stop_token.is_some() && o.generated.last() == r.stop_token.as_ref())
+                    && !o.generated.last().is_some_and(|&t| r.stops_at(t, eos))
             }
             Err(_) => false,
         }
@@ -110,7 +202,7 @@ pub fn generate_each(
         // Pages for this step first: a request that cannot get them fails alone.
         let mut active = Vec::new();
         for (i, (l, r)) in live.iter_mut().zip(requests).enumerate() {
-            if !l.active(r) {
+            if !l.active(r, exec.model.spec.eos_token_id) {
                 l.cache = None;
                 continue;
             }

@@ -6,6 +6,7 @@
 //! layers), [`model::kv`] (the paged KV cache) and [`executor::ReferenceExecutor`].
 
 pub mod backend;
+pub mod detokenizer;
 pub mod device;
 pub mod device_tensor;
 pub mod dtype;

@@ -206,6 +206,7 @@ pub fn backend(device: &DeviceId) -> Result<Arc<dyn Backend>, CliError> {
             "--device {device}: expected {}",
             troupe::backends::BUILTIN_DEVICES
         )),
+        BackendBuildError::NotBuilt { .. } => CliError::Usage(e.to_string()),
         BackendBuildError::Failed { .. } => CliError::Runtime(e.to_string()),
     })
 }

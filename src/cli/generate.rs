@@ -120,6 +120,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         } else {
             None
         },
+        stop_at_eos: false,
         keep_logits: false,
     };
     let mine: Vec<usize> = (0..prompts.len()).filter(|&i| dep.runs(i)).collect();

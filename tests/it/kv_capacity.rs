@@ -19,6 +19,7 @@ fn request(prompt: Vec<u32>, n: usize) -> GenerateRequest {
         max_new_tokens: n,
         sampling: SamplingParams::default(),
         stop_token: None,
+        stop_at_eos: false,
         keep_logits: true,
     }
 }

@@ -34,6 +34,7 @@ fn the_default_factory_runs_actor_streams_on_the_ptx_interpreter() {
         max_new_tokens: 2,
         sampling: SamplingParams::default(),
         stop_token: None,
+        stop_at_eos: false,
         keep_logits: true,
     }];
     let be = troupe::backends::backend(&DeviceId::PtxInterp).expect("interpreter backend");

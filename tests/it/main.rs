@@ -9,6 +9,9 @@
 //! - `bench_json`: `troupe bench --json` on cpu and ptx-interp, both runtimes;
 //! - `export_hf`: `troupe export-hf` folders run back to the graph's exact logits (random bf16,
 //!   the other families' checkpoints); config routing keys, tokenizer size, tensor alignment;
+//! - `external_crate`: `tests/external/embed`, a crate depending on troupe with default features
+//!   off: no CLI or GPU crates in its tree, text streamed through the prelude, no CPU used after
+//!   a dropped stream or engine;
 //! - `kv_capacity`: a KV pool too small for one request fails that request alone;
 //! - `fuzz`: the fuzz harness (mutated graph files, configs, checkpoints, tokenizers, flags and
 //!   fault strings, in process and through the binary);
@@ -24,6 +27,7 @@ mod bench_json;
 mod common;
 mod eplb;
 mod export_hf;
+mod external_crate;
 mod fuzz;
 mod hardening;
 mod isa_paths;

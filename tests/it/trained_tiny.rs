@@ -150,6 +150,7 @@ fn reference_executor_matches_transformers_logits_and_greedy_tokens() {
             max_new_tokens: N_NEW,
             sampling: SamplingParams::default(),
             stop_token: None,
+            stop_at_eos: false,
             keep_logits: true,
         })
         .collect();

@@ -55,6 +55,7 @@ pub fn request(prompt: Vec<u32>, n: usize, seed: Option<u64>) -> GenerateRequest
         max_new_tokens: n,
         sampling,
         stop_token: None,
+        stop_at_eos: false,
         keep_logits: true,
     }
 }

@@ -2,7 +2,7 @@
 //! does with the same file (DeepSeek-V2 never renormalises its top-k weights, as HF). Keys that
 //! would change the model in a way troupe does not implement are refused by name rather than
 //! ignored: `hidden_act` other than `silu`, `attention_bias`/`mlp_bias` true, a `scoring_func` or
-//! `topk_method` other than the family's, `moe_layer_freq` other than 1 (see [`check_supported`]).
+//! `topk_method` other than the family's, `moe_layer_freq` other than 1 (see `check_supported`).
 //! A `quantization_config` must describe DeepSeek's FP8 layout (`quant_method: fp8`, `fmt: e4m3`,
 //! `weight_block_size: [128, 128]`, dynamic activations); the model's dtype is then `f8e4m3`.
 

@@ -9,7 +9,7 @@
 //! element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
-//! The storage type is dispatched in [`columns_into`] (`WFlat`): FP8 block-scaled weights are
+//! The storage type is dispatched in `columns_into` (`WFlat`): FP8 block-scaled weights are
 //! one such type, filled by [`super::fp8`] in its own fixed order, so an expert layer's FP8
 //! projections share a region with everything else.
 

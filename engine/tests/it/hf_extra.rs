@@ -29,6 +29,7 @@ fn check(case: &str) {
         max_new_tokens: 32,
         sampling: SamplingParams::default(),
         stop_token: None,
+        stop_at_eos: false,
         keep_logits: true,
     };
     let out = generate(&exec, &[req]).unwrap().remove(0);

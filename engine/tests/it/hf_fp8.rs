@@ -46,6 +46,7 @@ fn check(case: &str, new_tokens: usize) {
             max_new_tokens: new_tokens,
             sampling: SamplingParams::default(),
             stop_token: None,
+            stop_at_eos: false,
             keep_logits: true,
         });
     }

@@ -50,6 +50,7 @@ fn check_greedy(case: &str) {
             max_new_tokens: 16,
             sampling: SamplingParams::default(),
             stop_token: None,
+            stop_at_eos: false,
             keep_logits: true,
         })
         .collect();

@@ -235,6 +235,7 @@ fn a_full_pool_fails_only_the_request_that_needed_a_page() {
         max_new_tokens: new,
         sampling: SamplingParams::default(),
         stop_token: None,
+        stop_at_eos: false,
         keep_logits: false,
     };
     // 8-token pages, 6 per layer. Request 1 is done after its prefill; requests 0 and 2 then

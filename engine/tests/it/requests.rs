@@ -32,6 +32,7 @@ fn a_huge_max_new_tokens_is_refused_at_once() {
             max_new_tokens,
             sampling: SamplingParams::default(),
             stop_token: None,
+            stop_at_eos: false,
             keep_logits: false,
         };
         match check_request(&model, &r) {

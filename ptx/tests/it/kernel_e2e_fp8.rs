@@ -38,6 +38,7 @@ fn check_fp8_case(case: &str) {
             max_new_tokens: r.ids(&format!("prompt.{p}.generated_ids")).len(),
             sampling: SamplingParams::default(),
             stop_token: None,
+            stop_at_eos: false,
             keep_logits: true,
         });
         p += 1;

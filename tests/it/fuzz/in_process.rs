@@ -273,6 +273,7 @@ fn exercise_model(path: &Path) -> Result<(), troupe::engine::EngineError> {
         max_new_tokens: 2,
         sampling: SamplingParams::default(),
         stop_token: None,
+        stop_at_eos: false,
         keep_logits: false,
     };
     generate(&exec, &[request])?;
