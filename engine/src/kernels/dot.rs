@@ -181,10 +181,24 @@ mod avx2 {
             WRow::BF16(s) => s.as_ptr(),
             _ => std::ptr::null(),
         });
+        // When the rows are consecutive rows of one weight (a linear's GEMV), the next call
+        // reads the C rows after them: prefetch those, a line per row every 32 elements. C rows
+        // of a 1024-wide weight span only 2 pages and the hardware prefetchers stop at each
+        // page boundary. A hint: no effect on results.
+        let ahead = if ptrs[C - 1] == ptrs[0].wrapping_add((C - 1) * k) {
+            C * k
+        } else {
+            0
+        };
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; C];
         let mut i = 0;
         while i < main {
+            if ahead > 0 && i % 32 == 0 {
+                for p in ptrs {
+                    _mm_prefetch(p.wrapping_add(i + ahead) as *const i8, _MM_HINT_T0);
+                }
+            }
             let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
             let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
             let xa = _mm256_permute2f128_ps(x0, x1, 0x20);

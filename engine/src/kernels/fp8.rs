@@ -186,7 +186,7 @@ impl<'a> Fp8Rows<'a> {
                 let scales: [&[f32]; 4] =
                     std::array::from_fn(|j| self.scale_row(c + j.min(cn - 1)));
                 // SAFETY: AVX2+FMA+F16C checked just above; rows and x hold k elements.
-                let y = unsafe { super::fp8_simd::gemv4(&x[..self.k], &rows, &scales) };
+                let y = unsafe { super::fp8_simd::gemv4(&x[..self.k], &rows, &scales, 4 * self.k) };
                 for (j, v) in y.iter().enumerate().take(cn) {
                     set(0, c + j, *v);
                 }

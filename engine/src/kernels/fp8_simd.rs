@@ -50,12 +50,15 @@ pub unsafe fn convert(src: &[u8], dst: &mut [f32]) {
 /// rows): the four outputs in the fixed order. Each 16 bytes are widened in registers and
 /// FMA'd into the 16 lanes of their row's chain; at each 128-block's end the four chains are
 /// folded together (a 4×4 transpose gives `fold16`'s pairs) and scaled by `256 · scale`.
+/// Meanwhile each row's bytes `ahead` bytes further on (the next call's rows, when the caller
+/// walks consecutive rows) are prefetched: four rows of a 1 KiB-wide weight fill one 4 KiB page,
+/// where the hardware prefetchers stop, and they left this loop waiting on memory.
 ///
 /// # Safety
 /// The processor has AVX2, FMA and F16C; every row holds `x.len()` bytes and every scale row
 /// `ceil(x.len() / 128)` values.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4]) -> [f32; 4] {
+pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4], ahead: usize) -> [f32; 4] {
     let k = x.len();
     let xp = x.as_ptr();
     let rp: [*const u8; 4] = std::array::from_fn(|c| rows[c].as_ptr());
@@ -68,6 +71,12 @@ pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4]) -> [f32;
         let main = k0 + (k1 - k0) / 16 * 16;
         let mut i = k0;
         while i < main {
+            if i % 64 == 0 {
+                for p in rp {
+                    // A hint only: no effect on results, and no fault past the weight's end.
+                    _mm_prefetch(p.wrapping_add(i + ahead) as *const i8, _MM_HINT_T0);
+                }
+            }
             let x0 = _mm256_loadu_ps(xp.add(i));
             let x1 = _mm256_loadu_ps(xp.add(i + 8));
             for c in 0..4 {
