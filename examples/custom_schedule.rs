@@ -2,23 +2,23 @@
 //! attention is issued for all of them at once, then each layer's FFN — a "layer-synchronous"
 //! schedule. It runs on the deepseek-v3-tiny fixture (or a model path given as the first
 //! argument), checks its tokens against the reference executor bit for bit, then registers the
-//! schedule by name and benches it against `sequential` with `troupe_actors::bench` (decode
+//! schedule by name and benches it against `sequential` with `troupe::bench` (decode
 //! speed against the reference, link time hidden), the report the built-ins get.
 //!
-//! `cargo run -p troupe-actors --example custom_schedule [MODEL]`
+//! Only `troupe::` paths: what a crate depending on `troupe` can write.
+//!
+//! `cargo run --release --example custom_schedule [MODEL]`
 
 use std::sync::Arc;
 
-use troupe_actors::bench::{self, BenchOptions};
-use troupe_actors::placement::Placement;
-use troupe_actors::schedule::{registry, ScheduleParams};
-use troupe_actors::{ActorRuntime, ForwardPass, Op, RuntimeConfig, Schedule};
-use troupe_engine::executor::ReferenceExecutor;
-use troupe_engine::generate::{generate, GenerateRequest};
-use troupe_engine::graph::LoadedGraph;
-use troupe_engine::kernels::CpuBackend;
-use troupe_engine::model::Model;
-use troupe_engine::sampling::SamplingParams;
+use troupe::actors::schedule::registry;
+use troupe::actors::ActorRuntime;
+use troupe::bench;
+use troupe::engine::executor::ReferenceExecutor;
+use troupe::engine::generate::generate;
+use troupe::engine::kernels::CpuBackend;
+use troupe::engine::model::Model;
+use troupe::prelude::*;
 
 /// One micro-batch per sequence, all advanced layer by layer in lock-step.
 struct LayerSynchronous;
@@ -27,7 +27,7 @@ impl Schedule for LayerSynchronous {
     fn name(&self) -> &str {
         "layer-synchronous"
     }
-    fn run(&self, pass: &mut ForwardPass<'_>) -> troupe_actors::Result<()> {
+    fn run(&self, pass: &mut ForwardPass<'_>) -> troupe::actors::Result<()> {
         let mbs = (0..pass.n_sequences())
             .map(|i| pass.micro_batch(i..i + 1))
             .collect::<Result<Vec<_>, _>>()?;
@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).unwrap_or_else(|| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/deepseek-v3-tiny"
+            "/tests/fixtures/deepseek-v3-tiny"
         )
         .to_string()
     });
@@ -63,13 +63,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let reqs: Vec<GenerateRequest> = prompts
         .into_iter()
-        .map(|prompt| GenerateRequest {
-            prompt,
-            max_new_tokens: 6,
-            sampling: SamplingParams::default(),
-            stop_token: None,
-            stop_at_eos: false,
-            keep_logits: true,
+        .map(|prompt| {
+            GenerateRequest::new(prompt, 6)
+                .stop_at_eos(false)
+                .keep_logits()
         })
         .collect();
     let cfg = RuntimeConfig {

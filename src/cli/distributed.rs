@@ -88,11 +88,22 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// Set when the error being reported is one every rank finds alike (printed by rank 0 only).
 static SAME_ON_EVERY_RANK: AtomicBool = AtomicBool::new(false);
 
+/// Prints `troupe: error: {message}` on stderr with one `write` call. Under `mpirun` the
+/// launcher forwards each rank's stderr in the chunks it reads and interleaves its own notices
+/// (e.g. the `MPI_ABORT` banner) between them; `eprintln!` writes a formatted line in pieces,
+/// so a banner could land inside our line. One write of a line shorter than `PIPE_BUF` (4 KiB)
+/// arrives whole.
+pub fn error_line(message: &str) {
+    use std::io::Write;
+    let line = format!("troupe: error: {message}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Reports `message` as this process's error and exits 2 (see the module doc).
 pub fn exit_with_error(message: &str) -> ! {
     let (rank, _) = ranks_from_env();
     if STARTED.load(Ordering::SeqCst) {
-        eprintln!("troupe: error: rank {rank}: {message}");
+        error_line(&format!("rank {rank}: {message}"));
         #[cfg(feature = "mpi")]
         if let Some(w) = mpi_job::world() {
             w.abort(2)
@@ -100,9 +111,9 @@ pub fn exit_with_error(message: &str) -> ! {
         std::process::exit(2)
     }
     if rank == 0 {
-        eprintln!("troupe: error: {message}");
+        error_line(message);
     } else if !SAME_ON_EVERY_RANK.load(Ordering::SeqCst) {
-        eprintln!("troupe: error: rank {rank}: {message}");
+        error_line(&format!("rank {rank}: {message}"));
     }
     std::process::exit(2)
 }

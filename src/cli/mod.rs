@@ -185,7 +185,7 @@ pub fn parse_or_exit() -> Cli {
                 .skip(1)
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            eprintln!("troupe: error: {}", usage_line(&e, &args));
+            distributed::error_line(&usage_line(&e, &args));
             std::process::exit(2)
         }
     }

@@ -282,7 +282,9 @@ fn serve(
             }
             // Without an id there is no caller to fail: the sender's call would wait, so end the job.
             Ok(_) | Err(_) => {
-                eprintln!("troupe: error: rank {from} sent a malformed request");
+                one_line(&format!(
+                    "troupe: error: rank {from} sent a malformed request\n"
+                ));
                 world.abort(2)
             }
         };
@@ -304,7 +306,9 @@ fn receive_replies(stats: Arc<PeerStats>, pending: Arc<Pending>) {
             Ok(Message::Stop) => return,
             Ok(Message::Reply { id, .. }) => id,
             _ => {
-                eprintln!("troupe: error: rank {from} sent a malformed reply");
+                one_line(&format!(
+                    "troupe: error: rank {from} sent a malformed reply\n"
+                ));
                 world.abort(2)
             }
         };
@@ -357,4 +361,11 @@ impl Transport for MpiTransport {
             r
         })
     }
+}
+
+/// Writes `line` to stderr with one `write` call, so `mpirun`'s own notices cannot land inside
+/// it (`eprintln!` writes a formatted line in pieces).
+fn one_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
