@@ -12,7 +12,7 @@ use std::time::Instant;
 use troupe_engine::backend::AttentionParams;
 use troupe_engine::device_tensor::KvLayout;
 use troupe_engine::kernels::attention_cost::{
-    attention_cost, measure_fma_rate, measure_read_bandwidth, FMA_FLOPS_PER_THREAD_RUN,
+    attention_cost, fma_flops_per_thread_run, measure_fma_rate, measure_read_bandwidth,
 };
 use troupe_engine::kernels::paged_attention::paged_attention;
 use troupe_engine::Tensor;
@@ -167,7 +167,7 @@ fn ds_v3_mini_decode_at_depth() {
     // The FMA rate per second of CPU time (a shared machine's time slices left out).
     let fma_cpu = match (cpu0, process_cpu_ns()) {
         (Some(a), Some(b)) => {
-            (3 * threads as u64 * FMA_FLOPS_PER_THREAD_RUN) as f64 / ((b - a) as f64 / 1e9) / 1e9
+            (3 * threads as u64 * fma_flops_per_thread_run()) as f64 / ((b - a) as f64 / 1e9) / 1e9
         }
         _ => f64::NAN,
     };

@@ -6,7 +6,7 @@
 use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
 use crate::kernels::attention_core::{attend, KeyRows};
-use crate::kernels::dot::simd_available;
+use crate::kernels::isa;
 use crate::tensor::Tensor;
 
 /// Keys and values held in three tensors.
@@ -89,5 +89,5 @@ pub fn attention(
     p: &AttentionParams,
 ) -> Result<Tensor> {
     let rows = TensorRows::checked(k, k_rope, v, q.rows(), p)?;
-    attend("attention", q, q_rope, &rows, p, simd_available())
+    attend("attention", q, q_rope, &rows, p, isa::active())
 }

@@ -25,14 +25,20 @@ use crate::kernels::attention_simd::{
     exp_scalar, exp_sum, keys_per_tile, line_range, prefetch_lines, score_tile,
 };
 use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile, VALUE_BLOCK};
-use crate::kernels::dot::simd_available;
+use crate::kernels::isa::Isa;
 use crate::tensor::Tensor;
 
 /// Keys per chunk (a fixed constant: changing it changes results' rounding).
 pub(crate) const CHUNK: usize = 128;
 
-/// Keys per block of the score pass: a block stays in L1 while every head tile reads it.
-const SCORE_BLOCK: usize = 12;
+/// Keys per block of the score pass on `isa`: a block stays in L1 while every head tile reads
+/// it (four AVX2 tiles of 3 keys, two AVX-512 tiles of 8).
+fn score_block(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 16,
+        _ => 12,
+    }
+}
 
 /// How many rows ahead of the score pass the cache rows are prefetched.
 const PREFETCH_AHEAD: usize = 24;
@@ -108,18 +114,19 @@ struct Task {
     prefetch: bool,
 }
 
-/// `[tq, heads·v_dim]` attention output (AVX2 when `simd` and available). The caller has checked
-/// `keys`: every position `< q_start + tq` is readable.
+/// `[tq, heads·v_dim]` attention output on `isa` (portable when the processor lacks it; every
+/// path gives the same bits). The caller has checked `keys`: every position `< q_start + tq`
+/// is readable.
 pub(crate) fn attend<R: KeyRows>(
     kernel: &str,
     q: &Tensor,
     q_rope: Option<&Tensor>,
     keys: &R,
     p: &AttentionParams,
-    simd: bool,
+    isa: Isa,
 ) -> Result<Tensor> {
     check_queries(kernel, q, q_rope, p)?;
-    let simd = simd && simd_available();
+    let isa = if isa.supported() { isa } else { Isa::Portable };
     let (tq, group) = (q.rows(), p.heads / p.kv_heads);
     // (row, chunk) tasks, rows in order; per query row: its first task and its chunk count.
     let mut tasks = Vec::new();
@@ -153,7 +160,7 @@ pub(crate) fn attend<R: KeyRows>(
         let mut scratch = Scratch::default();
         for (g, part) in parts.chunks_mut(part_len).enumerate() {
             let t = Task { g, ..*t };
-            chunk_partial(q, q_rope, keys, p, t, simd, part, &mut scratch);
+            chunk_partial(q, q_rope, keys, p, t, isa, part, &mut scratch);
         }
     };
     if parallel {
@@ -173,7 +180,7 @@ pub(crate) fn attend<R: KeyRows>(
         let (i, g) = (idx / p.kv_heads, idx % p.kv_heads);
         let (start, chunks) = rows[i];
         let parts = &partials[start * task_len + g * part_len..];
-        combine_chunks(parts, task_len, chunks, group, p.v_dim, o, simd);
+        combine_chunks(parts, task_len, chunks, group, p.v_dim, o, isa);
     };
     let slab = group * p.v_dim;
     if parallel {
@@ -193,7 +200,7 @@ fn chunk_partial<'a, R: KeyRows>(
     keys: &'a R,
     p: &AttentionParams,
     t: Task,
-    simd: bool,
+    isa: Isa,
     part: &mut [f32],
     scratch: &mut Scratch<'a>,
 ) {
@@ -235,13 +242,14 @@ fn chunk_partial<'a, R: KeyRows>(
     for r in 0..PREFETCH_AHEAD.min(n) {
         (0..head_tiles).for_each(|part| fetch.part(t.lo + r, part));
     }
-    for j0 in (0..n).step_by(SCORE_BLOCK) {
-        let j1 = (j0 + SCORE_BLOCK).min(n);
+    let block = score_block(isa);
+    for j0 in (0..n).step_by(block) {
+        let j1 = (j0 + block).min(n);
         let mut h = 0;
         let mut tile_index = 0;
         while h < group {
             let ht = head_tile(group - h);
-            let kt = keys_per_tile(ht);
+            let kt = keys_per_tile(ht, isa);
             let mut j = j0;
             while j < j1 {
                 let k = kt.min(j1 - j);
@@ -254,7 +262,7 @@ fn chunk_partial<'a, R: KeyRows>(
                     key: &krows[j..j + k],
                     rope: &rrows[j..j + k],
                 };
-                score_tile(&tile, p.scale, simd, &mut tile_out);
+                score_tile(&tile, p.scale, isa, &mut tile_out);
                 for (hh, row) in tile_out.iter().enumerate().take(ht) {
                     scores[(h + hh) * n + j..][..k].copy_from_slice(&row[..k]);
                 }
@@ -268,14 +276,15 @@ fn chunk_partial<'a, R: KeyRows>(
     for (h, s) in scores.chunks_mut(n).enumerate() {
         let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         ml[h] = m;
-        ml[group + h] = exp_sum(s, m, simd);
+        ml[group + h] = exp_sum(s, m, isa);
     }
     let mut accs: Vec<&mut [f32]> = acc.chunks_mut(vd).collect();
     let ps: Vec<&[f32]> = scores.chunks(n).collect();
     // Meanwhile, the next chunk's rows come into L2 (the next task on this thread is usually
     // that chunk), a few rows after each strip of the value pass.
     let next_end = (t.hi + CHUNK).min(t.end);
-    let strips = vd.div_ceil(32) * n.div_ceil(VALUE_BLOCK);
+    let strip_width = if isa == Isa::Avx512 { 64 } else { 32 };
+    let strips = vd.div_ceil(strip_width) * n.div_ceil(VALUE_BLOCK);
     let per_strip = (next_end.saturating_sub(t.hi)).div_ceil(strips.max(1));
     let mut cursor = t.hi;
     let mut between = || {
@@ -283,7 +292,7 @@ fn chunk_partial<'a, R: KeyRows>(
         (cursor..to).for_each(|j| fetch.whole_to_l2(j));
         cursor = to;
     };
-    value_tile(&ps, vrows, &mut accs, simd, &mut between);
+    value_tile(&ps, vrows, &mut accs, isa, &mut between);
 }
 
 /// The buffers of `chunk_partial`, reused across the kv heads of a task.
@@ -379,16 +388,15 @@ fn combine_chunks(
     group: usize,
     vd: usize,
     out: &mut [f32],
-    simd: bool,
+    isa: Isa,
 ) {
     let shape = (stride, chunks, group, vd);
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only set when `dot::simd_available()` returned true.
+    if isa != Isa::Portable {
+        // SAFETY: `attend` passes only a supported path; both SIMD paths have AVX2 and FMA.
         unsafe { combine_fma(parts, shape, out) };
         return;
     }
-    let _ = simd;
     combine_impl(parts, shape, out);
 }
 

@@ -1,6 +1,6 @@
 //! What attention over a cache should cost on this machine: the bytes and FLOPs of one decode
 //! step (`attention_cost`) and the two rates they are divided by, measured on the current rayon
-//! pool (`measure_read_bandwidth`, `measure_fma_rate`). `troupe bench -d` and the attention
+//! pool (`measure_read_bandwidth`, `measure_fma_rate` on the active kernel path). `troupe bench -d` and the attention
 //! microbench (`engine/benches/attention_decode.rs`) print both reference figures.
 
 use std::time::Instant;
@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::backend::AttentionParams;
 use crate::device_tensor::KvLayout;
+use crate::kernels::isa::{self, Isa};
 
 /// Bytes read from the cache and FLOPs of one query row attending at position `len - 1` over a
 /// cache of `len` positions (the decode step): each visible cached row is read once for all
@@ -52,13 +53,26 @@ pub fn measure_read_bandwidth() -> f64 {
 const CHAINS: usize = 12;
 /// Iterations of the chains per thread and run of `measure_fma_rate`.
 const FMA_ITERS: usize = 4_000_000;
+
+/// Lanes of one fused multiply-add on the active kernel path (`isa::active()`): 16 on AVX-512,
+/// 8 otherwise (the portable loop is written 8 wide too).
+fn fma_lanes() -> usize {
+    match isa::active() {
+        Isa::Avx512 => 16,
+        _ => 8,
+    }
+}
+
 /// FLOPs one thread computes in one of `measure_fma_rate`'s three runs (to turn the CPU time
 /// of a call into a rate per busy core on a shared machine).
-pub const FMA_FLOPS_PER_THREAD_RUN: u64 = (FMA_ITERS * CHAINS * 8 * 2) as u64;
+pub fn fma_flops_per_thread_run() -> u64 {
+    (FMA_ITERS * CHAINS * fma_lanes() * 2) as u64
+}
 
-/// Peak f32 fused-multiply-add rate of the current pool's threads (GFLOP/s, 2 FLOPs per FMA):
-/// the best of three runs of `CHAINS` independent 8-wide FMA chains per thread (AVX2 when
-/// available, else the compiler's code for the same scalar loop).
+/// Peak f32 fused-multiply-add rate of the current pool's threads (GFLOP/s, 2 FLOPs per FMA) on
+/// the active kernel path, so the floor is what the kernels' own instructions could reach: the
+/// best of three runs of `CHAINS` independent chains per thread, each one register wide
+/// (512 bits on AVX-512, 256 on AVX2, the compiler's code for an 8-wide loop otherwise).
 pub fn measure_fma_rate() -> f64 {
     let threads = rayon::current_num_threads();
     let iters = FMA_ITERS;
@@ -71,7 +85,7 @@ pub fn measure_fma_rate() -> f64 {
             .sum();
         let dt = t.elapsed().as_secs_f64();
         std::hint::black_box(s);
-        let flops = (threads * iters * CHAINS * 8 * 2) as f64;
+        let flops = threads as f64 * fma_flops_per_thread_run() as f64;
         best = best.max(flops / dt / 1e9);
     }
     best
@@ -79,9 +93,12 @@ pub fn measure_fma_rate() -> f64 {
 
 fn fma_chains(iters: usize, seed: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::dot::simd_available() {
-        // SAFETY: the processor has AVX2 and FMA (checked just above).
-        return unsafe { fma_chains_avx2(iters, seed) };
+    match isa::active() {
+        // SAFETY: `isa::active()` is always a path the processor has.
+        Isa::Avx512 => return unsafe { fma_chains_avx512(iters, seed) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { fma_chains_avx2(iters, seed) },
+        Isa::Portable => {}
     }
     fma_chains_portable(iters, seed)
 }
@@ -90,6 +107,27 @@ fn fma_chains(iters: usize, seed: f32) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_chains_avx2(iters: usize, seed: f32) -> f32 {
     fma_chains_portable(iters, seed)
+}
+
+/// `CHAINS` chains of 512-bit multiply-adds, written with intrinsics (the compiler does not
+/// turn the 16-wide portable loop into them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn fma_chains_avx512(iters: usize, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(seed); CHAINS];
+    let a = _mm512_set1_ps(std::hint::black_box(0.999_999f32));
+    let b = _mm512_set1_ps(std::hint::black_box(1e-7f32));
+    for _ in 0..iters {
+        for chain in acc.iter_mut() {
+            *chain = _mm512_fmadd_ps(*chain, a, b);
+        }
+    }
+    let mut total = 0.0;
+    for chain in acc {
+        total += _mm512_reduce_add_ps(chain);
+    }
+    total
 }
 
 #[inline(always)]

@@ -14,7 +14,9 @@
 //! Zero-padding a ragged tail adds exact zeros to lanes that are never -0.0, so padded and
 //! unpadded loops agree.
 
-/// The lane fold shared by both paths.
+use crate::kernels::isa::Isa;
+
+/// The lane fold shared by every path.
 #[inline(always)]
 pub(crate) fn fold8(l: &[f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
@@ -100,25 +102,29 @@ pub(crate) struct ScoreTile<'a> {
     pub rope: &'a [&'a [f32]],
 }
 
-/// Key tile width for a head tile of `heads` (keeps 8 accumulators in flight).
-pub(crate) fn keys_per_tile(heads: usize) -> usize {
-    match heads {
-        4 => 3,
-        2 => 4,
+/// Key tile width for a head tile of `heads` on `isa` (AVX2 keeps 8 to 12 accumulators in its
+/// 16 registers; AVX-512 holds two keys per register and 16 accumulators in its 32).
+pub(crate) fn keys_per_tile(heads: usize, isa: Isa) -> usize {
+    match (isa, heads) {
+        (Isa::Avx512, _) => 8,
+        (_, 4) => 3,
+        (_, 2) => 4,
         _ => 8,
     }
 }
 
 /// `out[h][k] = score(q_h, key_k) * scale` for a tile of `heads ∈ {1, 2, 4}` × `keys <=
-/// keys_per_tile(heads)` (any smaller key count runs one key at a time).
-pub(crate) fn score_tile(t: &ScoreTile<'_>, scale: f32, simd: bool, out: &mut [[f32; 8]; 4]) {
+/// keys_per_tile(heads, isa)` (the AVX2 form runs any other key count one key at a time).
+/// `isa` must be supported (`attend` checks).
+pub(crate) fn score_tile(t: &ScoreTile<'_>, scale: f32, isa: Isa, out: &mut [[f32; 8]; 4]) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only set when `dot::simd_available()` returned true.
-        unsafe { avx2::score_tile(t, scale, out) };
-        return;
+    match isa {
+        // SAFETY: `attend` passes only a path `Isa::supported` accepted.
+        Isa::Avx512 => return unsafe { super::attention_simd512::score_tile(t, scale, out) },
+        // SAFETY: as above.
+        Isa::Avx2 => return unsafe { avx2::score_tile(t, scale, out) },
+        Isa::Portable => {}
     }
-    let _ = simd;
     for (h, (q1, q2)) in t.q.iter().zip(t.q_rope).enumerate() {
         for (k, (k1, k2)) in t.key.iter().zip(t.rope).enumerate() {
             let mut lanes = [0.0f32; 8];
@@ -134,13 +140,12 @@ pub(crate) fn score_tile(t: &ScoreTile<'_>, scale: f32, simd: bool, out: &mut [[
 }
 
 /// `s[j] = exp(s[j] - max)` in place; returns their sum (lane `j % 8`, `fold8`).
-pub(crate) fn exp_sum(s: &mut [f32], max: f32, simd: bool) -> f32 {
+pub(crate) fn exp_sum(s: &mut [f32], max: f32, isa: Isa) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: as in `score_tile`.
+    if isa != Isa::Portable {
+        // SAFETY: as in `score_tile` (AVX-512 implies AVX2 and FMA).
         return unsafe { avx2::exp_sum(s, max) };
     }
-    let _ = simd;
     let mut lanes = [0.0f32; 8];
     for (j, v) in s.iter_mut().enumerate() {
         *v = exp_scalar(*v - max);
@@ -164,22 +169,32 @@ pub(crate) fn head_tile(left: usize) -> usize {
 /// Value accumulation of one chunk: for each head `h` (all heads of a kv head) and each
 /// column `c` of `cols`, `acc[h][c] = Σ_j p[h][j] · values[j][c]` in key order (fma, from +0.0).
 /// `acc[h]` has the value width; `values[j]` too.
-/// `between` runs after each strip of the AVX2 path (after each head on the portable one): the
+/// `between` runs after each strip of the SIMD paths (after each head on the portable one): the
 /// caller prefetches the next chunk's rows there, while this pass computes from the caches.
 pub(crate) fn value_tile(
     p: &[&[f32]],
     values: &[&[f32]],
     acc: &mut [&mut [f32]],
-    simd: bool,
+    isa: Isa,
     between: &mut dyn FnMut(),
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: as in `score_tile`.
-        unsafe { avx2::value_tile(p, values, acc, between) };
-        return;
+    match isa {
+        Isa::Avx512 => {
+            // SAFETY: as in `score_tile`.
+            let done = unsafe { super::attention_simd512::value_tile(p, values, acc, between) };
+            if done < acc[0].len() {
+                value_columns(p, values, acc, done);
+            }
+            return;
+        }
+        Isa::Avx2 => {
+            // SAFETY: as in `score_tile`.
+            unsafe { avx2::value_tile(p, values, acc, between) };
+            return;
+        }
+        Isa::Portable => {}
     }
-    let _ = simd;
     for h in 0..p.len() {
         value_columns(&p[h..h + 1], values, &mut acc[h..h + 1], 0);
         between();

@@ -8,7 +8,7 @@ use crate::kernels::attention::{attention, TensorRows};
 use crate::kernels::attention_core::attend;
 use crate::kernels::attention_cost::attention_cost;
 use crate::kernels::attention_simd::exp_scalar;
-use crate::kernels::dot::simd_available;
+use crate::kernels::isa::{self, Isa};
 use crate::kernels::paged_attention::{paged_attention, PageRows};
 use crate::tensor::Tensor;
 
@@ -128,8 +128,8 @@ impl Case {
             })
             .collect()
     }
-    /// `paged_attention` (the AVX2 path when `simd`, else the portable one).
-    fn paged(&self, simd: bool) -> Tensor {
+    /// `paged_attention` on `isa`.
+    fn paged(&self, isa: Isa) -> Tensor {
         let pages = self.pages();
         let refs: Vec<&[f32]> = pages.iter().map(|p| &p[..]).collect();
         let rows = PageRows::checked(&refs, &self.layout, self.len, self.q.rows(), &self.p);
@@ -140,12 +140,12 @@ impl Case {
             q_rope,
             &rows.unwrap(),
             &self.p,
-            simd,
+            isa,
         )
         .unwrap()
     }
-    /// `attention` on the same rows (the AVX2 path when `simd`, else the portable one).
-    fn dense(&self, simd: bool) -> Tensor {
+    /// `attention` on the same rows, on `isa`.
+    fn dense(&self, isa: Isa) -> Tensor {
         let (k, kr, v) = self.contiguous();
         let rows = TensorRows::checked(&k, kr.as_ref(), &v, self.q.rows(), &self.p).unwrap();
         attend(
@@ -154,7 +154,7 @@ impl Case {
             self.q_rope.as_ref(),
             &rows,
             &self.p,
-            simd,
+            isa,
         )
         .unwrap()
     }
@@ -209,7 +209,7 @@ fn matches_the_f64_reference() {
     for n in 0..60 {
         let c = Case::new(&mut rng, n % 2 == 0, 64);
         let want = reference(&c);
-        let got = c.dense(simd_available());
+        let got = c.dense(isa::active());
         for (g, w) in got.data().iter().zip(&want) {
             assert!(
                 (*g as f64 - w).abs() <= 2e-5 * (1.0 + w.abs()),
@@ -226,9 +226,9 @@ fn paged_is_bit_identical_to_contiguous_for_every_page_size() {
         let mla = n % 2 == 0;
         for shift in 0..=7 {
             let c = Case::new(&mut rng, mla, 1 << shift);
-            let dense = c.dense(simd_available());
+            let dense = c.dense(isa::active());
             assert_eq!(
-                bits(&c.paged(simd_available())),
+                bits(&c.paged(isa::active())),
                 bits(&dense),
                 "case {n}, page {}",
                 1 << shift
@@ -238,23 +238,15 @@ fn paged_is_bit_identical_to_contiguous_for_every_page_size() {
 }
 
 #[test]
-fn avx2_and_portable_paths_give_the_same_bits() {
-    if !simd_available() {
-        return;
-    }
+fn every_path_the_processor_has_gives_the_portable_bits() {
     let mut rng = Rng(0x0bad_cafe_f00d_d00d);
     for n in 0..40 {
         let c = Case::new(&mut rng, n % 2 == 1, 16);
-        assert_eq!(
-            bits(&c.dense(true)),
-            bits(&c.dense(false)),
-            "case {n} dense"
-        );
-        assert_eq!(
-            bits(&c.paged(true)),
-            bits(&c.paged(false)),
-            "case {n} paged"
-        );
+        let (dense, paged) = (bits(&c.dense(Isa::Portable)), bits(&c.paged(Isa::Portable)));
+        for isa in Isa::available() {
+            assert_eq!(bits(&c.dense(isa)), dense, "case {n} dense on {isa:?}");
+            assert_eq!(bits(&c.paged(isa)), paged, "case {n} paged on {isa:?}");
+        }
     }
 }
 
@@ -273,12 +265,12 @@ fn results_do_not_depend_on_the_thread_count() {
         let len = 520 + rng.below(300);
         let c = Case::with_len(&mut rng, n % 2 == 0, 32, len);
         assert_eq!(
-            bits(&one.install(|| c.paged(simd_available()))),
-            bits(&two.install(|| c.paged(simd_available())))
+            bits(&one.install(|| c.paged(isa::active()))),
+            bits(&two.install(|| c.paged(isa::active())))
         );
         assert_eq!(
-            bits(&one.install(|| c.dense(simd_available()))),
-            bits(&two.install(|| c.dense(simd_available())))
+            bits(&one.install(|| c.dense(isa::active()))),
+            bits(&two.install(|| c.dense(isa::active())))
         );
     }
 }
@@ -288,7 +280,7 @@ fn each_query_row_is_the_same_alone_or_in_a_batch() {
     let mut rng = Rng(0x7a7a_0000_1111_2222);
     for n in 0..16 {
         let c = Case::new(&mut rng, n % 2 == 0, 8);
-        let all = c.paged(simd_available());
+        let all = c.paged(isa::active());
         for i in 0..c.q.rows() {
             let mut one = Case {
                 p: c.p,
@@ -301,7 +293,7 @@ fn each_query_row_is_the_same_alone_or_in_a_batch() {
             one.p.q_start = c.p.q_start + i;
             one.len = c.p.q_start + i + 1; // a decode step sees only the rows cached so far
             assert_eq!(
-                bits(&one.paged(simd_available())),
+                bits(&one.paged(isa::active())),
                 bits(&all.slice_rows(i, i + 1)),
                 "case {n} row {i}"
             );

@@ -7,7 +7,7 @@ use crate::backend::AttentionParams;
 use crate::device_tensor::KvLayout;
 use crate::error::{EngineError, Result};
 use crate::kernels::attention_core::{attend, KeyRows};
-use crate::kernels::dot::simd_available;
+use crate::kernels::isa;
 use crate::tensor::Tensor;
 
 /// A sequence's cached rows spread over its pages (`[key | rope | value]` per row).
@@ -61,7 +61,7 @@ pub fn paged_attention(
     p: &AttentionParams,
 ) -> Result<Tensor> {
     let rows = PageRows::checked(pages, layout, len, q.rows(), p)?;
-    attend("paged_attention", q, q_rope, &rows, p, simd_available())
+    attend("paged_attention", q, q_rope, &rows, p, isa::active())
 }
 
 impl<'a> PageRows<'a> {
