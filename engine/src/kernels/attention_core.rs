@@ -13,18 +13,18 @@
 //! spread over threads (batch invariance).
 //!
 //! Memory: a decode step reads each cached row once from memory for all heads of its kv head. The
-//! score pass prefetches rows `PREFETCH_AHEAD` positions ahead (the hardware prefetchers stop at
-//! every 4 KiB page); the value pass re-reads the chunk from L2 and meanwhile prefetches the next
-//! chunk's rows into L2, so streaming the cache overlaps the arithmetic.
+//! score pass requests rows `PREFETCH_AHEAD` positions ahead into L1 and rows two chunks ahead
+//! into L2 (the hardware prefetchers stop at every 4 KiB page), one whole row per key; the value
+//! pass re-reads the chunk from L2. Streaming the cache overlaps the arithmetic.
 
 use rayon::prelude::*;
 
 use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
 use crate::kernels::attention_simd::{
-    exp_scalar, exp_sum, keys_per_tile, line_range, prefetch_lines, score_tile,
+    exp_scalar, exp_sum, keys_per_tile, prefetch_lines, score_tile,
 };
-use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile, VALUE_BLOCK};
+use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile};
 use crate::kernels::isa::Isa;
 use crate::tensor::Tensor;
 
@@ -43,6 +43,11 @@ fn score_block(isa: Isa) -> usize {
 /// How many rows ahead of the score pass the cache rows are prefetched.
 const PREFETCH_AHEAD: usize = 24;
 
+/// How many rows ahead of the score pass the cache rows are requested into L2: two chunks,
+/// so a row has a whole chunk's work (its score and value passes) to arrive before the score
+/// pass's L1 request for it (a thread's tasks are consecutive chunks).
+const L2_AHEAD: usize = 2 * CHUNK;
+
 /// Calls with more query rows than this do not prefetch (see `Task::prefetch`).
 const PREFETCH_MAX_ROWS: usize = 4;
 
@@ -57,6 +62,11 @@ pub(crate) trait KeyRows: Sync {
     fn rope(&self, j: usize) -> &[f32];
     /// The values of position `j`, all kv heads (`kv_heads·v_dim`).
     fn value(&self, j: usize) -> &[f32];
+    /// All of position `j`'s cached values in one slice, when they are stored as one row (only
+    /// for prefetching).
+    fn whole_row(&self, _j: usize) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// Checks the query shapes against `p` (the caller checks the keys).
@@ -234,27 +244,28 @@ fn chunk_partial<'a, R: KeyRows>(
     scores.clear();
     scores.resize(group * n, 0.0);
     let mut tile_out = [[0.0f32; 8]; 4];
-    let head_tiles = head_tiles(group);
-    let fetch = RowFetch::new(keys, p, t, head_tiles);
-    // Row `lo + r` is requested in `head_tiles` parts while the tiles of row `lo + r -
-    // PREFETCH_AHEAD` are computed. The first rows were requested during the previous chunk's
-    // value pass when it ran on this thread; otherwise now.
+    let fetch = RowFetch::new(keys, p, t);
+    // Row `lo + r` is requested while the first head tile of row `lo + r - PREFETCH_AHEAD` is
+    // computed. The first rows were requested during the previous chunk's value pass when it
+    // ran on this thread; otherwise now.
     for r in 0..PREFETCH_AHEAD.min(n) {
-        (0..head_tiles).for_each(|part| fetch.part(t.lo + r, part));
+        fetch.row(t.lo + r, false);
     }
     let block = score_block(isa);
     for j0 in (0..n).step_by(block) {
         let j1 = (j0 + block).min(n);
         let mut h = 0;
-        let mut tile_index = 0;
         while h < group {
             let ht = head_tile(group - h);
             let kt = keys_per_tile(ht, isa);
             let mut j = j0;
             while j < j1 {
                 let k = kt.min(j1 - j);
-                for r in j..j + k {
-                    fetch.part(t.lo + r + PREFETCH_AHEAD, tile_index);
+                if h == 0 {
+                    for r in t.lo + j..t.lo + j + k {
+                        fetch.row(r + PREFETCH_AHEAD, false);
+                        fetch.row(r + L2_AHEAD, true);
+                    }
                 }
                 let tile = ScoreTile {
                     q: &qs[h..h + ht],
@@ -269,7 +280,6 @@ fn chunk_partial<'a, R: KeyRows>(
                 j += k;
             }
             h += ht;
-            tile_index += 1;
         }
     }
     let (ml, acc) = part.split_at_mut(2 * group);
@@ -280,19 +290,7 @@ fn chunk_partial<'a, R: KeyRows>(
     }
     let mut accs: Vec<&mut [f32]> = acc.chunks_mut(vd).collect();
     let ps: Vec<&[f32]> = scores.chunks(n).collect();
-    // Meanwhile, the next chunk's rows come into L2 (the next task on this thread is usually
-    // that chunk), a few rows after each strip of the value pass.
-    let next_end = (t.hi + CHUNK).min(t.end);
-    let strip_width = if isa == Isa::Avx512 { 64 } else { 32 };
-    let strips = vd.div_ceil(strip_width) * n.div_ceil(VALUE_BLOCK);
-    let per_strip = (next_end.saturating_sub(t.hi)).div_ceil(strips.max(1));
-    let mut cursor = t.hi;
-    let mut between = || {
-        let to = (cursor + per_strip).min(next_end);
-        (cursor..to).for_each(|j| fetch.whole_to_l2(j));
-        cursor = to;
-    };
-    value_tile(&ps, vrows, &mut accs, isa, &mut between);
+    value_tile(&ps, vrows, &mut accs, isa);
 }
 
 /// The buffers of `chunk_partial`, reused across the kv heads of a task.
@@ -306,7 +304,8 @@ struct Scratch<'a> {
     scores: Vec<f32>,
 }
 
-/// Prefetching of the cached rows of one task's kv head (results never depend on it).
+/// Prefetching of the cached rows of one task (results never depend on it): a row is
+/// requested whole, with one instruction per 64-byte line.
 struct RowFetch<'a, R> {
     keys: &'a R,
     g: usize,
@@ -317,66 +316,43 @@ struct RowFetch<'a, R> {
     enabled: bool,
     /// Absorbed MLA's values are the key columns: nothing more to fetch for them.
     values_are_keys: bool,
-    /// Line ranges of key, rope and value for each part.
-    parts: Vec<[(usize, usize); 3]>,
 }
 
 impl<'a, R: KeyRows> RowFetch<'a, R> {
-    fn new(keys: &'a R, p: &AttentionParams, t: Task, parts: usize) -> Self {
-        let widths = [p.d1, p.d2, p.v_dim];
+    fn new(keys: &'a R, p: &AttentionParams, t: Task) -> Self {
         let values_are_keys =
             std::ptr::eq(keys.key(t.lo).as_ptr(), keys.value(t.lo).as_ptr()) && t.g == 0;
         RowFetch {
             keys,
             g: t.g,
-            widths,
+            widths: [p.d1, p.d2, p.v_dim],
             end: t.end,
             enabled: t.prefetch,
             values_are_keys,
-            parts: (0..parts)
-                .map(|part| widths.map(|w| line_range(w, part, parts)))
-                .collect(),
         }
     }
-    /// The three slices of row `j` this task reads.
+    /// Row `j` into L1 (or L2 when `to_l2`): the whole cached row when the keys live in rows
+    /// (the paged cache), else this kv head's key, rope and value slices.
     #[inline(always)]
-    fn slices(&self, j: usize) -> [&'a [f32]; 3] {
-        let [d1, d2, vd] = self.widths;
-        [
-            &self.keys.key(j)[self.g * d1..][..d1],
-            &self.keys.rope(j)[..d2],
-            &self.keys.value(j)[self.g * vd..][..vd],
-        ]
-    }
-    #[inline(always)]
-    fn fetch(&self, j: usize, lines: [(usize, usize); 3], to_l2: bool) {
+    fn row(&self, j: usize, to_l2: bool) {
         if !self.enabled || j >= self.end {
             return;
         }
+        if let Some(row) = self.keys.whole_row(j) {
+            prefetch_lines(row, (0, row.len().div_ceil(16)), to_l2);
+            return;
+        }
+        let [d1, d2, vd] = self.widths;
+        let slices = [
+            &self.keys.key(j)[self.g * d1..][..d1],
+            &self.keys.rope(j)[..d2],
+            &self.keys.value(j)[self.g * vd..][..vd],
+        ];
         let parts = if self.values_are_keys { 2 } else { 3 };
-        for (row, l) in self.slices(j).iter().zip(lines).take(parts) {
-            prefetch_lines(row, l, to_l2);
+        for row in slices.iter().take(parts) {
+            prefetch_lines(row, (0, row.len().div_ceil(16)), to_l2);
         }
     }
-    /// Part `part` of row `j`, into L1.
-    #[inline(always)]
-    fn part(&self, j: usize, part: usize) {
-        self.fetch(j, self.parts[part], false);
-    }
-    /// All of row `j`, into L2.
-    fn whole_to_l2(&self, j: usize) {
-        self.fetch(j, self.widths.map(|w| (0, w.div_ceil(16))), true);
-    }
-}
-
-/// How many head tiles `group` heads make.
-fn head_tiles(group: usize) -> usize {
-    let (mut left, mut tiles) = (group, 0);
-    while left > 0 {
-        left -= head_tile(left);
-        tiles += 1;
-    }
-    tiles
 }
 
 /// Combines the chunk partials of one (row, kv head) into `out` (`group × v_dim`).

@@ -64,12 +64,6 @@ pub(crate) fn exp_scalar(x: f32) -> f32 {
     }
 }
 
-/// The 64-byte lines `from..to` of a `width`-long row split in `parts` parts: part `part`.
-pub(crate) fn line_range(width: usize, part: usize, parts: usize) -> (usize, usize) {
-    let lines = width.div_ceil(16);
-    (lines * part / parts, lines * (part + 1) / parts)
-}
-
 /// Asks the processor to start loading lines `lines` (64 bytes each) of `row` into the caches
 /// (no effect on results). The hardware prefetchers stop at every 4 KiB page and the score pass
 /// touches each cached row once, so a decode step waits on memory without this.
@@ -77,7 +71,7 @@ pub(crate) fn line_range(width: usize, part: usize, parts: usize) -> (usize, usi
 pub(crate) fn prefetch_lines(row: &[f32], lines: (usize, usize), to_l2: bool) {
     #[cfg(target_arch = "x86_64")]
     for line in lines.0..lines.1 {
-        // SAFETY: `line_range` keeps `line * 16 < row.len()`, and a prefetch has no
+        // SAFETY: callers keep `line * 16 < row.len()`, and a prefetch has no
         // architectural effect (SSE, part of the x86_64 baseline).
         unsafe {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
@@ -169,20 +163,12 @@ pub(crate) fn head_tile(left: usize) -> usize {
 /// Value accumulation of one chunk: for each head `h` (all heads of a kv head) and each
 /// column `c` of `cols`, `acc[h][c] = Σ_j p[h][j] · values[j][c]` in key order (fma, from +0.0).
 /// `acc[h]` has the value width; `values[j]` too.
-/// `between` runs after each strip of the SIMD paths (after each head on the portable one): the
-/// caller prefetches the next chunk's rows there, while this pass computes from the caches.
-pub(crate) fn value_tile(
-    p: &[&[f32]],
-    values: &[&[f32]],
-    acc: &mut [&mut [f32]],
-    isa: Isa,
-    between: &mut dyn FnMut(),
-) {
+pub(crate) fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
     match isa {
         Isa::Avx512 => {
             // SAFETY: as in `score_tile`.
-            let done = unsafe { super::attention_simd512::value_tile(p, values, acc, between) };
+            let done = unsafe { super::attention_simd512::value_tile(p, values, acc) };
             if done < acc[0].len() {
                 value_columns(p, values, acc, done);
             }
@@ -190,14 +176,13 @@ pub(crate) fn value_tile(
         }
         Isa::Avx2 => {
             // SAFETY: as in `score_tile`.
-            unsafe { avx2::value_tile(p, values, acc, between) };
+            unsafe { avx2::value_tile(p, values, acc) };
             return;
         }
         Isa::Portable => {}
     }
     for h in 0..p.len() {
         value_columns(&p[h..h + 1], values, &mut acc[h..h + 1], 0);
-        between();
     }
 }
 
@@ -385,12 +370,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn value_tile(
-        p: &[&[f32]],
-        values: &[&[f32]],
-        acc: &mut [&mut [f32]],
-        between: &mut dyn FnMut(),
-    ) {
+    pub unsafe fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]]) {
         let width = acc[0].len();
         let vecs = width / 8;
         // Key blocks outer, then strips of 4 vectors, then head tiles: a strip of a key block
@@ -423,7 +403,6 @@ mod avx2 {
                     }
                     h += ht;
                 }
-                between();
             }
         }
         if vecs * 8 < width {

@@ -194,19 +194,13 @@ unsafe fn fold8_of_eight(u: &[__m512; 8]) -> __m512 {
 }
 
 /// Value accumulation of one chunk (see `attention_simd::value_tile` for the contract):
-/// key blocks outer, then strips of 64 columns, then head tiles of 4; `between` runs after each
-/// strip. Columns past the last multiple of 16 are left to `tail` (the caller's AVX2 or
+/// key blocks outer, then strips of 64 columns, then head tiles of 4. Columns past the last multiple of 16 are left to `tail` (the caller's AVX2 or
 /// portable form, the same chains).
 ///
 /// # Safety
 /// As for [`score_tile`].
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn value_tile(
-    p: &[&[f32]],
-    values: &[&[f32]],
-    acc: &mut [&mut [f32]],
-    between: &mut dyn FnMut(),
-) -> usize {
+pub(crate) unsafe fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]]) -> usize {
     let width = acc[0].len();
     let vecs = width / 16;
     for k0 in (0..values.len()).step_by(VALUE_BLOCK) {
@@ -233,7 +227,6 @@ pub(crate) unsafe fn value_tile(
                 }
                 h += ht;
             }
-            between();
         }
     }
     vecs * 16

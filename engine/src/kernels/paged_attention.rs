@@ -44,6 +44,10 @@ impl KeyRows for PageRows<'_> {
     fn value(&self, j: usize) -> &[f32] {
         &self.row(j)[self.value_at..][..self.value]
     }
+    #[inline(always)]
+    fn whole_row(&self, j: usize) -> Option<&[f32]> {
+        Some(self.row(j))
+    }
 }
 
 /// `q` `[tq, heads·d1]`, `q_rope` `[tq, heads·d2]` attending to the first `len` cached positions:
