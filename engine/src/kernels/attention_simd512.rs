@@ -64,11 +64,20 @@ unsafe fn tile<const H: usize, const P: usize>(
                 *g = acc[(u0 + i) / P][(u0 + i) % P];
             }
         }
+        let folded = _mm512_mul_ps(fold8_of_eight(&group), _mm512_set1_ps(scale));
+        if P == 4 {
+            // Eight accumulators are two heads' 8 keys: transposing the 4×4 lanes puts them in
+            // `out[h][0..8]`, `out[h + 1][0..8]` order, two contiguous rows (keys past the
+            // tile's and heads past `H` get values the caller never reads).
+            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            let rows = _mm512_permutexvar_ps(order, folded);
+            // `u0 / P <= 2`: rows `u0 / P` and the next are inside `out` (4 rows of 8).
+            _mm512_storeu_ps(out.as_mut_ptr().cast::<f32>().add(8 * (u0 / P)), rows);
+            u0 += 8;
+            continue;
+        }
         let mut scores = [0.0f32; 16];
-        _mm512_storeu_ps(
-            scores.as_mut_ptr(),
-            _mm512_mul_ps(fold8_of_eight(&group), _mm512_set1_ps(scale)),
-        );
+        _mm512_storeu_ps(scores.as_mut_ptr(), folded);
         // Lane `4m + k` is key half `m % 2` of accumulator `2k + m / 2` (see `fold8_of_eight`).
         for (lane, &score) in scores.iter().enumerate() {
             let (m, k) = (lane / 4, lane % 4);
