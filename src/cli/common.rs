@@ -57,6 +57,23 @@ pub fn init_isa(isa: Option<&str>) -> Result<(), CliError> {
     isa::set_active(Isa::parse(name).map_err(usage)?).map_err(usage)
 }
 
+/// Makes the linear layers use `--compute` (bf16 exists on the CPU kernels only).
+fn init_compute(run: &RunArgs) -> Result<(), CliError> {
+    use troupe_engine::kernels::precision::{self, Compute};
+    let Some(mode) = run.compute else {
+        return Ok(());
+    };
+    if mode != Compute::F32 && run.device != troupe_engine::DeviceId::Cpu {
+        return Err(CliError::Usage(format!(
+            "--compute {} runs on the CPU kernels only, not on --device {}",
+            mode.name(),
+            run.device
+        )));
+    }
+    precision::set_compute(mode);
+    Ok(())
+}
+
 /// The graph of `--model`, once the checks that need no model pass (a malformed `TROUPE_FAULT` is
 /// an error under every runtime, not only where actors read it; so is `--isa`).
 pub fn open_graph(run: &RunArgs) -> Result<LoadedGraph, CliError> {
@@ -69,6 +86,7 @@ pub fn open_graph_placed(
 ) -> Result<(LoadedGraph, troupe_actors::transport::AttentionMode), CliError> {
     check_fault_env()?;
     init_isa(run.isa.as_deref())?;
+    init_compute(run)?;
     let mut graph = LoadedGraph::open(&run.model)?;
     let mode = super::distributed::apply_placement(&mut graph, run.placement.as_deref())?;
     if let Some(d) = run.dequantize {

@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// CPU kernel path: avx512, avx2 or portable (default: the best this processor has).
     #[arg(long)]
     pub isa: Option<String>,
+    /// Precision of the activations entering each linear layer: f32 (default; weights upcast
+    /// exactly) or bf16 (rounded to bf16 first, as llama.cpp's bf16 path does; CPU only).
+    #[arg(long, value_parser = parse_compute)]
+    pub compute: Option<troupe_engine::kernels::precision::Compute>,
     /// MLA computation: auto (naive prefill, absorbed decode), naive, absorbed.
     #[arg(long, default_value = "auto")]
     pub mla: String,
@@ -99,6 +103,10 @@ pub struct RunArgs {
     /// Turn an FP8 checkpoint's weights into bf16 (or f16, f32) at load instead of keeping them FP8.
     #[arg(long, value_parser = parse_dequantize)]
     pub dequantize: Option<troupe_engine::dtype::DType>,
+}
+
+fn parse_compute(s: &str) -> Result<troupe_engine::kernels::precision::Compute, String> {
+    troupe_engine::kernels::precision::Compute::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_dequantize(s: &str) -> Result<troupe_engine::dtype::DType, String> {

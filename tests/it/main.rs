@@ -25,6 +25,7 @@
 mod bad_input;
 mod bench_json;
 mod common;
+mod compute_bf16;
 mod eplb;
 mod export_hf;
 mod external_crate;

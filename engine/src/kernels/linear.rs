@@ -9,6 +9,8 @@
 //! element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
+//! Under `--compute bf16` ([`super::precision`]) the activations are rounded to bf16 first.
+//!
 //! The storage type is dispatched in `columns_into` (`WFlat`): FP8 block-scaled weights are
 //! one such type, filled by [`super::fp8`] in its own fixed order, so an expert layer's FP8
 //! projections share a region with everything else.
@@ -17,6 +19,7 @@ use super::dot::{dot_block, WRow};
 use super::fp8::Fp8Rows;
 use super::isa::{self, Isa};
 use super::pool;
+use super::precision::{self, Compute};
 use crate::dtype::DType;
 use crate::error::{EngineError, Result};
 use crate::tensor::Tensor;
@@ -187,6 +190,19 @@ pub fn linear_many_with(
         }
         work += j.x.rows() * j.w.rows() * j.w.cols();
     }
+    // `--compute bf16`: the activations, rounded to bf16, replace each job's input.
+    let rounded: Vec<Vec<f32>> = match precision::compute() {
+        Compute::F32 => Vec::new(),
+        Compute::Bf16 => jobs
+            .iter()
+            .map(|j| {
+                j.x.data()
+                    .iter()
+                    .map(|&v| precision::round_bf16(v))
+                    .collect()
+            })
+            .collect(),
+    };
     let threads = pool::threads();
     let total_cols: usize = jobs.iter().map(|j| j.w.rows()).sum();
     let auto = total_cols
@@ -195,11 +211,11 @@ pub fn linear_many_with(
         .max(MIN_COLS_PER_TASK);
     let mut ready = Vec::with_capacity(jobs.len());
     let mut tasks = 0;
-    for j in jobs.iter_mut() {
+    for (i, j) in jobs.iter_mut().enumerate() {
         let per = cols_per_task.unwrap_or(auto).max(1);
         let out_dim = j.w.rows();
         ready.push(Ready {
-            x: j.x.data(),
+            x: rounded.get(i).map_or(j.x.data(), |r| &r[..]),
             n: j.x.rows(),
             k: j.w.cols(),
             wf: flat(j.w)?,

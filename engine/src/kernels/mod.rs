@@ -24,6 +24,7 @@ pub mod moe;
 pub mod norm;
 pub mod paged_attention;
 pub mod pool;
+pub mod precision;
 pub mod rope;
 pub mod router;
 

@@ -4,7 +4,7 @@
 //! repetition rolls the cache back to the depth.
 //!
 //! The JSON object (the last stdout line with `--json`):
-//! `{"model", "device", "isa" (avx512, avx2, portable or ptx), "threads", "runtime", "tests": [{"name": "pp128"|"tg64",
+//! `{"model", "device", "isa" (avx512, avx2, portable or ptx), "compute" (f32 or bf16), "threads", "runtime", "tests": [{"name": "pp128"|"tg64",
 //! "n_prompt", "n_gen", "n_depth", "tok_s", "min", "max"}], "h2d_bytes_per_decode_step",
 //! "d2h_bytes_per_decode_step", "kernel_launches": {kernel: launches per decode step},
 //! "decode_steps_counted", "depth_costs": [{"n_depth", "cache_bytes", "attention_flops",
@@ -14,6 +14,7 @@
 //! by its steps; null without a tg test.
 
 use std::time::Instant;
+use troupe_engine::kernels::precision;
 
 use serde_json::{json, Map, Value};
 use troupe_engine::device_tensor::DeviceCounters;
@@ -193,10 +194,11 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
     };
     let threads = rayon::current_num_threads();
     println!(
-        "model: {}  threads: {threads}  device: {}  isa: {}  runtime: {}",
+        "model: {}  threads: {threads}  device: {}  isa: {}  compute: {}  runtime: {}",
         a.run.model.display(),
         be.name(),
         isa(&a.run.device),
+        precision::compute().name(),
         target.runtime()
     );
     println!("{:<16} {:>12} {:>22}", "test", "tok/s", "min - max");
@@ -239,6 +241,7 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
             "model": a.run.model.display().to_string(),
             "device": a.run.device.to_string(),
             "isa": isa(&a.run.device),
+            "compute": precision::compute().name(),
             "threads": threads,
             "runtime": match runtime {
                 RuntimeKind::Reference => "reference",
