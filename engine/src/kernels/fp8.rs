@@ -10,7 +10,7 @@
 //! has its own chain, so tiling, batch size and thread count never change a result.
 //!
 //! The CPU kernels carry the weights as `e4m3 · 2^-8` (what F16C widens from the byte's bits
-//! without a multiply; see [`super::fp8_simd`]) and fold the `2^8` into the block scale:
+//! without a multiply; see `fp8_simd`) and fold the `2^8` into the block scale:
 //! `acc = fma(256 · scale, partial · 2^-8, acc)`. Scaling by a power of two is exact, so this is
 //! the order above bit for bit unless a product falls below f32's normal range (|x · w| < 2^-118)
 //! or `256 · scale` overflows — neither happens with real activations and scales.
