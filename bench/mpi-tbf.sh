@@ -10,7 +10,8 @@
 # first version made shaped runs look faster than the wire); BURST defaults to two packets.
 #
 # For each schedule (sequential, two-microbatch) it runs `generate` under mpirun, alternating
-# unshaped and shaped runs REPS times, with rank 0's trace and tbf's byte counter. Then the same
+# unshaped (tbf at FAST) and shaped runs REPS times, with rank 0's trace and tbf's byte counter.
+# Then the same
 # placement in ONE process, without a link and with [placement.link] (the link model) at the
 # bandwidth and latency the MPI runs measured (bench/mpi-tbf.py params: RATE x troupe's share of
 # the bytes tbf sent; half an unshaped exchange's transit per transfer). bench/mpi-tbf.py report
@@ -21,14 +22,15 @@
 # LAYOUT=dp: data-parallel attention, experts on every rank; request i on rank i mod NODES; no
 # link model (one process has no data-parallel attention).
 # Needs root (ip netns, tc), Open MPI and a troupe built with --features mpi (BIN).
-# Env: MODEL, RATE (e.g. 1gbit), BURST (bytes), NODES, REPS, NEW (new tokens), SEQS (requests),
-# BIN, LAYOUT (staged | dp), EXPERTS (routed experts of MODEL), KEEP (a folder to keep the
+# Env: MODEL, RATE (e.g. 1gbit), BURST (bytes), FAST (the unshaped runs' rate), NODES, REPS,
+# NEW (new tokens), SEQS (requests), BIN, LAYOUT (staged | dp), EXPERTS (routed experts of MODEL), KEEP (a folder to keep the
 # traces in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-tests/fixtures/deepseek-v3-tiny}
 RATE=${RATE:-1gbit}
 BURST=${BURST:-3028}
+FAST=${FAST:-100gbit}
 NODES=${NODES:-2}
 REPS=${REPS:-3}
 NEW=${NEW:-32}
@@ -64,9 +66,14 @@ placement() { # $1 schedule, $2 extra lines, $3 attention line
 }
 # lo's 64 KiB MTU makes packets larger than a small bucket, which tbf never sends: lo runs at
 # MTU 1500 (set above).
-shape() { ip netns exec "$NS" tc qdisc replace dev lo root tbf rate "$RATE" burst "$BURST" latency 1s; }
+tbf() { ip netns exec "$NS" tc qdisc replace dev lo root tbf rate "$1" burst "$2" latency 1s; }
+shape() { unshape; tbf "$RATE" "$BURST"; }
 sent() { ip netns exec "$NS" tc -s qdisc show dev lo | awk '/Sent/ {print $2; exit}'; }
 unshape() { ip netns exec "$NS" tc qdisc del dev lo root 2>/dev/null || true; }
+# The unshaped runs go through the same qdisc at FAST (far above what loopback carries here) with
+# a 1 MB bucket (a 2-packet bucket at 100 Gbit/s is a quarter of a microsecond: every packet
+# then waited for tbf's timer), so shaped and unshaped take one path.
+fast() { unshape; tbf "$FAST" 1mb; }
 run_mpi() { # $1 schedule, $2 trace
     placement "$1" "" "$dp_line" > "$WORK/p.toml"
     ip netns exec "$NS" mpirun -n "$NODES" --oversubscribe --bind-to none --mca btl tcp,self \
@@ -82,7 +89,7 @@ run_model() { # $1 schedule, $2 trace, $3 link lines: one process, one thread pe
 
 for schedule in sequential two-microbatch; do
     for r in $(seq "$REPS"); do
-        unshape; run_mpi "$schedule" "$WORK/$schedule-off-$r.json"
+        fast; run_mpi "$schedule" "$WORK/$schedule-off-$r.json"
         shape; run_mpi "$schedule" "$WORK/$schedule-on-$r.json"; sent > "$WORK/$schedule-on-$r.tc"
     done
 done
