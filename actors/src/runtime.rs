@@ -370,7 +370,7 @@ fn start_streams(
                 }
             };
             let kind = StreamKind::for_device(device);
-            Stream::spawn(name, i, be, tracer.clone(), kind)
+            Stream::spawn_with_threads(name, i, be, tracer.clone(), kind, placement.stream_threads)
                 .map(|s| Arc::new(s.with_overlap(overlap.clone())))
         })
         .collect::<Result<_>>()?;

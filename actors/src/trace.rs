@@ -55,6 +55,8 @@ pub const STREAMS_PID: u64 = 1;
 pub const LINK_PID: u64 = 2;
 /// The transport: one track per peer rank (`transport::PeerStats`).
 pub const PEERS_PID: u64 = 3;
+/// Expert work this rank computed for other ranks: one track per asking rank.
+pub const SERVING_PID: u64 = 4;
 
 impl Tracer {
     pub fn new(path: &Path, stream_names: &[String]) -> Tracer {
@@ -152,14 +154,19 @@ impl Tracer {
     pub fn name_peers(&self, peers: usize) {
         let mut evs = vec![
             json!({"ph": "M", "name": "process_name", "pid": PEERS_PID, "tid": 0, "args": {"name": "transport"}}),
+            json!({"ph": "M", "name": "process_name", "pid": SERVING_PID, "tid": 0, "args": {"name": "serving"}}),
         ];
         for p in 0..peers {
             evs.push(json!({"ph": "M", "name": "thread_name", "pid": PEERS_PID, "tid": p, "args": {"name": format!("rank {p}")}}));
+            evs.push(json!({"ph": "M", "name": "thread_name", "pid": SERVING_PID, "tid": p, "args": {"name": format!("for rank {p}")}}));
         }
         self.push(evs);
     }
 
-    /// One exchange with rank `peer` (request out, reply back) on its track.
+    /// One exchange with rank `peer` (request out, reply back) on its track: `served` is how
+    /// long (µs) the peer had it, and `served_at` when it received it (µs after `start`), known
+    /// when both ranks read one clock.
+    #[allow(clippy::too_many_arguments)]
     pub fn peer_span(
         &self,
         peer: usize,
@@ -168,12 +175,25 @@ impl Tracer {
         bytes_back: usize,
         start: Instant,
         end: Instant,
+        served: f64,
+        served_at: Option<f64>,
     ) {
         let ts = self.us(start);
         let dur = (self.us(end) - ts).max(0.001);
         self.push(vec![
             json!({"ph": "X", "name": "experts", "cat": "transport", "pid": PEERS_PID, "tid": peer, "ts": ts, "dur": dur,
-                   "args": {"layer": layer, "bytes_out": bytes_out, "bytes_back": bytes_back}}),
+                   "args": {"layer": layer, "bytes_out": bytes_out, "bytes_back": bytes_back,
+                            "served_us": served, "served_at_us": served_at}}),
+        ]);
+    }
+
+    /// Expert work of `layer` this rank computed for rank `peer`, from `start` to `end`.
+    pub fn serving_span(&self, peer: usize, layer: u32, start: Instant, end: Instant) {
+        let ts = self.us(start);
+        let dur = (self.us(end) - ts).max(0.001);
+        self.push(vec![
+            json!({"ph": "X", "name": "serve", "cat": "transport", "pid": SERVING_PID, "tid": peer, "ts": ts, "dur": dur,
+                   "args": {"layer": layer}}),
         ]);
     }
 

@@ -1,7 +1,8 @@
 //! `troupe eplb` and `--dump-expert-load`, through the binary: the `deepseek-ai/EPLB` README
 //! example as `--json`; a load dumped by `generate` on deepseek-v3-tiny, balanced into a
 //! `[placement]` table with replicated experts, that generates the reference's tokens and
-//! computes more evenly per node; bad input as one line and exit 2.
+//! computes more evenly per node; the same dump from `bench --runtime actors`; bad input as one
+//! line and exit 2.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -148,6 +149,63 @@ fn dumped_load_balanced_by_eplb_keeps_the_reference_tokens() {
         overall(&after) <= overall(&before),
         "before: {before}\nafter: {after}"
     );
+}
+
+#[test]
+fn bench_dumps_the_load_of_every_test_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = case_dir("deepseek-v3-tiny");
+    let graph = ok(&troupe(&[Path::new("import-hf"), &case]), "import-hf");
+    let two = format!(
+        "{graph}\n[placement]\nstreams = 2\nnodes = 2\nexpert_streams = [\"cpu0\", \"cpu1\"]\n\
+         expert_nodes = [0, 1]\nexperts = \"block\"\n"
+    );
+    let two = write(dir.path(), "two.toml", &two);
+    let load = dir.path().join("load.json").display().to_string();
+    let bench = |runtime: &str| {
+        troupe(&[
+            "bench",
+            "-m",
+            &two,
+            "-p",
+            "5",
+            "-n",
+            "3",
+            "-r",
+            "2",
+            "--runtime",
+            runtime,
+            "--dump-expert-load",
+            &load,
+        ])
+    };
+    let o = bench("actors");
+    let out = ok(&o, "bench --dump-expert-load");
+    assert!(out.contains("pp5") && out.contains("tg3"), "{out}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("over 2 nodes"), "{err}");
+    let rows: Vec<Vec<u64>> =
+        serde_json::from_str(&std::fs::read_to_string(&load).unwrap()).unwrap();
+    // 3 MoE layers × 16 experts. Each test runs once untimed and twice timed: pp5 3 × 5 and
+    // tg3 3 × 3 positions, top-4.
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.len() == 16));
+    assert!(
+        rows.iter()
+            .all(|r| r.iter().sum::<u64>() == (3 * 5 + 3 * 3) * 4),
+        "{rows:?}"
+    );
+    // The reference executor has no routers to count: refused, one line, exit 2.
+    std::fs::remove_file(&load).unwrap();
+    let o = bench("reference");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--dump-expert-load needs --runtime actors"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!Path::new(&load).exists());
 }
 
 #[test]

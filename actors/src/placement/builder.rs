@@ -166,6 +166,12 @@ impl PlacementBuilder {
         self
     }
 
+    /// `stream_threads`: each CPU stream runs its kernels on a pool of `n` threads of its own.
+    pub fn stream_threads(mut self, n: usize) -> Self {
+        self.spec.stream_threads = Some(n);
+        self
+    }
+
     /// `[placement.supervision]`.
     pub fn supervision(mut self, s: SupervisionSpec) -> Self {
         let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -252,6 +258,7 @@ mod tests {
             .expert_streams(["b"])
             .link(link)
             .channel_capacity(3)
+            .stream_threads(1)
             .build()
             .resolve(&LAYERS, None)
             .unwrap();
@@ -259,7 +266,7 @@ mod tests {
             "streams = [{ name = \"a\", device = \"cpu\" }, { name = \"b\", device = \"cpu\" }]\n\
              stages = 2\nstage_streams = [\"a\", \"b\"]\nnodes = 2\nexpert_nodes = [1]\n\
              expert_group_size = 4\nexpert_streams = [\"b\"]\nchannel_capacity = 3\n\
-             [link]\nlatency_us = 20\ngbps = 10",
+             stream_threads = 1\n[link]\nlatency_us = 20\ngbps = 10",
         )
         .unwrap();
         assert_eq!(format!("{built:?}"), format!("{toml:?}"));

@@ -196,6 +196,10 @@ pub struct Placement {
     pub nodes: usize,
     pub link: Option<LinkSpec>,
     pub channel_capacity: usize,
+    /// Threads of each CPU stream's own kernel pool (`stream_threads`); `None`: every stream
+    /// runs its kernels on the process's pool. One thread per stream makes one process compute
+    /// as nodes of one core each would (the link model against MPI ranks, `bench/mpi-tbf.sh`).
+    pub stream_threads: Option<usize>,
     pub supervision: SupervisionSpec,
 }
 

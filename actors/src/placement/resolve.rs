@@ -12,6 +12,8 @@ use crate::error::{ActorError, Result};
 
 /// At most this many streams by count (`streams = N`).
 const MAX_STREAM_COUNT: i64 = 256;
+/// Most threads of one stream's own kernel pool (`stream_threads`).
+const MAX_STREAM_THREADS: usize = 1024;
 
 /// The streams of a placement by name, for the fields that refer to them.
 struct StreamNames<'a>(&'a [String]);
@@ -106,6 +108,15 @@ impl PlacementSpec {
             }
             Some(c) => c,
         };
+        let stream_threads = match self.stream_threads {
+            Some(n) if !(1..=MAX_STREAM_THREADS).contains(&n) => {
+                return Err(ActorError::placement(
+                    "stream_threads",
+                    format!("{n}: must be 1..={MAX_STREAM_THREADS}"),
+                ))
+            }
+            n => n,
+        };
         let supervision = match &self.supervision {
             None => SupervisionSpec::default(),
             Some(t) => SupervisionSpec::from_table(t)?,
@@ -120,6 +131,7 @@ impl PlacementSpec {
             nodes,
             link,
             channel_capacity,
+            stream_threads,
             supervision,
         })
     }

@@ -26,6 +26,7 @@ pub struct PlacementSpec {
     pub expert_nodes: Option<Vec<usize>>,
     pub link: Option<LinkTable>,
     pub channel_capacity: Option<usize>,
+    pub stream_threads: Option<usize>,
     pub supervision: Option<SupervisionTable>,
 }
 

@@ -286,3 +286,17 @@ fn bare_stream_names_are_cpu_streams_and_devices_are_typed() {
     p.put_all_streams_on(&DeviceId::PtxInterp);
     assert_eq!(p.stream_devices, vec![DeviceId::PtxInterp; 4]);
 }
+
+#[test]
+fn stream_threads_is_a_count_of_1_to_1024() {
+    assert_eq!(resolve("", TINY).expect("default").stream_threads, None);
+    let p = resolve("stream_threads = 1024", TINY).expect("upper bound");
+    assert_eq!(p.stream_threads, Some(1024));
+    for bad in ["0", "1025"] {
+        let (f, m) = err_field(&format!("stream_threads = {bad}"), TINY);
+        assert_eq!(f, "stream_threads");
+        assert!(m.contains("1..=1024"), "{m}");
+    }
+    let (f, _) = err_field("stream_threads = \"two\"", TINY);
+    assert_eq!(f, "stream_threads");
+}

@@ -13,7 +13,9 @@
 //!
 //! Bytes on the wire are counted per peer ([`PeerStats`]): Prometheus
 //! `troupe_transport_bytes_total{peer,direction}` / `troupe_transport_messages_total{peer}`, and
-//! one trace track per peer (pid 3) with a span per request (send → reply).
+//! one trace track per peer (pid 3) with a span per request (send → reply) that says how long the
+//! peer had it ([`Served`]), so the time on the wire is the span minus that; work this rank
+//! computed for other ranks is on pid 4, one track per asking rank.
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -29,7 +31,7 @@ use std::time::Instant;
 
 pub use server::ExpertServer;
 pub use simulated::SimulatedTransport;
-pub use wire::{ExpertReply, ExpertRequest, Message, WireError};
+pub use wire::{monotonic_ns, ExpertReply, ExpertRequest, Message, Served, WireError};
 
 use crate::error::Result;
 use crate::trace::Tracer;
@@ -133,6 +135,22 @@ pub fn process_distributed() -> Option<Distributed> {
     PROCESS_DISTRIBUTED.get().cloned()
 }
 
+/// A moment on this process's clock and the host's ([`monotonic_ns`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    pub at: Instant,
+    pub mono: u64,
+}
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp {
+            at: Instant::now(),
+            mono: monotonic_ns(),
+        }
+    }
+}
+
 /// Counters of one peer.
 #[derive(Debug, Default)]
 pub struct PeerCounters {
@@ -185,11 +203,32 @@ impl PeerStats {
             .increment(bytes as u64);
     }
 
-    /// A request to `peer` and its reply, from `start` (sent) to `end` (reply in), on the
-    /// peer's trace track.
-    pub fn exchange(&self, peer: usize, layer: u32, out: usize, back: usize, start: Instant) {
+    /// A request to `peer` and its reply, from `start` (sent) to `end` (reply in), on the peer's
+    /// trace track, with when the peer had it. The peer's times are placed in this rank's
+    /// timeline when they fall inside the exchange on this rank's clock (both ranks on one
+    /// host); otherwise only their duration is kept.
+    pub fn exchange(
+        &self,
+        peer: usize,
+        layer: u32,
+        (out, back): (usize, usize),
+        (start, end): (Stamp, Stamp),
+        served: Served,
+    ) {
         if let Some(t) = self.tracer.get() {
-            t.peer_span(peer, layer, out, back, start, Instant::now());
+            let inside = start.mono <= served.received_ns
+                && served.received_ns <= served.replied_ns
+                && served.replied_ns <= end.mono;
+            let at = inside.then(|| (served.received_ns - start.mono) as f64 / 1000.0);
+            let us = served.duration_ns() as f64 / 1000.0;
+            t.peer_span(peer, layer, out, back, start.at, end.at, us, at);
+        }
+    }
+
+    /// Expert work of `layer` this rank computed for `peer` since `start`, on the serving track.
+    pub fn serving(&self, peer: usize, layer: u32, start: Instant) {
+        if let Some(t) = self.tracer.get() {
+            t.serving_span(peer, layer, start, Instant::now());
         }
     }
 
@@ -204,20 +243,29 @@ impl PeerStats {
     }
 }
 
-/// A decoded reply from `peer` as the call's result.
-fn reply_result(peer: usize, m: std::result::Result<Message, WireError>) -> Result<ExpertReply> {
+/// A decoded reply from `peer` as the call's result, with when the peer had the request.
+fn reply_result(
+    peer: usize,
+    m: std::result::Result<Message, WireError>,
+) -> (Result<ExpertReply>, Served) {
     match m {
-        Ok(Message::Reply { result: Ok(r), .. }) => Ok(r),
-        Ok(Message::Reply { result: Err(e), .. }) => {
-            Err(crate::ActorError::Transport { peer, message: e })
-        }
-        Ok(_) => Err(crate::ActorError::Transport {
-            peer,
-            message: "expected a reply".into(),
-        }),
-        Err(e) => Err(crate::ActorError::Transport {
-            peer,
-            message: e.to_string(),
-        }),
+        Ok(Message::Reply { result, served, .. }) => (
+            result.map_err(|message| crate::ActorError::Transport { peer, message }),
+            served,
+        ),
+        Ok(_) => (
+            Err(crate::ActorError::Transport {
+                peer,
+                message: "expected a reply".into(),
+            }),
+            Served::default(),
+        ),
+        Err(e) => (
+            Err(crate::ActorError::Transport {
+                peer,
+                message: e.to_string(),
+            }),
+            Served::default(),
+        ),
     }
 }

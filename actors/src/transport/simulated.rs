@@ -5,11 +5,10 @@
 //! same bytes and the same server as MPI, so results are the same bits.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::server::ExpertServer;
-use super::wire::{ExpertRequest, Message};
-use super::{Call, PeerStats, Transport};
+use super::wire::{monotonic_ns, ExpertRequest, Message, Served};
+use super::{Call, PeerStats, Stamp, Transport};
 use crate::error::ActorError;
 use crate::link::Link;
 
@@ -70,25 +69,21 @@ impl Transport for SimulatedTransport {
         let link = self.link.clone();
         let stats = self.stats.clone();
         Box::pin(async move {
-            let start = Instant::now();
+            let start = Stamp::now();
             stats.sent(node, out.len());
             arrive(&link, "dispatch", out.len()).await;
             let back = tokio::task::spawn_blocking(move || {
-                let reply = match Message::decode(&out) {
-                    Ok(Message::Request { id, req }) => Message::Reply {
-                        id,
-                        result: server.answer(&req),
-                    },
-                    Ok(_) => Message::Reply {
-                        id,
-                        result: Err("not a request".into()),
-                    },
-                    Err(e) => Message::Reply {
-                        id,
-                        result: Err(e.to_string()),
-                    },
+                let received_ns = monotonic_ns();
+                let result = match Message::decode(&out) {
+                    Ok(Message::Request { req, .. }) => server.answer(&req),
+                    Ok(_) => Err("not a request".into()),
+                    Err(e) => Err(e.to_string()),
                 };
-                (reply.encode(), out.len())
+                let served = Served {
+                    received_ns,
+                    replied_ns: monotonic_ns(),
+                };
+                (Message::Reply { id, result, served }.encode(), out.len())
             })
             .await
             .map_err(|e| ActorError::Transport {
@@ -98,8 +93,10 @@ impl Transport for SimulatedTransport {
             let (back, out_len) = back;
             arrive(&link, "combine", back.len()).await;
             stats.received(node, back.len());
-            stats.exchange(node, layer, out_len, back.len(), start);
-            super::reply_result(node, Message::decode(&back))
+            let (result, served) = super::reply_result(node, Message::decode(&back));
+            let end = Stamp::now();
+            stats.exchange(node, layer, (out_len, back.len()), (start, end), served);
+            result
         })
     }
 }

@@ -1,7 +1,8 @@
 //! The bytes a [`Transport`](super::Transport) puts on the wire: one message per (layer,
 //! micro-batch, destination rank) carrying every row that rank's expert groups need, and one reply
-//! carrying their outputs. Little-endian, length-prefixed, checked on decode (a short or
-//! inconsistent message is a [`WireError`] naming what was wrong, never a panic).
+//! carrying their outputs, and when the serving rank had the request ([`Served`]). Little-endian,
+//! length-prefixed, checked on decode (a short or inconsistent message is a [`WireError`] naming
+//! what was wrong, never a panic).
 
 use troupe_engine::backend::Routing;
 use troupe_engine::Tensor;
@@ -25,15 +26,53 @@ pub struct ExpertReply {
     pub rows: Tensor,
 }
 
+/// When the serving rank had a request: from receiving it to handing its reply to the wire (decode,
+/// expert kernels, encode), in ns of that rank's [`monotonic_ns`] clock. The caller subtracts it
+/// from the exchange to get the time on the wire; on one host (one monotonic clock for every
+/// process) it also places it in the caller's timeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    pub received_ns: u64,
+    pub replied_ns: u64,
+}
+
+impl Served {
+    /// ns between receiving the request and replying.
+    pub fn duration_ns(&self) -> u64 {
+        self.replied_ns.saturating_sub(self.received_ns)
+    }
+}
+
+/// The host's monotonic clock in ns (`CLOCK_MONOTONIC`: one clock for every process of a Linux
+/// host, unlike `Instant`, whose values cannot leave the process).
+pub fn monotonic_ns() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec through a valid pointer.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0 {
+            return (ts.tv_sec as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec as u64);
+        }
+    }
+    0
+}
+
 /// One message between ranks.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     /// Expert work, answered by a `Reply` with the same id.
     Request { id: u64, req: ExpertRequest },
-    /// The answer to request `id`: outputs, or the error the serving rank hit.
+    /// The answer to request `id`: outputs, or the error the serving rank hit, and when that
+    /// rank had the request.
     Reply {
         id: u64,
         result: Result<ExpertReply, String>,
+        served: Served,
     },
     /// Stops the receiving thread (sent by a rank to itself at shutdown).
     Stop,
@@ -69,15 +108,25 @@ impl Message {
                     w.f32s(ws);
                 }
             }
-            Message::Reply { id, result: Ok(r) } => {
+            Message::Reply {
+                id,
+                result: Ok(r),
+                served,
+            } => {
                 w.u8(KIND_REPLY_OK);
                 w.u64(*id);
+                w.served(served);
                 w.u32s(&r.experts);
                 w.tensor(&r.rows);
             }
-            Message::Reply { id, result: Err(e) } => {
+            Message::Reply {
+                id,
+                result: Err(e),
+                served,
+            } => {
                 w.u8(KIND_REPLY_ERR);
                 w.u64(*id);
+                w.served(served);
                 w.u32(e.len() as u32);
                 w.0.extend_from_slice(e.as_bytes());
             }
@@ -125,20 +174,24 @@ impl Message {
             }
             KIND_REPLY_OK => {
                 let id = r.u64()?;
+                let served = r.served()?;
                 let experts = r.u32s()?;
                 let rows = r.tensor()?;
                 Message::Reply {
                     id,
                     result: Ok(ExpertReply { experts, rows }),
+                    served,
                 }
             }
             KIND_REPLY_ERR => {
                 let id = r.u64()?;
+                let served = r.served()?;
                 let n = r.u32()? as usize;
                 let text = String::from_utf8_lossy(r.take(n)?).into_owned();
                 Message::Reply {
                     id,
                     result: Err(text),
+                    served,
                 }
             }
             KIND_STOP => Message::Stop,
@@ -162,6 +215,10 @@ impl Writer {
     }
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn served(&mut self, s: &Served) {
+        self.u64(s.received_ns);
+        self.u64(s.replied_ns);
     }
     fn u32s(&mut self, v: &[u32]) {
         self.u32(v.len() as u32);
@@ -222,6 +279,14 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+    fn served(&mut self) -> Result<Served, WireError> {
+        let received_ns = self.u64()?;
+        let replied_ns = self.u64()?;
+        Ok(Served {
+            received_ns,
+            replied_ns,
+        })
+    }
     fn u32s(&mut self) -> Result<Vec<u32>, WireError> {
         let n = self.u32()? as usize;
         let raw = self.take(n.saturating_mul(4))?;
@@ -278,10 +343,15 @@ mod tests {
                 experts: vec![5],
                 rows: Tensor::new(vec![1, 3], vec![0.1, 0.2, -0.3]).unwrap(),
             }),
+            served: Served {
+                received_ns: 1_000,
+                replied_ns: u64::MAX,
+            },
         };
         let err = Message::Reply {
             id: 3,
             result: Err("rank 2: layer 9 has no experts".into()),
+            served: Served::default(),
         };
         for m in [request(), reply, err, Message::Stop] {
             let bytes = m.encode();

@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// With --profile actors: write a Chrome/Perfetto trace of the decode steps here.
     #[arg(long, requires = "profile")]
     pub trace: Option<PathBuf>,
+    /// With --runtime actors (the pp/tg rows): write the rows routed to each expert over every
+    /// test (warm-ups included) as load.json for `troupe eplb`.
+    #[arg(long)]
+    pub dump_expert_load: Option<PathBuf>,
 }
 
 /// `--profile`: the contender whose decode steps run alone.
@@ -127,6 +131,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
 }
 
 fn run_here(a: &BenchArgs) -> Result<(), CliError> {
+    if a.dump_expert_load.is_some() && (a.compare || a.runtime != Some(RuntimeKind::Actors)) {
+        return Err(CliError::Usage(
+            "--dump-expert-load needs --runtime actors (without --compare)".into(),
+        ));
+    }
     if a.compare {
         return compare::run(a);
     }

@@ -234,6 +234,9 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
         }
     }
     target.finish()?;
+    if let Some(path) = &a.dump_expert_load {
+        crate::cli::eplb::dump_expert_load(path, &model)?;
+    }
     let costs = decode_costs(&model, &depths, &rows, a.n_gen);
     if a.json {
         let (h2d, d2h, launches) = per_step(decode.as_ref());
