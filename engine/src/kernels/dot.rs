@@ -336,6 +336,18 @@ mod avx512 {
             (1, 4) => tile::<1, 4>(xs, ws, out),
             (2, 1) => tile::<2, 1>(xs, ws, out),
             (2, 2) => tile::<2, 2>(xs, ws, out),
+            // 32 registers hold a 4×4 tile's 16 accumulators: each widened weight load serves
+            // four x rows (the prefill GEMM; `linear` asks for 4×4 blocks on this path).
+            (2, 3) => tile::<2, 3>(xs, ws, out),
+            (2, 4) => tile::<2, 4>(xs, ws, out),
+            (3, 1) => tile::<3, 1>(xs, ws, out),
+            (3, 2) => tile::<3, 2>(xs, ws, out),
+            (3, 3) => tile::<3, 3>(xs, ws, out),
+            (3, 4) => tile::<3, 4>(xs, ws, out),
+            (4, 1) => tile::<4, 1>(xs, ws, out),
+            (4, 2) => tile::<4, 2>(xs, ws, out),
+            (4, 3) => tile::<4, 3>(xs, ws, out),
+            (4, 4) => tile::<4, 4>(xs, ws, out),
             _ => super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o)),
         }
     }

@@ -5,7 +5,7 @@
 //! Each product is split by weight rows (output columns) into contiguous chunks that the compute
 //! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
 //! Inside a chunk, register tiles of (x rows × weight rows): 1×4 for a single x row (a GEMV
-//! streams four weight rows at once), 2×2 otherwise (each load reused twice). Every output
+//! streams four weight rows at once), 2×2 otherwise (each load reused twice; 4×4 on AVX-512). Every output
 //! element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
@@ -106,8 +106,13 @@ unsafe fn columns_into(
             out.set(r * out_dim + c, v)
         });
     }
-    // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice.
-    let (row_step, col_step) = if n == 1 { (1, 4) } else { (2, 2) };
+    // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice
+    // (4×4, four times, on AVX-512, whose 32 registers hold the 16 accumulators).
+    let (row_step, col_step) = match (n, isa) {
+        (1, _) => (1, 4),
+        (_, Isa::Avx512) => (4, 4),
+        _ => (2, 2),
+    };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
     let mut r = 0;
     while r < n {
