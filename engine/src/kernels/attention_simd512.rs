@@ -203,8 +203,8 @@ unsafe fn fold8_of_eight(u: &[__m512; 8]) -> __m512 {
 }
 
 /// Value accumulation of one chunk (see `attention_simd::value_tile` for the contract):
-/// key blocks outer, then strips of 64 columns, then head tiles of 4. Columns past the last multiple of 16 are left to `tail` (the caller's AVX2 or
-/// portable form, the same chains).
+/// key blocks outer, then strips of 64 columns, then head tiles of 4. Returns how many columns
+/// it did (a multiple of 16); the caller runs the rest with the portable form (the same chains).
 ///
 /// # Safety
 /// As for [`score_tile`].

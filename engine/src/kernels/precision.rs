@@ -12,6 +12,8 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use crate::dtype::{bf16_to_f32, f32_to_bf16};
+
 /// The precision of the activations entering a linear layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compute {
@@ -66,16 +68,11 @@ pub fn set_compute(mode: Compute) {
     );
 }
 
-/// `x` rounded to the nearest bf16 (ties to even), as an f32; NaN stays NaN, and values that
-/// round past the largest bf16 become infinite, as a conversion to bf16 does.
+/// `x` rounded to the nearest bf16 (ties to even, as `dtype::f32_to_bf16` does), as an f32;
+/// NaN stays NaN, and values that round past the largest bf16 become infinite.
 #[inline]
 pub fn round_bf16(x: f32) -> f32 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return x;
-    }
-    let lsb = (bits >> 16) & 1;
-    f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000)
+    bf16_to_f32(f32_to_bf16(x))
 }
 
 #[cfg(test)]
