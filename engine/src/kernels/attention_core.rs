@@ -35,7 +35,7 @@ pub(crate) const CHUNK: usize = 128;
 /// it (four AVX2 tiles of 3 keys, two AVX-512 tiles of 8).
 fn score_block(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 => 16,
+        Isa::Avx512 | Isa::Avx512Bf16 => 16,
         _ => 12,
     }
 }

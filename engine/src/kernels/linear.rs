@@ -9,18 +9,23 @@
 //! Every output element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
-//! Under `--compute bf16` ([`super::precision`]) the activations are rounded to bf16 first.
+//! Under `--compute bf16` ([`super::precision`]) the activations are rounded to bf16 first
+//! (once per distinct input: the gate and up projections of an expert share theirs). On the
+//! [`Isa::Avx512Bf16`] path, bf16 weights then meet them in `vdpbf16ps` tiles of the same shapes,
+//! in the pair-dot order of [`super::dot_pairs`] (its own bits, equally independent of tiling,
+//! chunking, batch and threads); other weight types keep the f32 order on rounded activations.
 //!
 //! The storage type is dispatched in `columns_into` (`WFlat`): FP8 block-scaled weights are
 //! one such type, filled by [`super::fp8`] in its own fixed order, so an expert layer's FP8
 //! projections share a region with everything else.
 
 use super::dot::{dot_block, WRow};
+use super::dot_pairs::pairs_block;
 use super::fp8::Fp8Rows;
 use super::isa::{self, Isa};
 use super::pool;
 use super::precision::{self, Compute};
-use crate::dtype::DType;
+use crate::dtype::{f32_to_bf16, DType};
 use crate::error::{EngineError, Result};
 use crate::tensor::Tensor;
 use crate::weights::Weight;
@@ -91,8 +96,10 @@ impl OutPtr {
 ///
 /// # Safety
 /// No other thread touches those output elements meanwhile; `out` holds `n * out_dim`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn columns_into(
     x: &[f32],
+    x16: Option<&[u16]>,
     n: usize,
     k: usize,
     wf: WFlat<'_>,
@@ -106,11 +113,14 @@ unsafe fn columns_into(
             out.set(r * out_dim + c, v)
         });
     }
+    if let (Some(x16), WFlat::BF16(w)) = (x16, wf) {
+        return pair_columns_into(x16, n, k, w, (c0, c1), out_dim, isa, out);
+    }
     // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice
     // (4×4, four times, on AVX-512, whose 32 registers hold the 16 accumulators).
     let (row_step, col_step) = match (n, isa) {
         (1, _) => (1, 4),
-        (_, Isa::Avx512) => (4, 4),
+        (_, Isa::Avx512 | Isa::Avx512Bf16) => (4, 4),
         _ => (2, 2),
     };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
@@ -135,6 +145,50 @@ unsafe fn columns_into(
     }
 }
 
+/// As `columns_into`, for bf16 activations against bf16 weights in the pair-dot order (4 × 4
+/// tiles, a single row against 4 weight rows).
+///
+/// # Safety
+/// As `columns_into`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn pair_columns_into(
+    x: &[u16],
+    n: usize,
+    k: usize,
+    w: &[u16],
+    (c0, c1): (usize, usize),
+    out_dim: usize,
+    isa: Isa,
+    out: OutPtr,
+) {
+    let mut r = 0;
+    while r < n {
+        let rn = (n - r).min(4);
+        let xs: [&[u16]; 4] = std::array::from_fn(|i| &x[(r + i.min(rn - 1)) * k..][..k]);
+        let mut c = c0;
+        while c < c1 {
+            let cn = (c1 - c).min(4);
+            let ws: [&[u16]; 4] = std::array::from_fn(|j| &w[(c + j.min(cn - 1)) * k..][..k]);
+            let mut tile = [[0.0f32; 4]; 4];
+            pairs_block(&xs[..rn], &ws[..cn], isa, &mut tile);
+            for (dr, trow) in tile.iter().enumerate().take(rn) {
+                for (dc, v) in trow.iter().enumerate().take(cn) {
+                    out.set((r + dr) * out_dim + c + dc, *v);
+                }
+            }
+            c += cn;
+        }
+        r += rn;
+    }
+}
+
+/// An activation matrix rounded for `--compute bf16`: f32 values for the f32-order kernels, or
+/// bf16 bits for the pair-dot tiles.
+enum Rounded {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
 /// One product of a [`linear_many`] region: `x @ w^T` into `out` (`[x.rows(), w.rows()]`).
 pub struct LinearJob<'a> {
     pub x: &'a Tensor,
@@ -145,6 +199,8 @@ pub struct LinearJob<'a> {
 /// A checked job: its weight's elements and its output pointer.
 struct Ready<'a> {
     x: &'a [f32],
+    /// The activations as bf16 bits, for the pair-dot tiles.
+    x16: Option<&'a [u16]>,
     n: usize,
     k: usize,
     wf: WFlat<'a>,
@@ -174,6 +230,17 @@ pub fn linear_many_with(
     isa: Isa,
     cols_per_task: Option<usize>,
 ) -> Result<()> {
+    linear_many_in(jobs, isa, precision::compute(), cols_per_task)
+}
+
+/// As [`linear_many_with`], in the compute precision `compute` rather than the process's mode
+/// (tests compare the modes side by side).
+pub fn linear_many_in(
+    jobs: &mut [LinearJob<'_>],
+    isa: Isa,
+    compute: Compute,
+    cols_per_task: Option<usize>,
+) -> Result<()> {
     if !isa.supported() {
         return Err(EngineError::internal(format!(
             "linear: the {isa} kernels cannot run on this processor"
@@ -195,19 +262,32 @@ pub fn linear_many_with(
         }
         work += j.x.rows() * j.w.rows() * j.w.cols();
     }
-    // `--compute bf16`: the activations, rounded to bf16, replace each job's input.
-    let rounded: Vec<Vec<f32>> = match precision::compute() {
-        Compute::F32 => Vec::new(),
-        Compute::Bf16 => jobs
-            .iter()
-            .map(|j| {
-                j.x.data()
-                    .iter()
-                    .map(|&v| precision::round_bf16(v))
-                    .collect()
-            })
-            .collect(),
-    };
+    // `--compute bf16`: the activations, rounded to bf16, replace each job's input; jobs that
+    // share an input share its rounding (`source[i]`: the job whose rounding job `i` reads).
+    let pairs = isa == Isa::Avx512Bf16;
+    let mut rounded: Vec<Rounded> = Vec::new();
+    let mut source: Vec<usize> = Vec::new();
+    if compute == Compute::Bf16 {
+        for (i, j) in jobs.iter().enumerate() {
+            let as_pairs = pairs && j.w.dtype() == DType::BF16;
+            let same = |o: &LinearJob<'_>| {
+                std::ptr::eq(o.x.data(), j.x.data())
+                    && (pairs && o.w.dtype() == DType::BF16) == as_pairs
+            };
+            let shared = jobs[..i].iter().position(same);
+            source.push(shared.unwrap_or(i));
+            rounded.push(match (shared, as_pairs) {
+                (Some(_), _) => Rounded::F32(Vec::new()),
+                (None, true) => Rounded::Bf16(j.x.data().iter().map(|&v| f32_to_bf16(v)).collect()),
+                (None, false) => Rounded::F32(
+                    j.x.data()
+                        .iter()
+                        .map(|&v| precision::round_bf16(v))
+                        .collect(),
+                ),
+            });
+        }
+    }
     let threads = pool::threads();
     let total_cols: usize = jobs.iter().map(|j| j.w.rows()).sum();
     let auto = total_cols
@@ -219,8 +299,14 @@ pub fn linear_many_with(
     for (i, j) in jobs.iter_mut().enumerate() {
         let per = cols_per_task.unwrap_or(auto).max(1);
         let out_dim = j.w.rows();
+        let (x, x16) = match source.get(i).map(|&s| &rounded[s]) {
+            None => (j.x.data(), None),
+            Some(Rounded::F32(r)) => (&r[..], None),
+            Some(Rounded::Bf16(r)) => (j.x.data(), Some(&r[..])),
+        };
         ready.push(Ready {
-            x: rounded.get(i).map_or(j.x.data(), |r| &r[..]),
+            x,
+            x16,
             n: j.x.rows(),
             k: j.w.cols(),
             wf: flat(j.w)?,
@@ -243,7 +329,7 @@ pub fn linear_many_with(
         let c1 = (c0 + j.cols_per_task).min(j.out_dim);
         // SAFETY: task `t` alone writes columns c0..c1 of its job's output, which outlives the
         // region (borrowed mutably by `jobs`).
-        unsafe { columns_into(j.x, j.n, j.k, j.wf, (c0, c1), j.out_dim, isa, j.out) };
+        unsafe { columns_into(j.x, j.x16, j.n, j.k, j.wf, (c0, c1), j.out_dim, isa, j.out) };
     };
     if work < SERIAL_WORK {
         (0..tasks).for_each(run);

@@ -14,6 +14,7 @@ pub mod cpu;
 #[cfg(test)]
 mod cpu_tests;
 pub mod dot;
+pub mod dot_pairs;
 pub mod fp8;
 #[cfg(target_arch = "x86_64")]
 mod fp8_simd;

@@ -6,6 +6,7 @@ mod checkpoint_errors;
 mod config_import;
 mod decode_ops;
 mod dot;
+mod dot_pairs;
 mod fixtures;
 mod fp8_kernel;
 mod hf_extra;
