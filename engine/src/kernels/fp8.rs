@@ -65,7 +65,7 @@ impl From<Isa> for Fp8Path {
         match i {
             Isa::Portable => Fp8Path::Portable,
             Isa::Avx2 => Fp8Path::Avx2,
-            Isa::Avx512 => Fp8Path::Avx512,
+            Isa::Avx512 | Isa::Avx512Bf16 => Fp8Path::Avx512,
         }
     }
 }
@@ -198,7 +198,8 @@ impl<'a> Fp8Rows<'a> {
     }
 
     /// The general form: a few weight rows converted to f32 (`e4m3 · 2^-8`) into a scratch
-    /// buffer, then 1×4 (one x row) or 2×2 register tiles of per-block dots.
+    /// buffer, then 1×4 (one x row) or 2×2 register tiles of per-block dots (4×4 on AVX-512,
+    /// whose 32 registers hold the 16 accumulators).
     fn columns_tiled(
         &self,
         x: &[f32],
@@ -208,7 +209,11 @@ impl<'a> Fp8Rows<'a> {
         set: &mut dyn FnMut(usize, usize, f32),
     ) {
         let k = self.k;
-        let (row_step, col_step) = if n == 1 { (1, 4) } else { (2, 2) };
+        let (row_step, col_step) = match n {
+            1 => (1, 4),
+            _ if isa.has_avx512() => (4, 4),
+            _ => (2, 2),
+        };
         let mut scratch = vec![0.0f32; col_step * k];
         let mut c = c0;
         while c < c1 {
@@ -229,6 +234,19 @@ impl<'a> Fp8Rows<'a> {
                     let row = r + i.min(rn - 1);
                     &x[row * k..(row + 1) * k]
                 });
+                #[cfg(target_arch = "x86_64")]
+                if isa.has_avx512() && isa.supported() {
+                    // SAFETY: AVX-512F (with AVX2, FMA, F16C) checked just above; rows hold k
+                    // values, scale rows ceil(k / 128).
+                    let acc = unsafe { tiles_avx512(&xs, &ws, &scale_rows, k, rn) };
+                    for (i, arow) in acc.iter().enumerate().take(rn) {
+                        for (j, v) in arow.iter().enumerate().take(cn) {
+                            set(r + i, c + j, *v);
+                        }
+                    }
+                    r += rn;
+                    continue;
+                }
                 let mut acc = [[0.0f32; 4]; 4];
                 for (b, k0) in (0..k).step_by(FP8_BLOCK).enumerate() {
                     let k1 = (k0 + FP8_BLOCK).min(k);
@@ -251,6 +269,29 @@ impl<'a> Fp8Rows<'a> {
             c += cn;
         }
     }
+}
+
+/// `fp8_simd::tile_rows_avx512` for the first `rn` (1–4) of `xs`.
+///
+/// # Safety
+/// As `tile_rows_avx512`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tiles_avx512(
+    xs: &[&[f32]; 4],
+    ws: &[&[f32]; 4],
+    scales: &[&[f32]; 4],
+    k: usize,
+    rn: usize,
+) -> [[f32; 4]; 4] {
+    use super::fp8_simd::tile_rows_avx512 as tile;
+    let mut out = [[0.0f32; 4]; 4];
+    match rn {
+        1 => out[..1].copy_from_slice(&tile::<1>(&[xs[0]], ws, scales, k)),
+        2 => out[..2].copy_from_slice(&tile::<2>(&[xs[0], xs[1]], ws, scales, k)),
+        3 => out[..3].copy_from_slice(&tile::<3>(&[xs[0], xs[1], xs[2]], ws, scales, k)),
+        _ => out = tile::<4>(xs, ws, scales, k),
+    }
+    out
 }
 
 /// e4m3 bytes → `value · 2^-8` as f32 (exact).
@@ -278,14 +319,14 @@ fn block_dots(
     out: &mut [[f32; 4]; 4],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && isa.supported() {
+    if isa.has_avx512() && isa.supported() {
         // SAFETY: AVX-512F checked just above.
         unsafe { super::fp8_simd::block_dots_avx512(xs, ws, k0, k1, out) };
         return;
     }
     let xb: [&[f32]; 4] = std::array::from_fn(|i| &xs[i.min(xs.len() - 1)][k0..k1]);
     let wb: [WRow<'_>; 4] = std::array::from_fn(|j| WRow::F32(&ws[j.min(ws.len() - 1)][k0..k1]));
-    let isa = if isa == Isa::Avx512 { Isa::Avx2 } else { isa };
+    let isa = if isa.has_avx512() { Isa::Avx2 } else { isa };
     dot_block(&xb[..xs.len()], &wb[..ws.len()], isa, out);
 }
 

@@ -46,6 +46,34 @@ pub unsafe fn convert(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// fold16 of four chains given as `s_j = l_j + l_{j+8}` (j < 8): `t_j = s_j + s_{j+4}` (j < 4),
+/// then `(t0 + t2) + (t1 + t3)`; transposed, the four chains' `t_j` sit in one register each.
+/// Lane `c` of the result is chain `c`'s sum.
+#[inline(always)]
+unsafe fn fold4(s: [__m256; 4]) -> __m128 {
+    let t: [__m128; 4] = std::array::from_fn(|c| {
+        _mm_add_ps(_mm256_castps256_ps128(s[c]), _mm256_extractf128_ps(s[c], 1))
+    });
+    let a01 = _mm_unpacklo_ps(t[0], t[1]);
+    let a23 = _mm_unpacklo_ps(t[2], t[3]);
+    let b01 = _mm_unpackhi_ps(t[0], t[1]);
+    let b23 = _mm_unpackhi_ps(t[2], t[3]);
+    let r0 = _mm_movelh_ps(a01, a23);
+    let r1 = _mm_movehl_ps(a23, a01);
+    let r2 = _mm_movelh_ps(b01, b23);
+    let r3 = _mm_movehl_ps(b23, b01);
+    _mm_add_ps(_mm_add_ps(r0, r2), _mm_add_ps(r1, r3))
+}
+
+/// `256 · scale` of 128-block `b` for four weight rows' scale-grid rows (exact: a power of two).
+#[inline(always)]
+unsafe fn block_scale(scales: &[&[f32]; 4], b: usize) -> __m128 {
+    _mm_mul_ps(
+        _mm_set_ps(scales[3][b], scales[2][b], scales[1][b], scales[0][b]),
+        _mm_set1_ps(256.0),
+    )
+}
+
 /// One x row (`k` values) against four FP8 weight rows (`k` bytes each, with their scale-grid
 /// rows): the four outputs in the fixed order. Each 16 bytes are widened in registers and
 /// FMA'd into the 16 lanes of their row's chain; at each 128-block's end the four chains are
@@ -101,26 +129,8 @@ pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4], ahead: u
                 hi[c] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(wb.as_ptr().add(8)), hi[c]);
             }
         }
-        // fold16 of each chain: s_j = l_j + l_{j+8}; t_j = s_j + s_{j+4} (j < 4); the result
-        // is (t0 + t2) + (t1 + t3). Transposed, the four chains' t_j sit in one register each.
-        let t: [__m128; 4] = std::array::from_fn(|c| {
-            let s = _mm256_add_ps(lo[c], hi[c]);
-            _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1))
-        });
-        let a01 = _mm_unpacklo_ps(t[0], t[1]);
-        let a23 = _mm_unpacklo_ps(t[2], t[3]);
-        let b01 = _mm_unpackhi_ps(t[0], t[1]);
-        let b23 = _mm_unpackhi_ps(t[2], t[3]);
-        let r0 = _mm_movelh_ps(a01, a23);
-        let r1 = _mm_movehl_ps(a23, a01);
-        let r2 = _mm_movelh_ps(b01, b23);
-        let r3 = _mm_movehl_ps(b23, b01);
-        let partial = _mm_add_ps(_mm_add_ps(r0, r2), _mm_add_ps(r1, r3));
-        let scale = _mm_mul_ps(
-            _mm_set_ps(scales[3][b], scales[2][b], scales[1][b], scales[0][b]),
-            _mm_set1_ps(256.0),
-        );
-        acc = _mm_fmadd_ps(scale, partial, acc);
+        let s: [__m256; 4] = std::array::from_fn(|c| _mm256_add_ps(lo[c], hi[c]));
+        acc = _mm_fmadd_ps(block_scale(scales, b), fold4(s), acc);
         k0 = k1;
         b += 1;
     }
@@ -130,7 +140,8 @@ pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4], ahead: u
 }
 
 /// `out[i][j] = dot(xs[i][k0..k1], ws[j][k0..k1])`: one zmm register holds the 16 lanes of a
-/// chain; the ragged tail is a masked (zeroing) load.
+/// chain; the ragged tail is a masked (zeroing) load. Blocks of up to 4 × 4 run a tile of that
+/// constant shape, so the 16 accumulators stay in registers.
 ///
 /// # Safety
 /// The processor has AVX-512F (and AVX2, FMA, F16C).
@@ -142,7 +153,37 @@ pub unsafe fn block_dots_avx512(
     k1: usize,
     out: &mut [[f32; 4]; 4],
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    match (xs.len(), ws.len()) {
+        (1, 1) => block_tile::<1, 1>(xs, ws, k0, k1, out),
+        (1, 2) => block_tile::<1, 2>(xs, ws, k0, k1, out),
+        (1, 3) => block_tile::<1, 3>(xs, ws, k0, k1, out),
+        (1, 4) => block_tile::<1, 4>(xs, ws, k0, k1, out),
+        (2, 1) => block_tile::<2, 1>(xs, ws, k0, k1, out),
+        (2, 2) => block_tile::<2, 2>(xs, ws, k0, k1, out),
+        (2, 3) => block_tile::<2, 3>(xs, ws, k0, k1, out),
+        (2, 4) => block_tile::<2, 4>(xs, ws, k0, k1, out),
+        (3, 1) => block_tile::<3, 1>(xs, ws, k0, k1, out),
+        (3, 2) => block_tile::<3, 2>(xs, ws, k0, k1, out),
+        (3, 3) => block_tile::<3, 3>(xs, ws, k0, k1, out),
+        (3, 4) => block_tile::<3, 4>(xs, ws, k0, k1, out),
+        (4, 1) => block_tile::<4, 1>(xs, ws, k0, k1, out),
+        (4, 2) => block_tile::<4, 2>(xs, ws, k0, k1, out),
+        (4, 3) => block_tile::<4, 3>(xs, ws, k0, k1, out),
+        (4, 4) => block_tile::<4, 4>(xs, ws, k0, k1, out),
+        // The callers pass at most 4 × 4; an empty block has nothing to compute.
+        _ => {}
+    }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn block_tile<const R: usize, const C: usize>(
+    xs: &[&[f32]],
+    ws: &[&[f32]],
+    k0: usize,
+    k1: usize,
+    out: &mut [[f32; 4]; 4],
+) {
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
     let mut i = k0;
     while i < k1 {
         let m: __mmask16 = if k1 - i >= 16 {
@@ -150,20 +191,77 @@ pub unsafe fn block_dots_avx512(
         } else {
             ((1u32 << (k1 - i)) - 1) as __mmask16
         };
-        for (c, w) in ws.iter().enumerate() {
-            let wv = _mm512_maskz_loadu_ps(m, w.as_ptr().add(i));
-            for (r, x) in xs.iter().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
-                acc[r][c] = _mm512_fmadd_ps(xv, wv, acc[r][c]);
+        let wv: [__m512; C] =
+            std::array::from_fn(|c| _mm512_maskz_loadu_ps(m, ws[c].as_ptr().add(i)));
+        for r in 0..R {
+            let xv = _mm512_maskz_loadu_ps(m, xs[r].as_ptr().add(i));
+            for c in 0..C {
+                acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
             }
         }
         i += 16;
     }
-    for r in 0..xs.len() {
-        for c in 0..ws.len() {
+    for r in 0..R {
+        for c in 0..C {
             let mut lanes = [0.0f32; 16];
             _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
             out[r][c] = fold16(&lanes);
         }
     }
+}
+
+/// `R` x rows (`k` values each) against four weight rows already widened to f32
+/// (`e4m3 · 2^-8`, `k` values each) with their scale-grid rows, over every 128-block: per block
+/// the 16 lanes of each chain in one zmm register, folded four chains at a time (as [`gemv4`]
+/// folds them) and accumulated as `acc = fma(256 · scale, partial, acc)`. The same bits as the
+/// per-block dots of `fp8::columns_tiled`, with the accumulators and the fold in registers.
+///
+/// # Safety
+/// The processor has AVX-512F (and AVX2, FMA, F16C); every row holds `k` values and every scale
+/// row `ceil(k / 128)`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn tile_rows_avx512<const R: usize>(
+    xs: &[&[f32]; R],
+    ws: &[&[f32]; 4],
+    scales: &[&[f32]; 4],
+    k: usize,
+) -> [[f32; 4]; R] {
+    let mut out = [_mm_setzero_ps(); R];
+    let (mut k0, mut b) = (0, 0);
+    while k0 < k {
+        let k1 = (k0 + FP8_BLOCK).min(k);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let mut i = k0;
+        while i < k1 {
+            let m: __mmask16 = if k1 - i >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (k1 - i)) - 1) as __mmask16
+            };
+            let wv: [__m512; 4] =
+                std::array::from_fn(|c| _mm512_maskz_loadu_ps(m, ws[c].as_ptr().add(i)));
+            for r in 0..R {
+                let xv = _mm512_maskz_loadu_ps(m, xs[r].as_ptr().add(i));
+                for c in 0..4 {
+                    acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+                }
+            }
+            i += 16;
+        }
+        let scale = block_scale(scales, b);
+        for r in 0..R {
+            let s: [__m256; 4] = std::array::from_fn(|c| {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r][c]), 1));
+                _mm256_add_ps(_mm512_castps512_ps256(acc[r][c]), hi)
+            });
+            out[r] = _mm_fmadd_ps(scale, fold4(s), out[r]);
+        }
+        k0 = k1;
+        b += 1;
+    }
+    std::array::from_fn(|r| {
+        let mut v = [0.0f32; 4];
+        _mm_storeu_ps(v.as_mut_ptr(), out[r]);
+        v
+    })
 }
