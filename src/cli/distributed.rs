@@ -222,34 +222,46 @@ impl Deployment {
 
     /// Ends this rank's part: waits for every rank, then sends this rank's results (request
     /// index, generated ids) to rank 0, which gets everyone's back (in request order).
-    pub fn finish(
+    pub fn finish(self, mine: Results) -> Result<Option<Results>, CliError> {
+        Ok(self.finish_with(mine, ())?.map(|(all, _)| all))
+    }
+
+    /// As [`Deployment::finish`], each rank also sending `extra` (a tally, say): rank 0 gets
+    /// every rank's, in rank order (its own first).
+    pub fn finish_with<T: serde::Serialize + serde::de::DeserializeOwned>(
         self,
-        mine: Vec<(usize, Vec<u32>)>,
-    ) -> Result<Option<Vec<(usize, Vec<u32>)>>, CliError> {
+        mine: Results,
+        extra: T,
+    ) -> Result<Option<(Results, Vec<T>)>, CliError> {
         #[cfg(feature = "mpi")]
         if let (Some(t), Some(world)) = (TRANSPORT.get(), mpi_job::world()) {
             t.finish(world);
             let mut all = mine;
             if self.rank != 0 {
-                let bytes =
-                    serde_json::to_vec(&all).map_err(|e| CliError::Runtime(e.to_string()))?;
+                let bytes = serde_json::to_vec(&(&all, &extra))
+                    .map_err(|e| CliError::Runtime(e.to_string()))?;
                 world.send_data(0, &bytes);
                 mpi_job::finalize();
                 return Ok(None);
             }
+            let mut extras = vec![extra];
             for k in 1..self.size {
                 let bytes = world.receive_data(k);
-                let theirs: Vec<(usize, Vec<u32>)> = serde_json::from_slice(&bytes)
+                let (theirs, extra): (Results, T) = serde_json::from_slice(&bytes)
                     .map_err(|e| CliError::Runtime(format!("rank {k}: results: {e}")))?;
                 all.extend(theirs);
+                extras.push(extra);
             }
             all.sort_by_key(|(i, _)| *i);
             mpi_job::finalize();
-            return Ok(Some(all));
+            return Ok(Some((all, extras)));
         }
-        Ok(Some(mine))
+        Ok(Some((mine, vec![extra])))
     }
 }
+
+/// Requests' results: (request index, generated ids).
+pub type Results = Vec<(usize, Vec<u32>)>;
 
 /// Rank 0 tells every rank its CPU kernel path (its `--isa`, or the best it has) and the others
 /// switch to it, so every rank computes the same bits; a rank whose processor lacks that path

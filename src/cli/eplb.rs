@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use troupe_actors::placement::eplb::{block_device_loads, imbalance, rebalance_experts, EplbPlan};
+use troupe_actors::placement::load::ExpertLoad;
 
 use super::CliError;
 
@@ -97,14 +98,22 @@ fn placement_table(plan: &EplbPlan, load: &[Vec<f64>], a: &EplbArgs) -> String {
 }
 
 /// `--dump-expert-load FILE`: writes the rows routed to each logical expert by this process's
-/// actor runtime as `load.json` for `troupe eplb` ([[rows per expert] per MoE layer]), and says
-/// on stderr how evenly the placement's nodes computed them (max/mean rows per node).
+/// actor runtime (see [`write_expert_load`]).
 pub fn dump_expert_load(
     path: &std::path::Path,
     model: &troupe_engine::model::Model,
 ) -> Result<(), CliError> {
-    let load =
-        troupe_actors::placement::load::snapshot(&troupe_actors::placement::layer_experts(model));
+    write_expert_load(path, &expert_load(model))
+}
+
+/// What this process's actor runtime tallied of `model`'s expert load so far.
+pub fn expert_load(model: &troupe_engine::model::Model) -> ExpertLoad {
+    troupe_actors::placement::load::snapshot(&troupe_actors::placement::layer_experts(model))
+}
+
+/// Writes `load` as `load.json` for `troupe eplb` ([[rows per expert] per MoE layer]), and says
+/// on stderr how evenly the placement's nodes computed them (max/mean rows per node).
+pub fn write_expert_load(path: &std::path::Path, load: &ExpertLoad) -> Result<(), CliError> {
     let text = serde_json::to_string(&load.experts).map_err(|e| CliError::Output {
         path: path.display().to_string(),
         message: e.to_string(),

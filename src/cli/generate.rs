@@ -125,6 +125,9 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     };
     let mine: Vec<usize> = (0..prompts.len()).filter(|&i| dep.runs(i)).collect();
     let mut done = Vec::with_capacity(mine.len());
+    // This rank's expert-load tally, for --dump-expert-load (rank 0 sums every rank's: with
+    // data-parallel attention each rank routes its own requests).
+    let mut load = None;
     if !mine.is_empty() {
         // --trace and --metrics-addr belong to rank 0 (the others' runtimes stay silent).
         let mut runtime = a.runtime.clone();
@@ -149,17 +152,25 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         let reqs: Vec<GenerateRequest> = mine.iter().map(|&i| request(&prompts[i])).collect();
         let result = exec.generate(&reqs);
         exec.finish()?;
-        if let (Some(path), 0) = (&a.dump_expert_load, dep.rank) {
-            super::eplb::dump_expert_load(path, &model)?;
+        if a.dump_expert_load.is_some() {
+            load = Some(super::eplb::expert_load(&model));
         }
         done.extend(
             mine.into_iter()
                 .zip(result?.into_iter().map(|o| o.generated)),
         );
     }
-    let Some(all) = dep.finish(done)? else {
+    let Some((all, loads)) = dep.finish_with(done, load)? else {
         return Ok(());
     };
+    if let Some(path) = &a.dump_expert_load {
+        let mut total = super::eplb::expert_load(&model);
+        total.clear();
+        for l in loads.iter().flatten() {
+            total.merge(l);
+        }
+        super::eplb::write_expert_load(path, &total)?;
+    }
     let many = a.prompts_file.is_some();
     for (i, generated) in all {
         let text = match &tokenizer {

@@ -336,3 +336,44 @@ fn inspect_prints_the_weight_bytes_of_each_rank() {
         "{bytes:?}"
     );
 }
+
+#[test]
+fn data_parallel_expert_load_counts_every_ranks_requests() {
+    // Each rank routes its own requests under data-parallel attention: the load rank 0 writes
+    // sums them all, so it equals one process's tally of the same requests.
+    let dir = scratch("dp-load");
+    let model = case_dir("deepseek-v3-tiny");
+    let prompts = write(&dir, "prompts.jsonl", PROMPTS);
+    let single = dir.join("single.json").display().to_string();
+    let r = troupe_single(&generate_args(
+        &model,
+        &prompts,
+        &["--runtime", "actors", "--dump-expert-load", &single],
+    ));
+    assert_eq!(r.code, Some(0), "single process: {}", r.stderr);
+    let groups = scattered_groups(16, 2);
+    let placement = write(
+        &dir,
+        "dp.toml",
+        &placement_toml(2, 1, &groups, "sequential", true),
+    );
+    let spread = dir.join("spread.json").display().to_string();
+    let r = mpirun(
+        2,
+        &generate_args(
+            &model,
+            &prompts,
+            &["--placement", &placement, "--dump-expert-load", &spread],
+        ),
+    );
+    assert_eq!(r.code, Some(0), "mpirun: {}", r.stderr);
+    let read = |p: &str| -> Vec<Vec<u64>> {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (one, two) = (read(&single), read(&spread));
+    assert!(one.iter().flatten().sum::<u64>() > 0);
+    assert_eq!(
+        one, two,
+        "rows per expert: one process vs 2 data-parallel ranks"
+    );
+}

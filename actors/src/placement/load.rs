@@ -42,13 +42,42 @@ pub fn reset() {
 
 /// What was tallied, per MoE layer of a model whose layer `l` has `layer_experts[l]` routed
 /// experts (`None`: dense, skipped).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExpertLoad {
     /// `experts[moe_layer][expert]`: rows routed to it (the `load.json` of `troupe eplb`).
     pub experts: Vec<Vec<u64>>,
     /// `nodes[moe_layer][node]`: (expert, row) entries computed on the node (nodes up to the
     /// highest that computed any).
     pub nodes: Vec<Vec<u64>>,
+}
+
+impl ExpertLoad {
+    /// Zeroes every count (the shape stays).
+    pub fn clear(&mut self) {
+        for v in self.experts.iter_mut().chain(self.nodes.iter_mut()) {
+            v.iter_mut().for_each(|c| *c = 0);
+        }
+    }
+
+    /// Adds `other`'s counts (another process's tally of the same model) to these; node lists
+    /// grow to the longer of the two.
+    pub fn merge(&mut self, other: &ExpertLoad) {
+        fn add(into: &mut Vec<Vec<u64>>, from: &[Vec<u64>]) {
+            if into.len() < from.len() {
+                into.resize(from.len(), Vec::new());
+            }
+            for (a, b) in into.iter_mut().zip(from) {
+                if a.len() < b.len() {
+                    a.resize(b.len(), 0);
+                }
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+            }
+        }
+        add(&mut self.experts, &other.experts);
+        add(&mut self.nodes, &other.nodes);
+    }
 }
 
 /// The tally so far for a model of `layer_experts`.
@@ -75,5 +104,28 @@ pub fn snapshot(layer_experts: &[Option<usize>]) -> ExpertLoad {
             .iter()
             .map(|&(l, _)| count(&t.nodes, l, nodes))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExpertLoad;
+
+    #[test]
+    fn merging_adds_counts_and_grows_node_lists() {
+        let mut a = ExpertLoad {
+            experts: vec![vec![1, 2, 3], vec![0, 0, 4]],
+            nodes: vec![vec![6], vec![4]],
+        };
+        let b = ExpertLoad {
+            experts: vec![vec![10, 0, 1], vec![2, 2, 2]],
+            nodes: vec![vec![5, 6], vec![3, 3]],
+        };
+        a.merge(&b);
+        assert_eq!(a.experts, vec![vec![11, 2, 4], vec![2, 2, 6]]);
+        assert_eq!(a.nodes, vec![vec![11, 6], vec![7, 3]]);
+        a.clear();
+        assert_eq!(a.experts, vec![vec![0; 3]; 2]);
+        assert_eq!(a.nodes, vec![vec![0, 0]; 2]);
     }
 }
