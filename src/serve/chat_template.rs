@@ -30,7 +30,7 @@ pub enum TemplateError {
 pub enum ChatTemplate {
     /// The model's Jinja template and the special tokens it refers to.
     Jinja {
-        env: Environment<'static>,
+        env: Box<Environment<'static>>,
         bos_token: String,
         eos_token: String,
     },
@@ -88,7 +88,7 @@ impl ChatTemplate {
         env.add_template_owned("chat", source)
             .map_err(|e| e.to_string())?;
         Ok(ChatTemplate::Jinja {
-            env,
+            env: Box::new(env),
             bos_token,
             eos_token,
         })
