@@ -22,7 +22,8 @@ pub struct ServeArgs {
     /// Where to listen (port 0 picks a free port; the first stdout line says which).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// Require `Authorization: Bearer KEY` on /v1/* (401 without it).
+    /// Require `Authorization: Bearer KEY` on /v1/* (401 without it). Default: the
+    /// TROUPE_API_KEY environment variable, if set (which keeps the key out of `ps`).
     #[arg(long)]
     pub api_key: Option<String>,
     /// Requests held at once, queued or generating; one more gets 503 with Retry-After.
@@ -42,6 +43,10 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
             "--mla: the server runs the actor runtime, which uses auto".into(),
         ));
     }
+    let api_key = match a.api_key.clone() {
+        Some(k) => Some(k),
+        None => env_api_key()?,
+    };
     let (graph, _attention) = open_graph_placed(&a.run)?;
     let template = ChatTemplate::for_model(&a.run.model)
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -72,7 +77,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         let options = ServeOptions {
             addr: a.addr,
             model_id: serve::model_id(&a.run.model),
-            api_key: a.api_key.clone(),
+            api_key,
             max_queue: a.max_queue as usize,
             max_body_bytes: a.max_body_bytes as usize,
             chat_template: template,
@@ -100,6 +105,18 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         Ok::<(), CliError>(())
     })
+}
+
+/// `TROUPE_API_KEY`, when set and not empty.
+fn env_api_key() -> Result<Option<String>, CliError> {
+    match std::env::var("TROUPE_API_KEY") {
+        Ok(k) if k.is_empty() => Ok(None),
+        Ok(k) => Ok(Some(k)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Usage(
+            "TROUPE_API_KEY is not valid UTF-8".into(),
+        )),
+    }
 }
 
 /// Ctrl-C, or SIGTERM on Unix.

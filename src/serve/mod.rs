@@ -100,6 +100,33 @@ pub struct AppState {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    /// Folds recorded histogram samples into their summaries every few seconds; without it,
+    /// samples pile up between two scrapes of `/metrics` (the recorder has no listener task).
+    upkeep: Option<Upkeep>,
+}
+
+/// How often the metrics upkeep runs.
+const UPKEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The metrics upkeep task, stopped when the server is dropped.
+struct Upkeep(tokio::task::JoinHandle<()>);
+
+impl Upkeep {
+    fn spawn(handle: PrometheusHandle) -> Upkeep {
+        Upkeep(tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP_PERIOD);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        }))
+    }
+}
+
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Server {
@@ -107,6 +134,7 @@ impl Server {
     pub async fn bind(engine: Arc<Engine>, options: ServeOptions) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(options.addr).await?;
         metrics::register();
+        let upkeep = options.metrics.clone().map(Upkeep::spawn);
         let state = AppState {
             context: engine.model().spec.max_position_embeddings,
             engine,
@@ -123,6 +151,7 @@ impl Server {
         Ok(Server {
             listener,
             router: routes::router(Arc::new(state)),
+            upkeep,
         })
     }
 
@@ -133,6 +162,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then lets open responses finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let _upkeep = self.upkeep;
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await

@@ -44,7 +44,16 @@ impl Served {
         Served::start_path(&case_dir(case), extra)
     }
 
+    /// [`Served::start`] with environment variables for the server.
+    pub fn start_env(case: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
+        Served::launch(&case_dir(case), extra, env)
+    }
+
     pub fn start_path(model: &std::path::Path, extra: &[&str]) -> Served {
+        Served::launch(model, extra, &[])
+    }
+
+    fn launch(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("stderr.log");
         let err = std::fs::File::create(&log).expect("log file");
@@ -54,6 +63,7 @@ impl Served {
             .arg(model)
             .args(["--addr", "127.0.0.1:0", "--threads", "2"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
             .spawn()

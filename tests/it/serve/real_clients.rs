@@ -28,7 +28,8 @@ fn venv_python() -> String {
 #[test]
 fn the_openai_python_client_works_against_the_server() {
     let python = venv_python();
-    let mut s = Served::start(MODEL, &["--api-key", "sekrit"]);
+    // The key through TROUPE_API_KEY (the errors test passes --api-key).
+    let mut s = Served::start_env(MODEL, &[], &[("TROUPE_API_KEY", "sekrit")]);
     let out = Command::new(python)
         .arg(repo_path("tests/serve/openai_client.py"))
         .arg(format!("http://{}", s.addr))
