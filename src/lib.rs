@@ -21,6 +21,8 @@
 
 pub mod backends;
 pub mod prelude;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use troupe_actors as actors;
 pub use troupe_engine as engine;

@@ -364,6 +364,7 @@ fn batch_loop(core: &Core, inbox: &Inbox) {
         }
         // Cancelled or dropped streams: the request and its cache pages go now.
         active.retain(|a| !a.sink.gone());
+        crate::metrics::kv_pages_in_use(pages_in_use(core));
         if stop == Stop::Finish && (active.is_empty() || timed_out) {
             for a in &active {
                 a.sink.fail(ActorError::Closed(
@@ -380,8 +381,23 @@ fn batch_loop(core: &Core, inbox: &Inbox) {
         }
         active = running;
         active.extend(parked);
+        crate::metrics::kv_pages_in_use(pages_in_use(core));
         runnable = runnable && !active.is_empty();
     }
+}
+
+/// KV pages held now, over the runtime's distinct page allocators.
+fn pages_in_use(core: &Core) -> usize {
+    let mut seen: Vec<&Arc<troupe_engine::model::kv::PageAllocator>> = Vec::new();
+    let mut pages = 0;
+    for pool in &core.kv_pools.layers {
+        let alloc = pool.allocator();
+        if !seen.iter().any(|s| Arc::ptr_eq(s, alloc)) {
+            seen.push(alloc);
+            pages += alloc.pages_in_use();
+        }
+    }
+    pages
 }
 
 /// One forward pass over `active`, one token each; finished and failed requests leave.

@@ -10,7 +10,12 @@
 //!   link) and `troupe_link_exposed_seconds_total` (link busy while no stream ran a kernel),
 //!   summed over the process's runtimes. Fractional seconds, so they are exported as gauges
 //!   that only grow (a `metrics` counter holds integers); `1 − exposed / busy` is the link time
-//!   compute hid.
+//!   compute hid;
+//! - `troupe_kv_pages_in_use` (KV cache pages held by the batcher's requests, set after every
+//!   step and every cancellation; 0 when idle).
+//!
+//! [`prometheus_handle`] installs the same recorder without a listener, for a server that
+//! renders `/metrics` itself (`troupe serve`).
 //!
 //! The per-message and per-step metrics use handles registered once (per actor when it is
 //! built, per layer and expert on first use) so their labels are not re-allocated on every
@@ -22,10 +27,14 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::{ActorError, Result};
 
 static INSTALLED: OnceLock<Mutex<Option<SocketAddr>>> = OnceLock::new();
+
+/// The recorder [`prometheus_handle`] installed (the process has at most one recorder).
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
 /// `troupe_expert_tokens_total` handles by (layer, expert), registered on first use; emptied
 /// when [`serve_prometheus`] installs its recorder (handles registered before are no-ops).
@@ -58,6 +67,30 @@ pub fn serve_prometheus(addr: SocketAddr) -> Result<()> {
     *g = Some(addr);
     *EXPERT_TOKENS.lock().unwrap_or_else(|p| p.into_inner()) = None;
     Ok(())
+}
+
+/// Installs the Prometheus recorder without an HTTP listener and returns the handle that renders
+/// it (the text `/metrics` serves). A second call returns the same handle; after
+/// [`serve_prometheus`] (which owns the process's recorder) it is an error.
+pub fn prometheus_handle() -> Result<PrometheusHandle> {
+    let mut g = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = g.as_ref() {
+        return Ok(h.clone());
+    }
+    let listening = INSTALLED
+        .get()
+        .and_then(|cell| *cell.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(a) = listening {
+        return Err(ActorError::Startup(format!(
+            "metrics already served on {a} (one recorder per process)"
+        )));
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| ActorError::Startup(format!("metrics recorder: {e}")))?;
+    *EXPERT_TOKENS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *g = Some(handle.clone());
+    Ok(handle)
 }
 
 /// The per-message metrics of one block actor, registered when the actor is built.
@@ -106,6 +139,10 @@ pub(crate) fn step_done(tokens: usize, elapsed: Duration) {
     if elapsed > Duration::ZERO {
         metrics::gauge!("troupe_tokens_per_second").set(tokens as f64 / elapsed.as_secs_f64());
     }
+}
+
+pub(crate) fn kv_pages_in_use(pages: usize) {
+    metrics::gauge!("troupe_kv_pages_in_use").set(pages as f64);
 }
 
 /// `troupe_link_busy_seconds_total`, registered once per link (`Link::new`).

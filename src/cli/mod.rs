@@ -10,6 +10,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod quantize;
+mod serve;
 mod trace_stats;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Per-stream utilisation and link time hidden, from a trace written by --trace.
     TraceStats(trace_stats::TraceStatsArgs),
+    /// An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models,
+    /// /health, /metrics.
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -250,5 +254,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Eplb(a) => eplb::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::TraceStats(a) => trace_stats::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

@@ -19,6 +19,8 @@
 //!   processes under `mpirun`, bit-identical to the reference; rank loss and load failures;
 //!   `mpi_share`: each rank's share of the weights, rank 0's kernel path, bench under mpirun;
 //! - `research_cli`: `troupe trace-stats` on a short run's trace, `bench --compare --schedule`;
+//! - `serve`: `troupe serve` over HTTP (every error status, streaming, cancellation, batch
+//!   invariance among 64 streams, 1,000 malformed bodies, the `openai` Python client, `curl -N`);
 //! - `trained_tiny`: the bundled trained model (fortune-tiny) against its transformers reference
 //!   on CPU, through the actor runtime, the CLI text path and `--device ptx-interp`.
 
@@ -46,4 +48,5 @@ mod mpi_share;
 mod placement_cli;
 mod quantize_fp8;
 mod research_cli;
+mod serve;
 mod trained_tiny;
