@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and dispatch to one file per subcommand.
 
 mod bench;
+mod calibrate;
 mod common;
 mod distributed;
 mod eplb;
@@ -10,6 +11,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod quantize;
+mod simulate;
 mod trace_stats;
 
 use std::path::PathBuf;
@@ -62,6 +64,12 @@ pub enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Per-stream utilisation and link time hidden, from a trace written by --trace.
     TraceStats(trace_stats::TraceStatsArgs),
+    /// Simulate a deployment on a discrete-event clock: the runtime's placement and schedules,
+    /// a hardware file's costs; no weights are loaded.
+    Simulate(simulate::SimulateArgs),
+    /// Measure this machine for the simulator: kernel micro-benchmarks and two real decode runs
+    /// fit a hardware file (--out machine.toml).
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -249,5 +257,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Eplb(a) => eplb::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::TraceStats(a) => trace_stats::run(a),
+        Command::Simulate(a) => simulate::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
     }
 }
