@@ -2,20 +2,22 @@
 //! clock (`troupe-sim`): placement from `--placement` / the graph / `--gpus N`, the runtime's
 //! schedules by name (`--schedule`, the same registry), a hardware file or built-in name.
 //! Prints the report; `--json` ends stdout with one JSON object; `--trace F` writes the runtime's
-//! trace format.
+//! trace format; `--svg DIR` plots; `--sweep KEY=v1,v2,..` repeats the run per value;
+//! `--measure` runs the same configuration for real on this machine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
 use troupe_actors::schedule::{registry, ScheduleParams};
+use troupe_actors::Schedule;
 use troupe_engine::graph::file::LoadedGraph;
 use troupe_sim::cost::ModelCost;
-use troupe_sim::{report, Hardware, Layout, Simulation};
+use troupe_sim::{report, svg, Hardware, Layout, Report, Simulation};
 
 use super::common::CliError;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct SimulateArgs {
     /// A graph file (.toml) or an HF model folder; no weights are read.
     #[arg(long, short = 'm')]
@@ -57,16 +59,37 @@ pub struct SimulateArgs {
     /// Write the simulated steps as a Chrome/Perfetto trace (the runtime's format).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Write SVG plots into DIR: timeline.svg (the last step per stream), utilization.svg,
+    /// and with --sweep sweep.svg.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Repeat the run for each value of one key: seqs, context, gpus or schedule
+    /// (e.g. --sweep seqs=1,4,16).
+    #[arg(long)]
+    pub sweep: Option<String>,
     /// Also run the configuration for real on this machine (the actor runtime, random weights,
     /// CPU streams; --seqs/--context/--steps) and report the simulated step time's error.
-    #[arg(long, conflicts_with_all = ["gpus", "workload"])]
+    #[arg(long, conflicts_with_all = ["gpus", "workload", "sweep"])]
     pub measure: bool,
 }
 
-pub fn run(a: SimulateArgs) -> Result<(), CliError> {
-    let sim_err = |e: troupe_sim::SimError| CliError::Runtime(e.to_string());
-    let mut graph = LoadedGraph::open(&a.model)?;
-    let mode = super::distributed::apply_placement(&mut graph, a.placement.as_deref())?;
+fn sim_err(e: troupe_sim::SimError) -> CliError {
+    CliError::Runtime(e.to_string())
+}
+
+fn output_err(path: &Path, e: std::io::Error) -> CliError {
+    CliError::Output {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Builds the simulation `a` describes and runs it.
+fn simulate(
+    a: &SimulateArgs,
+    graph: &LoadedGraph,
+    mode: troupe_actors::transport::AttentionMode,
+) -> Result<(Simulation, Report, Arc<dyn Schedule>), CliError> {
     let hw = Hardware::load(&a.hardware).map_err(sim_err)?;
     let experts = ModelCost::from_spec(&graph.spec, None, 4.0).layer_experts();
     let layout = match a.gpus {
@@ -93,7 +116,7 @@ pub fn run(a: SimulateArgs) -> Result<(), CliError> {
         ),
     }
     .map_err(|e| CliError::Usage(e.to_string()))?;
-    let mut sim = Simulation::new(&graph.spec, layout, Arc::clone(&schedule), hw).map_err(sim_err)?;
+    let mut sim = Simulation::new(&graph.spec, layout, schedule.clone(), hw).map_err(sim_err)?;
     sim.keep_spans = a.trace.is_some();
     let rep = match &a.workload {
         Some(w) => {
@@ -103,8 +126,83 @@ pub fn run(a: SimulateArgs) -> Result<(), CliError> {
         None => report::decode(&mut sim, a.seqs, a.context, a.steps),
     }
     .map_err(sim_err)?;
+    Ok((sim, rep, schedule))
+}
+
+/// `KEY=v1,v2,..` → the key and one argument set per value.
+fn sweep_args(a: &SimulateArgs, sweep: &str) -> Result<(String, Vec<(String, SimulateArgs)>), CliError> {
+    let bad = |m: String| CliError::Usage(format!("--sweep {sweep}: {m}"));
+    let (key, values) = sweep
+        .split_once('=')
+        .ok_or_else(|| bad("expected KEY=v1,v2,...".into()))?;
+    let mut out = Vec::new();
+    for v in values.split(',').filter(|v| !v.is_empty()) {
+        let mut b = a.clone();
+        let num = || v.parse::<usize>().map_err(|_| bad(format!("`{v}` is not a whole number")));
+        match key {
+            "seqs" => b.seqs = num()?,
+            "context" => b.context = num()?,
+            "gpus" => b.gpus = Some(num()?),
+            "schedule" => b.schedule = Some(v.to_string()),
+            _ => return Err(bad(format!("unknown key `{key}` (seqs, context, gpus, schedule)"))),
+        }
+        out.push((v.to_string(), b));
+    }
+    if out.is_empty() {
+        return Err(bad("no values".into()));
+    }
+    Ok((key.to_string(), out))
+}
+
+pub fn run(a: SimulateArgs) -> Result<(), CliError> {
+    let mut graph = LoadedGraph::open(&a.model)?;
+    let mode = super::distributed::apply_placement(&mut graph, a.placement.as_deref())?;
+    if let Some(dir) = &a.svg {
+        std::fs::create_dir_all(dir).map_err(|e| output_err(dir, e))?;
+    }
+    if let Some(sweep) = &a.sweep {
+        let (key, runs) = sweep_args(&a, sweep)?;
+        let mut reports = Vec::new();
+        for (v, b) in &runs {
+            let (_, rep, schedule) = simulate(b, &graph, mode)?;
+            println!(
+                "{key}={v}: step {:.3} ms, {:.1} tokens/s, bubble {:.3}, hidden {:.1}% ({})",
+                rep.step_ms,
+                rep.tokens_per_s,
+                rep.bubble_fraction,
+                100.0 * rep.hidden_fraction,
+                schedule.name()
+            );
+            reports.push(rep);
+        }
+        if let Some(dir) = &a.svg {
+            let x: Vec<String> = runs.iter().map(|(v, _)| v.clone()).collect();
+            let tps = vec![("tokens/s".to_string(), reports.iter().map(|r| r.tokens_per_s).collect())];
+            let text = svg::lines(&x, &tps, "tokens/s", &format!("{} — tokens/s against {key}", a.model.display()));
+            let path = dir.join("sweep.svg");
+            std::fs::write(&path, text).map_err(|e| output_err(&path, e))?;
+        }
+        if a.json {
+            let values: Vec<&String> = runs.iter().map(|(v, _)| v).collect();
+            println!("{}", serde_json::json!({"sweep": key, "values": values, "reports": reports}));
+        }
+        return Ok(());
+    }
+    let (sim, rep, schedule) = simulate(&a, &graph, mode)?;
     if let Some(t) = &a.trace {
         report::write_trace(&sim, t).map_err(sim_err)?;
+    }
+    if let Some(dir) = &a.svg {
+        let names = &sim.layout().placement.streams;
+        if let Some(step) = sim.last_step {
+            let title = format!("{} — last step, {:.3} ms", a.model.display(), (step.end_us - step.start_us) / 1e3);
+            let text = svg::timeline(&sim.last_spans, names, step.start_us, step.end_us, &title);
+            let path = dir.join("timeline.svg");
+            std::fs::write(&path, text).map_err(|e| output_err(&path, e))?;
+        }
+        let items: Vec<(String, f64)> = rep.utilization.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let path = dir.join("utilization.svg");
+        std::fs::write(&path, svg::bars(&items, "stream utilization")).map_err(|e| output_err(&path, e))?;
     }
     println!(
         "{}: {} on {} ({} streams, {} stages), schedule {}",
@@ -121,7 +219,7 @@ pub fn run(a: SimulateArgs) -> Result<(), CliError> {
     println!("{rep}");
     let mut json = serde_json::to_value(&rep).unwrap_or_default();
     if a.measure {
-        let model = std::sync::Arc::new(troupe_engine::model::Model::load(&graph, &mut |_, _| {})?);
+        let model = Arc::new(troupe_engine::model::Model::load(&graph, &mut |_, _| {})?);
         let spec = troupe_actors::placement::PlacementSpec::from_table(graph.placement.as_ref())
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let measured =

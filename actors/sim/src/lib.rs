@@ -30,7 +30,10 @@ mod ops;
 pub mod report;
 pub mod simulation;
 pub mod stats;
+pub mod svg;
 pub mod training;
+#[cfg(test)]
+mod sim_tests;
 
 pub use driver::SeqStep;
 pub use error::{Result, SimError};

@@ -55,7 +55,7 @@ impl Report {
                 true => tokens as f64 / (st.window_us * 1e-6),
                 false => 0.0,
             },
-            bubble_fraction: st.bubble_fraction(),
+            bubble_fraction: st.bubble_fraction(&sim.layout().stream_device),
             hidden_fraction: st.hidden_fraction(),
             utilization,
             link_busy_ms: st.link_busy_us / 1e3,

@@ -25,6 +25,9 @@ pub struct Simulation {
     /// Every span run, kept when a trace is wanted.
     pub keep_spans: bool,
     pub spans: Vec<Span>,
+    /// The last step's spans and times (for plots).
+    pub last_spans: Vec<Span>,
+    pub last_step: Option<StepTime>,
 }
 
 /// What one step took.
@@ -79,6 +82,8 @@ impl Simulation {
             stats,
             keep_spans: false,
             spans: Vec::new(),
+            last_spans: Vec::new(),
+            last_step: None,
         })
     }
 
@@ -152,12 +157,15 @@ impl Simulation {
             self.stats.record(&spans, start, end, rows);
         }
         if self.keep_spans {
-            self.spans.extend(spans);
+            self.spans.extend_from_slice(&spans);
         }
-        Ok(StepTime {
+        self.last_spans = spans;
+        let t = StepTime {
             start_us: start,
             end_us: end,
             rows,
-        })
+        };
+        self.last_step = Some(t);
+        Ok(t)
     }
 }

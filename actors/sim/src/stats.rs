@@ -1,8 +1,8 @@
 //! What a run's spans add up to, with `troupe trace-stats`' definitions (`trace_stats.rs`):
 //! per stream, busy time (its kernels) over the window (utilisation); the link's busy time
 //! (union of transfers in flight) and its exposed part (no kernel running anywhere), hidden =
-//! 1 − exposed / busy; the **bubble fraction** is the idle share of the streams that ran work:
-//! 1 − Σ busy / (streams × window).
+//! 1 − exposed / busy; the **bubble fraction** is the idle share of the devices that ran work:
+//! 1 − Σ device busy / (devices × window) (a GPU is a device; a CPU process's streams share one).
 
 use crate::clock::Span;
 
@@ -108,18 +108,20 @@ impl Stats {
         }
     }
 
-    pub fn bubble_fraction(&self) -> f64 {
-        let active: Vec<f64> = self
-            .stream_busy_us
-            .iter()
-            .zip(&self.stream_kernels)
-            .filter(|(_, &k)| k > 0)
-            .map(|(b, _)| *b)
-            .collect();
-        if active.is_empty() || self.window_us <= 0.0 {
+    /// Idle share of the devices that ran work (`stream_device[s]`: stream `s`'s device; the
+    /// streams of one CPU process share one).
+    pub fn bubble_fraction(&self, stream_device: &[usize]) -> f64 {
+        let mut busy: std::collections::BTreeMap<usize, f64> = Default::default();
+        for (s, (&b, &k)) in self.stream_busy_us.iter().zip(&self.stream_kernels).enumerate() {
+            if k > 0 {
+                *busy.entry(stream_device.get(s).copied().unwrap_or(s)).or_default() += b;
+            }
+        }
+        if busy.is_empty() || self.window_us <= 0.0 {
             return 0.0;
         }
-        (1.0 - active.iter().sum::<f64>() / (active.len() as f64 * self.window_us)).max(0.0)
+        let used: f64 = busy.values().map(|b| b.min(self.window_us)).sum();
+        (1.0 - used / (busy.len() as f64 * self.window_us)).max(0.0)
     }
 
     /// 1 − exposed / busy (1 when nothing crossed a link).
