@@ -235,13 +235,25 @@ pub fn balanced_ranges(rows: &[usize], n: usize) -> Vec<Range<usize>> {
     // best[p][j]: the smallest largest sum cutting the first j sequences into p ranges.
     let mut best = vec![vec![usize::MAX; m + 1]; k + 1];
     best[0][0] = 0;
+    // Over the valid cuts c in p−1..j, best[p−1][c] never decreases with c and the last range's
+    // sum prefix[j] − prefix[c] never increases, so the smallest max of the two is at the first
+    // c where the first reaches the second, or just before it: a binary search, O(k·m·log m)
+    // (the scan of every c was O(k·m²), minutes for the simulator's thousands of sequences).
     for p in 1..=k {
         for j in p..=m {
-            best[p][j] = (p - 1..j)
-                .filter(|&c| best[p - 1][c] != usize::MAX)
-                .map(|c| best[p - 1][c].max(prefix[j] - prefix[c]))
-                .min()
-                .unwrap_or(usize::MAX);
+            let (mut lo, mut hi) = (p - 1, j);
+            while lo < hi {
+                let c = lo + (hi - lo) / 2;
+                if best[p - 1][c] >= prefix[j] - prefix[c] {
+                    hi = c;
+                } else {
+                    lo = c + 1;
+                }
+            }
+            let cost = |c: usize| best[p - 1][c].max(prefix[j] - prefix[c]);
+            let at = (lo < j).then(|| cost(lo));
+            let before = (lo > p - 1).then(|| cost(lo - 1));
+            best[p][j] = at.into_iter().chain(before).min().unwrap_or(usize::MAX);
         }
     }
     let mut out = Vec::with_capacity(k);
@@ -287,5 +299,49 @@ mod tests {
             .map(|r| [7, 1, 2, 6, 3, 3, 1][r.clone()].iter().sum())
             .collect();
         assert_eq!(sums.iter().max(), Some(&8), "{parts:?}");
+    }
+
+    /// The old O(k·m²) scan of every cut, as the reference for the binary search.
+    fn largest_part_by_scan(rows: &[usize], n: usize) -> usize {
+        let m = rows.len();
+        let k = n.clamp(1, m);
+        let mut prefix = vec![0usize; m + 1];
+        for (i, r) in rows.iter().enumerate() {
+            prefix[i + 1] = prefix[i] + r;
+        }
+        let mut best = vec![vec![usize::MAX; m + 1]; k + 1];
+        best[0][0] = 0;
+        for p in 1..=k {
+            for j in p..=m {
+                best[p][j] = (p - 1..j)
+                    .filter(|&c| best[p - 1][c] != usize::MAX)
+                    .map(|c| best[p - 1][c].max(prefix[j] - prefix[c]))
+                    .min()
+                    .unwrap_or(usize::MAX);
+            }
+        }
+        best[k][m]
+    }
+
+    #[test]
+    fn balanced_ranges_match_the_exhaustive_scan() {
+        let mut x = 12345u64;
+        for case in 0..300 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let m = 1 + (x >> 33) as usize % 24;
+            let rows: Vec<usize> = (0..m)
+                .map(|i| {
+                    let v = x.rotate_left(i as u32 * 7) >> 40;
+                    if case % 3 == 0 { (v % 3) as usize } else { 1 + (v % 50) as usize }
+                })
+                .collect();
+            let n = 1 + case % 5;
+            let parts = balanced_ranges(&rows, n);
+            let largest = parts.iter().map(|r| rows[r.clone()].iter().sum::<usize>()).max();
+            assert_eq!(largest, Some(largest_part_by_scan(&rows, n)), "{rows:?} into {n}: {parts:?}");
+            assert_eq!(parts.first().map(|r| r.start), Some(0));
+            assert_eq!(parts.last().map(|r| r.end), Some(m));
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start && !w[1].is_empty()));
+        }
     }
 }
