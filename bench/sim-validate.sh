@@ -3,7 +3,8 @@
 # (`troupe calibrate`), then for each configuration below (schedule × placement × batch × link)
 # runs the real actor runtime and the simulator on the calibrated machine file
 # (`troupe simulate --measure --json`) and prints a Markdown table of measured vs simulated
-# decode step time, with the median and worst absolute error.
+# decode step time (the fastest of STEPS real steps, as calibration measures), with the median
+# and worst absolute error.
 #   bash bench/sim-validate.sh [OUT_DIR]     (needs a release build: cargo build --release)
 # Each row loads the model (random weights) and runs real decode steps: ~25 s a row.
 set -euo pipefail

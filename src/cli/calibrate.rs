@@ -2,8 +2,9 @@
 //! micro-benchmarks give the roofline (streaming read bandwidth and the f32 FMA rate of the
 //! active kernel path, `attention_cost.rs`); two real decode runs of the actor runtime (one
 //! stream, `sequential`, 1 and `--seqs` sequences) then fix the two factors no micro-benchmark
-//! sees — the kernels' efficiency against the roofline and the cost of an actor hop — by solving
-//! the simulator's own step time, which is linear in 1/efficiency and in the hop, for both runs.
+//! sees — the kernels' efficiency against the roofline and the CPU time each kernel costs beyond
+//! it (launch: queueing, messages, wake-ups, which on a CPU take the cores the kernels use) — by
+//! solving the simulator's own step time, linear in 1/efficiency and in that cost, for both runs.
 //! Also the real side of `troupe simulate --measure`.
 
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ pub struct CalibrateArgs {
     /// Sequences of the second run.
     #[arg(long, default_value_t = 4)]
     pub seqs: usize,
-    /// Decode steps per run (median kept).
+    /// Decode steps per run (the fastest kept).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Prompt tokens before decoding.
@@ -43,7 +44,8 @@ pub struct CalibrateArgs {
     pub context: usize,
 }
 
-/// Median decode step (seconds) of a real actor runtime on `model`.
+/// Fastest of `steps` decode steps (seconds) of a real actor runtime on `model`: the step least
+/// disturbed by other load on the machine (calibration and `--measure` use the same rule).
 pub fn measure(
     model: &Arc<Model>,
     placement: &PlacementSpec,
@@ -59,10 +61,9 @@ pub fn measure(
         schedules: vec![schedule.clone()],
         ..BenchOptions::default()
     };
-    let mut t = step_times(model.clone(), placement, schedule, &o)
+    let t = step_times(model.clone(), placement, schedule, &o)
         .map_err(|e| CliError::Runtime(e.to_string()))?;
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    Ok(t.into_iter().fold(f64::INFINITY, f64::min))
 }
 
 /// Simulated mean decode step (seconds) of `graph` on `hw`, one stream, sequential.
@@ -73,6 +74,35 @@ fn simulate_one(graph: &LoadedGraph, hw: &Hardware, seqs: usize, a: &CalibrateAr
     let mut sim = Simulation::new(&graph.spec, layout, Arc::new(Sequential), hw.clone()).map_err(err)?;
     let r = report::decode(&mut sim, seqs, a.context, a.steps).map_err(err)?;
     Ok(r.step_ms / 1e3)
+}
+
+/// Fits `m = r·x + k·y` (x = 1/efficiency ≥ 1, y = launch µs ≥ 0) to runs `(r, k, m)`: the
+/// exact solution of the two equations when it is in range, else the boundary candidate (no
+/// launch cost, or the full roofline) whose worst relative error over the runs is smallest.
+fn fit(runs: &[(f64, f64, f64)]) -> (f64, f64) {
+    let worst = |x: f64, y: f64| {
+        runs.iter()
+            .map(|&(r, k, m)| ((r * x + k * y) / m - 1.0).abs())
+            .fold(0.0, f64::max)
+    };
+    let mut candidates = Vec::new();
+    if let [(r1, k1, m1), (r2, k2, m2)] = runs {
+        let det = r1 * k2 - r2 * k1;
+        if det.abs() > 1e-18 {
+            candidates.push(((m1 * k2 - m2 * k1) / det, (r1 * m2 - r2 * m1) / det));
+        }
+    }
+    // y = 0: x balancing the relative errors of the runs.
+    let inv: f64 = runs.iter().map(|&(r, _, m)| r / m).sum::<f64>();
+    candidates.push((runs.len() as f64 / inv, 0.0));
+    // x = 1: y the mean of what each run leaves for its kernels.
+    let y1 = runs.iter().map(|&(r, k, m)| (m - r) / k.max(1e-12)).sum::<f64>() / runs.len() as f64;
+    candidates.push((1.0, y1.max(0.0)));
+    candidates
+        .into_iter()
+        .filter(|&(x, y)| x.is_finite() && y.is_finite() && x >= 1.0 && y >= 0.0)
+        .min_by(|a, b| worst(a.0, a.1).total_cmp(&worst(b.0, b.1)))
+        .unwrap_or((1.0, 0.0))
 }
 
 pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
@@ -109,41 +139,26 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         measure(&model, &one, &schedule, 1, a.context, a.steps)?,
         measure(&model, &one, &schedule, seqs, a.context, a.steps)?,
     ];
-    // Step time = roofline / efficiency + hops · hop: the simulator's own coefficients.
+    // Step time = roofline / efficiency + kernels · launch: the simulator's own coefficients.
     let mut coef = Vec::new();
     for (i, n) in [1, seqs].into_iter().enumerate() {
         let base = simulate_one(&graph, &hw, n, &a)?;
         let mut h = hw.clone();
-        h.runtime.hop_us = 1.0;
-        let per_hop = simulate_one(&graph, &h, n, &a)? - base;
-        coef.push((base, per_hop, measured[i]));
+        h.compute.launch_us = 1.0;
+        let per_launch = simulate_one(&graph, &h, n, &a)? - base;
+        coef.push((base, per_launch, measured[i]));
     }
-    let [(r1, h1, m1), (r2, h2, m2)] = [coef[0], coef[1]];
-    // Solve m = r·x + h·y for x = 1/efficiency, y = hop (µs).
-    let det = r1 * h2 - r2 * h1;
-    let (mut x, mut y) = match det.abs() > 1e-18 {
-        true => ((m1 * h2 - m2 * h1) / det, (r1 * m2 - r2 * m1) / det),
-        false => (m1 / r1, 0.0),
-    };
-    if y < 0.0 {
-        // Overheads cannot be negative: roofline only, fitted to the larger run.
-        y = 0.0;
-        x = m2 / r2;
-    }
-    if x < 1.0 {
-        x = 1.0;
-        y = ((m1 - r1) / h1).max(0.0);
-    }
+    let (x, y) = fit(&coef);
     hw.compute.efficiency = (1.0 / x).clamp(1e-3, 1.0);
-    hw.runtime.hop_us = y;
+    hw.compute.launch_us = y;
     let text = format!(
         "# Written by `troupe calibrate` on this machine in {:.1} s: read bandwidth and FMA rate from\n\
-         # micro-benchmarks; efficiency and hop_us fitted to real decode steps of {} (sequential,\n\
-         # one stream): {:.3} ms at 1 sequence, {:.3} ms at {} (median of {} steps after a {}-token prompt).\n{}",
+         # micro-benchmarks; efficiency and launch_us fitted to real decode steps of {} (sequential,\n\
+         # one stream): {:.3} ms at 1 sequence, {:.3} ms at {} (fastest of {} steps after a {}-token prompt).\n{}",
         wall.elapsed().as_secs_f64(),
         a.model.display(),
-        m1 * 1e3,
-        m2 * 1e3,
+        measured[0] * 1e3,
+        measured[1] * 1e3,
         seqs,
         a.steps,
         a.context,
@@ -154,9 +169,9 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         message: e.to_string(),
     })?;
     println!(
-        "read {gbps:.1} GB/s, FMA {gflops:.1} GFLOP/s, efficiency {:.3}, hop {:.1} µs -> {}",
+        "read {gbps:.1} GB/s, FMA {gflops:.1} GFLOP/s, efficiency {:.3}, launch {:.1} µs -> {}",
         hw.compute.efficiency,
-        hw.runtime.hop_us,
+        hw.compute.launch_us,
         a.out.display()
     );
     Ok(())

@@ -75,7 +75,7 @@ fn calibration_rechecks_real_runs_within_half() {
     let m = machine.to_str().unwrap();
     let model = "tests/fixtures/deepseek-v3-tiny";
     let (code, _, err) = troupe(&[
-        "calibrate", "--out", m, "-m", model, "--context", "8", "--steps", "5",
+        "calibrate", "--out", m, "-m", model, "--context", "8", "--steps", "15",
     ]);
     assert_eq!(code, 0, "{err}");
     let link = dir.path().join("link.toml");
@@ -91,7 +91,7 @@ fn calibration_rechecks_real_runs_within_half() {
         vec!["--schedule", "two-microbatch", "--seqs", "4", "--placement", l],
     ] {
         let mut a = vec![
-            "simulate", "-m", model, "--hardware", m, "--context", "8", "--steps", "7", "--measure",
+            "simulate", "-m", model, "--hardware", m, "--context", "8", "--steps", "15", "--measure",
             "--json",
         ];
         a.extend(extra.iter().copied());

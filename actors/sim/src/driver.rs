@@ -63,6 +63,8 @@ pub struct SimCore {
     pub(crate) host: f64,
     pub(crate) seqs: Vec<SeqStep>,
     pub(crate) mbs: Vec<MbSim>,
+    /// Per layer, each routed expert's relative load (empty: uniform routing).
+    pub(crate) expert_load: Vec<Vec<f64>>,
 }
 
 fn stalled(what: &str) -> ActorError {

@@ -91,6 +91,33 @@ impl Layout {
         Ok(layout)
     }
 
+    /// Replaces layer `layer`'s expert groups: `(experts, stream)` each (an expert in several
+    /// groups has replicas), the node that of the stream. Streams must exist.
+    pub fn set_expert_groups(&mut self, layer: usize, groups: Vec<(Vec<usize>, usize)>) -> Result<()> {
+        let n = self.n_streams();
+        let slot = self
+            .placement
+            .expert_groups
+            .get_mut(layer)
+            .ok_or_else(|| SimError::parameter("layer", format!("{layer}: no such layer")))?;
+        if let Some((_, s)) = groups.iter().find(|(e, s)| *s >= n || e.is_empty()) {
+            return Err(SimError::parameter(
+                "expert groups",
+                format!("layer {layer}: stream {s} of {n}, or a group without experts"),
+            ));
+        }
+        *slot = groups
+            .into_iter()
+            .map(|(experts, stream)| troupe_actors::placement::ExpertGroup {
+                experts,
+                stream,
+                node: self.stream_node[stream],
+                replica: 0,
+            })
+            .collect();
+        Ok(())
+    }
+
     pub fn n_streams(&self) -> usize {
         self.stream_device.len()
     }

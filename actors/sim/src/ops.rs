@@ -258,13 +258,20 @@ impl SimCore {
                 }
             }
         }
+        // Each expert's weight in units of a uniform expert (uniform routing: 1 each).
+        let load = self.expert_load.get(l).filter(|v| v.len() == n_experts);
+        let total: f64 = load.map_or(0.0, |v| v.iter().sum());
+        let weight = |e: usize| match load {
+            Some(v) if total > 0.0 => v[e] * n_experts as f64 / total,
+            _ => 1.0,
+        };
         groups
             .iter()
             .map(|g| {
                 let share = g
                     .experts
                     .iter()
-                    .map(|&e| 1.0 / copies.get(e).copied().unwrap_or(1).max(1) as f64)
+                    .map(|&e| weight(e) / copies.get(e).copied().unwrap_or(1).max(1) as f64)
                     .sum();
                 (g.stream, g.node, share, g.experts.len() as f64)
             })

@@ -22,7 +22,7 @@ pub struct Simulation {
     core: SimCore,
     schedule: Arc<dyn Schedule>,
     pub stats: Stats,
-    /// Every span run, kept when a trace is wanted.
+    /// Every span of the recorded steps, kept when a trace is wanted.
     pub keep_spans: bool,
     pub spans: Vec<Span>,
     /// The last step's spans and times (for plots).
@@ -77,6 +77,7 @@ impl Simulation {
                 host: 0.0,
                 seqs: Vec::new(),
                 mbs: Vec::new(),
+                expert_load: Vec::new(),
             },
             schedule,
             stats,
@@ -85,6 +86,39 @@ impl Simulation {
             last_spans: Vec::new(),
             last_step: None,
         })
+    }
+
+    /// Routes by measured or assumed expert loads instead of uniformly: `load[l][e]` is expert
+    /// `e`'s relative load in layer `l` (a MoE layer's entries finite, ≥ 0, not all 0; a dense
+    /// layer's list empty). A group's rows are its experts' share of the total (an expert with
+    /// replicas splits its share among them).
+    pub fn set_expert_load(&mut self, load: Vec<Vec<f64>>) -> Result<()> {
+        let layers = &self.core.cost.layers;
+        if load.len() != layers.len() {
+            return Err(SimError::parameter(
+                "expert load",
+                format!("{} layers given, the model has {}", load.len(), layers.len()),
+            ));
+        }
+        for (l, (row, layer)) in load.iter().zip(layers).enumerate() {
+            let want = layer.moe.map_or(0, |m| m.experts);
+            let ok = row.len() == want
+                && row.iter().all(|x| x.is_finite() && *x >= 0.0)
+                && (want == 0 || row.iter().sum::<f64>() > 0.0);
+            if !ok {
+                return Err(SimError::parameter(
+                    "expert load",
+                    format!("layer {l}: expected {want} finite loads ≥ 0, not all 0"),
+                ));
+            }
+        }
+        self.core.expert_load = load;
+        Ok(())
+    }
+
+    /// The layout, to change expert groups between runs (e.g. an EPLB plan).
+    pub fn layout_mut(&mut self) -> &mut Layout {
+        &mut self.core.layout
     }
 
     pub fn layout(&self) -> &Layout {
@@ -156,7 +190,7 @@ impl Simulation {
         if record {
             self.stats.record(&spans, start, end, rows);
         }
-        if self.keep_spans {
+        if self.keep_spans && record {
             self.spans.extend_from_slice(&spans);
         }
         self.last_spans = spans;
