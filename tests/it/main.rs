@@ -18,8 +18,8 @@
 //! - `mpi`, `mpi_faults`, `mpi_property` (cargo feature `mpi`): deployments over several
 //!   processes under `mpirun`, bit-identical to the reference; rank loss and load failures;
 //!   `mpi_share`: each rank's share of the weights, rank 0's kernel path, bench under mpirun;
-//! - `simulate`: `troupe simulate` (JSON contract, plots, sweeps, bad input) and `troupe calibrate`
-//!   re-checked against real runs of cheap configurations within ±50%;
+//! - `simulate`: `troupe simulate` (JSON contract, plots, sweeps, bad input); the calibration
+//!   check against real runs is its own binary, `tests/sim_calibration.rs`;
 //! - `research_cli`: `troupe trace-stats` on a short run's trace, `bench --compare --schedule`;
 //! - `trained_tiny`: the bundled trained model (fortune-tiny) against its transformers reference
 //!   on CPU, through the actor runtime, the CLI text path and `--device ptx-interp`.
