@@ -60,7 +60,7 @@ pub fn zb1p(pp: usize, m: usize) -> Vec<Vec<TrainOp>> {
 /// phase on (odd `h` before B1, even `h` before B0);
 /// `H−h−1` × (W, B0 split); `h+1` × W — the queued W's running first in, first out.
 pub fn dualpipe(pp: usize, m: usize) -> Option<Vec<Vec<TrainOp>>> {
-    if pp < 2 || pp % 2 != 0 || m % 2 != 0 || m < 2 * pp {
+    if pp < 2 || pp & 1 == 1 || m & 1 == 1 || m < 2 * pp {
         return None;
     }
     Some((0..pp).map(|r| dualpipe_device(pp, m / 2, r)).collect())
@@ -160,11 +160,11 @@ fn dualpipe_device(pp: usize, n: usize, r: usize) -> Vec<TrainOp> {
     let step6 = h + 1;
     let mut zb = false;
     for i in 0..step6 {
-        if i == step6 / 2 && h % 2 == 1 {
+        if i == step6 / 2 && h & 1 == 1 {
             zb = true;
         }
         d.b(1, zb);
-        if i == step6 / 2 && h % 2 == 0 {
+        if i == step6 / 2 && h & 1 == 0 {
             zb = true;
         }
         d.b(0, zb);
