@@ -156,3 +156,29 @@ fn deepseek_v3_671b_decodes_over_256_gpus_from_its_description() {
     assert!(r.transfers > 0);
     assert!(r.step_ms > 1.0 && r.step_ms < 1000.0, "{r}");
 }
+
+#[test]
+fn a_workload_is_served_in_arrival_order_and_bad_lines_are_named() {
+    let dir = std::env::temp_dir().join(format!("troupe-sim-workload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("w.jsonl");
+    std::fs::write(
+        &good,
+        "{\"arrival_s\": 0.0, \"prompt_tokens\": 16, \"output_tokens\": 4}\n\n\
+         {\"arrival_s\": 5.0, \"prompt_tokens\": 8, \"output_tokens\": 2}\n",
+    )
+    .unwrap();
+    let reqs = report::read_workload(&good).unwrap();
+    assert_eq!(reqs.len(), 2);
+    let g = graph("ds-v3-mini.toml");
+    let mut s = sim(&g, "", Arc::new(TwoMicroBatch::default()), "cpu");
+    let r = report::workload(&mut s, &reqs, 8).unwrap();
+    // 4 + 2 tokens in 4 + 2 steps (the two never overlap: the second arrives 5 s later).
+    assert_eq!(r.steps, 6);
+    assert!(s.now_us() >= 5e6, "{}", s.now_us());
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"arrival_s\": 0.0, \"prompt_tokens\": 0, \"output_tokens\": 1}\n").unwrap();
+    let e = report::read_workload(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.jsonl:1"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
