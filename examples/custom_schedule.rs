@@ -3,7 +3,9 @@
 //! schedule. It runs on the deepseek-v3-tiny fixture (or a model path given as the first
 //! argument), checks its tokens against the reference executor bit for bit, then registers the
 //! schedule by name and benches it against `sequential` with `troupe::bench` (decode
-//! speed against the reference, link time hidden), the report the built-ins get.
+//! speed against the reference, link time hidden), the report the built-ins get. Finally the
+//! same schedule, unchanged, drives the simulator (`troupe::sim`) over the same model
+//! description.
 //!
 //! Only `troupe::` paths: what a crate depending on `troupe` can write.
 //!
@@ -119,5 +121,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let placement = Placement::builder().cpu_streams(2).build();
     print!("{}", bench::run(model, Some(&placement), &o)?);
+    // The same schedule drives the simulator: no weights, the model description only.
+    let hw = troupe::sim::Hardware::load("cpu")?;
+    let experts = troupe::sim::cost::ModelCost::from_spec(&graph.spec, None, 4.0).layer_experts();
+    let layout = troupe::sim::Layout::from_table(graph.placement.as_ref(), &experts, None, &hw)?;
+    let mut sim = troupe::sim::Simulation::new(&graph.spec, layout, Arc::new(LayerSynchronous), hw)?;
+    println!("simulated:\n{}", troupe::sim::report::decode(&mut sim, 4, 8, 5)?);
     Ok(())
 }

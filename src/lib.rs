@@ -4,6 +4,7 @@
 //! - [`engine`] (`troupe-engine`): tensors, graph files and IR, CPU kernels, checkpoint loading,
 //!   the reference executor;
 //! - [`actors`] (`troupe-actors`): the supervised actor runtime, schedules, transport;
+//! - [`sim`] (`troupe-sim`): the discrete-event simulator the same schedules drive;
 //! - `ptx` (`troupe-ptx`, cargo feature `gpu`): PTX kernels, the CUDA backend, the PTX
 //!   interpreter;
 //!
@@ -26,6 +27,7 @@ pub mod serve;
 
 pub use troupe_actors as actors;
 pub use troupe_engine as engine;
+pub use troupe_sim as sim;
 #[cfg(feature = "gpu")]
 pub use troupe_ptx as ptx;
 

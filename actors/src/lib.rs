@@ -8,6 +8,7 @@
 //! Entry points: [`ActorRuntime`] (blocking, for the CLI), [`service::Engine`] (async library
 //! API, with [`TokenStream`]), [`schedule::Schedule`] (write your own), [`mod@bench`].
 
+mod actor_pass;
 pub mod actors;
 #[cfg(test)]
 mod alloc_probe;

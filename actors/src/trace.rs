@@ -92,8 +92,13 @@ impl Tracer {
 
     /// A kernel span on stream `tid`.
     pub fn span(&self, tid: usize, tags: &SpanTags, start: Instant, end: Instant) {
-        let ts = self.us(start);
-        let dur = (self.us(end) - ts).max(0.001);
+        self.span_us(tid, tags, self.us(start), self.us(end));
+    }
+
+    /// A kernel span from `start_us` to `end_us` after the trace's epoch (a simulator's clock).
+    pub fn span_us(&self, tid: usize, tags: &SpanTags, start_us: f64, end_us: f64) {
+        let ts = start_us;
+        let dur = (end_us - ts).max(0.001);
         let mut args = serde_json::Map::new();
         args.insert("actor".into(), json!(tags.actor));
         if let Some(l) = tags.layer {
@@ -132,8 +137,20 @@ impl Tracer {
         start: Instant,
         end: Instant,
     ) {
-        let ts = self.us(start);
-        let dur = (self.us(end) - ts).max(0.001);
+        self.link_span_us(what, bytes, tags, self.us(start), self.us(end));
+    }
+
+    /// A transfer span from `start_us` to `end_us` after the trace's epoch (a simulator's clock).
+    pub fn link_span_us(
+        &self,
+        what: &'static str,
+        bytes: usize,
+        tags: &TransferTags,
+        start_us: f64,
+        end_us: f64,
+    ) {
+        let ts = start_us;
+        let dur = (end_us - ts).max(0.001);
         let mut args = serde_json::Map::new();
         args.insert("bytes".into(), json!(bytes));
         if let Some(l) = tags.layer {

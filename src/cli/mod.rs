@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and dispatch to one file per subcommand.
 
 mod bench;
+mod calibrate;
 mod common;
 mod distributed;
 mod eplb;
@@ -11,6 +12,7 @@ mod inspect;
 mod logits;
 mod quantize;
 mod serve;
+mod simulate;
 mod trace_stats;
 
 use std::path::PathBuf;
@@ -66,6 +68,12 @@ pub enum Command {
     /// An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models,
     /// /health, /metrics.
     Serve(serve::ServeArgs),
+    /// Simulate a deployment on a discrete-event clock: the runtime's placement and schedules,
+    /// a hardware file's costs; no weights are loaded.
+    Simulate(simulate::SimulateArgs),
+    /// Measure this machine for the simulator: kernel micro-benchmarks and two real decode runs
+    /// fit a hardware file (--out machine.toml).
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// Options shared by the commands that run a model.
@@ -255,5 +263,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Quantize(a) => quantize::run(a),
         Command::TraceStats(a) => trace_stats::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Simulate(a) => simulate::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
     }
 }

@@ -18,6 +18,8 @@
 //! - `mpi`, `mpi_faults`, `mpi_property` (cargo feature `mpi`): deployments over several
 //!   processes under `mpirun`, bit-identical to the reference; rank loss and load failures;
 //!   `mpi_share`: each rank's share of the weights, rank 0's kernel path, bench under mpirun;
+//! - `simulate`: `troupe simulate` (JSON contract, plots, sweeps, bad input); the calibration
+//!   check against real runs is its own binary, `tests/sim_calibration.rs`;
 //! - `research_cli`: `troupe trace-stats` on a short run's trace, `bench --compare --schedule`;
 //! - `serve`: `troupe serve` over HTTP (every error status, streaming, cancellation, batch
 //!   invariance among 64 streams, 1,000 malformed bodies, the `openai` Python client, `curl -N`);
@@ -49,4 +51,5 @@ mod placement_cli;
 mod quantize_fp8;
 mod research_cli;
 mod serve;
+mod simulate;
 mod trained_tiny;

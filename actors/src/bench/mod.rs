@@ -343,3 +343,30 @@ pub fn profile(
     }
     Ok(o.sequences as f64 / median(times))
 }
+
+/// Decode step times (seconds, in order) of one actors runtime on `placement` as given — its
+/// `[placement.link]` kept — running `schedule`: `o.sequences` sequences prefilled with
+/// `o.prompt_len` tokens, then `o.steps` decode steps. What `troupe calibrate` and the
+/// simulator's validation (`bench/sim-validate.sh`) measure.
+pub fn step_times(
+    model: Arc<Model>,
+    placement: &PlacementSpec,
+    schedule: &Arc<dyn Schedule>,
+    o: &BenchOptions,
+) -> Result<Vec<f64>> {
+    let link = placement
+        .link
+        .as_ref()
+        .map(LinkSpec::from_table)
+        .transpose()?;
+    let base = base_placement(Some(placement));
+    let mut a = start_actors(&model, &base, schedule, link, o)?;
+    let mut times = Vec::with_capacity(o.steps);
+    for _ in 0..o.steps {
+        let t = Instant::now();
+        a.step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    a.rt.shutdown()?;
+    Ok(times)
+}
