@@ -125,7 +125,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hw = troupe::sim::Hardware::load("cpu")?;
     let experts = troupe::sim::cost::ModelCost::from_spec(&graph.spec, None, 4.0).layer_experts();
     let layout = troupe::sim::Layout::from_table(graph.placement.as_ref(), &experts, None, &hw)?;
-    let mut sim = troupe::sim::Simulation::new(&graph.spec, layout, Arc::new(LayerSynchronous), hw)?;
-    println!("simulated:\n{}", troupe::sim::report::decode(&mut sim, 4, 8, 5)?);
+    let mut sim =
+        troupe::sim::Simulation::new(&graph.spec, layout, Arc::new(LayerSynchronous), hw)?;
+    println!(
+        "simulated:\n{}",
+        troupe::sim::report::decode(&mut sim, 4, 8, 5)?
+    );
     Ok(())
 }

@@ -27,7 +27,9 @@ fn skewed_load(experts: &[Option<usize>]) -> Vec<Vec<f64>> {
             Some(n) => {
                 let mut order: Vec<usize> = (0..*n).collect();
                 for i in (1..*n).rev() {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     order.swap(i, (x >> 33) as usize % (i + 1));
                 }
                 let mut load = vec![0.0; *n];
@@ -46,7 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hw = Hardware::load("h800")?;
     let experts = ModelCost::from_spec(&graph.spec, None, 2.0).layer_experts();
     let load = skewed_load(&experts);
-    let moe_layers: Vec<usize> = (0..experts.len()).filter(|&l| experts[l].is_some()).collect();
+    let moe_layers: Vec<usize> = (0..experts.len())
+        .filter(|&l| experts[l].is_some())
+        .collect();
     let moe_load: Vec<Vec<f64>> = moe_layers.iter().map(|&l| load[l].clone()).collect();
     let plan = rebalance_experts(&moe_load, 320, 8, GPUS / 8, GPUS)?;
     let batches = [1024usize, 4096, 16384];
@@ -66,13 +70,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut sim = Simulation::new(&graph.spec, layout, schedule, hw.clone())?;
             sim.set_expert_load(load.clone())?;
             let r = report::decode(&mut sim, seqs, 2048, 5)?;
-            println!("{name:<12} {seqs:>6} {:>8.2} {:>9.0}", r.step_ms, r.tokens_per_s);
+            println!(
+                "{name:<12} {seqs:>6} {:>8.2} {:>9.0}",
+                r.step_ms, r.tokens_per_s
+            );
             tps.push(r.tokens_per_s);
         }
         series.push((name.to_string(), tps));
     }
     let x: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
-    let text = svg::lines(&x, &series, "tokens/s", "671B on 64 H800s, skewed routing: tokens/s against batch");
+    let text = svg::lines(
+        &x,
+        &series,
+        "tokens/s",
+        "671B on 64 H800s, skewed routing: tokens/s against batch",
+    );
     let path = format!("{root}/target/sim-expert-placement.svg");
     std::fs::write(&path, text)?;
     println!("wrote {path}");

@@ -27,9 +27,9 @@ pub mod serve;
 
 pub use troupe_actors as actors;
 pub use troupe_engine as engine;
-pub use troupe_sim as sim;
 #[cfg(feature = "gpu")]
 pub use troupe_ptx as ptx;
+pub use troupe_sim as sim;
 
 /// The interleaved benchmark of schedules (built-in or your own) against the reference executor:
 /// `troupe::bench::run(model, placement, &BenchOptions { schedules, .. })`.

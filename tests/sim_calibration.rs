@@ -31,7 +31,15 @@ fn calibration_rechecks_real_runs_within_half() {
     let m = machine.to_str().unwrap();
     let model = "tests/fixtures/deepseek-v3-tiny";
     let (code, _, err) = troupe(&[
-        "calibrate", "--out", m, "-m", model, "--context", "8", "--steps", "15",
+        "calibrate",
+        "--out",
+        m,
+        "-m",
+        model,
+        "--context",
+        "8",
+        "--steps",
+        "15",
     ]);
     assert_eq!(code, 0, "{err}");
     let link = dir.path().join("link.toml");
@@ -44,10 +52,26 @@ fn calibration_rechecks_real_runs_within_half() {
     for extra in [
         vec!["--schedule", "sequential", "--seqs", "2"],
         vec!["--schedule", "two-microbatch", "--seqs", "4"],
-        vec!["--schedule", "two-microbatch", "--seqs", "4", "--placement", l],
+        vec![
+            "--schedule",
+            "two-microbatch",
+            "--seqs",
+            "4",
+            "--placement",
+            l,
+        ],
     ] {
         let mut a = vec![
-            "simulate", "-m", model, "--hardware", m, "--context", "8", "--steps", "15", "--measure",
+            "simulate",
+            "-m",
+            model,
+            "--hardware",
+            m,
+            "--context",
+            "8",
+            "--steps",
+            "15",
+            "--measure",
             "--json",
         ];
         a.extend(extra.iter().copied());
@@ -55,6 +79,10 @@ fn calibration_rechecks_real_runs_within_half() {
         assert_eq!(code, 0, "{err}");
         let j = last_json(&out);
         let e = j["error"].as_f64().unwrap();
-        assert!(e.abs() <= 0.5, "{extra:?}: simulated off by {:.0}%\n{out}", 100.0 * e);
+        assert!(
+            e.abs() <= 0.5,
+            "{extra:?}: simulated off by {:.0}%\n{out}",
+            100.0 * e
+        );
     }
 }

@@ -255,4 +255,3 @@ pub fn run_pass(
         .map_err(fail)?;
     Ok(Owned::new(logits, stream.backend().clone()))
 }
-

@@ -327,21 +327,36 @@ mod tests {
     fn balanced_ranges_match_the_exhaustive_scan() {
         let mut x = 12345u64;
         for case in 0..300 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let m = 1 + (x >> 33) as usize % 24;
             let rows: Vec<usize> = (0..m)
                 .map(|i| {
                     let v = x.rotate_left(i as u32 * 7) >> 40;
-                    if case % 3 == 0 { (v % 3) as usize } else { 1 + (v % 50) as usize }
+                    if case % 3 == 0 {
+                        (v % 3) as usize
+                    } else {
+                        1 + (v % 50) as usize
+                    }
                 })
                 .collect();
             let n = 1 + case % 5;
             let parts = balanced_ranges(&rows, n);
-            let largest = parts.iter().map(|r| rows[r.clone()].iter().sum::<usize>()).max();
-            assert_eq!(largest, Some(largest_part_by_scan(&rows, n)), "{rows:?} into {n}: {parts:?}");
+            let largest = parts
+                .iter()
+                .map(|r| rows[r.clone()].iter().sum::<usize>())
+                .max();
+            assert_eq!(
+                largest,
+                Some(largest_part_by_scan(&rows, n)),
+                "{rows:?} into {n}: {parts:?}"
+            );
             assert_eq!(parts.first().map(|r| r.start), Some(0));
             assert_eq!(parts.last().map(|r| r.end), Some(m));
-            assert!(parts.windows(2).all(|w| w[0].end == w[1].start && !w[1].is_empty()));
+            assert!(parts
+                .windows(2)
+                .all(|w| w[0].end == w[1].start && !w[1].is_empty()));
         }
     }
 }

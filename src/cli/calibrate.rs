@@ -67,11 +67,17 @@ pub fn measure(
 }
 
 /// Simulated mean decode step (seconds) of `graph` on `hw`, one stream, sequential.
-fn simulate_one(graph: &LoadedGraph, hw: &Hardware, seqs: usize, a: &CalibrateArgs) -> Result<f64, CliError> {
+fn simulate_one(
+    graph: &LoadedGraph,
+    hw: &Hardware,
+    seqs: usize,
+    a: &CalibrateArgs,
+) -> Result<f64, CliError> {
     let err = |e: troupe_sim::SimError| CliError::Runtime(e.to_string());
     let experts = ModelCost::from_spec(&graph.spec, None, 4.0).layer_experts();
     let layout = Layout::from_table(None, &experts, None, hw).map_err(err)?;
-    let mut sim = Simulation::new(&graph.spec, layout, Arc::new(Sequential), hw.clone()).map_err(err)?;
+    let mut sim =
+        Simulation::new(&graph.spec, layout, Arc::new(Sequential), hw.clone()).map_err(err)?;
     let r = report::decode(&mut sim, seqs, a.context, a.steps).map_err(err)?;
     Ok(r.step_ms / 1e3)
 }
@@ -96,7 +102,11 @@ fn fit(runs: &[(f64, f64, f64)]) -> (f64, f64) {
     let inv: f64 = runs.iter().map(|&(r, _, m)| r / m).sum::<f64>();
     candidates.push((runs.len() as f64 / inv, 0.0));
     // x = 1: y the mean of what each run leaves for its kernels.
-    let y1 = runs.iter().map(|&(r, k, m)| (m - r) / k.max(1e-12)).sum::<f64>() / runs.len() as f64;
+    let y1 = runs
+        .iter()
+        .map(|&(r, k, m)| (m - r) / k.max(1e-12))
+        .sum::<f64>()
+        / runs.len() as f64;
     candidates.push((1.0, y1.max(0.0)));
     candidates
         .into_iter()

@@ -12,7 +12,9 @@ use troupe_actors::{EngineOptions, RuntimeOptions};
 use troupe_engine::model::MlaForm;
 use troupe_engine::DeviceId;
 
-use super::common::{check_memory, init_threads, kv_config, load_model, mla_form, open_graph_placed, CliError};
+use super::common::{
+    check_memory, init_threads, kv_config, load_model, mla_form, open_graph_placed, CliError,
+};
 use super::RunArgs;
 
 #[derive(Args, Debug)]
@@ -48,8 +50,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         None => env_api_key()?,
     };
     let (graph, _attention) = open_graph_placed(&a.run)?;
-    let template = ChatTemplate::for_model(&a.run.model)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let template =
+        ChatTemplate::for_model(&a.run.model).map_err(|e| CliError::Usage(e.to_string()))?;
     check_memory(&a.run, &graph, 1, graph.spec.max_position_embeddings)?;
     init_threads(a.run.threads)?;
     super::common::backend(&a.run.device)?;
@@ -113,9 +115,9 @@ fn env_api_key() -> Result<Option<String>, CliError> {
         Ok(k) if k.is_empty() => Ok(None),
         Ok(k) => Ok(Some(k)),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(CliError::Usage(
-            "TROUPE_API_KEY is not valid UTF-8".into(),
-        )),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(CliError::Usage("TROUPE_API_KEY is not valid UTF-8".into()))
+        }
     }
 }
 

@@ -130,7 +130,10 @@ fn simulate(
 }
 
 /// `KEY=v1,v2,..` → the key and one argument set per value.
-fn sweep_args(a: &SimulateArgs, sweep: &str) -> Result<(String, Vec<(String, SimulateArgs)>), CliError> {
+fn sweep_args(
+    a: &SimulateArgs,
+    sweep: &str,
+) -> Result<(String, Vec<(String, SimulateArgs)>), CliError> {
     let bad = |m: String| CliError::Usage(format!("--sweep {sweep}: {m}"));
     let (key, values) = sweep
         .split_once('=')
@@ -138,13 +141,20 @@ fn sweep_args(a: &SimulateArgs, sweep: &str) -> Result<(String, Vec<(String, Sim
     let mut out = Vec::new();
     for v in values.split(',').filter(|v| !v.is_empty()) {
         let mut b = a.clone();
-        let num = || v.parse::<usize>().map_err(|_| bad(format!("`{v}` is not a whole number")));
+        let num = || {
+            v.parse::<usize>()
+                .map_err(|_| bad(format!("`{v}` is not a whole number")))
+        };
         match key {
             "seqs" => b.seqs = num()?,
             "context" => b.context = num()?,
             "gpus" => b.gpus = Some(num()?),
             "schedule" => b.schedule = Some(v.to_string()),
-            _ => return Err(bad(format!("unknown key `{key}` (seqs, context, gpus, schedule)"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown key `{key}` (seqs, context, gpus, schedule)"
+                )))
+            }
         }
         out.push((v.to_string(), b));
     }
@@ -177,14 +187,25 @@ pub fn run(a: SimulateArgs) -> Result<(), CliError> {
         }
         if let Some(dir) = &a.svg {
             let x: Vec<String> = runs.iter().map(|(v, _)| v.clone()).collect();
-            let tps = vec![("tokens/s".to_string(), reports.iter().map(|r| r.tokens_per_s).collect())];
-            let text = svg::lines(&x, &tps, "tokens/s", &format!("{} — tokens/s against {key}", a.model.display()));
+            let tps = vec![(
+                "tokens/s".to_string(),
+                reports.iter().map(|r| r.tokens_per_s).collect(),
+            )];
+            let text = svg::lines(
+                &x,
+                &tps,
+                "tokens/s",
+                &format!("{} — tokens/s against {key}", a.model.display()),
+            );
             let path = dir.join("sweep.svg");
             std::fs::write(&path, text).map_err(|e| output_err(&path, e))?;
         }
         if a.json {
             let values: Vec<&String> = runs.iter().map(|(v, _)| v).collect();
-            println!("{}", serde_json::json!({"sweep": key, "values": values, "reports": reports}));
+            println!(
+                "{}",
+                serde_json::json!({"sweep": key, "values": values, "reports": reports})
+            );
         }
         return Ok(());
     }
@@ -195,14 +216,23 @@ pub fn run(a: SimulateArgs) -> Result<(), CliError> {
     if let Some(dir) = &a.svg {
         let names = &sim.layout().placement.streams;
         if let Some(step) = sim.last_step {
-            let title = format!("{} — last step, {:.3} ms", a.model.display(), (step.end_us - step.start_us) / 1e3);
+            let title = format!(
+                "{} — last step, {:.3} ms",
+                a.model.display(),
+                (step.end_us - step.start_us) / 1e3
+            );
             let text = svg::timeline(&sim.last_spans, names, step.start_us, step.end_us, &title);
             let path = dir.join("timeline.svg");
             std::fs::write(&path, text).map_err(|e| output_err(&path, e))?;
         }
-        let items: Vec<(String, f64)> = rep.utilization.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let items: Vec<(String, f64)> = rep
+            .utilization
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         let path = dir.join("utilization.svg");
-        std::fs::write(&path, svg::bars(&items, "stream utilization")).map_err(|e| output_err(&path, e))?;
+        std::fs::write(&path, svg::bars(&items, "stream utilization"))
+            .map_err(|e| output_err(&path, e))?;
     }
     println!(
         "{}: {} on {} ({} streams, {} stages), schedule {}",

@@ -58,8 +58,9 @@ impl ChatTemplate {
             path: shown.clone(),
             message,
         };
-        let bytes = troupe_engine::files::read_bytes_capped(&path, MAX_CONFIG_BYTES, "tokenizer config")
-            .map_err(|e| bad(e.to_string()))?;
+        let bytes =
+            troupe_engine::files::read_bytes_capped(&path, MAX_CONFIG_BYTES, "tokenizer config")
+                .map_err(|e| bad(e.to_string()))?;
         let config: Value =
             serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let Some(source) = template_source(&config).map_err(bad)? else {
@@ -82,9 +83,12 @@ impl ChatTemplate {
         // As transformers compiles chat templates.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_template_owned("chat", source)
             .map_err(|e| e.to_string())?;
         Ok(ChatTemplate::Jinja {
@@ -153,7 +157,10 @@ fn template_source(config: &Value) -> Result<Option<String>, String> {
                 })
             };
             let chosen = named(Some("default")).or_else(|| named(None));
-            match chosen.and_then(|t| t.get("template")).and_then(Value::as_str) {
+            match chosen
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+            {
                 Some(s) => Ok(Some(s.to_string())),
                 None => Err("`chat_template` list has no template string".into()),
             }
@@ -215,7 +222,8 @@ mod tests {
     #[test]
     fn blocks_are_trimmed_as_transformers_does() {
         let t = ChatTemplate::jinja(
-            "{% for m in messages %}{{ m.content }}{% if not loop.last %}\n{% endif %}{% endfor %}".into(),
+            "{% for m in messages %}{{ m.content }}{% if not loop.last %}\n{% endif %}{% endfor %}"
+                .into(),
             String::new(),
             String::new(),
         )

@@ -37,21 +37,13 @@ impl ApiError {
     }
     /// 400: a field with a wrong type or value.
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        let mut e = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            message,
-        );
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
         e.param = Some(param.to_string());
         e
     }
     /// 400: the body is not a JSON object.
     pub fn bad_json(message: impl Into<String>) -> Self {
-        let mut e = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            message,
-        );
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
         e.code = Some("invalid_json");
         e
     }
@@ -108,11 +100,7 @@ impl ApiError {
     }
     /// 500: the engine failed while serving a valid request.
     pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            message,
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
     /// An engine error: the request's fault (400, naming the field) or the engine's (500; 503
@@ -161,15 +149,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             self.body().to_string(),
         )
             .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_AFTER_SECONDS),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         response
     }

@@ -161,7 +161,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then lets open responses finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let _upkeep = self.upkeep;
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)

@@ -55,7 +55,9 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
             "the body must be a JSON object, not {}",
             type_name(&other)
         ))),
-        Err(e) => Err(ApiError::bad_json(format!("the body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::bad_json(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -242,7 +244,10 @@ fn stop_strings(m: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     if list.len() > MAX_STOP_STRINGS {
         return Err(ApiError::invalid(
             "stop",
-            format!("at most {MAX_STOP_STRINGS} stop strings, not {}", list.len()),
+            format!(
+                "at most {MAX_STOP_STRINGS} stop strings, not {}",
+                list.len()
+            ),
         ));
     }
     list.into_iter()
@@ -260,7 +265,8 @@ fn stop_strings(m: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
 /// `/v1/completions`' `prompt`: a string, an array of token ids, or a one-element array of
 /// either (more than one prompt would be several choices: refused like `n` > 1).
 pub fn prompt(m: &Map<String, Value>) -> Result<Prompt, ApiError> {
-    let v = field(m, "prompt").ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?;
+    let v =
+        field(m, "prompt").ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?;
     match v {
         Value::String(s) => Ok(Prompt::Text(s.clone())),
         Value::Array(a) if a.len() == 1 && (a[0].is_string() || a[0].is_array()) => match &a[0] {
@@ -298,9 +304,7 @@ fn ids(v: &Value) -> Result<Prompt, ApiError> {
 pub fn messages(m: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
     let list = match field(m, "messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => {
-            return Err(ApiError::invalid("messages", "`messages` is empty"))
-        }
+        Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "`messages` is empty")),
         Some(v) => return Err(wrong("messages", "an array", v)),
         None => return Err(ApiError::invalid("messages", "`messages` is required")),
     };
@@ -383,9 +387,18 @@ mod tests {
 
     #[test]
     fn prompts_and_messages() {
-        assert_eq!(prompt(&obj(r#"{"prompt":[1,2]}"#)), Ok(Prompt::Ids(vec![1, 2])));
-        assert_eq!(prompt(&obj(r#"{"prompt":[[3]]}"#)), Ok(Prompt::Ids(vec![3])));
-        assert_eq!(prompt(&obj(r#"{"prompt":["hi"]}"#)), Ok(Prompt::Text("hi".into())));
+        assert_eq!(
+            prompt(&obj(r#"{"prompt":[1,2]}"#)),
+            Ok(Prompt::Ids(vec![1, 2]))
+        );
+        assert_eq!(
+            prompt(&obj(r#"{"prompt":[[3]]}"#)),
+            Ok(Prompt::Ids(vec![3]))
+        );
+        assert_eq!(
+            prompt(&obj(r#"{"prompt":["hi"]}"#)),
+            Ok(Prompt::Text("hi".into()))
+        );
         assert!(prompt(&obj(r#"{"prompt":[-1]}"#)).is_err());
         assert!(prompt(&obj(r#"{"prompt":["a","b"]}"#)).is_err());
         assert!(prompt(&obj(r#"{"prompt":[4294967296]}"#)).is_err());

@@ -117,7 +117,15 @@ async fn completions_for(
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
     };
     let max_tokens = common.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS);
-    generate(state, Endpoint::Completions, prompt, max_tokens, common, arrived).await
+    generate(
+        state,
+        Endpoint::Completions,
+        prompt,
+        max_tokens,
+        common,
+        arrived,
+    )
+    .await
 }
 
 async fn chat_completions(

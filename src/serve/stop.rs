@@ -90,13 +90,19 @@ mod tests {
 
     #[test]
     fn stop_split_over_deltas_is_cut() {
-        assert_eq!(run(&["END"], &["abc E", "N", "Dxyz"]), ("abc ".into(), true));
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "Dxyz"]),
+            ("abc ".into(), true)
+        );
         assert_eq!(run(&["\n\n"], &["a\n", "\nb"]), ("a".into(), true));
     }
 
     #[test]
     fn near_misses_are_released() {
-        assert_eq!(run(&["END"], &["abc E", "N", "d"]), ("abc ENd".into(), false));
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "d"]),
+            ("abc ENd".into(), false)
+        );
         assert_eq!(run(&["xyz"], &["é", "x"]), ("éx".into(), false));
     }
 

@@ -12,15 +12,36 @@ fn last_json(stdout: &str) -> serde_json::Value {
 #[test]
 fn simulate_json_is_one_object_on_the_last_line() {
     let (code, out, err) = troupe(&[
-        "simulate", "-m", "graphs/deepseek-v3-671b.toml", "--hardware", "h800", "--gpus", "16",
-        "--seqs", "64", "--context", "512", "--steps", "2", "--json",
+        "simulate",
+        "-m",
+        "graphs/deepseek-v3-671b.toml",
+        "--hardware",
+        "h800",
+        "--gpus",
+        "16",
+        "--seqs",
+        "64",
+        "--context",
+        "512",
+        "--steps",
+        "2",
+        "--json",
     ]);
     assert_eq!(code, 0, "{err}");
     let j = last_json(&out);
-    for key in ["step_ms", "tokens_per_s", "bubble_fraction", "hidden_fraction"] {
+    for key in [
+        "step_ms",
+        "tokens_per_s",
+        "bubble_fraction",
+        "hidden_fraction",
+    ] {
         assert!(j[key].as_f64().is_some_and(f64::is_finite), "{key}: {j}");
     }
-    assert_eq!(j["utilization"].as_object().map(|o| o.len()), Some(16), "{j}");
+    assert_eq!(
+        j["utilization"].as_object().map(|o| o.len()),
+        Some(16),
+        "{j}"
+    );
 }
 
 #[test]
@@ -28,8 +49,21 @@ fn simulate_writes_plots_and_sweeps() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let (code, out, err) = troupe(&[
-        "simulate", "-m", "graphs/ds-v3-mini.toml", "--hardware", "cpu", "--placement",
-        "graphs/ep4.toml", "--seqs", "4", "--steps", "2", "--svg", d, "--sweep", "seqs=1,4,8",
+        "simulate",
+        "-m",
+        "graphs/ds-v3-mini.toml",
+        "--hardware",
+        "cpu",
+        "--placement",
+        "graphs/ep4.toml",
+        "--seqs",
+        "4",
+        "--steps",
+        "2",
+        "--svg",
+        d,
+        "--sweep",
+        "seqs=1,4,8",
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");
@@ -37,12 +71,21 @@ fn simulate_writes_plots_and_sweeps() {
     let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
     let (code, _, err) = troupe(&[
-        "simulate", "-m", "graphs/ds-v3-mini.toml", "--hardware", "cpu", "--svg", d,
-        "--steps", "1",
+        "simulate",
+        "-m",
+        "graphs/ds-v3-mini.toml",
+        "--hardware",
+        "cpu",
+        "--svg",
+        d,
+        "--steps",
+        "1",
     ]);
     assert_eq!(code, 0, "{err}");
     for f in ["timeline.svg", "utilization.svg"] {
-        assert!(std::fs::read_to_string(dir.path().join(f)).unwrap().contains("<rect"));
+        assert!(std::fs::read_to_string(dir.path().join(f))
+            .unwrap()
+            .contains("<rect"));
     }
 }
 

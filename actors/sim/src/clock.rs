@@ -25,9 +25,20 @@ pub enum Then {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Work {
-    Kernel { stream: u32, device: u32, us: f64 },
-    Transfer { wire: u32, wire_us: f64, latency_us: f64, bytes: f64 },
-    Delay { us: f64 },
+    Kernel {
+        stream: u32,
+        device: u32,
+        us: f64,
+    },
+    Transfer {
+        wire: u32,
+        wire_us: f64,
+        latency_us: f64,
+        bytes: f64,
+    },
+    Delay {
+        us: f64,
+    },
 }
 
 /// Labels for the trace.

@@ -161,7 +161,10 @@ impl PassDriver for SimDriver<'_> {
         let c = &mut *self.core;
         c.host += c.hw.runtime.issue_us;
         c.advance_to(c.host);
-        let m = c.mbs.get_mut(mb).ok_or_else(|| stalled("unknown micro-batch"))?;
+        let m = c
+            .mbs
+            .get_mut(mb)
+            .ok_or_else(|| stalled("unknown micro-batch"))?;
         m.ops = ops.iter().copied().collect();
         m.done_at = None;
         let at = c.host;

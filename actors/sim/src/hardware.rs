@@ -166,7 +166,11 @@ impl Hardware {
         }
         positive("compute.memory_gbps", c.memory_gbps)?;
         if !(c.efficiency > 0.0 && c.efficiency <= 1.0) {
-            return Err(bad("compute.efficiency", c.efficiency, "a number in (0, 1]"));
+            return Err(bad(
+                "compute.efficiency",
+                c.efficiency,
+                "a number in (0, 1]",
+            ));
         }
         non_negative("compute.launch_us", c.launch_us)?;
         non_negative("runtime.hop_us", self.runtime.hop_us)?;
@@ -183,11 +187,7 @@ impl Hardware {
             positive("weight_bytes", v)?;
         }
         if self.gpus_per_node == 0 || self.gpus_per_node > 1024 {
-            return Err(bad(
-                "gpus_per_node",
-                self.gpus_per_node as f64,
-                "1..=1024",
-            ));
+            return Err(bad("gpus_per_node", self.gpus_per_node as f64, "1..=1024"));
         }
         Ok(())
     }

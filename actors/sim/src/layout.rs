@@ -65,13 +65,19 @@ impl Layout {
     /// The documented `--gpus N` layout (module doc).
     pub fn gpus(n: usize, layer_experts: &[Option<usize>], hw: &Hardware) -> Result<Layout> {
         if !(1..=4096).contains(&n) {
-            return Err(SimError::parameter("--gpus", format!("{n}: expected 1..=4096")));
+            return Err(SimError::parameter(
+                "--gpus",
+                format!("{n}: expected 1..=4096"),
+            ));
         }
         let experts = layer_experts.iter().flatten().copied().max().unwrap_or(1);
         let size = experts.div_ceil(n).max(1);
         let mut table = toml::Table::new();
         table.insert("streams".into(), toml::Value::Integer(n.min(256) as i64));
-        table.insert("expert_group_size".into(), toml::Value::Integer(size as i64));
+        table.insert(
+            "expert_group_size".into(),
+            toml::Value::Integer(size as i64),
+        );
         let mut layout = Layout::from_table(Some(&table), layer_experts, Some(1), hw)?;
         // More GPUs than the placement's 256-stream cap: groups stay on streams 0..256, and
         // attention spreads over all N (the resolved placement's stream list is only names).
@@ -93,7 +99,11 @@ impl Layout {
 
     /// Replaces layer `layer`'s expert groups: `(experts, stream)` each (an expert in several
     /// groups has replicas), the node that of the stream. Streams must exist.
-    pub fn set_expert_groups(&mut self, layer: usize, groups: Vec<(Vec<usize>, usize)>) -> Result<()> {
+    pub fn set_expert_groups(
+        &mut self,
+        layer: usize,
+        groups: Vec<(Vec<usize>, usize)>,
+    ) -> Result<()> {
         let n = self.n_streams();
         let slot = self
             .placement

@@ -28,12 +28,12 @@ pub mod hardware;
 pub mod layout;
 mod ops;
 pub mod report;
+#[cfg(test)]
+mod sim_tests;
 pub mod simulation;
 pub mod stats;
 pub mod svg;
 pub mod training;
-#[cfg(test)]
-mod sim_tests;
 
 pub use driver::SeqStep;
 pub use error::{Result, SimError};

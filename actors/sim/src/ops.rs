@@ -18,7 +18,14 @@ use crate::hardware::{DeviceKind, WireSpec};
 use troupe_actors::Op;
 
 impl SimCore {
-    fn kernel(&mut self, stream: usize, cost: Cost, delay: f64, then: Then, label: Label) -> TaskId {
+    fn kernel(
+        &mut self,
+        stream: usize,
+        cost: Cost,
+        delay: f64,
+        then: Then,
+        label: Label,
+    ) -> TaskId {
         let us = self.hw.kernel_us(cost.bytes, cost.flops, self.peak_flops);
         let device = self.layout.stream_device[stream] as u32;
         self.clock.task(
@@ -60,7 +67,14 @@ impl SimCore {
         }
     }
 
-    fn transfer(&mut self, wire: u32, spec: WireSpec, bytes: f64, then: Then, label: Label) -> TaskId {
+    fn transfer(
+        &mut self,
+        wire: u32,
+        spec: WireSpec,
+        bytes: f64,
+        then: Then,
+        label: Label,
+    ) -> TaskId {
         let w = Work::Transfer {
             wire,
             wire_us: bytes / (spec.gbps * 1e9) * 1e6,
@@ -110,9 +124,19 @@ impl SimCore {
 
     /// The LM head over every micro-batch's rows, on the last stage's stream (or each lane);
     /// `then` fires when all are done.
-    pub(crate) fn start_head(&mut self, rows_per_lane: &[(Option<usize>, f64)], at: f64, then: Then) {
+    pub(crate) fn start_head(
+        &mut self,
+        rows_per_lane: &[(Option<usize>, f64)],
+        at: f64,
+        then: Then,
+    ) {
         let last = self.layout.placement.stages.len().saturating_sub(1);
-        let last_layer = self.layout.placement.stages.get(last).map_or(0, |r| r.start);
+        let last_layer = self
+            .layout
+            .placement
+            .stages
+            .get(last)
+            .map_or(0, |r| r.start);
         let j = self.clock.join(rows_per_lane.len() as u32, then);
         for &(stream, rows) in rows_per_lane {
             let s = stream.unwrap_or_else(|| self.stage_stream(last_layer));
@@ -129,13 +153,18 @@ impl SimCore {
         let moe = self.cost.layers[l].moe;
         match (op, moe) {
             (Op::Attention(_), _) | (Op::Ffn(_), None) => {
-                let name = if matches!(op, Op::Attention(_)) { "attention" } else { "mlp" };
+                let name = if matches!(op, Op::Attention(_)) {
+                    "attention"
+                } else {
+                    "mlp"
+                };
                 let j = self.clock.join(lanes.len() as u32, Then::Resume(mb));
                 for (stream, load) in lanes {
                     let s = stream.unwrap_or_else(|| self.stage_stream(l));
                     let cost = match op {
                         Op::Attention(_) => {
-                            self.cost.attention(l, load.rows, load.ctx_rows, load.ctx_positions)
+                            self.cost
+                                .attention(l, load.rows, load.ctx_rows, load.ctx_positions)
                         }
                         Op::Ffn(_) => self.cost.dense_mlp(l, load.rows),
                     };
@@ -159,7 +188,13 @@ impl SimCore {
         let groups: Vec<(usize, usize, f64, f64)> = self.group_shares(l);
         let has_shared = m.shared_params > 0.0;
         let combine = self.cost.combine(m, rows);
-        let c = self.kernel(st, combine, 0.0, Then::Resume(mb), label("combine", Some(l), mb));
+        let c = self.kernel(
+            st,
+            combine,
+            0.0,
+            Then::Resume(mb),
+            label("combine", Some(l), mb),
+        );
         let n_in = groups.len() as u32 + u32::from(has_shared);
         let j = self.clock.join(n_in, Then::Tasks(vec![c]));
         let mut heads = Vec::with_capacity(groups.len() + 1);
@@ -167,7 +202,10 @@ impl SimCore {
             let cost = self.cost.shared(m, rows);
             heads.push(self.kernel(st, cost, hop, Then::Join(j), label("shared", Some(l), mb)));
         }
-        let (d_bytes, c_bytes) = (self.hw.transfer.dispatch_bytes, self.hw.transfer.combine_bytes);
+        let (d_bytes, c_bytes) = (
+            self.hw.transfer.dispatch_bytes,
+            self.hw.transfer.combine_bytes,
+        );
         let cpu = self.hw.kind == DeviceKind::Cpu;
         for (stream, node, share, held) in groups {
             let g = group_load(m, rows, share, held);
@@ -176,24 +214,47 @@ impl SimCore {
             let after_kernel = match back.flatten() {
                 Some((w, spec)) => {
                     let bytes = g.slots * self.cost.hidden * c_bytes;
-                    let t = self.transfer(w, spec, bytes, Then::Join(j), label("combine", Some(l), mb));
+                    let t =
+                        self.transfer(w, spec, bytes, Then::Join(j), label("combine", Some(l), mb));
                     Then::Tasks(vec![t])
                 }
                 None => Then::Join(j),
             };
             let cost = self.cost.group(m, g.slots, g.active);
-            let k = self.kernel(stream, cost, hop, after_kernel, label("experts", Some(l), mb));
+            let k = self.kernel(
+                stream,
+                cost,
+                hop,
+                after_kernel,
+                label("experts", Some(l), mb),
+            );
             heads.push(match wire {
                 Some((w, spec)) => {
-                    let routing = if cpu { g.rows * m.top_k as f64 * 8.0 } else { 0.0 };
+                    let routing = if cpu {
+                        g.rows * m.top_k as f64 * 8.0
+                    } else {
+                        0.0
+                    };
                     let bytes = g.rows * self.cost.hidden * d_bytes + routing;
-                    self.transfer(w, spec, bytes, Then::Tasks(vec![k]), label("dispatch", Some(l), mb))
+                    self.transfer(
+                        w,
+                        spec,
+                        bytes,
+                        Then::Tasks(vec![k]),
+                        label("dispatch", Some(l), mb),
+                    )
                 }
                 None => k,
             });
         }
         let cost = self.cost.dispatch(m, rows);
-        let d = self.kernel(st, cost, hop, Then::Tasks(heads), label("dispatch", Some(l), mb));
+        let d = self.kernel(
+            st,
+            cost,
+            hop,
+            Then::Tasks(heads),
+            label("dispatch", Some(l), mb),
+        );
         self.clock.trigger(d, at);
     }
 
@@ -210,7 +271,10 @@ impl SimCore {
         let lbl = |n| label(n, Some(l), mb);
         let total_rows: f64 = lanes.iter().map(|(_, x)| x.rows).sum();
         let hidden = self.cost.hidden;
-        let (d_bytes, c_bytes) = (self.hw.transfer.dispatch_bytes, self.hw.transfer.combine_bytes);
+        let (d_bytes, c_bytes) = (
+            self.hw.transfer.dispatch_bytes,
+            self.hw.transfer.combine_bytes,
+        );
         let done = self.clock.join(lanes.len() as u32, Then::Resume(mb));
         let mut combines = Vec::with_capacity(lanes.len());
         for &(s, load) in lanes {

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use troupe_actors::trace::{SpanTags, Tracer};
 use troupe_actors::link::TransferTags;
+use troupe_actors::trace::{SpanTags, Tracer};
 
 use crate::driver::SeqStep;
 use crate::error::{Result, SimError};
@@ -43,7 +43,10 @@ impl Report {
         let utilization = (0..st.stream_busy_us.len())
             .filter(|&s| st.stream_kernels[s] > 0)
             .map(|s| {
-                let name = names.get(s).cloned().unwrap_or_else(|| format!("stream{s}"));
+                let name = names
+                    .get(s)
+                    .cloned()
+                    .unwrap_or_else(|| format!("stream{s}"));
                 (name, st.utilization(s))
             })
             .collect();
@@ -117,15 +120,27 @@ pub fn decode(sim: &mut Simulation, seqs: usize, context: usize, steps: usize) -
         ));
     }
     let wall = Instant::now();
-    let prefill: Vec<SeqStep> = (0..seqs).map(|_| SeqStep { rows: context, start: 0 }).collect();
+    let prefill: Vec<SeqStep> = (0..seqs)
+        .map(|_| SeqStep {
+            rows: context,
+            start: 0,
+        })
+        .collect();
     sim.step(&prefill, false)?;
     for k in 0..steps {
         let batch: Vec<SeqStep> = (0..seqs)
-            .map(|_| SeqStep { rows: 1, start: context + k })
+            .map(|_| SeqStep {
+                rows: 1,
+                start: context + k,
+            })
             .collect();
         sim.step(&batch, true)?;
     }
-    Ok(Report::from_sim(sim, seqs * steps, wall.elapsed().as_secs_f64()))
+    Ok(Report::from_sim(
+        sim,
+        seqs * steps,
+        wall.elapsed().as_secs_f64(),
+    ))
 }
 
 /// One line of a workload file.
@@ -160,7 +175,9 @@ pub fn read_workload(path: &Path) -> Result<Vec<Request>> {
             return Err(bad(format!("arrival_s {} is not a time ≥ 0", r.arrival_s)));
         }
         if r.prompt_tokens == 0 || r.output_tokens == 0 {
-            return Err(bad("prompt_tokens and output_tokens must be at least 1".into()));
+            return Err(bad(
+                "prompt_tokens and output_tokens must be at least 1".into()
+            ));
         }
         out.push(r);
     }
@@ -201,13 +218,20 @@ pub fn workload(sim: &mut Simulation, requests: &[Request], max_batch: usize) ->
         let batch: Vec<SeqStep> = running
             .iter()
             .map(|&(r, cached, _)| match cached {
-                0 => SeqStep { rows: requests[r].prompt_tokens, start: 0 },
+                0 => SeqStep {
+                    rows: requests[r].prompt_tokens,
+                    start: 0,
+                },
                 c => SeqStep { rows: 1, start: c },
             })
             .collect();
         sim.step(&batch, true)?;
         for (r, cached, left) in &mut running {
-            *cached += if *cached == 0 { requests[*r].prompt_tokens } else { 1 };
+            *cached += if *cached == 0 {
+                requests[*r].prompt_tokens
+            } else {
+                1
+            };
             *left -= 1;
             tokens += 1;
         }
@@ -225,7 +249,11 @@ pub fn write_trace(sim: &Simulation, path: &Path) -> Result<()> {
         let layer = s.label.layer.map(|l| l as usize);
         let micro_batch = s.label.micro_batch.map(|m| m as usize);
         if s.transfer {
-            let tags = TransferTags { layer, micro_batch, step: None };
+            let tags = TransferTags {
+                layer,
+                micro_batch,
+                step: None,
+            };
             tracer.link_span_us(s.label.name, s.bytes as usize, &tags, s.start, s.end);
         } else {
             let tags = SpanTags {

@@ -68,7 +68,8 @@ impl Schedule for OutOfOrder {
     }
 }
 
-const LINKED: &str = "streams = 2\nnodes = 2\nexpert_nodes = [1]\n[link]\ngbps = 10.0\nlatency_us = 3000.0\n";
+const LINKED: &str =
+    "streams = 2\nnodes = 2\nexpert_nodes = [1]\n[link]\ngbps = 10.0\nlatency_us = 3000.0\n";
 
 #[test]
 fn a_custom_schedule_runs_unchanged_and_misuse_is_refused() {
@@ -103,11 +104,19 @@ fn two_micro_batches_hide_link_time_that_sequential_exposes() {
 fn a_pipeline_over_two_stages_overlaps_them() {
     let g = graph("ds-v3-mini.toml");
     let two_stages = "streams = 2\nstages = 2\nexpert_group_size = 32\n";
-    let prefill = [crate::SeqStep { rows: 256, start: 0 }; 8];
+    let prefill = [crate::SeqStep {
+        rows: 256,
+        start: 0,
+    }; 8];
     let mut one = sim(&g, two_stages, Arc::new(Sequential), "h100");
     one.step(&prefill, true).unwrap();
     let a = report::Report::from_sim(&one, 8, 1.0);
-    let mut pipe = sim(&g, two_stages, Arc::new(Pipeline { micro_batches: 4 }), "h100");
+    let mut pipe = sim(
+        &g,
+        two_stages,
+        Arc::new(Pipeline { micro_batches: 4 }),
+        "h100",
+    );
     pipe.step(&prefill, true).unwrap();
     let b = report::Report::from_sim(&pipe, 8, 1.0);
     // A 4-micro-batch wavefront keeps both stages' devices busy at once (its step is not
@@ -122,7 +131,8 @@ fn the_trace_reads_back_with_the_reports_numbers() {
     let mut s = sim(&g, LINKED, Arc::new(TwoMicroBatch::default()), "cpu");
     s.keep_spans = true;
     // One recorded step only, so the trace's window is the report's.
-    s.step(&[crate::SeqStep { rows: 1, start: 16 }; 4], true).unwrap();
+    s.step(&[crate::SeqStep { rows: 1, start: 16 }; 4], true)
+        .unwrap();
     let r = report::Report::from_sim(&s, 4, 1.0);
     let dir = std::env::temp_dir().join(format!("troupe-sim-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -132,14 +142,25 @@ fn the_trace_reads_back_with_the_reports_numbers() {
     std::fs::remove_dir_all(&dir).unwrap();
     let link = stats.link.as_ref().unwrap();
     assert_eq!(link.transfers, r.transfers);
-    assert!((link.busy_us / 1e3 - r.link_busy_ms).abs() < 1e-3, "{stats}\n{r}");
-    assert!((link.exposed_us / 1e3 - r.link_exposed_ms).abs() < 1e-3, "{stats}\n{r}");
+    assert!(
+        (link.busy_us / 1e3 - r.link_busy_ms).abs() < 1e-3,
+        "{stats}\n{r}"
+    );
+    assert!(
+        (link.exposed_us / 1e3 - r.link_exposed_ms).abs() < 1e-3,
+        "{stats}\n{r}"
+    );
     // Busy time per stream is the same sum; utilisation differs only by the window (the trace's
     // runs from its first span to its last, the report's from the step's start to its end).
     for st in &stats.streams {
         let tid = st.tid as usize;
         let want = s.stats.stream_busy_us[tid];
-        assert!((st.busy_us - want).abs() < 1e-3, "{}: {} vs {want}", st.name, st.busy_us);
+        assert!(
+            (st.busy_us - want).abs() < 1e-3,
+            "{}: {} vs {want}",
+            st.name,
+            st.busy_us
+        );
         assert_eq!(st.kernels, s.stats.stream_kernels[tid]);
     }
 }
@@ -177,7 +198,11 @@ fn a_workload_is_served_in_arrival_order_and_bad_lines_are_named() {
     assert_eq!(r.steps, 6);
     assert!(s.now_us() >= 5e6, "{}", s.now_us());
     let bad = dir.join("bad.jsonl");
-    std::fs::write(&bad, "{\"arrival_s\": 0.0, \"prompt_tokens\": 0, \"output_tokens\": 1}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"arrival_s\": 0.0, \"prompt_tokens\": 0, \"output_tokens\": 1}\n",
+    )
+    .unwrap();
     let e = report::read_workload(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:1"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -97,7 +97,11 @@ impl Simulation {
         if load.len() != layers.len() {
             return Err(SimError::parameter(
                 "expert load",
-                format!("{} layers given, the model has {}", load.len(), layers.len()),
+                format!(
+                    "{} layers given, the model has {}",
+                    load.len(),
+                    layers.len()
+                ),
             ));
         }
         for (l, (row, layer)) in load.iter().zip(layers).enumerate() {

@@ -112,9 +112,16 @@ impl Stats {
     /// streams of one CPU process share one).
     pub fn bubble_fraction(&self, stream_device: &[usize]) -> f64 {
         let mut busy: std::collections::BTreeMap<usize, f64> = Default::default();
-        for (s, (&b, &k)) in self.stream_busy_us.iter().zip(&self.stream_kernels).enumerate() {
+        for (s, (&b, &k)) in self
+            .stream_busy_us
+            .iter()
+            .zip(&self.stream_kernels)
+            .enumerate()
+        {
             if k > 0 {
-                *busy.entry(stream_device.get(s).copied().unwrap_or(s)).or_default() += b;
+                *busy
+                    .entry(stream_device.get(s).copied().unwrap_or(s))
+                    .or_default() += b;
             }
         }
         if busy.is_empty() || self.window_us <= 0.0 {

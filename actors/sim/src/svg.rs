@@ -10,7 +10,9 @@ const W: f64 = 960.0;
 const LEFT: f64 = 140.0;
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A stable colour per kernel / transfer name.
@@ -57,11 +59,23 @@ pub fn timeline(spans: &[Span], names: &[String], t0: f64, t1: f64, title: &str)
     header(&mut out, h, title);
     let y_of = |r: usize| 34.0 + row_h * r as f64;
     for (i, &s) in rows.iter().enumerate() {
-        let name = names.get(s).cloned().unwrap_or_else(|| format!("stream{s}"));
-        let _ = write!(out, "<text x=\"10\" y=\"{}\">{}</text>", y_of(i) + 12.0, escape(&name));
+        let name = names
+            .get(s)
+            .cloned()
+            .unwrap_or_else(|| format!("stream{s}"));
+        let _ = write!(
+            out,
+            "<text x=\"10\" y=\"{}\">{}</text>",
+            y_of(i) + 12.0,
+            escape(&name)
+        );
     }
     let link_row = rows.len();
-    let _ = write!(out, "<text x=\"10\" y=\"{}\">link</text>", y_of(link_row) + 12.0);
+    let _ = write!(
+        out,
+        "<text x=\"10\" y=\"{}\">link</text>",
+        y_of(link_row) + 12.0
+    );
     for s in spans.iter().filter(|s| s.end > t0 && s.start < t1) {
         let row = match s.transfer {
             true => link_row,
@@ -146,17 +160,39 @@ pub fn lines(x: &[String], series: &[(String, Vec<f64>)], y_label: &str, title: 
         y_max
     );
     for (i, l) in x.iter().enumerate() {
-        let _ = write!(out, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>", px(i), bottom + 16.0, escape(l));
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            px(i),
+            bottom + 16.0,
+            escape(l)
+        );
     }
-    let palette = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#9c755f"];
+    let palette = [
+        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#9c755f",
+    ];
     for (k, (name, ys)) in series.iter().enumerate() {
         let c = palette[k % palette.len()];
-        let pts: Vec<String> = ys.iter().enumerate().map(|(i, &v)| format!("{:.1},{:.1}", px(i), py(v))).collect();
-        let _ = write!(out, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>", pts.join(" "));
+        let pts: Vec<String> = ys
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| format!("{:.1},{:.1}", px(i), py(v)))
+            .collect();
+        let _ = write!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        );
         for (i, &v) in ys.iter().enumerate() {
             let _ = write!(out, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"><title>{v:.4}</title></circle>", px(i), py(v));
         }
-        let _ = write!(out, "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{c}\">{}</text>", W - 150.0, top + 16.0 * k as f64, escape(name));
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{c}\">{}</text>",
+            W - 150.0,
+            top + 16.0 * k as f64,
+            escape(name)
+        );
     }
     out.push_str("</svg>");
     out
@@ -169,10 +205,28 @@ mod tests {
 
     #[test]
     fn plots_are_svg_with_escaped_text() {
-        let label = Label { name: "experts", layer: Some(1), micro_batch: Some(0) };
+        let label = Label {
+            name: "experts",
+            layer: Some(1),
+            micro_batch: Some(0),
+        };
         let spans = vec![
-            Span { start: 0.0, end: 10.0, track: 0, transfer: false, bytes: 0.0, label },
-            Span { start: 5.0, end: 20.0, track: 0, transfer: true, bytes: 8.0, label },
+            Span {
+                start: 0.0,
+                end: 10.0,
+                track: 0,
+                transfer: false,
+                bytes: 0.0,
+                label,
+            },
+            Span {
+                start: 5.0,
+                end: 20.0,
+                track: 0,
+                transfer: true,
+                bytes: 8.0,
+                label,
+            },
         ];
         let t = timeline(&spans, &["a<b".into()], 0.0, 20.0, "step & more");
         assert!(t.starts_with("<svg") && t.ends_with("</svg>"));
@@ -180,7 +234,12 @@ mod tests {
         assert_eq!(t.matches("<rect").count(), 3); // background + kernel + transfer
         let b = bars(&[("s0".into(), 0.5)], "u");
         assert!(b.contains("50.0%"));
-        let l = lines(&["1".into(), "2".into()], &[("x".into(), vec![1.0, 2.0])], "tok/s", "sweep");
+        let l = lines(
+            &["1".into(), "2".into()],
+            &[("x".into(), vec![1.0, 2.0])],
+            "tok/s",
+            "sweep",
+        );
         assert!(l.contains("<polyline"));
     }
 }

@@ -13,9 +13,15 @@ fn error_of(r: &client::Reply, status: u16) -> Value {
     assert_eq!(r.status, status, "body: {}", r.text());
     let body = r.json();
     let e = &body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(e["type"].is_string(), "{body}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
     e.clone()
 }
 
@@ -26,11 +32,23 @@ fn errors_have_openais_shape_and_status() {
     let post_key = |path: &str, body: &[u8]| request(s.addr, "POST", path, &key, body);
 
     assert_eq!(get(s.addr, "/health").status, 200);
-    assert_eq!(error_of(&get(s.addr, "/v1/models"), 401)["code"], "invalid_api_key");
-    let wrong = request(s.addr, "GET", "/v1/models", &[("Authorization", "Bearer nope")], b"");
+    assert_eq!(
+        error_of(&get(s.addr, "/v1/models"), 401)["code"],
+        "invalid_api_key"
+    );
+    let wrong = request(
+        s.addr,
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer nope")],
+        b"",
+    );
     error_of(&wrong, 401);
     let body = greedy(MODEL, &[0, 5, 9], 2).to_string();
-    error_of(&request(s.addr, "POST", "/v1/completions", &[], body.as_bytes()), 401);
+    error_of(
+        &request(s.addr, "POST", "/v1/completions", &[], body.as_bytes()),
+        401,
+    );
 
     let models = request(s.addr, "GET", "/v1/models", &key, b"");
     assert_eq!(models.status, 200);
@@ -42,15 +60,30 @@ fn errors_have_openais_shape_and_status() {
     let e = error_of(&post_key("/v1/completions", b"{\"model\": "), 400);
     assert_eq!(e["type"], "invalid_request_error");
     error_of(&post_key("/v1/completions", b"[1, 2]"), 400);
-    error_of(&post_key("/v1/completions", b"{\"model\": \"\xff\xfe\"}"), 400);
+    error_of(
+        &post_key("/v1/completions", b"{\"model\": \"\xff\xfe\"}"),
+        400,
+    );
     let unknown = json!({"model": "gpt-4", "prompt": "hi", "n": 5});
-    let e = error_of(&post_key("/v1/completions", unknown.to_string().as_bytes()), 404);
+    let e = error_of(
+        &post_key("/v1/completions", unknown.to_string().as_bytes()),
+        404,
+    );
     assert_eq!(e["code"], "model_not_found");
     let cases = [
         (json!({"model": MODEL, "prompt": "hi", "n": 2}), "n"),
-        (json!({"model": MODEL, "prompt": "hi", "temperature": "warm"}), "temperature"),
-        (json!({"model": MODEL, "prompt": "hi", "max_tokens": -3}), "max_tokens"),
-        (json!({"model": MODEL, "prompt": "hi", "top_p": 1.5}), "top_p"),
+        (
+            json!({"model": MODEL, "prompt": "hi", "temperature": "warm"}),
+            "temperature",
+        ),
+        (
+            json!({"model": MODEL, "prompt": "hi", "max_tokens": -3}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": MODEL, "prompt": "hi", "top_p": 1.5}),
+            "top_p",
+        ),
         (json!({"model": MODEL, "prompt": [1, 5000]}), "prompt"),
         (json!({"model": MODEL}), "prompt"),
         (json!({"model": MODEL, "prompt": vec![7u32; 300]}), "prompt"),
@@ -66,10 +99,19 @@ fn errors_have_openais_shape_and_status() {
         assert_eq!(e["param"], param, "{body}");
     }
     let long = json!({"model": MODEL, "prompt": vec![7u32; 300]});
-    let e = error_of(&post_key("/v1/completions", long.to_string().as_bytes()), 400);
+    let e = error_of(
+        &post_key("/v1/completions", long.to_string().as_bytes()),
+        400,
+    );
     assert_eq!(e["code"], "context_length_exceeded");
     let big = json!({"model": MODEL, "prompt": "x".repeat(10_000)});
-    assert_eq!(error_of(&post_key("/v1/completions", big.to_string().as_bytes()), 413)["code"], "body_too_large");
+    assert_eq!(
+        error_of(
+            &post_key("/v1/completions", big.to_string().as_bytes()),
+            413
+        )["code"],
+        "body_too_large"
+    );
     error_of(&request(s.addr, "GET", "/v2/nothing", &key, b""), 404);
     s.assert_healthy();
 }
@@ -84,12 +126,22 @@ fn full_queue_answers_503_with_retry_after() {
     for _round in 0..20 {
         let replies: Vec<client::Reply> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
-                .map(|_| scope.spawn(move || post(addr, "/v1/completions", &greedy(MODEL, &[0, 5], 200))))
+                .map(|_| {
+                    scope.spawn(move || post(addr, "/v1/completions", &greedy(MODEL, &[0, 5], 200)))
+                })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("client thread"))
+                .collect()
         });
         for r in &replies {
-            assert!(r.status == 200 || r.status == 503, "{} {}", r.status, r.text());
+            assert!(
+                r.status == 200 || r.status == 503,
+                "{} {}",
+                r.status,
+                r.text()
+            );
         }
         if let Some(r) = replies.into_iter().find(|r| r.status == 503) {
             refused = Some(r);
@@ -99,9 +151,14 @@ fn full_queue_answers_503_with_retry_after() {
     let r = refused.expect("no request was refused by a queue of one");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(error_of(&r, 503)["code"], "queue_full");
-    assert!(s.metric("troupe_serve_rejected_total").is_some_and(|n| n >= 1.0));
+    assert!(s
+        .metric("troupe_serve_rejected_total")
+        .is_some_and(|n| n >= 1.0));
     // Nothing is held once they are done.
-    assert_eq!(post(addr, "/v1/completions", &greedy(MODEL, &[0, 5], 4)).status, 200);
+    assert_eq!(
+        post(addr, "/v1/completions", &greedy(MODEL, &[0, 5], 4)).status,
+        200
+    );
     s.assert_healthy();
 }
 
@@ -114,8 +171,13 @@ fn completions_stream_and_not_alike() {
     assert_eq!(body["object"], "text_completion");
     assert_eq!(body["model"], MODEL);
     let ids = token_ids(&body);
-    let finish = body["choices"][0]["finish_reason"].as_str().expect("finish_reason");
-    assert!(finish == "length" && ids.len() == 12 || finish == "stop", "{body}");
+    let finish = body["choices"][0]["finish_reason"]
+        .as_str()
+        .expect("finish_reason");
+    assert!(
+        finish == "length" && ids.len() == 12 || finish == "stop",
+        "{body}"
+    );
     assert_eq!(body["usage"]["prompt_tokens"], 3);
     assert_eq!(body["usage"]["completion_tokens"], ids.len());
     assert_eq!(body["usage"]["total_tokens"], 3 + ids.len());
@@ -144,7 +206,10 @@ fn completions_stream_and_not_alike() {
     }
     assert_eq!(text, body["choices"][0]["text"].as_str().expect("text"));
     assert_eq!(stream_ids, ids);
-    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], finish);
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        finish
+    );
     s.assert_healthy();
 }
 
@@ -177,7 +242,11 @@ fn stop_strings_cut_the_text() {
             }
             assert_eq!(text, cut, "streamed, stop {stop:?}");
         } else {
-            assert_eq!(text_of(req), (cut.to_string(), json!("stop")), "stop {stop:?}");
+            assert_eq!(
+                text_of(req),
+                (cut.to_string(), json!("stop")),
+                "stop {stop:?}"
+            );
         }
     }
 }
@@ -196,9 +265,13 @@ fn chat_uses_the_models_template() {
     // fortune-tiny's template: `{{ bos_token }}` then the contents.
     let expected = 1 + tok.encode("Hello there").expect("encode").len();
     assert_eq!(r["usage"]["prompt_tokens"], expected);
-    let plain = json!({"model": MODEL, "prompt": "Hello there", "max_tokens": 10, "temperature": 0});
+    let plain =
+        json!({"model": MODEL, "prompt": "Hello there", "max_tokens": 10, "temperature": 0});
     let c = post(s.addr, "/v1/completions", &plain).json();
-    assert_eq!(r["choices"][0]["message"]["content"], c["choices"][0]["text"]);
+    assert_eq!(
+        r["choices"][0]["message"]["content"],
+        c["choices"][0]["text"]
+    );
 
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);

@@ -29,7 +29,8 @@ fn a_client_hanging_up_mid_stream_frees_its_request_and_pages() {
     // deepseek-v3-tiny with 4096 positions, so a request can ask for thousands of tokens.
     let model = repo_path("tests/external/embed/long-context.toml");
     let mut s = Served::start_path(&model, &[]);
-    let warm = json!({"model": "long-context", "prompt": [0, 5], "max_tokens": 3, "temperature": 0});
+    let warm =
+        json!({"model": "long-context", "prompt": [0, 5], "max_tokens": 3, "temperature": 0});
     assert_eq!(post(s.addr, "/v1/completions", &warm).status, 200);
     // Idle: no request holds a page (the gauge is set just after the last step, which may be a
     // moment after the response went out).
@@ -48,7 +49,10 @@ fn a_client_hanging_up_mid_stream_frees_its_request_and_pages() {
         assert!(e.contains("token_ids"), "{e}");
     }
     let busy = wait_for(&s, "troupe_kv_pages_in_use", |_| true);
-    assert!(busy > idle, "pages in use while streaming: {busy}, idle: {idle}");
+    assert!(
+        busy > idle,
+        "pages in use while streaming: {busy}, idle: {idle}"
+    );
     drop(stream);
 
     wait_for(&s, "troupe_kv_pages_in_use", |v| v == idle);

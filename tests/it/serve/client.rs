@@ -27,8 +27,13 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
     }
     /// The `data:` payloads of a server-sent event stream, in order.
     pub fn events(&self) -> Vec<String> {
@@ -57,7 +62,9 @@ fn send(s: &mut TcpStream, method: &str, path: &str, headers: &[(&str, &str)], b
     }
     head.push_str("\r\n");
     // The server may answer (413) and close before it has read a large body.
-    let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body));
+    let _ = s
+        .write_all(head.as_bytes())
+        .and_then(|()| s.write_all(body));
 }
 
 /// The status line and headers.
@@ -114,7 +121,10 @@ impl Read for BodyReader {
                     return Ok(0);
                 }
                 let n = usize::from_str_radix(size.trim(), 16).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("chunk size {size:?}: {e}"))
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("chunk size {size:?}: {e}"),
+                    )
                 })?;
                 if n == 0 {
                     self.ended = true;
@@ -152,7 +162,13 @@ impl EventStream {
     }
 }
 
-fn open(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<(String, String)>, BodyReader) {
+fn open(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, BodyReader) {
     let mut s = connect(addr);
     send(&mut s, method, path, headers, body);
     let mut r = BufReader::new(s);
@@ -170,7 +186,13 @@ fn open(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
 }
 
 /// One request, the whole response.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let (status, headers, mut r) = open(addr, method, path, headers, body);
     let mut body = Vec::new();
     r.read_to_end(&mut body).expect("response body");
@@ -182,7 +204,13 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
 }
 
 pub fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
-    request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Reply {
@@ -191,7 +219,13 @@ pub fn get(addr: SocketAddr, path: &str) -> Reply {
 
 /// A streaming request, read as it arrives.
 pub fn post_stream(addr: SocketAddr, path: &str, body: &Value) -> EventStream {
-    let (status, _, r) = open(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes());
+    let (status, _, r) = open(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
     EventStream {
         status,
         reader: BufReader::new(r),

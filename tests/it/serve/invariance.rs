@@ -43,20 +43,29 @@ fn greedy_tokens_alone_equal_tokens_among_64_streams() {
                     let prompt: Vec<u32> = if i % 8 == 3 {
                         probe
                     } else {
-                        (0..1 + i % 13).map(|j| (17 * i + 31 * j) as u32 % 4000 + 3).collect()
+                        (0..1 + i % 13)
+                            .map(|j| (17 * i + 31 * j) as u32 % 4000 + 3)
+                            .collect()
                     };
                     (i, streamed_ids(addr, &prompt, 8 + i % 24))
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
     });
     let mut probes = 0;
     for (i, ids) in &results {
         assert!(!ids.is_empty(), "client {i} got no tokens");
         if i % 8 == 3 {
             let n = ids.len().min(alone.len());
-            assert_eq!(ids[..n], alone[..n], "client {i}: probe tokens differ in a batch");
+            assert_eq!(
+                ids[..n],
+                alone[..n],
+                "client {i}: probe tokens differ in a batch"
+            );
             probes += 1;
         }
     }

@@ -30,9 +30,15 @@ impl Rng {
 
 fn valid(rng: &mut Rng) -> (&'static str, Value) {
     if rng.below(2) == 0 {
-        ("/v1/completions", json!({"model": MODEL, "prompt": "Fortune says", "max_tokens": 4, "temperature": 0.5, "stop": ["\n"]}))
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "Fortune says", "max_tokens": 4, "temperature": 0.5, "stop": ["\n"]}),
+        )
     } else {
-        ("/v1/chat/completions", json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": true}))
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": true}),
+        )
     }
 }
 
@@ -40,14 +46,50 @@ fn valid(rng: &mut Rng) -> (&'static str, Value) {
 fn wrong_values(field: &str) -> &'static [&'static str] {
     match field {
         "model" => &["5", "[]", "{}", "true", "\"gpt-4\"", "\"\""],
-        "prompt" => &["5", "{}", "[-1]", "[1.5]", "[\"a\",\"b\"]", "[99999999999]", "[[1],[2]]", "true", "[4096]", "[null]"],
-        "messages" => &["\"hi\"", "[]", "[{}]", "[{\"role\":5}]", "[{\"role\":\"user\",\"content\":5}]", "[5]", "{}", "[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]"],
-        "max_tokens" => &["0", "-1", "1.5", "1e20", "\"5\"", "99999999999999999999", "1e400", "[]", "100000"],
+        "prompt" => &[
+            "5",
+            "{}",
+            "[-1]",
+            "[1.5]",
+            "[\"a\",\"b\"]",
+            "[99999999999]",
+            "[[1],[2]]",
+            "true",
+            "[4096]",
+            "[null]",
+        ],
+        "messages" => &[
+            "\"hi\"",
+            "[]",
+            "[{}]",
+            "[{\"role\":5}]",
+            "[{\"role\":\"user\",\"content\":5}]",
+            "[5]",
+            "{}",
+            "[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]",
+        ],
+        "max_tokens" => &[
+            "0",
+            "-1",
+            "1.5",
+            "1e20",
+            "\"5\"",
+            "99999999999999999999",
+            "1e400",
+            "[]",
+            "100000",
+        ],
         "temperature" => &["-0.1", "2.5", "\"hot\"", "1e309", "[]", "{}"],
         "top_p" => &["0", "-1", "1.01", "\"x\"", "[0.5]"],
         "top_k" => &["0", "-5", "2.5", "\"k\"", "1e30"],
         "seed" => &["\"s\"", "1.5", "[]", "1e40", "-99999999999999999999"],
-        "stop" => &["5", "[1]", "[\"\"]", "[\"a\",\"b\",\"c\",\"d\",\"e\"]", "{}"],
+        "stop" => &[
+            "5",
+            "[1]",
+            "[\"\"]",
+            "[\"a\",\"b\",\"c\",\"d\",\"e\"]",
+            "{}",
+        ],
         "stream" => &["\"yes\"", "1", "[]"],
         "stream_options" => &["5", "\"x\"", "{\"include_usage\":\"yes\"}"],
         "n" => &["2", "0", "-1", "\"1\"", "1e10"],
@@ -66,16 +108,43 @@ fn mutate(rng: &mut Rng) -> (&'static str, Vec<u8>) {
         // Invalid UTF-8 inside the text.
         1 => {
             let at = 1 + rng.below(bytes.len() - 1);
-            let bad: &[&[u8]] = &[b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"];
+            let bad: &[&[u8]] = &[
+                b"\xff",
+                b"\xc3",
+                b"\xed\xa0\x80",
+                b"\xf8\x88\x80\x80\x80",
+                b"\x80",
+            ];
             let insert: &[u8] = bad[rng.below(bad.len())];
             [&bytes[..at], insert, &bytes[at..]].concat()
         }
         // A field with a value it must refuse.
         2 | 3 => {
             let fields: &[&str] = if path == "/v1/completions" {
-                &["model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "n"]
+                &[
+                    "model",
+                    "prompt",
+                    "max_tokens",
+                    "temperature",
+                    "top_p",
+                    "top_k",
+                    "seed",
+                    "stop",
+                    "stream",
+                    "stream_options",
+                    "n",
+                ]
             } else {
-                &["model", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "stream_options"]
+                &[
+                    "model",
+                    "messages",
+                    "max_tokens",
+                    "temperature",
+                    "top_p",
+                    "n",
+                    "stop",
+                    "stream_options",
+                ]
             };
             let field = *rng.pick(fields);
             let value = *rng.pick(wrong_values(field));
@@ -87,16 +156,39 @@ fn mutate(rng: &mut Rng) -> (&'static str, Vec<u8>) {
         // A required field missing.
         4 => {
             let mut m = body.as_object().cloned().unwrap_or_default();
-            let field = if rng.below(2) == 0 { "model" } else if path == "/v1/completions" { "prompt" } else { "messages" };
+            let field = if rng.below(2) == 0 {
+                "model"
+            } else if path == "/v1/completions" {
+                "prompt"
+            } else {
+                "messages"
+            };
             m.remove(field);
             Value::Object(m).to_string().into_bytes()
         }
         // Not an object at all.
-        5 => rng.pick(&["[]", "null", "42", "\"text\"", "", "   ", "{}", "{\"model\":\"fortune-tiny\"}"]).as_bytes().to_vec(),
+        5 => rng
+            .pick(&[
+                "[]",
+                "null",
+                "42",
+                "\"text\"",
+                "",
+                "   ",
+                "{}",
+                "{\"model\":\"fortune-tiny\"}",
+            ])
+            .as_bytes()
+            .to_vec(),
         // Nesting past the parser's depth limit.
         6 => {
             let depth = 200 + rng.below(5000);
-            format!("{{\"model\":\"{MODEL}\",\"prompt\":{}1{}}}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+            format!(
+                "{{\"model\":\"{MODEL}\",\"prompt\":{}1{}}}",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+            .into_bytes()
         }
         // A random byte replaced by a structural character, then truncated (never valid).
         _ => {
@@ -119,7 +211,13 @@ fn a_thousand_malformed_bodies_each_get_a_4xx() {
     let mut rng = Rng(0x5EED_0011);
     for case in 0..1000 {
         let (path, body) = mutate(&mut rng);
-        let r = request(s.addr, "POST", path, &[("Content-Type", "application/json")], &body);
+        let r = request(
+            s.addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            &body,
+        );
         assert!(
             (400..500).contains(&r.status),
             "case {case}: {path} {:?} -> {} {}",
@@ -133,7 +231,11 @@ fn a_thousand_malformed_bodies_each_get_a_4xx() {
             s.assert_healthy();
         }
     }
-    let ok = post(s.addr, "/v1/completions", &json!({"model": MODEL, "prompt": "Hi", "max_tokens": 3}));
+    let ok = post(
+        s.addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "Hi", "max_tokens": 3}),
+    );
     assert_eq!(ok.status, 200, "{}", ok.text());
     s.assert_healthy();
 }

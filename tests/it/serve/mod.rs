@@ -105,12 +105,10 @@ impl Served {
     /// One sample of a Prometheus series (no labels), from `/metrics`.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let text = client::get(self.addr, "/metrics").text();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == name).then(|| v.trim().parse().ok())?
-            })
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok())?
+        })
     }
 
     /// Still answering, and no panic in its log.

@@ -57,20 +57,38 @@ fn curl_reads_raw_server_sent_events() {
         "stream_options": {"include_usage": true},
     });
     let out = Command::new("curl")
-        .args(["-sS", "-N", "--max-time", "120", "-H", "Content-Type: application/json", "-d"])
+        .args([
+            "-sS",
+            "-N",
+            "--max-time",
+            "120",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+        ])
         .arg(body.to_string())
         .arg(format!("http://{}/v1/chat/completions", s.addr))
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     for e in &events {
         assert!(e.starts_with("data: "), "not an SSE data line: {e:?}");
     }
-    let usage: Value = serde_json::from_str(&events[events.len() - 2]["data: ".len()..]).expect("usage chunk");
+    let usage: Value =
+        serde_json::from_str(&events[events.len() - 2]["data: ".len()..]).expect("usage chunk");
     assert_eq!(usage["object"], "chat.completion.chunk");
-    assert!(usage["usage"]["completion_tokens"].as_u64().is_some_and(|n| (1..=6).contains(&n)), "{usage}");
+    assert!(
+        usage["usage"]["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| (1..=6).contains(&n)),
+        "{usage}"
+    );
     s.assert_healthy();
 }

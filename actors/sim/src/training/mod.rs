@@ -28,13 +28,28 @@ pub struct OpTimes {
 /// single-direction schedules), `mb` the micro-batch within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TrainOp {
-    F { dir: u8, mb: usize },
-    B { dir: u8, mb: usize },
-    W { dir: u8, mb: usize },
+    F {
+        dir: u8,
+        mb: usize,
+    },
+    B {
+        dir: u8,
+        mb: usize,
+    },
+    W {
+        dir: u8,
+        mb: usize,
+    },
     /// B then W back to back (1F1B's full backward).
-    BW { dir: u8, mb: usize },
+    BW {
+        dir: u8,
+        mb: usize,
+    },
     /// F of one micro-batch overlapped with the full backward (B and W) of another.
-    FB { f: (u8, usize), b: (u8, usize) },
+    FB {
+        f: (u8, usize),
+        b: (u8, usize),
+    },
 }
 
 /// What a run gives.
@@ -112,7 +127,9 @@ pub fn run(lists: &[Vec<TrainOp>], t: OpTimes, micro_batches: [usize; 2]) -> Res
                     TrainOp::B { dir, mb } => (t.b, vec![(dir, 1, mb)]),
                     TrainOp::W { dir, mb } => (t.w, vec![(dir, 2, mb)]),
                     TrainOp::BW { dir, mb } => (t.b + t.w, vec![(dir, 1, mb), (dir, 2, mb)]),
-                    TrainOp::FB { f, b } => (t.fb, vec![(f.0, 0, f.1), (b.0, 1, b.1), (b.0, 2, b.1)]),
+                    TrainOp::FB { f, b } => {
+                        (t.fb, vec![(f.0, 0, f.1), (b.0, 1, b.1), (b.0, 2, b.1)])
+                    }
                 };
                 let end = start + dur;
                 for (dir, k, mb) in marks {
@@ -123,7 +140,10 @@ pub fn run(lists: &[Vec<TrainOp>], t: OpTimes, micro_batches: [usize; 2]) -> Res
                         .and_then(|x| x.get_mut(s))
                         .and_then(|x| x.get_mut(mb))
                         .ok_or_else(|| {
-                            SimError::parameter("schedule", format!("device {d}: {op:?} is out of range"))
+                            SimError::parameter(
+                                "schedule",
+                                format!("device {d}: {op:?} is out of range"),
+                            )
                         })?;
                     if slot.is_some() {
                         return Err(SimError::parameter(

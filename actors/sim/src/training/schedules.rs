@@ -14,7 +14,10 @@ pub fn one_f_one_b(pp: usize, m: usize) -> Vec<Vec<TrainOp>> {
             let warm = (pp - 1 - s).min(m);
             let mut ops: Vec<TrainOp> = (0..warm).map(|mb| TrainOp::F { dir: 0, mb }).collect();
             for i in 0..m - warm {
-                ops.push(TrainOp::F { dir: 0, mb: warm + i });
+                ops.push(TrainOp::F {
+                    dir: 0,
+                    mb: warm + i,
+                });
                 ops.push(TrainOp::BW { dir: 0, mb: i });
             }
             ops.extend((m - warm..m).map(|mb| TrainOp::BW { dir: 0, mb }));

@@ -5,14 +5,22 @@ use super::{run, OpTimes};
 #[test]
 fn one_f_one_b_bubble_is_the_closed_form() {
     for (f, b_in, w) in [(1.0, 1.0, 1.0), (3.0, 4.0, 2.0), (2.0, 5.0, 1.5)] {
-        let t = OpTimes { f, b: b_in, w, fb: f + b_in };
+        let t = OpTimes {
+            f,
+            b: b_in,
+            w,
+            fb: f + b_in,
+        };
         let full_b = b_in + w;
         for pp in [2, 4, 8] {
             for m in [pp, 2 * pp, 3 * pp + 1] {
                 let r = run(&one_f_one_b(pp, m), t, [m, 0]).unwrap();
                 let want = (pp - 1) as f64 * (f + full_b);
                 for (d, got) in r.bubble.iter().enumerate() {
-                    assert!((got - want).abs() < 1e-9, "pp {pp} m {m} device {d}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-9,
+                        "pp {pp} m {m} device {d}: {got} vs {want}"
+                    );
                 }
             }
         }
@@ -23,7 +31,12 @@ fn one_f_one_b_bubble_is_the_closed_form() {
 #[test]
 fn zb1p_bubble_is_the_closed_form() {
     for (f, b_in, w) in [(1.0, 1.0, 1.0), (3.0, 3.0, 2.0), (2.0, 2.5, 1.5)] {
-        let t = OpTimes { f, b: b_in, w, fb: f + b_in };
+        let t = OpTimes {
+            f,
+            b: b_in,
+            w,
+            fb: f + b_in,
+        };
         let full_b = b_in + w;
         for pp in [2, 4, 8] {
             for m in [pp, 2 * pp, 3 * pp + 1] {
@@ -48,8 +61,16 @@ fn a_list_that_waits_on_itself_is_a_deadlock_error() {
         vec![TrainOp::BW { dir: 0, mb: 0 }, TrainOp::F { dir: 0, mb: 0 }],
         vec![TrainOp::F { dir: 0, mb: 0 }, TrainOp::BW { dir: 0, mb: 0 }],
     ];
-    let t = OpTimes { f: 1.0, b: 1.0, w: 1.0, fb: 2.0 };
-    assert!(run(&lists, t, [1, 0]).unwrap_err().to_string().contains("deadlock"));
+    let t = OpTimes {
+        f: 1.0,
+        b: 1.0,
+        w: 1.0,
+        fb: 2.0,
+    };
+    assert!(run(&lists, t, [1, 0])
+        .unwrap_err()
+        .to_string()
+        .contains("deadlock"));
 }
 
 /// DualPipe: (PP/2−1)(F&B+B−3W), B the full backward, on the devices that idle most (the
