@@ -19,16 +19,9 @@ use troupe_engine::Tensor;
 
 const LAYERS: usize = 8;
 
-/// CPU time of this process so far (ns, all threads; Linux), to tell a contended run: the
-/// timings are only meaningful when it is close to wall time x threads.
-fn process_cpu_ns() -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
-}
+#[path = "support/harness.rs"]
+mod harness;
+use harness::{noise, process_cpu_ns};
 const HEADS: usize = 16;
 const KV_LORA: usize = 256;
 const ROPE: usize = 32;
@@ -39,18 +32,6 @@ fn bytemuck_f32(b: &mut [u8]) -> &mut [f32] {
     assert!(b.as_ptr().align_offset(4) == 0 && b.len() % 4 == 0);
     // SAFETY: aligned, length a multiple of 4, and every bit pattern is an f32.
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f32, b.len() / 4) }
-}
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
 }
 
 #[test]

@@ -16,33 +16,13 @@ use troupe_engine::weights::fp8::quantize_block_scaled;
 use troupe_engine::weights::Weight;
 use troupe_engine::Tensor;
 
-/// CPU time of this process so far (ns, all threads; Linux).
-fn process_cpu_ns() -> u64 {
-    let mut total = 0;
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-                total += stat
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total
-}
+#[path = "support/harness.rs"]
+mod harness;
+use harness::noise;
 
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+/// CPU time so far (0 where it cannot be read, which makes the per-CPU-second rates infinite).
+fn process_cpu_ns() -> u64 {
+    harness::process_cpu_ns().unwrap_or(0)
 }
 
 #[test]

@@ -309,7 +309,8 @@ fn convert(src: &[u8], dst: &mut [f32], isa: Isa) {
 }
 
 /// `out[i][j] = dot(xs[i][k0..k1], ws[j][k0..k1])` in the fixed lane order: the `dot` kernel
-/// (`dot_block` on f32 rows) for the portable and AVX2 paths, a zmm form for AVX-512.
+/// (`dot_block` on f32 rows) for the portable and AVX2 paths (AVX-512 runs whole rows in
+/// `fp8_simd::tile_rows_avx512` instead; were it to come here, AVX2 gives the same bits).
 fn block_dots(
     xs: &[&[f32]],
     ws: &[&[f32]],
@@ -318,12 +319,6 @@ fn block_dots(
     isa: Isa,
     out: &mut [[f32; 4]; 4],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if isa.has_avx512() && isa.supported() {
-        // SAFETY: AVX-512F checked just above.
-        unsafe { super::fp8_simd::block_dots_avx512(xs, ws, k0, k1, out) };
-        return;
-    }
     let xb: [&[f32]; 4] = std::array::from_fn(|i| &xs[i.min(xs.len() - 1)][k0..k1]);
     let wb: [WRow<'_>; 4] = std::array::from_fn(|j| WRow::F32(&ws[j.min(ws.len() - 1)][k0..k1]));
     let isa = if isa.has_avx512() { Isa::Avx2 } else { isa };

@@ -1,5 +1,5 @@
 //! The x86-64 forms of the FP8 kernel ([`super::fp8`] owns the order): the F16C widening of
-//! e4m3 bytes, the fused decode GEMV tile, and the AVX-512 per-block dots.
+//! e4m3 bytes, the fused decode GEMV tile, and the AVX-512 tiles over whole rows.
 //!
 //! Widening: a byte `b = s eeee mmm`, sign-extended to 16 bits and shifted left by 7, is
 //! `s s eeee mmm 0000000`; clearing bit 14 leaves the f16 `s 0eeee mmm0000000`, which is exactly
@@ -8,7 +8,6 @@
 
 use std::arch::x86_64::*;
 
-use super::dot::fold16;
 use super::fp8::scaled;
 use crate::weights::fp8::FP8_BLOCK;
 
@@ -137,77 +136,6 @@ pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4], ahead: u
     let mut out = [0.0f32; 4];
     _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
-}
-
-/// `out[i][j] = dot(xs[i][k0..k1], ws[j][k0..k1])`: one zmm register holds the 16 lanes of a
-/// chain; the ragged tail is a masked (zeroing) load. Blocks of up to 4 × 4 run a tile of that
-/// constant shape, so the 16 accumulators stay in registers.
-///
-/// # Safety
-/// The processor has AVX-512F (and AVX2, FMA, F16C).
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-pub unsafe fn block_dots_avx512(
-    xs: &[&[f32]],
-    ws: &[&[f32]],
-    k0: usize,
-    k1: usize,
-    out: &mut [[f32; 4]; 4],
-) {
-    match (xs.len(), ws.len()) {
-        (1, 1) => block_tile::<1, 1>(xs, ws, k0, k1, out),
-        (1, 2) => block_tile::<1, 2>(xs, ws, k0, k1, out),
-        (1, 3) => block_tile::<1, 3>(xs, ws, k0, k1, out),
-        (1, 4) => block_tile::<1, 4>(xs, ws, k0, k1, out),
-        (2, 1) => block_tile::<2, 1>(xs, ws, k0, k1, out),
-        (2, 2) => block_tile::<2, 2>(xs, ws, k0, k1, out),
-        (2, 3) => block_tile::<2, 3>(xs, ws, k0, k1, out),
-        (2, 4) => block_tile::<2, 4>(xs, ws, k0, k1, out),
-        (3, 1) => block_tile::<3, 1>(xs, ws, k0, k1, out),
-        (3, 2) => block_tile::<3, 2>(xs, ws, k0, k1, out),
-        (3, 3) => block_tile::<3, 3>(xs, ws, k0, k1, out),
-        (3, 4) => block_tile::<3, 4>(xs, ws, k0, k1, out),
-        (4, 1) => block_tile::<4, 1>(xs, ws, k0, k1, out),
-        (4, 2) => block_tile::<4, 2>(xs, ws, k0, k1, out),
-        (4, 3) => block_tile::<4, 3>(xs, ws, k0, k1, out),
-        (4, 4) => block_tile::<4, 4>(xs, ws, k0, k1, out),
-        // The callers pass at most 4 × 4; an empty block has nothing to compute.
-        _ => {}
-    }
-}
-
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn block_tile<const R: usize, const C: usize>(
-    xs: &[&[f32]],
-    ws: &[&[f32]],
-    k0: usize,
-    k1: usize,
-    out: &mut [[f32; 4]; 4],
-) {
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let mut i = k0;
-    while i < k1 {
-        let m: __mmask16 = if k1 - i >= 16 {
-            0xffff
-        } else {
-            ((1u32 << (k1 - i)) - 1) as __mmask16
-        };
-        let wv: [__m512; C] =
-            std::array::from_fn(|c| _mm512_maskz_loadu_ps(m, ws[c].as_ptr().add(i)));
-        for r in 0..R {
-            let xv = _mm512_maskz_loadu_ps(m, xs[r].as_ptr().add(i));
-            for c in 0..C {
-                acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-            }
-        }
-        i += 16;
-    }
-    for r in 0..R {
-        for c in 0..C {
-            let mut lanes = [0.0f32; 16];
-            _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
-            out[r][c] = fold16(&lanes);
-        }
-    }
 }
 
 /// `R` x rows (`k` values each) against four weight rows already widened to f32
