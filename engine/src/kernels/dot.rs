@@ -13,6 +13,35 @@
 use super::isa::Isa;
 use crate::dtype::{bf16_to_f32, f16_to_f32};
 
+/// `match (xs.len(), ws.len())` over every block shape up to 4 × 4: calls the tile kernel
+/// `$tile::<R, C>(xs, ws, out)` of that constant shape (so its accumulators stay in registers),
+/// or evaluates `$other` for any other shape. The AVX-512 dot and the `vdpbf16ps` tiles
+/// (`dot_pairs`) dispatch through it.
+macro_rules! tile_for_shape {
+    ($tile:ident, $xs:expr, $ws:expr, $out:expr, $other:expr) => {
+        match ($xs.len(), $ws.len()) {
+            (1, 1) => $tile::<1, 1>($xs, $ws, $out),
+            (1, 2) => $tile::<1, 2>($xs, $ws, $out),
+            (1, 3) => $tile::<1, 3>($xs, $ws, $out),
+            (1, 4) => $tile::<1, 4>($xs, $ws, $out),
+            (2, 1) => $tile::<2, 1>($xs, $ws, $out),
+            (2, 2) => $tile::<2, 2>($xs, $ws, $out),
+            (2, 3) => $tile::<2, 3>($xs, $ws, $out),
+            (2, 4) => $tile::<2, 4>($xs, $ws, $out),
+            (3, 1) => $tile::<3, 1>($xs, $ws, $out),
+            (3, 2) => $tile::<3, 2>($xs, $ws, $out),
+            (3, 3) => $tile::<3, 3>($xs, $ws, $out),
+            (3, 4) => $tile::<3, 4>($xs, $ws, $out),
+            (4, 1) => $tile::<4, 1>($xs, $ws, $out),
+            (4, 2) => $tile::<4, 2>($xs, $ws, $out),
+            (4, 3) => $tile::<4, 3>($xs, $ws, $out),
+            (4, 4) => $tile::<4, 4>($xs, $ws, $out),
+            _ => $other,
+        }
+    };
+}
+pub(crate) use tile_for_shape;
+
 /// A weight row in one of the supported storage types.
 #[derive(Clone, Copy)]
 pub enum WRow<'a> {
@@ -329,27 +358,11 @@ mod avx512 {
                 _ => {}
             }
         }
-        match (xs.len(), ws.len()) {
-            (1, 1) => tile::<1, 1>(xs, ws, out),
-            (1, 2) => tile::<1, 2>(xs, ws, out),
-            (1, 3) => tile::<1, 3>(xs, ws, out),
-            (1, 4) => tile::<1, 4>(xs, ws, out),
-            (2, 1) => tile::<2, 1>(xs, ws, out),
-            (2, 2) => tile::<2, 2>(xs, ws, out),
-            // 32 registers hold a 4×4 tile's 16 accumulators: each widened weight load serves
-            // four x rows (the prefill GEMM; `linear` asks for 4×4 blocks on this path).
-            (2, 3) => tile::<2, 3>(xs, ws, out),
-            (2, 4) => tile::<2, 4>(xs, ws, out),
-            (3, 1) => tile::<3, 1>(xs, ws, out),
-            (3, 2) => tile::<3, 2>(xs, ws, out),
-            (3, 3) => tile::<3, 3>(xs, ws, out),
-            (3, 4) => tile::<3, 4>(xs, ws, out),
-            (4, 1) => tile::<4, 1>(xs, ws, out),
-            (4, 2) => tile::<4, 2>(xs, ws, out),
-            (4, 3) => tile::<4, 3>(xs, ws, out),
-            (4, 4) => tile::<4, 4>(xs, ws, out),
-            _ => super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o)),
-        }
+        // 32 registers hold a 4×4 tile's 16 accumulators: each widened weight load serves four x
+        // rows (the prefill GEMM; `linear` asks for 4×4 blocks on this path).
+        super::tile_for_shape!(tile, xs, ws, out, {
+            super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o))
+        })
     }
 
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]

@@ -100,26 +100,8 @@ mod avx512bf16 {
     /// registers (16 of 32 at 4 × 4).
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn pairs_block(xs: &[&[u16]], ws: &[&[u16]], out: &mut [[f32; 4]; 4]) {
-        match (xs.len(), ws.len()) {
-            (1, 1) => tile::<1, 1>(xs, ws, out),
-            (1, 2) => tile::<1, 2>(xs, ws, out),
-            (1, 3) => tile::<1, 3>(xs, ws, out),
-            (1, 4) => tile::<1, 4>(xs, ws, out),
-            (2, 1) => tile::<2, 1>(xs, ws, out),
-            (2, 2) => tile::<2, 2>(xs, ws, out),
-            (2, 3) => tile::<2, 3>(xs, ws, out),
-            (2, 4) => tile::<2, 4>(xs, ws, out),
-            (3, 1) => tile::<3, 1>(xs, ws, out),
-            (3, 2) => tile::<3, 2>(xs, ws, out),
-            (3, 3) => tile::<3, 3>(xs, ws, out),
-            (3, 4) => tile::<3, 4>(xs, ws, out),
-            (4, 1) => tile::<4, 1>(xs, ws, out),
-            (4, 2) => tile::<4, 2>(xs, ws, out),
-            (4, 3) => tile::<4, 3>(xs, ws, out),
-            (4, 4) => tile::<4, 4>(xs, ws, out),
-            // An empty block (the caller checked the shape).
-            _ => {}
-        }
+        // Any other shape is empty: `pairs_block` checked there are at most 4 × 4.
+        crate::kernels::dot::tile_for_shape!(tile, xs, ws, out, {})
     }
 
     /// `R` x rows against `C` weight rows; each `vdpbf16ps` adds 32 products into one

@@ -114,63 +114,65 @@ unsafe fn columns_into(
         });
     }
     if let (Some(x16), WFlat::BF16(w)) = (x16, wf) {
-        return pair_columns_into(x16, n, k, w, (c0, c1), out_dim, isa, out);
+        // bf16 activations against bf16 weights: the pair-dot order, 4 × 4 tiles (1 × 4 for
+        // one row).
+        return write_blocks(
+            n,
+            (c0, c1),
+            (4, 4),
+            out_dim,
+            out,
+            |(r, rn), (c, cn), tile| {
+                let xs: [&[u16]; 4] = std::array::from_fn(|i| &x16[(r + i.min(rn - 1)) * k..][..k]);
+                let ws: [&[u16]; 4] = std::array::from_fn(|j| &w[(c + j.min(cn - 1)) * k..][..k]);
+                pairs_block(&xs[..rn], &ws[..cn], isa, tile);
+            },
+        );
     }
     // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice
     // (4×4, four times, on AVX-512, whose 32 registers hold the 16 accumulators).
-    let (row_step, col_step) = match (n, isa) {
+    let steps = match (n, isa) {
         (1, _) => (1, 4),
         (_, Isa::Avx512 | Isa::Avx512Bf16) => (4, 4),
         _ => (2, 2),
     };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
-    let mut r = 0;
-    while r < n {
-        let rn = (n - r).min(row_step);
-        let xs: [&[f32]; 4] = std::array::from_fn(|i| xrow(r + i.min(rn - 1)));
-        let mut c = c0;
-        while c < c1 {
-            let cn = (c1 - c).min(col_step);
+    write_blocks(
+        n,
+        (c0, c1),
+        steps,
+        out_dim,
+        out,
+        |(r, rn), (c, cn), tile| {
+            let xs: [&[f32]; 4] = std::array::from_fn(|i| xrow(r + i.min(rn - 1)));
             let ws: [WRow<'_>; 4] = std::array::from_fn(|j| weight_row(wf, k, c + j.min(cn - 1)));
-            let mut tile = [[0.0f32; 4]; 4];
-            dot_block(&xs[..rn], &ws[..cn], isa, &mut tile);
-            for (dr, trow) in tile.iter().enumerate().take(rn) {
-                for (dc, v) in trow.iter().enumerate().take(cn) {
-                    out.set((r + dr) * out_dim + c + dc, *v);
-                }
-            }
-            c += cn;
-        }
-        r += rn;
-    }
+            dot_block(&xs[..rn], &ws[..cn], isa, tile);
+        },
+    );
 }
 
-/// As `columns_into`, for bf16 activations against bf16 weights in the pair-dot order (4 × 4
-/// tiles, a single row against 4 weight rows).
+/// Walks columns `c0..c1` of rows `0..n` in blocks of at most `row_step × col_step` (rows
+/// outside, columns inside): `block((r, rn), (c, cn), tile)` fills `tile[..rn][..cn]` for rows
+/// `r..r + rn` and columns `c..c + cn`, which go to `out[row * out_dim + column]`.
 ///
 /// # Safety
 /// As `columns_into`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn pair_columns_into(
-    x: &[u16],
+unsafe fn write_blocks(
     n: usize,
-    k: usize,
-    w: &[u16],
     (c0, c1): (usize, usize),
+    (row_step, col_step): (usize, usize),
     out_dim: usize,
-    isa: Isa,
     out: OutPtr,
+    mut block: impl FnMut((usize, usize), (usize, usize), &mut [[f32; 4]; 4]),
 ) {
     let mut r = 0;
     while r < n {
-        let rn = (n - r).min(4);
-        let xs: [&[u16]; 4] = std::array::from_fn(|i| &x[(r + i.min(rn - 1)) * k..][..k]);
+        let rn = (n - r).min(row_step);
         let mut c = c0;
         while c < c1 {
-            let cn = (c1 - c).min(4);
-            let ws: [&[u16]; 4] = std::array::from_fn(|j| &w[(c + j.min(cn - 1)) * k..][..k]);
+            let cn = (c1 - c).min(col_step);
             let mut tile = [[0.0f32; 4]; 4];
-            pairs_block(&xs[..rn], &ws[..cn], isa, &mut tile);
+            block((r, rn), (c, cn), &mut tile);
             for (dr, trow) in tile.iter().enumerate().take(rn) {
                 for (dc, v) in trow.iter().enumerate().take(cn) {
                     out.set((r + dr) * out_dim + c + dc, *v);
