@@ -87,6 +87,19 @@ fn respond_json(value: &Value) -> Response {
         .into_response()
 }
 
+/// What every generation request goes through first, in this order: the key (401), the body
+/// (413, or 400 when it is not a JSON object), the model it names (404).
+fn open_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    authorize(state, headers)?;
+    let m = request::object(&body_bytes(state, body)?)?;
+    check_model(state, &request::model(&m)?)?;
+    Ok(m)
+}
+
 async fn completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -104,9 +117,7 @@ async fn completions_for(
     body: Result<Bytes, BytesRejection>,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
-    authorize(state, headers)?;
-    let m = request::object(&body_bytes(state, body)?)?;
-    check_model(state, &request::model(&m)?)?;
+    let m = open_request(state, headers, body)?;
     let common = request::common(&m, &["max_tokens"], state.context)?;
     let prompt = match request::prompt(&m)? {
         Prompt::Ids(ids) => ids,
@@ -145,9 +156,7 @@ async fn chat_for(
     body: Result<Bytes, BytesRejection>,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
-    authorize(state, headers)?;
-    let m = request::object(&body_bytes(state, body)?)?;
-    check_model(state, &request::model(&m)?)?;
+    let m = open_request(state, headers, body)?;
     let common = request::common(&m, &["max_tokens", "max_completion_tokens"], state.context)?;
     let messages = request::messages(&m)?;
     let rendered = state.template.render(&messages)?;
