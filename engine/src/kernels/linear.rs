@@ -265,9 +265,10 @@ pub fn linear_many_in(
         work += j.x.rows() * j.w.rows() * j.w.cols();
     }
     // `--compute bf16`: the activations, rounded to bf16, replace each job's input; jobs that
-    // share an input share its rounding (`source[i]`: the job whose rounding job `i` reads).
+    // share an input share its rounding (`source[i]`: the job whose rounding job `i` reads;
+    // only that job's `rounded` entry is `Some`).
     let pairs = isa == Isa::Avx512Bf16;
-    let mut rounded: Vec<Rounded> = Vec::new();
+    let mut rounded: Vec<Option<Rounded>> = Vec::new();
     let mut source: Vec<usize> = Vec::new();
     if compute == Compute::Bf16 {
         for (i, j) in jobs.iter().enumerate() {
@@ -279,14 +280,16 @@ pub fn linear_many_in(
             let shared = jobs[..i].iter().position(same);
             source.push(shared.unwrap_or(i));
             rounded.push(match (shared, as_pairs) {
-                (Some(_), _) => Rounded::F32(Vec::new()),
-                (None, true) => Rounded::Bf16(j.x.data().iter().map(|&v| f32_to_bf16(v)).collect()),
-                (None, false) => Rounded::F32(
+                (Some(_), _) => None,
+                (None, true) => Some(Rounded::Bf16(
+                    j.x.data().iter().map(|&v| f32_to_bf16(v)).collect(),
+                )),
+                (None, false) => Some(Rounded::F32(
                     j.x.data()
                         .iter()
                         .map(|&v| precision::round_bf16(v))
                         .collect(),
-                ),
+                )),
             });
         }
     }
@@ -301,7 +304,7 @@ pub fn linear_many_in(
     for (i, j) in jobs.iter_mut().enumerate() {
         let per = cols_per_task.unwrap_or(auto).max(1);
         let out_dim = j.w.rows();
-        let (x, x16) = match source.get(i).map(|&s| &rounded[s]) {
+        let (x, x16) = match source.get(i).and_then(|&s| rounded[s].as_ref()) {
             None => (j.x.data(), None),
             Some(Rounded::F32(r)) => (&r[..], None),
             Some(Rounded::Bf16(r)) => (j.x.data(), Some(&r[..])),
