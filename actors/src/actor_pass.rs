@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use troupe_engine::executor::check_chunk;
+use troupe_engine::model::ChunkKind;
 use troupe_engine::EngineError;
 
 use crate::batch::{MbInfo, MbSeq, SeqCaches};
@@ -26,6 +27,8 @@ pub struct SeqInput {
     pub caches: Arc<SeqCaches>,
     /// Positions already cached before this pass.
     pub start: usize,
+    /// Prompt positions or a generated token (picks MLA's form under `MlaForm::Auto`).
+    pub kind: ChunkKind,
 }
 
 /// Why a pass failed, and which of its sequences that concerns (`None`: all).
@@ -63,6 +66,7 @@ impl PassDriver for ActorDriver<'_> {
                 rows: rows..rows + s.tokens.len(),
                 start: s.start,
                 caches: s.caches.clone(),
+                kind: s.kind,
             });
             rows += s.tokens.len();
             ids.extend_from_slice(&s.tokens);

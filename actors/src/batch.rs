@@ -6,7 +6,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use troupe_engine::model::{KvPools, SequenceCache};
+use troupe_engine::model::{ChunkKind, KvPools, SequenceCache};
 use troupe_engine::EngineError;
 
 /// One sequence's KV cache, every layer. One lock: a sequence is in one micro-batch of a pass
@@ -48,6 +48,8 @@ pub struct MbSeq {
     /// Cached positions before this pass (the chunk sits at `start..start+rows.len()`).
     pub start: usize,
     pub caches: Arc<SeqCaches>,
+    /// Prompt positions or a generated token.
+    pub kind: ChunkKind,
 }
 
 /// A micro-batch's layout.

@@ -1,5 +1,7 @@
 //! Continuous batching. One driver thread owns the active sequences: every loop it admits the
-//! requests that arrived meanwhile (their whole prompt is their chunk this step), drops the
+//! requests that arrived meanwhile (their whole prompt is their chunk this step, less the full
+//! pages the prefix cache already holds when it is on; once prefilled, a prompt's full pages
+//! are published to it), drops the
 //! requests whose stream was dropped or cancelled (their KV pages go back at once), runs one
 //! forward pass over the active sequences whose stream has room (prefill chunks and 1-token
 //! decode chunks together), samples one token per sequence and streams it out. A stream that
@@ -16,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use troupe_engine::generate::{check_request, last_rows, GenerateOutput, GenerateRequest};
+use troupe_engine::model::ChunkKind;
 use troupe_engine::sampling::Sampler;
 use troupe_engine::EngineError;
 
@@ -298,12 +301,23 @@ fn admit(core: &Core, s: Submission, active: &mut Vec<Active>) {
     if s.request.max_new_tokens == 0 {
         return;
     }
+    let caches = SeqCaches::new(&core.kv_pools);
+    let reused = match core.prefix_cache {
+        true => {
+            let n = core
+                .kv_pools
+                .reuse_prefix(&mut caches.lock(), &s.request.prompt);
+            crate::metrics::prefix_cache(&core.kv_pools.prefix_stats());
+            n
+        }
+        false => 0,
+    };
     active.push(Active {
         id: core.next_request(),
         sampler: Sampler::new(s.request.sampling),
-        caches: SeqCaches::new(&core.kv_pools),
-        committed: 0,
-        next: s.request.prompt.clone(),
+        caches,
+        committed: reused,
+        next: s.request.prompt[reused..].to_vec(),
         produced: 0,
         finished: false,
         req: s.request,
@@ -409,6 +423,10 @@ fn step(core: &Core, active: &mut Vec<Active>, eos: Option<u32>, generated: &Ato
             tokens: a.next.clone(),
             caches: a.caches.clone(),
             start: a.committed,
+            kind: match a.produced {
+                0 => ChunkKind::Prompt,
+                _ => ChunkKind::Generated,
+            },
         })
         .collect();
     let t0 = Instant::now();
@@ -418,6 +436,11 @@ fn step(core: &Core, active: &mut Vec<Active>, eos: Option<u32>, generated: &Ato
             generated.fetch_add(active.len() as u64, Ordering::Relaxed);
             for (a, (tok, row)) in active.iter_mut().zip(tokens) {
                 a.committed += a.next.len();
+                if a.produced == 0 && core.prefix_cache {
+                    core.kv_pools
+                        .publish_prefix(&a.caches.lock(), &a.req.prompt);
+                    crate::metrics::prefix_cache(&core.kv_pools.prefix_stats());
+                }
                 a.next = vec![tok];
                 a.produced += 1;
                 let finish = if a.req.stops_at(tok, eos) {

@@ -12,7 +12,11 @@
 //!   that only grow (a `metrics` counter holds integers); `1 − exposed / busy` is the link time
 //!   compute hid;
 //! - `troupe_kv_pages_in_use` (KV cache pages held by the batcher's requests, set after every
-//!   step and every cancellation; 0 when idle).
+//!   step and every cancellation; 0 when idle; the prefix cache's other pages not counted);
+//! - with the prefix cache on: `troupe_prefix_cache_pages` (pages it holds),
+//!   `troupe_prefix_cache_prompt_tokens_total` (prompt tokens looked up),
+//!   `troupe_prefix_cache_hit_tokens_total` (of those, served from the cache),
+//!   `troupe_prefix_cache_hit_rate` (their ratio since start), `troupe_prefix_cache_evicted_pages_total`.
 //!
 //! [`prometheus_handle`] installs the same recorder without a listener, for a server that
 //! renders `/metrics` itself (`troupe serve`).
@@ -143,6 +147,15 @@ pub(crate) fn step_done(tokens: usize, elapsed: Duration) {
 
 pub(crate) fn kv_pages_in_use(pages: usize) {
     metrics::gauge!("troupe_kv_pages_in_use").set(pages as f64);
+}
+
+/// The prefix cache's counters as of now.
+pub(crate) fn prefix_cache(s: &troupe_engine::model::PrefixCacheStats) {
+    metrics::gauge!("troupe_prefix_cache_pages").set(s.cached_pages as f64);
+    metrics::counter!("troupe_prefix_cache_prompt_tokens_total").absolute(s.prompt_tokens);
+    metrics::counter!("troupe_prefix_cache_hit_tokens_total").absolute(s.hit_tokens);
+    metrics::counter!("troupe_prefix_cache_evicted_pages_total").absolute(s.evicted_pages);
+    metrics::gauge!("troupe_prefix_cache_hit_rate").set(s.hit_rate());
 }
 
 /// `troupe_link_busy_seconds_total`, registered once per link (`Link::new`).

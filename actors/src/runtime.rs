@@ -13,7 +13,7 @@ use ractor::{Actor, ActorRef};
 use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::generate::{GenerateOutput, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::model::{KvConfig, KvPools, Model};
+use troupe_engine::model::{ChunkKind, KvConfig, KvPools, Model};
 use troupe_engine::{Backend, DeviceId, Tensor};
 
 use crate::actors::BlockCtx;
@@ -53,6 +53,11 @@ pub struct RuntimeOptions {
     /// `KvConfig::default_for` the model). A request whose cache needs a page when its pool has
     /// none fails alone with `KvCacheFull`.
     pub kv: Option<KvConfig>,
+    /// Requests take the full KV pages of earlier prompts that start their own (the prefix
+    /// cache: `KvPools::reuse_prefix`) and publish theirs once prefilled. Outputs are
+    /// bit-identical with it on or off; it keeps finished prompts' pages until the pool needs
+    /// them. Off by default (`troupe serve` turns it on).
+    pub prefix_cache: bool,
 }
 
 /// Everything configurable programmatically (a superset of [`RuntimeOptions`]).
@@ -99,6 +104,8 @@ pub struct Core {
     /// Each layer's KV pool (on its attention actor's stream's backend, one page allocator for
     /// all) and their configuration; a sequence's cache is `SeqCaches::new(&core.kv_pools)`.
     pub kv_pools: KvPools,
+    /// The batcher reuses and publishes prompt pages (`RuntimeOptions::prefix_cache`).
+    pub prefix_cache: bool,
     /// The transport to other ranks, when the deployment spans several.
     pub distributed: Option<Distributed>,
     stage_tx: Mutex<Option<Vec<flume::Sender<StageCall>>>>,
@@ -189,6 +196,7 @@ impl Core {
             actor_names,
             faults: triggers,
             kv_pools,
+            prefix_cache: cfg.options.prefix_cache,
             distributed: cfg.distributed.clone(),
             stage_tx: Mutex::new(Some(stage_tx)),
             root: tokio::sync::Mutex::new(Some(root)),
@@ -270,6 +278,7 @@ impl Core {
             tokens: tokens.to_vec(),
             caches: SeqCaches::new(&self.kv_pools),
             start: 0,
+            kind: ChunkKind::Prompt,
         };
         let logits = self.forward(vec![seq]).map_err(|f| f.error)?;
         Ok(logits.on.download(&logits.t)?)

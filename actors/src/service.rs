@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use troupe_engine::generate::{check_request, GenerateRequest};
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::model::Model;
+use troupe_engine::model::{Model, PrefixCacheStats};
 use troupe_engine::tokenizer::Tokenizer;
 use troupe_engine::Tensor;
 
@@ -132,6 +132,12 @@ impl Engine {
     /// `troupe_tokens_generated_total` counts, per engine).
     pub fn tokens_generated(&self) -> u64 {
         self.batcher.tokens_generated()
+    }
+
+    /// The prefix cache's counters (pages held, prompt tokens looked up, hits, evictions);
+    /// zeros unless `RuntimeOptions::prefix_cache` is on.
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.core.kv_pools.prefix_stats()
     }
 
     /// The running actor system (names, placement, fault counters).

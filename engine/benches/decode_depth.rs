@@ -35,10 +35,7 @@ fn filled(
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     for part in prompt.chunks(512) {
-        let mut chunk = [SeqChunk {
-            tokens: part.to_vec(),
-            cache: &mut cache,
-        }];
+        let mut chunk = [SeqChunk::prompt(part.to_vec(), &mut cache)];
         let logits = exec.forward(&mut chunk, None).unwrap();
         tok = *be.argmax(&logits).unwrap().last().unwrap();
     }
@@ -48,10 +45,7 @@ fn filled(
 /// One greedy decode step; returns its wall time in seconds.
 fn step(exec: &ReferenceExecutor<'_>, be: &CpuBackend, seq: &mut (SequenceCache, u32)) -> f64 {
     let t = Instant::now();
-    let mut chunk = [SeqChunk {
-        tokens: vec![seq.1],
-        cache: &mut seq.0,
-    }];
+    let mut chunk = [SeqChunk::generated(seq.1, &mut seq.0)];
     let logits = exec.forward(&mut chunk, None).unwrap();
     seq.1 = be.argmax(&logits).unwrap()[0];
     t.elapsed().as_secs_f64()

@@ -11,13 +11,34 @@ use std::sync::{Arc, Mutex};
 use crate::backend::{Backend, Routing};
 use crate::device_tensor::DeviceTensor;
 use crate::error::{EngineError, Result};
-use crate::model::{FeedForward, KvConfig, KvPools, MlaForm, Model, SequenceCache};
+use crate::model::{ChunkKind, FeedForward, KvConfig, KvPools, MlaForm, Model, SequenceCache};
 use crate::tensor::Tensor;
 
 /// One sequence's part of a forward pass.
 pub struct SeqChunk<'c> {
     pub tokens: Vec<u32>,
     pub cache: &'c mut SequenceCache,
+    /// Prompt positions or a generated token (picks MLA's form under `MlaForm::Auto`).
+    pub kind: ChunkKind,
+}
+
+impl<'c> SeqChunk<'c> {
+    /// Prompt positions (all of the prompt, or the next part of it).
+    pub fn prompt(tokens: Vec<u32>, cache: &'c mut SequenceCache) -> Self {
+        SeqChunk {
+            tokens,
+            cache,
+            kind: ChunkKind::Prompt,
+        }
+    }
+    /// The token the last step generated, fed back.
+    pub fn generated(token: u32, cache: &'c mut SequenceCache) -> Self {
+        SeqChunk {
+            tokens: vec![token],
+            cache,
+            kind: ChunkKind::Generated,
+        }
+    }
 }
 
 /// What a forward pass can record for tests and inspection (downloaded to the host).
@@ -144,6 +165,7 @@ impl<'m> ReferenceExecutor<'m> {
                     &m.rope,
                     m.eps(),
                     self.options.mla_form,
+                    c.kind,
                 )?);
             }
             let h = match parts.len() {
@@ -175,13 +197,7 @@ impl<'m> ReferenceExecutor<'m> {
     /// downloaded to the host.
     pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
         let mut cache = self.new_cache()?;
-        let logits = self.forward(
-            &mut [SeqChunk {
-                tokens: tokens.to_vec(),
-                cache: &mut cache,
-            }],
-            None,
-        )?;
+        let logits = self.forward(&mut [SeqChunk::prompt(tokens.to_vec(), &mut cache)], None)?;
         self.backend.download(&logits)
     }
 }

@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::device_tensor::DeviceTensor;
 use crate::error::{EngineError, Result};
 use crate::executor::{check_chunk, ReferenceExecutor, SeqChunk};
-use crate::model::{Model, SequenceCache};
+use crate::model::{ChunkKind, Model, SequenceCache};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// One generation request: `GenerateRequest::new(prompt, max_new_tokens)` (greedy, stops at
@@ -225,9 +225,14 @@ pub fn generate_each(
         for (i, l) in live.iter_mut().enumerate() {
             if let (true, Some(cache)) = (active.contains(&i), l.cache.as_mut()) {
                 chunk_lens.push(l.next.len());
+                let prompt = l.out.as_ref().is_ok_and(|o| o.generated.is_empty());
                 chunks.push(SeqChunk {
                     tokens: std::mem::take(&mut l.next),
                     cache,
+                    kind: match prompt {
+                        true => ChunkKind::Prompt,
+                        false => ChunkKind::Generated,
+                    },
                 });
             }
         }

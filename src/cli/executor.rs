@@ -61,6 +61,7 @@ impl Executor {
                     device: (run.device != DeviceId::Cpu).then(|| run.device.clone()),
                     backends: Some(troupe::backends::default_factory()),
                     kv: Some(kv_config(run, &model.spec)),
+                    ..RuntimeOptions::default()
                 };
                 let cfg = RuntimeConfig {
                     options: opts,

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Actor schedule: sequential, two-microbatch, pipeline (default: the graph's [schedule]).
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Turn the prefix cache off (on by default: a prompt starting with the full KV pages of an
+    /// earlier prompt reuses them; outputs are bit-identical either way).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
@@ -70,6 +74,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
             device: (a.run.device != DeviceId::Cpu).then(|| a.run.device.clone()),
             backends: Some(troupe::backends::default_factory()),
             kv: Some(kv_config(&a.run, &model.spec)),
+            prefix_cache: !a.no_prefix_cache,
             ..RuntimeOptions::default()
         });
         let engine = troupe::Engine::start(model, &graph, options)

@@ -1,8 +1,9 @@
 //! `layer{L}.attention`: input norm + attention + residual for every sequence of a micro-batch,
 //! each against its own paged KV cache. The actor owns its layer's KV pool (page storage on its
 //! stream's backend, `KvPool`); each sequence's `SeqCaches` holds its block table and this
-//! layer's written length (the pass took the chunk's pages before any compute). The chunk of one
-//! sequence is always whole (so `MlaForm::Auto` picks the same form as the reference executor).
+//! layer's written length (the pass took the chunk's pages before any compute). A chunk's kind
+//! (prompt or generated token) travels with the sequence, so `MlaForm::Auto` picks the form the
+//! reference executor picks.
 //! Before writing, the layer's cache is rolled back to the sequence's start position, so a
 //! re-issued message gives the same bits.
 
@@ -70,6 +71,7 @@ impl Block for AttentionBlock {
                         &model.rope,
                         model.eps(),
                         MlaForm::Auto,
+                        s.kind,
                     )?);
                 }
                 match parts.len() {

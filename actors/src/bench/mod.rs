@@ -27,7 +27,7 @@ mod steppers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use troupe_engine::model::Model;
+use troupe_engine::model::{ChunkKind, Model};
 
 use crate::error::Result;
 use crate::placement::{LinkSpec, PlacementSpec};
@@ -196,7 +196,7 @@ pub fn run(
     let schedules = schedules(o)?;
     let base = base_placement(placement);
     let mut reference = Reference::new(&model, o.sequences)?;
-    reference.forward(&|i| prompt(&model, o.prompt_len, i))?;
+    reference.forward(&|i| prompt(&model, o.prompt_len, i), ChunkKind::Prompt)?;
     let mut actors = schedules
         .iter()
         .map(|s| start_actors(&model, &base, s, None, o))
@@ -315,7 +315,7 @@ pub fn profile(
     let mut times = Vec::new();
     if which == Contender::Reference {
         let mut r = Reference::new(&model, o.sequences)?;
-        r.forward(&|i| prompt(&model, o.prompt_len, i))?;
+        r.forward(&|i| prompt(&model, o.prompt_len, i), ChunkKind::Prompt)?;
         for _ in 0..o.steps {
             let t = Instant::now();
             r.step()?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
 use troupe_engine::kernels::CpuBackend;
-use troupe_engine::model::{KvConfig, Model, SequenceCache};
+use troupe_engine::model::{ChunkKind, KvConfig, Model, SequenceCache};
 
 use crate::batch::SeqCaches;
 use crate::error::Result;
@@ -58,7 +58,11 @@ impl<'m> Reference<'m> {
         })
     }
 
-    pub(super) fn forward(&mut self, tokens: &dyn Fn(usize) -> Vec<u32>) -> Result<()> {
+    pub(super) fn forward(
+        &mut self,
+        tokens: &dyn Fn(usize) -> Vec<u32>,
+        kind: ChunkKind,
+    ) -> Result<()> {
         let exec = ReferenceExecutor::new(self.model, &self.be);
         let mut chunks: Vec<SeqChunk<'_>> = self
             .caches
@@ -67,6 +71,7 @@ impl<'m> Reference<'m> {
             .map(|(i, cache)| SeqChunk {
                 tokens: tokens(i),
                 cache,
+                kind,
             })
             .collect();
         exec.forward(&mut chunks, None)?;
@@ -76,7 +81,8 @@ impl<'m> Reference<'m> {
 
 impl Stepper for Reference<'_> {
     fn step(&mut self) -> Result<(u64, u64)> {
-        self.forward(&|i| vec![(i as u32 * 31 + 5) % self.model.spec.vocab_size as u32])?;
+        let vocab = self.model.spec.vocab_size as u32;
+        self.forward(&|i| vec![(i as u32 * 31 + 5) % vocab], ChunkKind::Generated)?;
         Ok((0, 0))
     }
 }
@@ -88,7 +94,11 @@ pub(super) struct Actors {
 }
 
 impl Actors {
-    pub(super) fn forward(&mut self, tokens: &dyn Fn(usize) -> Vec<u32>) -> Result<(u64, u64)> {
+    pub(super) fn forward(
+        &mut self,
+        tokens: &dyn Fn(usize) -> Vec<u32>,
+        kind: ChunkKind,
+    ) -> Result<(u64, u64)> {
         let busy = |rt: &ActorRuntime| {
             rt.core()
                 .link
@@ -111,6 +121,7 @@ impl Actors {
                 tokens: tokens(i),
                 caches: c.clone(),
                 start: *start,
+                kind,
             })
             .collect();
         let n: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
@@ -126,7 +137,7 @@ impl Actors {
 impl Stepper for Actors {
     fn step(&mut self) -> Result<(u64, u64)> {
         let vocab = self.rt.core().model.spec.vocab_size as u32;
-        self.forward(&|i| vec![(i as u32 * 31 + 5) % vocab])
+        self.forward(&|i| vec![(i as u32 * 31 + 5) % vocab], ChunkKind::Generated)
     }
 }
 
@@ -165,7 +176,7 @@ pub(super) fn start_actors(
         .map(|_| (SeqCaches::new(&rt.core().kv_pools), 0))
         .collect();
     let mut a = Actors { rt, caches };
-    a.forward(&|i| prompt(model, o.prompt_len, i))?;
+    a.forward(&|i| prompt(model, o.prompt_len, i), ChunkKind::Prompt)?;
     Ok(a)
 }
 

@@ -11,6 +11,7 @@ mod fp8_identity;
 mod nodes;
 mod non_finite;
 mod observability;
+mod prefix_cache;
 mod replicas;
 mod service;
 mod stage_restart;

@@ -19,9 +19,32 @@ pub enum MlaForm {
     Naive,
     /// Fold `kv_b_proj` into the query and the output; attend over the latent directly.
     Absorbed,
-    /// Naive for multi-token chunks (prefill), absorbed for single-token decode.
+    /// Naive for prompt chunks, absorbed for generated tokens ([`ChunkKind`]). The form of a
+    /// position is thus fixed by what the position is, never by how the prompt was cut into
+    /// chunks or how much of it came from a prefix cache, so the bits of every cache row and
+    /// logit are too. (A rule by chunk length would give a 1-token prompt chunk the absorbed
+    /// form and different bits.)
     #[default]
     Auto,
+}
+
+/// What a forward pass's chunk of one sequence is: prompt positions (all or part of the
+/// prompt: prefill) or the one token a decode step feeds back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkKind {
+    Prompt,
+    Generated,
+}
+
+impl MlaForm {
+    /// Whether a chunk of `kind` runs the absorbed form.
+    pub fn absorbed_for(self, kind: ChunkKind) -> bool {
+        match self {
+            MlaForm::Naive => false,
+            MlaForm::Absorbed => true,
+            MlaForm::Auto => kind == ChunkKind::Generated,
+        }
+    }
 }
 
 /// MLA query path.
@@ -94,14 +117,15 @@ impl Attention {
 
     /// Attention over one sequence chunk: `x` `[t, hidden]` (already normalised) at positions
     /// `cache.len()..cache.len()+t`; writes the chunk's rows into the cache (taking pages as
-    /// needed: `KvCacheFull` when the pool has none) and returns `[t, hidden]`.
+    /// needed: `KvCacheFull` when the pool has none) and returns `[t, hidden]`. MLA runs the
+    /// absorbed form when `absorbed` (see [`MlaForm::absorbed_for`]).
     pub fn forward(
         &self,
         be: &dyn Backend,
         x: &DeviceTensor,
         cache: &mut LayerCache,
         rope: &RopeTable,
-        form: MlaForm,
+        absorbed: bool,
     ) -> Result<DeviceTensor> {
         let layout = cache.store().layout;
         if layout != self.kv_layout(layout.page_tokens) {
@@ -112,7 +136,7 @@ impl Attention {
         let start = cache.len();
         cache.reserve(start + x.rows())?;
         match self {
-            Attention::Mla(m) => m.forward(be, x, start, cache, rope, form),
+            Attention::Mla(m) => m.forward(be, x, start, cache, rope, absorbed),
             Attention::Gqa(g) => g.forward(be, x, start, cache, rope),
         }
     }
@@ -136,7 +160,7 @@ impl MlaAttention {
         start: usize,
         cache: &mut LayerCache,
         rope: &RopeTable,
-        form: MlaForm,
+        absorbed: bool,
     ) -> Result<DeviceTensor> {
         let qk = self.nope + self.rope;
         let q = match &self.query {
@@ -184,11 +208,6 @@ impl MlaAttention {
         cache.set_len(start + x.rows())?;
         let q_nope = be.head_columns(&q, cols(self.heads, qk, 0, self.nope))?;
         let q_rope = be.head_columns(&q, cols(self.heads, qk, self.nope, self.rope))?;
-        let absorbed = match form {
-            MlaForm::Naive => false,
-            MlaForm::Absorbed => true,
-            MlaForm::Auto => x.rows() == 1,
-        };
         let attn = if absorbed {
             self.absorbed(be, &q_nope, &q_rope, cache, start)?
         } else {

@@ -7,12 +7,21 @@
 //! therefore uploads one new entry when a sequence opens a page, whatever the number of layers.
 //! Each layer's `LayerCache` holds the table (shared) and the number of positions it has written.
 //!
-//! Invariants: a page belongs to at most one table; appending positions only adds pages at the
-//! end of a table and never moves or copies a cached row; truncating to `len` returns every page
-//! wholly past `len` to the allocator once no layer of the table needs it; dropping a sequence's
-//! caches returns all its pages; a sequence that needs a page when the allocator has none gets
-//! `EngineError::KvCacheFull` and nothing else changes (other sequences keep their pages).
+//! The allocator also keeps a **prefix index** (`prefix_cache.rs`): full pages of prompt
+//! positions that finished sequences leave behind, which a new sequence whose prompt starts with
+//! the same tokens takes into its table (`KvPools::reuse_prefix`) instead of computing them.
+//!
+//! Invariants: a page is held by the tables that hold it (counted) and by the prefix index; it
+//! is free when neither does. A page held by more than one table, or by the index, is full and
+//! wholly below every holder's length, so nobody writes it again. Appending positions only adds
+//! pages at the end of a table and never moves or copies a cached row; truncating to `len`
+//! releases every page wholly past `len` once no layer of the table needs it; dropping a
+//! sequence's caches releases all its pages; the index's pages that no table holds are evicted
+//! (least recently used first) before the allocator reports `EngineError::KvCacheFull`; a
+//! sequence that needs a page when none can be had gets that error and nothing else changes
+//! (other sequences keep their pages).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,6 +29,7 @@ use crate::backend::Backend;
 use crate::device_tensor::{BlockTableRef, KvLayout, KvStore};
 use crate::error::{EngineError, Result};
 use crate::graph::spec::ModelSpec;
+use crate::model::prefix_cache::{PrefixCacheStats, PrefixIndex};
 
 /// Positions per page unless configured otherwise.
 pub const DEFAULT_PAGE_TOKENS: usize = 64;
@@ -79,11 +89,45 @@ impl KvConfig {
 
 #[derive(Debug)]
 struct FreeList {
-    /// Pages returned by sequences, reused first (last returned, first reused).
+    /// Free pages that were used before, reused first (last returned, first reused).
     returned: Vec<u32>,
     /// Pages `fresh..capacity` were never handed out.
     fresh: usize,
+    /// Tables holding each page that any table holds (`in_use` is its length).
+    holders: HashMap<u32, u32>,
     in_use: usize,
+    index: PrefixIndex,
+}
+
+impl FreeList {
+    fn free(&self, capacity: usize) -> usize {
+        self.returned.len() + (capacity - self.fresh)
+    }
+    /// Evicts index pages no table holds until `n` pages are free; evicts none when that
+    /// cannot make `n`.
+    fn evict_for(&mut self, capacity: usize, n: usize) {
+        let have = self.free(capacity);
+        if have >= n || have + self.index.evictable(|p| !self.holders.contains_key(&p)) < n {
+            return;
+        }
+        while self.free(capacity) < n {
+            let holders = &self.holders;
+            match self.index.evict_one(|p| !holders.contains_key(&p)) {
+                Some(p) => self.returned.push(p),
+                None => break,
+            }
+        }
+    }
+    /// One more table holds each of `pages`.
+    fn hold(&mut self, pages: &[u32]) {
+        for &p in pages {
+            let h = self.holders.entry(p).or_insert(0);
+            if *h == 0 {
+                self.in_use += 1;
+            }
+            *h += 1;
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,21 +156,29 @@ impl PageAllocator {
             free: Mutex::new(FreeList {
                 returned: Vec::new(),
                 fresh: 0,
+                holders: HashMap::new(),
                 in_use: 0,
+                index: PrefixIndex::default(),
             }),
         }))
     }
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-    /// Pages currently owned by sequences.
+    /// Pages currently held by sequences (the prefix index's other pages not counted).
     pub fn pages_in_use(&self) -> usize {
         lock(&self.free).in_use
     }
-    /// `n` pages, or `KvCacheFull` naming `layer` (taking none) when fewer are free.
+    /// The prefix index's counters.
+    pub fn prefix_stats(&self) -> PrefixCacheStats {
+        lock(&self.free).index.stats()
+    }
+    /// `n` pages (evicting unheld prefix pages as needed), or `KvCacheFull` naming `layer`
+    /// (taking none) when fewer can be had.
     fn take(&self, layer: usize, n: usize) -> Result<Vec<u32>> {
         let mut f = lock(&self.free);
-        if f.returned.len() + (self.capacity - f.fresh) < n {
+        f.evict_for(self.capacity, n);
+        if f.free(self.capacity) < n {
             return Err(EngineError::KvCacheFull {
                 layer,
                 capacity_pages: self.capacity,
@@ -143,13 +195,41 @@ impl PageAllocator {
                 }
             }
         }
-        f.in_use += n;
+        f.hold(&out);
         Ok(out)
     }
+    /// A table lets go of `pages`; those nobody holds any more become free.
     fn give_back(&self, pages: &[u32]) {
         let mut f = lock(&self.free);
-        f.in_use -= pages.len();
-        f.returned.extend(pages.iter().rev());
+        for &p in pages.iter().rev() {
+            let Some(h) = f.holders.get_mut(&p) else {
+                continue;
+            };
+            *h -= 1;
+            if *h == 0 {
+                f.holders.remove(&p);
+                f.in_use -= 1;
+                if !f.index.holds(p) {
+                    f.returned.push(p);
+                }
+            }
+        }
+    }
+    /// The cached pages of `prompt`'s longest cached run of full pages, at most `max_pages`,
+    /// now held by the caller's table.
+    fn adopt(&self, prompt: &[u32], max_pages: usize) -> Vec<u32> {
+        let mut f = lock(&self.free);
+        let pages = f
+            .index
+            .lookup(prompt, self.page_tokens, max_pages, prompt.len());
+        f.hold(&pages);
+        pages
+    }
+    /// Publishes `pages` (a table's first pages) as holding `tokens` (whole pages of prompt
+    /// positions).
+    fn publish(&self, tokens: &[u32], pages: &[u32]) {
+        let mut f = lock(&self.free);
+        f.index.insert(tokens, self.page_tokens, pages);
     }
 }
 
@@ -232,6 +312,62 @@ impl KvPools {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(KvPools { config, layers })
+    }
+    /// The allocator of every layer, when they share one (as `KvPools::new` and the actor
+    /// runtime build them).
+    fn shared_allocator(&self) -> Option<&Arc<PageAllocator>> {
+        let first = &self.layers.first()?.alloc;
+        self.layers
+            .iter()
+            .all(|p| Arc::ptr_eq(&p.alloc, first))
+            .then_some(first)
+    }
+    /// Starts the empty `cache` with the cached pages of `prompt`'s longest cached prefix of
+    /// full pages (leaving at least its last token to compute, whose logits the caller needs);
+    /// returns the positions now cached. 0 when the pools do not share one allocator or
+    /// `cache` is not empty.
+    pub fn reuse_prefix(&self, cache: &mut SequenceCache, prompt: &[u32]) -> usize {
+        let Some(alloc) = self.shared_allocator() else {
+            return 0;
+        };
+        let Some(table) = cache.layers.first().map(|l| l.table.clone()) else {
+            return 0;
+        };
+        if !cache.is_empty() || table.len() != 0 {
+            return 0;
+        }
+        let page = alloc.page_tokens;
+        let pages = alloc.adopt(prompt, prompt.len().saturating_sub(1) / page);
+        let len = pages.len() * page;
+        lock(&table.state).pages = pages;
+        for l in &mut cache.layers {
+            l.refresh();
+            l.len = len;
+        }
+        len
+    }
+    /// Publishes the pages of `cache` that hold only `prompt` positions (its whole pages that
+    /// the cache has written), for later prompts to reuse. Call it once the prompt is prefilled.
+    pub fn publish_prefix(&self, cache: &SequenceCache, prompt: &[u32]) {
+        let (Some(alloc), Some(first)) = (self.shared_allocator(), cache.layers.first()) else {
+            return;
+        };
+        let page = alloc.page_tokens;
+        let written = cache.layers.iter().map(|l| l.len()).min().unwrap_or(0);
+        let full = prompt.len().min(written) / page;
+        let pages: Vec<u32> = lock(&first.table.state)
+            .pages
+            .iter()
+            .take(full)
+            .copied()
+            .collect();
+        alloc.publish(&prompt[..pages.len() * page], &pages);
+    }
+    /// The prefix index's counters (zeros when the pools do not share an allocator).
+    pub fn prefix_stats(&self) -> PrefixCacheStats {
+        self.shared_allocator()
+            .map(|a| a.prefix_stats())
+            .unwrap_or_default()
     }
     /// An empty cache of one sequence (no page taken yet): one table for the layers whose pools
     /// share an allocator.

@@ -12,11 +12,15 @@ pub mod kv;
 #[cfg(test)]
 mod kv_tests;
 mod load;
+pub mod prefix_cache;
+#[cfg(test)]
+mod prefix_cache_tests;
 
-pub use attention::{Attention, MlaForm};
+pub use attention::{Attention, ChunkKind, MlaForm};
 pub use ffn::{DispatchPlan, FeedForward, Mlp, MoeBlock, MoePlan};
 pub use kv::{KvConfig, KvPool, KvPools, LayerCache, SequenceCache};
 pub use load::{collect_weights, collect_weights_where, random_tensor, Keep, Progress};
+pub use prefix_cache::PrefixCacheStats;
 
 use crate::backend::Backend;
 use crate::device_tensor::DeviceTensor;
@@ -75,7 +79,9 @@ impl Model {
 }
 
 impl DecoderLayer {
-    /// `x + attention(input_norm(x))` for one sequence chunk (writes the chunk into `cache`).
+    /// `x + attention(input_norm(x))` for one sequence chunk of `kind` (writes the chunk into
+    /// `cache`; `form` with `kind` picks MLA's form).
+    #[allow(clippy::too_many_arguments)]
     pub fn attention_block(
         &self,
         be: &dyn Backend,
@@ -84,9 +90,11 @@ impl DecoderLayer {
         rope: &RopeTable,
         eps: f32,
         form: MlaForm,
+        kind: ChunkKind,
     ) -> Result<DeviceTensor> {
         let xn = be.rms_norm(x, &self.input_norm, eps)?;
-        let h = self.attention.forward(be, &xn, cache, rope, form)?;
+        let absorbed = form.absorbed_for(kind);
+        let h = self.attention.forward(be, &xn, cache, rope, absorbed)?;
         be.add(&h, x)
     }
 

@@ -17,24 +17,12 @@ fn a_decode_step_attends_in_place_and_runs_each_moe_layer_as_three_ops() {
         let mut caches = [exec.new_cache().unwrap(), exec.new_cache().unwrap()];
         let prompts = [vec![5u32, 9, 77, 3, 12], vec![100u32, 2, 8]];
         for (c, p) in caches.iter_mut().zip(&prompts) {
-            let mut chunk = [SeqChunk {
-                tokens: p.clone(),
-                cache: c,
-            }];
+            let mut chunk = [SeqChunk::prompt(p.clone(), c)];
             exec.forward(&mut chunk, None).unwrap();
         }
         let before = be.counters();
         let [c0, c1] = &mut caches;
-        let mut step = [
-            SeqChunk {
-                tokens: vec![41],
-                cache: c0,
-            },
-            SeqChunk {
-                tokens: vec![42],
-                cache: c1,
-            },
-        ];
+        let mut step = [SeqChunk::generated(41, c0), SeqChunk::generated(42, c1)];
         let logits = exec.forward(&mut step, None).unwrap();
         let ids = be.argmax(&logits).unwrap();
         assert_eq!(ids.len(), 2);

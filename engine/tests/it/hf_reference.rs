@@ -77,10 +77,7 @@ fn check_hidden_and_routing(case: &str) {
     let mut cache = exec.new_cache().unwrap();
     let mut rec = ForwardRecord::default();
     exec.forward(
-        &mut [SeqChunk {
-            tokens: ids.clone(),
-            cache: &mut cache,
-        }],
+        &mut [SeqChunk::prompt(ids.clone(), &mut cache)],
         Some(&mut rec),
     )
     .unwrap();
@@ -188,18 +185,9 @@ fn batch_invariance_bit_exact() {
         let mut it = caches.iter_mut();
         let (c0, c1, c2) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
         let mut chunks = [
-            SeqChunk {
-                tokens: prompts[2].clone(),
-                cache: c0,
-            },
-            SeqChunk {
-                tokens: prompts[1].clone(),
-                cache: c1,
-            },
-            SeqChunk {
-                tokens: prompts[0].clone(),
-                cache: c2,
-            },
+            SeqChunk::prompt(prompts[2].clone(), c0),
+            SeqChunk::prompt(prompts[1].clone(), c1),
+            SeqChunk::prompt(prompts[0].clone(), c2),
         ];
         let batched = be
             .download(&exec.forward(&mut chunks, None).unwrap())

@@ -14,6 +14,7 @@ mod hf_fp8;
 mod hf_reference;
 mod paged_cache;
 mod partial_load;
+mod prefill_chunking;
 mod random_weights;
 mod requests;
 mod router;

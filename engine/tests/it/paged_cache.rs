@@ -13,7 +13,7 @@ use troupe_engine::error::EngineError;
 use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
 use troupe_engine::generate::{generate, generate_each, GenerateRequest};
 use troupe_engine::kernels::CpuBackend;
-use troupe_engine::model::{KvConfig, Model, SequenceCache};
+use troupe_engine::model::{ChunkKind, KvConfig, Model, SequenceCache};
 use troupe_engine::sampling::SamplingParams;
 use troupe_engine::Backend;
 
@@ -65,22 +65,32 @@ fn alone(model: &Model, be: &CpuBackend, s: &Seq, page_tokens: usize) -> Vec<Vec
     let mut cache = exec.new_cache().unwrap();
     s.chunks
         .iter()
-        .map(|c| run(&exec, be, &mut [(c.clone(), &mut cache)]).remove(0))
+        .enumerate()
+        .map(|(k, c)| run(&exec, be, &mut [(c.clone(), &mut cache, kind_of(k))]).remove(0))
         .collect()
+}
+
+/// A sequence's first chunk is its prompt; the later ones stand for generated tokens.
+fn kind_of(chunk: usize) -> ChunkKind {
+    match chunk {
+        0 => ChunkKind::Prompt,
+        _ => ChunkKind::Generated,
+    }
 }
 
 /// One forward pass over `(tokens, cache)` pairs → each chunk's logits as bits.
 fn run(
     exec: &ReferenceExecutor<'_>,
     be: &CpuBackend,
-    parts: &mut [(Vec<u32>, &mut SequenceCache)],
+    parts: &mut [(Vec<u32>, &mut SequenceCache, ChunkKind)],
 ) -> Vec<Vec<u32>> {
     let lens: Vec<usize> = parts.iter().map(|p| p.0.len()).collect();
     let mut chunks: Vec<SeqChunk<'_>> = parts
         .iter_mut()
-        .map(|(t, c)| SeqChunk {
+        .map(|(t, c, kind)| SeqChunk {
             tokens: t.clone(),
             cache: c,
+            kind: *kind,
         })
         .collect();
     let logits = be
@@ -175,10 +185,14 @@ fn run_picked(
     caches: &mut [Option<SequenceCache>],
     picked: &[(usize, Move)],
 ) -> Vec<Vec<u32>> {
-    let mut parts: Vec<(Vec<u32>, &mut SequenceCache)> = Vec::new();
+    let mut parts: Vec<(Vec<u32>, &mut SequenceCache, ChunkKind)> = Vec::new();
     for (i, c) in caches.iter_mut().enumerate() {
         if picked.iter().any(|&(j, _)| j == i) {
-            parts.push((seqs[i].chunks[done[i]].clone(), c.as_mut().unwrap()));
+            parts.push((
+                seqs[i].chunks[done[i]].clone(),
+                c.as_mut().unwrap(),
+                kind_of(done[i]),
+            ));
         }
     }
     // `parts` is in sequence order, as `picked` is.

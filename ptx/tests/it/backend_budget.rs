@@ -56,11 +56,11 @@ fn decode_steps(
     let mut chunks: Vec<SeqChunk<'_>> = caches
         .iter_mut()
         .enumerate()
-        .map(|(s, cache)| SeqChunk {
-            tokens: (0..3 + s as u32)
+        .map(|(s, cache)| {
+            let prompt = (0..3 + s as u32)
                 .map(|i| (7 * i + 3 * s as u32 + 1) % vocab)
-                .collect(),
-            cache,
+                .collect();
+            SeqChunk::prompt(prompt, cache)
         })
         .collect();
     let out = exec.forward(&mut chunks, None).expect("prefill");
@@ -79,10 +79,7 @@ fn decode_steps(
         let mut chunks: Vec<SeqChunk<'_>> = caches
             .iter_mut()
             .zip(&next)
-            .map(|(cache, &t)| SeqChunk {
-                tokens: vec![t],
-                cache,
-            })
+            .map(|(cache, &t)| SeqChunk::generated(t, cache))
             .collect();
         let out = exec.forward(&mut chunks, None).expect("decode");
         next = if logits {

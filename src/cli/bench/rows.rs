@@ -25,7 +25,7 @@ use super::target::{ActorsTarget, ReferenceTarget, Target};
 use super::{weight_bytes_per_token, BenchArgs};
 use crate::cli::common::{check_memory, kv_config, mla_form, open_graph, start_model, CliError};
 use crate::cli::RuntimeKind;
-use troupe_engine::model::MlaForm;
+use troupe_engine::model::{ChunkKind, MlaForm};
 
 /// Positions filled per forward pass when a test's depth is filled.
 pub const FILL_CHUNK: usize = 512;
@@ -211,12 +211,12 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
     for &depth in &depths {
         while filled < depth {
             let end = (filled + FILL_CHUNK).min(depth);
-            target.step(&filler[filled..end], filled)?;
+            target.step(&filler[filled..end], filled, ChunkKind::Prompt)?;
             filled = end;
         }
         if n_prompt > 0 {
             let (_, tok_s) = timed(&mut *target, a.reps, n_prompt, |t| {
-                t.step(&prompt, depth).map(|_| ())
+                t.step(&prompt, depth, ChunkKind::Prompt).map(|_| ())
             })?;
             rows.push(print_row(n_prompt, 0, depth, tok_s));
         }
@@ -225,7 +225,7 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
             let (moved, tok_s) = timed(&mut *target, a.reps, n, |t| {
                 let mut tok = prompt[0];
                 for i in 0..n {
-                    tok = t.step(&[tok], depth + i)?;
+                    tok = t.step(&[tok], depth + i, ChunkKind::Generated)?;
                 }
                 Ok(())
             })?;

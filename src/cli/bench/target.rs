@@ -10,7 +10,7 @@ use troupe_actors::{ActorRuntime, RuntimeOptions};
 use troupe_engine::device_tensor::DeviceCounters;
 use troupe_engine::executor::SeqChunk;
 use troupe_engine::graph::LoadedGraph;
-use troupe_engine::model::{KvConfig, KvPools, MlaForm, Model, SequenceCache};
+use troupe_engine::model::{ChunkKind, KvConfig, KvPools, MlaForm, Model, SequenceCache};
 use troupe_engine::{Backend, DeviceId, DeviceTensor};
 
 use crate::cli::common::CliError;
@@ -34,7 +34,7 @@ pub trait Target {
     fn runtime(&self) -> &'static str;
     /// A forward pass of `tokens` at positions `at..` (the cache is rolled back to `at` first);
     /// returns the greedy next token after the last of them, chosen on the device.
-    fn step(&mut self, tokens: &[u32], at: usize) -> Result<u32, CliError>;
+    fn step(&mut self, tokens: &[u32], at: usize, kind: ChunkKind) -> Result<u32, CliError>;
     /// Bytes moved and kernels launched so far, summed over every backend the runtime uses.
     fn counters(&self) -> DeviceCounters;
     /// Stops the runtime.
@@ -73,13 +73,14 @@ impl Target for ReferenceTarget {
     fn runtime(&self) -> &'static str {
         "reference"
     }
-    fn step(&mut self, tokens: &[u32], at: usize) -> Result<u32, CliError> {
+    fn step(&mut self, tokens: &[u32], at: usize, kind: ChunkKind) -> Result<u32, CliError> {
         self.cache.truncate(at);
         let exec = reference(&self.model, &self.backend, self.form, &self.pools);
         let logits = exec.forward(
             &mut [SeqChunk {
                 tokens: tokens.to_vec(),
                 cache: &mut self.cache,
+                kind,
             }],
             None,
         )?;
@@ -124,12 +125,13 @@ impl Target for ActorsTarget {
     fn runtime(&self) -> &'static str {
         "actors"
     }
-    fn step(&mut self, tokens: &[u32], at: usize) -> Result<u32, CliError> {
+    fn step(&mut self, tokens: &[u32], at: usize, kind: ChunkKind) -> Result<u32, CliError> {
         let seq = SeqInput {
             request: 0,
             tokens: tokens.to_vec(),
             caches: self.caches.clone(),
             start: at,
+            kind,
         };
         let logits = self
             .rt

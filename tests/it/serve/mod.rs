@@ -8,6 +8,8 @@
 //!   streaming requests;
 //! - `malformed`: 1,000 seeded malformed bodies each get a 4xx, the server keeps serving and
 //!   logs no panic;
+//! - `prefix`: the prefix cache serves a shared prefix with the uncached server's tokens, and
+//!   `/metrics` counts its hits;
 //! - `real_clients`: the official `openai` Python package (venv from `tests/serve/venv.sh`)
 //!   and `curl -N`;
 //! - `soak`: `bench/soak.sh` for 60 seconds (mixed load, random disconnects).
@@ -17,6 +19,7 @@ mod cancel;
 pub mod client;
 mod invariance;
 mod malformed;
+mod prefix;
 mod real_clients;
 mod soak;
 
