@@ -7,7 +7,10 @@
 //! its own `F`), `W` after its `B`. The runtime's schedules stay forward-only.
 //!
 //! The **bubble** of a device is the makespan less its busy time; DeepSeek's DualPipe paper
-//! (arXiv 2412.19437, Table 2) gives it per schedule in closed form, which the tests check.
+//! (arXiv 2412.19437, Table 2) gives it per schedule in closed form, which the tests check. The
+//! same table gives each schedule's **activation memory**, the most micro-batches whose
+//! activations a device keeps at once: a micro-batch's activations on a stage live from the start
+//! of its `F` to the end of its `W` (the weight gradient is the last op that reads them).
 
 pub mod schedules;
 
@@ -58,6 +61,8 @@ pub struct TrainRun {
     pub makespan: f64,
     /// Per device: makespan − busy time.
     pub bubble: Vec<f64>,
+    /// Per device: the most micro-batch activations held at once (stage-sized chunks).
+    pub peak_activations: Vec<usize>,
 }
 
 /// Stage index of device `d` for direction `dir` with `pp` devices.
@@ -78,6 +83,8 @@ pub fn run(lists: &[Vec<TrainOp>], t: OpTimes, micro_batches: [usize; 2]) -> Res
     let mut next = vec![0usize; pp];
     let mut free = vec![0.0f64; pp];
     let mut busy = vec![0.0f64; pp];
+    // Per device: (time, +1 when an F starts / −1 when a W ends).
+    let mut held: Vec<Vec<(f64, i32)>> = vec![Vec::new(); pp];
     let get = |done: &Vec<Vec<Vec<Vec<Option<f64>>>>>, dir: u8, k: usize, s: usize, mb: usize| {
         done.get(dir as usize)
             .and_then(|x| x.get(k))
@@ -152,6 +159,11 @@ pub fn run(lists: &[Vec<TrainOp>], t: OpTimes, micro_batches: [usize; 2]) -> Res
                         ));
                     }
                     *slot = Some(end);
+                    match k {
+                        0 => held[d].push((start, 1)),
+                        2 => held[d].push((end, -1)),
+                        _ => {}
+                    }
                 }
                 free[d] = end;
                 busy[d] += dur;
@@ -171,7 +183,21 @@ pub fn run(lists: &[Vec<TrainOp>], t: OpTimes, micro_batches: [usize; 2]) -> Res
     Ok(TrainRun {
         makespan,
         bubble: busy.iter().map(|b| makespan - b).collect(),
+        peak_activations: held.into_iter().map(peak).collect(),
     })
+}
+
+/// The highest running sum of `events` in time order (a release before an acquire at the same
+/// instant: an op's activations can be freed as the next op starts).
+fn peak(mut events: Vec<(f64, i32)>) -> usize {
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut now = 0i64;
+    let mut most = 0i64;
+    for (_, d) in events {
+        now += d as i64;
+        most = most.max(now);
+    }
+    most as usize
 }
 
 #[cfg(test)]

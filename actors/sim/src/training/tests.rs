@@ -107,3 +107,42 @@ fn dualpipe_bubble_is_the_closed_form() {
     assert!(dualpipe(3, 12).is_none());
     assert!(dualpipe(4, 6).is_none());
 }
+
+/// The table's activation column, the most micro-batches a device keeps activations for:
+/// 1F1B and ZB1P PP, DualPipe PP+1 (with twice the parameters: each device holds two stages).
+#[test]
+fn peak_activations_are_the_tables_column() {
+    use super::schedules::dualpipe;
+    let t = OpTimes {
+        f: 2.0,
+        b: 2.0,
+        w: 1.0,
+        fb: 4.0,
+    };
+    for pp in [2usize, 4, 6, 8] {
+        for m in [2 * pp, 4 * pp] {
+            let most = |peaks: &[usize]| peaks.iter().copied().max().unwrap_or(0);
+            let r = run(&one_f_one_b(pp, m), t, [m, 0]).unwrap();
+            assert_eq!(
+                most(&r.peak_activations),
+                pp,
+                "1F1B pp {pp} m {m}: {:?}",
+                r.peak_activations
+            );
+            let r = run(&zb1p(pp, m), t, [m, 0]).unwrap();
+            assert_eq!(
+                most(&r.peak_activations),
+                pp,
+                "ZB1P pp {pp} m {m}: {:?}",
+                r.peak_activations
+            );
+            let r = run(&dualpipe(pp, m).unwrap(), t, [m / 2, m / 2]).unwrap();
+            assert_eq!(
+                most(&r.peak_activations),
+                pp + 1,
+                "DualPipe pp {pp} m {m}: {:?}",
+                r.peak_activations
+            );
+        }
+    }
+}
