@@ -19,6 +19,8 @@
 #    QUIET (e.g. QUIET=/tmp/quiet.sh, a command prefix that keeps the machine quiet while it runs).
 #    llama-server: -t THREADS -np CONCURRENCY -c CONCURRENCY*(PROMPT_TOKENS+MAX_TOKENS+64)
 #    --cont-batching --reasoning-format none; troupe: serve -t THREADS TROUPE_FLAGS.
+#    Each run also records the CPU the server used and the CPU everything else used meanwhile
+#    (load generator included), in cores, from /proc/stat: the second says how quiet it was.
 # 5. Prints a markdown table (every run, then medians and the ratio troupe / llama-server).
 #
 # Usage: LLAMA_CPP_DIR=... CONVERT_PYTHON=venv/bin/python bash bench/serve-vs-llama-server.sh
@@ -29,6 +31,8 @@
 #   QUIET []  TROUPE [target/release/troupe, built if missing]  LLAMA_FLAGS []
 #   TROUPE_FLAGS [--compute bf16]: activations rounded to bf16 before each linear layer, as
 #     llama.cpp's bf16 path does
+#   QUIET_WAIT [600]: with QUIET, seconds to wait for a quiet machine before each run
+#   FIRST_ROUND [1]  ENGINES ["llama troupe"]  APPEND [0]: 1 adds to RESULTS (to redo one run)
 #   CONVERT_PYTHON [python3]  FORCE [0]: 1 re-exports, rewrites and re-converts
 #   RESULTS [$WORK/results.jsonl]: one line per run (engine, round, serve_load.py's JSON)
 set -euo pipefail
@@ -51,6 +55,10 @@ TROUPE_FLAGS=${TROUPE_FLAGS---compute bf16}
 LLAMA_FLAGS=${LLAMA_FLAGS:-}
 PY=${CONVERT_PYTHON:-python3}
 FORCE=${FORCE:-0}
+QUIET_WAIT=${QUIET_WAIT:-600}
+FIRST_ROUND=${FIRST_ROUND:-1}
+ENGINES=${ENGINES:-"llama troupe"}
+APPEND=${APPEND:-0}
 RESULTS=${RESULTS:-$WORK/results.jsonl}
 SERVER=$LLAMA_CPP_DIR/build/bin/llama-server
 SAFE=$WORK/hf-utf8
@@ -94,9 +102,22 @@ if [[ ${1:-} == __one ]]; then
     [[ -n $url ]] || { echo "$engine did not come up" >&2; exit 1; }
     python3 bench/serve_load.py --url "$url" --model "$model" --concurrency 4 --requests 4 \
         --prompt-tokens "$PROMPT_TOKENS" --max-tokens 8 --seed 99 >/dev/null
-    python3 bench/serve_load.py --url "$url" --model "$model" --concurrency "$CONCURRENCY" \
+    # CPU time over the measured run, from /proc: the server's own, and everything else on the
+    # machine (the load generator included), in cores; the second says how quiet the run was.
+    read -r busy0 all0 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    server0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    load=$(python3 bench/serve_load.py --url "$url" --model "$model" --concurrency "$CONCURRENCY" \
         --requests "$REQUESTS" --duration "$DURATION" --prompt-tokens "$PROMPT_TOKENS" \
-        --max-tokens "$MAX_TOKENS" --seed 1
+        --max-tokens "$MAX_TOKENS" --seed 1)
+    read -r busy1 all1 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    server1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    python3 -c 'import json, os, sys
+load = json.loads(sys.argv[1])
+b0, a0, s0, b1, a1, s1 = map(int, sys.argv[2:8])
+cores = os.cpu_count() / max(a1 - a0, 1)
+load["server_cpu_cores"] = round((s1 - s0) * cores, 2)
+load["other_cpu_cores"] = max(0.0, round((b1 - b0 - (s1 - s0)) * cores, 2))
+print(json.dumps(load))' "$load" "$busy0" "$all0" "$server0" "$busy1" "$all1" "$server1"
     exit 0
 fi
 
@@ -129,11 +150,29 @@ if [[ $FORCE == 1 || ! -f $GGUF ]]; then
 fi
 
 # 4. Alternating rounds.
-: >"$RESULTS"
-for round in $(seq 1 "$ROUNDS"); do
+# Before each run, wait (up to QUIET_WAIT seconds) until no other `quiet.sh` run is going on and the
+# rest of the machine used under 0.25 cores over 3 s: a quiet-wrapper only pauses what exists
+# when it starts, and two overlapping ones resume each other's paused processes.
+wait_for_quiet() {
+    local t0=$SECONDS b0 a0 b1 a1
+    while ((SECONDS - t0 < QUIET_WAIT)); do
+        if ! pgrep -f 'quiet\.sh' >/dev/null; then
+            read -r b0 a0 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+            sleep 3
+            read -r b1 a1 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+            (((b1 - b0) * $(nproc) * 100 < 25 * (a1 - a0))) && return 0
+        fi
+        sleep 2
+    done
+    say "the machine did not go quiet within ${QUIET_WAIT}s; running anyway"
+}
+[[ $APPEND == 1 ]] || : >"$RESULTS"
+for round in $(seq "$FIRST_ROUND" "$ROUNDS"); do
     order="llama troupe"
     ((round % 2 == 0)) && order="troupe llama"
     for engine in $order; do
+        [[ " $ENGINES " == *" $engine "* ]] || continue
+        [[ -n $QUIET ]] && wait_for_quiet
         say "round $round: $engine"
         # shellcheck disable=SC2086 # QUIET is a command prefix
         out=$($QUIET bash bench/serve-vs-llama-server.sh __one "$engine" | tail -1)
@@ -145,16 +184,17 @@ done
 # 5. Table.
 python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
-runs = [json.loads(line) for line in open(sys.argv[1])]
+runs = sorted((json.loads(line) for line in open(sys.argv[1])), key=lambda r: r["round"])
 name = {"troupe": "troupe serve", "llama": "llama-server"}
 keys = ["output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "itl_ms_p50", "itl_ms_p99"]
-print("| round | server | requests done | output tokens | seconds | output tok/s | TTFT p50 / p99 ms | inter-token p50 / p99 ms | errors |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+print("| round | server | requests done | output tokens | seconds | output tok/s | TTFT p50 / p99 ms | inter-token p50 / p99 ms | errors | CPU cores: server / others |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---|---|")
 for r in runs:
     l = r["load"]
     print(f"| {r['round']} | {name[r['engine']]} | {l['requests_done']} | {l['output_tokens']} | "
           f"{l['seconds']} | {l['output_tokens_per_s']:.1f} | {l['ttft_ms_p50']} / {l['ttft_ms_p99']} | "
-          f"{l['itl_ms_p50']} / {l['itl_ms_p99']} | {sum(l['errors'].values())} {l['errors'] or ''} |")
+          f"{l['itl_ms_p50']} / {l['itl_ms_p99']} | {sum(l['errors'].values())} {l['errors'] or ''} | "
+          f"{l['server_cpu_cores']} / {l['other_cpu_cores']} |")
 med = {e: {k: statistics.median(r["load"][k] for r in runs if r["engine"] == e) for k in keys}
        for e in ("troupe", "llama") if any(r["engine"] == e for r in runs)}
 if len(med) == 2:
