@@ -31,7 +31,7 @@
 #   QUIET []  TROUPE [target/release/troupe, built if missing]  LLAMA_FLAGS []
 #   TROUPE_FLAGS [--compute bf16]: activations rounded to bf16 before each linear layer, as
 #     llama.cpp's bf16 path does
-#   QUIET_WAIT [600]: with QUIET, seconds to wait for a quiet machine before each run
+#   QUIET_WAIT [600]: with QUIET, seconds to wait for another quiet.sh run to end before each run
 #   FIRST_ROUND [1]  ENGINES ["llama troupe"]  APPEND [0]: 1 adds to RESULTS (to redo one run)
 #   CONVERT_PYTHON [python3]  FORCE [0]: 1 re-exports, rewrites and re-converts
 #   RESULTS [$WORK/results.jsonl]: one line per run (engine, round, serve_load.py's JSON)
@@ -150,21 +150,16 @@ if [[ $FORCE == 1 || ! -f $GGUF ]]; then
 fi
 
 # 4. Alternating rounds.
-# Before each run, wait (up to QUIET_WAIT seconds) until no other `quiet.sh` run is going on and the
-# rest of the machine used under 0.25 cores over 3 s: a quiet-wrapper only pauses what exists
-# when it starts, and two overlapping ones resume each other's paused processes.
+# Before each run, wait (up to QUIET_WAIT seconds) until no other `quiet.sh` run is going on: two
+# overlapping ones resume each other's paused processes. (Builds need no waiting: QUIET pauses
+# what runs when it starts. What starts later is not paused; the per-run CPU figures show it.)
 wait_for_quiet() {
-    local t0=$SECONDS b0 a0 b1 a1
+    local t0=$SECONDS
     while ((SECONDS - t0 < QUIET_WAIT)); do
-        if ! pgrep -f 'quiet\.sh' >/dev/null; then
-            read -r b0 a0 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-            sleep 3
-            read -r b1 a1 < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-            (((b1 - b0) * $(nproc) * 100 < 25 * (a1 - a0))) && return 0
-        fi
+        pgrep -f 'quiet\.sh' >/dev/null || return 0
         sleep 2
     done
-    say "the machine did not go quiet within ${QUIET_WAIT}s; running anyway"
+    say "another quiet.sh run was still going after ${QUIET_WAIT}s; running anyway"
 }
 [[ $APPEND == 1 ]] || : >"$RESULTS"
 for round in $(seq "$FIRST_ROUND" "$ROUNDS"); do
@@ -176,6 +171,7 @@ for round in $(seq "$FIRST_ROUND" "$ROUNDS"); do
         say "round $round: $engine"
         # shellcheck disable=SC2086 # QUIET is a command prefix
         out=$($QUIET bash bench/serve-vs-llama-server.sh __one "$engine" | tail -1)
+        [[ $out == "{"* ]] || { echo "round $round, $engine: no result from the run (see $WORK/server-$engine.log)" >&2; exit 1; }
         say "$out"
         printf '{"engine": "%s", "round": %d, "load": %s}\n' "$engine" "$round" "$out" >>"$RESULTS"
     done
