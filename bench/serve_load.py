@@ -96,8 +96,15 @@ async def one_request(args, host, port, rng, stats):
             if not event.get("choices"):
                 continue
             choice = event["choices"][0]
-            # troupe sends the chunk's ids (`return_token_ids`); a server without them, one per chunk.
-            n = len(choice["token_ids"]) if "token_ids" in choice else 1
+            # troupe sends the chunk's ids (`return_token_ids`); a server without them, one per chunk,
+            # except a closing chunk with no text (llama-server ends with `"text": ""` and the
+            # finish reason), which carries no token.
+            if "token_ids" in choice:
+                n = len(choice["token_ids"])
+            else:
+                n = 0 if choice.get("finish_reason") and not choice.get("text") else 1
+            if n == 0:
+                continue
             now = time.perf_counter()
             if last is None:
                 stats.ttft.append(now - start)
