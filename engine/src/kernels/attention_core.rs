@@ -16,6 +16,11 @@
 //! score pass requests rows `PREFETCH_AHEAD` positions ahead into L1 and rows two chunks ahead
 //! into L2 (the hardware prefetchers stop at every 4 KiB page), one whole row per key; the value
 //! pass re-reads the chunk from L2. Streaming the cache overlaps the arithmetic.
+//!
+//! Kv heads of a multiple of 16 query heads (absorbed MLA: 16 heads share one latent row) run
+//! the heads-in-lanes form on AVX-512 (`chunk_partial_lanes`, `attention_lanes512`): the same
+//! operations in the same order with a head per lane, so the same bits. It leaves prefetching
+//! to the hardware (measured faster on this project's Sapphire Rapids-class machine).
 
 use rayon::prelude::*;
 
@@ -39,6 +44,12 @@ fn score_block(isa: Isa) -> usize {
         _ => 12,
     }
 }
+
+/// Query heads per register of the heads-in-lanes form (`attention_lanes512`).
+pub(crate) const LANES: usize = 16;
+
+/// Keys per block of the heads-in-lanes score pass (four tiles of 3).
+const LANES_BLOCK: usize = 12;
 
 /// How many rows ahead of the score pass the cache rows are prefetched.
 const PREFETCH_AHEAD: usize = 24;
@@ -159,6 +170,14 @@ pub(crate) fn attend<R: KeyRows>(
             });
         }
     }
+    // Transposed queries of every (row, kv head) for the heads-in-lanes path.
+    let lanes = lanes_path(isa, group, p.v_dim);
+    let qt_len = (p.d1 + p.d2) * group;
+    let qts = if lanes {
+        transposed_queries(q, q_rope, p, group)
+    } else {
+        Vec::new()
+    };
     // Partials: task-major, then kv head.
     let part_len = group * (p.v_dim + 2);
     let task_len = p.kv_heads * part_len;
@@ -170,6 +189,12 @@ pub(crate) fn attend<R: KeyRows>(
         let mut scratch = Scratch::default();
         for (g, part) in parts.chunks_mut(part_len).enumerate() {
             let t = Task { g, ..*t };
+            #[cfg(target_arch = "x86_64")]
+            if lanes {
+                let qt = &qts[(t.row * p.kv_heads + g) * qt_len..][..qt_len];
+                chunk_partial_lanes(keys, p, t, qt, part, &mut scratch);
+                continue;
+            }
             chunk_partial(q, q_rope, keys, p, t, isa, part, &mut scratch);
         }
     };
@@ -199,6 +224,101 @@ pub(crate) fn attend<R: KeyRows>(
         out.chunks_mut(slab).enumerate().for_each(combine);
     }
     Tensor::matrix(tq, width, out)
+}
+
+/// Whether a chunk runs the heads-in-lanes form (`attention_lanes512`): on AVX-512, for kv
+/// heads of a multiple of 16 query heads and values a multiple of 16 wide. Either form gives
+/// the same bits; this one reads each cached row once per 16 heads with no shuffles.
+fn lanes_path(isa: Isa, group: usize, v_dim: usize) -> bool {
+    cfg!(target_arch = "x86_64")
+        && matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
+        && group.is_multiple_of(LANES)
+        && v_dim.is_multiple_of(LANES)
+}
+
+/// The transposed queries of every query row and kv head, 16 heads at a time: `qt[i·16 + h]` is
+/// element `i` of head `h`'s query (`q` then `q_rope`), `(d1 + d2)·group` values per (row, kv
+/// head).
+fn transposed_queries(
+    q: &Tensor,
+    q_rope: Option<&Tensor>,
+    p: &AttentionParams,
+    group: usize,
+) -> Vec<f32> {
+    let (d1, d2) = (p.d1, p.d2);
+    let block = (d1 + d2) * LANES;
+    let mut qts = vec![0.0f32; q.rows() * p.kv_heads * group * (d1 + d2)];
+    for (b, qt) in qts.chunks_mut(block).enumerate() {
+        let (row, h0) = (b * LANES / p.heads, b * LANES % p.heads);
+        let qs: Vec<&[f32]> = (h0..h0 + LANES)
+            .map(|h| &q.row(row)[h * d1..][..d1])
+            .collect();
+        let rs: Vec<&[f32]> = (h0..h0 + LANES)
+            .map(|h| q_rope.map_or(&[][..], |r| &r.row(row)[h * d2..][..d2]))
+            .collect();
+        for (h, (a, b)) in qs.iter().zip(&rs).enumerate() {
+            for (i, v) in a.iter().chain(b.iter()).enumerate() {
+                qt[i * LANES + h] = *v;
+            }
+        }
+    }
+    qts
+}
+
+/// `chunk_partial` in the heads-in-lanes form: kv head `t.g`'s query heads 16 at a time, their
+/// transposed queries in `qt`. Same partial, same bits. It requests no rows ahead: on the
+/// Sapphire Rapids-class machine it was measured on, a 4096-deep decode call over 8 layers ran
+/// faster with the hardware prefetchers alone than with `RowFetch`'s L1 and L2 requests.
+#[cfg(target_arch = "x86_64")]
+fn chunk_partial_lanes<'a, R: KeyRows>(
+    keys: &'a R,
+    p: &AttentionParams,
+    t: Task,
+    qt: &[f32],
+    part: &mut [f32],
+    scratch: &mut Scratch<'a>,
+) {
+    use crate::kernels::attention_lanes512 as lanes;
+    let (group, n) = (p.heads / p.kv_heads, t.hi - t.lo);
+    let (d1, d2, vd) = (p.d1, p.d2, p.v_dim);
+    let Scratch {
+        krows,
+        rrows,
+        vrows,
+        scores,
+        ..
+    } = scratch;
+    krows.clear();
+    krows.extend((t.lo..t.hi).map(|j| &keys.key(j)[t.g * d1..][..d1]));
+    rrows.clear();
+    rrows.extend((t.lo..t.hi).map(|j| &keys.rope(j)[..d2]));
+    vrows.clear();
+    vrows.extend((t.lo..t.hi).map(|j| &keys.value(j)[t.g * vd..][..vd]));
+    scores.clear();
+    scores.resize(n * LANES, 0.0);
+    let (ml, acc) = part.split_at_mut(2 * group);
+    let (m, l) = ml.split_at_mut(group);
+    let width = (d1 + d2) * LANES;
+    for b in 0..group / LANES {
+        let qt = &qt[b * width..][..width];
+        for j0 in (0..n).step_by(LANES_BLOCK) {
+            let j1 = (j0 + LANES_BLOCK).min(n);
+            let out = &mut scores[j0 * LANES..j1 * LANES];
+            // SAFETY: `lanes_path` chose this form only on a supported AVX-512 path; `qt` holds
+            // `(d1 + d2)·16` values and `out` 16 per key.
+            unsafe { lanes::scores(qt, &krows[j0..j1], &rrows[j0..j1], p.scale, out) };
+        }
+        let (mb, lb) = (&mut m[b * LANES..][..LANES], &mut l[b * LANES..][..LANES]);
+        // SAFETY: as above; `scores` holds 16 values per key.
+        unsafe { lanes::softmax(scores, n, mb, lb) };
+        let ps: Vec<&[f32]> = (0..LANES).map(|h| &scores[h..]).collect();
+        let mut accs: Vec<&mut [f32]> = acc[b * LANES * vd..][..LANES * vd]
+            .chunks_mut(vd)
+            .collect();
+        // SAFETY: as above; head `h`'s weights are `scores[h + 16·j]`, and `v_dim` is a
+        // multiple of 16 (`lanes_path`), so every column is done here.
+        unsafe { crate::kernels::attention_simd512::value_tile(&ps, LANES, vrows, &mut accs) };
+    }
 }
 
 /// One chunk's partial for all heads of kv head `t.g`: `part` = `[m; group] [l; group]

@@ -22,17 +22,17 @@ pub(crate) fn fold8(l: &[f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
-const MAGIC: f32 = 12_582_912.0;
+pub(crate) const MAGIC: f32 = 12_582_912.0;
 /// `-ln 2` split in a part with few mantissa bits (exactly -0.693359375, so `n · NEG_LN2_HI` is
 /// exact) and the rest.
-const NEG_LN2_HI: f32 = -0.693_359_4;
-const NEG_LN2_LO: f32 = 2.121_944_4e-4;
+pub(crate) const NEG_LN2_HI: f32 = -0.693_359_4;
+pub(crate) const NEG_LN2_LO: f32 = 2.121_944_4e-4;
 /// Below this, `exp` returns 0 (the true value is under 1.7e-38).
-const EXP_FLOOR: f32 = -87.0;
+pub(crate) const EXP_FLOOR: f32 = -87.0;
 /// Taylor coefficients 1/k!, k = 7 down to 0.
-const EXP_POLY: [f32; 8] = [
+pub(crate) const EXP_POLY: [f32; 8] = [
     1.0 / 5040.0,
     1.0 / 720.0,
     1.0 / 120.0,
@@ -170,7 +170,7 @@ pub(crate) fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]]
     match isa {
         Isa::Avx512 | Isa::Avx512Bf16 => {
             // SAFETY: as in `score_tile`.
-            let done = unsafe { super::attention_simd512::value_tile(p, values, acc) };
+            let done = unsafe { super::attention_simd512::value_tile(p, 1, values, acc) };
             if done < acc[0].len() {
                 value_columns(p, values, acc, done);
             }

@@ -203,13 +203,20 @@ unsafe fn fold8_of_eight(u: &[__m512; 8]) -> __m512 {
 }
 
 /// Value accumulation of one chunk (see `attention_simd::value_tile` for the contract):
-/// key blocks outer, then strips of 64 columns, then head tiles of 4. Returns how many columns
-/// it did (a multiple of 16); the caller runs the rest with the portable form (the same chains).
+/// key blocks outer, then strips of 64 columns, then head tiles of 4. Head `h`'s weight of key
+/// `j` is `p[h][j · stride]` (stride 1: one row per head; 16: the transposed probabilities of
+/// `attention_lanes512`). Returns how many columns it did (a multiple of 16); the caller runs
+/// the rest with the portable form (the same chains).
 ///
 /// # Safety
-/// As for [`score_tile`].
+/// As for [`score_tile`]; `p[h]` holds `(values.len() - 1) · stride + 1` values or more.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]]) -> usize {
+pub(crate) unsafe fn value_tile(
+    p: &[&[f32]],
+    stride: usize,
+    values: &[&[f32]],
+    acc: &mut [&mut [f32]],
+) -> usize {
     let width = acc[0].len();
     let vecs = width / 16;
     for k0 in (0..values.len()).step_by(VALUE_BLOCK) {
@@ -221,15 +228,15 @@ pub(crate) unsafe fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut
                 let ht = head_tile(p.len() - h);
                 let (ph, ah) = (&p[h..h + ht], &mut acc[h..h + ht]);
                 match (ht, strip) {
-                    (4, 4) => vtile::<4, 4>(ph, k0, vals, ah, c * 16),
-                    (2, 4) => vtile::<2, 4>(ph, k0, vals, ah, c * 16),
-                    (1, 4) => vtile::<1, 4>(ph, k0, vals, ah, c * 16),
+                    (4, 4) => vtile::<4, 4>(ph, stride, k0, vals, ah, c * 16),
+                    (2, 4) => vtile::<2, 4>(ph, stride, k0, vals, ah, c * 16),
+                    (1, 4) => vtile::<1, 4>(ph, stride, k0, vals, ah, c * 16),
                     _ => {
                         for v in c..c + strip {
                             match ht {
-                                4 => vtile::<4, 1>(ph, k0, vals, ah, v * 16),
-                                2 => vtile::<2, 1>(ph, k0, vals, ah, v * 16),
-                                _ => vtile::<1, 1>(ph, k0, vals, ah, v * 16),
+                                4 => vtile::<4, 1>(ph, stride, k0, vals, ah, v * 16),
+                                2 => vtile::<2, 1>(ph, stride, k0, vals, ah, v * 16),
+                                _ => vtile::<1, 1>(ph, stride, k0, vals, ah, v * 16),
                             }
                         }
                     }
@@ -241,11 +248,13 @@ pub(crate) unsafe fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut
     vecs * 16
 }
 
-/// Columns `col..col + 16·W` of `H` heads over the keys `vals` (keys `k0..` of the chunk),
+/// Columns `col..col + 16·W` of `H` heads over the keys `vals` (keys `k0..` of the chunk; the
+/// weights `stride` apart),
 /// continuing the accumulators held in `acc`.
 #[inline(always)]
 unsafe fn vtile<const H: usize, const W: usize>(
     p: &[&[f32]],
+    stride: usize,
     k0: usize,
     vals: &[&[f32]],
     acc: &mut [&mut [f32]],
@@ -268,7 +277,7 @@ unsafe fn vtile<const H: usize, const W: usize>(
             vv[w] = _mm512_loadu_ps(vp.add(16 * w));
         }
         for h in 0..H {
-            let pb = _mm512_set1_ps(*pp[h].add(k0 + j));
+            let pb = _mm512_set1_ps(*pp[h].add((k0 + j) * stride));
             for w in 0..W {
                 a[h][w] = _mm512_fmadd_ps(pb, vv[w], a[h][w]);
             }

@@ -50,8 +50,12 @@ impl Case {
         Case::with_len(rng, mla, page_tokens, len)
     }
     fn with_len(rng: &mut Rng, mla: bool, page_tokens: usize, len: usize) -> Case {
+        let group = [1, 2, 3, 4, 5, 8, 16][rng.below(7)];
+        Case::with_group(rng, mla, page_tokens, len, group)
+    }
+    fn with_group(rng: &mut Rng, mla: bool, page_tokens: usize, len: usize, group: usize) -> Case {
         let kv_heads = if mla { 1 } else { 1 + rng.below(3) };
-        let heads = kv_heads * [1, 2, 3, 4, 5, 8, 16][rng.below(7)];
+        let heads = kv_heads * group;
         let d1 = [3, 8, 13, 16, 32, 40][rng.below(6)];
         let d2 = if mla { [4, 8, 11, 16][rng.below(4)] } else { 0 };
         let v_dim = if mla {
@@ -242,6 +246,33 @@ fn every_path_the_processor_has_gives_the_portable_bits() {
     let mut rng = Rng(0x0bad_cafe_f00d_d00d);
     for n in 0..40 {
         let c = Case::new(&mut rng, n % 2 == 1, 16);
+        let (dense, paged) = (bits(&c.dense(Isa::Portable)), bits(&c.paged(Isa::Portable)));
+        for isa in Isa::available() {
+            assert_eq!(bits(&c.dense(isa)), dense, "case {n} dense on {isa:?}");
+            assert_eq!(bits(&c.paged(isa)), paged, "case {n} paged on {isa:?}");
+        }
+    }
+}
+
+/// Kv heads of 16 and 32 query heads with values a multiple of 16 wide take the
+/// heads-in-lanes form on AVX-512 (`attention_lanes512`); it must give the portable bits too,
+/// for every key width (ragged lane tails included), rope width, window and query count.
+#[test]
+fn the_heads_in_lanes_form_gives_the_portable_bits() {
+    let mut rng = Rng(0x1a2e_5f00_d00d_0016);
+    for n in 0..24 {
+        let mla = n % 2 == 0;
+        let len = 1 + rng.below(400);
+        let mut c = Case::with_group(&mut rng, mla, 16, len, [16, 32][n % 4 / 2]);
+        if !c.p.v_dim.is_multiple_of(16) {
+            // Widen the values to a multiple of 16 (MLA's values are its key columns).
+            c = loop {
+                let next = Case::with_group(&mut rng, mla, 16, len, c.p.heads / c.p.kv_heads);
+                if next.p.v_dim.is_multiple_of(16) {
+                    break next;
+                }
+            };
+        }
         let (dense, paged) = (bits(&c.dense(Isa::Portable)), bits(&c.paged(Isa::Portable)));
         for isa in Isa::available() {
             assert_eq!(bits(&c.dense(isa)), dense, "case {n} dense on {isa:?}");

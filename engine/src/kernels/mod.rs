@@ -6,6 +6,7 @@ pub mod attention;
 mod attention_core;
 pub mod attention_cost;
 mod attention_simd;
+mod attention_lanes512;
 mod attention_simd512;
 #[cfg(test)]
 mod attention_tests;
