@@ -36,6 +36,7 @@
 #   TROUPE_Q8_MODEL [$WORK/hf]  TROUPE_Q8_FLAGS []: the troupe side of -q8 rows (later:
 #     `--quantize int8`, or an FP8 folder)
 #   CHECK [1]  CONVERT_PYTHON [python3]  FORCE [0]: 1 re-exports and re-converts
+#   LLAMA_BIN [$LLAMA_CPP_DIR/build/bin]: where llama-bench is (another build of the checkout)
 #   LLAMA_LINK_EXTRA []: extra g++ link flags for bench/llama_logits.cpp
 #   RESULTS [$WORK/results.tsv]: one line per run (threads, test, engine, round, tok/s)
 set -euo pipefail
@@ -55,7 +56,7 @@ TROUPE_Q8_FLAGS=${TROUPE_Q8_FLAGS:-}
 CHECK=${CHECK:-1}
 PY=${CONVERT_PYTHON:-python3}
 FORCE=${FORCE:-0}
-BIN=$LLAMA_CPP_DIR/build/bin
+BIN=${LLAMA_BIN:-$LLAMA_CPP_DIR/build/bin}
 HF=$WORK/hf
 mkdir -p "$WORK"
 
