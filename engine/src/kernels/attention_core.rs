@@ -288,12 +288,7 @@ fn chunk_partial_lanes<'a, R: KeyRows>(
         scores,
         ..
     } = scratch;
-    krows.clear();
-    krows.extend((t.lo..t.hi).map(|j| &keys.key(j)[t.g * d1..][..d1]));
-    rrows.clear();
-    rrows.extend((t.lo..t.hi).map(|j| &keys.rope(j)[..d2]));
-    vrows.clear();
-    vrows.extend((t.lo..t.hi).map(|j| &keys.value(j)[t.g * vd..][..vd]));
+    gather_rows(keys, p, t, krows, rrows, vrows);
     scores.clear();
     scores.resize(n * LANES, 0.0);
     let (ml, acc) = part.split_at_mut(2 * group);
@@ -312,9 +307,8 @@ fn chunk_partial_lanes<'a, R: KeyRows>(
         // SAFETY: as above; `scores` holds 16 values per key.
         unsafe { lanes::softmax(scores, n, mb, lb) };
         let ps: Vec<&[f32]> = (0..LANES).map(|h| &scores[h..]).collect();
-        let mut accs: Vec<&mut [f32]> = acc[b * LANES * vd..][..LANES * vd]
-            .chunks_mut(vd)
-            .collect();
+        let mut accs: Vec<&mut [f32]> =
+            acc[b * LANES * vd..][..LANES * vd].chunks_mut(vd).collect();
         // SAFETY: as above; head `h`'s weights are `scores[h + 16·j]`, and `v_dim` is a
         // multiple of 16 (`lanes_path`), so every column is done here.
         unsafe { crate::kernels::attention_simd512::value_tile(&ps, LANES, vrows, &mut accs) };
@@ -353,12 +347,7 @@ fn chunk_partial<'a, R: KeyRows>(
         Some(r) => qr.extend((0..group).map(|h| &r.row(t.row)[(h0 + h) * d2..][..d2])),
         None => qr.resize(group, &[]),
     }
-    krows.clear();
-    krows.extend((t.lo..t.hi).map(|j| &keys.key(j)[t.g * d1..][..d1]));
-    rrows.clear();
-    rrows.extend((t.lo..t.hi).map(|j| &keys.rope(j)[..d2]));
-    vrows.clear();
-    vrows.extend((t.lo..t.hi).map(|j| &keys.value(j)[t.g * vd..][..vd]));
+    gather_rows(keys, p, t, krows, rrows, vrows);
 
     // Scores, key blocks outer (a block stays in L1 while every head tile reads it).
     scores.clear();
@@ -414,6 +403,24 @@ fn chunk_partial<'a, R: KeyRows>(
 }
 
 /// The buffers of `chunk_partial`, reused across the kv heads of a task.
+/// The task's key, rope-key and value rows of kv head `t.g`, in position order.
+fn gather_rows<'a, R: KeyRows>(
+    keys: &'a R,
+    p: &AttentionParams,
+    t: Task,
+    krows: &mut Vec<&'a [f32]>,
+    rrows: &mut Vec<&'a [f32]>,
+    vrows: &mut Vec<&'a [f32]>,
+) {
+    let (d1, d2, vd) = (p.d1, p.d2, p.v_dim);
+    krows.clear();
+    krows.extend((t.lo..t.hi).map(|j| &keys.key(j)[t.g * d1..][..d1]));
+    rrows.clear();
+    rrows.extend((t.lo..t.hi).map(|j| &keys.rope(j)[..d2]));
+    vrows.clear();
+    vrows.extend((t.lo..t.hi).map(|j| &keys.value(j)[t.g * vd..][..vd]));
+}
+
 #[derive(Default)]
 struct Scratch<'a> {
     qs: Vec<&'a [f32]>,

@@ -5,8 +5,8 @@ pub mod activation;
 pub mod attention;
 mod attention_core;
 pub mod attention_cost;
-mod attention_simd;
 mod attention_lanes512;
+mod attention_simd;
 mod attention_simd512;
 #[cfg(test)]
 mod attention_tests;
