@@ -93,9 +93,8 @@ struct FreeList {
     returned: Vec<u32>,
     /// Pages `fresh..capacity` were never handed out.
     fresh: usize,
-    /// Tables holding each page that any table holds (`in_use` is its length).
+    /// Tables holding each page that any table holds (its length is the pages in use).
     holders: HashMap<u32, u32>,
-    in_use: usize,
     index: PrefixIndex,
 }
 
@@ -121,11 +120,7 @@ impl FreeList {
     /// One more table holds each of `pages`.
     fn hold(&mut self, pages: &[u32]) {
         for &p in pages {
-            let h = self.holders.entry(p).or_insert(0);
-            if *h == 0 {
-                self.in_use += 1;
-            }
-            *h += 1;
+            *self.holders.entry(p).or_insert(0) += 1;
         }
     }
 }
@@ -157,7 +152,6 @@ impl PageAllocator {
                 returned: Vec::new(),
                 fresh: 0,
                 holders: HashMap::new(),
-                in_use: 0,
                 index: PrefixIndex::default(),
             }),
         }))
@@ -167,7 +161,7 @@ impl PageAllocator {
     }
     /// Pages currently held by sequences (the prefix index's other pages not counted).
     pub fn pages_in_use(&self) -> usize {
-        lock(&self.free).in_use
+        lock(&self.free).holders.len()
     }
     /// The prefix index's counters.
     pub fn prefix_stats(&self) -> PrefixCacheStats {
@@ -208,7 +202,6 @@ impl PageAllocator {
             *h -= 1;
             if *h == 0 {
                 f.holders.remove(&p);
-                f.in_use -= 1;
                 if !f.index.holds(p) {
                     f.returned.push(p);
                 }
@@ -219,9 +212,7 @@ impl PageAllocator {
     /// now held by the caller's table.
     fn adopt(&self, prompt: &[u32], max_pages: usize) -> Vec<u32> {
         let mut f = lock(&self.free);
-        let pages = f
-            .index
-            .lookup(prompt, self.page_tokens, max_pages, prompt.len());
+        let pages = f.index.lookup(prompt, self.page_tokens, max_pages);
         f.hold(&pages);
         pages
     }

@@ -85,13 +85,12 @@ impl PrefixIndex {
     }
 
     /// The cached pages of the longest run of `tokens`' full pages (at most `max_pages`), each
-    /// marked used; counts `counted` prompt tokens and the hits.
+    /// marked used; counts `tokens` as looked-up prompt tokens, and the hits.
     pub(crate) fn lookup(
         &mut self,
         tokens: &[u32],
         page_tokens: usize,
         max_pages: usize,
-        counted: usize,
     ) -> Vec<u32> {
         let mut parent = 0;
         let mut found = Vec::new();
@@ -108,16 +107,15 @@ impl PrefixIndex {
             parent = e.id;
             found.push(e.page);
         }
-        self.stats.prompt_tokens += counted as u64;
+        self.stats.prompt_tokens += tokens.len() as u64;
         self.stats.hit_tokens += (found.len() * page_tokens) as u64;
         found
     }
 
     /// Publishes `pages[i]` as holding `tokens`' page `i` (`tokens` covers whole pages). Pages
-    /// whose key is already cached stay their sequence's own; returns the pages the index took.
-    pub(crate) fn insert(&mut self, tokens: &[u32], page_tokens: usize, pages: &[u32]) -> Vec<u32> {
+    /// whose key is already cached stay their sequence's own.
+    pub(crate) fn insert(&mut self, tokens: &[u32], page_tokens: usize, pages: &[u32]) {
         let mut parent = 0;
-        let mut taken = Vec::new();
         for (chunk, &page) in tokens.chunks_exact(page_tokens).zip(pages) {
             let key = PageKey {
                 parent,
@@ -150,10 +148,8 @@ impl PrefixIndex {
             );
             self.keys.insert(id, key.clone());
             self.pages.insert(page, key);
-            taken.push(page);
             parent = id;
         }
-        taken
     }
 
     /// Cached pages that `free_to_evict` allows: all of them can be evicted, leaves first (a
