@@ -1,6 +1,7 @@
 //! Timing harness (not a test: nothing is asserted) for the CPU linear on ds-v3-mini's shapes:
 //! an expert's gate projection (x `[n, 1024]` × bf16 W `[512, 1024]`) and the shared dense up
-//! projection (`[2816, 1024]`), for one row (decode) and 128 rows (prefill), in each compute
+//! projection (`[2816, 1024]`), for one row (decode), 6 rows (an expert's share of a 64-sequence decode step) and 128 rows
+//! (prefill), in each compute
 //! mode and kernel path the processor has, and the same shapes as FP8 block-scaled weights. Prints GFLOP/s per CPU-second of this process, so a
 //! run beside other work still compares the paths (wall time would not).
 //!
@@ -33,7 +34,7 @@ fn ds_v3_mini_linears() {
         let wv: Vec<u16> = noise(out * k, 7).iter().map(|&v| f32_to_bf16(v)).collect();
         let w = Weight::from_u16("w", DType::BF16, vec![out, k], &wv);
         let wf8 = quantize_block_scaled("w8", out, k, &noise(out * k, 7)).unwrap();
-        for n in [1usize, 128] {
+        for n in [1usize, 6, 128] {
             let x = Tensor::matrix(n, k, noise(n * k, 3)).unwrap();
             let mut y = vec![0.0f32; n * out];
             let flops = 2.0 * (n * k * out) as f64;
@@ -43,6 +44,7 @@ fn ds_v3_mini_linears() {
                 (Isa::Avx512, Compute::F32, &w),
                 (Isa::Avx512, Compute::Bf16, &w),
                 (Isa::Avx512Bf16, Compute::Bf16, &w),
+                (Isa::Amx, Compute::Bf16, &w),
                 (Isa::Avx2, Compute::F32, &wf8),
                 (Isa::Avx512, Compute::F32, &wf8),
             ] {

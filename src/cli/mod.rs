@@ -88,8 +88,9 @@ pub struct RunArgs {
     /// Device for the kernels: cpu, cuda[:N], ptx-interp.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceId,
-    /// CPU kernel path: avx512bf16, avx512, avx2 or portable (default: the best this processor
-    /// has; avx512bf16 differs from avx512 only under `--compute bf16`, where it uses vdpbf16ps).
+    /// CPU kernel path: amx, avx512bf16, avx512, avx2 or portable (default: the best this
+    /// processor has; avx512bf16 and amx differ from avx512 only under `--compute bf16`, where
+    /// avx512bf16 uses vdpbf16ps and amx multiplies in AMX tiles).
     #[arg(long)]
     pub isa: Option<String>,
     /// Precision of the activations entering each linear layer: f32 (default; weights upcast

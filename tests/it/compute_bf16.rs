@@ -4,7 +4,8 @@
 //! so it is held to the fixtures README's loose bf16 criteria, not to token equality: cosine
 //! ≥ 0.9 at every position, mean |Δ| ≤ 0.15, top-1 agreement ≥ 75% of positions. The mode must
 //! also move the logits (it is not the f32 path) and give the same bits on every kernel path of
-//! the f32 order; the `avx512bf16` path (`vdpbf16ps`, its own order) is held to the same criteria.
+//! the f32 order; the `avx512bf16` path (`vdpbf16ps`, its own order) and the `amx` path (tiles,
+//! again its own order) are held to the same criteria.
 
 use safetensors::SafeTensors;
 use troupe::engine::kernels::isa::Isa;
@@ -127,7 +128,7 @@ fn bf16_compute_meets_the_loose_bf16_criteria_and_is_the_same_on_every_fma_path(
     // The f32 order (portable, avx2, avx512) on rounded activations: one result on every path.
     let reference = meets_the_criteria(&["--isa", "portable"]);
     for isa in Isa::available() {
-        if isa == Isa::Avx512Bf16 || isa == Isa::Portable {
+        if isa.has_avx512bf16() || isa == Isa::Portable {
             continue;
         }
         for (i, want) in reference.iter().enumerate() {
@@ -138,6 +139,19 @@ fn bf16_compute_meets_the_loose_bf16_criteria_and_is_the_same_on_every_fma_path(
             );
         }
     }
+}
+
+#[test]
+fn bf16_compute_in_amx_tiles_meets_the_same_criteria() {
+    // `tdpbf16ps` tiles sum the same exact products in the processor's own order: again its
+    // own bits, held to the same criteria (the kernel is checked in engine/tests/it/amx_tiles.rs).
+    if !Isa::Amx.supported() {
+        eprintln!("no AMX here: skipped");
+        return;
+    }
+    let tiles = meets_the_criteria(&["--isa", "amx"]);
+    let pairs = logits(0, &["--compute", "bf16", "--isa", "avx512bf16"]);
+    assert!(!same_bits(&tiles[0], &pairs), "amx ran vdpbf16ps");
 }
 
 #[test]

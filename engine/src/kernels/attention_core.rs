@@ -40,7 +40,7 @@ pub(crate) const CHUNK: usize = 128;
 /// it (four AVX2 tiles of 3 keys, two AVX-512 tiles of 8).
 fn score_block(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 | Isa::Avx512Bf16 => 16,
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => 16,
         _ => 12,
     }
 }
@@ -231,7 +231,7 @@ pub(crate) fn attend<R: KeyRows>(
 /// the same bits; this one reads each cached row once per 16 heads with no shuffles.
 fn lanes_path(isa: Isa, group: usize, v_dim: usize) -> bool {
     cfg!(target_arch = "x86_64")
-        && matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
+        && matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
         && group.is_multiple_of(LANES)
         && v_dim.is_multiple_of(LANES)
 }

@@ -58,7 +58,7 @@ const FMA_ITERS: usize = 4_000_000;
 /// 8 otherwise (the portable loop is written 8 wide too).
 fn fma_lanes() -> usize {
     match isa::active() {
-        Isa::Avx512 | Isa::Avx512Bf16 => 16,
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => 16,
         _ => 8,
     }
 }
@@ -95,7 +95,9 @@ fn fma_chains(iters: usize, seed: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     match isa::active() {
         // SAFETY: `isa::active()` is always a path the processor has.
-        Isa::Avx512 | Isa::Avx512Bf16 => return unsafe { fma_chains_avx512(iters, seed) },
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => {
+            return unsafe { fma_chains_avx512(iters, seed) }
+        }
         // SAFETY: as above.
         Isa::Avx2 => return unsafe { fma_chains_avx2(iters, seed) },
         Isa::Portable => {}

@@ -100,7 +100,7 @@ pub(crate) struct ScoreTile<'a> {
 /// 16 registers; AVX-512 holds two keys per register and 16 accumulators in its 32).
 pub(crate) fn keys_per_tile(heads: usize, isa: Isa) -> usize {
     match (isa, heads) {
-        (Isa::Avx512 | Isa::Avx512Bf16, _) => 8,
+        (Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx, _) => 8,
         (_, 4) => 3,
         (_, 2) => 4,
         _ => 8,
@@ -114,7 +114,7 @@ pub(crate) fn score_tile(t: &ScoreTile<'_>, scale: f32, isa: Isa, out: &mut [[f3
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: `attend` passes only a path `Isa::supported` accepted.
-        Isa::Avx512 | Isa::Avx512Bf16 => {
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => {
             return unsafe { super::attention_simd512::score_tile(t, scale, out) }
         }
         // SAFETY: as above.
@@ -168,7 +168,7 @@ pub(crate) fn head_tile(left: usize) -> usize {
 pub(crate) fn value_tile(p: &[&[f32]], values: &[&[f32]], acc: &mut [&mut [f32]], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 | Isa::Avx512Bf16 => {
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => {
             // SAFETY: as in `score_tile`.
             let done = unsafe { super::attention_simd512::value_tile(p, 1, values, acc) };
             if done < acc[0].len() {

@@ -45,20 +45,35 @@ pub fn per_head_linear(x: &Tensor, weights: &[Weight]) -> Result<Tensor> {
         ));
     }
     let n = x.rows();
+    // Every head's product in one parallel region (a decode step of absorbed MLA makes two
+    // such calls per sequence and layer: one region each instead of one per head).
+    let slices = (0..heads)
+        .map(|h| {
+            head_columns(
+                x,
+                HeadSlice {
+                    heads: 1,
+                    stride: x.cols(),
+                    offset: h * inp,
+                    width: inp,
+                },
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut per_head = vec![vec![0.0f32; n * outw]; heads];
+    let mut jobs: Vec<linear::LinearJob<'_>> = slices
+        .iter()
+        .zip(weights)
+        .zip(per_head.iter_mut())
+        .map(|((x, w), out)| linear::LinearJob { x, w, out })
+        .collect();
+    linear::linear_many(&mut jobs)?;
+    drop(jobs);
     let mut out = vec![0.0f32; n * heads * outw];
-    for (h, w) in weights.iter().enumerate() {
-        let xh = head_columns(
-            x,
-            HeadSlice {
-                heads: 1,
-                stride: x.cols(),
-                offset: h * inp,
-                width: inp,
-            },
-        )?;
-        let yh = linear::linear(&xh, w)?;
+    for (h, yh) in per_head.iter().enumerate() {
         for i in 0..n {
-            out[(i * heads + h) * outw..(i * heads + h + 1) * outw].copy_from_slice(yh.row(i));
+            out[(i * heads + h) * outw..(i * heads + h + 1) * outw]
+                .copy_from_slice(&yh[i * outw..(i + 1) * outw]);
         }
     }
     Tensor::matrix(n, heads * outw, out)

@@ -101,7 +101,7 @@ pub fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], isa: Isa, out: &mut [[f32; 4]; 
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: an `Isa` other than `Portable` is only used when the processor supports it.
-        Isa::Avx512 | Isa::Avx512Bf16 if isa.supported() => {
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if isa.supported() => {
             return unsafe { avx512::dot_block(xs, ws, out) }
         }
         Isa::Avx2 if isa.supported() => return unsafe { avx2::dot_block(xs, ws, out) },

@@ -59,7 +59,8 @@ pub fn dot_pairs_portable(x: &[u16], w: &[u16]) -> f32 {
 }
 
 /// Computes `out[r][c] = dot_pairs(xs[r], ws[c])` for a block of up to 4 × 4 bf16 rows of
-/// one length, on `isa`: `vdpbf16ps` on [`Isa::Avx512Bf16`] (when the processor has it), the
+/// one length, on `isa`: `vdpbf16ps` on [`Isa::Avx512Bf16`] and [`Isa::Amx`] (when the
+/// processor has them), the
 /// portable emulation otherwise.
 #[inline]
 pub fn pairs_block(xs: &[&[u16]], ws: &[&[u16]], isa: Isa, out: &mut [[f32; 4]; 4]) {
@@ -71,7 +72,7 @@ pub fn pairs_block(xs: &[&[u16]], ws: &[&[u16]], isa: Isa, out: &mut [[f32; 4]; 
         "pairs_block: rows of unequal length or a block over 4 x 4"
     );
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Bf16 && isa.supported() && k > 0 {
+    if isa.has_avx512bf16() && isa.supported() && k > 0 {
         // SAFETY: the processor has AVX-512F and AVX512-BF16 (checked just above).
         return unsafe { avx512bf16::pairs_block(xs, ws, out) };
     }

@@ -65,7 +65,7 @@ impl From<Isa> for Fp8Path {
         match i {
             Isa::Portable => Fp8Path::Portable,
             Isa::Avx2 => Fp8Path::Avx2,
-            Isa::Avx512 | Isa::Avx512Bf16 => Fp8Path::Avx512,
+            Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => Fp8Path::Avx512,
         }
     }
 }

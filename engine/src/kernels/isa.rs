@@ -1,12 +1,14 @@
 //! The instruction set the CPU kernels run on, chosen at run time: [`Isa::Portable`] (plain
-//! Rust), [`Isa::Avx2`] (AVX2+FMA+F16C), [`Isa::Avx512`] (AVX-512F on top of those) or
-//! [`Isa::Avx512Bf16`] (AVX512-BF16 on top of that). The best path the processor has is detected
+//! Rust), [`Isa::Avx2`] (AVX2+FMA+F16C), [`Isa::Avx512`] (AVX-512F on top of those),
+//! [`Isa::Avx512Bf16`] (AVX512-BF16 on top of that) or [`Isa::Amx`] (AMX-BF16 tiles on top of
+//! that). The best path the processor has is detected
 //! once; a process-wide override ([`set_active`], the CLI's `--isa`) picks another one the
 //! processor has. Every kernel keeps one fixed reduction order per path, and each path present is
 //! tested against the portable one. Under the default f32 compute all four give the same bits
 //! (`avx512bf16` runs exactly the `avx512` kernels); under `--compute bf16`, `avx512bf16`
 //! multiplies bf16 activations by bf16 weights with `vdpbf16ps`, whose order
-//! ([`super::dot_pairs`]) is its own, while the other three keep agreeing with each other.
+//! ([`super::dot_pairs`]) is its own, `amx` does so in tiles ([`super::amx`]), again in its own
+//! order, while the other three keep agreeing with each other.
 //!
 //! A kernel dispatches with `match isa::active() { .. }` (or takes an `Isa` argument so tests
 //! can compare paths side by side); code behind `Avx2`/`Avx512` runs only when [`Isa::supported`]
@@ -27,12 +29,16 @@ pub enum Isa {
     /// AVX-512F with AVX512-BF16: `vdpbf16ps` for bf16 × bf16 products under `--compute bf16`;
     /// otherwise the `Avx512` kernels.
     Avx512Bf16,
+    /// AVX512-BF16 with AMX-BF16: bf16 × bf16 linears in `tdpbf16ps` tiles under
+    /// `--compute bf16` (when the weight rows are a multiple of 32 long; `vdpbf16ps` otherwise);
+    /// everything else as `Avx512Bf16`.
+    Amx,
 }
 
 /// Errors of choosing a path.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IsaError {
-    #[error("unknown instruction set `{0}`: expected portable, avx2, avx512 or avx512bf16")]
+    #[error("unknown instruction set `{0}`: expected portable, avx2, avx512, avx512bf16 or amx")]
     Unknown(String),
     #[error("--isa {requested}: this processor lacks it (available: {available})")]
     Unsupported {
@@ -43,7 +49,13 @@ pub enum IsaError {
 
 impl Isa {
     /// Every path, slowest first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+    pub const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Bf16,
+        Isa::Amx,
+    ];
 
     /// The name `--isa` takes and `troupe bench` prints.
     pub fn name(self) -> &'static str {
@@ -52,10 +64,11 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
+            Isa::Amx => "amx",
         }
     }
 
-    /// The path named `s` (`portable`, `avx2`, `avx512`, `avx512bf16`).
+    /// The path named `s` (`portable`, `avx2`, `avx512`, `avx512bf16`, `amx`).
     pub fn parse(s: &str) -> Result<Isa, IsaError> {
         Isa::ALL
             .into_iter()
@@ -70,6 +83,7 @@ impl Isa {
             Isa::Avx2 => features().avx2,
             Isa::Avx512 => features().avx2 && features().avx512f,
             Isa::Avx512Bf16 => features().avx2 && features().avx512f && features().avx512bf16,
+            Isa::Amx => Isa::Avx512Bf16.supported() && super::amx::available(),
         }
     }
 
@@ -90,12 +104,17 @@ impl Isa {
     /// Whether the path may use AVX2+FMA+F16C instructions (kernels with no AVX-512 form of
     /// their own run their AVX2 form on the AVX-512 path).
     pub fn has_avx2(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16)
+        matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
     }
 
     /// Whether the path may use AVX-512F instructions (the kernels with a 512-bit form).
     pub fn has_avx512(self) -> bool {
-        matches!(self, Isa::Avx512 | Isa::Avx512Bf16)
+        matches!(self, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
+    }
+
+    /// Whether the path may use `vdpbf16ps` (AVX512-BF16) for bf16 × bf16 products.
+    pub fn has_avx512bf16(self) -> bool {
+        matches!(self, Isa::Avx512Bf16 | Isa::Amx)
     }
 }
 
@@ -184,6 +203,7 @@ mod tests {
         // AVX-512 implies the AVX2 path's features.
         assert!(!Isa::Avx512.supported() || Isa::Avx2.supported());
         assert!(!Isa::Avx512Bf16.supported() || Isa::Avx512.supported());
+        assert!(!Isa::Amx.supported() || Isa::Avx512Bf16.supported());
     }
 
     #[test]

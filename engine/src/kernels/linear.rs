@@ -14,11 +14,15 @@
 //! [`Isa::Avx512Bf16`] path, bf16 weights then meet them in `vdpbf16ps` tiles of the same shapes,
 //! in the pair-dot order of [`super::dot_pairs`] (its own bits, equally independent of tiling,
 //! chunking, batch and threads); other weight types keep the f32 order on rounded activations.
+//! On the [`Isa::Amx`] path, bf16 weights whose rows are a multiple of 32 long meet the
+//! activations, packed once per input, in AMX tiles ([`super::amx`]: 32 × 32 output blocks, its
+//! own order, again independent of all of these); shorter or ragged rows take `vdpbf16ps`.
 //!
 //! The storage type is dispatched in `columns_into` (`WFlat`): FP8 block-scaled weights are
 //! one such type, filled by [`super::fp8`] in its own fixed order, so an expert layer's FP8
 //! projections share a region with everything else.
 
+use super::amx::{self, PackedRows, TILE_K};
 use super::dot::{dot_block, WRow};
 use super::dot_pairs::pairs_block;
 use super::fp8::Fp8Rows;
@@ -99,7 +103,7 @@ impl OutPtr {
 #[allow(clippy::too_many_arguments)]
 unsafe fn columns_into(
     x: &[f32],
-    x16: Option<&[u16]>,
+    x16: Option<&Rounded>,
     n: usize,
     k: usize,
     wf: WFlat<'_>,
@@ -113,7 +117,15 @@ unsafe fn columns_into(
             out.set(r * out_dim + c, v)
         });
     }
-    if let (Some(x16), WFlat::BF16(w)) = (x16, wf) {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(Rounded::Tiles(packed)), WFlat::BF16(w)) = (x16, wf) {
+        // SAFETY: activations are packed only on the AMX path, which `linear_many_in` checked
+        // this processor has; `w` holds `out_dim >= c1` rows of `k`.
+        return amx::columns(packed, w, (c0, c1), &mut |r, c, v| {
+            out.set(r * out_dim + c, v)
+        });
+    }
+    if let (Some(Rounded::Bf16(x16)), WFlat::BF16(w)) = (x16, wf) {
         // bf16 activations against bf16 weights: the pair-dot order, 4 × 4 tiles (1 × 4 for
         // one row).
         return write_blocks(
@@ -133,7 +145,7 @@ unsafe fn columns_into(
     // (4×4, four times, on AVX-512, whose 32 registers hold the 16 accumulators).
     let steps = match (n, isa) {
         (1, _) => (1, 4),
-        (_, Isa::Avx512 | Isa::Avx512Bf16) => (4, 4),
+        (_, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) => (4, 4),
         _ => (2, 2),
     };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
@@ -184,11 +196,49 @@ unsafe fn write_blocks(
     }
 }
 
-/// An activation matrix rounded for `--compute bf16`: f32 values for the f32-order kernels, or
-/// bf16 bits for the pair-dot tiles.
+/// An activation matrix rounded for `--compute bf16`: f32 values for the f32-order kernels,
+/// bf16 bits for the pair-dot tiles, or bf16 packed for the AMX tiles.
 enum Rounded {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    Tiles(PackedRows),
+}
+
+/// How a job's activations are rounded under `--compute bf16`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rounding {
+    F32,
+    Pairs,
+    Tiles,
+}
+
+impl Rounding {
+    /// The form `isa` multiplies `w` in.
+    fn of(isa: Isa, w: &Weight) -> Rounding {
+        match (isa, w.dtype()) {
+            (Isa::Amx, DType::BF16) if w.cols() % TILE_K == 0 && amx::available() => {
+                Rounding::Tiles
+            }
+            (_, DType::BF16) if isa.has_avx512bf16() => Rounding::Pairs,
+            _ => Rounding::F32,
+        }
+    }
+
+    fn round(self, x: &Tensor) -> Rounded {
+        let bits = || {
+            x.data()
+                .iter()
+                .map(|&v| f32_to_bf16(v))
+                .collect::<Vec<u16>>()
+        };
+        match self {
+            Rounding::F32 => {
+                Rounded::F32(x.data().iter().map(|&v| precision::round_bf16(v)).collect())
+            }
+            Rounding::Pairs => Rounded::Bf16(bits()),
+            Rounding::Tiles => Rounded::Tiles(PackedRows::pack(&bits(), x.rows(), x.cols())),
+        }
+    }
 }
 
 /// One product of a [`linear_many`] region: `x @ w^T` into `out` (`[x.rows(), w.rows()]`).
@@ -201,8 +251,8 @@ pub struct LinearJob<'a> {
 /// A checked job: its weight's elements and its output pointer.
 struct Ready<'a> {
     x: &'a [f32],
-    /// The activations as bf16 bits, for the pair-dot tiles.
-    x16: Option<&'a [u16]>,
+    /// The activations as bf16 bits, for the pair-dot or AMX tiles.
+    x16: Option<&'a Rounded>,
     n: usize,
     k: usize,
     wf: WFlat<'a>,
@@ -267,29 +317,19 @@ pub fn linear_many_in(
     // `--compute bf16`: the activations, rounded to bf16, replace each job's input; jobs that
     // share an input share its rounding (`source[i]`: the job whose rounding job `i` reads;
     // only that job's `rounded` entry is `Some`).
-    let pairs = isa == Isa::Avx512Bf16;
     let mut rounded: Vec<Option<Rounded>> = Vec::new();
     let mut source: Vec<usize> = Vec::new();
     if compute == Compute::Bf16 {
         for (i, j) in jobs.iter().enumerate() {
-            let as_pairs = pairs && j.w.dtype() == DType::BF16;
+            let form = Rounding::of(isa, j.w);
             let same = |o: &LinearJob<'_>| {
-                std::ptr::eq(o.x.data(), j.x.data())
-                    && (pairs && o.w.dtype() == DType::BF16) == as_pairs
+                std::ptr::eq(o.x.data(), j.x.data()) && Rounding::of(isa, o.w) == form
             };
             let shared = jobs[..i].iter().position(same);
             source.push(shared.unwrap_or(i));
-            rounded.push(match (shared, as_pairs) {
-                (Some(_), _) => None,
-                (None, true) => Some(Rounded::Bf16(
-                    j.x.data().iter().map(|&v| f32_to_bf16(v)).collect(),
-                )),
-                (None, false) => Some(Rounded::F32(
-                    j.x.data()
-                        .iter()
-                        .map(|&v| precision::round_bf16(v))
-                        .collect(),
-                )),
+            rounded.push(match shared {
+                Some(_) => None,
+                None => Some(form.round(j.x)),
             });
         }
     }
@@ -297,7 +337,7 @@ pub fn linear_many_in(
     let total_cols: usize = jobs.iter().map(|j| j.w.rows()).sum();
     let auto = total_cols
         .div_ceil(threads * TASKS_PER_THREAD)
-        .next_multiple_of(4)
+        .next_multiple_of(if isa == Isa::Amx { 2 * 16 } else { 4 })
         .max(MIN_COLS_PER_TASK);
     let mut ready = Vec::with_capacity(jobs.len());
     let mut tasks = 0;
@@ -307,7 +347,7 @@ pub fn linear_many_in(
         let (x, x16) = match source.get(i).and_then(|&s| rounded[s].as_ref()) {
             None => (j.x.data(), None),
             Some(Rounded::F32(r)) => (&r[..], None),
-            Some(Rounded::Bf16(r)) => (j.x.data(), Some(&r[..])),
+            Some(r) => (j.x.data(), Some(r)),
         };
         ready.push(Ready {
             x,

@@ -2,6 +2,7 @@
 //! fallback) and `CpuBackend`, which exposes them through the `Backend` trait.
 
 pub mod activation;
+pub mod amx;
 pub mod attention;
 mod attention_core;
 pub mod attention_cost;
