@@ -150,28 +150,21 @@ impl<'m> ReferenceExecutor<'m> {
             r.residual_stream.push(be.download(&x)?);
         }
         for layer in &m.layers {
-            let mut parts = Vec::with_capacity(chunks.len());
-            for (c, &(a, b)) in chunks.iter_mut().zip(&spans) {
-                let cache = &mut c.cache.layers[layer.index];
-                let rows = if spans.len() == 1 {
-                    x.clone()
-                } else {
-                    be.slice_rows(&x, a, b)?
-                };
-                parts.push(layer.attention_block(
-                    be,
-                    &rows,
-                    cache,
-                    &m.rope,
-                    m.eps(),
-                    self.options.mla_form,
-                    c.kind,
-                )?);
-            }
-            let h = match parts.len() {
-                1 => parts.remove(0),
-                _ => be.concat_rows(&parts)?,
-            };
+            // Every chunk's attention in one call: the projections run over all rows at once.
+            let mut parts: Vec<_> = chunks
+                .iter_mut()
+                .zip(&spans)
+                .map(|(c, &(a, b))| (a..b, &mut c.cache.layers[layer.index], c.kind))
+                .collect();
+            let h = layer.attention_blocks(
+                be,
+                &x,
+                &mut parts,
+                &m.rope,
+                m.eps(),
+                self.options.mla_form,
+            )?;
+            drop(parts);
             x = match &layer.ffn {
                 FeedForward::Dense(_) => layer.dense_ffn_block(be, &h, m.eps())?,
                 FeedForward::Moe(moe) => {

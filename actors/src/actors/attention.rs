@@ -1,5 +1,6 @@
 //! `layer{L}.attention`: input norm + attention + residual for every sequence of a micro-batch,
-//! each against its own paged KV cache. The actor owns its layer's KV pool (page storage on its
+//! each against its own paged KV cache, in one `DecoderLayer::attention_blocks` call (the
+//! projections run once over every sequence's rows; the cache writes and attention per sequence). The actor owns its layer's KV pool (page storage on its
 //! stream's backend, `KvPool`); each sequence's `SeqCaches` holds its block table and this
 //! layer's written length (the pass took the chunk's pages before any compute). A chunk's kind
 //! (prompt or generated token) travels with the sequence, so `MlaForm::Auto` picks the form the
@@ -40,10 +41,19 @@ impl Block for AttentionBlock {
             .run_owned(ctx.tags("attention", meta, l), move |be| {
                 let layer = &model.layers[l];
                 let x = job.x.to(be)?;
-                let whole = job.mb.seqs.len() == 1;
-                let mut parts = Vec::with_capacity(job.mb.seqs.len());
-                for s in &job.mb.seqs {
-                    let mut caches = s.caches.lock();
+                // Every sequence's cache is held for the call (locked in address order, so two
+                // blocks locking overlapping sets cannot wait on each other).
+                let mut order: Vec<usize> = (0..job.mb.seqs.len()).collect();
+                order.sort_by_key(|&i| Arc::as_ptr(&job.mb.seqs[i].caches) as usize);
+                let mut guards: Vec<Option<_>> = (0..job.mb.seqs.len()).map(|_| None).collect();
+                for i in order {
+                    guards[i] = Some(job.mb.seqs[i].caches.lock());
+                }
+                let mut chunks = Vec::with_capacity(job.mb.seqs.len());
+                for (s, guard) in job.mb.seqs.iter().zip(guards.iter_mut()) {
+                    let caches = guard
+                        .as_mut()
+                        .ok_or_else(|| EngineError::internal("attention: a cache left unlocked"))?;
                     let cache = caches.layers.get_mut(l).ok_or_else(|| {
                         EngineError::internal(format!("sequence has no cache for layer {l}"))
                     })?;
@@ -60,24 +70,9 @@ impl Block for AttentionBlock {
                             cache.len()
                         )));
                     }
-                    let rows = match whole {
-                        true => x.clone(),
-                        false => be.slice_rows(&x, s.rows.start, s.rows.end)?,
-                    };
-                    parts.push(layer.attention_block(
-                        be,
-                        &rows,
-                        cache,
-                        &model.rope,
-                        model.eps(),
-                        MlaForm::Auto,
-                        s.kind,
-                    )?);
+                    chunks.push((s.rows.clone(), cache, s.kind));
                 }
-                match parts.len() {
-                    1 => Ok(parts.remove(0)),
-                    _ => be.concat_rows(&parts),
-                }
+                layer.attention_blocks(be, &x, &mut chunks, &model.rope, model.eps(), MlaForm::Auto)
             })
             .await
     }

@@ -127,17 +127,97 @@ impl Attention {
         rope: &RopeTable,
         absorbed: bool,
     ) -> Result<DeviceTensor> {
-        let layout = cache.store().layout;
-        if layout != self.kv_layout(layout.page_tokens) {
+        let rows = 0..x.rows();
+        self.forward_many(
+            be,
+            x,
+            &mut [AttnSeq {
+                rows,
+                cache,
+                absorbed,
+            }],
+            rope,
+        )
+    }
+
+    /// Attention over the chunks of several sequences at once: `x` `[Σ t, hidden]` holds each
+    /// chunk's rows at its [`AttnSeq::rows`] (each chunk at positions `cache.len()..`, as in
+    /// [`Self::forward`]). The projections run once over all rows and the cache writes and the
+    /// attention itself per sequence; every kernel is row-wise with a fixed order, so each row
+    /// has the bits it has alone. Returns `[Σ t, hidden]`, rows in `x`'s order.
+    pub fn forward_many(
+        &self,
+        be: &dyn Backend,
+        x: &DeviceTensor,
+        seqs: &mut [AttnSeq<'_>],
+        rope: &RopeTable,
+    ) -> Result<DeviceTensor> {
+        let mut next = 0;
+        for s in seqs.iter_mut() {
+            let layout = s.cache.store().layout;
+            if layout != self.kv_layout(layout.page_tokens) {
+                return Err(EngineError::internal(format!(
+                    "attention block given a cache of layout {layout:?}"
+                )));
+            }
+            if s.rows.start != next || s.rows.end < s.rows.start || s.rows.end > x.rows() {
+                return Err(EngineError::internal(format!(
+                    "attention: chunk rows {:?} do not tile {} rows in order",
+                    s.rows,
+                    x.rows()
+                )));
+            }
+            next = s.rows.end;
+            let start = s.cache.len();
+            s.cache.reserve(start + s.rows.len())?;
+        }
+        if next != x.rows() {
             return Err(EngineError::internal(format!(
-                "attention block given a cache of layout {layout:?}"
+                "attention: chunks cover {next} of {} rows",
+                x.rows()
             )));
         }
-        let start = cache.len();
-        cache.reserve(start + x.rows())?;
+        let parts = Rows {
+            be,
+            whole: seqs.len() == 1,
+        };
         match self {
-            Attention::Mla(m) => m.forward(be, x, start, cache, rope, absorbed),
-            Attention::Gqa(g) => g.forward(be, x, start, cache, rope),
+            Attention::Mla(m) => m.forward_many(be, x, seqs, rope, parts),
+            Attention::Gqa(g) => g.forward_many(be, x, seqs, rope, parts),
+        }
+    }
+}
+
+/// One sequence's chunk in [`Attention::forward_many`].
+pub struct AttnSeq<'a> {
+    /// Its rows of the call's input (chunks tile the input in order).
+    pub rows: std::ops::Range<usize>,
+    /// Its cache of this layer; the chunk's positions start at its length.
+    pub cache: &'a mut LayerCache,
+    /// MLA: run the absorbed form for this chunk.
+    pub absorbed: bool,
+}
+
+/// Cuts a multi-sequence tensor into one sequence's rows (no copy when there is one sequence).
+#[derive(Clone, Copy)]
+struct Rows<'b> {
+    be: &'b dyn Backend,
+    whole: bool,
+}
+
+impl Rows<'_> {
+    fn of(self, t: &DeviceTensor, rows: &std::ops::Range<usize>) -> Result<DeviceTensor> {
+        match self.whole {
+            true => Ok(t.clone()),
+            false => self.be.slice_rows(t, rows.start, rows.end),
+        }
+    }
+
+    /// `parts` (in row order) as one tensor.
+    fn join(self, mut parts: Vec<DeviceTensor>) -> Result<DeviceTensor> {
+        match parts.len() {
+            1 => Ok(parts.remove(0)),
+            _ => self.be.concat_rows(&parts),
         }
     }
 }
@@ -153,67 +233,78 @@ fn cols(heads: usize, stride: usize, offset: usize, width: usize) -> HeadSlice {
 }
 
 impl MlaAttention {
-    fn forward(
+    fn forward_many(
         &self,
         be: &dyn Backend,
         x: &DeviceTensor,
-        start: usize,
-        cache: &mut LayerCache,
+        seqs: &mut [AttnSeq<'_>],
         rope: &RopeTable,
-        absorbed: bool,
+        parts: Rows<'_>,
     ) -> Result<DeviceTensor> {
         let qk = self.nope + self.rope;
-        let q = match &self.query {
+        let q_all = match &self.query {
             MlaQuery::Lora { a, norm, b } => {
                 let qa = be.linear(x, a)?;
                 be.linear(&be.rms_norm(&qa, norm, self.eps)?, b)?
             }
             MlaQuery::Full(w) => be.linear(x, w)?,
         };
-        let q = be.rope(
-            &q,
-            RopeSlot {
-                heads: self.heads,
-                head_stride: qk,
-                offset: self.nope,
-            },
-            start,
-            rope,
-        )?;
         let kv = be.linear(x, &self.kv_a)?;
         let width = self.kv_lora + self.rope;
-        let latent = be.rms_norm(
+        let latent_all = be.rms_norm(
             &be.head_columns(&kv, cols(1, width, 0, self.kv_lora))?,
             &self.kv_norm,
             self.eps,
         )?;
-        let rope_key = be.rope(
-            &be.head_columns(&kv, cols(1, width, self.kv_lora, self.rope))?,
-            RopeSlot {
-                heads: 1,
-                head_stride: self.rope,
-                offset: 0,
-            },
-            start,
-            rope,
-        )?;
-        be.kv_write(
-            cache.store(),
-            cache.table(),
-            start,
-            &latent,
-            Some(&rope_key),
-            None,
-        )?;
-        cache.set_len(start + x.rows())?;
-        let q_nope = be.head_columns(&q, cols(self.heads, qk, 0, self.nope))?;
-        let q_rope = be.head_columns(&q, cols(self.heads, qk, self.nope, self.rope))?;
-        let attn = if absorbed {
-            self.absorbed(be, &q_nope, &q_rope, cache, start)?
-        } else {
-            self.naive(be, &q_nope, &q_rope, cache, start)?
-        };
-        be.linear(&attn, &self.o)
+        let key_all = be.head_columns(&kv, cols(1, width, self.kv_lora, self.rope))?;
+        // Per sequence: positions, rope, the cache write, the query's two parts.
+        let mut queries = Vec::with_capacity(seqs.len());
+        for s in seqs.iter_mut() {
+            let start = s.cache.len();
+            let q = be.rope(
+                &parts.of(&q_all, &s.rows)?,
+                RopeSlot {
+                    heads: self.heads,
+                    head_stride: qk,
+                    offset: self.nope,
+                },
+                start,
+                rope,
+            )?;
+            let rope_key = be.rope(
+                &parts.of(&key_all, &s.rows)?,
+                RopeSlot {
+                    heads: 1,
+                    head_stride: self.rope,
+                    offset: 0,
+                },
+                start,
+                rope,
+            )?;
+            be.kv_write(
+                s.cache.store(),
+                s.cache.table(),
+                start,
+                &parts.of(&latent_all, &s.rows)?,
+                Some(&rope_key),
+                None,
+            )?;
+            s.cache.set_len(start + s.rows.len())?;
+            let q_nope = be.head_columns(&q, cols(self.heads, qk, 0, self.nope))?;
+            let q_rope = be.head_columns(&q, cols(self.heads, qk, self.nope, self.rope))?;
+            queries.push((start, q_nope, q_rope));
+        }
+        let mut attn: Vec<Option<DeviceTensor>> = vec![None; seqs.len()];
+        for (i, s) in seqs.iter().enumerate().filter(|(_, s)| !s.absorbed) {
+            let (start, q_nope, q_rope) = &queries[i];
+            attn[i] = Some(self.naive(be, q_nope, q_rope, &*s.cache, *start)?);
+        }
+        self.absorbed_many(be, seqs, &queries, &mut attn)?;
+        let attn = attn
+            .into_iter()
+            .map(|a| a.ok_or_else(|| EngineError::internal("attention: a chunk left unattended")))
+            .collect::<Result<Vec<_>>>()?;
+        be.linear(&parts.join(attn)?, &self.o)
     }
 
     /// Expands every cached latent to per-head keys and values (one `kv_read` of the cache).
@@ -248,68 +339,111 @@ impl MlaAttention {
 
     /// Attends in the latent space over the pages in place: MQA with one kv head
     /// `[latent | rope_key]`, values = latent; `W_uk` folded into the query, `W_uv` into the
-    /// output.
-    fn absorbed(
+    /// output. The folds run once over the rows of every absorbed chunk (`queries[i]`: chunk
+    /// `i`'s start and query parts), the attention per chunk; results land in `attn[i]`.
+    fn absorbed_many(
         &self,
         be: &dyn Backend,
-        q_nope: &DeviceTensor,
-        q_rope: &DeviceTensor,
-        cache: &LayerCache,
-        q_start: usize,
-    ) -> Result<DeviceTensor> {
-        let q_lat = be.per_head_linear(q_nope, &self.uk_t)?;
-        let p = AttentionParams {
-            heads: self.heads,
-            kv_heads: 1,
-            d1: self.kv_lora,
-            d2: self.rope,
-            v_dim: self.kv_lora,
-            scale: self.scale,
-            q_start,
-            sliding_window: None,
+        seqs: &[AttnSeq<'_>],
+        queries: &[(usize, DeviceTensor, DeviceTensor)],
+        attn: &mut [Option<DeviceTensor>],
+    ) -> Result<()> {
+        let mine: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].absorbed).collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let parts = Rows {
+            be,
+            whole: mine.len() == 1,
         };
-        let o_lat = be.paged_attention(
-            &q_lat,
-            Some(q_rope),
-            cache.store(),
-            cache.table(),
-            cache.len(),
-            &p,
-        )?;
-        be.per_head_linear(&o_lat, &self.uv)
+        let mut spans = Vec::with_capacity(mine.len());
+        let mut at = 0;
+        for &i in &mine {
+            spans.push(at..at + seqs[i].rows.len());
+            at += seqs[i].rows.len();
+        }
+        let q_nope = parts.join(mine.iter().map(|&i| queries[i].1.clone()).collect())?;
+        let q_lat = be.per_head_linear(&q_nope, &self.uk_t)?;
+        let mut o_lat = Vec::with_capacity(mine.len());
+        for (&i, span) in mine.iter().zip(&spans) {
+            let (start, _, q_rope) = &queries[i];
+            let p = AttentionParams {
+                heads: self.heads,
+                kv_heads: 1,
+                d1: self.kv_lora,
+                d2: self.rope,
+                v_dim: self.kv_lora,
+                scale: self.scale,
+                q_start: *start,
+                sliding_window: None,
+            };
+            let cache = &*seqs[i].cache;
+            o_lat.push(be.paged_attention(
+                &parts.of(&q_lat, span)?,
+                Some(q_rope),
+                cache.store(),
+                cache.table(),
+                cache.len(),
+                &p,
+            )?);
+        }
+        let out = be.per_head_linear(&parts.join(o_lat)?, &self.uv)?;
+        for (&i, span) in mine.iter().zip(&spans) {
+            attn[i] = Some(parts.of(&out, span)?);
+        }
+        Ok(())
     }
 }
 
 impl GqaAttention {
-    fn forward(
+    fn forward_many(
         &self,
         be: &dyn Backend,
         x: &DeviceTensor,
-        start: usize,
-        cache: &mut LayerCache,
+        seqs: &mut [AttnSeq<'_>],
         rope: &RopeTable,
+        parts: Rows<'_>,
     ) -> Result<DeviceTensor> {
         let slot = |heads| RopeSlot {
             heads,
             head_stride: self.head_dim,
             offset: 0,
         };
-        let q = be.rope(&be.linear(x, &self.q)?, slot(self.heads), start, rope)?;
-        let k = be.rope(&be.linear(x, &self.k)?, slot(self.kv_heads), start, rope)?;
-        let v = be.linear(x, &self.v)?;
-        be.kv_write(cache.store(), cache.table(), start, &k, None, Some(&v))?;
-        cache.set_len(start + x.rows())?;
-        let p = AttentionParams {
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            d1: self.head_dim,
-            d2: 0,
-            v_dim: self.head_dim,
-            scale: self.scale,
-            q_start: start,
-            sliding_window: self.sliding_window,
-        };
-        let attn = be.paged_attention(&q, None, cache.store(), cache.table(), cache.len(), &p)?;
-        be.linear(&attn, &self.o)
+        let (q_all, k_all) = (be.linear(x, &self.q)?, be.linear(x, &self.k)?);
+        let v_all = be.linear(x, &self.v)?;
+        let mut attn = Vec::with_capacity(seqs.len());
+        for s in seqs.iter_mut() {
+            let start = s.cache.len();
+            let q = be.rope(&parts.of(&q_all, &s.rows)?, slot(self.heads), start, rope)?;
+            let k = be.rope(
+                &parts.of(&k_all, &s.rows)?,
+                slot(self.kv_heads),
+                start,
+                rope,
+            )?;
+            let v = parts.of(&v_all, &s.rows)?;
+            be.kv_write(s.cache.store(), s.cache.table(), start, &k, None, Some(&v))?;
+            s.cache.set_len(start + s.rows.len())?;
+            let p = AttentionParams {
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+                d1: self.head_dim,
+                d2: 0,
+                v_dim: self.head_dim,
+                scale: self.scale,
+                q_start: start,
+                sliding_window: self.sliding_window,
+            };
+            let cache = &*s.cache;
+            attn.push(be.paged_attention(
+                &q,
+                None,
+                cache.store(),
+                cache.table(),
+                cache.len(),
+                &p,
+            )?);
+        }
+        be.linear(&parts.join(attn)?, &self.o)
     }
 }

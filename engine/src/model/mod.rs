@@ -16,7 +16,7 @@ pub mod prefix_cache;
 #[cfg(test)]
 mod prefix_cache_tests;
 
-pub use attention::{Attention, ChunkKind, MlaForm};
+pub use attention::{Attention, AttnSeq, ChunkKind, MlaForm};
 pub use ffn::{DispatchPlan, FeedForward, Mlp, MoeBlock, MoePlan};
 pub use kv::{KvConfig, KvPool, KvPools, LayerCache, SequenceCache};
 pub use load::{collect_weights, collect_weights_where, random_tensor, Keep, Progress};
@@ -95,6 +95,31 @@ impl DecoderLayer {
         let xn = be.rms_norm(x, &self.input_norm, eps)?;
         let absorbed = form.absorbed_for(kind);
         let h = self.attention.forward(be, &xn, cache, rope, absorbed)?;
+        be.add(&h, x)
+    }
+
+    /// [`Self::attention_block`] over the chunks of several sequences at once: `x` holds each
+    /// chunk's rows at its range (in order), with its cache and kind. The norm, the projections
+    /// and the residual run once over all rows; each row's bits are those it has alone.
+    pub fn attention_blocks(
+        &self,
+        be: &dyn Backend,
+        x: &DeviceTensor,
+        chunks: &mut [(std::ops::Range<usize>, &mut LayerCache, ChunkKind)],
+        rope: &RopeTable,
+        eps: f32,
+        form: MlaForm,
+    ) -> Result<DeviceTensor> {
+        let xn = be.rms_norm(x, &self.input_norm, eps)?;
+        let mut seqs: Vec<AttnSeq<'_>> = chunks
+            .iter_mut()
+            .map(|(rows, cache, kind)| AttnSeq {
+                rows: rows.clone(),
+                cache: &mut **cache,
+                absorbed: form.absorbed_for(*kind),
+            })
+            .collect();
+        let h = self.attention.forward_many(be, &xn, &mut seqs, rope)?;
         be.add(&h, x)
     }
 
