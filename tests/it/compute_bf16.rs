@@ -141,28 +141,28 @@ fn bf16_compute_meets_the_loose_bf16_criteria_and_is_the_same_on_every_fma_path(
     }
 }
 
+/// A path with an order of its own (`isa`) meets the same criteria, and is not `other`'s order
+/// (so the path really ran).
+fn own_order_meets_the_criteria(isa: Isa, other: Isa) {
+    if !isa.supported() {
+        eprintln!("no {isa} here: skipped");
+        return;
+    }
+    let mine = meets_the_criteria(&["--isa", isa.name()]);
+    let theirs = logits(0, &["--compute", "bf16", "--isa", other.name()]);
+    assert!(!same_bits(&mine[0], &theirs), "{isa} ran {other}'s order");
+}
+
 #[test]
 fn bf16_compute_in_amx_tiles_meets_the_same_criteria() {
     // `tdpbf16ps` tiles sum the same exact products in the processor's own order: again its
-    // own bits, held to the same criteria (the kernel is checked in engine/tests/it/amx_tiles.rs).
-    if !Isa::Amx.supported() {
-        eprintln!("no AMX here: skipped");
-        return;
-    }
-    let tiles = meets_the_criteria(&["--isa", "amx"]);
-    let pairs = logits(0, &["--compute", "bf16", "--isa", "avx512bf16"]);
-    assert!(!same_bits(&tiles[0], &pairs), "amx ran vdpbf16ps");
+    // own bits (the kernel is checked in engine/tests/it/amx_tiles.rs).
+    own_order_meets_the_criteria(Isa::Amx, Isa::Avx512Bf16);
 }
 
 #[test]
 fn bf16_compute_on_vdpbf16ps_meets_the_same_criteria() {
-    // `vdpbf16ps` sums the same exact products in its own order: its own bits, held to the
-    // same criteria (the kernel itself is checked bit for bit in engine/tests/it/dot_pairs.rs).
-    if !Isa::Avx512Bf16.supported() {
-        eprintln!("no AVX512-BF16 here: skipped");
-        return;
-    }
-    let pairs = meets_the_criteria(&["--isa", "avx512bf16"]);
-    let fma = logits(0, &["--compute", "bf16", "--isa", "avx512"]);
-    assert!(!same_bits(&pairs[0], &fma), "avx512bf16 ran the FMA order");
+    // `vdpbf16ps` sums the same exact products in its own order: its own bits (the kernel
+    // itself is checked bit for bit in engine/tests/it/dot_pairs.rs).
+    own_order_meets_the_criteria(Isa::Avx512Bf16, Isa::Avx512);
 }

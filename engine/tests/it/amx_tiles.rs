@@ -5,6 +5,7 @@
 //! length is not a multiple of 32 take the `vdpbf16ps` path whole. Skipped where the processor
 //! (or the kernel) has no AMX.
 
+use crate::dot_pairs::{linear_bf16, uniform};
 use troupe_engine::dtype::{bf16_to_f32, f32_to_bf16, DType};
 use troupe_engine::kernels::amx::PackedRows;
 use troupe_engine::kernels::isa::Isa;
@@ -14,12 +15,6 @@ use troupe_engine::weights::random::SplitMix64;
 use troupe_engine::weights::Weight;
 use troupe_engine::Tensor;
 
-fn uniform(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect()
-}
-
 fn bf16_weight(rng: &mut SplitMix64, out: usize, k: usize) -> (Vec<u16>, Weight) {
     let bits: Vec<u16> = uniform(rng, out * k)
         .iter()
@@ -27,23 +22,6 @@ fn bf16_weight(rng: &mut SplitMix64, out: usize, k: usize) -> (Vec<u16>, Weight)
         .collect();
     let w = Weight::from_u16("w", DType::BF16, vec![out, k], &bits);
     (bits, w)
-}
-
-/// `x @ w^T` under `--compute bf16` on `isa`, in chunks of `cols` output columns.
-fn linear_bf16(x: &Tensor, w: &Weight, isa: Isa, cols: Option<usize>) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.rows() * w.rows()];
-    linear_many_in(
-        &mut [LinearJob {
-            x,
-            w,
-            out: &mut out,
-        }],
-        isa,
-        Compute::Bf16,
-        cols,
-    )
-    .unwrap();
-    out
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -34,7 +34,7 @@ fn wild_bf16(rng: &mut SplitMix64, n: usize) -> Vec<u16> {
         .collect()
 }
 
-fn uniform(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+pub(crate) fn uniform(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
         .collect()
@@ -99,7 +99,7 @@ fn the_definition_is_odd_then_even_with_flushed_subnormals() {
 }
 
 /// `x @ w^T` of a bf16 weight under `--compute bf16` on `isa`, in chunks of `cols` columns.
-fn linear_bf16(x: &Tensor, w: &Weight, isa: Isa, cols: Option<usize>) -> Vec<f32> {
+pub(crate) fn linear_bf16(x: &Tensor, w: &Weight, isa: Isa, cols: Option<usize>) -> Vec<f32> {
     let mut out = vec![0.0f32; x.rows() * w.rows()];
     linear_many_in(
         &mut [LinearJob {
