@@ -3,7 +3,7 @@
 # (`troupe calibrate`), then for each configuration below (schedule × placement × batch × link)
 # runs the real actor runtime and the simulator on the calibrated machine file
 # (`troupe simulate --measure --json`) and prints a Markdown table of measured vs simulated
-# decode step time (the fastest of STEPS real steps, as calibration measures), with the median
+# decode step time (the fastest of STEPS real steps, 15 by default, as calibration measures), with the median
 # and worst absolute error.
 #   bash bench/sim-validate.sh [OUT_DIR]     (needs a release build: cargo build --release)
 # Each row loads the model (random weights) and runs real decode steps: ~25 s a row.
@@ -14,9 +14,9 @@ OUT=${1:-target/sim-validate}
 MODEL=graphs/ds-v3-mini.toml
 P=bench/sim-validate
 CONTEXT=16
-STEPS=${STEPS:-7}
+STEPS=${STEPS:-15}
 mkdir -p "$OUT"
-"$T" calibrate --out "$OUT/machine.toml" --model "$MODEL" --context "$CONTEXT"
+"$T" calibrate --out "$OUT/machine.toml" --model "$MODEL" --context "$CONTEXT" --steps "$STEPS"
 # placement schedule seqs
 CONFIGS=(
   "one-stream sequential 1"

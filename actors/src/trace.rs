@@ -76,6 +76,13 @@ impl Tracer {
         }
     }
 
+    /// Drops every span, flow and counter recorded so far (the track names stay): what a
+    /// caller does after a warm-up it does not want in the trace.
+    pub fn clear_spans(&self) {
+        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|e| e["ph"] == "M");
+    }
+
     /// A fresh flow-arrow id.
     pub fn flow_id(&self) -> u64 {
         self.next_flow.fetch_add(1, Ordering::Relaxed)

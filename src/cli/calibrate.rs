@@ -1,10 +1,16 @@
-//! `troupe calibrate --out machine.toml`: this machine as a simulator hardware file. Kernel
-//! micro-benchmarks give the roofline (streaming read bandwidth and the f32 FMA rate of the
-//! active kernel path, `attention_cost.rs`); two real decode runs of the actor runtime (one
-//! stream, `sequential`, 1 and `--seqs` sequences) then fix the two factors no micro-benchmark
-//! sees — the kernels' efficiency against the roofline and the CPU time each kernel costs beyond
-//! it (launch: queueing, messages, wake-ups, which on a CPU take the cores the kernels use) — by
-//! solving the simulator's own step time, linear in 1/efficiency and in that cost, for both runs.
+//! `troupe calibrate --out machine.toml`: this machine as a simulator hardware file. A
+//! micro-benchmark gives the streaming read bandwidth, and another the f32 FMA rate of the active
+//! kernel path (`attention_cost.rs`) — only a ceiling: decode's kernels, a few rows each, reach
+//! a fraction of it, and their per-row work (norms, routing, gathers, attention per sequence)
+//! is not in the FLOP count. So real decode runs of the actor runtime (`sequential`: one stream
+//! with 1, `--seqs` and twice `--seqs` sequences, two streams with `--seqs`) fix what no micro-benchmark
+//! sees, each by searching the simulator's own step time: the kernels' FLOP rate and their
+//! efficiency (the one-stream runs: efficiency scales a one-stream step exactly, the rate
+//! decides how it grows with sequences), then the shared cores' speedup when two streams run
+//! kernels at once (`compute.stream_speedup`, see `troupe_sim`'s `device.rs`), then a fourth
+//! run with the experts across a fast `[placement.link]` fixes what each transfer costs the
+//! runtime beyond the wire (`runtime.link_hop_us`). `launch_us` and `hop_us` stay 0: fixed
+//! per-kernel and per-message costs within a node are folded into the efficiency.
 //! Also the real side of `troupe simulate --measure`.
 
 use std::path::PathBuf;
@@ -20,7 +26,7 @@ use troupe_engine::graph::file::LoadedGraph;
 use troupe_engine::kernels::attention_cost::{measure_fma_rate, measure_read_bandwidth};
 use troupe_engine::model::Model;
 use troupe_sim::cost::ModelCost;
-use troupe_sim::hardware::{Compute, DeviceKind, RuntimeCosts, TransferBytes};
+use troupe_sim::hardware::{Compute, DeviceKind, Roofline, RuntimeCosts, TransferBytes};
 use troupe_sim::{report, Hardware, Layout, Simulation};
 
 use super::common::CliError;
@@ -37,7 +43,7 @@ pub struct CalibrateArgs {
     #[arg(long, default_value_t = 4)]
     pub seqs: usize,
     /// Decode steps per run (the fastest kept).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 15)]
     pub steps: usize,
     /// Prompt tokens before decoding.
     #[arg(long, default_value_t = 16)]
@@ -66,53 +72,56 @@ pub fn measure(
     Ok(t.into_iter().fold(f64::INFINITY, f64::min))
 }
 
-/// Simulated mean decode step (seconds) of `graph` on `hw`, one stream, sequential.
+/// The placements of the calibration runs, as `[placement]` tables: one stream, two streams,
+/// and two streams on two nodes with the experts on the second across a fast link (100 Gbit/s,
+/// 50 µs: what it adds is the runtime's own cost per transfer, not the wire's).
+fn placement_table(which: usize) -> toml::Table {
+    let text = match which {
+        0 => "streams = 1",
+        1 => "streams = 2",
+        _ => "streams = 2\nnodes = 2\nexpert_nodes = [1]\nlink = { gbps = 100.0, latency_us = 50.0 }",
+    };
+    text.parse().unwrap_or_default()
+}
+
+/// Simulated decode step (seconds) of `graph` on `hw` on calibration placement `which`,
+/// sequential.
 fn simulate_one(
     graph: &LoadedGraph,
     hw: &Hardware,
+    which: usize,
     seqs: usize,
     a: &CalibrateArgs,
 ) -> Result<f64, CliError> {
     let err = |e: troupe_sim::SimError| CliError::Runtime(e.to_string());
     let experts = ModelCost::from_spec(&graph.spec, None, 4.0).layer_experts();
-    let layout = Layout::from_table(None, &experts, None, hw).map_err(err)?;
+    let table = placement_table(which);
+    let layout = Layout::from_table(Some(&table), &experts, None, hw).map_err(err)?;
     let mut sim =
         Simulation::new(&graph.spec, layout, Arc::new(Sequential), hw.clone()).map_err(err)?;
     let r = report::decode(&mut sim, seqs, a.context, a.steps).map_err(err)?;
     Ok(r.step_ms / 1e3)
 }
 
-/// Fits `m = r·x + k·y` (x = 1/efficiency ≥ 1, y = launch µs ≥ 0) to runs `(r, k, m)`: the
-/// exact solution of the two equations when it is in range, else the boundary candidate (no
-/// launch cost, or the full roofline) whose worst relative error over the runs is smallest.
-fn fit(runs: &[(f64, f64, f64)]) -> (f64, f64) {
-    let worst = |x: f64, y: f64| {
-        runs.iter()
-            .map(|&(r, k, m)| ((r * x + k * y) / m - 1.0).abs())
-            .fold(0.0, f64::max)
-    };
-    let mut candidates = Vec::new();
-    if let [(r1, k1, m1), (r2, k2, m2)] = runs {
-        let det = r1 * k2 - r2 * k1;
-        if det.abs() > 1e-18 {
-            candidates.push(((m1 * k2 - m2 * k1) / det, (r1 * m2 - r2 * m1) / det));
-        }
-    }
-    // y = 0: x balancing the relative errors of the runs.
-    let inv: f64 = runs.iter().map(|&(r, _, m)| r / m).sum::<f64>();
-    candidates.push((runs.len() as f64 / inv, 0.0));
-    // x = 1: y the mean of what each run leaves for its kernels.
-    let y1 = runs
+/// The factor `x ≥ 1` that, multiplying every simulated time, balances the relative errors of
+/// the runs `(simulated, measured)` (the smallest worst error), and that worst error.
+fn balance(runs: &[(f64, f64)]) -> (f64, f64) {
+    let lo = runs.iter().map(|&(s, m)| m / s).fold(f64::INFINITY, f64::min);
+    let hi = runs.iter().map(|&(s, m)| m / s).fold(0.0, f64::max);
+    // Worst relative error |x·s/m − 1| is smallest where the largest over- and under-estimates
+    // meet: x = 2 / (1/lo + 1/hi).
+    let x = (2.0 / (1.0 / lo + 1.0 / hi)).max(1.0);
+    let worst = runs
         .iter()
-        .map(|&(r, k, m)| (m - r) / k.max(1e-12))
-        .sum::<f64>()
-        / runs.len() as f64;
-    candidates.push((1.0, y1.max(0.0)));
-    candidates
-        .into_iter()
-        .filter(|&(x, y)| x.is_finite() && y.is_finite() && x >= 1.0 && y >= 0.0)
-        .min_by(|a, b| worst(a.0, a.1).total_cmp(&worst(b.0, b.1)))
-        .unwrap_or((1.0, 0.0))
+        .map(|&(s, m)| (x * s / m - 1.0).abs())
+        .fold(0.0, f64::max);
+    (x, worst)
+}
+
+/// Candidates for the kernels' FLOP rate (GFLOP/s): 48 steps from `top / 200` up to `top`,
+/// evenly on a log scale.
+fn rate_candidates(top: f64) -> impl Iterator<Item = f64> {
+    (0..48).map(move |i| top * (200f64).powf(i as f64 / 47.0 - 1.0))
 }
 
 pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
@@ -131,10 +140,13 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
             memory_gbps: gbps,
             efficiency: 1.0,
             launch_us: 0.0,
+            stream_speedup: None,
+            roofline: None,
         },
         runtime: RuntimeCosts {
             hop_us: 0.0,
             issue_us: 0.0,
+            link_hop_us: 0.0,
         },
         nvlink: None,
         network: None,
@@ -143,33 +155,77 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
     };
     let model = Arc::new(Model::load(&graph, &mut |_, _| {})?);
     let schedule: Arc<dyn Schedule> = Arc::new(Sequential);
-    let one = PlacementSpec::default();
     let seqs = a.seqs.max(2);
-    let measured = [
-        measure(&model, &one, &schedule, 1, a.context, a.steps)?,
-        measure(&model, &one, &schedule, seqs, a.context, a.steps)?,
-    ];
-    // Step time = roofline / efficiency + kernels · launch: the simulator's own coefficients.
-    let mut coef = Vec::new();
-    for (i, n) in [1, seqs].into_iter().enumerate() {
-        let base = simulate_one(&graph, &hw, n, &a)?;
-        let mut h = hw.clone();
-        h.compute.launch_us = 1.0;
-        let per_launch = simulate_one(&graph, &h, n, &a)? - base;
-        coef.push((base, per_launch, measured[i]));
+    let placement = |which: usize| {
+        PlacementSpec::from_table(Some(&placement_table(which)))
+            .map_err(|e| CliError::Runtime(e.to_string()))
+    };
+    // (placement, sequences, measured seconds)
+    let mut runs = Vec::new();
+    for (which, n) in [(0, 1), (0, seqs), (0, 2 * seqs), (1, seqs), (2, seqs)] {
+        let m = measure(&model, &placement(which)?, &schedule, n, a.context, a.steps)?;
+        runs.push((which, n, m));
     }
-    let (x, y) = fit(&coef);
-    hw.compute.efficiency = (1.0 / x).clamp(1e-3, 1.0);
-    hw.compute.launch_us = y;
+    // One stream: the step is the kernels' times end to end, so efficiency scales it exactly
+    // and the FLOP rate (and how it combines with memory time) decides how it grows with the
+    // sequences. Each candidate gets the efficiency balancing the three one-stream runs; the
+    // one with the smallest worst error wins.
+    let mut best = (f64::INFINITY, gflops, 1.0, Roofline::Max);
+    for roofline in [Roofline::Max, Roofline::Sum] {
+        hw.compute.roofline = Some(roofline);
+        for rate in rate_candidates(gflops) {
+            hw.compute.tflops_bf16 = rate / 1e3;
+            let mut pairs = Vec::new();
+            for &(which, n, m) in &runs[..3] {
+                pairs.push((simulate_one(&graph, &hw, which, n, &a)?, m));
+            }
+            let (x, worst) = balance(&pairs);
+            if worst < best.0 {
+                best = (worst, rate, x, roofline);
+            }
+        }
+    }
+    hw.compute.roofline = Some(best.3);
+    hw.compute.tflops_bf16 = best.1 / 1e3;
+    hw.compute.efficiency = (1.0 / best.2).clamp(1e-3, 1.0);
+    // Two streams: the speedup of the shared cores that matches the fourth run.
+    let (_, n2, m2) = runs[3];
+    let mut speedup = (f64::INFINITY, 1.0);
+    for i in 0..=50 {
+        let g = 1.0 + i as f64 * 0.02;
+        hw.compute.stream_speedup = Some(g);
+        let err = (simulate_one(&graph, &hw, 1, n2, &a)? / m2 - 1.0).abs();
+        if err < speedup.0 {
+            speedup = (err, g);
+        }
+    }
+    hw.compute.stream_speedup = Some(speedup.1);
+    // The link: the runtime's cost per transfer that matches the last run (0–500 µs).
+    let (_, n3, m3) = runs[4];
+    let mut link_hop = (f64::INFINITY, 0.0);
+    for i in 0..=250 {
+        hw.runtime.link_hop_us = i as f64 * 2.0;
+        let err = (simulate_one(&graph, &hw, 2, n3, &a)? / m3 - 1.0).abs();
+        if err < link_hop.0 {
+            link_hop = (err, hw.runtime.link_hop_us);
+        }
+    }
+    hw.runtime.link_hop_us = link_hop.1;
     let text = format!(
-        "# Written by `troupe calibrate` on this machine in {:.1} s: read bandwidth and FMA rate from\n\
-         # micro-benchmarks; efficiency and launch_us fitted to real decode steps of {} (sequential,\n\
-         # one stream): {:.3} ms at 1 sequence, {:.3} ms at {} (fastest of {} steps after a {}-token prompt).\n{}",
+        "# Written by `troupe calibrate` on this machine in {:.1} s. Read bandwidth from a micro-benchmark\n\
+         # ({gbps:.1} GB/s; FMA micro-benchmark {gflops:.1} GFLOP/s, the ceiling of the rate below); the\n\
+         # kernels' FLOP rate (tflops_bf16) and efficiency fitted to real decode steps of {} (sequential,\n\
+         # one stream): {:.3} ms at 1 sequence, {:.3} ms at {seqs}, {:.3} ms at {}; stream_speedup to {:.3} ms\n\
+         # at {seqs} on two streams; link_hop_us to {:.3} ms at {seqs} with the experts across a 100 Gbit/s link\n\
+         # (fastest of {} steps after a {}-token prompt).\n{}",
         wall.elapsed().as_secs_f64(),
         a.model.display(),
-        measured[0] * 1e3,
-        measured[1] * 1e3,
-        seqs,
+        runs[0].2 * 1e3,
+        runs[1].2 * 1e3,
+        runs[2].2 * 1e3,
+        2 * seqs,
+        runs[3].2 * 1e3,
+        runs[4].2 * 1e3,
         a.steps,
         a.context,
         hw.to_toml()
@@ -179,9 +235,14 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         message: e.to_string(),
     })?;
     println!(
-        "read {gbps:.1} GB/s, FMA {gflops:.1} GFLOP/s, efficiency {:.3}, launch {:.1} µs -> {}",
+        "read {gbps:.1} GB/s, FMA {gflops:.1} GFLOP/s; fitted: kernels {:.1} GFLOP/s ({:?}), efficiency {:.3}, \
+         stream speedup {:.2}, link hop {:.0} µs (worst one-stream error {:.1}%) -> {}",
+        best.1,
+        best.3,
         hw.compute.efficiency,
-        hw.compute.launch_us,
+        speedup.1,
+        link_hop.1,
+        best.0 * 100.0,
         a.out.display()
     );
     Ok(())

@@ -139,3 +139,39 @@ fn extreme_link_numbers_are_one_line_errors_naming_the_field() {
     let o = generate_on_actors(&graph_with_link(dir.path(), "latency_us = 5\ngbps = 10"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// `bench --compare --profile actors --trace F` writes a trace of the decode steps. (It used to
+/// prefill in one runtime and decode in a second, traced one, whose attention actors refused the
+/// first runtime's caches: "a sequence's cache belongs to another pool".)
+#[test]
+fn profiled_actor_decode_writes_its_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("decode.json");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/deepseek-v3-tiny");
+    let o = troupe(&[
+        "bench",
+        "-m",
+        model,
+        "--compare",
+        "--profile",
+        "actors",
+        "--seqs",
+        "2",
+        "-p",
+        "4",
+        "-r",
+        "2",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    let embeds = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["name"] == "embed")
+        .count();
+    // Two decode steps (`-r 2`), one embed span each: the prefill's spans are not there.
+    assert_eq!(embeds, 2, "embed spans: the trace should hold the 2 decode steps only");
+}

@@ -1,12 +1,15 @@
 //! The discrete-event core: tasks (a kernel on a stream, a transfer on a wire, or a pure delay)
 //! linked by what each triggers when it completes, and an event queue in time order. A kernel
-//! submitted at `t` starts at max(t, its device's free time) — streams run kernels one at a time
-//! in submission order, as `actors/src/stream.rs` does — and a transfer occupies its wire for
+//! submitted at `t` starts when its stream is free — streams run kernels one at a time in
+//! submission order, as `actors/src/stream.rs` does — and shares its device with the other
+//! streams' running kernels (`device.rs`: processor sharing); a transfer occupies its wire for
 //! `bytes / bandwidth` after the wire frees and arrives `latency` later, as `actors/src/link.rs`
 //! books it. Submissions happen at their ready time in event order, so FIFO order is kept.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+
+use crate::device::Device;
 
 /// Index of a task in the clock's arena.
 pub type TaskId = u32;
@@ -67,6 +70,8 @@ struct Join {
 enum Event {
     Submit(TaskId),
     Complete(TaskId),
+    /// A device's next kernel may have finished (stale unless `version` is still current).
+    DeviceCheck { device: u32, version: u64 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -113,7 +118,7 @@ pub struct Clock {
     seq: u64,
     tasks: Vec<Task>,
     joins: Vec<Join>,
-    device_free: Vec<f64>,
+    devices: Vec<Device>,
     wire_free: Vec<f64>,
     /// Every span since the last `take_spans`.
     pub spans: Vec<Span>,
@@ -129,14 +134,16 @@ pub enum Step {
 }
 
 impl Clock {
-    pub fn new(devices: usize, wires: usize) -> Clock {
+    /// A clock with `devices` compute devices whose throughput with kernels of two or more
+    /// streams at once is `speedup` times one kernel's alone (see `device.rs`), and `wires`.
+    pub fn new(devices: usize, wires: usize, speedup: f64) -> Clock {
         Clock {
             now: 0.0,
             queue: BinaryHeap::new(),
             seq: 0,
             tasks: Vec::new(),
             joins: Vec::new(),
-            device_free: vec![0.0; devices],
+            devices: (0..devices).map(|_| Device::new(speedup)).collect(),
             wire_free: vec![0.0; wires],
             spans: Vec::new(),
             events: 0,
@@ -202,18 +209,12 @@ impl Clock {
                 let (label, work) = (task.label, task.work);
                 let end = match work {
                     Work::Kernel { stream, device, us } => {
-                        let free = &mut self.device_free[device as usize];
-                        let start = free.max(q.at);
-                        *free = start + us;
-                        self.spans.push(Span {
-                            start,
-                            end: start + us,
-                            track: stream,
-                            transfer: false,
-                            bytes: 0.0,
-                            label,
-                        });
-                        start + us
+                        let d = &mut self.devices[device as usize];
+                        if let Some(at) = d.submit(q.at, id, stream, us) {
+                            let version = d.version;
+                            self.push(at, Event::DeviceCheck { device, version });
+                        }
+                        return Step::Continue;
                     }
                     Work::Transfer {
                         wire,
@@ -243,6 +244,29 @@ impl Clock {
             Event::Complete(id) => {
                 let then = std::mem::replace(&mut self.tasks[id as usize].then, Then::Nothing);
                 self.fire(then, q.at)
+            }
+            Event::DeviceCheck { device, version } => {
+                let d = &mut self.devices[device as usize];
+                if d.version != version {
+                    return Step::Continue;
+                }
+                let (finished, next) = d.check(q.at);
+                if let Some(at) = next {
+                    let version = d.version;
+                    self.push(at, Event::DeviceCheck { device, version });
+                }
+                for f in finished {
+                    self.spans.push(Span {
+                        start: f.start,
+                        end: f.end,
+                        track: f.stream,
+                        transfer: false,
+                        bytes: 0.0,
+                        label: self.tasks[f.task as usize].label,
+                    });
+                    self.push(f.end, Event::Complete(f.task));
+                }
+                Step::Continue
             }
         }
     }
@@ -293,23 +317,31 @@ mod tests {
     }
 
     #[test]
-    fn a_device_runs_kernels_one_at_a_time_in_submission_order() {
-        let mut c = Clock::new(1, 1);
+    fn a_stream_runs_kernels_one_at_a_time_and_streams_share_the_device() {
         let k = |s| Work::Kernel {
             stream: s,
             device: 0,
             us: 10.0,
         };
+        let mut c = Clock::new(1, 1, 1.0);
         let a = c.task(k(0), 0.0, Then::Resume(0), L);
-        let b = c.task(k(1), 0.0, Then::Resume(1), L);
+        let b = c.task(k(0), 0.0, Then::Resume(1), L);
         c.trigger(a, 0.0);
         c.trigger(b, 5.0);
         assert_eq!(run(&mut c), vec![(0, 10.0), (1, 20.0)]);
+        // Two streams at twice the rate together: both done at 10.
+        let mut c = Clock::new(1, 1, 2.0);
+        let a = c.task(k(0), 0.0, Then::Resume(0), L);
+        let b = c.task(k(1), 0.0, Then::Resume(1), L);
+        c.trigger(a, 0.0);
+        c.trigger(b, 0.0);
+        assert_eq!(run(&mut c), vec![(0, 10.0), (1, 10.0)]);
+        assert_eq!(c.spans.len(), 2);
     }
 
     #[test]
     fn transfers_share_the_wire_and_pipeline_latency() {
-        let mut c = Clock::new(1, 1);
+        let mut c = Clock::new(1, 1, 1.0);
         let t = |_| Work::Transfer {
             wire: 0,
             wire_us: 4.0,

@@ -43,6 +43,24 @@ pub struct Compute {
     pub efficiency: f64,
     /// Fixed cost of every kernel (µs).
     pub launch_us: f64,
+    /// A CPU's throughput while kernels of two or more streams run at once, relative to one
+    /// kernel alone (≥ 1; absent: 1). One kernel's parallel region leaves cores idle that
+    /// another stream's kernel fills; `troupe calibrate` fits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_speedup: Option<f64>,
+    /// How a kernel's memory and math times combine (absent: `max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roofline: Option<Roofline>,
+}
+
+/// `max`: memory traffic and math overlap (a GPU's kernels, with many warps in flight).
+/// `sum`: they do not (a CPU's few-row kernels, whose cores both stream the weights and
+/// compute; `troupe calibrate` keeps whichever fits the real runs better).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Roofline {
+    Max,
+    Sum,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -52,6 +70,14 @@ pub struct RuntimeCosts {
     pub hop_us: f64,
     /// The calling thread's cost per schedule request (micro-batch, issue, wait), µs.
     pub issue_us: f64,
+    /// What a transfer over `[placement.link]` costs the runtime beyond its bytes (µs, absent:
+    /// 0), transfers one after another as on the wire: booking, copying and waking the receiver.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub link_hop_us: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// A wire: bandwidth (GB/s, per direction, per GPU) and one-way latency.
@@ -173,8 +199,14 @@ impl Hardware {
             ));
         }
         non_negative("compute.launch_us", c.launch_us)?;
+        if let Some(v) = c.stream_speedup {
+            if !(v.is_finite() && (1.0..=64.0).contains(&v)) {
+                return Err(bad("compute.stream_speedup", v, "a number in [1, 64]"));
+            }
+        }
         non_negative("runtime.hop_us", self.runtime.hop_us)?;
         non_negative("runtime.issue_us", self.runtime.issue_us)?;
+        non_negative("runtime.link_hop_us", self.runtime.link_hop_us)?;
         for (name, w) in [("nvlink", &self.nvlink), ("network", &self.network)] {
             if let Some(w) = w {
                 positive(&format!("{name}.gbps"), w.gbps)?;
@@ -205,12 +237,17 @@ impl Hardware {
         tflops * 1e12
     }
 
-    /// A kernel's duration in µs: max(bytes / bandwidth, flops / peak) / efficiency + launch.
+    /// A kernel's duration in µs: max (or, with `roofline = "sum"`, the sum) of bytes / bandwidth
+    /// and flops / peak, / efficiency, + launch.
     pub fn kernel_us(&self, bytes: f64, flops: f64, peak_flops: f64) -> f64 {
         let c = &self.compute;
         let memory = bytes / (c.memory_gbps * 1e9);
         let math = flops / peak_flops;
-        memory.max(math) / c.efficiency * 1e6 + c.launch_us
+        let t = match c.roofline.unwrap_or(Roofline::Max) {
+            Roofline::Max => memory.max(math),
+            Roofline::Sum => memory + math,
+        };
+        t / c.efficiency * 1e6 + c.launch_us
     }
 }
 

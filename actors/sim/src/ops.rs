@@ -9,7 +9,9 @@
 //! - `Ffn(l)` MoE, data-parallel attention: every lane's `dispatch` and all-to-all send, every
 //!   group's kernel once all have arrived, every group's all-to-all return, every lane's combine.
 //!
-//! Every op costs one actor hop before its first kernel, and a group kernel one more.
+//! Every op costs one actor hop before its first kernel, and a group kernel one more; a transfer
+//! over `[placement.link]` holds the wire `link_hop_us` beyond its bytes (the runtime's work per
+//! transfer, one after another).
 
 use crate::clock::{Label, TaskId, Then, Work};
 use crate::cost::{group_load, MoeCost, Work as Cost};
@@ -67,17 +69,20 @@ impl SimCore {
         }
     }
 
+    /// A transfer of `bytes` that happens with probability `p` (an expert group's rows under
+    /// expected routing): it holds the wire for its bytes plus `p` times the runtime's cost of
+    /// a transfer.
     fn transfer(
         &mut self,
         wire: u32,
         spec: WireSpec,
-        bytes: f64,
+        (bytes, p): (f64, f64),
         then: Then,
         label: Label,
     ) -> TaskId {
         let w = Work::Transfer {
             wire,
-            wire_us: bytes / (spec.gbps * 1e9) * 1e6,
+            wire_us: bytes / (spec.gbps * 1e9) * 1e6 + p * self.hw.runtime.link_hop_us,
             latency_us: spec.latency_us,
             bytes,
         };
@@ -209,13 +214,20 @@ impl SimCore {
         let cpu = self.hw.kind == DeviceKind::Cpu;
         for (stream, node, share, held) in groups {
             let g = group_load(m, rows, share, held);
+            // The chance the group gets any row: its transfers happen only then.
+            let p_any = 1.0 - (1.0 - (g.rows / rows.max(1e-12)).min(1.0)).powf(rows);
             let wire = self.wire(st, stream, stage_node, node);
             let back = wire.map(|_| self.wire(stream, st, node, stage_node));
             let after_kernel = match back.flatten() {
                 Some((w, spec)) => {
                     let bytes = g.slots * self.cost.hidden * c_bytes;
-                    let t =
-                        self.transfer(w, spec, bytes, Then::Join(j), label("combine", Some(l), mb));
+                    let t = self.transfer(
+                        w,
+                        spec,
+                        (bytes, p_any),
+                        Then::Join(j),
+                        label("combine", Some(l), mb),
+                    );
                     Then::Tasks(vec![t])
                 }
                 None => Then::Join(j),
@@ -239,7 +251,7 @@ impl SimCore {
                     self.transfer(
                         w,
                         spec,
-                        bytes,
+                        (bytes, p_any),
                         Then::Tasks(vec![k]),
                         label("dispatch", Some(l), mb),
                     )

@@ -61,15 +61,15 @@ impl Simulation {
                 ),
             ));
         }
-        let wires = match hardware.kind {
-            DeviceKind::Cpu => 1,
-            DeviceKind::Gpu => layout.n_devices,
+        let (wires, speedup) = match hardware.kind {
+            DeviceKind::Cpu => (1, hardware.compute.stream_speedup.unwrap_or(1.0)),
+            DeviceKind::Gpu => (layout.n_devices, 1.0),
         };
         let peak_flops = hardware.peak_flops(cost.weight_bytes);
         let stats = Stats::new(layout.n_streams());
         Ok(Simulation {
             core: SimCore {
-                clock: Clock::new(layout.n_devices, wires),
+                clock: Clock::new(layout.n_devices, wires, speedup),
                 cost,
                 layout,
                 hw: hardware,

@@ -31,10 +31,9 @@ use troupe_engine::model::{ChunkKind, Model};
 
 use crate::error::Result;
 use crate::placement::{LinkSpec, PlacementSpec};
-use crate::runtime::ActorRuntime;
 use crate::schedule::{Schedule, Sequential, TwoMicroBatch};
 use steppers::{
-    actors_config, interleave, median, paired, prompt, start_actors, Actors, Reference, Stepper,
+    interleave, median, paired, prompt, start_actors, start_actors_traced, Reference, Stepper,
 };
 
 /// What to run.
@@ -323,17 +322,9 @@ pub fn profile(
         }
     } else {
         let schedule = &schedules(o)?[0];
-        let mut a = start_actors(&model, &base, schedule, None, o)?;
-        if let Some(path) = &o.trace {
-            // A second runtime, traced, so the trace holds decode steps only (no prefill).
-            a.rt.shutdown()?;
-            let caches = a.caches;
-            let cfg = actors_config(&base, schedule, None, Some(path.clone()));
-            a = Actors {
-                rt: ActorRuntime::start_with(model.clone(), None, None, cfg)?,
-                caches,
-            };
-        }
+        // Traced, the prefill's spans are dropped: the trace holds the decode steps only. (The
+        // sequences' caches belong to this runtime's KV pools, so the prefill runs here too.)
+        let mut a = start_actors_traced(&model, &base, schedule, None, o, o.trace.clone())?;
         for _ in 0..o.steps {
             let t = Instant::now();
             a.step()?;

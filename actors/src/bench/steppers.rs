@@ -170,13 +170,29 @@ pub(super) fn start_actors(
     link: Option<LinkSpec>,
     o: &super::BenchOptions,
 ) -> Result<Actors> {
-    let cfg = actors_config(base, schedule, link, None);
+    start_actors_traced(model, base, schedule, link, o, None)
+}
+
+/// As [`start_actors`], writing a trace of the runtime to `trace` at shutdown (the prefill's
+/// spans are dropped, so the trace holds what runs after this returns).
+pub(super) fn start_actors_traced(
+    model: &Arc<Model>,
+    base: &PlacementSpec,
+    schedule: &Arc<dyn Schedule>,
+    link: Option<LinkSpec>,
+    o: &super::BenchOptions,
+    trace: Option<std::path::PathBuf>,
+) -> Result<Actors> {
+    let cfg = actors_config(base, schedule, link, trace);
     let rt = ActorRuntime::start_with(model.clone(), None, None, cfg)?;
     let caches = (0..o.sequences)
         .map(|_| (SeqCaches::new(&rt.core().kv_pools), 0))
         .collect();
     let mut a = Actors { rt, caches };
     a.forward(&|i| prompt(model, o.prompt_len, i), ChunkKind::Prompt)?;
+    if let Some(t) = &a.rt.core().tracer {
+        t.clear_spans();
+    }
     Ok(a)
 }
 
