@@ -18,7 +18,8 @@
 //! The products are scheduled by [`super::linear`] (FP8 weights are one of its storage types, so
 //! an expert layer's FP8 projections share one parallel region with the others). Within a chunk
 //! of output columns: one x row (a GEMV, i.e. decode) runs a fused tile that widens each weight
-//! byte in registers and streams four weight rows at once; several rows convert a few weight
+//! byte in registers and streams four weight rows at once (on AVX-512, 32 bytes at a time and
+//! without the per-byte NaN test when the weight has no NaN); several rows convert a few weight
 //! rows to f32 into a scratch buffer and reuse them across 2×2 register tiles.
 
 use super::dot::{dot_block, WRow};
@@ -136,6 +137,8 @@ pub(crate) struct Fp8Rows<'a> {
     grid: &'a [f32],
     grid_cols: usize,
     k: usize,
+    /// No byte is NaN ([`Weight::fp8_nan_free`]): the AVX-512 GEMV may skip the NaN test.
+    nan_free: bool,
 }
 
 impl<'a> Fp8Rows<'a> {
@@ -153,6 +156,7 @@ impl<'a> Fp8Rows<'a> {
             grid: scales.scale_inv.as_f32()?,
             grid_cols: scales.scale_inv.cols(),
             k: w.cols(),
+            nan_free: w.fp8_nan_free(),
         })
     }
 
@@ -185,8 +189,15 @@ impl<'a> Fp8Rows<'a> {
                 let rows: [&[u8]; 4] = std::array::from_fn(|j| self.row(c + j.min(cn - 1)));
                 let scales: [&[f32]; 4] =
                     std::array::from_fn(|j| self.scale_row(c + j.min(cn - 1)));
-                // SAFETY: AVX2+FMA+F16C checked just above; rows and x hold k elements.
-                let y = unsafe { super::fp8_simd::gemv4(&x[..self.k], &rows, &scales, 4 * self.k) };
+                let (xr, ahead) = (&x[..self.k], 4 * self.k);
+                let y = if isa.has_avx512() && self.nan_free {
+                    // SAFETY: AVX-512F+BW (with AVX2+FMA+F16C) checked just above; rows and x
+                    // hold k elements; the weight has no NaN byte.
+                    unsafe { super::fp8_simd::gemv4_nan_free_avx512(xr, &rows, &scales, ahead) }
+                } else {
+                    // SAFETY: AVX2+FMA+F16C checked just above; rows and x hold k elements.
+                    unsafe { super::fp8_simd::gemv4(xr, &rows, &scales, ahead) }
+                };
                 for (j, v) in y.iter().enumerate().take(cn) {
                     set(0, c + j, *v);
                 }

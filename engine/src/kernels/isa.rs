@@ -1,5 +1,5 @@
 //! The instruction set the CPU kernels run on, chosen at run time: [`Isa::Portable`] (plain
-//! Rust), [`Isa::Avx2`] (AVX2+FMA+F16C), [`Isa::Avx512`] (AVX-512F on top of those),
+//! Rust), [`Isa::Avx2`] (AVX2+FMA+F16C), [`Isa::Avx512`] (AVX-512F and BW on top of those),
 //! [`Isa::Avx512Bf16`] (AVX512-BF16 on top of that) or [`Isa::Amx`] (AMX-BF16 tiles on top of
 //! that). The best path the processor has is detected
 //! once; a process-wide override ([`set_active`], the CLI's `--isa`) picks another one the
@@ -24,7 +24,7 @@ pub enum Isa {
     Portable,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512F (with AVX2 + FMA + F16C).
+    /// x86-64 AVX-512F and BW (with AVX2 + FMA + F16C).
     Avx512,
     /// AVX-512F with AVX512-BF16: `vdpbf16ps` for bf16 × bf16 products under `--compute bf16`;
     /// otherwise the `Avx512` kernels.
@@ -81,8 +81,8 @@ impl Isa {
         match self {
             Isa::Portable => true,
             Isa::Avx2 => features().avx2,
-            Isa::Avx512 => features().avx2 && features().avx512f,
-            Isa::Avx512Bf16 => features().avx2 && features().avx512f && features().avx512bf16,
+            Isa::Avx512 => features().avx2 && features().avx512f && features().avx512bw,
+            Isa::Avx512Bf16 => Isa::Avx512.supported() && features().avx512bf16,
             Isa::Amx => Isa::Avx512Bf16.supported() && super::amx::available(),
         }
     }
@@ -107,7 +107,7 @@ impl Isa {
         matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
     }
 
-    /// Whether the path may use AVX-512F instructions (the kernels with a 512-bit form).
+    /// Whether the path may use AVX-512F and BW instructions (the kernels with a 512-bit form).
     pub fn has_avx512(self) -> bool {
         matches!(self, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
     }
@@ -130,6 +130,9 @@ pub struct CpuFeatures {
     /// AVX2 + FMA + F16C.
     pub avx2: bool,
     pub avx512f: bool,
+    /// AVX512-BW (16-bit lanes: the FP8 kernel's 32-byte widening). Every AVX-512 processor
+    /// since Skylake-SP has it; the AVX-512 path needs it.
+    pub avx512bw: bool,
     /// AVX512-BF16 (`vdpbf16ps`), for a bf16-compute mode.
     pub avx512bf16: bool,
     /// AVX512-VNNI, for an int8-activation mode.
@@ -148,6 +151,7 @@ fn detect() -> CpuFeatures {
     CpuFeatures {
         avx2: has!("avx2") && has!("fma") && has!("f16c"),
         avx512f: has!("avx512f"),
+        avx512bw: has!("avx512bw"),
         avx512bf16: has!("avx512bf16"),
         avx512vnni: has!("avx512vnni"),
     }

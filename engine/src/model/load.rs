@@ -19,7 +19,7 @@ use crate::model::attention::{Attention, GqaAttention, MlaAttention, MlaQuery};
 use crate::model::ffn::{FeedForward, Mlp, MoeBlock, Router};
 use crate::model::{DecoderLayer, Model};
 use crate::params::RopeTable;
-use crate::weights::fp8::{dequantize, fp8_weight_names};
+use crate::weights::fp8::{dequantize, fp8_weight_names, BlockScales, FP8_BLOCK};
 use crate::weights::random::{random_weight, RandomInit};
 use crate::weights::{Checkpoint, Weight};
 
@@ -165,14 +165,20 @@ impl Take<'_> {
     }
 }
 
-/// Splits `kv_b_proj` (`[heads*(nope+v), kv_lora]`) into the absorbed form's per-head matrices.
+/// Splits `kv_b_proj` (`[heads*(nope+v), kv_lora]`) into the absorbed form's per-head matrices:
+/// `uk_t[h]` (`W_uk[h]` transposed, `[kv_lora, nope]`) and `uv[h]` (`[v, kv_lora]`). They keep
+/// the checkpoint's element type where that is exact, so decode reads no more bytes than the
+/// naive form's weight: bf16 stays bf16 (f32 compute upcasts exactly, in the one dot order, so
+/// the results are those of f32 copies); FP8 stays FP8 with its block scales when each head's
+/// rows sit inside 128-row scale blocks (DeepSeek-V3's and ds-v3-mini's shapes); anything else
+/// is upcast to f32.
 fn absorb(
     kv_b: &Weight,
     heads: usize,
     nope: usize,
     v: usize,
     kv_lora: usize,
-) -> (Vec<Weight>, Vec<Weight>) {
+) -> Result<(Vec<Weight>, Vec<Weight>)> {
     if !kv_b.is_loaded() {
         let absent = |what: &str, shape: [usize; 2]| {
             (0..heads)
@@ -185,37 +191,94 @@ fn absorb(
                 })
                 .collect()
         };
-        return (absent("uk_t", [kv_lora, nope]), absent("uv", [v, kv_lora]));
+        return Ok((absent("uk_t", [kv_lora, nope]), absent("uv", [v, kv_lora])));
     }
     let per = nope + v;
+    let name = |what: &str, h: usize| format!("{}#{what}{h}", kv_b.name());
+    // Row `r` of head `h`'s W_uk (`n`) or W_uv (`nope + r`) in kv_b.
+    let uk_row = |h: usize, n: usize| h * per + n;
+    let uv_row = |h: usize, r: usize| h * per + nope + r;
     let mut uk_t = Vec::with_capacity(heads);
     let mut uv = Vec::with_capacity(heads);
-    for h in 0..heads {
-        // W_uk[h] rows h*per .. h*per+nope, each of width kv_lora; transpose to [kv_lora, nope].
-        let mut t = vec![0.0f32; kv_lora * nope];
-        for n in 0..nope {
-            let row = kv_b.row_f32(h * per + n);
-            for (c, val) in row.iter().enumerate() {
-                t[c * nope + n] = *val;
+    match kv_b.dtype() {
+        DType::BF16 => {
+            let bits = kv_b.as_u16()?;
+            let row = |r: usize| &bits[r * kv_lora..(r + 1) * kv_lora];
+            for h in 0..heads {
+                let mut t = vec![0u16; kv_lora * nope];
+                for n in 0..nope {
+                    for (c, &b) in row(uk_row(h, n)).iter().enumerate() {
+                        t[c * nope + n] = b;
+                    }
+                }
+                let vv: Vec<u16> = (0..v).flat_map(|r| row(uv_row(h, r)).iter().copied()).collect();
+                uk_t.push(Weight::from_u16(&name("uk_t", h), DType::BF16, vec![kv_lora, nope], &t));
+                uv.push(Weight::from_u16(&name("uv", h), DType::BF16, vec![v, kv_lora], &vv));
             }
         }
-        let mut vv = Vec::with_capacity(v * kv_lora);
-        for r in 0..v {
-            vv.extend(kv_b.row_f32(h * per + nope + r));
+        DType::F8E4M3 if fp8_heads_fit_blocks(heads, per, nope, v) => {
+            let (bytes, scales) = (kv_b.as_u8()?, kv_b.block_scales().ok_or_else(|| {
+                EngineError::internal(format!("FP8 tensor `{}` has no block scales", kv_b.name()))
+            })?);
+            let row = |r: usize| &bytes[r * kv_lora..(r + 1) * kv_lora];
+            let grid = |rows: usize, cols: usize, at: &dyn Fn(usize, usize) -> f32| {
+                let (gr, gc) = (rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK));
+                let vals: Vec<f32> =
+                    (0..gr * gc).map(|i| at(i / gc * FP8_BLOCK, i % gc * FP8_BLOCK)).collect();
+                (vec![gr, gc], vals)
+            };
+            for h in 0..heads {
+                let mut t = vec![0u8; kv_lora * nope];
+                for n in 0..nope {
+                    for (c, &b) in row(uk_row(h, n)).iter().enumerate() {
+                        t[c * nope + n] = b;
+                    }
+                }
+                // uk_t[h] at (c, n) is kv_b at (uk_row(h, n), c): its scale is that block's.
+                let (gs, g) = grid(kv_lora, nope, &|c, n| scales.scale(uk_row(h, n), c));
+                let sk = Weight::from_f32(&name("uk_t_scale_inv", h), gs, &g);
+                uk_t.push(
+                    Weight::from_bytes(&name("uk_t", h), DType::F8E4M3, vec![kv_lora, nope], &t)?
+                        .with_block_scales(BlockScales::new(sk))?,
+                );
+                let vv: Vec<u8> = (0..v).flat_map(|r| row(uv_row(h, r)).iter().copied()).collect();
+                let (gs, g) = grid(v, kv_lora, &|r, c| scales.scale(uv_row(h, r), c));
+                let sv = Weight::from_f32(&name("uv_scale_inv", h), gs, &g);
+                uv.push(
+                    Weight::from_bytes(&name("uv", h), DType::F8E4M3, vec![v, kv_lora], &vv)?
+                        .with_block_scales(BlockScales::new(sv))?,
+                );
+            }
         }
-        // Upcasting bf16/f16 to f32 is exact, so the absorbed matrices hold the same values.
-        uk_t.push(Weight::from_f32(
-            &format!("{}#uk_t{h}", kv_b.name()),
-            vec![kv_lora, nope],
-            &t,
-        ));
-        uv.push(Weight::from_f32(
-            &format!("{}#uv{h}", kv_b.name()),
-            vec![v, kv_lora],
-            &vv,
-        ));
+        _ => {
+            for h in 0..heads {
+                let mut t = vec![0.0f32; kv_lora * nope];
+                for n in 0..nope {
+                    for (c, val) in kv_b.row_f32(uk_row(h, n)).iter().enumerate() {
+                        t[c * nope + n] = *val;
+                    }
+                }
+                let vv: Vec<f32> = (0..v).flat_map(|r| kv_b.row_f32(uv_row(h, r))).collect();
+                uk_t.push(Weight::from_f32(&name("uk_t", h), vec![kv_lora, nope], &t));
+                uv.push(Weight::from_f32(&name("uv", h), vec![v, kv_lora], &vv));
+            }
+        }
     }
-    (uk_t, uv)
+    Ok((uk_t, uv))
+}
+
+/// Whether every 128-wide block of a head's W_uk rows (its `nope` input columns once
+/// transposed) and of its W_uv rows lies inside one 128-row scale block of `kv_b`, so the
+/// per-head matrices are FP8 block-scaled weights themselves.
+fn fp8_heads_fit_blocks(heads: usize, per: usize, nope: usize, v: usize) -> bool {
+    let one_block = |first: usize, len: usize| {
+        (0..len.div_ceil(FP8_BLOCK)).all(|b| {
+            let lo = first + b * FP8_BLOCK;
+            let hi = first + ((b + 1) * FP8_BLOCK).min(len) - 1;
+            lo / FP8_BLOCK == hi / FP8_BLOCK
+        })
+    };
+    (0..heads).all(|h| one_block(h * per, nope) && one_block(h * per + nope, v))
 }
 
 fn attention(
@@ -251,7 +314,7 @@ fn attention(
                 *qk_nope_head_dim,
                 *v_head_dim,
                 *kv_lora_rank,
-            );
+            )?;
             Ok(Attention::Mla(MlaAttention {
                 heads: spec.num_attention_heads,
                 nope: *qk_nope_head_dim,

@@ -4,7 +4,7 @@
 //! time, so a bf16 checkpoint stays bf16 in memory (half the bytes to stream per decoded token) and
 //! an FP8 one stays FP8, its 128×128 block scales attached (`block_scales`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 
@@ -38,6 +38,9 @@ pub struct Weight {
     storage: Storage,
     /// The dequantisation scales of an FP8 weight (None for every other dtype).
     scales: Option<Arc<BlockScales>>,
+    /// Whether no element is e4m3's NaN (an FP8 weight's bytes, read once when first asked;
+    /// shared by the clones).
+    nan_free: Arc<OnceLock<bool>>,
 }
 
 impl Weight {
@@ -59,6 +62,7 @@ impl Weight {
                 shape,
                 storage: Storage::Mapped { map, start, end },
                 scales: None,
+                nan_free: Arc::default(),
             })
         } else {
             Weight::from_bytes(name, dtype, shape, &map[start..end])
@@ -77,6 +81,7 @@ impl Weight {
                 len,
             },
             scales: None,
+            nan_free: Arc::default(),
         }
     }
 
@@ -107,6 +112,7 @@ impl Weight {
             shape,
             storage: Storage::Absent,
             scales: None,
+            nan_free: Arc::default(),
         }
     }
 
@@ -140,6 +146,15 @@ impl Weight {
     /// The block scales of an FP8 weight.
     pub fn block_scales(&self) -> Option<&BlockScales> {
         self.scales.as_deref()
+    }
+    /// Whether an FP8 weight holds no NaN byte (`0x7f`/`0xff`), so kernels may skip the NaN
+    /// test per element. Scans the bytes on the first call (false for other dtypes, or when
+    /// the bytes are not here).
+    pub fn fp8_nan_free(&self) -> bool {
+        *self.nan_free.get_or_init(|| match self.as_u8() {
+            Ok(bytes) => bytes.iter().fold(0u8, |any, &b| any | u8::from(b & 0x7f == 0x7f)) == 0,
+            Err(_) => false,
+        })
     }
     /// The same bytes under another name (the scales follow).
     pub fn renamed(&self, name: &str) -> Self {

@@ -2,6 +2,7 @@
 //! fixtures, and focused tests of validation, config import, checkpoint loading, file reading,
 //! the router and the dot kernels. Fixtures are reached through [`fixtures::fixture`] only.
 
+mod absorbed_storage;
 mod amx_tiles;
 mod checkpoint_errors;
 mod config_import;
