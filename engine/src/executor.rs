@@ -121,6 +121,15 @@ impl<'m> ReferenceExecutor<'m> {
     pub fn forward(
         &self,
         chunks: &mut [SeqChunk<'_>],
+        record: Option<&mut ForwardRecord>,
+    ) -> Result<DeviceTensor> {
+        // On a pool thread, the kernels' parallel regions start by work-stealing (`on_pool`).
+        crate::kernels::pool::on_pool(|| self.forward_here(chunks, record))
+    }
+
+    fn forward_here(
+        &self,
+        chunks: &mut [SeqChunk<'_>],
         mut record: Option<&mut ForwardRecord>,
     ) -> Result<DeviceTensor> {
         let m = self.model;

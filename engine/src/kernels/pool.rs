@@ -16,6 +16,15 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// Runs `f` on a thread of the pool and returns its result (inline when the caller is one
+/// already). A caller outside the pool that starts many short regions pays, per region, for
+/// waking the pool from outside and parking itself until the region ends; from a pool thread a
+/// region starts by work-stealing instead. The reference executor runs each forward pass this
+/// way (decode of ds-v3-mini: ~10% more tokens/s on 2 threads).
+pub fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::join(f, || ()).0
+}
+
 /// Runs `task(0..n_tasks)`, each index once, in parallel when there is more than one task and
 /// more than one thread; returns when all have run. A task's panic reaches the caller.
 pub fn for_each_task(n_tasks: usize, task: &(dyn Fn(usize) + Sync)) {
@@ -41,6 +50,18 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "n={n}");
         }
+    }
+
+    #[test]
+    fn on_pool_runs_on_a_pool_thread_and_returns_the_result() {
+        let (inside, value) = on_pool(|| (rayon::current_thread_index().is_some(), 7));
+        assert!(inside && value == 7);
+        // Nested: inline on the same thread.
+        let outer = on_pool(|| {
+            let here = rayon::current_thread_index();
+            on_pool(|| rayon::current_thread_index() == here)
+        });
+        assert!(outer);
     }
 
     #[test]
