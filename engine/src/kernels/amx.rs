@@ -15,7 +15,8 @@
 //! Sapphire Rapids-class Xeon that emulation matched 60–71% of 200,000 random cases, and none of
 //! the others tried (either product order, a pair summed exactly, all 32 products summed exactly
 //! before one or two roundings, alignment truncated to 23–40 bits) did better than 83%; they
-//! differ by a few units in the last place. So this path has no portable emulation. What the engine relies on holds by construction and is tested
+//! differ by a few units in the last place. So this path has no portable emulation. What the
+//! engine relies on holds by construction and is tested
 //! (`engine/tests/it/amx_tiles.rs`): an element's value depends only on its activation row and
 //! its weight row, never on the other rows of the tiles, the batch size, the chunking or the
 //! threads, and it stays within f32 accumulation error of the exact dot product.

@@ -71,6 +71,15 @@ unsafe fn fold4(s: [__m256; 4]) -> __m128 {
     _mm_add_ps(_mm_add_ps(r0, r2), _mm_add_ps(r1, r3))
 }
 
+/// Prefetches byte `at` of each of four weight rows. A hint only: no effect on results, and no
+/// fault past the weight's end.
+#[inline(always)]
+unsafe fn prefetch_rows(rows: &[*const u8; 4], at: usize) {
+    for p in rows {
+        _mm_prefetch(p.wrapping_add(at) as *const i8, _MM_HINT_T0);
+    }
+}
+
 /// `256 · scale` of 128-block `b` for four weight rows' scale-grid rows (exact: a power of two).
 #[inline(always)]
 unsafe fn block_scale(scales: &[&[f32]; 4], b: usize) -> __m128 {
@@ -106,10 +115,7 @@ pub unsafe fn gemv4(x: &[f32], rows: &[&[u8]; 4], scales: &[&[f32]; 4], ahead: u
         let mut i = k0;
         while i < main {
             if i % 64 == 0 {
-                for p in rp {
-                    // A hint only: no effect on results, and no fault past the weight's end.
-                    _mm_prefetch(p.wrapping_add(i + ahead) as *const i8, _MM_HINT_T0);
-                }
+                prefetch_rows(&rp, i + ahead);
             }
             let x0 = _mm256_loadu_ps(xp.add(i));
             let x1 = _mm256_loadu_ps(xp.add(i + 8));
@@ -180,10 +186,7 @@ pub unsafe fn gemv4_nan_free_avx512(
         let mut i = k0;
         while i + 32 <= k1 {
             if i % 64 == 0 {
-                for p in rp {
-                    // A hint only: no effect on results, and no fault past the weight's end.
-                    _mm_prefetch(p.wrapping_add(i + ahead) as *const i8, _MM_HINT_T0);
-                }
+                prefetch_rows(&rp, i + ahead);
             }
             let x0 = _mm512_loadu_ps(xp.add(i));
             let x1 = _mm512_loadu_ps(xp.add(i + 16));
