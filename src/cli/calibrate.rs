@@ -79,7 +79,9 @@ fn placement_table(which: usize) -> toml::Table {
     let text = match which {
         0 => "streams = 1",
         1 => "streams = 2",
-        _ => "streams = 2\nnodes = 2\nexpert_nodes = [1]\nlink = { gbps = 100.0, latency_us = 50.0 }",
+        _ => {
+            "streams = 2\nnodes = 2\nexpert_nodes = [1]\nlink = { gbps = 100.0, latency_us = 50.0 }"
+        }
     };
     text.parse().unwrap_or_default()
 }
@@ -106,7 +108,10 @@ fn simulate_one(
 /// The factor `x ≥ 1` that, multiplying every simulated time, balances the relative errors of
 /// the runs `(simulated, measured)` (the smallest worst error), and that worst error.
 fn balance(runs: &[(f64, f64)]) -> (f64, f64) {
-    let lo = runs.iter().map(|&(s, m)| m / s).fold(f64::INFINITY, f64::min);
+    let lo = runs
+        .iter()
+        .map(|&(s, m)| m / s)
+        .fold(f64::INFINITY, f64::min);
     let hi = runs.iter().map(|&(s, m)| m / s).fold(0.0, f64::max);
     // Worst relative error |x·s/m − 1| is smallest where the largest over- and under-estimates
     // meet: x = 2 / (1/lo + 1/hi).

@@ -147,7 +147,10 @@ fn extreme_link_numbers_are_one_line_errors_naming_the_field() {
 fn profiled_actor_decode_writes_its_trace() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("decode.json");
-    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/deepseek-v3-tiny");
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/deepseek-v3-tiny"
+    );
     let o = troupe(&[
         "bench",
         "-m",
@@ -173,5 +176,8 @@ fn profiled_actor_decode_writes_its_trace() {
         .filter(|e| e["ph"] == "X" && e["name"] == "embed")
         .count();
     // Two decode steps (`-r 2`), one embed span each: the prefill's spans are not there.
-    assert_eq!(embeds, 2, "embed spans: the trace should hold the 2 decode steps only");
+    assert_eq!(
+        embeds, 2,
+        "embed spans: the trace should hold the 2 decode steps only"
+    );
 }

@@ -71,7 +71,10 @@ enum Event {
     Submit(TaskId),
     Complete(TaskId),
     /// A device's next kernel may have finished (stale unless `version` is still current).
-    DeviceCheck { device: u32, version: u64 },
+    DeviceCheck {
+        device: u32,
+        version: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -171,7 +171,10 @@ mod tests {
         let n = d.submit(0.0, 1, 1, 10.0);
         let out = drain(&mut d, n);
         assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|&(_, t)| (t - 40.0 / 3.0).abs() < 1e-9), "{out:?}");
+        assert!(
+            out.iter().all(|&(_, t)| (t - 40.0 / 3.0).abs() < 1e-9),
+            "{out:?}"
+        );
         // Without a speedup the pair takes as long as one after the other.
         let mut d = Device::new(1.0);
         d.submit(0.0, 0, 0, 10.0);

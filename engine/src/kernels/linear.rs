@@ -216,7 +216,7 @@ impl Rounding {
     /// The form `isa` (which the caller checked this processor runs) multiplies `w` in.
     fn of(isa: Isa, w: &Weight) -> Rounding {
         match (isa, w.dtype()) {
-            (Isa::Amx, DType::BF16) if w.cols() % TILE_K == 0 => Rounding::Tiles,
+            (Isa::Amx, DType::BF16) if w.cols().is_multiple_of(TILE_K) => Rounding::Tiles,
             (_, DType::BF16) if isa.has_avx512bf16() => Rounding::Pairs,
             _ => Rounding::F32,
         }

@@ -211,20 +211,39 @@ fn absorb(
                         t[c * nope + n] = b;
                     }
                 }
-                let vv: Vec<u16> = (0..v).flat_map(|r| row(uv_row(h, r)).iter().copied()).collect();
-                uk_t.push(Weight::from_u16(&name("uk_t", h), DType::BF16, vec![kv_lora, nope], &t));
-                uv.push(Weight::from_u16(&name("uv", h), DType::BF16, vec![v, kv_lora], &vv));
+                let vv: Vec<u16> = (0..v)
+                    .flat_map(|r| row(uv_row(h, r)).iter().copied())
+                    .collect();
+                uk_t.push(Weight::from_u16(
+                    &name("uk_t", h),
+                    DType::BF16,
+                    vec![kv_lora, nope],
+                    &t,
+                ));
+                uv.push(Weight::from_u16(
+                    &name("uv", h),
+                    DType::BF16,
+                    vec![v, kv_lora],
+                    &vv,
+                ));
             }
         }
         DType::F8E4M3 if fp8_heads_fit_blocks(heads, per, nope, v) => {
-            let (bytes, scales) = (kv_b.as_u8()?, kv_b.block_scales().ok_or_else(|| {
-                EngineError::internal(format!("FP8 tensor `{}` has no block scales", kv_b.name()))
-            })?);
+            let (bytes, scales) = (
+                kv_b.as_u8()?,
+                kv_b.block_scales().ok_or_else(|| {
+                    EngineError::internal(format!(
+                        "FP8 tensor `{}` has no block scales",
+                        kv_b.name()
+                    ))
+                })?,
+            );
             let row = |r: usize| &bytes[r * kv_lora..(r + 1) * kv_lora];
             let grid = |rows: usize, cols: usize, at: &dyn Fn(usize, usize) -> f32| {
                 let (gr, gc) = (rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK));
-                let vals: Vec<f32> =
-                    (0..gr * gc).map(|i| at(i / gc * FP8_BLOCK, i % gc * FP8_BLOCK)).collect();
+                let vals: Vec<f32> = (0..gr * gc)
+                    .map(|i| at(i / gc * FP8_BLOCK, i % gc * FP8_BLOCK))
+                    .collect();
                 (vec![gr, gc], vals)
             };
             for h in 0..heads {
@@ -241,7 +260,9 @@ fn absorb(
                     Weight::from_bytes(&name("uk_t", h), DType::F8E4M3, vec![kv_lora, nope], &t)?
                         .with_block_scales(BlockScales::new(sk))?,
                 );
-                let vv: Vec<u8> = (0..v).flat_map(|r| row(uv_row(h, r)).iter().copied()).collect();
+                let vv: Vec<u8> = (0..v)
+                    .flat_map(|r| row(uv_row(h, r)).iter().copied())
+                    .collect();
                 let (gs, g) = grid(v, kv_lora, &|r, c| scales.scale(uv_row(h, r), c));
                 let sv = Weight::from_f32(&name("uv_scale_inv", h), gs, &g);
                 uv.push(

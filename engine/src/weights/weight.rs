@@ -152,7 +152,12 @@ impl Weight {
     /// the bytes are not here).
     pub fn fp8_nan_free(&self) -> bool {
         *self.nan_free.get_or_init(|| match self.as_u8() {
-            Ok(bytes) => bytes.iter().fold(0u8, |any, &b| any | u8::from(b & 0x7f == 0x7f)) == 0,
+            Ok(bytes) => {
+                bytes
+                    .iter()
+                    .fold(0u8, |any, &b| any | u8::from(b & 0x7f == 0x7f))
+                    == 0
+            }
             Err(_) => false,
         })
     }

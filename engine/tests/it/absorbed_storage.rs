@@ -32,12 +32,20 @@ fn check_split(a: &MlaAttention) {
         for n in 0..a.nope {
             let row = a.kv_b.row_f32(h * per + n);
             for (c, v) in row.iter().enumerate() {
-                assert_eq!(uk[c * a.nope + n].to_bits(), v.to_bits(), "uk_t[{h}] ({c}, {n})");
+                assert_eq!(
+                    uk[c * a.nope + n].to_bits(),
+                    v.to_bits(),
+                    "uk_t[{h}] ({c}, {n})"
+                );
             }
         }
         for r in 0..a.v_dim {
             let row = a.kv_b.row_f32(h * per + a.nope + r);
-            assert_eq!(uv[r * a.kv_lora..(r + 1) * a.kv_lora], row[..], "uv[{h}] row {r}");
+            assert_eq!(
+                uv[r * a.kv_lora..(r + 1) * a.kv_lora],
+                row[..],
+                "uv[{h}] row {r}"
+            );
         }
     }
 }
@@ -48,8 +56,12 @@ fn bf16_heads_stay_bf16_and_multiply_as_f32_copies() {
     assert_eq!(a.kv_b.dtype(), DType::BF16);
     assert!(a.uk_t.iter().chain(&a.uv).all(|w| w.dtype() == DType::BF16));
     check_split(&a);
-    let x = Tensor::matrix(3, a.nope, (0..3 * a.nope).map(|i| (i as f32 * 0.37).sin()).collect())
-        .unwrap();
+    let x = Tensor::matrix(
+        3,
+        a.nope,
+        (0..3 * a.nope).map(|i| (i as f32 * 0.37).sin()).collect(),
+    )
+    .unwrap();
     for w in &a.uk_t {
         let copy = Weight::from_f32("copy", vec![w.rows(), w.cols()], &values(w));
         let (got, want) = (linear(&x, w).unwrap(), linear(&x, &copy).unwrap());
@@ -62,8 +74,16 @@ fn bf16_heads_stay_bf16_and_multiply_as_f32_copies() {
 fn fp8_heads_inside_scale_blocks_stay_fp8() {
     let a = first_mla("deepseek-v3-tiny-fp8");
     assert_eq!(a.kv_b.dtype(), DType::F8E4M3);
-    assert!(a.uk_t.iter().chain(&a.uv).all(|w| w.dtype() == DType::F8E4M3));
-    assert!(a.uk_t.iter().chain(&a.uv).all(|w| w.block_scales().is_some()));
+    assert!(a
+        .uk_t
+        .iter()
+        .chain(&a.uv)
+        .all(|w| w.dtype() == DType::F8E4M3));
+    assert!(a
+        .uk_t
+        .iter()
+        .chain(&a.uv)
+        .all(|w| w.block_scales().is_some()));
     check_split(&a);
 }
 
