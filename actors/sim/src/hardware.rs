@@ -285,5 +285,34 @@ mod tests {
         // 989 TFLOP at bf16 peak = 1 s.
         let t = hw.kernel_us(1.0, 989e12, hw.peak_flops(2.0));
         assert!((t - (1e6 / 0.6 + 4.0)).abs() < 1e-3, "{t}");
+        // Both at once: `max` takes the longer (1 s), `sum` adds them (1.001 s).
+        let both = |hw: &Hardware| hw.kernel_us(3.35e9, 989e12, hw.peak_flops(2.0));
+        assert!((both(&hw) - (1e6 / 0.6 + 4.0)).abs() < 1e-3);
+        let mut sum = hw.clone();
+        sum.compute.roofline = Some(Roofline::Sum);
+        assert!((both(&sum) - ((1e6 + 1e3) / 0.6 + 4.0)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn calibrated_cpu_fields_parse_and_are_checked() {
+        let cpu = Hardware::load("cpu").unwrap();
+        let text = cpu.to_toml();
+        assert!(!text.contains("stream_speedup") && !text.contains("link_hop_us"));
+        let with = text
+            .replace("[compute]", "[compute]\nstream_speedup = 1.3\nroofline = \"sum\"")
+            .replace("[runtime]", "[runtime]\nlink_hop_us = 120.0");
+        let hw = Hardware::parse(&with, "calibrated.toml").unwrap();
+        assert_eq!(hw.compute.stream_speedup, Some(1.3));
+        assert_eq!(hw.compute.roofline, Some(Roofline::Sum));
+        assert_eq!(hw.runtime.link_hop_us, 120.0);
+        assert_eq!(Hardware::parse(&hw.to_toml(), "round-trip").unwrap(), hw);
+        for (bad, field) in [
+            ("stream_speedup = 1.3", "stream_speedup = 0.5"),
+            ("link_hop_us = 120.0", "link_hop_us = -1.0"),
+        ] {
+            let e = Hardware::parse(&with.replace(bad, field), "bad.toml").unwrap_err();
+            let name = field.split(' ').next().unwrap();
+            assert!(e.to_string().contains(name), "{e}");
+        }
     }
 }
