@@ -299,7 +299,10 @@ mod tests {
         let text = cpu.to_toml();
         assert!(!text.contains("stream_speedup") && !text.contains("link_hop_us"));
         let with = text
-            .replace("[compute]", "[compute]\nstream_speedup = 1.3\nroofline = \"sum\"")
+            .replace(
+                "[compute]",
+                "[compute]\nstream_speedup = 1.3\nroofline = \"sum\"",
+            )
             .replace("[runtime]", "[runtime]\nlink_hop_us = 120.0");
         let hw = Hardware::parse(&with, "calibrated.toml").unwrap();
         assert_eq!(hw.compute.stream_speedup, Some(1.3));

@@ -195,25 +195,31 @@ fn absorb(
     }
     let per = nope + v;
     let name = |what: &str, h: usize| format!("{}#{what}{h}", kv_b.name());
-    // Row `r` of head `h`'s W_uk (`n`) or W_uv (`nope + r`) in kv_b.
-    let uk_row = |h: usize, n: usize| h * per + n;
-    let uv_row = |h: usize, r: usize| h * per + nope + r;
+    // Head `h`'s W_uk transposed (`[kv_lora, nope]`) and W_uv (`[v, kv_lora]`) from kv_b's
+    // elements `flat` (row-major, any element type).
+    fn split<T: Copy + Default>(flat: &[T], h: usize, dims: [usize; 3]) -> (Vec<T>, Vec<T>) {
+        let [nope, v, kv_lora] = dims;
+        let row = |r: usize| &flat[r * kv_lora..(r + 1) * kv_lora];
+        let first = h * (nope + v);
+        let mut t = vec![T::default(); kv_lora * nope];
+        for n in 0..nope {
+            for (c, &x) in row(first + n).iter().enumerate() {
+                t[c * nope + n] = x;
+            }
+        }
+        let vv = (0..v)
+            .flat_map(|r| row(first + nope + r).iter().copied())
+            .collect();
+        (t, vv)
+    }
+    let dims = [nope, v, kv_lora];
     let mut uk_t = Vec::with_capacity(heads);
     let mut uv = Vec::with_capacity(heads);
     match kv_b.dtype() {
         DType::BF16 => {
             let bits = kv_b.as_u16()?;
-            let row = |r: usize| &bits[r * kv_lora..(r + 1) * kv_lora];
             for h in 0..heads {
-                let mut t = vec![0u16; kv_lora * nope];
-                for n in 0..nope {
-                    for (c, &b) in row(uk_row(h, n)).iter().enumerate() {
-                        t[c * nope + n] = b;
-                    }
-                }
-                let vv: Vec<u16> = (0..v)
-                    .flat_map(|r| row(uv_row(h, r)).iter().copied())
-                    .collect();
+                let (t, vv) = split(bits, h, dims);
                 uk_t.push(Weight::from_u16(
                     &name("uk_t", h),
                     DType::BF16,
@@ -238,7 +244,6 @@ fn absorb(
                     ))
                 })?,
             );
-            let row = |r: usize| &bytes[r * kv_lora..(r + 1) * kv_lora];
             let grid = |rows: usize, cols: usize, at: &dyn Fn(usize, usize) -> f32| {
                 let (gr, gc) = (rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK));
                 let vals: Vec<f32> = (0..gr * gc)
@@ -247,23 +252,15 @@ fn absorb(
                 (vec![gr, gc], vals)
             };
             for h in 0..heads {
-                let mut t = vec![0u8; kv_lora * nope];
-                for n in 0..nope {
-                    for (c, &b) in row(uk_row(h, n)).iter().enumerate() {
-                        t[c * nope + n] = b;
-                    }
-                }
-                // uk_t[h] at (c, n) is kv_b at (uk_row(h, n), c): its scale is that block's.
-                let (gs, g) = grid(kv_lora, nope, &|c, n| scales.scale(uk_row(h, n), c));
+                let (t, vv) = split(bytes, h, dims);
+                // uk_t[h] at (c, n) is kv_b at (h·per + n, c): its scale is that block's.
+                let (gs, g) = grid(kv_lora, nope, &|c, n| scales.scale(h * per + n, c));
                 let sk = Weight::from_f32(&name("uk_t_scale_inv", h), gs, &g);
                 uk_t.push(
                     Weight::from_bytes(&name("uk_t", h), DType::F8E4M3, vec![kv_lora, nope], &t)?
                         .with_block_scales(BlockScales::new(sk))?,
                 );
-                let vv: Vec<u8> = (0..v)
-                    .flat_map(|r| row(uv_row(h, r)).iter().copied())
-                    .collect();
-                let (gs, g) = grid(v, kv_lora, &|r, c| scales.scale(uv_row(h, r), c));
+                let (gs, g) = grid(v, kv_lora, &|r, c| scales.scale(h * per + nope + r, c));
                 let sv = Weight::from_f32(&name("uv_scale_inv", h), gs, &g);
                 uv.push(
                     Weight::from_bytes(&name("uv", h), DType::F8E4M3, vec![v, kv_lora], &vv)?
@@ -272,14 +269,9 @@ fn absorb(
             }
         }
         _ => {
+            let values: Vec<f32> = (0..kv_b.rows()).flat_map(|r| kv_b.row_f32(r)).collect();
             for h in 0..heads {
-                let mut t = vec![0.0f32; kv_lora * nope];
-                for n in 0..nope {
-                    for (c, val) in kv_b.row_f32(uk_row(h, n)).iter().enumerate() {
-                        t[c * nope + n] = *val;
-                    }
-                }
-                let vv: Vec<f32> = (0..v).flat_map(|r| kv_b.row_f32(uv_row(h, r))).collect();
+                let (t, vv) = split(&values, h, dims);
                 uk_t.push(Weight::from_f32(&name("uk_t", h), vec![kv_lora, nope], &t));
                 uv.push(Weight::from_f32(&name("uv", h), vec![v, kv_lora], &vv));
             }
