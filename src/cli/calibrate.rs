@@ -7,7 +7,7 @@
 //! sees, each by searching the simulator's own step time: the kernels' FLOP rate and their
 //! efficiency (the one-stream runs: efficiency scales a one-stream step exactly, the rate
 //! decides how it grows with sequences), then the shared cores' speedup when two streams run
-//! kernels at once (`compute.stream_speedup`, see `troupe_sim`'s `device.rs`), then a fourth
+//! kernels at once (`compute.stream_speedup`, see `troupe_sim`'s `device.rs`), then a
 //! run with the experts across a fast `[placement.link]` fixes what each transfer costs the
 //! runtime beyond the wire (`runtime.link_hop_us`). `launch_us` and `hop_us` stay 0: fixed
 //! per-kernel and per-message costs within a node are folded into the efficiency.
@@ -72,37 +72,70 @@ pub fn measure(
     Ok(t.into_iter().fold(f64::INFINITY, f64::min))
 }
 
-/// The placements of the calibration runs, as `[placement]` tables: one stream, two streams,
-/// and two streams on two nodes with the experts on the second across a fast link (100 Gbit/s,
-/// 50 µs: what it adds is the runtime's own cost per transfer, not the wire's).
-fn placement_table(which: usize) -> toml::Table {
-    let text = match which {
-        0 => "streams = 1",
-        1 => "streams = 2",
-        _ => {
-            "streams = 2\nnodes = 2\nexpert_nodes = [1]\nlink = { gbps = 100.0, latency_us = 50.0 }"
-        }
-    };
-    text.parse().unwrap_or_default()
+/// The placements of the calibration runs.
+#[derive(Clone, Copy)]
+enum Runs {
+    OneStream,
+    TwoStreams,
+    /// Two streams on two nodes, the experts on the second across a fast link (100 Gbit/s,
+    /// 50 µs: what it adds is the runtime's own cost per transfer, not the wire's).
+    ExpertsAcrossLink,
 }
 
-/// Simulated decode step (seconds) of `graph` on `hw` on calibration placement `which`,
+impl Runs {
+    /// The `[placement]` table.
+    fn table(self) -> Result<toml::Table, CliError> {
+        let text = match self {
+            Runs::OneStream => "streams = 1",
+            Runs::TwoStreams => "streams = 2",
+            Runs::ExpertsAcrossLink => {
+                "streams = 2\nnodes = 2\nexpert_nodes = [1]\nlink = { gbps = 100.0, latency_us = 50.0 }"
+            }
+        };
+        text.parse()
+            .map_err(|e| CliError::Runtime(format!("calibration placement: {e}")))
+    }
+}
+
+/// Simulated decode step (seconds) of `graph` on `hw` on calibration placement `on`,
 /// sequential.
 fn simulate_one(
     graph: &LoadedGraph,
     hw: &Hardware,
-    which: usize,
+    on: Runs,
     seqs: usize,
     a: &CalibrateArgs,
 ) -> Result<f64, CliError> {
     let err = |e: troupe_sim::SimError| CliError::Runtime(e.to_string());
     let experts = ModelCost::from_spec(&graph.spec, None, 4.0).layer_experts();
-    let table = placement_table(which);
-    let layout = Layout::from_table(Some(&table), &experts, None, hw).map_err(err)?;
+    let layout = Layout::from_table(Some(&on.table()?), &experts, None, hw).map_err(err)?;
     let mut sim =
         Simulation::new(&graph.spec, layout, Arc::new(Sequential), hw.clone()).map_err(err)?;
     let r = report::decode(&mut sim, seqs, a.context, a.steps).map_err(err)?;
     Ok(r.step_ms / 1e3)
+}
+
+/// The value of `grid` that, put into `hw` by `set`, brings the simulated step of `run`
+/// (placement, sequences, measured seconds) closest to the measured one; `hw` keeps it.
+/// Returns (relative error, value).
+fn fit_on_grid(
+    graph: &LoadedGraph,
+    hw: &mut Hardware,
+    grid: impl Iterator<Item = f64>,
+    set: impl Fn(&mut Hardware, f64),
+    (on, n, m): (Runs, usize, f64),
+    a: &CalibrateArgs,
+) -> Result<(f64, f64), CliError> {
+    let mut best = (f64::INFINITY, 0.0);
+    for v in grid {
+        set(hw, v);
+        let err = (simulate_one(graph, hw, on, n, a)? / m - 1.0).abs();
+        if err < best.0 {
+            best = (err, v);
+        }
+    }
+    set(hw, best.1);
+    Ok(best)
 }
 
 /// The factor `x ≥ 1` that, multiplying every simulated time, balances the relative errors of
@@ -161,16 +194,22 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
     let model = Arc::new(Model::load(&graph, &mut |_, _| {})?);
     let schedule: Arc<dyn Schedule> = Arc::new(Sequential);
     let seqs = a.seqs.max(2);
-    let placement = |which: usize| {
-        PlacementSpec::from_table(Some(&placement_table(which)))
-            .map_err(|e| CliError::Runtime(e.to_string()))
+    let run = |on: Runs, n: usize| -> Result<(Runs, usize, f64), CliError> {
+        let placement = PlacementSpec::from_table(Some(&on.table()?))
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        Ok((
+            on,
+            n,
+            measure(&model, &placement, &schedule, n, a.context, a.steps)?,
+        ))
     };
-    // (placement, sequences, measured seconds)
-    let mut runs = Vec::new();
-    for (which, n) in [(0, 1), (0, seqs), (0, 2 * seqs), (1, seqs), (2, seqs)] {
-        let m = measure(&model, &placement(which)?, &schedule, n, a.context, a.steps)?;
-        runs.push((which, n, m));
-    }
+    let one_stream = [
+        run(Runs::OneStream, 1)?,
+        run(Runs::OneStream, seqs)?,
+        run(Runs::OneStream, 2 * seqs)?,
+    ];
+    let two_streams = run(Runs::TwoStreams, seqs)?;
+    let across_link = run(Runs::ExpertsAcrossLink, seqs)?;
     // One stream: the step is the kernels' times end to end, so efficiency scales it exactly
     // and the FLOP rate (and how it combines with memory time) decides how it grows with the
     // sequences. Each candidate gets the efficiency balancing the three one-stream runs; the
@@ -181,8 +220,8 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         for rate in rate_candidates(gflops) {
             hw.compute.tflops_bf16 = rate / 1e3;
             let mut pairs = Vec::new();
-            for &(which, n, m) in &runs[..3] {
-                pairs.push((simulate_one(&graph, &hw, which, n, &a)?, m));
+            for &(on, n, m) in &one_stream {
+                pairs.push((simulate_one(&graph, &hw, on, n, &a)?, m));
             }
             let (x, worst) = balance(&pairs);
             if worst < best.0 {
@@ -193,29 +232,24 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
     hw.compute.roofline = Some(best.3);
     hw.compute.tflops_bf16 = best.1 / 1e3;
     hw.compute.efficiency = (1.0 / best.2).clamp(1e-3, 1.0);
-    // Two streams: the speedup of the shared cores that matches the fourth run.
-    let (_, n2, m2) = runs[3];
-    let mut speedup = (f64::INFINITY, 1.0);
-    for i in 0..=50 {
-        let g = 1.0 + i as f64 * 0.02;
-        hw.compute.stream_speedup = Some(g);
-        let err = (simulate_one(&graph, &hw, 1, n2, &a)? / m2 - 1.0).abs();
-        if err < speedup.0 {
-            speedup = (err, g);
-        }
-    }
-    hw.compute.stream_speedup = Some(speedup.1);
-    // The link: the runtime's cost per transfer that matches the last run (0–500 µs).
-    let (_, n3, m3) = runs[4];
-    let mut link_hop = (f64::INFINITY, 0.0);
-    for i in 0..=250 {
-        hw.runtime.link_hop_us = i as f64 * 2.0;
-        let err = (simulate_one(&graph, &hw, 2, n3, &a)? / m3 - 1.0).abs();
-        if err < link_hop.0 {
-            link_hop = (err, hw.runtime.link_hop_us);
-        }
-    }
-    hw.runtime.link_hop_us = link_hop.1;
+    // Two streams: the speedup of the shared cores that matches that run (1–2, steps of 0.02).
+    let speedup = fit_on_grid(
+        &graph,
+        &mut hw,
+        (0..=50).map(|i| 1.0 + i as f64 * 0.02),
+        |hw, g| hw.compute.stream_speedup = Some(g),
+        two_streams,
+        &a,
+    )?;
+    // The link: the runtime's cost per transfer that matches that run (0–500 µs, steps of 2).
+    let link_hop = fit_on_grid(
+        &graph,
+        &mut hw,
+        (0..=250).map(|i| i as f64 * 2.0),
+        |hw, us| hw.runtime.link_hop_us = us,
+        across_link,
+        &a,
+    )?;
     let text = format!(
         "# Written by `troupe calibrate` on this machine in {:.1} s. Read bandwidth from a micro-benchmark\n\
          # ({gbps:.1} GB/s; FMA micro-benchmark {gflops:.1} GFLOP/s, the ceiling of the rate below); the\n\
@@ -225,12 +259,12 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
          # (fastest of {} steps after a {}-token prompt).\n{}",
         wall.elapsed().as_secs_f64(),
         a.model.display(),
-        runs[0].2 * 1e3,
-        runs[1].2 * 1e3,
-        runs[2].2 * 1e3,
+        one_stream[0].2 * 1e3,
+        one_stream[1].2 * 1e3,
+        one_stream[2].2 * 1e3,
         2 * seqs,
-        runs[3].2 * 1e3,
-        runs[4].2 * 1e3,
+        two_streams.2 * 1e3,
+        across_link.2 * 1e3,
         a.steps,
         a.context,
         hw.to_toml()

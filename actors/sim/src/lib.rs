@@ -4,7 +4,8 @@
 //! through [`troupe_actors::pass::drive`] with a simulated [`PassDriver`](troupe_actors::pass::PassDriver)
 //! (so a custom schedule written once runs on both), expands each op into the kernels and
 //! transfers the runtime's actors run, and times them with a roofline cost model per kernel
-//! (`hardware.rs`, `cost.rs`) on a clock with FIFO streams sharing their device (`clock.rs`, `device.rs`) and shared wires.
+//! (`hardware.rs`, `cost.rs`) on a clock with FIFO streams sharing their device (`clock.rs`,
+//! `device.rs`) and shared wires.
 //! `training/` adds pipeline-training schedules (forward F, backward-for-input B,
 //! backward-for-weights W: simulator-only ops).
 //!
