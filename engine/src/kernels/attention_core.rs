@@ -26,9 +26,8 @@ use rayon::prelude::*;
 
 use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
-use crate::kernels::attention_simd::{
-    exp_scalar, exp_sum, keys_per_tile, prefetch_lines, score_tile,
-};
+use crate::kernels::attention_combine::{combine_chunks, finish, fold_chunk};
+use crate::kernels::attention_simd::{exp_sum, keys_per_tile, prefetch_lines, score_tile};
 use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile};
 use crate::kernels::isa::Isa;
 use crate::tensor::Tensor;
@@ -138,38 +137,17 @@ struct Task {
 /// `[tq, heads·v_dim]` attention output on `isa` (portable when the processor lacks it; every
 /// path gives the same bits). The caller has checked `keys`: every position `< q_start + tq`
 /// is readable.
-pub(crate) fn attend<R: KeyRows>(
+pub(crate) fn attend<'a, R: KeyRows>(
     kernel: &str,
-    q: &Tensor,
-    q_rope: Option<&Tensor>,
-    keys: &R,
+    q: &'a Tensor,
+    q_rope: Option<&'a Tensor>,
+    keys: &'a R,
     p: &AttentionParams,
     isa: Isa,
 ) -> Result<Tensor> {
     check_queries(kernel, q, q_rope, p)?;
     let isa = if isa.supported() { isa } else { Isa::Portable };
     let (tq, group) = (q.rows(), p.heads / p.kv_heads);
-    // (row, chunk) tasks, rows in order; per query row: its first task and its chunk count.
-    let mut tasks = Vec::new();
-    let mut rows = Vec::with_capacity(tq);
-    for i in 0..tq {
-        let pos = p.q_start + i;
-        let first = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let chunks = first / CHUNK..=pos / CHUNK;
-        rows.push((tasks.len(), chunks.clone().count()));
-        for c in chunks {
-            let (lo, hi) = ((c * CHUNK).max(first), ((c + 1) * CHUNK).min(pos + 1));
-            let end = pos + 1;
-            tasks.push(Task {
-                row: i,
-                g: 0,
-                lo,
-                hi,
-                end,
-                prefetch: tq <= PREFETCH_MAX_ROWS,
-            });
-        }
-    }
     // Transposed queries of every (row, kv head) for the heads-in-lanes path.
     let lanes = lanes_path(isa, group, p.v_dim);
     let qt_len = (p.d1 + p.d2) * group;
@@ -178,24 +156,88 @@ pub(crate) fn attend<R: KeyRows>(
     } else {
         Vec::new()
     };
-    // Partials: task-major, then kv head.
+    // One chunk's partial of kv head `g` (`t.g` is overwritten) into `part` (zeroed).
+    let partial = |t: Task, g: usize, part: &mut [f32], scratch: &mut Scratch<'a>| {
+        let t = Task { g, ..t };
+        #[cfg(target_arch = "x86_64")]
+        if lanes {
+            let qt = &qts[(t.row * p.kv_heads + g) * qt_len..][..qt_len];
+            chunk_partial_lanes(keys, p, t, qt, part, scratch);
+            return;
+        }
+        chunk_partial(q, q_rope, keys, p, t, isa, part, scratch);
+    };
     let part_len = group * (p.v_dim + 2);
+    let width = p.heads * p.v_dim;
+    let mut out = vec![0.0f32; tq * width];
+    let work: usize = (0..tq)
+        .flat_map(|i| row_tasks(p, i, false))
+        .map(|t| t.hi - t.lo)
+        .sum::<usize>()
+        * p.heads
+        * (p.d1 + p.d2 + p.v_dim);
+    let parallel = work >= PARALLEL_WORK && rayon::current_num_threads() > 1;
+    let slab = group * p.v_dim;
+
+    #[cfg(target_arch = "x86_64")]
+    if tq > PREFETCH_MAX_ROWS && row_lanes_path(isa, p) {
+        super::attention_row_lanes::attend_row_lanes(q, q_rope, keys, p, &mut out, parallel);
+        return Tensor::matrix(tq, width, out);
+    }
+    if tq > PREFETCH_MAX_ROWS {
+        // Many query rows (prefill): a task per row, which folds each chunk's partial into a
+        // running one as soon as it is computed (the same operations in the same order as
+        // `combine_chunks`), so no partial per (row, chunk) is ever stored.
+        let by_row = |bufs: &mut (Scratch<'a>, Vec<f32>, Vec<f32>), (i, o): (usize, &mut [f32])| {
+            let (scratch, state, next) = bufs;
+            for (g, o) in o.chunks_mut(slab).enumerate() {
+                for (c, t) in row_tasks(p, i, false).enumerate() {
+                    let buf = if c == 0 { &mut *state } else { &mut *next };
+                    buf.fill(0.0);
+                    partial(t, g, buf, scratch);
+                    if c > 0 {
+                        fold_chunk(state, next, group, p.v_dim, isa);
+                    }
+                }
+                finish(state, group, p.v_dim, o);
+            }
+        };
+        let init = || {
+            (
+                Scratch::default(),
+                vec![0.0f32; part_len],
+                vec![0.0f32; part_len],
+            )
+        };
+        if parallel {
+            out.par_chunks_mut(width)
+                .enumerate()
+                .for_each_init(init, by_row);
+        } else {
+            let mut bufs = init();
+            out.chunks_mut(width)
+                .enumerate()
+                .for_each(|x| by_row(&mut bufs, x));
+        }
+        return Tensor::matrix(tq, width, out);
+    }
+
+    // Few query rows (decode): (row, chunk) tasks, so that one row's chunks run in parallel;
+    // per query row: its first task and its chunk count.
+    let mut tasks = Vec::new();
+    let mut rows = Vec::with_capacity(tq);
+    for i in 0..tq {
+        let first = tasks.len();
+        tasks.extend(row_tasks(p, i, true));
+        rows.push((first, tasks.len() - first));
+    }
+    // Partials: task-major, then kv head.
     let task_len = p.kv_heads * part_len;
     let mut partials = vec![0.0f32; tasks.len() * task_len];
-    let work: usize =
-        tasks.iter().map(|t| t.hi - t.lo).sum::<usize>() * p.heads * (p.d1 + p.d2 + p.v_dim);
-    let parallel = work >= PARALLEL_WORK && rayon::current_num_threads() > 1;
     let run = |(t, parts): (&Task, &mut [f32])| {
         let mut scratch = Scratch::default();
         for (g, part) in parts.chunks_mut(part_len).enumerate() {
-            let t = Task { g, ..*t };
-            #[cfg(target_arch = "x86_64")]
-            if lanes {
-                let qt = &qts[(t.row * p.kv_heads + g) * qt_len..][..qt_len];
-                chunk_partial_lanes(keys, p, t, qt, part, &mut scratch);
-                continue;
-            }
-            chunk_partial(q, q_rope, keys, p, t, isa, part, &mut scratch);
+            partial(*t, g, part, &mut scratch);
         }
     };
     if parallel {
@@ -209,21 +251,33 @@ pub(crate) fn attend<R: KeyRows>(
             .zip(partials.chunks_mut(task_len))
             .for_each(run);
     }
-    let width = p.heads * p.v_dim;
-    let mut out = vec![0.0f32; tq * width];
     let combine = |(idx, o): (usize, &mut [f32])| {
         let (i, g) = (idx / p.kv_heads, idx % p.kv_heads);
         let (start, chunks) = rows[i];
         let parts = &partials[start * task_len + g * part_len..];
         combine_chunks(parts, task_len, chunks, group, p.v_dim, o, isa);
     };
-    let slab = group * p.v_dim;
     if parallel {
         out.par_chunks_mut(slab).enumerate().for_each(combine);
     } else {
         out.chunks_mut(slab).enumerate().for_each(combine);
     }
     Tensor::matrix(tq, width, out)
+}
+
+/// The chunk tasks of query row `i` (kv head 0), in ascending key order: its visible keys cut
+/// at absolute multiples of `CHUNK`.
+fn row_tasks(p: &AttentionParams, i: usize, prefetch: bool) -> impl Iterator<Item = Task> {
+    let pos = p.q_start + i;
+    let first = p.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    (first / CHUNK..=pos / CHUNK).map(move |c| Task {
+        row: i,
+        g: 0,
+        lo: (c * CHUNK).max(first),
+        hi: ((c + 1) * CHUNK).min(pos + 1),
+        end: pos + 1,
+        prefetch,
+    })
 }
 
 /// Whether a chunk runs the heads-in-lanes form (`attention_lanes512`): on AVX-512, for kv
@@ -234,6 +288,15 @@ fn lanes_path(isa: Isa, group: usize, v_dim: usize) -> bool {
         && matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
         && group.is_multiple_of(LANES)
         && v_dim.is_multiple_of(LANES)
+}
+
+/// Whether many query rows run in lanes (`attention_row_lanes`): on AVX-512, without a sliding
+/// window (every row's chunks then start at the same positions), values a multiple of 16 wide.
+#[cfg(target_arch = "x86_64")]
+fn row_lanes_path(isa: Isa, p: &AttentionParams) -> bool {
+    matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
+        && p.sliding_window.is_none()
+        && p.v_dim.is_multiple_of(LANES)
 }
 
 /// The transposed queries of every query row and kv head, 16 heads at a time: `qt[i·16 + h]` is
@@ -478,57 +541,6 @@ impl<'a, R: KeyRows> RowFetch<'a, R> {
         let parts = if self.values_are_keys { 2 } else { 3 };
         for row in slices.iter().take(parts) {
             prefetch_lines(row, (0, row.len().div_ceil(16)), to_l2);
-        }
-    }
-}
-
-/// Combines the chunk partials of one (row, kv head) into `out` (`group × v_dim`).
-/// The partial of chunk `c` starts at `parts[c · stride]`.
-fn combine_chunks(
-    parts: &[f32],
-    stride: usize,
-    chunks: usize,
-    group: usize,
-    vd: usize,
-    out: &mut [f32],
-    isa: Isa,
-) {
-    let shape = (stride, chunks, group, vd);
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: `attend` passes only a supported path; both SIMD paths have AVX2 and FMA.
-        unsafe { combine_fma(parts, shape, out) };
-        return;
-    }
-    combine_impl(parts, shape, out);
-}
-
-/// `combine_impl` compiled with FMA instructions (same operations, so the same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn combine_fma(parts: &[f32], shape: (usize, usize, usize, usize), out: &mut [f32]) {
-    combine_impl(parts, shape, out)
-}
-
-#[inline(always)]
-fn combine_impl(parts: &[f32], shape: (usize, usize, usize, usize), out: &mut [f32]) {
-    let (stride, chunks, group, vd) = shape;
-    for (h, o) in out.chunks_mut(vd).enumerate() {
-        let (mut big_m, mut big_l) = (parts[h], parts[group + h]);
-        o.copy_from_slice(&parts[2 * group + h * vd..][..vd]);
-        for c in (1..chunks).map(|c| &parts[c * stride..]) {
-            let (m, l) = (c[h], c[group + h]);
-            let acc = &c[2 * group + h * vd..][..vd];
-            let next = big_m.max(m);
-            let (a, b) = (exp_scalar(big_m - next), exp_scalar(m - next));
-            big_l = l.mul_add(b, big_l * a);
-            for (x, y) in o.iter_mut().zip(acc) {
-                *x = y.mul_add(b, *x * a);
-            }
-            big_m = next;
-        }
-        for x in o.iter_mut() {
-            *x /= big_l;
         }
     }
 }

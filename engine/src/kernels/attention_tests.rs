@@ -55,7 +55,6 @@ impl Case {
     }
     fn with_group(rng: &mut Rng, mla: bool, page_tokens: usize, len: usize, group: usize) -> Case {
         let kv_heads = if mla { 1 } else { 1 + rng.below(3) };
-        let heads = kv_heads * group;
         let d1 = [3, 8, 13, 16, 32, 40][rng.below(6)];
         let d2 = if mla { [4, 8, 11, 16][rng.below(4)] } else { 0 };
         let v_dim = if mla {
@@ -63,6 +62,13 @@ impl Case {
         } else {
             [5, 8, 16, 24, 33][rng.below(5)]
         };
+        Case::shaped(rng, mla, page_tokens, len, [kv_heads, group, d1, d2, v_dim])
+    }
+    /// A case of `kv_heads` kv heads of `group` query heads each, key parts `d1` and `d2`
+    /// (MLA: `d2` is the shared rope key and the values are the `d1` key columns).
+    fn shaped(rng: &mut Rng, mla: bool, page_tokens: usize, len: usize, dims: [usize; 5]) -> Case {
+        let [kv_heads, group, d1, d2, v_dim] = dims;
+        let heads = kv_heads * group;
         let tq = 1 + rng.below(len.min(9));
         let layout = KvLayout {
             page_tokens,
@@ -328,6 +334,56 @@ fn each_query_row_is_the_same_alone_or_in_a_batch() {
                 bits(&all.slice_rows(i, i + 1)),
                 "case {n} row {i}"
             );
+        }
+    }
+}
+
+/// Calls of more than four query rows fold each row's chunks as they are computed (on AVX-512
+/// without a window: sixteen (row, head) query vectors in lanes, rows of one block ending in
+/// different chunks); calls of fewer compute every chunk first and combine after. Every form
+/// must give each row the bits of the row alone, on the portable path and on the machine's.
+#[test]
+fn folding_chunks_per_row_gives_the_bits_of_combining_them_after() {
+    let mut rng = Rng(0x5eed_f01d_0000_0009);
+    // [kv_heads, group, d1, d2, v_dim]: row lanes (no window, values a multiple of 16 wide)
+    // with a block of 16 per row, 4 rows of 4 heads, 8 rows × 2 heads across 3 kv heads, and
+    // 16 rows of 1 head; then rows one at a time (a window, or values 24 wide).
+    for (n, (mla, dims, window)) in [
+        (true, [1, 16, 32, 16, 32], None),
+        (true, [1, 4, 16, 8, 16], None),
+        (false, [3, 2, 13, 0, 16], None),
+        (false, [2, 1, 16, 0, 32], None),
+        (true, [1, 4, 32, 11, 32], Some(300)),
+        (false, [1, 3, 8, 0, 24], None),
+        (false, [2, 3, 16, 0, 16], Some(129)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = Case::shaped(&mut rng, mla, 16, 520, dims);
+        let tq = 12;
+        c.p.sliding_window = window;
+        c.p.q_start = c.len - tq;
+        c.q = rng.tensor(tq, c.p.heads * c.p.d1, 2.0);
+        c.q_rope = (c.p.d2 > 0).then(|| rng.tensor(tq, c.p.heads * c.p.d2, 2.0));
+        for path in [Isa::Portable, isa::active()] {
+            let all = c.paged(path);
+            for i in 0..tq {
+                let mut one = Case {
+                    p: c.p,
+                    layout: c.layout,
+                    len: c.p.q_start + i + 1,
+                    rows: c.rows[..(c.p.q_start + i + 1) * c.layout.row_width()].to_vec(),
+                    q: c.q.slice_rows(i, i + 1),
+                    q_rope: c.q_rope.as_ref().map(|r| r.slice_rows(i, i + 1)),
+                };
+                one.p.q_start += i;
+                assert_eq!(
+                    bits(&one.paged(path)),
+                    bits(&all.slice_rows(i, i + 1)),
+                    "case {n} row {i} on {path:?}"
+                );
+            }
         }
     }
 }

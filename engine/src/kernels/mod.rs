@@ -4,9 +4,11 @@
 pub mod activation;
 pub mod amx;
 pub mod attention;
+mod attention_combine;
 mod attention_core;
 pub mod attention_cost;
 mod attention_lanes512;
+mod attention_row_lanes;
 mod attention_simd;
 mod attention_simd512;
 #[cfg(test)]
