@@ -148,6 +148,22 @@ pub(crate) fn attend<'a, R: KeyRows>(
     check_queries(kernel, q, q_rope, p)?;
     let isa = if isa.supported() { isa } else { Isa::Portable };
     let (tq, group) = (q.rows(), p.heads / p.kv_heads);
+    let width = p.heads * p.v_dim;
+    let mut out = vec![0.0f32; tq * width];
+    let work: usize = (0..tq)
+        .flat_map(|i| row_tasks(p, i, false))
+        .map(|t| t.hi - t.lo)
+        .sum::<usize>()
+        * p.heads
+        * (p.d1 + p.d2 + p.v_dim);
+    let parallel = work >= PARALLEL_WORK && rayon::current_num_threads() > 1;
+    let slab = group * p.v_dim;
+    #[cfg(target_arch = "x86_64")]
+    if tq > PREFETCH_MAX_ROWS && row_lanes_path(isa, p) {
+        // Transposes its own queries, a block at a time.
+        super::attention_row_lanes::attend_row_lanes(q, q_rope, keys, p, &mut out, parallel);
+        return Tensor::matrix(tq, width, out);
+    }
     // Transposed queries of every (row, kv head) for the heads-in-lanes path.
     let lanes = lanes_path(isa, group, p.v_dim);
     let qt_len = (p.d1 + p.d2) * group;
@@ -168,22 +184,6 @@ pub(crate) fn attend<'a, R: KeyRows>(
         chunk_partial(q, q_rope, keys, p, t, isa, part, scratch);
     };
     let part_len = group * (p.v_dim + 2);
-    let width = p.heads * p.v_dim;
-    let mut out = vec![0.0f32; tq * width];
-    let work: usize = (0..tq)
-        .flat_map(|i| row_tasks(p, i, false))
-        .map(|t| t.hi - t.lo)
-        .sum::<usize>()
-        * p.heads
-        * (p.d1 + p.d2 + p.v_dim);
-    let parallel = work >= PARALLEL_WORK && rayon::current_num_threads() > 1;
-    let slab = group * p.v_dim;
-
-    #[cfg(target_arch = "x86_64")]
-    if tq > PREFETCH_MAX_ROWS && row_lanes_path(isa, p) {
-        super::attention_row_lanes::attend_row_lanes(q, q_rope, keys, p, &mut out, parallel);
-        return Tensor::matrix(tq, width, out);
-    }
     if tq > PREFETCH_MAX_ROWS {
         // Many query rows (prefill): a task per row, which folds each chunk's partial into a
         // running one as soon as it is computed (the same operations in the same order as

@@ -44,22 +44,22 @@ pub(crate) fn attend_row_lanes<R: KeyRows>(
     let blocks: Vec<(usize, usize)> = (0..p.kv_heads)
         .flat_map(|g| (0..vectors.div_ceil(LANES)).map(move |b| (g, b * LANES)))
         .collect();
-    let run = |&(g, first): &(usize, usize)| {
-        let lanes: Vec<(usize, usize)> = (first..(first + LANES).min(vectors))
+    // The (row, head) query vectors of the block starting at vector `first` of kv head `g`.
+    let lanes = |g: usize, first: usize| -> Vec<(usize, usize)> {
+        (first..(first + LANES).min(vectors))
             .map(|u| (u / group, g * group + u % group))
-            .collect();
-        // SAFETY: the caller chose this form only on a supported AVX-512 path.
-        let o = unsafe { block(q, q_rope, keys, p, &lanes) };
-        (lanes, o)
+            .collect()
     };
-    let results: Vec<(Vec<(usize, usize)>, Vec<f32>)> = if parallel {
+    // SAFETY: the caller chose this form only on a supported AVX-512 path.
+    let run = |&(g, first): &(usize, usize)| unsafe { block(q, q_rope, keys, p, &lanes(g, first)) };
+    let results: Vec<Vec<f32>> = if parallel {
         blocks.par_iter().map(run).collect()
     } else {
         blocks.iter().map(run).collect()
     };
     let (vd, width) = (p.v_dim, p.heads * p.v_dim);
-    for (lanes, o) in results {
-        for (r, &(row, head)) in lanes.iter().enumerate() {
+    for (&(g, first), o) in blocks.iter().zip(results) {
+        for (r, (row, head)) in lanes(g, first).into_iter().enumerate() {
             out[row * width + head * vd..][..vd].copy_from_slice(&o[r * vd..][..vd]);
         }
     }
@@ -134,21 +134,19 @@ unsafe fn block<R: KeyRows>(
         }
         k512::softmax(s, wide, &mut m, &mut l);
         acc.fill(0.0);
-        let mut accs: Vec<&mut [f32]> = acc.chunks_mut(vd).collect();
-        {
-            let ps: Vec<&[f32]> = active.iter().map(|&r| &s[r..]).collect();
-            let mut mine: Vec<&mut [f32]> = Vec::with_capacity(active.len());
-            for (r, a) in accs.iter_mut().enumerate() {
-                if seen[r] > 0 {
-                    mine.push(&mut a[..]);
-                }
-            }
-            value_tile(&ps, LANES, &vrows[..narrow], &mut mine);
-        }
+        let ps: Vec<&[f32]> = active.iter().map(|&r| &s[r..]).collect();
+        let mut accs: Vec<&mut [f32]> = acc
+            .chunks_mut(vd)
+            .zip(&seen)
+            .filter(|(_, &k)| k > 0)
+            .map(|(a, _)| a)
+            .collect();
+        value_tile(&ps, LANES, &vrows[..narrow], &mut accs);
         for &r in &active {
             if seen[r] > narrow {
                 let ps = [&s[narrow * LANES + r..]];
-                value_tile(&ps, LANES, &vrows[narrow..seen[r]], &mut [&mut accs[r][..]]);
+                let a = &mut acc[r * vd..][..vd];
+                value_tile(&ps, LANES, &vrows[narrow..seen[r]], &mut [a]);
             }
         }
         for &r in &active {

@@ -345,9 +345,10 @@ fn each_query_row_is_the_same_alone_or_in_a_batch() {
 #[test]
 fn folding_chunks_per_row_gives_the_bits_of_combining_them_after() {
     let mut rng = Rng(0x5eed_f01d_0000_0009);
-    // [kv_heads, group, d1, d2, v_dim]: row lanes (no window, values a multiple of 16 wide)
-    // with a block of 16 per row, 4 rows of 4 heads, 8 rows × 2 heads across 3 kv heads, and
-    // 16 rows of 1 head; then rows one at a time (a window, or values 24 wide).
+    // [kv_heads, group, d1, d2, v_dim] over 12 query rows: row lanes (no window, values a
+    // multiple of 16 wide) with blocks of one row's 16 heads, of 4 rows × 4 heads, of 8 rows ×
+    // 2 heads for each of 3 kv heads, and of 12 rows × 1 head (4 lanes unused); then rows one at
+    // a time (a window, or values 24 wide).
     for (n, (mla, dims, window)) in [
         (true, [1, 16, 32, 16, 32], None),
         (true, [1, 4, 16, 8, 16], None),
