@@ -15,6 +15,10 @@ pub enum DType {
     /// linear weights are FP8 with 128×128 block scales (see `weights::BlockScales`).
     #[serde(rename = "f8e4m3")]
     F8E4M3,
+    /// Signed 8-bit integers (safetensors `I8`): the storage of int8-quantised weights, each
+    /// row with an f32 scale per 32 columns (see `weights::int8`). A weight type, not a model
+    /// dtype: a model is quantised by `[quantize]` / `--quantize int8`.
+    I8,
 }
 
 impl DType {
@@ -22,7 +26,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::BF16 | DType::F16 => 2,
-            DType::F8E4M3 => 1,
+            DType::F8E4M3 | DType::I8 => 1,
         }
     }
     /// Parses the dtype names used by safetensors headers and HF configs.
@@ -32,6 +36,7 @@ impl DType {
             "bf16" | "bfloat16" => Some(DType::BF16),
             "f16" | "float16" | "half" => Some(DType::F16),
             "f8e4m3" | "f8_e4m3" | "float8_e4m3fn" | "fp8" => Some(DType::F8E4M3),
+            "i8" | "int8" => Some(DType::I8),
             _ => None,
         }
     }
@@ -44,6 +49,7 @@ impl fmt::Display for DType {
             DType::BF16 => "bf16",
             DType::F16 => "f16",
             DType::F8E4M3 => "f8e4m3",
+            DType::I8 => "i8",
         })
     }
 }

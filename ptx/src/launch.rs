@@ -154,10 +154,11 @@ pub fn flag_copy(n: usize) -> GpuResult<Launch> {
 
 fn linear_kernel(w: DType, grouped: bool) -> &'static str {
     match (w, grouped) {
-        (DType::F32, false) => "linear_f32w",
+        // int8 weights are uploaded as f32 copies (see `ops::Gpu::weight`).
+        (DType::F32 | DType::I8, false) => "linear_f32w",
         (DType::BF16, false) => "linear_bf16w",
         (DType::F16, false) => "linear_f16w",
-        (DType::F32, true) => "grouped_linear_f32w",
+        (DType::F32 | DType::I8, true) => "grouped_linear_f32w",
         (DType::BF16, true) => "grouped_linear_bf16w",
         (DType::F16, true) => "grouped_linear_f16w",
         (DType::F8E4M3, false) => "linear_fp8w",

@@ -92,7 +92,31 @@ pub fn open_graph_placed(
     if let Some(d) = run.dequantize {
         apply_dequantize(&mut graph, d)?;
     }
+    if run.quantize.is_some() {
+        graph.quantize = Some(quantize_policy(&graph, run.quantize_keep.as_deref())?);
+    }
     Ok((graph, mode))
+}
+
+/// `--quantize int8`: the graph file's `[quantize]` policy (or the default, which keeps
+/// attention), its `keep` list replaced by `--quantize-keep` when given.
+pub fn quantize_policy(
+    graph: &LoadedGraph,
+    keep: Option<&str>,
+) -> Result<troupe_engine::weights::int8::QuantizePolicy, CliError> {
+    use troupe_engine::weights::int8::{QuantizePolicy, WeightClass};
+    let mut policy = graph.quantize.clone().unwrap_or_else(QuantizePolicy::int8);
+    if let Some(list) = keep {
+        policy.keep = match list.trim() {
+            "none" | "" => Vec::new(),
+            l => l
+                .split(',')
+                .map(|c| WeightClass::parse(c.trim()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| CliError::Usage(format!("--quantize-keep: {e}")))?,
+        };
+    }
+    Ok(policy)
 }
 /// `--dequantize`: an FP8 checkpoint's weights are turned into `d` at load (the loader
 /// dequantises FP8 tensors whenever the model's dtype is not f8e4m3).

@@ -117,6 +117,22 @@ pub struct RunArgs {
     /// Turn an FP8 checkpoint's weights into bf16 (or f16, f32) at load instead of keeping them FP8.
     #[arg(long, value_parser = parse_dequantize)]
     pub dequantize: Option<troupe_engine::dtype::DType>,
+    /// Quantise weights at load: `int8` (weight-only, an f32 scale per 32 weights of a row).
+    /// Which weights stay as stored comes from the graph file's [quantize] table, else
+    /// attention's (see --quantize-keep).
+    #[arg(long, value_parser = parse_quantize)]
+    pub quantize: Option<troupe_engine::weights::int8::QuantFormat>,
+    /// With --quantize: the weight classes left unquantised, comma separated (attention,
+    /// dense_mlp, routed_experts, shared_experts, head), or `none`; replaces the policy's list.
+    #[arg(long, requires = "quantize")]
+    pub quantize_keep: Option<String>,
+}
+
+fn parse_quantize(s: &str) -> Result<troupe_engine::weights::int8::QuantFormat, String> {
+    match s {
+        "int8" => Ok(troupe_engine::weights::int8::QuantFormat::Int8),
+        _ => Err("expected int8".into()),
+    }
 }
 
 fn parse_compute(s: &str) -> Result<troupe_engine::kernels::precision::Compute, String> {

@@ -4,6 +4,11 @@
 //! `F8_E4M3` with an f32 `<name>_scale_inv` `[ceil(out/128), ceil(in/128)]` (per 128×128 block
 //! `scale = amax / 448`, elements rounded to nearest even), everything else unchanged;
 //! `config.json` gains `quantization_config`; the tokenizer files are copied when present.
+//!
+//! `troupe quantize --int8` writes the weights that `--quantize int8` would quantise at load
+//! (the graph's `[quantize]` policy, or attention kept; `--keep` replaces the kept classes) as
+//! `I8` with an f32 `<name>_scale_inv` `[out, ceil(in/32)]` (`weights::int8`), so the folder
+//! loads, from mmap, as the same model without re-work.
 //! Tensors are written in the plan's order, one at a time, into shards of at most
 //! `--max-shard-bytes` (with `model.safetensors.index.json` when there is more than one).
 
@@ -14,18 +19,28 @@ use clap::Args;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use serde_json::{json, Value};
 use troupe_engine::dtype::DType;
+use troupe_engine::graph::hf_config::INT8_QUANT_METHOD;
 use troupe_engine::graph::{LoadedGraph, Plan, WeightsSource};
 use troupe_engine::model::random_tensor;
 use troupe_engine::weights::fp8::{dequantize, fp8_weight_names, quantize_block_scaled};
+use troupe_engine::weights::int8::{quantize_weight, QuantizePolicy, INT8_BLOCK};
 use troupe_engine::weights::{Checkpoint, Weight};
 
 use super::common::CliError;
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// Quantise to FP8 e4m3 with 128×128 block scales (the only format; required).
-    #[arg(long)]
+    /// Quantise to FP8 e4m3 with 128×128 block scales.
+    #[arg(long, conflicts_with = "int8")]
     pub fp8: bool,
+    /// Quantise to int8 with an f32 scale per 32 weights of a row.
+    #[arg(long)]
+    pub int8: bool,
+    /// With --int8: the weight classes left unquantised, comma separated (attention, dense_mlp,
+    /// routed_experts, shared_experts, head) or `none` (default: the graph's [quantize] keep
+    /// list, else attention).
+    #[arg(long, requires = "int8")]
+    pub keep: Option<String>,
     /// A graph file (.toml) or an HF model folder.
     #[arg(long, short = 'm')]
     pub model: PathBuf,
@@ -51,6 +66,7 @@ fn st_dtype(d: DType) -> StDtype {
         DType::BF16 => StDtype::BF16,
         DType::F16 => StDtype::F16,
         DType::F8E4M3 => StDtype::F8_E4M3,
+        DType::I8 => StDtype::I8,
     }
 }
 
@@ -62,9 +78,11 @@ fn output_err(path: &Path, e: impl std::fmt::Display) -> CliError {
 }
 
 pub fn run(a: QuantizeArgs) -> Result<(), CliError> {
-    if !a.fp8 {
+    if !a.fp8 && !a.int8 {
         return Err(CliError::Usage(
-            "quantize: give the format, --fp8 (FP8 e4m3 with 128x128 block scales)".into(),
+            "quantize: give the format, --fp8 (FP8 e4m3 with 128x128 block scales) or --int8 \
+             (int8 with a scale per 32 weights of a row)"
+                .into(),
         ));
     }
     if a.max_shard_bytes == 0 {
@@ -82,6 +100,14 @@ pub fn run(a: QuantizeArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&a.out).map_err(|e| output_err(&a.out, e))?;
     let plan = Plan::compile(&graph.spec);
     let fp8 = fp8_weight_names(&plan);
+    let int8 = match a.int8 {
+        true => Some(super::common::quantize_policy(&graph, a.keep.as_deref())?),
+        false => None,
+    };
+    let quantised = match &int8 {
+        Some(policy) => policy.weight_names(&plan),
+        None => fp8.clone(),
+    };
     let ck = match &graph.weights {
         WeightsSource::HfDir(d) => Some(Checkpoint::open_dir(d)?),
         WeightsSource::Files(f) => Some(Checkpoint::open_files(f)?),
@@ -89,7 +115,7 @@ pub fn run(a: QuantizeArgs) -> Result<(), CliError> {
         WeightsSource::Random(_) => None,
     };
     let mut shards = ShardWriter::new(&a.out, a.max_shard_bytes);
-    let (mut n_fp8, mut n_kept) = (0usize, 0usize);
+    let (mut n_quantised, mut n_kept) = (0usize, 0usize);
     for s in plan.weight_specs() {
         let w = match (&ck, &graph.weights) {
             (Some(ck), _) => ck.get(&s.name)?,
@@ -104,14 +130,17 @@ pub fn run(a: QuantizeArgs) -> Result<(), CliError> {
             }
             .into());
         }
-        if fp8.contains(&s.name) {
-            let q = quantize_block_scaled(&s.name, w.rows(), w.cols(), &w.to_f32_vec())?;
+        if quantised.contains(&s.name) {
+            let q = match int8 {
+                Some(_) => quantize_weight(&w)?,
+                None => quantize_block_scaled(&s.name, w.rows(), w.cols(), &w.to_f32_vec())?,
+            };
             let scales = q
                 .block_scales()
                 .ok_or_else(|| CliError::Runtime(format!("`{}`: no scales", s.name)))?;
             let scale = scales.scale_inv.clone();
             shards.push(tensor_out(&q), &scale)?;
-            n_fp8 += 1;
+            n_quantised += 1;
         } else {
             // Already-FP8 tensors outside the linear set (not DeepSeek's layout) become bf16.
             let w = if w.dtype() == DType::F8E4M3 {
@@ -124,11 +153,16 @@ pub fn run(a: QuantizeArgs) -> Result<(), CliError> {
         }
     }
     let files = shards.finish()?;
-    write_config(&graph, &a.out)?;
+    let config = match &int8 {
+        Some(policy) => int8_quantization_config(policy),
+        None => quantization_config(),
+    };
+    write_config(&graph, &a.out, config)?;
     copy_tokenizer(&graph, &a.out)?;
     println!(
-        "wrote {}: {n_fp8} FP8 weights (+ their _scale_inv), {n_kept} tensors kept, {} shard(s)",
+        "wrote {}: {n_quantised} {} weights (+ their _scale_inv), {n_kept} tensors kept, {} shard(s)",
         a.out.display(),
+        if int8.is_some() { "int8" } else { "FP8" },
         files
     );
     Ok(())
@@ -264,9 +298,20 @@ fn quantization_config() -> Value {
     })
 }
 
-/// The source folder's `config.json` with `quantization_config` added, or (for a graph file) the
-/// `config.json` that `troupe export-hf` writes for the spec.
-fn write_config(graph: &LoadedGraph, out: &Path) -> Result<(), CliError> {
+/// troupe's int8 `quantization_config` (what `hf_config` reads back); `keep` and `keep_layers`
+/// record the policy.
+fn int8_quantization_config(policy: &QuantizePolicy) -> Value {
+    json!({
+        "quant_method": INT8_QUANT_METHOD,
+        "weight_block_size": [1, INT8_BLOCK],
+        "keep": policy.keep.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        "keep_layers": policy.keep_layers,
+    })
+}
+
+/// The source folder's `config.json` with `quantization_config` set to `quantization`, or (for
+/// a graph file) the `config.json` that `troupe export-hf` writes for the spec.
+fn write_config(graph: &LoadedGraph, out: &Path, quantization: Value) -> Result<(), CliError> {
     let source = graph.origin.join("config.json");
     let mut config = if graph.origin.is_dir() && source.is_file() {
         let text = std::fs::read_to_string(&source).map_err(|e| output_err(&source, e))?;
@@ -278,7 +323,7 @@ fn write_config(graph: &LoadedGraph, out: &Path) -> Result<(), CliError> {
     let obj = config
         .as_object_mut()
         .ok_or_else(|| output_err(&source, "config.json is not a JSON object"))?;
-    obj.insert("quantization_config".into(), quantization_config());
+    obj.insert("quantization_config".into(), quantization);
     write_json(&out.join("config.json"), &config)
 }
 

@@ -49,6 +49,7 @@ mod mpi_property;
 mod mpi_share;
 mod placement_cli;
 mod quantize_fp8;
+mod quantize_int8;
 mod research_cli;
 mod serve;
 mod simulate;

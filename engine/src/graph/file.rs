@@ -1,5 +1,6 @@
 //! Graph definition files (TOML, `format = 1`): `[model]` (the spec), `[weights]` (where the
-//! tensors come from), `[tokenizer]`, and `[placement]` / `[schedule]`, which belong to the actor
+//! tensors come from), `[tokenizer]`, `[quantize]` (which weights become int8 at load: see
+//! `weights::int8`), and `[placement]` / `[schedule]`, which belong to the actor
 //! runtime and are kept here as raw tables. `LoadedGraph::open` accepts a graph file or an HF
 //! folder interchangeably. Field-by-field documentation: `graphs/README.md`.
 
@@ -11,6 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::files::{read_bytes_capped, MAX_GRAPH_FILE_BYTES};
 use crate::graph::hf_config::spec_from_hf_config_file;
 use crate::graph::spec::ModelSpec;
+use crate::weights::int8::QuantizePolicy;
 
 /// The graph-file format version this build reads and writes.
 pub const FORMAT: u32 = 1;
@@ -61,6 +63,9 @@ pub struct GraphFile {
     pub weights: WeightsTable,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerTable>,
+    /// Weights quantised at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<QuantizePolicy>,
     /// Reserved for the actor runtime (see `troupe-actors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<toml::Table>,
@@ -86,6 +91,8 @@ pub struct LoadedGraph {
     pub spec: ModelSpec,
     pub weights: WeightsSource,
     pub tokenizer: Option<PathBuf>,
+    /// Which weights become int8 at load (`[quantize]` or `--quantize int8`); None: as stored.
+    pub quantize: Option<QuantizePolicy>,
     pub placement: Option<toml::Table>,
     pub schedule: Option<toml::Table>,
 }
@@ -137,6 +144,17 @@ impl GraphFile {
             path: path.into(),
             message: e.to_string(),
         })?;
+        if let Some(q) = &g.quantize {
+            let layers = g.model.num_hidden_layers + g.model.num_nextn_predict_layers;
+            if let Some(l) = q.keep_layers.iter().find(|&&l| l >= layers) {
+                return Err(EngineError::GraphFile {
+                    path: path.into(),
+                    message: format!(
+                        "`quantize.keep_layers`: layer {l} does not exist (the model has {layers} layers, 0..{layers})"
+                    ),
+                });
+            }
+        }
         Ok(g)
     }
 
@@ -210,6 +228,7 @@ impl LoadedGraph {
             spec: g.model,
             weights,
             tokenizer,
+            quantize: g.quantize,
             placement: g.placement,
             schedule: g.schedule,
         })
@@ -233,6 +252,7 @@ impl LoadedGraph {
             spec,
             weights: WeightsSource::HfDir(dir.to_path_buf()),
             tokenizer: tok.exists().then_some(tok),
+            quantize: None,
             placement: None,
             schedule: None,
         })
@@ -260,6 +280,7 @@ impl LoadedGraph {
                 .tokenizer
                 .as_ref()
                 .map(|p| TokenizerTable { path: p.clone() }),
+            quantize: self.quantize.clone(),
             placement: self.placement.clone(),
             schedule: self.schedule.clone(),
         }

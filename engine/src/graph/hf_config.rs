@@ -5,6 +5,8 @@
 //! `topk_method` other than the family's, `moe_layer_freq` other than 1 (see `check_supported`).
 //! A `quantization_config` must describe DeepSeek's FP8 layout (`quant_method: fp8`, `fmt: e4m3`,
 //! `weight_block_size: [128, 128]`, dynamic activations); the model's dtype is then `f8e4m3`.
+//! Or troupe's own int8 layout (`quant_method: troupe_int8`, `weight_block_size: [1, 32]`,
+//! written by `troupe quantize --int8`), whose dtype stays `torch_dtype`.
 
 use std::path::Path;
 
@@ -182,8 +184,11 @@ fn check_supported(c: &Cfg, arch: Architecture) -> Result<()> {
     Ok(())
 }
 
-/// Whether `quantization_config` declares FP8 block-scaled weights (false when absent); any other
-/// quantisation is refused by key.
+/// `quantization_config.quant_method` of a folder written by `troupe quantize --int8`.
+pub const INT8_QUANT_METHOD: &str = "troupe_int8";
+
+/// Whether `quantization_config` declares FP8 block-scaled weights (false when absent, or for
+/// troupe's own int8 folders); any other quantisation is refused by key.
 fn fp8_quantization(c: &Cfg) -> Result<bool> {
     const KEY: &str = "quantization_config";
     let Some(q) = c.get(KEY) else {
@@ -206,6 +211,21 @@ fn fp8_quantization(c: &Cfg) -> Result<bool> {
     };
     if !q.is_object() {
         return Err(c.bad(KEY, format!("expected an object, found {q}")));
+    }
+    if field("quant_method").and_then(Value::as_str) == Some(INT8_QUANT_METHOD) {
+        // `troupe quantize --int8`: the I8 tensors carry their scales; the model's dtype is
+        // that of the weights left unquantised.
+        let block = field("weight_block_size");
+        let expected = [1, crate::weights::int8::INT8_BLOCK as u64];
+        return match block.and_then(Value::as_array) {
+            Some(a) if a.iter().map(Value::as_u64).eq(expected.map(Some)) => Ok(false),
+            _ => Err(c.bad(
+                &format!("{KEY}.weight_block_size"),
+                format!(
+                    "{block:?} is not supported for {INT8_QUANT_METHOD} (supported: {expected:?})"
+                ),
+            )),
+        };
     }
     want_str("quant_method", "fp8", true)?;
     want_str("fmt", "e4m3", false)?;

@@ -78,6 +78,13 @@ impl ModelSpec {
 
     /// Every size is at least 1 where a kernel needs it and below its limit.
     fn check_dimensions(&self) -> Result<()> {
+        if self.dtype == crate::dtype::DType::I8 {
+            return Err(EngineError::spec(
+                "dtype",
+                "i8 is the storage of quantised weights, not a model dtype: keep bf16 (or f32) \
+                 and quantise with a [quantize] table or --quantize int8",
+            ));
+        }
         in_range("model.vocab_size", self.vocab_size, 1, MAX_VOCAB)?;
         in_range("model.hidden_size", self.hidden_size, 1, MAX_WIDTH)?;
         in_range(

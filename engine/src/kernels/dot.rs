@@ -12,6 +12,7 @@
 
 use super::isa::Isa;
 use crate::dtype::{bf16_to_f32, f16_to_f32};
+use crate::weights::int8::INT8_BLOCK;
 
 /// `match (xs.len(), ws.len())` over every block shape up to 4 × 4: calls the tile kernel
 /// `$tile::<R, C>(xs, ws, out)` of that constant shape (so its accumulators stay in registers),
@@ -43,11 +44,17 @@ macro_rules! tile_for_shape {
 pub(crate) use tile_for_shape;
 
 /// A weight row in one of the supported storage types.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum WRow<'a> {
     F32(&'a [f32]),
     BF16(&'a [u16]),
     F16(&'a [u16]),
+    /// int8 elements with the row's scales, one per 32 (`weights::int8`): element `i` is
+    /// `q[i] as f32 * scales[i / 32]`, rounded once, and enters the dot as that f32.
+    I8 {
+        q: &'a [i8],
+        scales: &'a [f32],
+    },
 }
 
 impl WRow<'_> {
@@ -56,6 +63,7 @@ impl WRow<'_> {
         match self {
             WRow::F32(s) => s.len(),
             WRow::BF16(s) | WRow::F16(s) => s.len(),
+            WRow::I8 { q, .. } => q.len(),
         }
     }
     #[inline(always)]
@@ -68,6 +76,7 @@ impl WRow<'_> {
             WRow::F32(s) => s[i],
             WRow::BF16(s) => bf16_to_f32(s[i]),
             WRow::F16(s) => f16_to_f32(s[i]),
+            WRow::I8 { q, scales } => q[i] as f32 * scales[i / INT8_BLOCK],
         }
     }
 }
@@ -156,8 +165,8 @@ fn xtail16(x: &[f32], start: usize, k: usize, buf: &mut [f32; 16]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{fold16, tail16, WRow};
+pub(super) mod avx2 {
+    use super::{fold16, tail16, WRow, INT8_BLOCK};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -170,6 +179,12 @@ mod avx2 {
                 _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))
             }
             WRow::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i)),
+            // `i` is a multiple of 8: the 8 elements share one scale.
+            WRow::I8 { q, scales } => {
+                let b = _mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i);
+                let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                _mm256_mul_ps(v, _mm256_set1_ps(*scales.get_unchecked(i / INT8_BLOCK)))
+            }
         }
     }
 
@@ -177,6 +192,18 @@ mod avx2 {
     /// accumulators stay in registers.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], out: &mut [[f32; 4]; 4]) {
+        use super::super::dot_i8::gemv_avx2;
+        let gemv_i8 = xs.len() == 1
+            && match ws.len() {
+                1 => gemv_avx2::<1>(xs[0], ws, out),
+                2 => gemv_avx2::<2>(xs[0], ws, out),
+                3 => gemv_avx2::<3>(xs[0], ws, out),
+                4 => gemv_avx2::<4>(xs[0], ws, out),
+                _ => false,
+            };
+        if gemv_i8 {
+            return;
+        }
         if xs.len() == 1 && ws.iter().all(|w| matches!(w, WRow::BF16(_))) {
             match ws.len() {
                 1 => return gemv_bf16::<1>(xs[0], ws, out),
@@ -195,6 +222,31 @@ mod avx2 {
             (2, 2) => tile::<2, 2>(xs, ws, out),
             // Larger blocks are split into tiles; each dot keeps its own order.
             _ => super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o)),
+        }
+    }
+
+    /// Output columns `c0..c1` of one x row against the bf16 weight `w` (`[out, k]`), four
+    /// rows per [`gemv_bf16`] call, each handed to `set(column, value)`: one call per chunk
+    /// rather than one dispatch per four columns.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::kernels) unsafe fn gemv_bf16_columns(
+        x: &[f32],
+        w: &[u16],
+        k: usize,
+        (c0, c1): (usize, usize),
+        set: &mut dyn FnMut(usize, f32),
+    ) {
+        let mut c = c0;
+        while c < c1 {
+            let cn = (c1 - c).min(4);
+            let ws: [WRow<'_>; 4] =
+                std::array::from_fn(|j| WRow::BF16(&w[(c + j.min(cn - 1)) * k..][..k]));
+            let mut out = [[0.0f32; 4]; 4];
+            gemv_bf16::<4>(x, &ws, &mut out);
+            for (j, v) in out[0].iter().enumerate().take(cn) {
+                set(c + j, *v);
+            }
+            c += cn;
         }
     }
 
@@ -325,7 +377,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{fold16, tail16, xtail16, WRow};
+    use super::{fold16, tail16, xtail16, WRow, INT8_BLOCK};
     use std::arch::x86_64::*;
 
     /// 16 weight elements from `i` as f32 (lane `j` = element `i + j`).
@@ -340,6 +392,12 @@ mod avx512 {
             WRow::F16(s) => {
                 _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))
             }
+            // `i` is a multiple of 16: the 16 elements share one scale.
+            WRow::I8 { q, scales } => {
+                let b = _mm_loadu_si128(q.as_ptr().add(i) as *const __m128i);
+                let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+                _mm512_mul_ps(v, _mm512_set1_ps(*scales.get_unchecked(i / INT8_BLOCK)))
+            }
         }
     }
 
@@ -349,6 +407,18 @@ mod avx512 {
     /// tile reached 58–63 (`troupe bench -p 0 -n 64`, `--isa avx2` vs `avx512`, same run).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn dot_block(xs: &[&[f32]], ws: &[WRow<'_>], out: &mut [[f32; 4]; 4]) {
+        use super::super::dot_i8::gemv_avx512;
+        let gemv_i8 = xs.len() == 1
+            && match ws.len() {
+                1 => gemv_avx512::<1>(xs[0], ws, out),
+                2 => gemv_avx512::<2>(xs[0], ws, out),
+                3 => gemv_avx512::<3>(xs[0], ws, out),
+                4 => gemv_avx512::<4>(xs[0], ws, out),
+                _ => false,
+            };
+        if gemv_i8 {
+            return;
+        }
         if xs.len() == 1 && ws.iter().all(|w| matches!(w, WRow::BF16(_))) {
             match ws.len() {
                 1 => return super::avx2::gemv_bf16::<1>(xs[0], ws, out),

@@ -20,7 +20,8 @@
 //!
 //! The storage type is dispatched in `columns_into` (`WFlat`): FP8 block-scaled weights are
 //! one such type, filled by [`super::fp8`] in its own fixed order, so an expert layer's FP8
-//! projections share a region with everything else.
+//! projections share a region with everything else. int8 weights (`weights::int8`) are read
+//! as rows of `q · scale` products in the one dot order, widened in registers.
 
 use super::amx::{self, PackedRows, TILE_K};
 use super::dot::{dot_block, WRow};
@@ -49,6 +50,12 @@ enum WFlat<'a> {
     F16(&'a [u16]),
     /// e4m3 bytes with their 128×128 block scales.
     F8(Fp8Rows<'a>),
+    /// int8 elements `[out, k]` with their scales `[out, grid_cols]` (one per 32 of a row).
+    I8 {
+        q: &'a [i8],
+        scales: &'a [f32],
+        grid_cols: usize,
+    },
 }
 
 fn flat(w: &Weight) -> Result<WFlat<'_>> {
@@ -57,6 +64,17 @@ fn flat(w: &Weight) -> Result<WFlat<'_>> {
         DType::BF16 => WFlat::BF16(w.as_u16()?),
         DType::F16 => WFlat::F16(w.as_u16()?),
         DType::F8E4M3 => WFlat::F8(Fp8Rows::of(w)?),
+        DType::I8 => {
+            let s = w.block_scales().ok_or_else(|| {
+                EngineError::kernel("linear", format!("i8 tensor `{}` has no scales", w.name()))
+            })?;
+            s.check_for(w)?;
+            WFlat::I8 {
+                q: w.as_i8()?,
+                scales: s.scale_inv.as_f32()?,
+                grid_cols: s.scale_inv.cols(),
+            }
+        }
     })
 }
 
@@ -67,6 +85,14 @@ fn weight_row<'a>(wf: WFlat<'a>, k: usize, r: usize) -> WRow<'a> {
         WFlat::F32(s) => WRow::F32(&s[r * k..(r + 1) * k]),
         WFlat::BF16(s) => WRow::BF16(&s[r * k..(r + 1) * k]),
         WFlat::F16(s) => WRow::F16(&s[r * k..(r + 1) * k]),
+        WFlat::I8 {
+            q,
+            scales,
+            grid_cols,
+        } => WRow::I8 {
+            q: &q[r * k..(r + 1) * k],
+            scales: &scales[r * grid_cols..(r + 1) * grid_cols],
+        },
         // `columns_into` hands FP8 weights to their kernel before it reads rows.
         WFlat::F8(_) => unreachable!("FP8 rows are read by kernels::fp8"),
     }
@@ -116,6 +142,34 @@ unsafe fn columns_into(
         return rows.columns(x, n, (c0, c1), isa, &mut |r, c, v| {
             out.set(r * out_dim + c, v)
         });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (
+        1,
+        true,
+        WFlat::I8 {
+            q,
+            scales,
+            grid_cols,
+        },
+    ) = (n, isa.has_avx2() && isa.supported(), wf)
+    {
+        // SAFETY: AVX2+FMA (and AVX-512F when `has_avx512`) checked just above; `q` holds
+        // `out_dim >= c1` rows of `k`, `scales` as many of `grid_cols`.
+        return super::dot_i8::columns(
+            x,
+            q,
+            scales,
+            (k, grid_cols),
+            (c0, c1),
+            isa.has_avx512(),
+            &mut |c, v| out.set(c, v),
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (1, true, None, WFlat::BF16(w)) = (n, isa.has_avx2() && isa.supported(), x16, wf) {
+        // SAFETY: AVX2+FMA+F16C checked just above; `w` holds `out_dim >= c1` rows of `k`.
+        return super::dot::avx2::gemv_bf16_columns(x, w, k, (c0, c1), &mut |c, v| out.set(c, v));
     }
     #[cfg(target_arch = "x86_64")]
     if let (Some(Rounded::Tiles(packed)), WFlat::BF16(w)) = (x16, wf) {

@@ -18,6 +18,7 @@ pub mod cpu;
 #[cfg(test)]
 mod cpu_tests;
 pub mod dot;
+mod dot_i8;
 pub mod dot_pairs;
 pub mod fp8;
 #[cfg(target_arch = "x86_64")]

@@ -3,7 +3,9 @@
 //! the typed layers. FP8 (`F8_E4M3`) checkpoint weights stay FP8 when the model's dtype is
 //! `f8e4m3` (an HF folder with an fp8 `quantization_config`) and are dequantised at load to the
 //! model's dtype otherwise (`--dequantize bf16`, or `dtype = "bf16"` in a graph file); random
-//! weights of an `f8e4m3` graph are FP8 where DeepSeek's checkpoints are, bf16 elsewhere.
+//! weights of an `f8e4m3` graph are FP8 where DeepSeek's checkpoints are, bf16 elsewhere. The
+//! weights a graph's quantisation policy names (`[quantize]`, `--quantize int8`) are then
+//! quantised to int8 (`weights::int8`) as they are loaded.
 
 use std::collections::{HashMap, HashSet};
 
@@ -20,6 +22,7 @@ use crate::model::ffn::{FeedForward, Mlp, MoeBlock, Router};
 use crate::model::{DecoderLayer, Model};
 use crate::params::RopeTable;
 use crate::weights::fp8::{dequantize, fp8_weight_names, BlockScales, FP8_BLOCK};
+use crate::weights::int8::quantize_weight;
 use crate::weights::random::{random_weight, RandomInit};
 use crate::weights::{Checkpoint, Weight};
 
@@ -80,6 +83,10 @@ pub fn collect_weights_where(
     let specs = plan.weight_specs();
     let total = specs.len();
     let mut out = HashMap::with_capacity(total);
+    let int8: HashSet<String> = match &graph.quantize {
+        Some(policy) => policy.weight_names(plan),
+        None => HashSet::new(),
+    };
     match &graph.weights {
         WeightsSource::Random(r) => {
             let dtype = graph.spec.dtype;
@@ -88,11 +95,16 @@ pub fn collect_weights_where(
             for (i, part) in specs.chunks(chunk).enumerate() {
                 let made: Vec<Weight> = part
                     .par_iter()
-                    .map(|s| match keep(&s.name) {
-                        true => random_tensor(r, dtype, &fp8, s),
-                        false => Ok(Weight::absent(
+                    .map(|s| match (keep(&s.name), int8.contains(&s.name)) {
+                        (true, false) => random_tensor(r, dtype, &fp8, s),
+                        (true, true) => quantize_weight(&random_tensor(r, dtype, &fp8, s)?),
+                        (false, q) => Ok(Weight::absent(
                             &s.name,
-                            random_dtype(dtype, &fp8, s),
+                            if q {
+                                DType::I8
+                            } else {
+                                random_dtype(dtype, &fp8, s)
+                            },
                             s.shape.clone(),
                         )),
                     })
@@ -124,15 +136,23 @@ pub fn collect_weights_where(
                     });
                 }
                 let dequantise = w.dtype() == DType::F8E4M3 && graph.spec.dtype != DType::F8E4M3;
+                let quantise = int8.contains(&s.name);
                 if !keep(&s.name) {
-                    let dtype = if dequantise {
+                    let dtype = if quantise {
+                        DType::I8
+                    } else if dequantise {
                         graph.spec.dtype
                     } else {
                         w.dtype()
                     };
                     w = Weight::absent(&s.name, dtype, s.shape.clone());
-                } else if dequantise {
-                    w = dequantize(&w, graph.spec.dtype)?;
+                } else {
+                    if dequantise {
+                        w = dequantize(&w, graph.spec.dtype)?;
+                    }
+                    if quantise {
+                        w = quantize_weight(&w)?;
+                    }
                 }
                 out.insert(s.name.clone(), w);
                 if i % 16 == 0 || i + 1 == total {

@@ -20,18 +20,19 @@ pub const FP8_BLOCK: usize = 128;
 /// What the safetensors name of a weight's scale grid appends (`...weight` → `...weight_scale_inv`).
 pub const SCALE_INV_SUFFIX: &str = "_scale_inv";
 
-/// The dequantisation multipliers of an FP8 weight: the value at `(r, c)` is
-/// `e4m3_to_f32(byte) * scale_inv[r / block[0]][c / block[1]]`.
+/// The dequantisation multipliers of a block-scaled weight: the value at `(r, c)` is
+/// `element(r, c) * scale_inv[r / block[0]][c / block[1]]`. FP8 weights have 128×128 blocks;
+/// int8 weights ([`super::int8`]) have 1×32 blocks (a scale per 32 columns of each row).
 #[derive(Clone, Debug)]
 pub struct BlockScales {
-    /// Rows × columns of one block (`[128, 128]`).
+    /// Rows × columns of one block (`[128, 128]` for FP8, `[1, 32]` for int8).
     pub block: [usize; 2],
-    /// f32 `[ceil(out/128), ceil(in/128)]`.
+    /// f32 `[ceil(out/block[0]), ceil(in/block[1])]`.
     pub scale_inv: Weight,
 }
 
 impl BlockScales {
-    /// 128×128 blocks with the scale grid `scale_inv`.
+    /// 128×128 blocks with the scale grid `scale_inv` (an FP8 weight's).
     pub fn new(scale_inv: Weight) -> Self {
         BlockScales {
             block: [FP8_BLOCK, FP8_BLOCK],
@@ -39,7 +40,28 @@ impl BlockScales {
         }
     }
 
-    /// The grid shape a weight of `rows × cols` needs.
+    /// The block shape a weight of `dtype` carries (None: it has no block scales).
+    pub fn block_of(dtype: DType) -> Option<[usize; 2]> {
+        match dtype {
+            DType::F8E4M3 => Some([FP8_BLOCK, FP8_BLOCK]),
+            DType::I8 => Some([1, super::int8::INT8_BLOCK]),
+            _ => None,
+        }
+    }
+
+    /// The scale grid `scale_inv` for a weight of `dtype` (FP8 or int8), with that dtype's
+    /// blocks (an error naming the grid for any other dtype).
+    pub fn for_dtype(dtype: DType, scale_inv: Weight) -> Result<Self> {
+        let block = Self::block_of(dtype).ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "tensor `{}`: a {dtype} weight has no block scales",
+                scale_inv.name()
+            ))
+        })?;
+        Ok(BlockScales { block, scale_inv })
+    }
+
+    /// The grid shape an FP8 weight of `rows × cols` needs.
     pub fn grid_for(rows: usize, cols: usize) -> [usize; 2] {
         [rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)]
     }
@@ -52,38 +74,44 @@ impl BlockScales {
         self.scale_inv.as_f32().map(|s| s[i]).unwrap_or(f32::NAN)
     }
 
-    /// The scales of the block row holding weight row `r` (one per 128 columns).
+    /// The scales of the block row holding weight row `r` (one per `block[1]` columns).
     pub fn row_scales(&self, r: usize) -> Result<&[f32]> {
         let g = self.scale_inv.cols();
         let b = r / self.block[0];
         Ok(&self.scale_inv.as_f32()?[b * g..(b + 1) * g])
     }
 
-    /// Checks that these scales fit the FP8 weight `w` (errors name both tensors).
+    /// Checks that these scales fit the FP8 or int8 weight `w` (errors name both tensors).
     pub fn check_for(&self, w: &Weight) -> Result<()> {
         let name = self.scale_inv.name();
-        if w.dtype() != DType::F8E4M3 || w.shape().len() != 2 {
+        let block = BlockScales::block_of(w.dtype());
+        if block.is_none() || w.shape().len() != 2 {
             return Err(EngineError::Invalid(format!(
-                "tensor `{}` ({}, shape {:?}) cannot take block scales `{name}`: only 2-D f8e4m3 weights have them",
+                "tensor `{}` ({}, shape {:?}) cannot take block scales `{name}`: only 2-D f8e4m3 and i8 weights have them",
                 w.name(),
                 w.dtype(),
                 w.shape()
             )));
         }
-        if self.block != [FP8_BLOCK, FP8_BLOCK] {
+        if block != Some(self.block) {
             return Err(EngineError::Invalid(format!(
-                "tensor `{}`: block size {:?} is not supported (troupe reads [128, 128] blocks)",
+                "tensor `{}`: block size {:?} is not supported for {} (troupe reads {:?} blocks)",
                 w.name(),
-                self.block
+                self.block,
+                w.dtype(),
+                block.unwrap_or_default()
             )));
         }
         if self.scale_inv.dtype() != DType::F32 {
             return Err(EngineError::UnsupportedDtype {
                 tensor: name.to_string(),
-                dtype: format!("{} (FP8 block scales must be F32)", self.scale_inv.dtype()),
+                dtype: format!("{} (block scales must be F32)", self.scale_inv.dtype()),
             });
         }
-        let grid = BlockScales::grid_for(w.rows(), w.cols());
+        let grid = [
+            w.rows().div_ceil(self.block[0]),
+            w.cols().div_ceil(self.block[1]),
+        ];
         if self.scale_inv.shape() != grid {
             return Err(EngineError::ShapeMismatch {
                 tensor: name.to_string(),
@@ -190,19 +218,29 @@ fn quantize_band(
     Ok(scales)
 }
 
-/// An FP8 weight turned into `dtype` (f32, bf16 or f16) at load: each element
-/// `e4m3 · scale` in f32 (exact product rounded once), then rounded to `dtype`.
+/// A block-scaled weight (FP8, or int8 from [`super::int8`]) turned into `dtype` (f32, bf16
+/// or f16): each element `value · scale` in f32 (exact element, product rounded once), then
+/// rounded to `dtype`. Other weights come back unchanged.
 pub fn dequantize(w: &Weight, dtype: DType) -> Result<Weight> {
-    if w.dtype() != DType::F8E4M3 {
+    if BlockScales::block_of(w.dtype()).is_none() {
         return Ok(w.clone());
     }
     let scales = w.block_scales().ok_or_else(|| EngineError::MissingTensor {
         tensor: format!("{}{SCALE_INV_SUFFIX}", w.name()),
-        searched: format!("the block scales of FP8 tensor `{}`", w.name()),
+        searched: format!("the block scales of {} tensor `{}`", w.dtype(), w.name()),
     })?;
-    let bytes = w.as_u8()?;
     let cols = w.cols();
-    let value = |i: usize| e4m3_to_f32(bytes[i]) * scales.scale(i / cols, i % cols);
+    let element: Box<dyn Fn(usize) -> f32 + Sync + '_> = match w.dtype() {
+        DType::I8 => {
+            let q = w.as_i8()?;
+            Box::new(move |i| q[i] as f32)
+        }
+        _ => {
+            let bytes = w.as_u8()?;
+            Box::new(move |i| e4m3_to_f32(bytes[i]))
+        }
+    };
+    let value = |i: usize| element(i) * scales.scale(i / cols, i % cols);
     let n = w.numel();
     Ok(match dtype {
         DType::F32 => {
@@ -218,6 +256,6 @@ pub fn dequantize(w: &Weight, dtype: DType) -> Result<Weight> {
             let v: Vec<u16> = (0..n).map(|i| round(value(i))).collect();
             Weight::from_u16(w.name(), dtype, w.shape().to_vec(), &v)
         }
-        DType::F8E4M3 => w.clone(),
+        DType::F8E4M3 | DType::I8 => w.clone(),
     })
 }

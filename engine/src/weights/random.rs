@@ -56,7 +56,8 @@ pub enum RandomInit {
 
 /// Generates one tensor, straight into the weight's own buffer (one allocation, which fails
 /// with an error naming the tensor rather than aborting). `F8E4M3` draws the f32 values and
-/// quantises them in 128×128 blocks (`weights::fp8::quantize_block_scaled`; 2-D only).
+/// quantises them in 128×128 blocks (`weights::fp8::quantize_block_scaled`; 2-D only); `I8`
+/// quantises them to int8 (`weights::int8`; 2-D only).
 pub fn random_weight(
     name: &str,
     shape: Vec<usize>,
@@ -72,6 +73,10 @@ pub fn random_weight(
             )));
         };
         return quantize_block_scaled(name, rows, cols, f.as_f32()?);
+    }
+    if dtype == DType::I8 {
+        let f = random_weight(name, shape, DType::F32, init, seed)?;
+        return crate::weights::int8::quantize_weight(&f);
     }
     let n: usize = shape.iter().product();
     let mut rng = SplitMix64::new(seed ^ name_hash(name));
@@ -97,7 +102,7 @@ pub fn random_weight(
             w.truncate(n);
             w
         }
-        DType::BF16 | DType::F16 | DType::F8E4M3 => {
+        DType::BF16 | DType::F16 | DType::F8E4M3 | DType::I8 => {
             let bits: fn(f32) -> u16 = if dtype == DType::BF16 {
                 f32_to_bf16
             } else {

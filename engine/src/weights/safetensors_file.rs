@@ -119,6 +119,7 @@ impl Checkpoint {
                 StDtype::BF16 => DType::BF16,
                 StDtype::F16 => DType::F16,
                 StDtype::F8_E4M3 => DType::F8E4M3,
+                StDtype::I8 => DType::I8,
                 StDtype::F8_E5M2 => {
                     self.unsupported.insert(
                         e.name,
@@ -141,15 +142,21 @@ impl Checkpoint {
     }
 
     /// The tensor `name`; an FP8 weight comes with its `<name>_scale_inv` attached, its dtype
-    /// (f32) and shape (`[ceil(out/128), ceil(in/128)]`) checked.
+    /// (f32) and shape (`[ceil(out/128), ceil(in/128)]`) checked; an int8 (`I8`) weight
+    /// likewise, its grid `[out, ceil(in/32)]`.
     pub fn get(&self, name: &str) -> Result<Weight> {
         let w = self.get_raw(name)?;
-        if w.dtype() != DType::F8E4M3 {
+        if BlockScales::block_of(w.dtype()).is_none() {
             return Ok(w);
         }
+        let st = if w.dtype() == DType::I8 {
+            "I8"
+        } else {
+            "F8_E4M3"
+        };
         if w.shape().len() != 2 {
             return Err(EngineError::Invalid(format!(
-                "tensor `{name}`: an F8_E4M3 tensor must be a 2-D weight with block scales, found shape {:?}",
+                "tensor `{name}`: an {st} tensor must be a 2-D weight with block scales, found shape {:?}",
                 w.shape()
             )));
         }
@@ -157,11 +164,12 @@ impl Checkpoint {
         let scale_inv = self.get_raw(&scale_name).map_err(|e| match e {
             EngineError::MissingTensor { searched, .. } => EngineError::MissingTensor {
                 tensor: scale_name.clone(),
-                searched: format!("the block scales of F8_E4M3 tensor `{name}`, in {searched}"),
+                searched: format!("the block scales of {st} tensor `{name}`, in {searched}"),
             },
             other => other,
         })?;
-        w.with_block_scales(BlockScales::new(scale_inv))
+        let scales = BlockScales::for_dtype(w.dtype(), scale_inv)?;
+        w.with_block_scales(scales)
     }
 
     fn get_raw(&self, name: &str) -> Result<Weight> {

@@ -2,7 +2,8 @@
 //!
 //! Kernels read the raw elements through `as_f32`/`as_u16`/`as_u8`; nothing is converted at load
 //! time, so a bf16 checkpoint stays bf16 in memory (half the bytes to stream per decoded token) and
-//! an FP8 one stays FP8, its 128×128 block scales attached (`block_scales`).
+//! an FP8 one stays FP8, its 128×128 block scales attached (`block_scales`), and an int8 one
+//! int8 with its per-row scales for each 32 columns.
 
 use std::sync::{Arc, OnceLock};
 
@@ -259,8 +260,21 @@ impl Weight {
         }
         Ok(self.bytes())
     }
-    /// Element `i` upcast to f32 (an FP8 element times its block's scale, one f32 rounding, as
-    /// DeepSeek's `w.float() * scale` dequantises).
+    /// The elements of an int8 weight (dequantise with [`Weight::block_scales`]).
+    pub fn as_i8(&self) -> Result<&[i8]> {
+        self.check_loaded("as_i8")?;
+        if self.dtype != DType::I8 {
+            return Err(EngineError::kernel(
+                "as_i8",
+                format!("tensor `{}` is {}, not i8", self.name, self.dtype),
+            ));
+        }
+        let b = self.bytes();
+        // SAFETY: i8 and u8 have the same size and alignment, and no invalid bit patterns.
+        Ok(unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) })
+    }
+    /// Element `i` upcast to f32 (an FP8 or int8 element times its block's scale, one f32
+    /// rounding, as DeepSeek's `w.float() * scale` dequantises).
     #[inline]
     pub fn get_f32(&self, i: usize) -> f32 {
         match self.dtype {
@@ -271,6 +285,13 @@ impl Weight {
                 let c = self.cols();
                 match (self.as_u8(), self.block_scales()) {
                     (Ok(v), Some(s)) => e4m3_to_f32(v[i]) * s.scale(i / c, i % c),
+                    _ => f32::NAN,
+                }
+            }
+            DType::I8 => {
+                let c = self.cols();
+                match (self.as_i8(), self.block_scales()) {
+                    (Ok(v), Some(s)) => v[i] as f32 * s.scale(i / c, i % c),
                     _ => f32::NAN,
                 }
             }
@@ -289,7 +310,7 @@ impl Weight {
                 .as_u16()
                 .map(|v| v.iter().map(|&b| f16_to_f32(b)).collect())
                 .unwrap_or_default(),
-            DType::F8E4M3 => (0..self.numel()).map(|i| self.get_f32(i)).collect(),
+            DType::F8E4M3 | DType::I8 => (0..self.numel()).map(|i| self.get_f32(i)).collect(),
         }
     }
     /// Row `r` of an `[out, in]` weight, upcast to f32.

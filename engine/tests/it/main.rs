@@ -14,6 +14,7 @@ mod fp8_kernel;
 mod hf_extra;
 mod hf_fp8;
 mod hf_reference;
+mod int8;
 mod paged_cache;
 mod partial_load;
 mod prefill_chunking;

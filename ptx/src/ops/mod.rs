@@ -128,8 +128,9 @@ impl<D: Device> GpuBackend<D> {
     }
 
     /// The device copy of `w`; `as_f32` forces an f32 copy (norm weights, f16 embedding tables).
+    /// int8 weights are always f32 copies (dequantised): the PTX kernels have no int8 form.
     fn weight(&self, w: &Weight, as_f32: bool) -> GpuResult<Arc<D::Buf>> {
-        let f32_copy = as_f32 && w.dtype() != DType::F32;
+        let f32_copy = (as_f32 || w.dtype() == DType::I8) && w.dtype() != DType::F32;
         let key = format!(
             "{}#{}",
             w.name(),

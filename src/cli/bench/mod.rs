@@ -117,11 +117,47 @@ impl From<ProfileTarget> for Contender {
     }
 }
 
-/// Bytes of weights one decoded token reads: its active parameters (routed experts: top-k of
-/// them; one embedding row) as `troupe inspect` counts them, at the weights' dtype.
+/// Bytes of weights one decoded token reads, as loaded (int8 and FP8 weights with their scale
+/// grids): one embedding row, every layer's attention (MLA: the absorbed per-head matrices a
+/// generated token uses, not `kv_b_proj`), dense MLPs, the router, shared experts and top-k of
+/// the routed experts (their average size), the final norm and the head.
 fn weight_bytes_per_token(model: &Model) -> u64 {
-    let (_, total) = troupe_engine::inspect::inspect(&model.plan);
-    total.active_params * model.spec.dtype.size() as u64
+    use troupe_engine::model::attention::MlaQuery;
+    use troupe_engine::model::{Attention, FeedForward, Mlp};
+    use troupe_engine::weights::Weight;
+    let bytes = |w: &Weight| {
+        let scales = w.block_scales().map_or(0, |s| s.scale_inv.nbytes());
+        (w.nbytes() + scales) as u64
+    };
+    let mlp = |m: &Mlp| bytes(&m.gate) + bytes(&m.up) + bytes(&m.down);
+    let mut total = (model.embed.nbytes() / model.embed.rows().max(1)) as u64;
+    total += bytes(&model.norm) + bytes(&model.lm_head);
+    for layer in &model.layers {
+        total += bytes(&layer.input_norm) + bytes(&layer.post_norm);
+        total += match &layer.attention {
+            Attention::Mla(a) => {
+                let query = match &a.query {
+                    MlaQuery::Lora { a, norm, b } => bytes(a) + bytes(norm) + bytes(b),
+                    MlaQuery::Full(q) => bytes(q),
+                };
+                let absorbed: u64 = a.uk_t.iter().chain(&a.uv).map(bytes).sum();
+                query + bytes(&a.kv_a) + bytes(&a.kv_norm) + bytes(&a.o) + absorbed
+            }
+            Attention::Gqa(a) => bytes(&a.q) + bytes(&a.k) + bytes(&a.v) + bytes(&a.o),
+        };
+        total += match &layer.ffn {
+            FeedForward::Dense(m) => mlp(m),
+            FeedForward::Moe(m) => {
+                let routed: u64 = m.experts.iter().map(mlp).sum();
+                let top_k = m.router.rule.top_k as u64;
+                let router = bytes(&m.router.gate) + m.router.bias.as_ref().map_or(0, bytes);
+                router
+                    + m.shared.as_ref().map_or(0, mlp)
+                    + routed * top_k / (m.experts.len() as u64).max(1)
+            }
+        };
+    }
+    total
 }
 
 pub fn run(a: BenchArgs) -> Result<(), CliError> {

@@ -6,6 +6,7 @@
 //! The weights are the ones `Model::load` would use (`troupe_engine::model::collect_weights`),
 //! written byte for byte in their own dtype (bf16 stays bf16; the V3 correction bias is f32);
 //! 4-byte tensors come first so every tensor of the file is aligned for mmap without a copy.
+//! A graph's `[quantize]` table is not applied (`troupe quantize --int8` writes that form).
 //! `config.json` is in `config.rs`, the tokenizer in `tokenizer.rs`.
 
 mod config;
@@ -36,7 +37,9 @@ pub struct ExportHfArgs {
 }
 
 pub fn run(a: ExportHfArgs) -> Result<(), CliError> {
-    let graph = LoadedGraph::open(&a.model)?;
+    let mut graph = LoadedGraph::open(&a.model)?;
+    // The stored weights, unquantised: `troupe quantize --int8` writes an int8 folder.
+    graph.quantize = None;
     let spec = &graph.spec;
     let usage = |m: String| CliError::Usage(format!("export-hf {}: {m}", a.model.display()));
     // Everything that can be refused is checked before a weight is generated or written.

@@ -107,6 +107,8 @@ pub fn weight(
             troupe_engine::weights::fp8::quantize_block_scaled(name, shape[0], shape[1], v)
                 .expect("quantise")
         }
+        DType::I8 => troupe_engine::weights::int8::quantize_int8(name, shape[0], shape[1], v)
+            .expect("quantise"),
     }
 }
 
