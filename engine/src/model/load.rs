@@ -190,8 +190,9 @@ impl Take<'_> {
 /// the checkpoint's element type where that is exact, so decode reads no more bytes than the
 /// naive form's weight: bf16 stays bf16 (f32 compute upcasts exactly, in the one dot order, so
 /// the results are those of f32 copies); FP8 stays FP8 with its block scales when each head's
-/// rows sit inside 128-row scale blocks (DeepSeek-V3's and ds-v3-mini's shapes); anything else
-/// is upcast to f32.
+/// rows sit inside 128-row scale blocks (DeepSeek-V3's and ds-v3-mini's shapes); int8 `uv`
+/// stays int8 (its rows are kv_b's, with their scales) and int8 `uk_t` becomes f32; anything
+/// else is upcast to f32.
 fn absorb(
     kv_b: &Weight,
     heads: usize,
@@ -285,6 +286,35 @@ fn absorb(
                 uv.push(
                     Weight::from_bytes(&name("uv", h), DType::F8E4M3, vec![v, kv_lora], &vv)?
                         .with_block_scales(BlockScales::new(sv))?,
+                );
+            }
+        }
+        DType::I8 => {
+            // uv[h] is kv_b's rows h·per + nope.. with their own scales: int8 as it is. uk_t[h]
+            // is transposed, across scale blocks: f32 values of the dequantised elements.
+            let (q, scales) = (
+                kv_b.as_i8()?,
+                kv_b.block_scales().ok_or_else(|| {
+                    EngineError::internal(format!("i8 tensor `{}` has no scales", kv_b.name()))
+                })?,
+            );
+            let grid = scales.scale_inv.as_f32()?;
+            let gc = scales.scale_inv.cols();
+            let values = dequantize(kv_b, DType::F32)?;
+            let values = values.as_f32()?;
+            for h in 0..heads {
+                let (t, _) = split(values, h, dims);
+                uk_t.push(Weight::from_f32(&name("uk_t", h), vec![kv_lora, nope], &t));
+                let rows = h * per + nope..h * per + nope + v;
+                let bytes: Vec<u8> = q[rows.start * kv_lora..rows.end * kv_lora]
+                    .iter()
+                    .map(|&b| b as u8)
+                    .collect();
+                let s = &grid[rows.start * gc..rows.end * gc];
+                let s = Weight::from_f32(&name("uv_scale_inv", h), vec![v, gc], s);
+                uv.push(
+                    Weight::from_bytes(&name("uv", h), DType::I8, vec![v, kv_lora], &bytes)?
+                        .with_block_scales(BlockScales::for_dtype(DType::I8, s)?)?,
                 );
             }
         }

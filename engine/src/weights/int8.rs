@@ -213,11 +213,19 @@ fn quantize_row(
             *s = amax / Q_MAX;
         }
         for (o, &v) in out[c0..c1].iter_mut().zip(block) {
-            let q = (v / *s).round_ties_even().clamp(-Q_MAX, Q_MAX);
-            *o = (q as i8) as u8;
+            *o = (round_even((v / *s).clamp(-Q_MAX, Q_MAX)) as i8) as u8;
         }
     }
     Ok(())
+}
+
+/// `x` (|x| ≤ 127) rounded to the nearest integer, ties to even: adding and removing 1.5·2^23
+/// leaves no fraction bits, and f32 addition rounds to nearest even. `f32::round_ties_even`
+/// gives the same values (tested) but is a libm call, a fifth of a model's quantisation time.
+#[inline(always)]
+fn round_even(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (x + SHIFT) - SHIFT
 }
 
 /// `w` quantised to int8 (a bf16, f16, f32 or FP8 weight, read as f32 values); an int8 weight
@@ -238,4 +246,19 @@ pub fn quantize_weight(w: &Weight) -> Result<Weight> {
         _ => std::borrow::Cow::Owned(w.to_f32_vec()),
     };
     quantize_int8(w.name(), rows, cols, &values)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_even_is_round_ties_even_on_the_quantised_range() {
+        let mut x = -127.0f32;
+        while x <= 127.0 {
+            for v in [x, x + 0.5, x + 0.25, x + 0.499_999_97, x + 0.500_000_06] {
+                let v = v.clamp(-127.0, 127.0);
+                assert_eq!(super::round_even(v), v.round_ties_even(), "{v}");
+            }
+            x += 1.0;
+        }
+    }
 }

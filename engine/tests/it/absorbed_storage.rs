@@ -1,7 +1,8 @@
 //! The absorbed MLA form's per-head matrices (`uk_t`, `uv`, split from `kv_b_proj` at load)
 //! keep the checkpoint's element type where that is exact: bf16 stays bf16 and multiplies to the
 //! bits of f32 copies; FP8 stays FP8 with the block scales when each head's rows sit inside
-//! 128-row scale blocks, with the same dequantised values; other shapes are upcast to f32.
+//! 128-row scale blocks, with the same dequantised values; int8 keeps `uv` (kv_b's own rows)
+//! int8 and upcasts the transposed `uk_t`; other shapes are upcast to f32.
 
 use troupe_engine::dtype::DType;
 use troupe_engine::kernels::linear::linear;
@@ -92,5 +93,25 @@ fn fp8_heads_across_scale_blocks_are_upcast() {
     // 5 heads of 24 + 20 rows: head 2's W_uv rows 112..132 cross the block edge at 128.
     let a = first_mla("deepseek-v3-odd-fp8");
     assert!(a.uk_t.iter().chain(&a.uv).all(|w| w.dtype() == DType::F32));
+    check_split(&a);
+}
+
+#[test]
+fn int8_value_heads_stay_int8_and_key_heads_are_upcast() {
+    let mut g = troupe_engine::graph::LoadedGraph::open(&fixture("deepseek-v3-tiny-bf16")).unwrap();
+    g.quantize = Some(troupe_engine::weights::int8::QuantizePolicy {
+        keep: vec![],
+        ..troupe_engine::weights::int8::QuantizePolicy::int8()
+    });
+    let model = troupe_engine::model::Model::load(&g, &mut |_, _| {}).unwrap();
+    let Some(Attention::Mla(a)) = model.layers.into_iter().next().map(|l| l.attention) else {
+        panic!("layer 0 is not MLA");
+    };
+    assert_eq!(a.kv_b.dtype(), DType::I8);
+    assert!(a
+        .uv
+        .iter()
+        .all(|w| w.dtype() == DType::I8 && w.block_scales().is_some()));
+    assert!(a.uk_t.iter().all(|w| w.dtype() == DType::F32));
     check_split(&a);
 }
