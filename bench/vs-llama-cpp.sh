@@ -33,8 +33,8 @@
 #     (llama.cpp runs the Q8_0 GGUF; troupe runs TROUPE_Q8_MODEL with TROUPE_Q8_FLAGS)
 #   REPS [1]: repetitions inside each engine's own run (each engine also does its own warm-up)
 #   TROUPE [target/release/troupe, built if missing]  TROUPE_FLAGS []: added to every troupe row
-#   TROUPE_Q8_MODEL [$WORK/hf]  TROUPE_Q8_FLAGS []: the troupe side of -q8 rows (later:
-#     `--quantize int8`, or an FP8 folder)
+#   TROUPE_Q8_MODEL [$WORK/hf]  TROUPE_Q8_FLAGS []: the troupe side of -q8 rows,
+#     e.g. `--quantize int8 --quantize-keep none`, which quantises what Q8_0 does
 #   CHECK [1]  CONVERT_PYTHON [python3]  FORCE [0]: 1 re-exports and re-converts
 #   LLAMA_BIN [$LLAMA_CPP_DIR/build/bin]: where llama-bench is (another build of the checkout)
 #   LLAMA_LINK_EXTRA []: extra g++ link flags for bench/llama_logits.cpp

@@ -10,6 +10,7 @@ mod export_hf;
 mod generate;
 mod inspect;
 mod logits;
+mod quant_report;
 mod quantize;
 mod serve;
 mod simulate;
@@ -61,8 +62,12 @@ pub enum Command {
     ExportHf(export_hf::ExportHfArgs),
     /// Expert load balancing (DeepSeek's EPLB): replicas and devices for measured expert loads.
     Eplb(eplb::EplbArgs),
-    /// Write a model as an FP8 block-scaled HF folder (DeepSeek-V3's layout): --fp8 -m MODEL --out DIR.
+    /// Write a model as a quantised HF folder: --fp8 (DeepSeek-V3's FP8 block-scaled layout) or
+    /// --int8 (what --quantize int8 does at load), -m MODEL --out DIR.
     Quantize(quantize::QuantizeArgs),
+    /// Teacher-forced top-1 agreement and KL of a quantised model (--quantize int8's policy)
+    /// against the model as stored.
+    QuantReport(quant_report::QuantReportArgs),
     /// Per-stream utilisation and link time hidden, from a trace written by --trace.
     TraceStats(trace_stats::TraceStatsArgs),
     /// An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models,
@@ -278,6 +283,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::ExportHf(a) => export_hf::run(a),
         Command::Eplb(a) => eplb::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::QuantReport(a) => quant_report::run(a),
         Command::TraceStats(a) => trace_stats::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Simulate(a) => simulate::run(a),

@@ -102,3 +102,49 @@ fn bad_quantize_values_are_usage_errors() {
     let (code, _, stderr) = troupe(&["quantize", "--int8", "--fp8", "-m", src, "--out", out]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+#[test]
+fn quant_report_compares_the_int8_model_with_the_stored_one() {
+    let src = case_dir("deepseek-v3-tiny-bf16");
+    let src = src.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["quant-report", "-m", src, "--json"];
+        args.extend(extra);
+        let (code, stdout, stderr) = troupe(&args);
+        assert_eq!(code, 0, "{extra:?}: {stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let default = run(&["--tokens", "64"]);
+    assert_eq!(default["positions"], 64);
+    assert_eq!(default["policy"]["keep"], serde_json::json!(["attention"]));
+    let none = run(&[
+        "--prompt-ids",
+        "3,9,27,81,243",
+        "--quantize",
+        "int8",
+        "--quantize-keep",
+        "none",
+    ]);
+    assert_eq!(none["positions"], 5);
+    assert_eq!(none["policy"]["keep"], serde_json::json!([]));
+    for r in [&default, &none] {
+        let agree = r["top1_agreement"].as_f64().unwrap();
+        let (mean, max) = (
+            r["mean_kl_nats"].as_f64().unwrap(),
+            r["max_kl_nats"].as_f64().unwrap(),
+        );
+        assert!(
+            (0.0..=1.0).contains(&agree) && mean > 0.0 && mean <= max,
+            "{r}"
+        );
+        let (s, q) = (
+            r["stored_weight_bytes"].as_u64().unwrap(),
+            r["quantised_weight_bytes"].as_u64().unwrap(),
+        );
+        assert!(q < s, "{r}");
+    }
+    // Fewer bytes again with attention quantised too.
+    assert!(none["quantised_weight_bytes"].as_u64() < default["quantised_weight_bytes"].as_u64());
+    let (code, _, stderr) = troupe(&["quant-report", "-m", src, "--tokens", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+}

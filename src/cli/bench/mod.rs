@@ -121,7 +121,7 @@ impl From<ProfileTarget> for Contender {
 /// grids): one embedding row, every layer's attention (MLA: the absorbed per-head matrices a
 /// generated token uses, not `kv_b_proj`), dense MLPs, the router, shared experts and top-k of
 /// the routed experts (their average size), the final norm and the head.
-fn weight_bytes_per_token(model: &Model) -> u64 {
+pub(super) fn weight_bytes_per_token(model: &Model) -> u64 {
     use troupe_engine::model::attention::MlaQuery;
     use troupe_engine::model::{Attention, FeedForward, Mlp};
     use troupe_engine::weights::Weight;
