@@ -193,8 +193,11 @@ impl<'a> WeightTiles<'a> {
 /// `x`, handing each element to `emit(row, column, value)`.
 ///
 /// Blocks: with two or more activation tiles in a pass, 2 weight tiles × 2 activation tiles
-/// (each load used twice); with one (a decode step of up to 16 rows), 4 weight tiles × 1, so
-/// four independent accumulators hide the instruction's latency.
+/// (each load used twice); with one (a decode step of up to 16 rows), 2 weight tiles × 1, two
+/// chunks at a time, so four weight tiles are loading at once. (Tile registers are not renamed:
+/// the earlier 4 × 1 block reused two weight registers, and each load waited for the
+/// `tdpbf16ps` reading the register before it: ds-v3-mini decoded at 51 tok/s that way and
+/// 64–65 this way, `troupe bench -p 0 -n 64 --compute bf16`, 2 threads.)
 ///
 /// # Safety
 /// [`available`] returned true; `w` holds at least `c1` rows of `x.k()` elements.
@@ -270,34 +273,47 @@ pub unsafe fn columns(
             store!("3", acc[3].as_mut_ptr());
         }};
     }
-    // `$nw` weight tiles (1–4) × 1 activation tile; accumulator `a` is weight tile `a`.
-    macro_rules! block_4x1 {
-        ($w:expr, $x:expr, $nw:literal) => {{
+    // 2 weight tiles (`$two_w`: the second present) × 1 activation tile, two chunks per step
+    // so that four weight tiles load at once: tile registers are not renamed, so a load into a
+    // register that a pending `tdpbf16ps` still reads waits for it. Accumulator `a` is weight
+    // tile `a`, fed the chunks in ascending order as in the other blocks (the same bits).
+    macro_rules! block_2x1_paired {
+        ($w:expr, $x:expr, $two_w:literal) => {{
             zero!("0");
             zero!("1");
-            zero!("2");
-            zero!("3");
-            for c in 0..chunks {
+            let mut c = 0;
+            while c + 1 < chunks {
                 load!("6", x.tile($x, c), x_stride);
-                load!("4", $w[0].add(c * TILE_K), w_stride);
-                dot!("0", "4", "6");
-                if $nw > 1 {
-                    load!("5", $w[1].add(c * TILE_K), w_stride);
-                    dot!("1", "5", "6");
+                load!("2", $w[0].add(c * TILE_K), w_stride);
+                if $two_w {
+                    load!("3", $w[1].add(c * TILE_K), w_stride);
                 }
-                if $nw > 2 {
-                    load!("4", $w[2].add(c * TILE_K), w_stride);
-                    dot!("2", "4", "6");
+                load!("7", x.tile($x, c + 1), x_stride);
+                load!("4", $w[0].add((c + 1) * TILE_K), w_stride);
+                if $two_w {
+                    load!("5", $w[1].add((c + 1) * TILE_K), w_stride);
                 }
-                if $nw > 3 {
-                    load!("5", $w[3].add(c * TILE_K), w_stride);
-                    dot!("3", "5", "6");
+                dot!("0", "2", "6");
+                if $two_w {
+                    dot!("1", "3", "6");
+                }
+                dot!("0", "4", "7");
+                if $two_w {
+                    dot!("1", "5", "7");
+                }
+                c += 2;
+            }
+            if c < chunks {
+                load!("6", x.tile($x, c), x_stride);
+                load!("2", $w[0].add(c * TILE_K), w_stride);
+                dot!("0", "2", "6");
+                if $two_w {
+                    load!("3", $w[1].add(c * TILE_K), w_stride);
+                    dot!("1", "3", "6");
                 }
             }
             store!("0", acc[0].as_mut_ptr());
             store!("1", acc[1].as_mut_ptr());
-            store!("2", acc[2].as_mut_ptr());
-            store!("3", acc[3].as_mut_ptr());
         }};
     }
 
@@ -307,22 +323,21 @@ pub unsafe fn columns(
     while first < row_tiles {
         let last = (first + ROW_TILES_PER_PASS).min(row_tiles);
         // Weight tiles per block: 4 against one activation tile, else 2.
-        let per_block = if last - first == 1 { 4 } else { 2 };
+        // One activation tile (a decode step of up to 16 rows): weight tiles stream against it.
+        let single = last - first == 1;
         let mut c = c0;
         while c < c1 {
-            let nw = (c1 - c).div_ceil(TILE_ROWS).min(per_block);
+            let nw = (c1 - c).div_ceil(TILE_ROWS).min(2);
             let wt: [(*const u16, usize); 4] =
                 std::array::from_fn(|a| tiles.at((c + a * TILE_ROWS).min(c1 - 1)));
             let wp = wt.map(|(p, _)| p);
             let block_end = (c + nw * TILE_ROWS).min(c1);
             let mut t = first;
             while t < last {
-                let nx = if per_block == 4 { 1 } else { (last - t).min(2) };
-                match (per_block, nw, nx) {
-                    (4, 1, _) => block_4x1!(wp, t, 1),
-                    (4, 2, _) => block_4x1!(wp, t, 2),
-                    (4, 3, _) => block_4x1!(wp, t, 3),
-                    (4, _, _) => block_4x1!(wp, t, 4),
+                let nx = if single { 1 } else { (last - t).min(2) };
+                match (single, nw, nx) {
+                    (true, 1, _) => block_2x1_paired!(wp, t, false),
+                    (true, _, _) => block_2x1_paired!(wp, t, true),
                     (_, 1, 1) => block_2x2!(wp, [t, t], false, false),
                     (_, 1, _) => block_2x2!(wp, [t, t + 1], false, true),
                     (_, _, 1) => block_2x2!(wp, [t, t], true, false),
@@ -331,7 +346,7 @@ pub unsafe fn columns(
                 for a in 0..nw {
                     let (col, cols) = (c + a * TILE_ROWS, wt[a].1.min(c1 - c - a * TILE_ROWS));
                     for b in 0..nx {
-                        let tile = if per_block == 4 { a } else { 2 * a + b };
+                        let tile = if single { a } else { 2 * a + b };
                         let row0 = (t + b) * TILE_ROWS;
                         let rows = (x.n - row0).min(TILE_ROWS);
                         for (i, line) in acc[tile].iter().enumerate().take(cols) {
