@@ -155,6 +155,20 @@ impl TileConfig {
         }
         TileConfig(b)
     }
+
+    /// The configuration of a pass over one activation tile holding `n` (1–16) rows: the
+    /// accumulators (0–1) and activation tiles (6–7) are `n` columns wide, so a load reads only
+    /// the real rows' pairs (`n · 4` bytes of each 64-byte row of the packed tile) and the
+    /// instruction computes only their columns; weight tiles (2–5) stay 16 rows of 64 bytes.
+    /// Each element's computation is the same as in a full tile.
+    fn narrow(n: usize) -> TileConfig {
+        let mut c = TileConfig::full();
+        let colsb = (n.clamp(1, TILE_ROWS) * 4) as u16;
+        for tile in [0, 1, 6, 7] {
+            c.0[16 + 2 * tile..18 + 2 * tile].copy_from_slice(&colsb.to_le_bytes());
+        }
+        c
+    }
 }
 
 /// Where a task's weight tiles come from: 16 rows of `w` in place, or, for the task's last
@@ -317,14 +331,21 @@ pub unsafe fn columns(
         }};
     }
 
-    let config = TileConfig::full();
-    asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+    let mut configured: Option<[u8; 64]> = None;
     let mut first = 0;
     while first < row_tiles {
         let last = (first + ROW_TILES_PER_PASS).min(row_tiles);
-        // Weight tiles per block: 4 against one activation tile, else 2.
-        // One activation tile (a decode step of up to 16 rows): weight tiles stream against it.
+        // One activation tile (a decode step of up to 16 rows): weight tiles stream against it,
+        // its tiles only as wide as its rows.
         let single = last - first == 1;
+        let config = match single {
+            true => TileConfig::narrow(x.n - first * TILE_ROWS),
+            false => TileConfig::full(),
+        };
+        if configured != Some(config.0) {
+            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+            configured = Some(config.0);
+        }
         let mut c = c0;
         while c < c1 {
             let nw = (c1 - c).div_ceil(TILE_ROWS).min(2);
