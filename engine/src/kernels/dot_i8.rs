@@ -7,7 +7,6 @@
 
 use super::dot::{fold16, WRow};
 use crate::weights::int8::INT8_BLOCK;
-const PF: bool = true;
 
 /// `C` int8 weight rows and their scale rows.
 type I8Rows<'a, const C: usize> = ([&'a [i8]; C], [&'a [f32]; C]);
@@ -76,7 +75,7 @@ pub(super) unsafe fn gemv_avx512<const C: usize>(
     let mut acc = [_mm512_setzero_ps(); C];
     let mut i = 0;
     while i < main {
-        if PF && far > 0 && i % 64 == 0 {
+        if far > 0 && i % 64 == 0 {
             for row in q {
                 _mm_prefetch(row.as_ptr().wrapping_add(i + far), _MM_HINT_T0);
             }
@@ -120,7 +119,7 @@ pub(super) unsafe fn gemv_avx2<const C: usize>(
     let mut acc = [[_mm256_setzero_ps(); 2]; C];
     let mut i = 0;
     while i < main {
-        if PF && far > 0 && i % 64 == 0 {
+        if far > 0 && i % 64 == 0 {
             for row in q {
                 _mm_prefetch(row.as_ptr().wrapping_add(i + far), _MM_HINT_T0);
             }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::dtype::{e4m3_to_f32, f32_to_bf16, f32_to_e4m3, f32_to_f16, DType, E4M3_MAX};
 use crate::error::{EngineError, Result};
 use crate::graph::ir::{NodeKind, Plan, WeightRole};
+use crate::weights::weight::try_zeroed_bytes;
 use crate::weights::Weight;
 
 /// The block edge of every FP8 checkpoint troupe reads (`weight_block_size = [128, 128]`).
@@ -160,14 +161,7 @@ pub fn quantize_block_scaled(
         });
     }
     let [gr, gc] = BlockScales::grid_for(rows, cols);
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(rows * cols)
-        .map_err(|_| EngineError::OutOfMemory {
-            what: format!("tensor `{name}`"),
-            bytes: (rows * cols) as u64,
-        })?;
-    bytes.resize(rows * cols, 0u8);
+    let mut bytes = try_zeroed_bytes(name, rows * cols)?;
     // One task per 128-row band: its scales, then its bytes.
     let scales: Vec<Vec<f32>> = bytes
         .par_chunks_mut(FP8_BLOCK * cols.max(1))

@@ -20,6 +20,7 @@ use crate::dtype::DType;
 use crate::error::{EngineError, Result};
 use crate::graph::ir::{NodeKind, Plan, WeightRole};
 use crate::weights::fp8::{BlockScales, SCALE_INV_SUFFIX};
+use crate::weights::weight::try_zeroed_bytes;
 use crate::weights::Weight;
 
 /// Weights per scale along a row.
@@ -167,14 +168,7 @@ pub fn quantize_int8(name: &str, rows: usize, cols: usize, values: &[f32]) -> Re
         });
     }
     let per_row = cols.div_ceil(INT8_BLOCK);
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(rows * cols)
-        .map_err(|_| EngineError::OutOfMemory {
-            what: format!("tensor `{name}`"),
-            bytes: (rows * cols) as u64,
-        })?;
-    bytes.resize(rows * cols, 0u8);
+    let mut bytes = try_zeroed_bytes(name, rows * cols)?;
     let mut scales = vec![1.0f32; rows * per_row];
     bytes
         .par_chunks_mut(cols.max(1))

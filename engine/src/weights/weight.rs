@@ -324,6 +324,20 @@ impl Weight {
     }
 }
 
+/// `n` zero bytes, or an error naming the tensor when the allocation fails (the quantisers'
+/// output buffers).
+pub(crate) fn try_zeroed_bytes(tensor: &str, n: usize) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(n)
+        .map_err(|_| EngineError::OutOfMemory {
+            what: format!("tensor `{tensor}`"),
+            bytes: n as u64,
+        })?;
+    bytes.resize(n, 0u8);
+    Ok(bytes)
+}
+
 /// An empty buffer with room for `n` words, or an error naming the tensor when the allocation
 /// fails (instead of aborting the process).
 pub(crate) fn try_alloc_words(tensor: &str, n: usize) -> Result<Vec<u32>> {
