@@ -35,11 +35,13 @@ use crate::tensor::Tensor;
 /// Keys per chunk (a fixed constant: changing it changes results' rounding).
 pub(crate) const CHUNK: usize = 128;
 
-/// Keys per block of the score pass on `isa`: a block stays in L1 while every head tile reads
-/// it (four AVX2 tiles of 3 keys, two AVX-512 tiles of 8).
-fn score_block(isa: Isa) -> usize {
+/// Keys per block of the score pass on `isa` for kv heads of `group` query heads: a block stays
+/// in L1 while every head tile reads it, and holds whole key tiles (AVX2: six tiles of 2 keys
+/// for 4-head tiles, three of 4 for 2-head tiles, two of 8 for one head; AVX-512: two of 8).
+fn score_block(isa: Isa, group: usize) -> usize {
     match isa {
         Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => 16,
+        _ if group == 1 => 16,
         _ => 12,
     }
 }
@@ -423,7 +425,7 @@ fn chunk_partial<'a, R: KeyRows>(
     for r in 0..PREFETCH_AHEAD.min(n) {
         fetch.row(t.lo + r, false);
     }
-    let block = score_block(isa);
+    let block = score_block(isa, group);
     for j0 in (0..n).step_by(block) {
         let j1 = (j0 + block).min(n);
         let mut h = 0;

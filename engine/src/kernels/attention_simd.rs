@@ -96,12 +96,14 @@ pub(crate) struct ScoreTile<'a> {
     pub rope: &'a [&'a [f32]],
 }
 
-/// Key tile width for a head tile of `heads` on `isa` (AVX2 keeps 8 to 12 accumulators in its
-/// 16 registers; AVX-512 holds two keys per register and 16 accumulators in its 32).
+/// Key tile width for a head tile of `heads` on `isa` (AVX2 keeps 8 accumulators in its 16
+/// registers: a 4 × 3 tile's 12 left too few for its keys and queries, and the compiler kept
+/// one accumulator on the stack, its fma chain waiting on a store and a reload every step;
+/// AVX-512 holds two keys per register and 16 accumulators in its 32).
 pub(crate) fn keys_per_tile(heads: usize, isa: Isa) -> usize {
     match (isa, heads) {
         (Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx, _) => 8,
-        (_, 4) => 3,
+        (_, 4) => 2,
         (_, 2) => 4,
         _ => 8,
     }
@@ -209,10 +211,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn score_tile(t: &ScoreTile<'_>, scale: f32, out: &mut [[f32; 8]; 4]) {
         match (t.q.len(), t.key.len()) {
-            (4, 3) => tile::<4, 3>(t, scale, out),
             (4, 2) => tile::<4, 2>(t, scale, out),
             (2, 4) => tile::<2, 4>(t, scale, out),
             (1, 8) => tile::<1, 8>(t, scale, out),
+            (1, 4) => tile::<1, 4>(t, scale, out),
+            (1, 2) => tile::<1, 2>(t, scale, out),
             (h, k) => {
                 for kk in 0..k {
                     let one = ScoreTile {
@@ -380,7 +383,16 @@ mod avx2 {
         // memory between key blocks: the same fma chain, so the same bits.
         for k0 in (0..values.len()).step_by(VALUE_BLOCK) {
             let vals = &values[k0..(k0 + VALUE_BLOCK).min(values.len())];
-            for c in (0..vecs).step_by(4) {
+            // One head (GQA with a query head per kv head, MLA's naive prefill): strips of 8
+            // vectors, so eight independent fma chains hide the fma latency.
+            let mut c0 = 0;
+            if p.len() == 1 {
+                while c0 + 8 <= vecs {
+                    vtile::<1, 8>(p, k0, vals, acc, c0 * 8);
+                    c0 += 8;
+                }
+            }
+            for c in (c0..vecs).step_by(4) {
                 let strip = (vecs - c).min(4);
                 let mut h = 0;
                 while h < p.len() {

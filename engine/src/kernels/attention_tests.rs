@@ -260,6 +260,35 @@ fn every_path_the_processor_has_gives_the_portable_bits() {
     }
 }
 
+/// One query head per kv head (GQA without grouping, MLA's naive prefill with its shared rope
+/// key) with values 64 or more wide: the AVX2 form's one-head key tiles of 8, 4 and 2 and its
+/// value strips of 8 vectors must give the portable bits, for chunks ending anywhere.
+#[test]
+fn one_head_tiles_give_the_portable_bits() {
+    let mut rng = Rng(0x51de_0f_0e_1ead);
+    // [kv_heads, group, d1, d2, v_dim]
+    let shapes = [[3, 1, 64, 32, 64], [1, 1, 96, 0, 128], [2, 1, 16, 8, 72]];
+    for (s, dims) in shapes.into_iter().enumerate() {
+        for n in 0..6 {
+            let len = 1 + rng.below(700);
+            let c = Case::shaped(&mut rng, false, 16, len, dims);
+            let (dense, paged) = (bits(&c.dense(Isa::Portable)), bits(&c.paged(Isa::Portable)));
+            for isa in Isa::available() {
+                assert_eq!(
+                    bits(&c.dense(isa)),
+                    dense,
+                    "shape {s} case {n} dense on {isa:?}"
+                );
+                assert_eq!(
+                    bits(&c.paged(isa)),
+                    paged,
+                    "shape {s} case {n} paged on {isa:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Kv heads of 16 and 32 query heads with values a multiple of 16 wide take the
 /// heads-in-lanes form on AVX-512 (`attention_lanes512`); it must give the portable bits too,
 /// for every key width (ragged lane tails included), rope width, window and query count.
