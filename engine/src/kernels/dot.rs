@@ -319,11 +319,81 @@ pub(super) mod avx2 {
         }
     }
 
+    /// A weight row read 8 elements at a time as f32, in one storage type, so a tile's main loop
+    /// holds no dispatch on the type (a `WRow` match per load compiled to a jump table per row
+    /// and step, and pushed accumulators onto the stack).
+    trait Load8: Copy {
+        unsafe fn load8(self, i: usize) -> __m256;
+    }
+
+    /// A bf16 row.
+    #[derive(Clone, Copy)]
+    struct Bf16Row(*const u16);
+
+    impl Load8 for Bf16Row {
+        #[inline(always)]
+        unsafe fn load8(self, i: usize) -> __m256 {
+            let h = _mm_loadu_si128(self.0.add(i) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+    }
+
+    /// An f32 row.
+    #[derive(Clone, Copy)]
+    struct F32Row(*const f32);
+
+    impl Load8 for F32Row {
+        #[inline(always)]
+        unsafe fn load8(self, i: usize) -> __m256 {
+            _mm256_loadu_ps(self.0.add(i))
+        }
+    }
+
+    /// Any row (other storage types, or a block mixing them): dispatches per load.
+    impl Load8 for WRow<'_> {
+        #[inline(always)]
+        unsafe fn load8(self, i: usize) -> __m256 {
+            load8(self, i)
+        }
+    }
+
     /// `R` x rows against `C` weight rows (R·C ≤ 4: 2·R·C accumulators in registers).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<const R: usize, const C: usize>(
         xs: &[&[f32]],
         ws: &[WRow<'_>],
+        out: &mut [[f32; 4]; 4],
+    ) {
+        let mut bf16 = [Bf16Row(std::ptr::null()); C];
+        let mut f32s = [F32Row(std::ptr::null()); C];
+        let (mut all_bf16, mut all_f32) = (true, true);
+        for c in 0..C {
+            match ws[c] {
+                WRow::BF16(s) => bf16[c] = Bf16Row(s.as_ptr()),
+                _ => all_bf16 = false,
+            }
+            match ws[c] {
+                WRow::F32(s) => f32s[c] = F32Row(s.as_ptr()),
+                _ => all_f32 = false,
+            }
+        }
+        if all_bf16 {
+            tile_rows::<R, C, _>(xs, ws, bf16, out)
+        } else if all_f32 {
+            tile_rows::<R, C, _>(xs, ws, f32s, out)
+        } else {
+            let mut rows = [ws[0]; C];
+            rows.copy_from_slice(&ws[..C]);
+            tile_rows::<R, C, _>(xs, ws, rows, out)
+        }
+    }
+
+    /// [`tile`]'s body for weight rows of one [`Load8`] type (`rows[c]` reads `ws[c]`).
+    #[inline(always)]
+    unsafe fn tile_rows<const R: usize, const C: usize, L: Load8>(
+        xs: &[&[f32]],
+        ws: &[WRow<'_>],
+        rows: [L; C],
         out: &mut [[f32; 4]; 4],
     ) {
         let k = ws[0].len();
@@ -333,8 +403,8 @@ pub(super) mod avx2 {
         while i < main {
             let mut wv = [[_mm256_setzero_ps(); 2]; C];
             for c in 0..C {
-                wv[c][0] = load8(ws[c], i);
-                wv[c][1] = load8(ws[c], i + 8);
+                wv[c][0] = rows[c].load8(i);
+                wv[c][1] = rows[c].load8(i + 8);
             }
             for r in 0..R {
                 let x0 = _mm256_loadu_ps(xs[r].as_ptr().add(i));

@@ -217,9 +217,15 @@ unsafe fn columns_into(
     );
 }
 
-/// Walks columns `c0..c1` of rows `0..n` in blocks of at most `row_step × col_step` (rows
-/// outside, columns inside): `block((r, rn), (c, cn), tile)` fills `tile[..rn][..cn]` for rows
-/// `r..r + rn` and columns `c..c + cn`, which go to `out[row * out_dim + column]`.
+/// Weight rows per column strip of `write_blocks`: a strip of bf16 rows 1024 long (32 KiB) stays
+/// in L1 while every row of x meets it.
+const STRIP_COLS: usize = 16;
+
+/// Walks columns `c0..c1` of rows `0..n` in blocks of at most `row_step × col_step`: strips of
+/// [`STRIP_COLS`] columns outside, then rows, then the strip's columns, so a strip's weight rows
+/// are read from memory once and then from cache for every row. `block((r, rn), (c, cn), tile)`
+/// fills `tile[..rn][..cn]` for rows `r..r + rn` and columns `c..c + cn`, which go to
+/// `out[row * out_dim + column]`.
 ///
 /// # Safety
 /// As `columns_into`.
@@ -231,22 +237,26 @@ unsafe fn write_blocks(
     out: OutPtr,
     mut block: impl FnMut((usize, usize), (usize, usize), &mut [[f32; 4]; 4]),
 ) {
-    let mut r = 0;
-    while r < n {
-        let rn = (n - r).min(row_step);
-        let mut c = c0;
-        while c < c1 {
-            let cn = (c1 - c).min(col_step);
-            let mut tile = [[0.0f32; 4]; 4];
-            block((r, rn), (c, cn), &mut tile);
-            for (dr, trow) in tile.iter().enumerate().take(rn) {
-                for (dc, v) in trow.iter().enumerate().take(cn) {
-                    out.set((r + dr) * out_dim + c + dc, *v);
+    let strip = STRIP_COLS.next_multiple_of(col_step);
+    for s0 in (c0..c1).step_by(strip) {
+        let s1 = (s0 + strip).min(c1);
+        let mut r = 0;
+        while r < n {
+            let rn = (n - r).min(row_step);
+            let mut c = s0;
+            while c < s1 {
+                let cn = (s1 - c).min(col_step);
+                let mut tile = [[0.0f32; 4]; 4];
+                block((r, rn), (c, cn), &mut tile);
+                for (dr, trow) in tile.iter().enumerate().take(rn) {
+                    for (dc, v) in trow.iter().enumerate().take(cn) {
+                        out.set((r + dr) * out_dim + c + dc, *v);
+                    }
                 }
+                c += cn;
             }
-            c += cn;
+            r += rn;
         }
-        r += rn;
     }
 }
 
