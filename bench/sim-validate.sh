@@ -9,7 +9,7 @@
 # Each row loads the model (random weights) and runs real decode steps: ~25 s a row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-T=target/release/troupe
+T=${TROUPE:-target/release/troupe}   # TROUPE=path validates another build
 OUT=${1:-target/sim-validate}
 MODEL=graphs/ds-v3-mini.toml
 P=bench/sim-validate
