@@ -5,7 +5,8 @@
 //! Each product is split by weight rows (output columns) into contiguous chunks that the compute
 //! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
 //! Inside a chunk, register tiles of (x rows × weight rows): 1×4 for a single x row (a GEMV
-//! streams four weight rows at once), 2×2 otherwise (each load reused twice; 4×4 on AVX-512).
+//! streams four weight rows at once), 2×2 otherwise (each load reused twice; 4×4 on AVX-512),
+//! walked a strip of 16 weight rows at a time over all x rows, so a strip stays in cache.
 //! Every output element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
