@@ -220,6 +220,8 @@ pub(super) mod avx2 {
             (1, 4) => tile::<1, 4>(xs, ws, out),
             (2, 1) => tile::<2, 1>(xs, ws, out),
             (2, 2) => tile::<2, 2>(xs, ws, out),
+            (3, 1) => tile::<3, 1>(xs, ws, out),
+            (3, 2) => tile::<3, 2>(xs, ws, out),
             // Larger blocks are split into tiles; each dot keeps its own order.
             _ => super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o)),
         }
@@ -401,17 +403,18 @@ pub(super) mod avx2 {
         let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
         let mut i = 0;
         while i < main {
-            let mut wv = [[_mm256_setzero_ps(); 2]; C];
-            for c in 0..C {
-                wv[c][0] = rows[c].load8(i);
-                wv[c][1] = rows[c].load8(i + 8);
-            }
-            for r in 0..R {
-                let x0 = _mm256_loadu_ps(xs[r].as_ptr().add(i));
-                let x1 = _mm256_loadu_ps(xs[r].as_ptr().add(i + 8));
+            // One half of the 16 lanes at a time: C weight vectors and one x vector live beside
+            // the accumulators (3 × 2 tiles: 12 + 2 + 1 of the 16 registers).
+            for h in 0..2 {
+                let mut wv = [_mm256_setzero_ps(); C];
                 for c in 0..C {
-                    acc[r][c][0] = _mm256_fmadd_ps(x0, wv[c][0], acc[r][c][0]);
-                    acc[r][c][1] = _mm256_fmadd_ps(x1, wv[c][1], acc[r][c][1]);
+                    wv[c] = rows[c].load8(i + 8 * h);
+                }
+                for r in 0..R {
+                    let x = _mm256_loadu_ps(xs[r].as_ptr().add(i + 8 * h));
+                    for c in 0..C {
+                        acc[r][c][h] = _mm256_fmadd_ps(x, wv[c], acc[r][c][h]);
+                    }
                 }
             }
             i += 16;

@@ -5,7 +5,8 @@
 //! Each product is split by weight rows (output columns) into contiguous chunks that the compute
 //! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
 //! Inside a chunk, register tiles of (x rows × weight rows): 1×4 for a single x row (a GEMV
-//! streams four weight rows at once), 2×2 otherwise (each load reused twice; 4×4 on AVX-512),
+//! streams four weight rows at once), 3×2 otherwise (each weight load reused three times, each
+//! x load twice; 4×4 on AVX-512),
 //! walked a strip of 16 weight rows at a time over all x rows, so a strip stays in cache.
 //! Every output element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
@@ -196,12 +197,12 @@ unsafe fn columns_into(
             },
         );
     }
-    // GEMV (one row) streams 4 weight rows at a time; otherwise 2×2 tiles reuse each load twice
-    // (4×4, four times, on AVX-512, whose 32 registers hold the 16 accumulators).
+    // GEMV (one row) streams 4 weight rows at a time; otherwise 3×2 tiles (12 of AVX2's 16
+    // registers as accumulators) or 4×4 on AVX-512, whose 32 registers hold the 16 accumulators.
     let steps = match (n, isa) {
         (1, _) => (1, 4),
         (_, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) => (4, 4),
-        _ => (2, 2),
+        _ => (3, 2),
     };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
     write_blocks(
