@@ -265,7 +265,7 @@ fn every_path_the_processor_has_gives_the_portable_bits() {
 /// value strips of 8 vectors must give the portable bits, for chunks ending anywhere.
 #[test]
 fn one_head_tiles_give_the_portable_bits() {
-    let mut rng = Rng(0x51de_0f_0e_1ead);
+    let mut rng = Rng(0x51de_0f0e_1ead);
     // [kv_heads, group, d1, d2, v_dim]
     let shapes = [[3, 1, 64, 32, 64], [1, 1, 96, 0, 128], [2, 1, 16, 8, 72]];
     for (s, dims) in shapes.into_iter().enumerate() {

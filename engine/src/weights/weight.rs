@@ -324,29 +324,28 @@ impl Weight {
     }
 }
 
+/// An empty buffer with room for `n` elements, or an error naming the tensor when the
+/// allocation fails (instead of aborting the process).
+fn try_alloc<T>(tensor: &str, n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| EngineError::OutOfMemory {
+            what: format!("tensor `{tensor}`"),
+            bytes: (n as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+        })?;
+    Ok(v)
+}
+
 /// `n` zero bytes, or an error naming the tensor when the allocation fails (the quantisers'
 /// output buffers).
 pub(crate) fn try_zeroed_bytes(tensor: &str, n: usize) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(n)
-        .map_err(|_| EngineError::OutOfMemory {
-            what: format!("tensor `{tensor}`"),
-            bytes: n as u64,
-        })?;
+    let mut bytes = try_alloc(tensor, n)?;
     bytes.resize(n, 0u8);
     Ok(bytes)
 }
 
 /// An empty buffer with room for `n` words, or an error naming the tensor when the allocation
-/// fails (instead of aborting the process).
+/// fails.
 pub(crate) fn try_alloc_words(tensor: &str, n: usize) -> Result<Vec<u32>> {
-    let mut words = Vec::new();
-    words
-        .try_reserve_exact(n)
-        .map_err(|_| EngineError::OutOfMemory {
-            what: format!("tensor `{tensor}`"),
-            bytes: (n as u64).saturating_mul(4),
-        })?;
-    Ok(words)
+    try_alloc(tensor, n)
 }
