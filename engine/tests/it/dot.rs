@@ -76,7 +76,12 @@ fn avx2_and_portable_dots_are_bit_identical() {
 #[test]
 fn avx2_and_portable_linears_are_bit_identical() {
     let mut rng = SplitMix64::new(5);
-    for (n, k, out) in [(1usize, 37usize, 70usize), (3, 64, 33), (8, 130, 65)] {
+    for (n, k, out) in [
+        (1usize, 37usize, 70usize),
+        (1, 1024, 21),
+        (3, 64, 33),
+        (8, 130, 65),
+    ] {
         let x = Tensor::matrix(n, k, values(&mut rng, n * k)).unwrap();
         let wv = values(&mut rng, out * k);
         let wb: Vec<u16> = wv.iter().map(|&v| f32_to_bf16(v)).collect();

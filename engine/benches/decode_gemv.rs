@@ -1,0 +1,84 @@
+//! Timing harness (not a test: nothing is asserted) for decode's matrix-vector products at the
+//! memory's pace: one x row against a stream of distinct bf16 weights of ds-v3-mini's expert
+//! shape (`[512, 1024]`, 1 MiB each), 256 MiB in all so no cache holds them, read the way a
+//! decode step reads its layers (one `linear` per weight, the pool's threads splitting its
+//! columns). Prints the weight bytes streamed per second beside the read bandwidth that
+//! `troupe bench` measures (`measure_read_bandwidth`), measured in the same run.
+//!
+//! Run: `cargo test --release -p troupe-engine --bench decode_gemv -- --ignored --nocapture`
+//! (`RAYON_NUM_THREADS` sets the threads; 2 by default here).
+
+use std::time::Instant;
+
+use troupe_engine::dtype::DType;
+use troupe_engine::kernels::attention_cost::measure_read_bandwidth;
+use troupe_engine::kernels::isa::Isa;
+use troupe_engine::kernels::linear::{linear_many_in, LinearJob};
+use troupe_engine::kernels::precision::Compute;
+use troupe_engine::weights::Weight;
+use troupe_engine::Tensor;
+
+#[path = "support/harness.rs"]
+mod harness;
+use harness::noise;
+
+#[test]
+#[ignore = "timing harness: run with --ignored --nocapture"]
+fn decode_streams_weights() {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool");
+    let (out, k, count) = (512usize, 1024usize, 256usize);
+    // Finite bf16 bit patterns (exponents near 1.0); the values do not matter, the bytes do.
+    let weights: Vec<Weight> = (0..count)
+        .map(|i| {
+            let bits: Vec<u16> = (0..out * k)
+                .map(|j| 0x3c00 | (((j * 2_654_435_761 + i * 40_503) >> 7) & 0x7ff) as u16)
+                .collect();
+            Weight::from_u16(&format!("w{i}"), DType::BF16, vec![out, k], &bits)
+        })
+        .collect();
+    let x = Tensor::matrix(1, k, noise(k, 3)).expect("an x row");
+    let mut y = vec![0.0f32; out];
+    let bytes = (count * out * k * 2) as f64;
+    pool.install(|| {
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            if !isa.supported() {
+                continue;
+            }
+            let mut pass = || {
+                for w in &weights {
+                    let jobs = &mut [LinearJob {
+                        x: &x,
+                        w,
+                        out: &mut y,
+                    }];
+                    linear_many_in(jobs, isa, Compute::F32, None).expect("a linear");
+                }
+            };
+            pass();
+            for round in 0..5 {
+                let read = measure_read_bandwidth();
+                let (t0, c0) = (Instant::now(), harness::process_cpu_ns().unwrap_or(0));
+                for _ in 0..4 {
+                    pass();
+                }
+                let wall = t0.elapsed().as_secs_f64();
+                let cpu = (harness::process_cpu_ns().unwrap_or(0) - c0) as f64 * 1e-9;
+                let gbps = 4.0 * bytes / wall / 1e9;
+                println!(
+                    "{threads} threads {:<8} round {round}: {gbps:5.1} GB/s of bf16 weights, \
+                     read bandwidth {read:5.1} GB/s ({:.0}%), cpu/wall {:.2}",
+                    isa.name(),
+                    100.0 * gbps / read,
+                    cpu / wall
+                );
+            }
+        }
+    });
+}
