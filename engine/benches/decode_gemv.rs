@@ -15,6 +15,7 @@ use troupe_engine::kernels::attention_cost::measure_read_bandwidth;
 use troupe_engine::kernels::isa::Isa;
 use troupe_engine::kernels::linear::{linear_many_in, LinearJob};
 use troupe_engine::kernels::precision::Compute;
+use troupe_engine::weights::int8::quantize_weight;
 use troupe_engine::weights::Weight;
 use troupe_engine::Tensor;
 
@@ -43,16 +44,28 @@ fn decode_streams_weights() {
             Weight::from_u16(&format!("w{i}"), DType::BF16, vec![out, k], &bits)
         })
         .collect();
+    let int8: Vec<Weight> = weights
+        .iter()
+        .map(|w| quantize_weight(w).expect("int8 weights"))
+        .collect();
     let x = Tensor::matrix(1, k, noise(k, 3)).expect("an x row");
     let mut y = vec![0.0f32; out];
-    let bytes = (count * out * k * 2) as f64;
+    let bf16_bytes = (count * out * k * 2) as f64;
+    // An int8 row carries one f32 scale per 32 elements.
+    let int8_bytes = (count * out * (k + k / 32 * 4)) as f64;
     pool.install(|| {
-        for isa in [Isa::Avx2, Isa::Avx512] {
+        let cases = [
+            (Isa::Avx2, "bf16", &weights, bf16_bytes),
+            (Isa::Avx512, "bf16", &weights, bf16_bytes),
+            (Isa::Avx2, "int8", &int8, int8_bytes),
+            (Isa::Avx512, "int8", &int8, int8_bytes),
+        ];
+        for (isa, dtype, weights, bytes) in cases {
             if !isa.supported() {
                 continue;
             }
             let mut pass = || {
-                for w in &weights {
+                for w in weights.iter() {
                     let jobs = &mut [LinearJob {
                         x: &x,
                         w,
@@ -72,7 +85,7 @@ fn decode_streams_weights() {
                 let cpu = (harness::process_cpu_ns().unwrap_or(0) - c0) as f64 * 1e-9;
                 let gbps = 4.0 * bytes / wall / 1e9;
                 println!(
-                    "{threads} threads {:<8} round {round}: {gbps:5.1} GB/s of bf16 weights, \
+                    "{threads} threads {:<8} round {round}: {gbps:5.1} GB/s of {dtype} weights, \
                      read bandwidth {read:5.1} GB/s ({:.0}%), cpu/wall {:.2}",
                     isa.name(),
                     100.0 * gbps / read,
