@@ -4,10 +4,12 @@
 //!
 //! Each product is split by weight rows (output columns) into contiguous chunks that the compute
 //! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
-//! Inside a chunk, register tiles of (x rows × weight rows): 1×4 for a single x row (a GEMV
-//! streams four weight rows at once), 3×2 otherwise (each weight load reused three times, each
-//! x load twice; 4×4 on AVX-512),
-//! walked a strip of 16 weight rows at a time over all x rows, so a strip stays in cache.
+//! Inside a chunk, a single x row (decode's GEMV) reads the weight rows one after another as one
+//! stream (`dot::avx2::gemv_bf16_columns`, `dot_i8`). More rows use register tiles of (x rows ×
+//! weight rows), 3×2 (each weight load reused three times, each x load twice; 4×4 on AVX-512),
+//! walked a strip of 16 weight rows at a time over all x rows, so a strip stays in cache. From
+//! `PANEL_MIN_ROWS` (16) rows on, a bf16 weight's strip of 8 rows is first widened to an f32 panel
+//! (32 KiB, L1) that the tiles read without widening each load (exact, so the same bits).
 //! Every output element is one `dot` chain in the order fixed by [`super::dot`], so results do not depend on
 //! the tiling, the chunking, the batch size, the thread count or the instruction set.
 //!
@@ -32,7 +34,7 @@ use super::fp8::Fp8Rows;
 use super::isa::{self, Isa};
 use super::pool;
 use super::precision::{self, Compute};
-use crate::dtype::{f32_to_bf16, DType};
+use crate::dtype::{bf16_to_f32, f32_to_bf16, DType};
 use crate::error::{EngineError, Result};
 use crate::tensor::Tensor;
 use crate::weights::Weight;
@@ -197,7 +199,7 @@ unsafe fn columns_into(
             },
         );
     }
-    // GEMV (one row) streams 4 weight rows at a time; otherwise 3×2 tiles (12 of AVX2's 16
+    // GEMV (one row) of weights other than bf16 and int8: 1×4 tiles; otherwise 3×2 tiles (12 of AVX2's 16
     // registers as accumulators) or 4×4 on AVX-512, whose 32 registers hold the 16 accumulators.
     let steps = match (n, isa) {
         (1, _) => (1, 4),
@@ -205,6 +207,34 @@ unsafe fn columns_into(
         _ => (3, 2),
     };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
+    if let (true, WFlat::BF16(w)) = (n >= PANEL_MIN_ROWS, wf) {
+        // Each strip's bf16 rows widened once into an f32 panel that every x row then reads:
+        // the tiles' inner loop loses its widening instructions. Widening is exact, so the
+        // tiles see the same f32 weights and give the same bits.
+        let strip = PANEL_COLS.next_multiple_of(steps.1);
+        return PANEL.with_borrow_mut(|panel| {
+            panel.resize(strip * k, 0.0);
+            for s0 in (c0..c1).step_by(strip) {
+                let s1 = (s0 + strip).min(c1);
+                for (dst, src) in panel.iter_mut().zip(&w[s0 * k..s1 * k]) {
+                    *dst = bf16_to_f32(*src);
+                }
+                let prow = |c: usize| WRow::F32(&panel[(c - s0) * k..][..k]);
+                write_blocks(
+                    n,
+                    (s0, s1),
+                    steps,
+                    out_dim,
+                    out,
+                    |(r, rn), (c, cn), tile| {
+                        let xs: [&[f32]; 4] = std::array::from_fn(|i| xrow(r + i.min(rn - 1)));
+                        let ws: [WRow<'_>; 4] = std::array::from_fn(|j| prow(c + j.min(cn - 1)));
+                        dot_block(&xs[..rn], &ws[..cn], isa, tile);
+                    },
+                );
+            }
+        });
+    }
     write_blocks(
         n,
         (c0, c1),
@@ -217,6 +247,18 @@ unsafe fn columns_into(
             dot_block(&xs[..rn], &ws[..cn], isa, tile);
         },
     );
+}
+
+/// Fewest x rows for which a bf16 weight's strips are widened to f32 panels first (see
+/// `columns_into`): below it the widening would cost more than it saves.
+const PANEL_MIN_ROWS: usize = 16;
+
+/// Weight rows per f32 panel: 8 rows 1024 long (32 KiB) fit L1.
+const PANEL_COLS: usize = 8;
+
+thread_local! {
+    /// The calling thread's f32 panel, kept between calls so a pool thread allocates it once.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Weight rows per column strip of `write_blocks`: a strip of bf16 rows 1024 long (32 KiB) stays

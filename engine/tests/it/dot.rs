@@ -1,6 +1,7 @@
 //! Every kernel path this processor has (AVX2+FMA, AVX-512F) against the portable one:
 //! bit-identical dots for every storage type, length and block shape, and the linear built on
-//! them likewise, whatever the chunking or the number of products sharing a region.
+//! them likewise (each element the lone dot of its row and column), whatever the chunking or the
+//! number of products sharing a region.
 
 use troupe_engine::dtype::{f32_to_bf16, f32_to_f16, DType};
 use troupe_engine::kernels::dot::{dot_block, dot_portable, simd_available, WRow};
@@ -81,6 +82,7 @@ fn avx2_and_portable_linears_are_bit_identical() {
         (1, 1024, 21),
         (3, 64, 33),
         (8, 130, 65),
+        (19, 130, 21),
     ] {
         let x = Tensor::matrix(n, k, values(&mut rng, n * k)).unwrap();
         let wv = values(&mut rng, out * k);
@@ -90,6 +92,18 @@ fn avx2_and_portable_linears_are_bit_identical() {
             Weight::from_u16("w", DType::BF16, vec![out, k], &wb),
         ] {
             let want = linear_with(&x, &w, Isa::Portable).unwrap();
+            // Each element is the one dot of its row and column, however many rows share the
+            // call (many rows widen bf16 weights into f32 panels first).
+            for r in 0..n {
+                for c in 0..out {
+                    let wrow = match w.dtype() {
+                        DType::BF16 => WRow::BF16(&wb[c * k..(c + 1) * k]),
+                        _ => WRow::F32(&wv[c * k..(c + 1) * k]),
+                    };
+                    let dot = dot_portable(&x.data()[r * k..(r + 1) * k], wrow);
+                    assert_eq!(want.data()[r * out + c].to_bits(), dot.to_bits(), "{r},{c}");
+                }
+            }
             for isa in Isa::available() {
                 for chunk in [None, Some(1), Some(4), Some(7), Some(64)] {
                     let got = linear_split(&x, &w, isa, chunk).unwrap();
