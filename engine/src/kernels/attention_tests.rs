@@ -374,10 +374,10 @@ fn each_query_row_is_the_same_alone_or_in_a_batch() {
 #[test]
 fn folding_chunks_per_row_gives_the_bits_of_combining_them_after() {
     let mut rng = Rng(0x5eed_f01d_0000_0009);
-    // [kv_heads, group, d1, d2, v_dim] over 12 query rows: row lanes (no window, values a
+    // [kv_heads, group, d1, d2, v_dim] over 37 query rows: row lanes (no window, values a
     // multiple of 16 wide) with blocks of one row's 16 heads, of 4 rows × 4 heads, of 8 rows ×
-    // 2 heads for each of 3 kv heads, and of 12 rows × 1 head (4 lanes unused); then rows one at
-    // a time (a window, or values 24 wide).
+    // 2 heads for each of 3 kv heads, and of 16 rows × 1 head (the last of 5 rows); then blocks
+    // of 16 rows, one kv head after another (a window, or values 24 wide; the last block of 5).
     for (n, (mla, dims, window)) in [
         (true, [1, 16, 32, 16, 32], None),
         (true, [1, 4, 16, 8, 16], None),
@@ -391,7 +391,7 @@ fn folding_chunks_per_row_gives_the_bits_of_combining_them_after() {
     .enumerate()
     {
         let mut c = Case::shaped(&mut rng, mla, 16, 520, dims);
-        let tq = 12;
+        let tq = 37;
         c.p.sliding_window = window;
         c.p.q_start = c.len - tq;
         c.q = rng.tensor(tq, c.p.heads * c.p.d1, 2.0);

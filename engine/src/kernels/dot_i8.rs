@@ -1,8 +1,9 @@
 //! The decode GEMV over int8 weights (`weights::int8`): one x row against int8 weight rows, one
 //! row at a time in a chunk's loop on AVX2+FMA ([`row_avx2`]), up to four at a time on AVX-512F
 //! and for `dot`'s one-row blocks ([`gemv_avx512`], [`gemv_avx2`]). Each weight is widened in
-//! registers (`vpmovsxbd`, `vcvtdq2ps`) and multiplied by its block's scale, then fused-multiply-added in the one dot order of [`super::dot`] (element `i`
-//! into lane `i % 16`, lanes folded by `fold16`). The general tiles of `dot` give the same bits
+//! registers (`vpmovsxbd`, `vcvtdq2ps`) and multiplied by its block's scale, then
+//! fused-multiply-added in the one dot order of [`super::dot`] (element `i` into lane `i % 16`,
+//! lanes folded by `fold16`). The general tiles of `dot` give the same bits
 //! (`WRow::I8`); these loops exist because the tiles' per-load dispatch on the row type cost
 //! them half their speed on one row.
 
@@ -195,7 +196,7 @@ unsafe fn row_avx2(x: &[f32], q: &[i8], s: &[f32]) -> f32 {
 /// (`[out, k]`) with its scales (`[out, grid_cols]`), each handed to `set(column, value)`:
 /// four weight rows at a time on AVX-512F ([`gemv_avx512`]), one row at a time on AVX2+FMA
 /// ([`row_avx2`]; on Zen 3 four interleaved rows streamed at 48–59% of the read bandwidth in
-/// `benches/decode_gemv.rs`, one row at 64–70%), in one call per chunk.
+/// `benches/decode_gemv.rs`, one row at 64%), in one call per chunk.
 ///
 /// # Safety
 /// The processor has AVX2+FMA, and AVX-512F when `avx512`; `q` holds
@@ -219,7 +220,11 @@ pub(super) unsafe fn columns(
         for c in c0..c1 {
             set(
                 c,
-                row_avx2(x, &q[c * k..(c + 1) * k], &scales[c * grid_cols..]),
+                row_avx2(
+                    x,
+                    &q[c * k..(c + 1) * k],
+                    &scales[c * grid_cols..(c + 1) * grid_cols],
+                ),
             );
         }
         return;

@@ -199,14 +199,26 @@ unsafe fn columns_into(
             },
         );
     }
-    // GEMV (one row) of weights other than bf16 and int8: 1×4 tiles; otherwise 3×2 tiles (12 of AVX2's 16
-    // registers as accumulators) or 4×4 on AVX-512, whose 32 registers hold the 16 accumulators.
+    // One row of weights other than bf16 and int8: 1×4 tiles; otherwise 3×2 tiles (12 of AVX2's
+    // 16 registers as accumulators) or 4×4 on AVX-512, whose 32 registers hold the 16.
     let steps = match (n, isa) {
         (1, _) => (1, 4),
         (_, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx) => (4, 4),
         _ => (3, 2),
     };
     let xrow = |r: usize| &x[r * k..(r + 1) * k];
+    // The tiles over columns `cols`, weight row `c` read as row `c - first` of `rows`.
+    let tiles = |cols: (usize, usize), rows: WFlat<'_>, first: usize| {
+        // SAFETY: as this function's.
+        unsafe {
+            write_blocks(n, cols, steps, out_dim, out, |(r, rn), (c, cn), tile| {
+                let xs: [&[f32]; 4] = std::array::from_fn(|i| xrow(r + i.min(rn - 1)));
+                let ws: [WRow<'_>; 4] =
+                    std::array::from_fn(|j| weight_row(rows, k, c + j.min(cn - 1) - first));
+                dot_block(&xs[..rn], &ws[..cn], isa, tile);
+            })
+        }
+    };
     if let (true, WFlat::BF16(w)) = (n >= PANEL_MIN_ROWS, wf) {
         // Each strip's bf16 rows widened once into an f32 panel that every x row then reads:
         // the tiles' inner loop loses its widening instructions. Widening is exact, so the
@@ -219,34 +231,11 @@ unsafe fn columns_into(
                 for (dst, src) in panel.iter_mut().zip(&w[s0 * k..s1 * k]) {
                     *dst = bf16_to_f32(*src);
                 }
-                let prow = |c: usize| WRow::F32(&panel[(c - s0) * k..][..k]);
-                write_blocks(
-                    n,
-                    (s0, s1),
-                    steps,
-                    out_dim,
-                    out,
-                    |(r, rn), (c, cn), tile| {
-                        let xs: [&[f32]; 4] = std::array::from_fn(|i| xrow(r + i.min(rn - 1)));
-                        let ws: [WRow<'_>; 4] = std::array::from_fn(|j| prow(c + j.min(cn - 1)));
-                        dot_block(&xs[..rn], &ws[..cn], isa, tile);
-                    },
-                );
+                tiles((s0, s1), WFlat::F32(panel), s0);
             }
         });
     }
-    write_blocks(
-        n,
-        (c0, c1),
-        steps,
-        out_dim,
-        out,
-        |(r, rn), (c, cn), tile| {
-            let xs: [&[f32]; 4] = std::array::from_fn(|i| xrow(r + i.min(rn - 1)));
-            let ws: [WRow<'_>; 4] = std::array::from_fn(|j| weight_row(wf, k, c + j.min(cn - 1)));
-            dot_block(&xs[..rn], &ws[..cn], isa, tile);
-        },
-    );
+    tiles((c0, c1), wf, 0);
 }
 
 /// Fewest x rows for which a bf16 weight's strips are widened to f32 panels first (see
