@@ -197,9 +197,9 @@ pub(crate) fn attend<'a, R: KeyRows>(
         // (row, kv head) folds each chunk's partial into a running one as soon as it is
         // computed (the same operations in the same order as `combine_chunks`), so no partial
         // per (row, chunk) is ever stored. The block's rows meet one kv head after another, so
-        // that head's keys, read by the first row, are in cache for the others: a row at a
-        // time read every head's keys again for each row, from memory once they outgrew the
-        // cache (pp4000 of ds-v3-mini: 40 MB of keys and values per layer).
+        // that head's keys, read by the first row, are in cache for the others. A task per row
+        // read every head's keys in turn for each row: 40 MB of keys and values per layer at
+        // pp4000 of ds-v3-mini, more than this project's machines cache.
         let by_block = |bufs: &mut (Scratch<'a>, Vec<f32>, Vec<f32>),
                         (b, o): (usize, &mut [f32])| {
             let (scratch, state, next) = bufs;
