@@ -154,6 +154,22 @@ fn tail16(w: WRow<'_>, start: usize, buf: &mut [f32; 16]) {
     }
 }
 
+/// Adds the elements past the last whole 16-block (`main..x.len()`), zero-padded to 16, to
+/// `lanes` in the dot order (nothing when `main` is the end).
+#[inline(always)]
+fn add_tail16(x: &[f32], w: WRow<'_>, main: usize, lanes: &mut [f32; 16]) {
+    let k = x.len();
+    if main < k {
+        let mut wt = [0.0f32; 16];
+        let mut xt = [0.0f32; 16];
+        tail16(w, main, &mut wt);
+        xtail16(x, main, k, &mut xt);
+        for j in 0..16 {
+            lanes[j] = xt[j].mul_add(wt[j], lanes[j]);
+        }
+    }
+}
+
 /// Zero-padded copy of a tail of up to 16 activations.
 #[inline(always)]
 fn xtail16(x: &[f32], start: usize, k: usize, buf: &mut [f32; 16]) {
@@ -263,15 +279,7 @@ pub(super) mod avx2 {
             let mut lanes = [0.0f32; 16];
             _mm256_storeu_ps(lanes.as_mut_ptr(), a0);
             _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
-            if main < k {
-                let mut wt = [0.0f32; 16];
-                let mut xt = [0.0f32; 16];
-                tail16(WRow::BF16(&w[c * k..][..k]), main, &mut wt);
-                super::xtail16(x, main, k, &mut xt);
-                for j in 0..16 {
-                    lanes[j] = xt[j].mul_add(wt[j], lanes[j]);
-                }
-            }
+            super::add_tail16(x, WRow::BF16(&w[c * k..][..k]), main, &mut lanes);
             set(c, fold16(&lanes));
         }
     }
@@ -332,15 +340,7 @@ pub(super) mod avx2 {
             lanes[4..8].copy_from_slice(&b[..4]);
             lanes[8..12].copy_from_slice(&a[4..]);
             lanes[12..].copy_from_slice(&b[4..]);
-            if main < k {
-                let mut wt = [0.0f32; 16];
-                let mut xt = [0.0f32; 16];
-                tail16(ws[c], main, &mut wt);
-                super::xtail16(x, main, k, &mut xt);
-                for j in 0..16 {
-                    lanes[j] = xt[j].mul_add(wt[j], lanes[j]);
-                }
-            }
+            super::add_tail16(x, ws[c], main, &mut lanes);
             out[0][c] = fold16(&lanes);
         }
     }

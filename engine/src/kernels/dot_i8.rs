@@ -1,6 +1,6 @@
 //! The decode GEMV over int8 weights (`weights::int8`): one x row against int8 weight rows, one
-//! row at a time in a chunk's loop on AVX2+FMA ([`row_avx2`]), up to four at a time on AVX-512F
-//! and for `dot`'s one-row blocks ([`gemv_avx512`], [`gemv_avx2`]). Each weight is widened in
+//! row at a time in a chunk's loop on AVX2+FMA, up to four at a time on AVX-512F and for
+//! `dot`'s one-row blocks ([`gemv_avx2`], [`gemv_avx512`]). Each weight is widened in
 //! registers (`vpmovsxbd`, `vcvtdq2ps`) and multiplied by its block's scale, then
 //! fused-multiply-added in the one dot order of [`super::dot`] (element `i` into lane `i % 16`,
 //! lanes folded by `fold16`). The general tiles of `dot` give the same bits
@@ -148,54 +148,10 @@ pub(super) unsafe fn gemv_avx2<const C: usize>(
     true
 }
 
-/// Elements (1 KiB of int8) between the one [`row_avx2`] reads and the one it prefetches.
-const ROW_AHEAD: usize = 1024;
-
-/// `dot(x, w)` for one int8 weight row `q` with its scales `s` on AVX2+FMA (the 16 lanes in two
-/// 8-wide registers). Decode reads its rows one after another with this: one sequential stream
-/// per thread, which the memory serves faster than four interleaved rows.
-///
-/// # Safety
-/// The processor has AVX2 and FMA; `q` has `x.len()` elements and `s` its scales.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(x: &[f32], q: &[i8], s: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let k = q.len();
-    let main = k / 16 * 16;
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i < main {
-        if i % 64 == 0 {
-            _mm_prefetch(q.as_ptr().wrapping_add(i + ROW_AHEAD), _MM_HINT_T0);
-        }
-        let scale = _mm256_set1_ps(*s.get_unchecked(i / INT8_BLOCK));
-        let b = _mm_loadu_si128(q.as_ptr().add(i) as *const __m128i);
-        let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-        let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
-        a0 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(x.as_ptr().add(i)),
-            _mm256_mul_ps(lo, scale),
-            a0,
-        );
-        a1 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(x.as_ptr().add(i + 8)),
-            _mm256_mul_ps(hi, scale),
-            a1,
-        );
-        i += 16;
-    }
-    let mut lanes = [0.0f32; 16];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), a0);
-    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
-    tail(x, q, s, main, &mut lanes);
-    fold16(&lanes)
-}
-
 /// Output columns `c0..c1` of one x row (`x`, `k` values) against the int8 weight `q`
 /// (`[out, k]`) with its scales (`[out, grid_cols]`), each handed to `set(column, value)`:
 /// four weight rows at a time on AVX-512F ([`gemv_avx512`]), one row at a time on AVX2+FMA
-/// ([`row_avx2`]; on Zen 3 four interleaved rows streamed at 48–59% of the read bandwidth in
+/// ([`gemv_avx2`] of one row; on Zen 3 four interleaved rows streamed at 48–59% of the read bandwidth in
 /// `benches/decode_gemv.rs`, one row at 64%), in one call per chunk.
 ///
 /// # Safety
@@ -217,15 +173,12 @@ pub(super) unsafe fn columns(
         scales: &scales[r * grid_cols..(r + 1) * grid_cols],
     };
     if !avx512 {
+        // One row per call: its prefetch of "the next row" is then `k` elements ahead in the
+        // same sequential stream.
         for c in c0..c1 {
-            set(
-                c,
-                row_avx2(
-                    x,
-                    &q[c * k..(c + 1) * k],
-                    &scales[c * grid_cols..(c + 1) * grid_cols],
-                ),
-            );
+            let mut out = [[0.0f32; 4]; 4];
+            gemv_avx2::<1>(x, &[row(c)], &mut out);
+            set(c, out[0][0]);
         }
         return;
     }
