@@ -29,6 +29,8 @@ pub mod linear;
 pub mod moe;
 pub mod norm;
 pub mod paged_attention;
+#[cfg(target_arch = "x86_64")]
+mod panel_gemm;
 pub mod pool;
 pub mod precision;
 pub mod rope;

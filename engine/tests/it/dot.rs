@@ -83,6 +83,11 @@ fn avx2_and_portable_linears_are_bit_identical() {
         (3, 64, 33),
         (8, 130, 65),
         (19, 130, 21),
+        // From 8 rows on, AVX2 takes `panel_gemm`: above, one ragged k block; here exactly
+        // one k block; then two row blocks, three k blocks with a ragged tail, and strips of
+        // 8, 8 and 3 columns.
+        (17, 256, 9),
+        (50, 530, 19),
     ] {
         let x = Tensor::matrix(n, k, values(&mut rng, n * k)).unwrap();
         let wv = values(&mut rng, out * k);

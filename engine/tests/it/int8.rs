@@ -84,11 +84,12 @@ fn quantisation_refuses_a_non_finite_value_naming_the_tensor() {
 fn int8_linear_gives_the_bits_of_the_f32_linear_over_its_dequantised_weight() {
     let mut rng = SplitMix64::new(5);
     // k = 1024: the SIMD main loops and their prefetch; k = 100: ragged 16- and 32-blocks;
-    // 37 rows: a last group of fewer than four.
+    // 37 rows: a last group of fewer than four. From 8 x rows on, AVX2 widens int8 rows to
+    // f32 panels (`panel_gemm`): 9, 20 and 50 rows (two row blocks) take them.
     for (rows, k) in [(37, 100), (38, 1024), (9, 16), (6, 40)] {
         let w = quantize_int8("w", rows, k, &values(&mut rng, rows * k, 0.05)).unwrap();
         let f = dequantize(&w, DType::F32).unwrap();
-        for n in [1, 2, 3, 5, 9] {
+        for n in [1, 2, 3, 5, 9, 20, 50] {
             let x = Tensor::matrix(n, k, values(&mut rng, n * k, 1.0)).unwrap();
             let want = linear_split(&x, &f, Isa::Portable, None).unwrap();
             for isa in Isa::available() {
