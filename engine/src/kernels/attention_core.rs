@@ -172,6 +172,12 @@ pub(crate) fn attend<'a, R: KeyRows>(
         super::attention_row_lanes::attend_row_lanes(q, q_rope, keys, p, &mut out, parallel);
         return Tensor::matrix(tq, width, out);
     }
+    #[cfg(target_arch = "x86_64")]
+    if tq > PREFETCH_MAX_ROWS && super::attention_rows::applies(isa, p) {
+        // Query rows in register tiles (AVX2).
+        super::attention_rows::attend_rows(q, q_rope, keys, p, &mut out, parallel);
+        return Tensor::matrix(tq, width, out);
+    }
     // Transposed queries of every (row, kv head) for the heads-in-lanes path.
     let lanes = lanes_path(isa, group, p.v_dim);
     let qt_len = (p.d1 + p.d2) * group;

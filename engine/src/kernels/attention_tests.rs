@@ -493,3 +493,52 @@ fn cost_counts_each_visible_row_once() {
     };
     assert_eq!(attention_cost(&layout, 4096, &windowed).0, 100 * 288 * 4);
 }
+
+/// Many query rows on AVX2 without a window take `attention_rows` (blocks of 24 rows in
+/// register tiles): every row must get the portable bits and the bits of the row alone, for
+/// blocks that start mid-chunk, rows of one block that end in different chunks, ragged key
+/// parts, several query heads per kv head and values 8 to 64 wide.
+#[test]
+fn query_row_tiles_give_the_bits_of_each_row_alone() {
+    let mut rng = Rng(0x0077_1e5a_0000_0024);
+    // (MLA, [kv_heads, group, d1, d2, v_dim], query rows)
+    for (n, (mla, dims, tq)) in [
+        (false, [3, 1, 64, 32, 64], 53),
+        (false, [2, 3, 13, 11, 24], 30),
+        (false, [1, 4, 16, 0, 8], 29),
+        (true, [1, 4, 32, 16, 32], 41),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let len = 300 + rng.below(300);
+        let mut c = Case::shaped(&mut rng, mla, 16, len, dims);
+        c.p.sliding_window = None;
+        c.p.q_start = c.len - tq;
+        c.q = rng.tensor(tq, c.p.heads * c.p.d1, 2.0);
+        c.q_rope = (c.p.d2 > 0).then(|| rng.tensor(tq, c.p.heads * c.p.d2, 2.0));
+        let all = c.paged(isa::active());
+        assert_eq!(bits(&all), bits(&c.paged(Isa::Portable)), "case {n} paged");
+        assert_eq!(
+            bits(&c.dense(isa::active())),
+            bits(&c.dense(Isa::Portable)),
+            "case {n} dense"
+        );
+        for i in 0..tq {
+            let mut one = Case {
+                p: c.p,
+                layout: c.layout,
+                len: c.p.q_start + i + 1,
+                rows: c.rows[..(c.p.q_start + i + 1) * c.layout.row_width()].to_vec(),
+                q: c.q.slice_rows(i, i + 1),
+                q_rope: c.q_rope.as_ref().map(|r| r.slice_rows(i, i + 1)),
+            };
+            one.p.q_start += i;
+            assert_eq!(
+                bits(&one.paged(isa::active())),
+                bits(&all.slice_rows(i, i + 1)),
+                "case {n} row {i}"
+            );
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! fallback) and `CpuBackend`, which exposes them through the `Backend` trait.
 
 pub mod activation;
+#[cfg(target_arch = "x86_64")]
+mod aligned;
 pub mod amx;
 pub mod attention;
 mod attention_combine;
@@ -9,6 +11,8 @@ mod attention_core;
 pub mod attention_cost;
 mod attention_lanes512;
 mod attention_row_lanes;
+#[cfg(target_arch = "x86_64")]
+mod attention_rows;
 mod attention_simd;
 mod attention_simd512;
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! The weights of a strip of [`STRIP`] output columns are widened once to an f32 panel
 //! (exactly: a bf16 value's f32, an int8 element's `q as f32 * scale`, as `dot`'s loads widen
 //! them), and the x rows are copied once per call; both are zero-padded to a multiple of 16 and
-//! 64-byte aligned. The product walks the rows in blocks of [`ROW_BLOCK`] and `k` in blocks of
+//! 64-byte aligned ([`super::aligned`]). The product walks the rows in blocks of [`ROW_BLOCK`] and `k` in blocks of
 //! [`K_BLOCK`]: a (row block, k block) step runs 3 × 2 register tiles over the panel's
 //! `K_BLOCK`-wide slice (8 KiB, in L1 while every row of the block reads it). Each output's 16
 //! dot lanes are kept in a state buffer between k blocks, and the last block folds them and
@@ -16,6 +16,7 @@
 
 use std::arch::x86_64::*;
 
+use super::aligned::aligned;
 use crate::dtype::bf16_to_f32;
 use crate::weights::int8::INT8_BLOCK;
 
@@ -30,6 +31,10 @@ const K_BLOCK: usize = 256;
 /// x rows per block (a multiple of the tile's 3): their dot state is `ROW_BLOCK × STRIP × 16`
 /// f32, 24 KiB.
 const ROW_BLOCK: usize = 48;
+/// x rows whose every strip is computed before the next rows (a multiple of `ROW_BLOCK`): their
+/// x, 512 KiB at `k` = 1024, stays in L2 while the strips pass; a prefill of thousands of rows
+/// otherwise re-read all of x from memory for every strip.
+const ROW_GROUP: usize = 2 * ROW_BLOCK;
 /// Lanes of one output's dot state.
 const LANES: usize = 16;
 
@@ -102,51 +107,51 @@ pub(super) unsafe fn columns(
         }
         let panel = aligned(wbuf, STRIP * kp.next_multiple_of(K_BLOCK));
         let state = aligned(sbuf, ROW_BLOCK * STRIP * LANES);
-        for s0 in (c0..c1).step_by(STRIP) {
-            let cols = (c1 - s0).min(STRIP);
-            // k block `b`'s columns one after another, `K_BLOCK` apart.
-            for c in 0..cols {
-                for (b, part) in panel.chunks_mut(STRIP * K_BLOCK).enumerate() {
-                    let i0 = b * K_BLOCK;
-                    if i0 >= kp {
-                        break;
+        for g0 in (0..n).step_by(ROW_GROUP) {
+            let g1 = (g0 + ROW_GROUP).min(n);
+            for s0 in (c0..c1).step_by(STRIP) {
+                let cols = (c1 - s0).min(STRIP);
+                widen_strip(w, k, (s0, cols), panel);
+                for r0 in (g0..g1).step_by(ROW_BLOCK) {
+                    let rows = (g1 - r0).min(ROW_BLOCK);
+                    for kb in (0..kp).step_by(K_BLOCK) {
+                        let t = Tile {
+                            x: xs.as_ptr().add(r0 * x_stride + kb),
+                            x_stride,
+                            w: panel.as_ptr().add(kb * STRIP),
+                            state: state.as_mut_ptr(),
+                            kc: (kp - kb).min(K_BLOCK),
+                            first: kb == 0,
+                            out: match kb + K_BLOCK >= kp {
+                                true => out.add(r0 * out_dim + s0),
+                                false => std::ptr::null_mut(),
+                            },
+                            out_dim,
+                        };
+                        block(t, rows, cols);
                     }
-                    let dst = &mut part[c * K_BLOCK..][..(kp - i0).min(K_BLOCK)];
-                    let len = k.saturating_sub(i0).min(dst.len());
-                    w.widen(s0 + c, k, (i0, len), &mut dst[..len]);
-                    dst[len..].fill(0.0);
-                }
-            }
-            for r0 in (0..n).step_by(ROW_BLOCK) {
-                let rows = (n - r0).min(ROW_BLOCK);
-                for kb in (0..kp).step_by(K_BLOCK) {
-                    let t = Tile {
-                        x: xs.as_ptr().add(r0 * x_stride + kb),
-                        x_stride,
-                        w: panel.as_ptr().add(kb * STRIP),
-                        state: state.as_mut_ptr(),
-                        kc: (kp - kb).min(K_BLOCK),
-                        first: kb == 0,
-                        out: match kb + K_BLOCK >= kp {
-                            true => out.add(r0 * out_dim + s0),
-                            false => std::ptr::null_mut(),
-                        },
-                        out_dim,
-                    };
-                    block(t, rows, cols);
                 }
             }
         }
     });
 }
 
-/// The 64-byte-aligned start of `buf`, `len` values long (`buf` grows as needed): in a
-/// micro-benchmark of the 3 × 2 tile on Zen 3, 32-byte loads that straddle cache lines ran
-/// it at 55–73 GFLOP/s, aligned ones at 86–97.
-fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len + LANES, 0.0);
-    let skip = buf.as_ptr().align_offset(64);
-    &mut buf[skip..skip + len]
+/// Widens weight rows `s0..s0 + cols` into `panel`: k block `b`'s columns one after another,
+/// `K_BLOCK` apart, each zero-padded to a multiple of 16.
+fn widen_strip(w: PanelWeights<'_>, k: usize, (s0, cols): (usize, usize), panel: &mut [f32]) {
+    let kp = k.next_multiple_of(LANES);
+    for c in 0..cols {
+        for (b, part) in panel.chunks_mut(STRIP * K_BLOCK).enumerate() {
+            let i0 = b * K_BLOCK;
+            if i0 >= kp {
+                break;
+            }
+            let dst = &mut part[c * K_BLOCK..][..(kp - i0).min(K_BLOCK)];
+            let len = k.saturating_sub(i0).min(dst.len());
+            w.widen(s0 + c, k, (i0, len), &mut dst[..len]);
+            dst[len..].fill(0.0);
+        }
+    }
 }
 
 /// One (row block, k block) step: 3 × 2 tiles (smaller at the block's ragged edges) over

@@ -85,9 +85,10 @@ fn avx2_and_portable_linears_are_bit_identical() {
         (19, 130, 21),
         // From 8 rows on, AVX2 takes `panel_gemm`: above, one ragged k block; here exactly
         // one k block; then two row blocks, three k blocks with a ragged tail, and strips of
-        // 8, 8 and 3 columns.
+        // 8, 8 and 3 columns; then two groups of rows (96 and 4).
         (17, 256, 9),
         (50, 530, 19),
+        (100, 40, 10),
     ] {
         let x = Tensor::matrix(n, k, values(&mut rng, n * k)).unwrap();
         let wv = values(&mut rng, out * k);
