@@ -51,7 +51,7 @@ fn ds_v3_mini_linears() {
                 (Isa::Avx512, Compute::Bf16, &w),
                 (Isa::Avx512Bf16, Compute::Bf16, &w),
                 (Isa::Amx, Compute::Bf16, &w),
-                //(Isa::Avx2, Compute::F32, &wf8),
+                (Isa::Avx2, Compute::F32, &wf8),
                 (Isa::Avx512, Compute::F32, &wf8),
             ] {
                 if !isa.supported() {
