@@ -21,8 +21,8 @@
 //!
 //! Kv heads of a multiple of 16 query heads (absorbed MLA: 16 heads share one latent row) run
 //! the heads-in-lanes form on AVX-512 (`chunk_partial_lanes`, `attention_lanes512`): the same
-//! operations in the same order with a head per lane, so the same bits. It leaves prefetching
-//! to the hardware (measured faster on this project's Sapphire Rapids-class machine).
+//! operations in the same order with a head per lane, so the same bits, and the same row
+//! requests ahead.
 
 use rayon::prelude::*;
 
@@ -180,18 +180,20 @@ pub(crate) fn attend<'a, R: KeyRows>(
     }
     // Transposed queries of every (row, kv head) for the heads-in-lanes path.
     let lanes = lanes_path(isa, group, p.v_dim);
-    let qt_len = (p.d1 + p.d2) * group;
-    let qts = if lanes {
-        transposed_queries(q, q_rope, p, group)
+    #[cfg(target_arch = "x86_64")]
+    let qt_len = super::attention_lanes512::query_block_len(p.d1, p.d2) * (group / LANES);
+    #[cfg(target_arch = "x86_64")]
+    let (qt_buf, qt_at) = if lanes {
+        transposed_queries(q, q_rope, p, qt_len)
     } else {
-        Vec::new()
+        (Vec::new(), 0)
     };
     // One chunk's partial of kv head `g` (`t.g` is overwritten) into `part` (zeroed).
     let partial = |t: Task, g: usize, part: &mut [f32], scratch: &mut Scratch<'a>| {
         let t = Task { g, ..t };
         #[cfg(target_arch = "x86_64")]
         if lanes {
-            let qt = &qts[(t.row * p.kv_heads + g) * qt_len..][..qt_len];
+            let qt = &qt_buf[qt_at + (t.row * p.kv_heads + g) * qt_len..][..qt_len];
             chunk_partial_lanes(keys, p, t, qt, part, scratch);
             return;
         }
@@ -322,18 +324,21 @@ fn row_lanes_path(isa: Isa, p: &AttentionParams) -> bool {
         && p.v_dim.is_multiple_of(LANES)
 }
 
-/// The transposed queries of every query row and kv head, 16 heads at a time: `qt[i·16 + h]` is
-/// element `i` of head `h`'s query (`q` then `q_rope`), `(d1 + d2)·group` values per (row, kv
-/// head).
+/// The queries of every query row and kv head, 16 heads at a time, in the layout of
+/// `attention_lanes512::lay_out_queries` (`qt_len` values per (row, kv head)), in a buffer whose
+/// returned offset is 64-byte aligned (so are the blocks: each a whole number of registers).
+#[cfg(target_arch = "x86_64")]
 fn transposed_queries(
     q: &Tensor,
     q_rope: Option<&Tensor>,
     p: &AttentionParams,
-    group: usize,
-) -> Vec<f32> {
+    qt_len: usize,
+) -> (Vec<f32>, usize) {
+    use crate::kernels::attention_lanes512::{lay_out_queries, query_block_len};
     let (d1, d2) = (p.d1, p.d2);
-    let block = (d1 + d2) * LANES;
-    let mut qts = vec![0.0f32; q.rows() * p.kv_heads * group * (d1 + d2)];
+    let block = query_block_len(d1, d2);
+    let mut buf = Vec::new();
+    let qts = super::aligned::aligned(&mut buf, q.rows() * p.kv_heads * qt_len);
     for (b, qt) in qts.chunks_mut(block).enumerate() {
         let (row, h0) = (b * LANES / p.heads, b * LANES % p.heads);
         let qs: Vec<&[f32]> = (h0..h0 + LANES)
@@ -342,19 +347,18 @@ fn transposed_queries(
         let rs: Vec<&[f32]> = (h0..h0 + LANES)
             .map(|h| q_rope.map_or(&[][..], |r| &r.row(row)[h * d2..][..d2]))
             .collect();
-        for (h, (a, b)) in qs.iter().zip(&rs).enumerate() {
-            for (i, v) in a.iter().chain(b.iter()).enumerate() {
-                qt[i * LANES + h] = *v;
-            }
-        }
+        lay_out_queries(&qs, &rs, qt);
     }
-    qts
+    let skip = buf.as_ptr().align_offset(64);
+    (buf, skip)
 }
 
 /// `chunk_partial` in the heads-in-lanes form: kv head `t.g`'s query heads 16 at a time, their
-/// transposed queries in `qt`. Same partial, same bits. It requests no rows ahead: on the
-/// Sapphire Rapids-class machine it was measured on, a 4096-deep decode call over 8 layers ran
-/// faster with the hardware prefetchers alone than with `RowFetch`'s L1 and L2 requests.
+/// queries in `qt` (`attention_lanes512::lay_out_queries`). Same partial, same bits. It requests
+/// rows ahead as `chunk_partial` does: with the cache evicted before each call (as a model's
+/// weights evict it between two decode steps), a 4096-deep call over 8 layers took 870–930 µs
+/// without the requests and 715–720 µs with them (`benches/attention_decode.rs`, Xeon with
+/// AVX-512; warm calls gain nothing).
 #[cfg(target_arch = "x86_64")]
 fn chunk_partial_lanes<'a, R: KeyRows>(
     keys: &'a R,
@@ -379,11 +383,24 @@ fn chunk_partial_lanes<'a, R: KeyRows>(
     scores.resize(n * LANES, 0.0);
     let (ml, acc) = part.split_at_mut(2 * group);
     let (m, l) = ml.split_at_mut(group);
-    let width = (d1 + d2) * LANES;
+    let width = lanes::query_block_len(d1, d2);
+    // Rows `PREFETCH_AHEAD` positions ahead into L1 and two chunks ahead into L2, as
+    // `chunk_partial` requests them: a decode step finds its cache pages evicted by the
+    // weights streamed since the last step.
+    let fetch = RowFetch::new(keys, p, t);
+    for r in 0..PREFETCH_AHEAD.min(n) {
+        fetch.row(t.lo + r, false);
+    }
     for b in 0..group / LANES {
         let qt = &qt[b * width..][..width];
         for j0 in (0..n).step_by(LANES_BLOCK) {
             let j1 = (j0 + LANES_BLOCK).min(n);
+            if b == 0 {
+                for r in t.lo + j0..t.lo + j1 {
+                    fetch.row(r + PREFETCH_AHEAD, false);
+                    fetch.row(r + L2_AHEAD, true);
+                }
+            }
             let out = &mut scores[j0 * LANES..j1 * LANES];
             // SAFETY: `lanes_path` chose this form only on a supported AVX-512 path; `qt` holds
             // `(d1 + d2)·16` values and `out` 16 per key.

@@ -2,12 +2,15 @@
 //! multiple of 16 query heads (absorbed MLA decode: 16 heads share each cached latent row). It
 //! follows exactly the order `attention_simd` fixes, so it gives the portable bits:
 //!
-//! - **Scores.** A register holds one key's partial scores for 16 heads (lane = head). The
-//!   order's eight lanes of a score (element `i` into lane `i % 8`) become eight registers per
-//!   key: element `i` of every head's query (a row of the transposed query, `qt`) is multiplied
-//!   by key element `i` broadcast from memory and fused-added into register `i % 8`. Folding the
-//!   eight registers with `fold8`'s additions, in its order, gives each head's score. Each cached
-//!   row is read once for all 16 heads, with no shuffles; a tile is 3 keys × 8 registers.
+//! - **Scores.** The order puts element `i` of a score into lane `i % 8`. A register holds four
+//!   heads × four consecutive elements (lane `4·hh + e`: head `4g + hh` of the register's group
+//!   `g`, element `4·half + e` of an 8-element step): the query operand holds the four heads'
+//!   elements, the key operand is the key's four elements broadcast to each head
+//!   (`vbroadcastf32x4`). Eight registers per key (4 head groups × 2 halves) hold every lane
+//!   of every head; one key load serves four multiply-adds and one query load serves the tile's
+//!   keys (a tile is 3 keys × 8 registers). Folding: half 0 + half 1 (the order's `l + l+4`),
+//!   then `(s0 + s2, s1 + s3)` and their sum across the 4 lanes of a head, all with `fold8`'s
+//!   operands in `fold8`'s order; a permutation puts head `h` in lane `h`.
 //! - **Softmax.** The max of a head's scores is a lane-wise max over the keys (max is exact, and
 //!   a NaN score is skipped as `f32::max` skips it); `exp` runs the `exp_scalar` operations on 16
 //!   lanes; the sum puts key `j` into register `j % 8` (the order's lane `j % 8`) and folds them
@@ -23,13 +26,40 @@ use std::arch::x86_64::*;
 use super::attention_core::LANES;
 use super::attention_simd::{EXP_FLOOR, EXP_POLY, LOG2E, MAGIC, NEG_LN2_HI, NEG_LN2_LO};
 
-/// `out[k·16 + h] = score(q_h, key_k) * scale` for the 16 heads of `qt`
-/// (`attention_core::transposed_queries`) and every key of `key` (`d1` values each) with its
-/// `rope` (`d2`, empty rows when none).
+/// Floats per 16-head block of queries as [`lay_out_queries`] writes them: each part (`d1`, then
+/// `d2`) padded to a multiple of 8 elements.
+pub(crate) fn query_block_len(d1: usize, d2: usize) -> usize {
+    (d1.next_multiple_of(8) + d2.next_multiple_of(8)) * LANES
+}
+
+/// Writes the queries of 16 heads (`q[h]`: `d1` values; `rope[h]`: `d2`, or empty) in the
+/// layout the score tiles read: per part, per step of 8 elements, per half (elements `4·half
+/// ..4·half + 4` of the step), per head group `g`, one register of lanes `4·hh + e` = element
+/// `e` of head `4g + hh`. Padding elements are zero (the tiles mask them off). `out` holds
+/// [`query_block_len`] values.
+pub(crate) fn lay_out_queries(q: &[&[f32]], rope: &[&[f32]], out: &mut [f32]) {
+    out.fill(0.0);
+    let mut base = 0;
+    for part in [q, rope] {
+        let n = part[0].len();
+        for (h, row) in part.iter().enumerate() {
+            let (g, hh) = (h / 4, h % 4);
+            for (i, &v) in row.iter().enumerate() {
+                let (step, half, e) = (i / 8, (i % 8) / 4, i % 4);
+                out[base + ((step * 2 + half) * 4 + g) * LANES + hh * 4 + e] = v;
+            }
+        }
+        base += n.next_multiple_of(8) * LANES;
+    }
+}
+
+/// `out[k·16 + h] = score(q_h, key_k) * scale` for the 16 heads of `qt` (laid out by
+/// [`lay_out_queries`]) and every key of `key` (`d1` values each) with its `rope` (`d2`, empty
+/// rows when none).
 ///
 /// # Safety
-/// The processor must have AVX-512F, AVX2 and FMA; `qt` holds `(d1 + d2)·16` values and `out`
-/// `key.len()·16`.
+/// The processor must have AVX-512F, AVX2 and FMA; `qt` holds [`query_block_len`] values and
+/// `out` `key.len()·16`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(crate) unsafe fn scores(
     qt: &[f32],
@@ -50,7 +80,7 @@ pub(crate) unsafe fn scores(
     }
 }
 
-/// `K` keys × 16 heads: eight registers per key (the order's lanes), then `fold8`.
+/// `K` keys × 16 heads: eight registers per key, then the fold.
 #[inline(always)]
 unsafe fn tile<const K: usize>(
     qt: &[f32],
@@ -63,20 +93,48 @@ unsafe fn tile<const K: usize>(
     let d1 = key[0].len();
     part::<K>(qt.as_ptr(), key, &mut acc);
     if !rope[0].is_empty() {
-        part::<K>(qt.as_ptr().add(d1 * LANES), rope, &mut acc);
+        part::<K>(
+            qt.as_ptr().add(d1.next_multiple_of(8) * LANES),
+            rope,
+            &mut acc,
+        );
     }
     let s = _mm512_set1_ps(scale);
+    // Lane `h` of the result is lane `4·(h % 4) + h / 4` of the fold.
+    let heads = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     for k in 0..K {
         let a = &acc[k];
-        let left = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
-        let right = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]));
-        let score = _mm512_mul_ps(_mm512_add_ps(left, right), s);
-        _mm512_storeu_ps(out.as_mut_ptr().add(k * LANES), score);
+        // Per head group: lanes `e` of half 0 plus lanes `e` of half 1 (`l0 + l4`, ...).
+        let sg = [
+            _mm512_add_ps(a[0], a[4]),
+            _mm512_add_ps(a[1], a[5]),
+            _mm512_add_ps(a[2], a[6]),
+            _mm512_add_ps(a[3], a[7]),
+        ];
+        // Per 128-bit block (one head of each group): `[s0, s1]` of two groups, plus `[s2, s3]`.
+        let ab = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(sg[0], sg[1]),
+            _mm512_shuffle_ps::<0xEE>(sg[0], sg[1]),
+        );
+        let cd = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(sg[2], sg[3]),
+            _mm512_shuffle_ps::<0xEE>(sg[2], sg[3]),
+        );
+        // `left + right` of groups a, b, c, d: lane `4·hh + g`.
+        let folded = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(ab, cd),
+            _mm512_shuffle_ps::<0xDD>(ab, cd),
+        );
+        let score = _mm512_mul_ps(folded, s);
+        _mm512_storeu_ps(
+            out.as_mut_ptr().add(k * LANES),
+            _mm512_permutexvar_ps(heads, score),
+        );
     }
 }
 
-/// Elements `0..n` of one part (`n` = the keys' width) into the registers of their lane
-/// `i % 8`, in ascending `i`; `qt` points at the part's first transposed query row.
+/// Elements `0..n` of one part (`n` = the keys' width) into their lanes, in ascending order;
+/// `qt` points at the part's first query register.
 #[inline(always)]
 unsafe fn part<const K: usize>(qt: *const f32, key: &[&[f32]], acc: &mut [[__m512; 8]; K]) {
     let n = key[0].len();
@@ -87,19 +145,42 @@ unsafe fn part<const K: usize>(qt: *const f32, key: &[&[f32]], acc: &mut [[__m51
     }
     let mut i = 0;
     while i < main {
-        for l in 0..8 {
-            let q = _mm512_loadu_ps(qt.add((i + l) * LANES));
+        let q = qt.add(i * LANES);
+        for half in 0..2 {
+            let mut kb = [_mm512_setzero_ps(); K];
             for k in 0..K {
-                acc[k][l] = _mm512_fmadd_ps(q, _mm512_set1_ps(*kp[k].add(i + l)), acc[k][l]);
+                kb[k] = _mm512_broadcast_f32x4(_mm_loadu_ps(kp[k].add(i + 4 * half)));
+            }
+            for g in 0..4 {
+                let qv = _mm512_loadu_ps(q.add((half * 4 + g) * LANES));
+                for k in 0..K {
+                    acc[k][half * 4 + g] = _mm512_fmadd_ps(qv, kb[k], acc[k][half * 4 + g]);
+                }
             }
         }
         i += 8;
     }
-    for l in 0..8 {
-        if main + l < n {
-            let q = _mm512_loadu_ps(qt.add((main + l) * LANES));
+    if main < n {
+        // The last `n - main` elements: padded keys, lanes past `n` left alone.
+        let q = qt.add(main * LANES);
+        for half in 0..2 {
+            let count = (n - main).saturating_sub(4 * half).min(4);
+            if count == 0 {
+                break;
+            }
+            let mask: __mmask16 = (((1u32 << count) - 1) * 0x1111) as __mmask16;
+            let mut kb = [_mm512_setzero_ps(); K];
             for k in 0..K {
-                acc[k][l] = _mm512_fmadd_ps(q, _mm512_set1_ps(*kp[k].add(main + l)), acc[k][l]);
+                let mut pad = [0.0f32; 4];
+                pad[..count].copy_from_slice(&key[k][main + 4 * half..][..count]);
+                kb[k] = _mm512_broadcast_f32x4(_mm_loadu_ps(pad.as_ptr()));
+            }
+            for g in 0..4 {
+                let qv = _mm512_loadu_ps(q.add((half * 4 + g) * LANES));
+                for k in 0..K {
+                    let a = acc[k][half * 4 + g];
+                    acc[k][half * 4 + g] = _mm512_mask3_fmadd_ps(qv, kb[k], a, mask);
+                }
             }
         }
     }

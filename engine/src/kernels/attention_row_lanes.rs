@@ -79,15 +79,19 @@ unsafe fn block<R: KeyRows>(
     use crate::kernels::attention_simd512::value_tile;
     let (d1, d2, vd, n) = (p.d1, p.d2, p.v_dim, lanes.len());
     let g = lanes[0].1 / (p.heads / p.kv_heads);
-    // Transposed queries: element `i` of lane `r`'s query at `qt[i·16 + r]` (unused lanes 0).
-    let mut qt = vec![0.0f32; (d1 + d2) * LANES];
+    // The lanes' queries in the score tiles' layout (unused lanes 0), 64-byte aligned.
+    let (zeros1, zeros2) = (vec![0.0f32; d1], vec![0.0f32; d2]);
+    let (mut qs, mut rs) = (vec![&zeros1[..]; LANES], vec![&zeros2[..]; LANES]);
     for (r, &(row, head)) in lanes.iter().enumerate() {
-        let qr = &q.row(row)[head * d1..][..d1];
-        let rr = q_rope.map_or(&[][..], |t| &t.row(row)[head * d2..][..d2]);
-        for (i, v) in qr.iter().chain(rr).enumerate() {
-            qt[i * LANES + r] = *v;
+        qs[r] = &q.row(row)[head * d1..][..d1];
+        if let Some(t) = q_rope {
+            rs[r] = &t.row(row)[head * d2..][..d2];
         }
     }
+    let mut qt_buf = Vec::new();
+    let qt = crate::kernels::aligned::aligned(&mut qt_buf, k512::query_block_len(d1, d2));
+    k512::lay_out_queries(&qs, &rs, qt);
+    let qt = &*qt;
     // A lane's last visible key (exclusive).
     let end: Vec<usize> = lanes.iter().map(|&(row, _)| p.q_start + row + 1).collect();
     let last = end.iter().max().copied().unwrap_or(0);
@@ -118,7 +122,7 @@ unsafe fn block<R: KeyRows>(
         for j0 in (0..wide).step_by(SCORE_BLOCK) {
             let j1 = (j0 + SCORE_BLOCK).min(wide);
             k512::scores(
-                &qt,
+                qt,
                 &krows[j0..j1],
                 &rrows[j0..j1],
                 p.scale,
