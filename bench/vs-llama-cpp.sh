@@ -20,7 +20,9 @@
 #         venv/bin/pip install -e "$LLAMA_CPP_DIR/gguf-py"
 #     (where download.pytorch.org does not resolve: `pip download torch --no-deps` from PyPI,
 #     `pip install --no-deps` that wheel, then filelock typing-extensions sympy networkx jinja2
-#     fsspec; the converter runs on CPU and needs none of torch's CUDA packages)
+#     fsspec; the converter runs on CPU and needs none of torch's CUDA packages. torch 2.15
+#     refuses to import without them: there, `pip install torch` with its dependencies, which
+#     brings the nvidia-* wheels from PyPI: the venv grew to 5.7 GB here)
 #     cd "$LLAMA_CPP_DIR" && cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
 #         -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF && \
 #         nice cmake --build build -j2 --target llama-bench
