@@ -64,6 +64,20 @@ impl Case {
         };
         Case::shaped(rng, mla, page_tokens, len, [kv_heads, group, d1, d2, v_dim])
     }
+    /// Query row `i` alone, with the keys it sees (positions up to its own).
+    fn row_alone(&self, i: usize) -> Case {
+        let len = self.p.q_start + i + 1;
+        let mut one = Case {
+            p: self.p,
+            layout: self.layout,
+            len,
+            rows: self.rows[..len * self.layout.row_width()].to_vec(),
+            q: self.q.slice_rows(i, i + 1),
+            q_rope: self.q_rope.as_ref().map(|r| r.slice_rows(i, i + 1)),
+        };
+        one.p.q_start += i;
+        one
+    }
     /// A case of `kv_heads` kv heads of `group` query heads each, key parts `d1` and `d2`
     /// (MLA: `d2` is the shared rope key and the values are the `d1` key columns).
     fn shaped(rng: &mut Rng, mla: bool, page_tokens: usize, len: usize, dims: [usize; 5]) -> Case {
@@ -399,15 +413,7 @@ fn folding_chunks_per_row_gives_the_bits_of_combining_them_after() {
         for path in [Isa::Portable, isa::active()] {
             let all = c.paged(path);
             for i in 0..tq {
-                let mut one = Case {
-                    p: c.p,
-                    layout: c.layout,
-                    len: c.p.q_start + i + 1,
-                    rows: c.rows[..(c.p.q_start + i + 1) * c.layout.row_width()].to_vec(),
-                    q: c.q.slice_rows(i, i + 1),
-                    q_rope: c.q_rope.as_ref().map(|r| r.slice_rows(i, i + 1)),
-                };
-                one.p.q_start += i;
+                let one = c.row_alone(i);
                 assert_eq!(
                     bits(&one.paged(path)),
                     bits(&all.slice_rows(i, i + 1)),
@@ -525,15 +531,7 @@ fn query_row_tiles_give_the_bits_of_each_row_alone() {
             "case {n} dense"
         );
         for i in 0..tq {
-            let mut one = Case {
-                p: c.p,
-                layout: c.layout,
-                len: c.p.q_start + i + 1,
-                rows: c.rows[..(c.p.q_start + i + 1) * c.layout.row_width()].to_vec(),
-                q: c.q.slice_rows(i, i + 1),
-                q_rope: c.q_rope.as_ref().map(|r| r.slice_rows(i, i + 1)),
-            };
-            one.p.q_start += i;
+            let one = c.row_alone(i);
             assert_eq!(
                 bits(&one.paged(isa::active())),
                 bits(&all.slice_rows(i, i + 1)),
