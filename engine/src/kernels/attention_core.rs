@@ -178,7 +178,7 @@ pub(crate) fn attend<'a, R: KeyRows>(
         super::attention_rows::attend_rows(q, q_rope, keys, p, &mut out, parallel);
         return Tensor::matrix(tq, width, out);
     }
-    // Transposed queries of every (row, kv head) for the heads-in-lanes path.
+    // The queries of every (row, kv head), laid out for the heads-in-lanes path.
     let lanes = lanes_path(isa, group, p.v_dim);
     #[cfg(target_arch = "x86_64")]
     let qt_len = super::attention_lanes512::query_block_len(p.d1, p.d2) * (group / LANES);
@@ -357,7 +357,7 @@ fn transposed_queries(
 /// queries in `qt` (`attention_lanes512::lay_out_queries`). Same partial, same bits. It requests
 /// rows ahead as `chunk_partial` does: with the cache evicted before each call (as a model's
 /// weights evict it between two decode steps), a 4096-deep call over 8 layers took 870–930 µs
-/// without the requests and 715–720 µs with them (`benches/attention_decode.rs`, Xeon with
+/// without the requests and 700–790 µs with them (`benches/attention_decode.rs`, Xeon with
 /// AVX-512; warm calls gain nothing).
 #[cfg(target_arch = "x86_64")]
 fn chunk_partial_lanes<'a, R: KeyRows>(
@@ -403,7 +403,7 @@ fn chunk_partial_lanes<'a, R: KeyRows>(
             }
             let out = &mut scores[j0 * LANES..j1 * LANES];
             // SAFETY: `lanes_path` chose this form only on a supported AVX-512 path; `qt` holds
-            // `(d1 + d2)·16` values and `out` 16 per key.
+            // `query_block_len(d1, d2)` values and `out` 16 per key.
             unsafe { lanes::scores(qt, &krows[j0..j1], &rrows[j0..j1], p.scale, out) };
         }
         let (mb, lb) = (&mut m[b * LANES..][..LANES], &mut l[b * LANES..][..LANES]);
