@@ -28,6 +28,8 @@ use rayon::prelude::*;
 
 use crate::backend::AttentionParams;
 use crate::error::{EngineError, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::aligned::AlignedVec;
 use crate::kernels::attention_combine::{combine_chunks, finish, fold_chunk};
 use crate::kernels::attention_simd::{exp_sum, keys_per_tile, prefetch_lines, score_tile};
 use crate::kernels::attention_simd::{head_tile, value_tile, ScoreTile};
@@ -183,17 +185,17 @@ pub(crate) fn attend<'a, R: KeyRows>(
     #[cfg(target_arch = "x86_64")]
     let qt_len = super::attention_lanes512::query_block_len(p.d1, p.d2) * (group / LANES);
     #[cfg(target_arch = "x86_64")]
-    let (qt_buf, qt_at) = if lanes {
+    let qts = if lanes {
         transposed_queries(q, q_rope, p, qt_len)
     } else {
-        (Vec::new(), 0)
+        AlignedVec::zeroed(0)
     };
     // One chunk's partial of kv head `g` (`t.g` is overwritten) into `part` (zeroed).
     let partial = |t: Task, g: usize, part: &mut [f32], scratch: &mut Scratch<'a>| {
         let t = Task { g, ..t };
         #[cfg(target_arch = "x86_64")]
         if lanes {
-            let qt = &qt_buf[qt_at + (t.row * p.kv_heads + g) * qt_len..][..qt_len];
+            let qt = &qts[(t.row * p.kv_heads + g) * qt_len..][..qt_len];
             chunk_partial_lanes(keys, p, t, qt, part, scratch);
             return;
         }
@@ -325,20 +327,19 @@ fn row_lanes_path(isa: Isa, p: &AttentionParams) -> bool {
 }
 
 /// The queries of every query row and kv head, 16 heads at a time, in the layout of
-/// `attention_lanes512::lay_out_queries` (`qt_len` values per (row, kv head)), in a buffer whose
-/// returned offset is 64-byte aligned (so are the blocks: each a whole number of registers).
+/// `attention_lanes512::lay_out_queries` (`qt_len` values per (row, kv head)), 64-byte aligned
+/// (so are the blocks: each a whole number of registers).
 #[cfg(target_arch = "x86_64")]
 fn transposed_queries(
     q: &Tensor,
     q_rope: Option<&Tensor>,
     p: &AttentionParams,
     qt_len: usize,
-) -> (Vec<f32>, usize) {
+) -> AlignedVec {
     use crate::kernels::attention_lanes512::{lay_out_queries, query_block_len};
     let (d1, d2) = (p.d1, p.d2);
     let block = query_block_len(d1, d2);
-    let mut buf = Vec::new();
-    let qts = super::aligned::aligned(&mut buf, q.rows() * p.kv_heads * qt_len);
+    let mut qts = AlignedVec::zeroed(q.rows() * p.kv_heads * qt_len);
     for (b, qt) in qts.chunks_mut(block).enumerate() {
         let (row, h0) = (b * LANES / p.heads, b * LANES % p.heads);
         let qs: Vec<&[f32]> = (h0..h0 + LANES)
@@ -349,8 +350,7 @@ fn transposed_queries(
             .collect();
         lay_out_queries(&qs, &rs, qt);
     }
-    let skip = buf.as_ptr().align_offset(64);
-    (buf, skip)
+    qts
 }
 
 /// `chunk_partial` in the heads-in-lanes form: kv head `t.g`'s query heads 16 at a time, their

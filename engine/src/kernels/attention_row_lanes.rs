@@ -88,10 +88,8 @@ unsafe fn block<R: KeyRows>(
             rs[r] = &t.row(row)[head * d2..][..d2];
         }
     }
-    let mut qt_buf = Vec::new();
-    let qt = crate::kernels::aligned::aligned(&mut qt_buf, k512::query_block_len(d1, d2));
-    k512::lay_out_queries(&qs, &rs, qt);
-    let qt = &*qt;
+    let mut qt = crate::kernels::aligned::AlignedVec::zeroed(k512::query_block_len(d1, d2));
+    k512::lay_out_queries(&qs, &rs, &mut qt);
     // A lane's last visible key (exclusive).
     let end: Vec<usize> = lanes.iter().map(|&(row, _)| p.q_start + row + 1).collect();
     let last = end.iter().max().copied().unwrap_or(0);
@@ -122,7 +120,7 @@ unsafe fn block<R: KeyRows>(
         for j0 in (0..wide).step_by(SCORE_BLOCK) {
             let j1 = (j0 + SCORE_BLOCK).min(wide);
             k512::scores(
-                qt,
+                &qt,
                 &krows[j0..j1],
                 &rrows[j0..j1],
                 p.scale,

@@ -8,32 +8,13 @@ use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
 use crate::device_tensor::{BlockTableRef, KvLayout};
 use crate::error::{EngineError, Result};
+use crate::kernels::aligned::AlignedVec;
 use crate::tensor::Tensor;
 
-/// One page: allocated on first write, then locked per access.
-type PageSlot = OnceLock<RwLock<PageData>>;
-
-/// One page's values, starting on a 64-byte boundary, so that a row whose width is a multiple
-/// of 16 values (ds-v3-mini's latent rows: 288) occupies whole cache lines and the attention
-/// kernels' 64-byte loads never straddle two lines.
-pub struct PageData {
-    buf: Box<[f32]>,
-    at: usize,
-    len: usize,
-}
-
-impl std::ops::Deref for PageData {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        &self.buf[self.at..self.at + self.len]
-    }
-}
-
-impl std::ops::DerefMut for PageData {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.buf[self.at..self.at + self.len]
-    }
-}
+/// One page: allocated on first write, then locked per access. Its values start on a 64-byte
+/// boundary, so that a row whose width is a multiple of 16 values (ds-v3-mini's latent rows:
+/// 288) occupies whole cache lines and the attention kernels' 64-byte loads never straddle two.
+type PageSlot = OnceLock<RwLock<AlignedVec>>;
 
 /// Host pages of one layer's cache.
 pub struct HostKvPages {
@@ -71,23 +52,17 @@ impl HostKvPages {
     }
 
     /// Page `id`, allocated (zeroed) on first use; `OutOfMemory` when the allocation fails.
-    fn page_for_write(&self, id: u32) -> Result<&RwLock<PageData>> {
+    fn page_for_write(&self, id: u32) -> Result<&RwLock<AlignedVec>> {
         let slot = self.page("kv_write", id)?;
         if let Some(p) = slot.get() {
             return Ok(p);
         }
         let n = self.layout.page_tokens * self.layout.row_width();
-        // 15 values of slack let the page start on a 64-byte boundary.
-        let mut data: Vec<f32> = Vec::new();
-        data.try_reserve_exact(n + 15)
-            .map_err(|_| EngineError::OutOfMemory {
-                what: format!("a KV cache page of {n} values"),
-                bytes: 4 * n as u64,
-            })?;
-        data.resize(n + 15, 0.0);
-        let buf = data.into_boxed_slice();
-        let at = buf.as_ptr().align_offset(64).min(15);
-        Ok(slot.get_or_init(|| RwLock::new(PageData { buf, at, len: n })))
+        let data = AlignedVec::try_zeroed(n).ok_or_else(|| EngineError::OutOfMemory {
+            what: format!("a KV cache page of {n} values"),
+            bytes: 4 * n as u64,
+        })?;
+        Ok(slot.get_or_init(|| RwLock::new(data)))
     }
 
     /// The entry of page `id` (an error when outside the capacity).
@@ -169,7 +144,7 @@ impl HostKvPages {
         op: &str,
         table: BlockTableRef<'_>,
         len: usize,
-    ) -> Result<Vec<RwLockReadGuard<'_, PageData>>> {
+    ) -> Result<Vec<RwLockReadGuard<'_, AlignedVec>>> {
         let n = len.div_ceil(self.layout.page_tokens);
         if table.pages.len() < n {
             return Err(kv_err(
