@@ -105,7 +105,7 @@ fn ds_v3_mini_decode_at_depth() {
         layers
             .iter()
             .map(|pages| {
-                // 64-byte aligned, as the model's pages (`kv_pages::PageData`).
+                // 64-byte aligned, as the model's pages (`kv_pages.rs`, in an `aligned::AlignedVec`).
                 let at = |p: &Vec<f32>| p.as_ptr().align_offset(64);
                 pages.iter().map(|p| &p[at(p)..at(p) + page_len]).collect()
             })
