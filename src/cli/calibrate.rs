@@ -3,14 +3,19 @@
 //! kernel path (`attention_cost.rs`) — only a ceiling: decode's kernels, a few rows each, reach
 //! a fraction of it, and their per-row work (norms, routing, gathers, attention per sequence)
 //! is not in the FLOP count. So real decode runs of the actor runtime (`sequential`: one stream
-//! with 1, `--seqs` and twice `--seqs` sequences, two streams with `--seqs`) fix what no micro-benchmark
-//! sees, each by searching the simulator's own step time: the kernels' FLOP rate and their
-//! efficiency (the one-stream runs: efficiency scales a one-stream step exactly, the rate
-//! decides how it grows with sequences), then the shared cores' speedup when two streams run
-//! kernels at once (`compute.stream_speedup`, see `troupe_sim`'s `device.rs`), then a
-//! run with the experts across a fast `[placement.link]` fixes what each transfer costs the
-//! runtime beyond the wire (`runtime.link_hop_us`). `launch_us` and `hop_us` stay 0: fixed
-//! per-kernel and per-message costs within a node are folded into the efficiency.
+//! with 1, `--seqs` and twice `--seqs` sequences, two streams with `--seqs`) fix what no
+//! micro-benchmark sees, each by searching the simulator's own step time:
+//! 1. the roofline's FLOP rate and efficiency (the one-stream runs), which remain for kernel
+//!    kinds not measured and for attention's context beyond the measured one;
+//! 2. the kernels' own times, traced (`calibrate_kernels.rs`): per kind, the median call
+//!    against its rows (`[kernels]`), and the stream's cost per call (`compute.launch_us`);
+//! 3. the actor hops' latency, read from the same traces (`runtime.hop_us`, and a router's
+//!    fan-out: `runtime.fanout_us`, `runtime.fanout_message_us`);
+//! 4. the shared cores' speedup when two streams run kernels at once
+//!    (`compute.stream_speedup`, see `troupe_sim`'s `device.rs`);
+//! 5. with the experts across a `[placement.link]` (`Runs::ExpertsAcrossLink`), what each
+//!    transfer costs the run beyond the wire (`runtime.link_hop_us`).
+//!
 //! Also the real side of `troupe simulate --measure`.
 
 use std::path::PathBuf;
@@ -27,8 +32,10 @@ use troupe_engine::kernels::attention_cost::{measure_fma_rate, measure_read_band
 use troupe_engine::model::Model;
 use troupe_sim::cost::ModelCost;
 use troupe_sim::hardware::{Compute, DeviceKind, Roofline, RuntimeCosts, TransferBytes};
+use troupe_sim::measured::MeasuredKernels;
 use troupe_sim::{report, Hardware, Layout, Simulation};
 
+use super::calibrate_kernels::{hop_gaps, kernel_times, launch_gap, traced_run};
 use super::common::CliError;
 
 #[derive(Args, Debug)]
@@ -77,8 +84,11 @@ pub fn measure(
 enum Runs {
     OneStream,
     TwoStreams,
-    /// Two streams on two nodes, the experts on the second across a fast link (100 Gbit/s,
-    /// 50 µs: what it adds is the runtime's own cost per transfer, not the wire's).
+    /// Two streams on two nodes, the experts on the second across a 5 Gbit/s link with 250 µs
+    /// of latency (no row of `bench/sim-validate.sh` uses it). What the run takes beyond the
+    /// simulated wire and its latency is put on each transfer (`link_hop_us`). On a fast link
+    /// (100 Gbit/s, 50 µs, before session 18) that was within the noise of one run, and the
+    /// slower links of the validation were underestimated by up to 13%.
     ExpertsAcrossLink,
 }
 
@@ -89,7 +99,7 @@ impl Runs {
             Runs::OneStream => "streams = 1",
             Runs::TwoStreams => "streams = 2",
             Runs::ExpertsAcrossLink => {
-                "streams = 2\nnodes = 2\nexpert_nodes = [1]\nlink = { gbps = 100.0, latency_us = 50.0 }"
+                "streams = 2\nnodes = 2\nexpert_nodes = [1]\nlink = { gbps = 5.0, latency_us = 250.0 }"
             }
         };
         text.parse()
@@ -115,21 +125,24 @@ fn simulate_one(
     Ok(r.step_ms / 1e3)
 }
 
-/// The value of `grid` that, put into `hw` by `set`, brings the simulated step of `run`
-/// (placement, sequences, measured seconds) closest to the measured one; `hw` keeps it.
-/// Returns (relative error, value).
+/// The value of `grid` that, put into `hw` by `set`, brings the simulated steps of `runs`
+/// (placement, sequences, measured seconds) closest to the measured ones (the smallest worst
+/// relative error); `hw` keeps it. Returns (worst relative error, value).
 fn fit_on_grid(
     graph: &LoadedGraph,
     hw: &mut Hardware,
     grid: impl Iterator<Item = f64>,
     set: impl Fn(&mut Hardware, f64),
-    (on, n, m): (Runs, usize, f64),
+    runs: &[(Runs, usize, f64)],
     a: &CalibrateArgs,
 ) -> Result<(f64, f64), CliError> {
     let mut best = (f64::INFINITY, 0.0);
     for v in grid {
         set(hw, v);
-        let err = (simulate_one(graph, hw, on, n, a)? / m - 1.0).abs();
+        let mut err: f64 = 0.0;
+        for &(on, n, m) in runs {
+            err = err.max((simulate_one(graph, hw, on, n, a)? / m - 1.0).abs());
+        }
         if err < best.0 {
             best = (err, v);
         }
@@ -141,6 +154,17 @@ fn fit_on_grid(
 /// The factor `x ≥ 1` that, multiplying every simulated time, balances the relative errors of
 /// the runs `(simulated, measured)` (the smallest worst error), and that worst error.
 fn balance(runs: &[(f64, f64)]) -> (f64, f64) {
+    let x = balancing_factor(runs).max(1.0);
+    let worst = runs
+        .iter()
+        .map(|&(s, m)| (x * s / m - 1.0).abs())
+        .fold(0.0, f64::max);
+    (x, worst)
+}
+
+/// The factor `x` (any sign of `x − 1`) that, multiplying every simulated time, gives the
+/// runs `(simulated, measured)` the smallest worst relative error.
+fn balancing_factor(runs: &[(f64, f64)]) -> f64 {
     let lo = runs
         .iter()
         .map(|&(s, m)| m / s)
@@ -148,12 +172,7 @@ fn balance(runs: &[(f64, f64)]) -> (f64, f64) {
     let hi = runs.iter().map(|&(s, m)| m / s).fold(0.0, f64::max);
     // Worst relative error |x·s/m − 1| is smallest where the largest over- and under-estimates
     // meet: x = 2 / (1/lo + 1/hi).
-    let x = (2.0 / (1.0 / lo + 1.0 / hi)).max(1.0);
-    let worst = runs
-        .iter()
-        .map(|&(s, m)| (x * s / m - 1.0).abs())
-        .fold(0.0, f64::max);
-    (x, worst)
+    2.0 / (1.0 / lo + 1.0 / hi)
 }
 
 /// Candidates for the kernels' FLOP rate (GFLOP/s): 48 steps from `top / 200` up to `top`,
@@ -185,15 +204,18 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
             hop_us: 0.0,
             issue_us: 0.0,
             link_hop_us: 0.0,
+            fanout_us: 0.0,
+            fanout_message_us: 0.0,
         },
         nvlink: None,
         network: None,
         transfer: TransferBytes::default(),
         weight_bytes: None,
+        kernels: None,
     };
     let model = Arc::new(Model::load(&graph, &mut |_, _| {})?);
-    let schedule: Arc<dyn Schedule> = Arc::new(Sequential);
     let seqs = a.seqs.max(2);
+    let schedule: Arc<dyn Schedule> = Arc::new(Sequential);
     let run = |on: Runs, n: usize| -> Result<(Runs, usize, f64), CliError> {
         let placement = PlacementSpec::from_table(Some(&on.table()?))
             .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -203,11 +225,14 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
             measure(&model, &placement, &schedule, n, a.context, a.steps)?,
         ))
     };
-    let one_stream = [
-        run(Runs::OneStream, 1)?,
-        run(Runs::OneStream, seqs)?,
-        run(Runs::OneStream, 2 * seqs)?,
-    ];
+    // One stream at 1, 2, `seqs` and twice `seqs` sequences: the traced runs below measure the
+    // kernels at the same row counts.
+    let mut counts = vec![1, 2, seqs, 2 * seqs];
+    counts.dedup();
+    let one_stream = counts
+        .iter()
+        .map(|&n| run(Runs::OneStream, n))
+        .collect::<Result<Vec<_>, _>>()?;
     let two_streams = run(Runs::TwoStreams, seqs)?;
     let across_link = run(Runs::ExpertsAcrossLink, seqs)?;
     // One stream: the step is the kernels' times end to end, so efficiency scales it exactly
@@ -232,13 +257,55 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
     hw.compute.roofline = Some(best.3);
     hw.compute.tflops_bf16 = best.1 / 1e3;
     hw.compute.efficiency = (1.0 / best.2).clamp(1e-3, 1.0);
+    // The kernels' own times, traced at 1, 2, `seqs` and twice `seqs` sequences, replace that
+    // roofline for the kinds they cover (it stays for attention's context beyond the measured
+    // one); the stream's cost per call is the gap between expert calls; the actor hop's
+    // latency is what then matches the one-stream runs.
+    let mut calls = Vec::new();
+    for &n in &counts {
+        calls.extend(traced_run(&model, n, a.context, a.steps)?);
+    }
+    hw.kernels = Some(MeasuredKernels {
+        context: a.context as f64 + (a.steps.max(1) - 1) as f64 / 2.0,
+        times: kernel_times(&calls),
+    });
+    hw.compute.launch_us = launch_gap(&calls).unwrap_or(0.0);
+    if let Some(h) = hop_gaps(&calls, hw.compute.launch_us) {
+        hw.runtime.hop_us = h.hop;
+        hw.runtime.fanout_us = h.fanout_base;
+        hw.runtime.fanout_message_us = h.per_message;
+    }
+    // The traced calls are medians and carry the tracer's own cost, while the runs above are
+    // each their fastest step. Every curve's point at n rows comes from the traced run of n
+    // sequences, so those points are scaled together until the simulated one-stream step of n
+    // sequences is the measured one (three rounds, because the hops do not scale).
+    let one_stream_pairs = |hw: &Hardware| -> Result<Vec<(f64, f64)>, CliError> {
+        one_stream
+            .iter()
+            .map(|&(on, n, m)| Ok((simulate_one(&graph, hw, on, n, &a)?, m)))
+            .collect()
+    };
+    let mut scales = vec![1.0; counts.len()];
+    for _ in 0..3 {
+        let pairs = one_stream_pairs(&hw)?;
+        for ((&n, &(sim, measured)), scale) in counts.iter().zip(&pairs).zip(&mut scales) {
+            if let Some(k) = hw.kernels.as_mut() {
+                k.times.scale_at(n as f64, measured / sim);
+            }
+            *scale *= measured / sim;
+        }
+    }
+    let one_stream_error = one_stream_pairs(&hw)?
+        .iter()
+        .map(|&(s, m)| (s / m - 1.0).abs())
+        .fold(0.0, f64::max);
     // Two streams: the speedup of the shared cores that matches that run (1–2, steps of 0.02).
     let speedup = fit_on_grid(
         &graph,
         &mut hw,
         (0..=50).map(|i| 1.0 + i as f64 * 0.02),
         |hw, g| hw.compute.stream_speedup = Some(g),
-        two_streams,
+        &[two_streams],
         &a,
     )?;
     // The link: the runtime's cost per transfer that matches that run (0–500 µs, steps of 2).
@@ -247,22 +314,25 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         &mut hw,
         (0..=250).map(|i| i as f64 * 2.0),
         |hw, us| hw.runtime.link_hop_us = us,
-        across_link,
+        &[across_link],
         &a,
     )?;
+    let runs: Vec<String> = one_stream
+        .iter()
+        .map(|&(_, n, m)| format!("{:.3} ms at {n}", m * 1e3))
+        .collect();
     let text = format!(
         "# Written by `troupe calibrate` on this machine in {:.1} s. Read bandwidth from a micro-benchmark\n\
          # ({gbps:.1} GB/s; FMA micro-benchmark {gflops:.1} GFLOP/s, the ceiling of the rate below); the\n\
          # kernels' FLOP rate (tflops_bf16) and efficiency fitted to real decode steps of {} (sequential,\n\
-         # one stream): {:.3} ms at 1 sequence, {:.3} ms at {seqs}, {:.3} ms at {}; stream_speedup to {:.3} ms\n\
-         # at {seqs} on two streams; link_hop_us to {:.3} ms at {seqs} with the experts across a 100 Gbit/s link\n\
-         # (fastest of {} steps after a {}-token prompt).\n{}",
+         # one stream, by sequences): {}; [kernels] traced on one stream at the same\n\
+         # sequences (the median call per kind and rows, scaled {scales:.3?} to those runs), launch_us\n\
+         # the median gap between expert calls, hop_us and the fan-out from the other gaps;\n\
+         # stream_speedup to {:.3} ms at {seqs} on two streams; link_hop_us to {:.3} ms at {seqs} with\n\
+         # the experts across a 5 Gbit/s link (fastest of {} steps after a {}-token prompt).\n{}",
         wall.elapsed().as_secs_f64(),
         a.model.display(),
-        one_stream[0].2 * 1e3,
-        one_stream[1].2 * 1e3,
-        one_stream[2].2 * 1e3,
-        2 * seqs,
+        runs.join(", "),
         two_streams.2 * 1e3,
         across_link.2 * 1e3,
         a.steps,
@@ -274,14 +344,21 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         message: e.to_string(),
     })?;
     println!(
-        "read {gbps:.1} GB/s, FMA {gflops:.1} GFLOP/s; fitted: kernels {:.1} GFLOP/s ({:?}), efficiency {:.3}, \
-         stream speedup {:.2}, link hop {:.0} µs (worst one-stream error {:.1}%) -> {}",
+        "read {gbps:.1} GB/s, FMA {gflops:.1} GFLOP/s; fitted: kernels {:.1} GFLOP/s ({:?}), efficiency {:.3} \
+         (worst one-stream error {:.1}%); measured kernel times (scaled {:.3?}), launch {:.1} µs, hop {:.0} µs, fan-out {:.0} µs + \
+         {:.1} µs a message (worst one-stream error {:.1}%); stream speedup {:.2}, link hop {:.0} µs -> {}",
         best.1,
         best.3,
         hw.compute.efficiency,
+        best.0 * 100.0,
+        scales,
+        hw.compute.launch_us,
+        hw.runtime.hop_us,
+        hw.runtime.fanout_us,
+        hw.runtime.fanout_message_us,
+        one_stream_error * 100.0,
         speedup.1,
         link_hop.1,
-        best.0 * 100.0,
         a.out.display()
     );
     Ok(())

@@ -2,6 +2,7 @@
 
 mod bench;
 mod calibrate;
+mod calibrate_kernels;
 mod common;
 mod distributed;
 mod eplb;

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
+use crate::measured::MeasuredKernels;
 
 /// Built-in hardware files by name.
 pub const BUILT_IN: [(&str, &str); 4] = [
@@ -74,6 +75,13 @@ pub struct RuntimeCosts {
     /// 0), transfers one after another as on the wire: booking, copying and waking the receiver.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub link_hop_us: f64,
+    /// A router's fan-out to its expert (and shared) kernels beyond `hop_us`: `fanout_us` plus
+    /// `fanout_message_us` per message it sends (µs, absent: 0; `troupe calibrate` reads both
+    /// from a traced run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fanout_us: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fanout_message_us: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -122,6 +130,10 @@ pub struct Hardware {
     /// Bytes per weight parameter as deployed (e.g. 1 for FP8 weights); the model's dtype when
     /// absent.
     pub weight_bytes: Option<f64>,
+    /// Measured kernel times (`measured.rs`), which replace the roofline for the kinds they
+    /// cover; `troupe calibrate` writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<MeasuredKernels>,
 }
 
 fn eight() -> usize {
@@ -207,6 +219,8 @@ impl Hardware {
         non_negative("runtime.hop_us", self.runtime.hop_us)?;
         non_negative("runtime.issue_us", self.runtime.issue_us)?;
         non_negative("runtime.link_hop_us", self.runtime.link_hop_us)?;
+        non_negative("runtime.fanout_us", self.runtime.fanout_us)?;
+        non_negative("runtime.fanout_message_us", self.runtime.fanout_message_us)?;
         for (name, w) in [("nvlink", &self.nvlink), ("network", &self.network)] {
             if let Some(w) = w {
                 positive(&format!("{name}.gbps"), w.gbps)?;
@@ -220,6 +234,9 @@ impl Hardware {
         }
         if self.gpus_per_node == 0 || self.gpus_per_node > 1024 {
             return Err(bad("gpus_per_node", self.gpus_per_node as f64, "1..=1024"));
+        }
+        if let Some(k) = &self.kernels {
+            k.check(source_name)?;
         }
         Ok(())
     }

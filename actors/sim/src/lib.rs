@@ -28,6 +28,7 @@ pub mod driver;
 pub mod error;
 pub mod hardware;
 pub mod layout;
+pub mod measured;
 mod ops;
 pub mod report;
 #[cfg(test)]

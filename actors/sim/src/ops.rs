@@ -9,26 +9,80 @@
 //! - `Ffn(l)` MoE, data-parallel attention: every lane's `dispatch` and all-to-all send, every
 //!   group's kernel once all have arrived, every group's all-to-all return, every lane's combine.
 //!
-//! Every op costs one actor hop before its first kernel, and a group kernel one more; a transfer
+//! Every op costs one actor hop before its first kernel, and a group kernel one more, which a
+//! router's fan-out lengthens by `fanout_us` plus `fanout_message_us` per message (its shared
+//! kernel and each group that gets rows, in expectation); a transfer
 //! over `[placement.link]` holds the wire `link_hop_us` beyond its bytes (the runtime's work per
 //! transfer, one after another).
+//!
+//! A kernel lasts its roofline time (`Hardware::kernel_us`), or, where the hardware file has
+//! measured times for its kind (`measured.rs`), the measured time of its calls plus `launch_us`
+//! per call the runtime makes.
 
 use crate::clock::{Label, TaskId, Then, Work};
-use crate::cost::{group_load, MoeCost, Work as Cost};
+use crate::cost::{group_load, GroupLoad, MoeCost, Work as Cost};
 use crate::driver::SimCore;
 use crate::hardware::{DeviceKind, WireSpec};
 use troupe_actors::Op;
 
+/// What a kernel's calls carry, for measured kernel times.
+#[derive(Clone, Copy, Debug)]
+struct Calls {
+    /// Rows per call.
+    rows: f64,
+    /// Calls at the measured rate (an expert group: its active experts).
+    calls: f64,
+    /// Calls the runtime launches (an expert group: the chance it gets any row).
+    launches: f64,
+    /// The same kernel's work at the measured context (attention), if it depends on context.
+    measured_as: Option<Cost>,
+}
+
+impl Calls {
+    fn one(rows: f64) -> Calls {
+        Calls {
+            rows,
+            calls: 1.0,
+            launches: 1.0,
+            measured_as: None,
+        }
+    }
+}
+
+/// The chance that a group whose expected rows are `g.rows` of `rows` gets any row.
+fn chance_of_rows(g: &GroupLoad, rows: f64) -> f64 {
+    1.0 - (1.0 - (g.rows / rows.max(1e-12)).min(1.0)).powf(rows)
+}
+
 impl SimCore {
+    /// A router's fan-out beyond the hop when it sends `messages` (module doc).
+    fn fanout(&self, messages: f64) -> f64 {
+        let r = &self.hw.runtime;
+        r.fanout_us + r.fanout_message_us * messages
+    }
+
+    /// A kernel's duration (µs): see the module doc.
+    fn kernel_us(&self, name: &str, cost: Cost, calls: Calls) -> f64 {
+        let roofline = |c: Cost| self.hw.kernel_us(c.bytes, c.flops, self.peak_flops);
+        let Some(curve) = self.hw.kernels.as_ref().and_then(|k| k.times.get(name)) else {
+            return roofline(cost);
+        };
+        let mut t = calls.calls * curve.at(calls.rows) + calls.launches * self.hw.compute.launch_us;
+        if let Some(measured) = calls.measured_as {
+            t += roofline(cost) - roofline(measured);
+        }
+        t.max(0.0)
+    }
+
     fn kernel(
         &mut self,
         stream: usize,
-        cost: Cost,
+        (cost, calls): (Cost, Calls),
         delay: f64,
         then: Then,
         label: Label,
     ) -> TaskId {
-        let us = self.hw.kernel_us(cost.bytes, cost.flops, self.peak_flops);
+        let us = self.kernel_us(label.name, cost, calls);
         let device = self.layout.stream_device[stream] as u32;
         self.clock.task(
             Work::Kernel {
@@ -110,6 +164,25 @@ impl SimCore {
         self.clock.task(w, 0.0, then, label)
     }
 
+    /// Attention of layer `l` over `load`, and its calls: one, whose measured time (if any) was
+    /// taken at `[kernels] context` cached positions per sequence (a decode row per sequence).
+    fn attention(&self, l: usize, load: crate::driver::Load) -> (Cost, Calls) {
+        let cost = self
+            .cost
+            .attention(l, load.rows, load.ctx_rows, load.ctx_positions);
+        let measured_as = self.hw.kernels.as_ref().map(|k| {
+            let at = load.rows * k.context;
+            self.cost.attention(l, load.rows, at, at)
+        });
+        (
+            cost,
+            Calls {
+                measured_as,
+                ..Calls::one(load.rows)
+            },
+        )
+    }
+
     fn stage_stream(&self, layer: usize) -> usize {
         let p = &self.layout.placement;
         p.stage_streams[p.stage_of(layer)]
@@ -121,7 +194,7 @@ impl SimCore {
         let j = self.clock.join(lanes.len() as u32, Then::Resume(mb));
         for (stream, load) in lanes {
             let s = stream.unwrap_or_else(|| self.stage_stream(0));
-            let cost = self.cost.embed(load.rows);
+            let cost = (self.cost.embed(load.rows), Calls::one(load.rows));
             let k = self.kernel(s, cost, 0.0, Then::Join(j), label);
             self.clock.trigger(k, at);
         }
@@ -145,7 +218,7 @@ impl SimCore {
         let j = self.clock.join(rows_per_lane.len() as u32, then);
         for &(stream, rows) in rows_per_lane {
             let s = stream.unwrap_or_else(|| self.stage_stream(last_layer));
-            let cost = self.cost.head(rows);
+            let cost = (self.cost.head(rows), Calls::one(rows));
             let k = self.kernel(s, cost, 0.0, Then::Join(j), label("head", None, 0));
             self.clock.trigger(k, at);
         }
@@ -167,11 +240,8 @@ impl SimCore {
                 for (stream, load) in lanes {
                     let s = stream.unwrap_or_else(|| self.stage_stream(l));
                     let cost = match op {
-                        Op::Attention(_) => {
-                            self.cost
-                                .attention(l, load.rows, load.ctx_rows, load.ctx_positions)
-                        }
-                        Op::Ffn(_) => self.cost.dense_mlp(l, load.rows),
+                        Op::Attention(_) => self.attention(l, load),
+                        Op::Ffn(_) => (self.cost.dense_mlp(l, load.rows), Calls::one(load.rows)),
                     };
                     let k = self.kernel(s, cost, hop, Then::Join(j), label(name, Some(l), mb));
                     self.clock.trigger(k, at);
@@ -192,7 +262,7 @@ impl SimCore {
         let stage_node = p.stage_nodes[p.stage_of(l)];
         let groups: Vec<(usize, usize, f64, f64)> = self.group_shares(l);
         let has_shared = m.shared_params > 0.0;
-        let combine = self.cost.combine(m, rows);
+        let combine = (self.cost.combine(m, rows), Calls::one(rows));
         let c = self.kernel(
             st,
             combine,
@@ -203,9 +273,21 @@ impl SimCore {
         let n_in = groups.len() as u32 + u32::from(has_shared);
         let j = self.clock.join(n_in, Then::Tasks(vec![c]));
         let mut heads = Vec::with_capacity(groups.len() + 1);
+        let messages = f64::from(u8::from(has_shared))
+            + groups
+                .iter()
+                .map(|&(_, _, share, held)| chance_of_rows(&group_load(m, rows, share, held), rows))
+                .sum::<f64>();
+        let fanned = hop + self.fanout(messages);
         if has_shared {
-            let cost = self.cost.shared(m, rows);
-            heads.push(self.kernel(st, cost, hop, Then::Join(j), label("shared", Some(l), mb)));
+            let cost = (self.cost.shared(m, rows), Calls::one(rows));
+            heads.push(self.kernel(
+                st,
+                cost,
+                fanned,
+                Then::Join(j),
+                label("shared", Some(l), mb),
+            ));
         }
         let (d_bytes, c_bytes) = (
             self.hw.transfer.dispatch_bytes,
@@ -215,7 +297,7 @@ impl SimCore {
         for (stream, node, share, held) in groups {
             let g = group_load(m, rows, share, held);
             // The chance the group gets any row: its transfers happen only then.
-            let p_any = 1.0 - (1.0 - (g.rows / rows.max(1e-12)).min(1.0)).powf(rows);
+            let p_any = chance_of_rows(&g, rows);
             let wire = self.wire(st, stream, stage_node, node);
             let back = wire.map(|_| self.wire(stream, st, node, stage_node));
             let after_kernel = match back.flatten() {
@@ -232,11 +314,14 @@ impl SimCore {
                 }
                 None => Then::Join(j),
             };
-            let cost = self.cost.group(m, g.slots, g.active);
+            let cost = (
+                self.cost.group(m, g.slots, g.active),
+                group_calls(&g, rows, p_any),
+            );
             let k = self.kernel(
                 stream,
                 cost,
-                hop,
+                fanned,
                 after_kernel,
                 label("experts", Some(l), mb),
             );
@@ -259,7 +344,7 @@ impl SimCore {
                 None => k,
             });
         }
-        let cost = self.cost.dispatch(m, rows);
+        let cost = (self.cost.dispatch(m, rows), Calls::one(rows));
         let d = self.kernel(
             st,
             cost,
@@ -291,7 +376,7 @@ impl SimCore {
         let mut combines = Vec::with_capacity(lanes.len());
         for &(s, load) in lanes {
             let s = s.unwrap_or(0);
-            let cost = self.cost.combine(m, load.rows);
+            let cost = (self.cost.combine(m, load.rows), Calls::one(load.rows));
             combines.push(self.kernel(s, cost, 0.0, Then::Join(done), lbl("combine")));
         }
         let groups = self.group_shares(l);
@@ -299,12 +384,20 @@ impl SimCore {
         let n_back = groups.len() + if has_shared { lanes.len() } else { 0 };
         let back = self.clock.join(n_back as u32, Then::Tasks(combines));
         let mut kernels = Vec::with_capacity(groups.len());
+        let messages = groups
+            .iter()
+            .map(|&(_, _, share, held)| {
+                chance_of_rows(&group_load(m, total_rows, share, held), total_rows)
+            })
+            .sum::<f64>();
+        let fanned = hop + self.fanout(messages);
         for (stream, _, share, held) in groups {
             let g = group_load(m, total_rows, share, held);
             let bytes = g.slots * hidden * c_bytes;
             let t = self.all_to_all(stream, bytes, Then::Join(back), lbl("combine"));
-            let cost = self.cost.group(m, g.slots, g.active);
-            kernels.push(self.kernel(stream, cost, hop, Then::Tasks(vec![t]), lbl("experts")));
+            let calls = group_calls(&g, total_rows, chance_of_rows(&g, total_rows));
+            let cost = (self.cost.group(m, g.slots, g.active), calls);
+            kernels.push(self.kernel(stream, cost, fanned, Then::Tasks(vec![t]), lbl("experts")));
         }
         let arrived = self.clock.join(lanes.len() as u32, Then::Tasks(kernels));
         for &(s, load) in lanes {
@@ -312,10 +405,10 @@ impl SimCore {
             let bytes = load.rows * m.top_k as f64 * hidden * d_bytes;
             let mut next = vec![self.all_to_all(s, bytes, Then::Join(arrived), lbl("dispatch"))];
             if has_shared {
-                let cost = self.cost.shared(m, load.rows);
+                let cost = (self.cost.shared(m, load.rows), Calls::one(load.rows));
                 next.push(self.kernel(s, cost, 0.0, Then::Join(back), lbl("shared")));
             }
-            let cost = self.cost.dispatch(m, load.rows);
+            let cost = (self.cost.dispatch(m, load.rows), Calls::one(load.rows));
             let d = self.kernel(s, cost, hop, Then::Tasks(next), lbl("dispatch"));
             self.clock.trigger(d, at);
         }
@@ -360,5 +453,16 @@ fn label(name: &'static str, layer: Option<usize>, mb: usize) -> Label {
         name,
         layer: layer.map(|l| l as u32),
         micro_batch: Some(mb as u32),
+    }
+}
+
+/// An expert group's calls in a micro-batch of `rows` rows: each active expert once (measured
+/// per expert, against the micro-batch's rows), launched once when the group gets rows.
+fn group_calls(g: &GroupLoad, rows: f64, p_any: f64) -> Calls {
+    Calls {
+        rows,
+        calls: g.active,
+        launches: p_any,
+        measured_as: None,
     }
 }

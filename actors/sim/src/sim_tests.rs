@@ -1,7 +1,7 @@
 //! End-to-end checks of the simulator on the repository's graph files: a schedule written
 //! outside the runtime runs unchanged; schedule misuse is refused as the runtime refuses it;
 //! overlap shows where it should; the trace reads back with `trace_stats`' numbers; 671B
-//! resolves and runs from its description alone.
+//! resolves and runs from its description alone; measured kernel times replace the roofline.
 
 use std::sync::Arc;
 
@@ -206,4 +206,61 @@ fn a_workload_is_served_in_arrival_order_and_bad_lines_are_named() {
     let e = report::read_workload(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:1"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With measured times for every kernel kind (constant over rows), no hops, and a bandwidth and
+/// FLOP rate so large that attention's context term vanishes, a one-stream sequential decode
+/// step is the sum of its calls: the embedding, per layer the attention and the dense MLP or
+/// the router's dispatch, shared experts, one call per active expert (uniform routing's
+/// expectation) and combine, then the head. `launch_us` adds once per call, an expert's
+/// launches counted by its chance of getting rows.
+#[test]
+fn measured_kernel_times_replace_the_roofline() {
+    use crate::measured::{Curve, KernelTimes, MeasuredKernels};
+    let g = graph("ds-v3-mini.toml");
+    let flat = |us: f64| {
+        Some(Curve {
+            rows: vec![4.0],
+            us: vec![us],
+        })
+    };
+    let step_ms = |launch: f64| {
+        let mut hw = Hardware::load("cpu").unwrap();
+        hw.compute.memory_gbps = 1e9;
+        hw.compute.tflops_bf16 = 1e9;
+        hw.compute.tflops_f32 = Some(1e9);
+        hw.compute.launch_us = launch;
+        hw.runtime.hop_us = 0.0;
+        hw.runtime.issue_us = 0.0;
+        hw.kernels = Some(MeasuredKernels {
+            context: 32.0,
+            times: KernelTimes {
+                embed: flat(1.0),
+                attention: flat(100.0),
+                mlp: flat(50.0),
+                dispatch: flat(10.0),
+                shared: flat(20.0),
+                experts: flat(7.0),
+                combine: flat(3.0),
+                head: flat(1000.0),
+            },
+        });
+        let experts = ModelCost::from_spec(&g.spec, None, 4.0).layer_experts();
+        let layout =
+            Layout::from_table(Some(&"streams = 1".parse().unwrap()), &experts, None, &hw).unwrap();
+        let mut s = Simulation::new(&g.spec, layout, Arc::new(Sequential), hw).unwrap();
+        report::decode(&mut s, 4, 32, 3).unwrap().step_ms
+    };
+    // ds-v3-mini: 8 layers, the first dense; 64 experts in groups of one, top 6, 4 rows.
+    let active = 1.0 - (58f64 / 64.0).powi(4);
+    let calls = 1.0 + 8.0 * 100.0 + 50.0 + 7.0 * (10.0 + 20.0 + 64.0 * active * 7.0 + 3.0) + 1000.0;
+    assert!(
+        (step_ms(0.0) * 1e3 / calls - 1.0).abs() < 1e-6,
+        "{}",
+        step_ms(0.0)
+    );
+    let chance = 1.0 - (63f64 / 64.0).powi(24);
+    let launches = 1.0 + 8.0 + 1.0 + 7.0 * (3.0 + 64.0 * chance) + 1.0;
+    let with = (step_ms(2.0) - step_ms(0.0)) * 1e3;
+    assert!((with / (2.0 * launches) - 1.0).abs() < 1e-6, "{with}");
 }
