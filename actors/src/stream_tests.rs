@@ -218,3 +218,58 @@ fn a_stream_with_threads_of_its_own_computes_on_them() {
         .unwrap();
     assert_ne!(name.as_deref(), Some("troupe-own-0"));
 }
+
+/// A pool worker waiting inside one stream's kernel (for a task of its parallel region that
+/// another worker holds) may take other pool jobs meanwhile; it must not take another stream's
+/// drain there (see `KernelQueue`). Stream B's kernel, submitted while stream A's kernel waits,
+/// runs on another thread or after A's kernel ends. (With one pool thread nothing can nest.)
+#[test]
+fn a_drain_never_runs_inside_another_streams_kernel() {
+    use troupe_engine::kernels::pool;
+    if pool::threads() < 2 {
+        return;
+    }
+    let mut checked = 0;
+    for _ in 0..1000 {
+        if checked == 3 {
+            break;
+        }
+        let (a, b) = (Arc::new(cpu_stream()), Arc::new(cpu_stream()));
+        let (waiting_tx, waiting_rx) = mpsc::channel::<()>();
+        let waiting_tx = Mutex::new(waiting_tx);
+        let ha = std::thread::spawn(move || {
+            a.run_blocking(tags(), move |_| {
+                let me = std::thread::current().id();
+                pool::for_each_task(2, &|_| {
+                    if std::thread::current().id() != me {
+                        // Held by the other worker: A's thread waits for it.
+                        let _ = waiting_tx.lock().unwrap().send(());
+                        std::thread::sleep(Duration::from_millis(100));
+                    } else {
+                        // Long enough for the other worker to take the other task.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                });
+                Ok((me, Instant::now()))
+            })
+        });
+        let helped = waiting_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+        let (b_thread, b_start) = b
+            .run_blocking(tags(), |_| {
+                Ok((std::thread::current().id(), Instant::now()))
+            })
+            .unwrap();
+        let (a_thread, a_end) = ha.join().unwrap().unwrap();
+        if helped {
+            checked += 1;
+            assert!(
+                b_thread != a_thread || b_start >= a_end,
+                "stream B's kernel ran inside stream A's on {a_thread:?}"
+            );
+        }
+    }
+    assert_eq!(
+        checked, 3,
+        "stream A's kernel never waited for another worker"
+    );
+}
