@@ -236,14 +236,13 @@ fn a_drain_never_runs_inside_another_streams_kernel() {
         }
         let (a, b) = (Arc::new(cpu_stream()), Arc::new(cpu_stream()));
         let (waiting_tx, waiting_rx) = mpsc::channel::<()>();
-        let waiting_tx = Mutex::new(waiting_tx);
         let ha = std::thread::spawn(move || {
             a.run_blocking(tags(), move |_| {
                 let me = std::thread::current().id();
                 pool::for_each_task(2, &|_| {
                     if std::thread::current().id() != me {
                         // Held by the other worker: A's thread waits for it.
-                        let _ = waiting_tx.lock().unwrap().send(());
+                        let _ = waiting_tx.send(());
                         std::thread::sleep(Duration::from_millis(100));
                     } else {
                         // Long enough for the other worker to take the other task.

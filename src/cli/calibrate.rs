@@ -105,6 +105,12 @@ impl Runs {
         text.parse()
             .map_err(|e| CliError::Runtime(format!("calibration placement: {e}")))
     }
+
+    /// The placement the runtime resolves.
+    fn placement(self) -> Result<PlacementSpec, CliError> {
+        PlacementSpec::from_table(Some(&self.table()?))
+            .map_err(|e| CliError::Runtime(e.to_string()))
+    }
 }
 
 /// Simulated decode step (seconds) of `graph` on `hw` on calibration placement `on`,
@@ -125,24 +131,21 @@ fn simulate_one(
     Ok(r.step_ms / 1e3)
 }
 
-/// The value of `grid` that, put into `hw` by `set`, brings the simulated steps of `runs`
-/// (placement, sequences, measured seconds) closest to the measured ones (the smallest worst
-/// relative error); `hw` keeps it. Returns (worst relative error, value).
+/// The value of `grid` that, put into `hw` by `set`, brings the simulated step of `run`
+/// (placement, sequences, measured seconds) closest to the measured one; `hw` keeps it.
+/// Returns (relative error, value).
 fn fit_on_grid(
     graph: &LoadedGraph,
     hw: &mut Hardware,
     grid: impl Iterator<Item = f64>,
     set: impl Fn(&mut Hardware, f64),
-    runs: &[(Runs, usize, f64)],
+    (on, n, m): (Runs, usize, f64),
     a: &CalibrateArgs,
 ) -> Result<(f64, f64), CliError> {
     let mut best = (f64::INFINITY, 0.0);
     for v in grid {
         set(hw, v);
-        let mut err: f64 = 0.0;
-        for &(on, n, m) in runs {
-            err = err.max((simulate_one(graph, hw, on, n, a)? / m - 1.0).abs());
-        }
+        let err = (simulate_one(graph, hw, on, n, a)? / m - 1.0).abs();
         if err < best.0 {
             best = (err, v);
         }
@@ -214,11 +217,10 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         kernels: None,
     };
     let model = Arc::new(Model::load(&graph, &mut |_, _| {})?);
-    let seqs = a.seqs.max(2);
     let schedule: Arc<dyn Schedule> = Arc::new(Sequential);
+    let seqs = a.seqs.max(2);
     let run = |on: Runs, n: usize| -> Result<(Runs, usize, f64), CliError> {
-        let placement = PlacementSpec::from_table(Some(&on.table()?))
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let placement = on.placement()?;
         Ok((
             on,
             n,
@@ -259,11 +261,18 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
     hw.compute.efficiency = (1.0 / best.2).clamp(1e-3, 1.0);
     // The kernels' own times, traced at 1, 2, `seqs` and twice `seqs` sequences, replace that
     // roofline for the kinds they cover (it stays for attention's context beyond the measured
-    // one); the stream's cost per call is the gap between expert calls; the actor hop's
-    // latency is what then matches the one-stream runs.
+    // one); the stream's cost per call is the gap between expert calls, and the actor hops'
+    // latency the other gaps (`calibrate_kernels.rs`).
     let mut calls = Vec::new();
+    let one_stream_placement = Runs::OneStream.placement()?;
     for &n in &counts {
-        calls.extend(traced_run(&model, n, a.context, a.steps)?);
+        calls.extend(traced_run(
+            &model,
+            &one_stream_placement,
+            n,
+            a.context,
+            a.steps,
+        )?);
     }
     hw.kernels = Some(MeasuredKernels {
         context: a.context as f64 + (a.steps.max(1) - 1) as f64 / 2.0,
@@ -305,7 +314,7 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         &mut hw,
         (0..=50).map(|i| 1.0 + i as f64 * 0.02),
         |hw, g| hw.compute.stream_speedup = Some(g),
-        &[two_streams],
+        two_streams,
         &a,
     )?;
     // The link: the runtime's cost per transfer that matches that run (0–500 µs, steps of 2).
@@ -314,7 +323,7 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         &mut hw,
         (0..=250).map(|i| i as f64 * 2.0),
         |hw, us| hw.runtime.link_hop_us = us,
-        &[across_link],
+        across_link,
         &a,
     )?;
     let runs: Vec<String> = one_stream

@@ -177,20 +177,16 @@ pub fn hop_gaps(calls: &[Call], launch: f64) -> Option<HopGaps> {
     })
 }
 
-/// The kernel calls of `steps` decode steps of `seqs` sequences on one stream, sequential,
-/// after a `context`-token prompt (the runtime's trace, through a temporary file).
+/// The kernel calls of `steps` decode steps of `seqs` sequences on `placement` (its link
+/// dropped), sequential, after a `context`-token prompt (the runtime's trace, through a
+/// temporary file).
 pub fn traced_run(
     model: &Arc<Model>,
+    placement: &PlacementSpec,
     seqs: usize,
     context: usize,
     steps: usize,
 ) -> Result<Vec<Call>, CliError> {
-    let placement = PlacementSpec::from_table(Some(
-        &"streams = 1"
-            .parse()
-            .map_err(|e| CliError::Runtime(format!("calibration placement: {e}")))?,
-    ))
-    .map_err(|e| CliError::Runtime(e.to_string()))?;
     let path: PathBuf = std::env::temp_dir().join(format!(
         "troupe-calibrate-{}-{seqs}.json",
         std::process::id()
@@ -204,7 +200,7 @@ pub fn traced_run(
         with_link: false,
         ..BenchOptions::default()
     };
-    profile(model.clone(), Some(&placement), &o, Contender::Actors)
+    profile(model.clone(), Some(placement), &o, Contender::Actors)
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     let read = std::fs::read_to_string(&path)
         .map_err(|e| CliError::Runtime(format!("calibration trace {}: {e}", path.display())));

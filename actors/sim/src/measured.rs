@@ -102,54 +102,28 @@ pub struct KernelTimes {
 impl KernelTimes {
     /// The curve of the kernel kind named `name` (a trace name), if measured.
     pub fn get(&self, name: &str) -> Option<&Curve> {
-        match name {
-            "embed" => self.embed.as_ref(),
-            "attention" => self.attention.as_ref(),
-            "mlp" => self.mlp.as_ref(),
-            "dispatch" => self.dispatch.as_ref(),
-            "shared" => self.shared.as_ref(),
-            "experts" => self.experts.as_ref(),
-            "combine" => self.combine.as_ref(),
-            "head" => self.head.as_ref(),
-            _ => None,
-        }
+        self.all().into_iter().find(|(n, _)| *n == name)?.1
     }
 
     /// Sets the curve of kind `name`; false for a name that is not a kernel kind.
     pub fn set(&mut self, name: &str, curve: Curve) -> bool {
-        let slot = match name {
-            "embed" => &mut self.embed,
-            "attention" => &mut self.attention,
-            "mlp" => &mut self.mlp,
-            "dispatch" => &mut self.dispatch,
-            "shared" => &mut self.shared,
-            "experts" => &mut self.experts,
-            "combine" => &mut self.combine,
-            "head" => &mut self.head,
-            _ => return false,
-        };
-        *slot = Some(curve);
-        true
+        match self.all_mut().into_iter().find(|(n, _)| *n == name) {
+            Some((_, slot)) => {
+                *slot = Some(curve);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Multiplies every curve's time at `rows` rows (where it has a point there) by `factor`.
     pub fn scale_at(&mut self, rows: f64, factor: f64) {
-        for c in [
-            &mut self.embed,
-            &mut self.attention,
-            &mut self.mlp,
-            &mut self.dispatch,
-            &mut self.shared,
-            &mut self.experts,
-            &mut self.combine,
-            &mut self.head,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            for (r, t) in c.rows.iter().zip(c.us.iter_mut()) {
-                if *r == rows {
-                    *t *= factor;
+        for (_, c) in self.all_mut() {
+            for c in c.iter_mut() {
+                for (r, t) in c.rows.iter().zip(c.us.iter_mut()) {
+                    if *r == rows {
+                        *t *= factor;
+                    }
                 }
             }
         }
@@ -165,6 +139,19 @@ impl KernelTimes {
             ("experts", self.experts.as_ref()),
             ("combine", self.combine.as_ref()),
             ("head", self.head.as_ref()),
+        ]
+    }
+
+    fn all_mut(&mut self) -> [(&'static str, &mut Option<Curve>); 8] {
+        [
+            ("embed", &mut self.embed),
+            ("attention", &mut self.attention),
+            ("mlp", &mut self.mlp),
+            ("dispatch", &mut self.dispatch),
+            ("shared", &mut self.shared),
+            ("experts", &mut self.experts),
+            ("combine", &mut self.combine),
+            ("head", &mut self.head),
         ]
     }
 }
