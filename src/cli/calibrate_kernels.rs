@@ -3,7 +3,8 @@
 //! kernel kind, the median duration of a call against the rows it carried — and the stream's
 //! own cost per call (`compute.launch_us`): the median gap between two expert calls of one
 //! layer, which the router hands to the stream together, so nothing but that cost separates
-//! them.
+//! them. A traced run with the experts across a `[placement.link]` gives the stream's wake-up
+//! for a kernel held for its input (`runtime.link_wake_us`, [`link_wake`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,38 @@ pub struct Call {
     pub us: f64,
     /// (step, layer, micro-batch): which op the call belongs to.
     pub op: (u64, i64, i64),
+    /// The stream it ran on (the trace's thread).
+    pub stream: u64,
+}
+
+/// A transfer over the link of a traced run: its name (`dispatch`, `combine`), arrival and op.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arrival {
+    pub name: String,
+    pub at_us: f64,
+    pub op: (u64, i64, i64),
+}
+
+/// The link's transfers in a trace document (its "X" spans on the link's process).
+pub fn arrivals_of(doc: &Value) -> Vec<Arrival> {
+    let events = doc["traceEvents"].as_array().map_or(&[][..], Vec::as_slice);
+    events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["pid"] == troupe_actors::trace::LINK_PID)
+        .filter_map(|e| {
+            let a = &e["args"];
+            let int = |k: &str| a[k].as_i64().unwrap_or(-1);
+            Some(Arrival {
+                name: e["name"].as_str()?.into(),
+                at_us: e["ts"].as_f64()? + e["dur"].as_f64()?,
+                op: (
+                    a["step"].as_u64().unwrap_or(0),
+                    int("layer"),
+                    int("micro_batch"),
+                ),
+            })
+        })
+        .collect()
 }
 
 /// The kernel calls of a trace document (the runtime's Chrome trace: one "X" span per call on
@@ -62,6 +95,7 @@ pub fn calls_of(doc: &Value) -> Result<Vec<Call>, CliError> {
                 int("layer"),
                 int("micro_batch"),
             ),
+            stream: e["tid"].as_u64().unwrap_or(0),
         });
     }
     Ok(calls)
@@ -177,16 +211,40 @@ pub fn hop_gaps(calls: &[Call], launch: f64) -> Option<HopGaps> {
     })
 }
 
-/// The kernel calls of `steps` decode steps of `seqs` sequences on `placement` (its link
-/// dropped), sequential, after a `context`-token prompt (the runtime's trace, through a
-/// temporary file).
+/// How long after the last result of a router's op arrives over the link its combine kernel
+/// starts, where its stream was idle then (the median, µs): the stream waking for a kernel held
+/// for its input. `None` without such a combine.
+pub fn link_wake(calls: &[Call], arrivals: &[Arrival]) -> Option<f64> {
+    let mut last: BTreeMap<(u64, i64, i64), f64> = BTreeMap::new();
+    for a in arrivals.iter().filter(|a| a.name == "combine") {
+        let t = last.entry(a.op).or_insert(a.at_us);
+        *t = t.max(a.at_us);
+    }
+    let waits: Vec<f64> = calls
+        .iter()
+        .filter(|c| c.name == "combine")
+        .filter_map(|c| {
+            let arrived = *last.get(&c.op)?;
+            // Idle: no call on its stream ran between the arrival and its start.
+            let busy = calls.iter().any(|o| {
+                o.stream == c.stream && o.start_us < c.start_us && o.start_us + o.us > arrived
+            });
+            (!busy && c.start_us >= arrived).then(|| c.start_us - arrived)
+        })
+        .collect();
+    (!waits.is_empty()).then(|| median(waits))
+}
+
+/// The kernel calls and link transfers of `steps` decode steps of `seqs` sequences on
+/// `placement` (its link kept), sequential, after a `context`-token prompt (the runtime's
+/// trace, through a temporary file).
 pub fn traced_run(
     model: &Arc<Model>,
     placement: &PlacementSpec,
     seqs: usize,
     context: usize,
     steps: usize,
-) -> Result<Vec<Call>, CliError> {
+) -> Result<(Vec<Call>, Vec<Arrival>), CliError> {
     let path: PathBuf = std::env::temp_dir().join(format!(
         "troupe-calibrate-{}-{seqs}.json",
         std::process::id()
@@ -207,7 +265,7 @@ pub fn traced_run(
     let _ = std::fs::remove_file(&path);
     let doc: Value = serde_json::from_str(&read?)
         .map_err(|e| CliError::Runtime(format!("calibration trace: {e}")))?;
-    calls_of(&doc)
+    Ok((calls_of(&doc)?, arrivals_of(&doc)))
 }
 
 #[cfg(test)]
@@ -258,6 +316,7 @@ mod tests {
             start_us,
             us: end_us - start_us,
             op: (1, layer, 0),
+            stream: 0,
         };
         let calls = vec![
             call("attention", 0.0, 100.0, 1),
@@ -280,5 +339,54 @@ mod tests {
         assert!((h.fanout_base - 30.0).abs() < 1e-9, "{h:?}");
         assert_eq!(launch_gap(&calls), Some(10.0));
         assert!(hop_gaps(&calls[..5], 10.0).is_none());
+    }
+
+    #[test]
+    fn the_link_wake_is_the_idle_combines_wait_after_the_last_result() {
+        let call = |name: &str, start_us: f64, end_us: f64, layer: i64, stream: u64| Call {
+            name: name.into(),
+            rows: 1,
+            experts: 0,
+            start_us,
+            us: end_us - start_us,
+            op: (1, layer, 0),
+            stream,
+        };
+        let arrival = |name: &str, at_us: f64, layer: i64| Arrival {
+            name: name.into(),
+            at_us,
+            op: (1, layer, 0),
+        };
+        let calls = vec![
+            call("combine", 1100.0, 1110.0, 1, 0),
+            call("combine", 2070.0, 2080.0, 2, 0),
+            // Layer 3's combine waited for attention on its stream, not for a wake.
+            call("attention", 2900.0, 3500.0, 4, 0),
+            call("combine", 3500.0, 3510.0, 3, 0),
+        ];
+        let arrivals = vec![
+            // Layer 1's results arrive at 900 and 1000: 100 µs after the last.
+            arrival("combine", 900.0, 1),
+            arrival("combine", 1000.0, 1),
+            arrival("dispatch", 1090.0, 1),
+            arrival("combine", 2000.0, 2),
+            arrival("combine", 3000.0, 3),
+        ];
+        // Idle waits 100 and 70: median 85.
+        assert_eq!(link_wake(&calls, &arrivals), Some(85.0));
+        assert_eq!(link_wake(&calls, &arrivals[2..3]), None);
+        let doc = json!({"traceEvents": [
+            {"ph": "X", "pid": 2, "tid": 0, "name": "combine", "ts": 10.0, "dur": 5.0,
+             "args": {"step": 3, "layer": 2, "micro_batch": 1, "bytes": 64}},
+            span("attention", 0.0, 500.0, 1, &[]),
+        ]});
+        assert_eq!(
+            arrivals_of(&doc),
+            vec![Arrival {
+                name: "combine".into(),
+                at_us: 15.0,
+                op: (3, 2, 1)
+            }]
+        );
     }
 }

@@ -140,18 +140,16 @@ fn extreme_link_numbers_are_one_line_errors_naming_the_field() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
-/// `bench --compare --profile actors --trace F` writes a trace of the decode steps. (It used to
-/// prefill in one runtime and decode in a second, traced one, whose attention actors refused the
-/// first runtime's caches: "a sequence's cache belongs to another pool".)
-#[test]
-fn profiled_actor_decode_writes_its_trace() {
+/// The trace `bench --compare --profile actors --trace F` writes for deepseek-v3-tiny, 2
+/// sequences prefilled with 4 tokens, `steps` decode steps, with `extra` arguments.
+fn profiled_trace(steps: &str, extra: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("decode.json");
     let model = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/deepseek-v3-tiny"
     );
-    let o = troupe(&[
+    let mut args = vec![
         "bench",
         "-m",
         model,
@@ -163,13 +161,22 @@ fn profiled_actor_decode_writes_its_trace() {
         "-p",
         "4",
         "-r",
-        "2",
+        steps,
         "--trace",
         trace.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = troupe(&args);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap()
+}
+
+/// `bench --compare --profile actors --trace F` writes a trace of the decode steps. (It used to
+/// prefill in one runtime and decode in a second, traced one, whose attention actors refused the
+/// first runtime's caches: "a sequence's cache belongs to another pool".)
+#[test]
+fn profiled_actor_decode_writes_its_trace() {
+    let doc = profiled_trace("2", &[]);
     let events = doc["traceEvents"].as_array().unwrap();
     let embeds = events
         .iter()
@@ -180,4 +187,57 @@ fn profiled_actor_decode_writes_its_trace() {
         embeds, 2,
         "embed spans: the trace should hold the 2 decode steps only"
     );
+}
+
+/// `bench --compare --profile actors --placement P` keeps P's `[placement.link]` (it used to
+/// drop it, so a traced profile of a link placement showed no link), and a router books its
+/// transfers to the groups across the link before its shared experts' kernel starts (it used
+/// to spawn the shared experts first; on two cores their kernel took both, and the router's
+/// remaining bookings waited up to 0.8 ms for it).
+#[test]
+fn a_profiled_link_placement_books_its_transfers_before_the_shared_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let placement = dir.path().join("link.toml");
+    std::fs::write(
+        &placement,
+        "[placement]\nstreams = 2\nnodes = 2\nexpert_nodes = [1]\n\n\
+         [placement.link]\ngbps = 10.0\nlatency_us = 100.0\n",
+    )
+    .unwrap();
+    let doc = profiled_trace("3", &["--placement", placement.to_str().unwrap()]);
+    let spans: Vec<&serde_json::Value> = doc["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    let op = |e: &serde_json::Value| {
+        let a = &e["args"];
+        (
+            a["step"].as_u64(),
+            a["layer"].as_u64(),
+            a["micro_batch"].as_u64(),
+        )
+    };
+    let bookings: Vec<_> = spans
+        .iter()
+        .filter(|e| e["pid"] == 2 && e["name"] == "dispatch")
+        .collect();
+    assert!(!bookings.is_empty(), "no link transfers in the trace");
+    let shared: Vec<_> = spans
+        .iter()
+        .filter(|e| e["pid"] == 1 && e["name"] == "shared")
+        .collect();
+    assert!(!shared.is_empty(), "no shared-expert kernels in the trace");
+    for s in shared {
+        let start = s["ts"].as_f64().unwrap();
+        for b in bookings.iter().filter(|b| op(b) == op(s)) {
+            assert!(
+                b["ts"].as_f64().unwrap() <= start,
+                "op {:?}: a transfer booked at {} after the shared kernel started at {start}",
+                op(s),
+                b["ts"]
+            );
+        }
+    }
 }

@@ -71,10 +71,15 @@ pub struct RuntimeCosts {
     pub hop_us: f64,
     /// The calling thread's cost per schedule request (micro-batch, issue, wait), µs.
     pub issue_us: f64,
-    /// What a transfer over `[placement.link]` costs the runtime beyond its bytes (µs, absent:
-    /// 0), transfers one after another as on the wire: booking, copying and waking the receiver.
+    /// What a transfer over `[placement.link]` costs beyond its bytes (µs, absent: 0),
+    /// transfers one after another as on the wire.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub link_hop_us: f64,
+    /// How long after its input arrives over `[placement.link]` a held kernel starts when its
+    /// stream is idle: the stream waking for it (µs, absent: 0; `troupe calibrate` reads it
+    /// from a traced run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub link_wake_us: f64,
     /// A router's fan-out to its expert (and shared) kernels beyond `hop_us`: `fanout_us` plus
     /// `fanout_message_us` per message it sends (µs, absent: 0; `troupe calibrate` reads both
     /// from a traced run).
@@ -219,6 +224,7 @@ impl Hardware {
         non_negative("runtime.hop_us", self.runtime.hop_us)?;
         non_negative("runtime.issue_us", self.runtime.issue_us)?;
         non_negative("runtime.link_hop_us", self.runtime.link_hop_us)?;
+        non_negative("runtime.link_wake_us", self.runtime.link_wake_us)?;
         non_negative("runtime.fanout_us", self.runtime.fanout_us)?;
         non_negative("runtime.fanout_message_us", self.runtime.fanout_message_us)?;
         for (name, w) in [("nvlink", &self.nvlink), ("network", &self.network)] {

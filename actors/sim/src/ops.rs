@@ -2,8 +2,10 @@
 //! - `Attention(l)`: one kernel on the stage stream (or on each attention lane's GPU);
 //! - `Ffn(l)` dense: one MLP kernel;
 //! - `Ffn(l)` MoE, staged: `dispatch` (norm + routing + gathers) on the stage stream, then the
-//!   shared experts there and, per expert group with rows, [dispatch transfer] → group kernel on
-//!   its stream → [combine transfer], then `combine` when all are back — the router actor's
+//!   per expert group with rows, [dispatch transfer] → group kernel on its stream → [combine
+//!   transfer], and the shared experts on the stage stream (submitted after the groups across
+//!   the link and before the others, as the router sends them), then `combine` when all are
+//!   back — the router actor's
 //!   steps; transfers only where the runtime moves data (another node over `[placement.link]`
 //!   on a CPU; another GPU on GPUs);
 //! - `Ffn(l)` MoE, data-parallel attention: every lane's `dispatch` and all-to-all send, every
@@ -11,9 +13,11 @@
 //!
 //! Every op costs one actor hop before its first kernel, and a group kernel one more, which a
 //! router's fan-out lengthens by `fanout_us` plus `fanout_message_us` per message (its shared
-//! kernel and each group that gets rows, in expectation); a transfer
-//! over `[placement.link]` holds the wire `link_hop_us` beyond its bytes (the runtime's work per
-//! transfer, one after another).
+//! kernel and each group that gets rows, in expectation). Across `[placement.link]` the router
+//! books a group's transfer one hop after its dispatch kernel, the group gets its message
+//! during the flight, and its kernel — held for the rows — starts `link_wake_us` after they
+//! arrive (the stream waking for it), as does the combine after the last result; a transfer
+//! holds the wire `link_hop_us` beyond its bytes (0 unless a hardware file sets it).
 //!
 //! A kernel lasts its roofline time (`Hardware::kernel_us`), or, where the hardware file has
 //! measured times for its kind (`measured.rs`), the measured time of its calls plus `launch_us`
@@ -124,13 +128,14 @@ impl SimCore {
     }
 
     /// A transfer of `bytes` that happens with probability `p` (an expert group's rows under
-    /// expected routing): it holds the wire for its bytes plus `p` times the runtime's cost of
-    /// a transfer.
+    /// expected routing), booked `delay` µs after its trigger: it holds the wire for its bytes
+    /// plus `p` times the runtime's cost of a transfer.
     fn transfer(
         &mut self,
         wire: u32,
         spec: WireSpec,
         (bytes, p): (f64, f64),
+        delay: f64,
         then: Then,
         label: Label,
     ) -> TaskId {
@@ -140,7 +145,7 @@ impl SimCore {
             latency_us: spec.latency_us,
             bytes,
         };
-        self.clock.task(w, 0.0, then, label)
+        self.clock.task(w, delay, then, label)
     }
 
     /// An all-to-all share leaving GPU `stream`: `bytes` spread evenly over every GPU, the part
@@ -263,32 +268,31 @@ impl SimCore {
         let groups: Vec<(usize, usize, f64, f64)> = self.group_shares(l);
         let has_shared = m.shared_params > 0.0;
         let combine = (self.cost.combine(m, rows), Calls::one(rows));
+        // Held for the results' arrival when a group is across the link: the stream wakes for
+        // it `link_wake_us` later.
+        let across = groups
+            .iter()
+            .any(|&(stream, node, _, _)| self.wire(st, stream, stage_node, node).is_some());
+        let wake = self.hw.runtime.link_wake_us;
         let c = self.kernel(
             st,
             combine,
-            0.0,
+            if across { wake } else { 0.0 },
             Then::Resume(mb),
             label("combine", Some(l), mb),
         );
         let n_in = groups.len() as u32 + u32::from(has_shared);
         let j = self.clock.join(n_in, Then::Tasks(vec![c]));
+        // Transfers to the groups across the link, then the shared kernel, then `near`: the
+        // kernels of the groups beside the router.
         let mut heads = Vec::with_capacity(groups.len() + 1);
+        let mut near = Vec::new();
         let messages = f64::from(u8::from(has_shared))
             + groups
                 .iter()
                 .map(|&(_, _, share, held)| chance_of_rows(&group_load(m, rows, share, held), rows))
                 .sum::<f64>();
         let fanned = hop + self.fanout(messages);
-        if has_shared {
-            let cost = (self.cost.shared(m, rows), Calls::one(rows));
-            heads.push(self.kernel(
-                st,
-                cost,
-                fanned,
-                Then::Join(j),
-                label("shared", Some(l), mb),
-            ));
-        }
         let (d_bytes, c_bytes) = (
             self.hw.transfer.dispatch_bytes,
             self.hw.transfer.combine_bytes,
@@ -307,6 +311,7 @@ impl SimCore {
                         w,
                         spec,
                         (bytes, p_any),
+                        0.0,
                         Then::Join(j),
                         label("combine", Some(l), mb),
                     );
@@ -318,14 +323,16 @@ impl SimCore {
                 self.cost.group(m, g.slots, g.active),
                 group_calls(&g, rows, p_any),
             );
+            // Across the link the group gets its message during the flight, and its kernel,
+            // held for the rows' arrival, starts when the stream wakes for it.
             let k = self.kernel(
                 stream,
                 cost,
-                fanned,
+                if wire.is_some() { wake } else { fanned },
                 after_kernel,
                 label("experts", Some(l), mb),
             );
-            heads.push(match wire {
+            match wire {
                 Some((w, spec)) => {
                     let routing = if cpu {
                         g.rows * m.top_k as f64 * 8.0
@@ -333,17 +340,34 @@ impl SimCore {
                         0.0
                     };
                     let bytes = g.rows * self.cost.hidden * d_bytes + routing;
-                    self.transfer(
+                    // Booked by the router one hop after its dispatch kernel.
+                    heads.push(self.transfer(
                         w,
                         spec,
                         (bytes, p_any),
+                        hop,
                         Then::Tasks(vec![k]),
                         label("dispatch", Some(l), mb),
-                    )
+                    ));
                 }
-                None => k,
-            });
+                None => near.push(k),
+            }
         }
+        // The router sends the groups across the link first, then the shared experts, then
+        // the groups beside it (`router.rs`): on the stage stream the shared kernel queues
+        // ahead of those.
+        if has_shared {
+            let cost = (self.cost.shared(m, rows), Calls::one(rows));
+            let shared = self.kernel(
+                st,
+                cost,
+                fanned,
+                Then::Join(j),
+                label("shared", Some(l), mb),
+            );
+            heads.push(shared);
+        }
+        heads.extend(near);
         let cost = (self.cost.dispatch(m, rows), Calls::one(rows));
         let d = self.kernel(
             st,

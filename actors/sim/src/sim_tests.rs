@@ -264,3 +264,26 @@ fn measured_kernel_times_replace_the_roofline() {
     let with = (step_ms(2.0) - step_ms(0.0)) * 1e3;
     assert!((with / (2.0 * launches) - 1.0).abs() < 1e-6, "{with}");
 }
+
+/// Across a link far slower than any kernel, sequential decode waits on every layer's flights:
+/// a held kernel's wake-up (`link_wake_us`) delays the experts once after the rows arrive and
+/// the combine once after the results do, so each MoE layer's step grows by twice the wake.
+#[test]
+fn the_link_wake_delays_each_moe_layer_twice() {
+    let g = graph("ds-v3-mini.toml");
+    let step_ms = |wake: f64| {
+        let mut hw = Hardware::load("cpu").unwrap();
+        hw.runtime.link_wake_us = wake;
+        let experts = ModelCost::from_spec(&g.spec, None, 4.0).layer_experts();
+        let table: toml::Table = toml::from_str(LINKED).unwrap();
+        let layout = Layout::from_table(Some(&table), &experts, None, &hw).unwrap();
+        let mut s = Simulation::new(&g.spec, layout, Arc::new(Sequential), hw).unwrap();
+        report::decode(&mut s, 4, 32, 3).unwrap().step_ms
+    };
+    // ds-v3-mini: 7 MoE layers.
+    let grown_us = (step_ms(100.0) - step_ms(0.0)) * 1e3;
+    assert!(
+        (grown_us / (7.0 * 2.0 * 100.0) - 1.0).abs() < 1e-6,
+        "{grown_us}"
+    );
+}

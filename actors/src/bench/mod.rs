@@ -172,6 +172,14 @@ fn base_placement(placement: Option<&PlacementSpec>) -> PlacementSpec {
     base
 }
 
+/// The link `placement`'s `[placement.link]` table describes, if it has one.
+pub fn placement_link(placement: Option<&PlacementSpec>) -> Result<Option<LinkSpec>> {
+    placement
+        .and_then(|p| p.link.as_ref())
+        .map(LinkSpec::from_table)
+        .transpose()
+}
+
 /// The schedules of `o`, or an error when there are none.
 fn schedules(o: &BenchOptions) -> Result<&[Arc<dyn Schedule>]> {
     match o.schedules.is_empty() {
@@ -302,14 +310,16 @@ impl std::fmt::Display for Contender {
 }
 
 /// Decode steps of one contender only, for profiling (`perf record`); the actors run the first
-/// schedule of `o`, and `o.trace` writes their Chrome trace of those steps. Returns decode
-/// tokens/s (median step).
+/// schedule of `o` on `placement` as given (its `[placement.link]` kept, as [`step_times`]
+/// keeps it), and `o.trace` writes their Chrome trace of those steps. Returns decode tokens/s
+/// (median step).
 pub fn profile(
     model: Arc<Model>,
     placement: Option<&PlacementSpec>,
     o: &BenchOptions,
     which: Contender,
 ) -> Result<f64> {
+    let link = placement_link(placement)?;
     let base = base_placement(placement);
     let mut times = Vec::new();
     if which == Contender::Reference {
@@ -324,7 +334,7 @@ pub fn profile(
         let schedule = &schedules(o)?[0];
         // Traced, the prefill's spans are dropped: the trace holds the decode steps only. (The
         // sequences' caches belong to this runtime's KV pools, so the prefill runs here too.)
-        let mut a = start_actors_traced(&model, &base, schedule, None, o, o.trace.clone())?;
+        let mut a = start_actors_traced(&model, &base, schedule, link, o, o.trace.clone())?;
         for _ in 0..o.steps {
             let t = Instant::now();
             a.step()?;
@@ -345,11 +355,7 @@ pub fn step_times(
     schedule: &Arc<dyn Schedule>,
     o: &BenchOptions,
 ) -> Result<Vec<f64>> {
-    let link = placement
-        .link
-        .as_ref()
-        .map(LinkSpec::from_table)
-        .transpose()?;
+    let link = placement_link(Some(placement))?;
     let base = base_placement(Some(placement));
     let mut a = start_actors(&model, &base, schedule, link, o)?;
     let mut times = Vec::with_capacity(o.steps);

@@ -1,10 +1,11 @@
 //! `troupe bench --compare`: the actor runtime's decode tokens/s against the reference
 //! executor's, interleaved in one process (`troupe_actors::bench`: `--seqs` sequences prefilled
 //! with `-p` tokens, `-r` rounds, median step), and the fraction of link time each schedule hides
-//! (link at 100 µs / 10 Gbit/s; `--no-link` skips it), for every `--schedule` name (looked up in
-//! the schedule registry with the graph's `[schedule]` parameters; default sequential and
-//! two-microbatch); `--profile actors|reference [--trace F]` runs one contender's decode steps
-//! alone (the actors with the first schedule), for `perf record`.
+//! (over the placement's `[placement.link]`, else 100 µs / 10 Gbit/s; `--no-link` skips it), for
+//! every `--schedule` name (looked up in the schedule registry with the graph's `[schedule]`
+//! parameters; default sequential and two-microbatch); `--profile actors|reference [--trace F]`
+//! runs one contender's decode steps alone (the actors with the first schedule, on the
+//! placement as given, its link included), for `perf record`.
 
 use std::sync::Arc;
 
@@ -38,6 +39,9 @@ pub fn run(a: &BenchArgs) -> Result<(), CliError> {
         trace: a.trace.clone(),
         ..Default::default()
     };
+    if let Some(link) = troupe_actors::bench::placement_link(Some(&spec)).map_err(runtime_err)? {
+        o.link = link;
+    }
     if !a.schedule.is_empty() {
         o.schedules = schedules(&a.schedule, &graph, &model, &spec).map_err(runtime_err)?;
     }
