@@ -265,14 +265,22 @@ impl SimCore {
         let st = self.stage_stream(l);
         let p = &self.layout.placement;
         let stage_node = p.stage_nodes[p.stage_of(l)];
-        let groups: Vec<(usize, usize, f64, f64)> = self.group_shares(l);
+        // Per group: its stream and node, its load, the chance it gets any row (its transfers
+        // happen only then) and the wire to it, if any.
+        let groups: Vec<(usize, usize, GroupLoad, f64, Option<(u32, WireSpec)>)> = self
+            .group_shares(l)
+            .into_iter()
+            .map(|(stream, node, share, held)| {
+                let g = group_load(m, rows, share, held);
+                let wire = self.wire(st, stream, stage_node, node);
+                (stream, node, g, chance_of_rows(&g, rows), wire)
+            })
+            .collect();
         let has_shared = m.shared_params > 0.0;
         let combine = (self.cost.combine(m, rows), Calls::one(rows));
         // Held for the results' arrival when a group is across the link: the stream wakes for
         // it `link_wake_us` later.
-        let across = groups
-            .iter()
-            .any(|&(stream, node, _, _)| self.wire(st, stream, stage_node, node).is_some());
+        let across = groups.iter().any(|g| g.4.is_some());
         let wake = self.hw.runtime.link_wake_us;
         let c = self.kernel(
             st,
@@ -287,22 +295,14 @@ impl SimCore {
         // kernels of the groups beside the router.
         let mut heads = Vec::with_capacity(groups.len() + 1);
         let mut near = Vec::new();
-        let messages = f64::from(u8::from(has_shared))
-            + groups
-                .iter()
-                .map(|&(_, _, share, held)| chance_of_rows(&group_load(m, rows, share, held), rows))
-                .sum::<f64>();
+        let messages = f64::from(u8::from(has_shared)) + groups.iter().map(|g| g.3).sum::<f64>();
         let fanned = hop + self.fanout(messages);
         let (d_bytes, c_bytes) = (
             self.hw.transfer.dispatch_bytes,
             self.hw.transfer.combine_bytes,
         );
         let cpu = self.hw.kind == DeviceKind::Cpu;
-        for (stream, node, share, held) in groups {
-            let g = group_load(m, rows, share, held);
-            // The chance the group gets any row: its transfers happen only then.
-            let p_any = chance_of_rows(&g, rows);
-            let wire = self.wire(st, stream, stage_node, node);
+        for (stream, node, g, p_any, wire) in groups {
             let back = wire.map(|_| self.wire(stream, st, node, stage_node));
             let after_kernel = match back.flatten() {
                 Some((w, spec)) => {
@@ -403,23 +403,25 @@ impl SimCore {
             let cost = (self.cost.combine(m, load.rows), Calls::one(load.rows));
             combines.push(self.kernel(s, cost, 0.0, Then::Join(done), lbl("combine")));
         }
-        let groups = self.group_shares(l);
+        // Per group: its stream, its load and the chance it gets any row.
+        let groups: Vec<(usize, GroupLoad, f64)> = self
+            .group_shares(l)
+            .into_iter()
+            .map(|(stream, _, share, held)| {
+                let g = group_load(m, total_rows, share, held);
+                (stream, g, chance_of_rows(&g, total_rows))
+            })
+            .collect();
         let has_shared = m.shared_params > 0.0;
         let n_back = groups.len() + if has_shared { lanes.len() } else { 0 };
         let back = self.clock.join(n_back as u32, Then::Tasks(combines));
         let mut kernels = Vec::with_capacity(groups.len());
-        let messages = groups
-            .iter()
-            .map(|&(_, _, share, held)| {
-                chance_of_rows(&group_load(m, total_rows, share, held), total_rows)
-            })
-            .sum::<f64>();
+        let messages = groups.iter().map(|g| g.2).sum::<f64>();
         let fanned = hop + self.fanout(messages);
-        for (stream, _, share, held) in groups {
-            let g = group_load(m, total_rows, share, held);
+        for (stream, g, p_any) in groups {
             let bytes = g.slots * hidden * c_bytes;
             let t = self.all_to_all(stream, bytes, Then::Join(back), lbl("combine"));
-            let calls = group_calls(&g, total_rows, chance_of_rows(&g, total_rows));
+            let calls = group_calls(&g, total_rows, p_any);
             let cost = (self.cost.group(m, g.slots, g.active), calls);
             kernels.push(self.kernel(stream, cost, fanned, Then::Tasks(vec![t]), lbl("experts")));
         }
