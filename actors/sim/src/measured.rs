@@ -68,7 +68,7 @@ impl Curve {
             .all(|t| t.is_finite() && *t >= 0.0 && *t < 1e9)
         {
             return Err(bad(format!(
-                "expected `us` finite and ≥ 0, found {:?}",
+                "expected `us` finite, ≥ 0 and below 1e9, found {:?}",
                 self.us
             )));
         }

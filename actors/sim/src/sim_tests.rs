@@ -20,7 +20,16 @@ fn graph(name: &str) -> LoadedGraph {
 }
 
 fn sim(g: &LoadedGraph, placement: &str, schedule: Arc<dyn Schedule>, hw: &str) -> Simulation {
-    let hw = Hardware::load(hw).unwrap();
+    sim_on(g, placement, schedule, Hardware::load(hw).unwrap())
+}
+
+/// As [`sim`], on a hardware description built in the test.
+fn sim_on(
+    g: &LoadedGraph,
+    placement: &str,
+    schedule: Arc<dyn Schedule>,
+    hw: Hardware,
+) -> Simulation {
     let table: Option<toml::Table> = match placement {
         "" => None,
         p => Some(toml::from_str(p).unwrap()),
@@ -245,10 +254,7 @@ fn measured_kernel_times_replace_the_roofline() {
                 head: flat(1000.0),
             },
         });
-        let experts = ModelCost::from_spec(&g.spec, None, 4.0).layer_experts();
-        let layout =
-            Layout::from_table(Some(&"streams = 1".parse().unwrap()), &experts, None, &hw).unwrap();
-        let mut s = Simulation::new(&g.spec, layout, Arc::new(Sequential), hw).unwrap();
+        let mut s = sim_on(&g, "streams = 1", Arc::new(Sequential), hw);
         report::decode(&mut s, 4, 32, 3).unwrap().step_ms
     };
     // ds-v3-mini: 8 layers, the first dense; 64 experts in groups of one, top 6, 4 rows.
@@ -274,10 +280,7 @@ fn the_link_wake_delays_each_moe_layer_twice() {
     let step_ms = |wake: f64| {
         let mut hw = Hardware::load("cpu").unwrap();
         hw.runtime.link_wake_us = wake;
-        let experts = ModelCost::from_spec(&g.spec, None, 4.0).layer_experts();
-        let table: toml::Table = toml::from_str(LINKED).unwrap();
-        let layout = Layout::from_table(Some(&table), &experts, None, &hw).unwrap();
-        let mut s = Simulation::new(&g.spec, layout, Arc::new(Sequential), hw).unwrap();
+        let mut s = sim_on(&g, LINKED, Arc::new(Sequential), hw);
         report::decode(&mut s, 4, 32, 3).unwrap().step_ms
     };
     // ds-v3-mini: 7 MoE layers.
