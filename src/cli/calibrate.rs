@@ -279,17 +279,18 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
     // roofline for the kinds they cover (it stays for attention's context beyond the measured
     // one); the stream's cost per call is the gap between expert calls, and the actor hops'
     // latency the other gaps (`calibrate_kernels.rs`).
-    let mut calls = Vec::new();
+    // One list of calls per run: each run's trace has its own clock.
     let one_stream_placement = Runs::OneStream.placement()?;
-    for &n in &counts {
-        calls.extend(traced_run(&model, &one_stream_placement, n, a.context, a.steps)?.0);
-    }
+    let runs = counts
+        .iter()
+        .map(|&n| Ok(traced_run(&model, &one_stream_placement, n, a.context, a.steps)?.0))
+        .collect::<Result<Vec<_>, CliError>>()?;
     hw.kernels = Some(MeasuredKernels {
         context: a.context as f64 + (a.steps.max(1) - 1) as f64 / 2.0,
-        times: kernel_times(&calls),
+        times: kernel_times(&runs.concat()),
     });
-    hw.compute.launch_us = launch_gap(&calls).unwrap_or(0.0);
-    if let Some(h) = hop_gaps(&calls, hw.compute.launch_us) {
+    hw.compute.launch_us = launch_gap(&runs).unwrap_or(0.0);
+    if let Some(h) = hop_gaps(&runs, hw.compute.launch_us) {
         hw.runtime.hop_us = h.hop;
         hw.runtime.fanout_us = h.fanout_base;
         hw.runtime.fanout_message_us = h.per_message;

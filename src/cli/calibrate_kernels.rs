@@ -98,6 +98,7 @@ pub fn calls_of(doc: &Value) -> Result<Vec<Call>, CliError> {
             stream: e["tid"].as_u64().unwrap_or(0),
         });
     }
+    calls.sort_by(|a, b| a.start_us.total_cmp(&b.start_us));
     Ok(calls)
 }
 
@@ -139,13 +140,13 @@ pub fn kernel_times(calls: &[Call]) -> KernelTimes {
     times
 }
 
-/// Median gap (µs) between consecutive expert calls of one op on the stream; `None` when the
-/// trace has none.
-pub fn launch_gap(calls: &[Call]) -> Option<f64> {
-    let mut sorted: Vec<&Call> = calls.iter().collect();
-    sorted.sort_by(|a, b| a.start_us.total_cmp(&b.start_us));
-    let gaps: Vec<f64> = sorted
-        .windows(2)
+/// Median gap (µs) between consecutive expert calls of one op on the stream, over `runs` (each
+/// one traced run's calls in start order, as [`calls_of`] returns them: every run's trace has
+/// its own clock, so runs are never merged); `None` when they have none.
+pub fn launch_gap(runs: &[Vec<Call>]) -> Option<f64> {
+    let gaps: Vec<f64> = runs
+        .iter()
+        .flat_map(|calls| calls.windows(2))
         .filter(|w| w[0].name == "experts" && w[1].name == "experts" && w[0].op == w[1].op)
         .map(|w| (w[1].start_us - (w[0].start_us + w[0].us)).max(0.0))
         .collect();
@@ -163,34 +164,37 @@ pub struct HopGaps {
     pub per_message: f64,
 }
 
-/// The hops' costs in `calls` given the stream's cost per call `launch`; `None` without the
-/// gaps to read them from.
-pub fn hop_gaps(calls: &[Call], launch: f64) -> Option<HopGaps> {
-    let mut sorted: Vec<&Call> = calls.iter().collect();
-    sorted.sort_by(|a, b| a.start_us.total_cmp(&b.start_us));
+/// The hops' costs in `runs` (as for [`launch_gap`]) given the stream's cost per call
+/// `launch`; `None` without the gaps to read them from.
+pub fn hop_gaps(runs: &[Vec<Call>], launch: f64) -> Option<HopGaps> {
     let gap = |a: &Call, b: &Call| (b.start_us - (a.start_us + a.us)).max(0.0);
-    let plain: Vec<f64> = sorted
-        .windows(2)
+    let plain: Vec<f64> = runs
+        .iter()
+        .flat_map(|calls| calls.windows(2))
         .filter(|w| {
             matches!(
                 (w[0].name.as_str(), w[1].name.as_str()),
                 ("attention", "dispatch") | ("combine", "attention")
             )
         })
-        .map(|w| gap(w[0], w[1]))
+        .map(|w| gap(&w[0], &w[1]))
         .collect();
     // Per router dispatch: (messages of its op, gap to the op's next kernel).
-    let mut messages: BTreeMap<(u64, i64, i64), usize> = BTreeMap::new();
-    for c in calls {
-        if c.name == "experts" || c.name == "shared" {
-            *messages.entry(c.op).or_default() += 1;
+    let mut fan: Vec<(f64, f64)> = Vec::new();
+    for calls in runs {
+        let mut messages: BTreeMap<(u64, i64, i64), usize> = BTreeMap::new();
+        for c in calls {
+            if c.name == "experts" || c.name == "shared" {
+                *messages.entry(c.op).or_default() += 1;
+            }
         }
+        fan.extend(
+            calls
+                .windows(2)
+                .filter(|w| w[0].name == "dispatch" && w[1].op == w[0].op)
+                .filter_map(|w| Some((*messages.get(&w[0].op)? as f64, gap(&w[0], &w[1])))),
+        );
     }
-    let fan: Vec<(f64, f64)> = sorted
-        .windows(2)
-        .filter(|w| w[0].name == "dispatch" && w[1].op == w[0].op)
-        .filter_map(|w| Some((*messages.get(&w[0].op)? as f64, gap(w[0], w[1]))))
-        .collect();
     if plain.is_empty() || fan.len() < 2 {
         return None;
     }
@@ -303,7 +307,7 @@ mod tests {
         let e = t.experts.unwrap();
         assert_eq!((e.rows, e.us), (vec![1.0, 2.0], vec![100.0, 100.0]));
         // Gaps 20, 30 and 50 µs between expert calls of the op.
-        assert_eq!(launch_gap(&calls), Some(30.0));
+        assert_eq!(launch_gap(&[calls]), Some(30.0));
         assert!(calls_of(&json!({"nothing": 1})).is_err());
     }
 
@@ -333,12 +337,27 @@ mod tests {
         ];
         // Plain gaps 80, 60 and 70 µs: median 70, less a launch of 10.
         // Fan-out gaps 110 µs at 2 messages and 115 at 3: 100 + 5 a message, less hop and launch.
-        let h = hop_gaps(&calls, 10.0).unwrap();
+        let h = hop_gaps(&[calls.clone()], 10.0).unwrap();
         assert!((h.hop - 60.0).abs() < 1e-9, "{h:?}");
         assert!((h.per_message - 5.0).abs() < 1e-9, "{h:?}");
         assert!((h.fanout_base - 30.0).abs() < 1e-9, "{h:?}");
-        assert_eq!(launch_gap(&calls), Some(10.0));
-        assert!(hop_gaps(&calls[..5], 10.0).is_none());
+        assert_eq!(launch_gap(&[calls.clone()]), Some(10.0));
+        assert!(hop_gaps(&[calls[..5].to_vec()], 10.0).is_none());
+        // A second run on its own clock, 3 µs later: read apart, it gives the same figures;
+        // merged into one timeline its calls would interleave with the first run's.
+        let later: Vec<Call> = calls
+            .iter()
+            .map(|c| Call {
+                start_us: c.start_us + 3.0,
+                ..c.clone()
+            })
+            .collect();
+        let both = [calls.clone(), later];
+        assert_eq!(launch_gap(&both), Some(10.0));
+        let h2 = hop_gaps(&both, 10.0).unwrap();
+        assert!((h2.hop - h.hop).abs() < 1e-9, "{h2:?}");
+        assert!((h2.per_message - h.per_message).abs() < 1e-9, "{h2:?}");
+        assert!((h2.fanout_base - h.fanout_base).abs() < 1e-9, "{h2:?}");
     }
 
     #[test]
