@@ -207,6 +207,8 @@ pub fn run_pass(
         });
     }
     reserve_pages(&seqs)?;
+    // Its hand-offs between actors must not find the processors halted.
+    let _awake = troupe_engine::kernels::awake::keep_awake();
     let shape = PassShape {
         sequence_rows: seqs.iter().map(|s| s.tokens.len()).collect(),
         n_layers: core.model.layers.len(),

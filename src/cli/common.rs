@@ -85,6 +85,9 @@ pub fn open_graph_placed(
     run: &RunArgs,
 ) -> Result<(LoadedGraph, troupe_actors::transport::AttentionMode), CliError> {
     check_fault_env()?;
+    if run.no_keep_awake {
+        troupe_engine::kernels::awake::set_enabled(false);
+    }
     init_isa(run.isa.as_deref())?;
     init_compute(run)?;
     let mut graph = LoadedGraph::open(&run.model)?;

@@ -109,6 +109,12 @@ pub struct RunArgs {
     /// Run even when the model looks too large for this machine's available memory.
     #[arg(long)]
     pub skip_memory_check: bool,
+    /// Let idle processors halt during a forward pass. By default a pass holds a 0 µs wake-up
+    /// latency request (/dev/cpu_dma_latency, where writable) so that a thread woken for the
+    /// next kernel does not wait for a halted (virtual) processor; see `kernels::awake`. Same
+    /// as TROUPE_KEEP_AWAKE=0.
+    #[arg(long)]
+    pub no_keep_awake: bool,
     /// KV cache pages per layer pool (default: room for 8 sequences of the model's full length,
     /// at least 1024). A request whose cache needs a page when none is free fails alone.
     #[arg(long, value_parser = parse_pages)]

@@ -17,6 +17,7 @@ mod attention_simd;
 mod attention_simd512;
 #[cfg(test)]
 mod attention_tests;
+pub mod awake;
 pub mod columns;
 pub mod cpu;
 #[cfg(test)]

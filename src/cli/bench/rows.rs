@@ -7,7 +7,7 @@
 //! `{"model", "device", "isa" (avx512, avx2, portable or ptx), "compute" (f32 or bf16), "threads", "runtime", "tests": [{"name": "pp128"|"tg64",
 //! "n_prompt", "n_gen", "n_depth", "tok_s", "min", "max"}], "h2d_bytes_per_decode_step",
 //! "d2h_bytes_per_decode_step", "kernel_launches": {kernel: launches per decode step},
-//! "decode_steps_counted", "depth_costs": [{"n_depth", "cache_bytes", "attention_flops",
+//! "decode_steps_counted", "keep_awake" (what `kernels::awake` did), "depth_costs": [{"n_depth", "cache_bytes", "attention_flops",
 //! "read_gbps", "gflops", "read_ms", "compute_ms", "extra_ms"}]}`. The per-step counts are
 //! differences of `Backend::counters()` over the first tg test's first timed run, after an
 //! untimed warm-up has made the weights resident (all backends of the runtime summed), divided
@@ -234,6 +234,8 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
         }
     }
     target.finish()?;
+    let awake = troupe_engine::kernels::awake::status();
+    println!("keep awake: {awake}");
     if let Some(path) = &a.dump_expert_load {
         crate::cli::eplb::dump_expert_load(path, &model)?;
     }
@@ -255,6 +257,7 @@ pub fn run(a: &BenchArgs, n_prompt: usize) -> Result<(), CliError> {
             "d2h_bytes_per_decode_step": d2h,
             "kernel_launches": launches,
             "decode_steps_counted": decode.as_ref().map(|d| d.1),
+            "keep_awake": awake.to_string(),
             "depth_costs": costs,
         });
         println!("{line}");

@@ -157,6 +157,7 @@ pub const CLI_FLAGS: &[&str] = &[
     "--stop-at-eos",
     "--json",
     "--skip-memory-check",
+    "--no-keep-awake",
     "--reps",
     "--foo",
     "--help",
