@@ -19,7 +19,7 @@
 //! power, not time), it needs write access to `/dev/cpu_dma_latency` (root, or a udev rule), and
 //! where it cannot be made nothing happens ([`status`] says why). Spinner threads under
 //! `SCHED_IDLE` were tried instead (a user-space poll that needs no privilege): they made decode
-//! slower (68 → 46 tok/s with `pause` loops, → 64 with `sched_yield` loops), because a pool
+//! slower (68 → 46 tok/s with `pause` loops, 68–70 → 64–66 with `sched_yield` loops), because a pool
 //! thread spinning in `sched_yield` for work hands its processor to them. `TROUPE_KEEP_AWAKE=0`
 //! (or the CLI's `--no-keep-awake`) turns it off. It changes when threads run, never what a kernel
 //! computes: results are the same bits.
