@@ -109,8 +109,8 @@ pub fn set_enabled(on: bool) {
 impl Drop for KeepAwake {
     fn drop(&mut self) {
         if let Some(k) = self.0.take() {
-            k.released_at
-                .store(k.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+            let now = (k.epoch.elapsed().as_nanos() as u64).max(1);
+            k.released_at.store(now, Ordering::Release);
             k.guards.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -122,7 +122,7 @@ struct Keeper {
     device: PathBuf,
     /// Guards alive.
     guards: AtomicUsize,
-    /// When the last guard dropped (ns since `epoch`).
+    /// When the last guard dropped (ns since `epoch`, at least 1; 0: none has dropped yet).
     released_at: AtomicU64,
     epoch: Instant,
     /// Whether the request is held now.
@@ -182,8 +182,9 @@ impl Keeper {
         if self.guards.load(Ordering::Acquire) > 0 {
             return true;
         }
+        let released = self.released_at.load(Ordering::Acquire);
         let now = self.epoch.elapsed().as_nanos() as u64;
-        now.saturating_sub(self.released_at.load(Ordering::Acquire)) < LINGER.as_nanos() as u64
+        released != 0 && now.saturating_sub(released) < LINGER.as_nanos() as u64
     }
 
     /// Opens the device and asks for 0 µs (the request lives until the file is closed).
@@ -245,7 +246,13 @@ mod tests {
         let device = dir.path().join("qos");
         std::fs::write(&device, b"unset").unwrap();
         let k = Keeper::start(device.clone());
-        assert!(!k.held.load(Ordering::Acquire), "held before any guard");
+        // No guard yet: a fresh keeper is not inside a linger (it was, for its first 20 ms).
+        std::thread::sleep(LINGER * 2);
+        assert!(
+            !k.made.load(Ordering::Acquire),
+            "requested before any guard"
+        );
+        assert_eq!(std::fs::read(&device).unwrap(), b"unset");
         let guard = k.guard();
         eventually("held under a guard", || k.held.load(Ordering::Acquire));
         // The request is a 4-byte 0 (µs), written over the file's start.
