@@ -55,12 +55,13 @@ fn decode_streams_weights() {
     let int8_bytes = (count * out * (k + k / 32 * 4)) as f64;
     pool.install(|| {
         let cases = [
-            (Isa::Avx2, "bf16", &weights, bf16_bytes),
-            (Isa::Avx512, "bf16", &weights, bf16_bytes),
-            (Isa::Avx2, "int8", &int8, int8_bytes),
-            (Isa::Avx512, "int8", &int8, int8_bytes),
+            (Isa::Avx2, Compute::F32, "bf16", &weights, bf16_bytes),
+            (Isa::Avx512, Compute::F32, "bf16", &weights, bf16_bytes),
+            (Isa::Avx512Bf16, Compute::Bf16, "bf16", &weights, bf16_bytes),
+            (Isa::Avx2, Compute::F32, "int8", &int8, int8_bytes),
+            (Isa::Avx512, Compute::F32, "int8", &int8, int8_bytes),
         ];
-        for (isa, dtype, weights, bytes) in cases {
+        for (isa, compute, dtype, weights, bytes) in cases {
             if !isa.supported() {
                 continue;
             }
@@ -71,7 +72,7 @@ fn decode_streams_weights() {
                         w,
                         out: &mut y,
                     }];
-                    linear_many_in(jobs, isa, Compute::F32, None).expect("a linear");
+                    linear_many_in(jobs, isa, compute, None).expect("a linear");
                 }
             };
             pass();
@@ -85,9 +86,10 @@ fn decode_streams_weights() {
                 let cpu = (harness::process_cpu_ns().unwrap_or(0) - c0) as f64 * 1e-9;
                 let gbps = 4.0 * bytes / wall / 1e9;
                 println!(
-                    "{threads} threads {:<8} round {round}: {gbps:5.1} GB/s of {dtype} weights, \
-                     read bandwidth {read:5.1} GB/s ({:.0}%), cpu/wall {:.2}",
+                    "{threads} threads {:<10} {:<4} compute, round {round}: {gbps:5.1} GB/s of \
+                     {dtype} weights, read bandwidth {read:5.1} GB/s ({:.0}%), cpu/wall {:.2}",
                     isa.name(),
+                    compute.name(),
                     100.0 * gbps / read,
                     cpu / wall
                 );

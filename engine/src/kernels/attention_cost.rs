@@ -22,31 +22,106 @@ pub fn attention_cost(layout: &KvLayout, len: usize, p: &AttentionParams) -> (u6
     (bytes, flops)
 }
 
+/// Concurrent sequential streams each thread of `measure_read_bandwidth` reads. The hardware
+/// prefetchers track several streams at once, and the memory answers more requests in flight:
+/// on a Sapphire Rapids-class Xeon (2 cores) one stream per thread read 27–31 GB/s, 4 streams
+/// 42 and 8 streams 44 (a C loop of 512-bit loads, best of 5).
+pub const READ_STREAMS: usize = 8;
+
 /// Streaming read bandwidth of this machine with the current pool's threads (GB/s): the best of
-/// three sums over a 256 MiB buffer (far larger than the caches).
+/// five reads of a 256 MiB buffer (far larger than the caches), each thread reading its share
+/// as [`READ_STREAMS`] interleaved sequential streams with the widest loads the processor has.
+/// This is the yardstick decode's weight streaming is held to, so it reads the way a fast
+/// kernel could, not the way a naive loop does.
 pub fn measure_read_bandwidth() -> f64 {
-    let n = 64 << 20; // 256 MiB of f32
-    let buf: Vec<f32> = (0..n).map(|i| (i & 1023) as f32).collect();
+    let words = 32 << 20; // 256 MiB of u64
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let threads = rayon::current_num_threads().max(1);
+    let per = words / threads / (READ_STREAMS * 8) * (READ_STREAMS * 8);
     let mut best = 0.0f64;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let t = Instant::now();
-        let s: f32 = buf
-            .par_chunks(1 << 16)
-            .map(|c| {
-                let mut lanes = [0.0f32; 16];
-                for ch in c.chunks_exact(16) {
-                    for (l, v) in lanes.iter_mut().zip(ch) {
-                        *l += v;
-                    }
-                }
-                lanes.iter().sum::<f32>()
-            })
-            .sum();
+        let s: u64 = (0..threads)
+            .into_par_iter()
+            .map(|i| read_streams(&buf[i * per..(i + 1) * per]))
+            .reduce(|| 0, u64::wrapping_add);
         let dt = t.elapsed().as_secs_f64();
         std::hint::black_box(s);
-        best = best.max((n * 4) as f64 / dt / 1e9);
+        best = best.max((threads * per * 8) as f64 / dt / 1e9);
     }
     best
+}
+
+/// Sums `region` (a multiple of `READ_STREAMS` cache lines) read as `READ_STREAMS` streams.
+fn read_streams(region: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the processor has AVX-512F (checked just above).
+            return unsafe { read_streams_avx512(region) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor has AVX2 (checked just above).
+            return unsafe { read_streams_avx2(region) };
+        }
+    }
+    read_streams_portable(region)
+}
+
+#[inline(always)]
+fn read_streams_portable(region: &[u64]) -> u64 {
+    let seg = region.len() / READ_STREAMS;
+    let mut acc = [0u64; READ_STREAMS];
+    for line in (0..seg).step_by(8) {
+        for (s, a) in acc.iter_mut().enumerate() {
+            for w in &region[s * seg + line..][..8] {
+                *a = a.wrapping_add(*w);
+            }
+        }
+    }
+    acc.iter().fold(0, |a, b| a.wrapping_add(*b))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn read_streams_avx2(region: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let seg = region.len() / READ_STREAMS;
+    let p = region.as_ptr();
+    let mut acc = [_mm256_setzero_si256(); READ_STREAMS];
+    for line in (0..seg).step_by(8) {
+        for (s, a) in acc.iter_mut().enumerate() {
+            let q = p.add(s * seg + line) as *const __m256i;
+            *a = _mm256_add_epi64(
+                *a,
+                _mm256_add_epi64(_mm256_loadu_si256(q), _mm256_loadu_si256(q.add(1))),
+            );
+        }
+    }
+    let mut lanes = [0u64; 4];
+    let mut total = 0u64;
+    for a in acc {
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a);
+        total = lanes.iter().fold(total, |t, l| t.wrapping_add(*l));
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn read_streams_avx512(region: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let seg = region.len() / READ_STREAMS;
+    let p = region.as_ptr();
+    let mut acc = [_mm512_setzero_si512(); READ_STREAMS];
+    for line in (0..seg).step_by(8) {
+        for (s, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_add_epi64(*a, _mm512_loadu_si512(p.add(s * seg + line) as *const _));
+        }
+    }
+    acc.iter().fold(0u64, |t, a| {
+        t.wrapping_add(_mm512_reduce_add_epi64(*a) as u64)
+    })
 }
 
 /// Independent fused multiply-add chains per thread (enough to cover the FMA latency).

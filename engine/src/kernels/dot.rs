@@ -157,7 +157,7 @@ fn tail16(w: WRow<'_>, start: usize, buf: &mut [f32; 16]) {
 /// Adds the elements past the last whole 16-block (`main..x.len()`), zero-padded to 16, to
 /// `lanes` in the dot order (nothing when `main` is the end).
 #[inline(always)]
-fn add_tail16(x: &[f32], w: WRow<'_>, main: usize, lanes: &mut [f32; 16]) {
+pub(super) fn add_tail16(x: &[f32], w: WRow<'_>, main: usize, lanes: &mut [f32; 16]) {
     let k = x.len();
     if main < k {
         let mut wt = [0.0f32; 16];
@@ -240,47 +240,6 @@ pub(super) mod avx2 {
             (3, 2) => tile::<3, 2>(xs, ws, out),
             // Larger blocks are split into tiles; each dot keeps its own order.
             _ => super::split_block(xs, ws, out, |x, w, o| dot_block(x, w, o)),
-        }
-    }
-
-    /// Elements (1 KiB of bf16) between the one `gemv_bf16_columns` reads and the one it asks
-    /// the memory for: the software prefetch covers each 4 KiB page's start, where the hardware
-    /// prefetchers stop. 256 to 4096 measured alike in `benches/decode_gemv.rs`; none was slower.
-    const GEMV_AHEAD: usize = 512;
-
-    /// Output columns `c0..c1` of one x row against the bf16 weight `w` (`[out, k]`), each handed
-    /// to `set(column, value)`: decode's matrix-vector product. The weight rows are read one
-    /// after another, as one sequential stream: four rows at a time (four interleaved streams,
-    /// [`gemv_bf16`]) streamed at 55–70% of the read bandwidth on Zen 3, one at a time at
-    /// 70–97%. One row keeps two 8-lane chains, which the memory, not the 4-cycle FMA latency,
-    /// paces: 32 bytes per 4 cycles is more than one core's share of the bandwidth.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::kernels) unsafe fn gemv_bf16_columns(
-        x: &[f32],
-        w: &[u16],
-        k: usize,
-        (c0, c1): (usize, usize),
-        set: &mut dyn FnMut(usize, f32),
-    ) {
-        let main = k / 16 * 16;
-        for c in c0..c1 {
-            let p = w.as_ptr().add(c * k);
-            let row = Bf16Row(p);
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut i = 0;
-            while i < main {
-                if i % 32 == 0 {
-                    _mm_prefetch(p.wrapping_add(i + GEMV_AHEAD) as *const i8, _MM_HINT_T0);
-                }
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i)), row.load8(i), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i + 8)), row.load8(i + 8), a1);
-                i += 16;
-            }
-            let mut lanes = [0.0f32; 16];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), a0);
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
-            super::add_tail16(x, WRow::BF16(&w[c * k..][..k]), main, &mut lanes);
-            set(c, fold16(&lanes));
         }
     }
 

@@ -8,6 +8,7 @@
 //! them half their speed on one row.
 
 use super::dot::{fold16, WRow};
+use super::dot_pairs::STREAMS;
 use crate::weights::int8::INT8_BLOCK;
 
 /// `C` int8 weight rows and their scale rows.
@@ -46,12 +47,13 @@ fn tail(x: &[f32], q: &[i8], s: &[f32], main: usize, lanes: &mut [f32; 16]) {
     }
 }
 
-/// Whether the `C` rows are consecutive rows of one weight: then the next call reads the `C`
-/// rows after them, which these loops prefetch (a hint: no effect on results).
+/// How far ahead of the rows these loops request data (a hint: no effect on results): when the
+/// `C` rows are consecutive rows of one weight, the next call reads the `C` rows after them;
+/// otherwise each row is one of `C` runs of rows ([`columns`]) and its successor comes next.
 fn ahead<const C: usize>(q: &[&[i8]; C], k: usize) -> usize {
     match q[C - 1].as_ptr() == q[0].as_ptr().wrapping_add((C - 1) * k) {
         true => C * k,
-        false => 0,
+        false => k,
     }
 }
 
@@ -149,16 +151,16 @@ pub(super) unsafe fn gemv_avx2<const C: usize>(
 }
 
 /// Output columns `c0..c1` of one x row (`x`, `k` values) against the int8 weight `q`
-/// (`[out, k]`) with its scales (`[out, grid_cols]`), each handed to `set(column, value)`:
-/// four weight rows at a time on AVX-512F ([`gemv_avx512`]), one row at a time on AVX2+FMA
-/// ([`gemv_avx2`] of one row; on Zen 3 four interleaved rows streamed at 48–59% of the read bandwidth in
-/// `benches/decode_gemv.rs`, one row at 64%), in one call per chunk.
+/// (`[out, k]`) with its scales (`[out, grid_cols]`), each handed to `set(column, value)`: the
+/// columns cut into [`STREAMS`] equal runs read side by side, a row of each run per call of
+/// [`gemv_avx512`] (AVX-512F) or [`gemv_avx2`], so the memory sees that many long sequential
+/// streams (see [`super::dot_pairs::STREAMS`]). On Zen 3, four neighbouring rows at a time had
+/// streamed at 48–59% of a one-stream read loop and one row at a time at 64%.
 ///
 /// # Safety
 /// The processor has AVX2+FMA, and AVX-512F when `avx512`; `q` holds
 /// `c1` rows of `k` and `scales` `c1` rows of `grid_cols`.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn columns(
     x: &[f32],
     q: &[i8],
@@ -172,25 +174,26 @@ pub(super) unsafe fn columns(
         q: &q[r * k..(r + 1) * k],
         scales: &scales[r * grid_cols..(r + 1) * grid_cols],
     };
-    if !avx512 {
-        // One row per call: its prefetch of "the next row" is then `k` elements ahead in the
-        // same sequential stream.
-        for c in c0..c1 {
-            let mut out = [[0.0f32; 4]; 4];
-            gemv_avx2::<1>(x, &[row(c)], &mut out);
-            set(c, out[0][0]);
-        }
-        return;
-    }
-    let mut c = c0;
-    while c < c1 {
-        let cn = (c1 - c).min(4);
-        let ws: [WRow<'_>; 4] = std::array::from_fn(|j| row(c + j.min(cn - 1)));
+    let one = |rows: &[WRow<'_>], out: &mut [[f32; 4]; 4]| match (avx512, rows.len() > 1) {
+        (true, true) => gemv_avx512::<STREAMS>(x, rows, out),
+        (true, false) => gemv_avx512::<1>(x, rows, out),
+        (false, true) => gemv_avx2::<STREAMS>(x, rows, out),
+        (false, false) => gemv_avx2::<1>(x, rows, out),
+    };
+    // A call's outputs fill one row of a 4 × 4 tile.
+    const _: () = assert!(STREAMS <= 4);
+    let run = (c1 - c0) / STREAMS;
+    for t in 0..run {
+        let cols: [usize; STREAMS] = std::array::from_fn(|j| c0 + j * run + t);
         let mut out = [[0.0f32; 4]; 4];
-        gemv_avx512::<4>(x, &ws, &mut out);
-        for (j, v) in out[0].iter().enumerate().take(cn) {
-            set(c + j, *v);
+        one(&cols.map(row), &mut out);
+        for (c, v) in cols.into_iter().zip(out[0]) {
+            set(c, v);
         }
-        c += cn;
+    }
+    for c in c0 + STREAMS * run..c1 {
+        let mut out = [[0.0f32; 4]; 4];
+        one(&[row(c)], &mut out);
+        set(c, out[0][0]);
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Each product is split by weight rows (output columns) into contiguous chunks that the compute
 //! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
-//! Inside a chunk, a single x row (decode's GEMV) reads the weight rows one after another as one
-//! stream (`dot::avx2::gemv_bf16_columns`, `dot_i8`). More rows use register tiles of (x rows ×
+//! Inside a chunk, a single x row (decode's GEMV) reads the chunk's weight rows as a few long
+//! sequential streams, a row of each at a time (`gemv_bf16`, `dot_i8`, `dot_pairs::gemv_pairs`;
+//! why: [`super::dot_pairs::STREAMS`]). More rows use register tiles of (x rows ×
 //! weight rows), 3×2 (each weight load reused three times, each x load twice; 4×4 on AVX-512),
 //! walked a strip of 16 weight rows at a time over all x rows, so a strip stays in cache. From
 //! 8 rows on, AVX2 hands bf16 and int8 weights to [`super::panel_gemm`] (f32 panels, blocked
@@ -175,7 +176,7 @@ unsafe fn columns_into(
     #[cfg(target_arch = "x86_64")]
     if let (1, true, None, WFlat::BF16(w)) = (n, isa.has_avx2() && isa.supported(), x16, wf) {
         // SAFETY: AVX2+FMA+F16C checked just above; `w` holds `out_dim >= c1` rows of `k`.
-        return super::dot::avx2::gemv_bf16_columns(x, w, k, (c0, c1), &mut |c, v| out.set(c, v));
+        return super::gemv_bf16::columns(x, w, k, (c0, c1), &mut |c, v| out.set(c, v));
     }
     #[cfg(target_arch = "x86_64")]
     if let (Some(Rounded::Tiles(packed)), WFlat::BF16(w)) = (x16, wf) {
@@ -184,6 +185,15 @@ unsafe fn columns_into(
         return amx::columns(packed, w, (c0, c1), &mut |r, c, v| {
             out.set(r * out_dim + c, v)
         });
+    }
+    if let (1, Some(Rounded::Bf16(x16)), WFlat::BF16(w)) = (n, x16, wf) {
+        if k.is_multiple_of(super::dot_pairs::CHUNK) {
+            // Decode: one bf16 row against the weights, in several streams (same bits as the
+            // 1 × 4 tiles below).
+            return super::dot_pairs::gemv_pairs(x16, w, k, (c0, c1), isa, &mut |c, v| {
+                out.set(c, v)
+            });
+        }
     }
     if let (Some(Rounded::Bf16(x16)), WFlat::BF16(w)) = (x16, wf) {
         // bf16 activations against bf16 weights: the pair-dot order, 4 × 4 tiles (1 × 4 for

@@ -28,6 +28,7 @@ pub mod dot_pairs;
 pub mod fp8;
 #[cfg(target_arch = "x86_64")]
 mod fp8_simd;
+mod gemv_bf16;
 pub mod isa;
 pub mod kv_pages;
 pub mod linear;

@@ -4,7 +4,7 @@
 //! rounding of a different summation order of the same exact products.
 
 use troupe_engine::dtype::{bf16_to_f32, f32_to_bf16, DType};
-use troupe_engine::kernels::dot_pairs::{dot_pairs_portable, pairs_block};
+use troupe_engine::kernels::dot_pairs::{dot_pairs_portable, gemv_pairs, pairs_block, STREAMS};
 use troupe_engine::kernels::isa::Isa;
 use troupe_engine::kernels::linear::{linear_many_in, LinearJob};
 use troupe_engine::kernels::precision::Compute;
@@ -64,6 +64,49 @@ fn vdpbf16ps_tiles_match_the_portable_definition_bit_for_bit() {
                             "k {k}, block {nr}x{nc}, [{r}][{c}]: {} vs {want}",
                             got[r][c]
                         );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_decode_gemv_matches_the_definition_on_every_column_range() {
+    if !Isa::Avx512Bf16.supported() {
+        eprintln!("no AVX512-BF16 here: only the portable definition runs");
+    }
+    let mut rng = SplitMix64::new(23);
+    for k in [32usize, 64, 96, 1024] {
+        let rows = 4 * STREAMS + 7;
+        let x = wild_bf16(&mut rng, k);
+        let w = wild_bf16(&mut rng, rows * k);
+        // Ranges shorter than the streams, ragged, whole, and starting mid-matrix.
+        for (c0, c1) in [
+            (0, 0),
+            (0, 1),
+            (3, 5),
+            (0, STREAMS),
+            (1, 2 * STREAMS + 3),
+            (5, rows),
+            (0, rows),
+        ] {
+            for isa in [Isa::Avx512Bf16, Isa::Portable] {
+                let mut got = vec![f32::NAN; rows];
+                gemv_pairs(&x, &w, k, (c0, c1), isa, &mut |c, v| {
+                    assert!(got[c].is_nan(), "column {c} written twice");
+                    got[c] = v;
+                });
+                for (c, g) in got.iter().enumerate() {
+                    if (c0..c1).contains(&c) {
+                        let want = dot_pairs_portable(&x, &w[c * k..][..k]);
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "k {k}, columns {c0}..{c1}, column {c} on {isa:?}: {g} vs {want}"
+                        );
+                    } else {
+                        assert!(g.is_nan(), "column {c} outside {c0}..{c1} written");
                     }
                 }
             }
