@@ -456,6 +456,16 @@ pub struct ActorRuntime {
     batcher: Batcher,
 }
 
+/// Threads of the actors' tokio runtime. Actor code is short (a few µs per message between
+/// kernels); what it costs on a small machine is waking threads: a second worker is unparked
+/// whenever one queues a task while busy, and each wake takes a processor from the kernel pool.
+/// With one worker, `troupe bench --compare` (ds-v3-mini, `--compute bf16`, 2 cores, two
+/// alternated runs each) gave actors/reference 0.872–0.878 against 0.850–0.853 with two
+/// (8 sequences, sequential), 0.770–0.775 against 0.750–0.755 (two-microbatch) and
+/// 0.816–0.832 against 0.802–0.812 (1 sequence). Kernels never run on these threads (streams
+/// drain on the kernel pool or their own worker), and nothing in an actor blocks.
+const ACTOR_WORKERS: usize = 1;
+
 impl ActorRuntime {
     /// Spawns the actor system for `model` with the graph's `[placement]` / `[schedule]`.
     pub fn start(
@@ -481,7 +491,7 @@ impl ActorRuntime {
         cfg: RuntimeConfig,
     ) -> Result<ActorRuntime> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(ACTOR_WORKERS)
             .thread_name("troupe-actors")
             .enable_all()
             .build()
