@@ -183,13 +183,16 @@ impl<'a> Fp8Rows<'a> {
     ) {
         #[cfg(target_arch = "x86_64")]
         if n == 1 && isa.has_avx2() && isa.supported() {
-            let mut c = c0;
-            while c < c1 {
-                let cn = (c1 - c).min(4);
-                let rows: [&[u8]; 4] = std::array::from_fn(|j| self.row(c + j.min(cn - 1)));
-                let scales: [&[f32]; 4] =
-                    std::array::from_fn(|j| self.scale_row(c + j.min(cn - 1)));
-                let (xr, ahead) = (&x[..self.k], 4 * self.k);
+            // Four rows per call: first one of each of four equal runs of the columns (each
+            // row's successor requested ahead, see `dot_pairs::STREAMS`), then the rest four
+            // neighbours at a time (the next four requested ahead).
+            let group = |cols: [usize; 4],
+                         cn: usize,
+                         ahead: usize,
+                         set: &mut dyn FnMut(usize, usize, f32)| {
+                let rows: [&[u8]; 4] = cols.map(|c| self.row(c));
+                let scales: [&[f32]; 4] = cols.map(|c| self.scale_row(c));
+                let xr = &x[..self.k];
                 let y = if isa.has_avx512() && self.nan_free {
                     // SAFETY: AVX-512F+BW (with AVX2+FMA+F16C) checked just above; rows and x
                     // hold k elements; the weight has no NaN byte.
@@ -198,9 +201,23 @@ impl<'a> Fp8Rows<'a> {
                     // SAFETY: AVX2+FMA+F16C checked just above; rows and x hold k elements.
                     unsafe { super::fp8_simd::gemv4(xr, &rows, &scales, ahead) }
                 };
-                for (j, v) in y.iter().enumerate().take(cn) {
-                    set(0, c + j, *v);
+                for (c, v) in cols.iter().zip(y).take(cn) {
+                    set(0, *c, v);
                 }
+            };
+            let run = (c1 - c0) / 4;
+            for t in 0..run {
+                group(std::array::from_fn(|j| c0 + j * run + t), 4, self.k, set);
+            }
+            let mut c = c0 + 4 * run;
+            while c < c1 {
+                let cn = (c1 - c).min(4);
+                group(
+                    std::array::from_fn(|j| c + j.min(cn - 1)),
+                    cn,
+                    4 * self.k,
+                    set,
+                );
                 c += cn;
             }
             return;
