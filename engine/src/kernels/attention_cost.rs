@@ -29,8 +29,9 @@ pub fn attention_cost(layout: &KvLayout, len: usize, p: &AttentionParams) -> (u6
 pub const READ_STREAMS: usize = 8;
 
 /// Streaming read bandwidth of this machine with the current pool's threads (GB/s): the best of
-/// ten reads of a 256 MiB buffer (one read lasts ~7 ms; single reads varied by ±10% here) (far larger than the caches), each thread reading its share
-/// as [`READ_STREAMS`] interleaved sequential streams with the widest loads the processor has.
+/// ten reads of a 256 MiB buffer (far larger than the caches; one read lasts ~7 ms, and single
+/// reads varied by ±10% here), each thread reading its share as [`READ_STREAMS`] interleaved
+/// sequential streams with the widest loads the processor has.
 /// This is the yardstick decode's weight streaming is held to, so it reads the way a fast
 /// kernel could, not the way a naive loop does.
 pub fn measure_read_bandwidth() -> f64 {

@@ -7,8 +7,8 @@
 //! (`WRow::I8`); these loops exist because the tiles' per-load dispatch on the row type cost
 //! them half their speed on one row.
 
+use super::decode_streams::{runs, STREAMS};
 use super::dot::{fold16, WRow};
-use super::dot_pairs::STREAMS;
 use crate::weights::int8::INT8_BLOCK;
 
 /// `C` int8 weight rows and their scale rows.
@@ -152,9 +152,8 @@ pub(super) unsafe fn gemv_avx2<const C: usize>(
 
 /// Output columns `c0..c1` of one x row (`x`, `k` values) against the int8 weight `q`
 /// (`[out, k]`) with its scales (`[out, grid_cols]`), each handed to `set(column, value)`: the
-/// columns cut into [`STREAMS`] equal runs read side by side, a row of each run per call of
-/// [`gemv_avx512`] (AVX-512F) or [`gemv_avx2`], so the memory sees that many long sequential
-/// streams (see [`super::dot_pairs::STREAMS`]). On Zen 3, four neighbouring rows at a time had
+/// columns read as [`super::decode_streams::runs`], a row of each run per call of
+/// [`gemv_avx512`] (AVX-512F) or [`gemv_avx2`]. On Zen 3, four neighbouring rows at a time had
 /// streamed at 48–59% of a one-stream read loop and one row at a time at 64%.
 ///
 /// # Safety
@@ -182,16 +181,15 @@ pub(super) unsafe fn columns(
     };
     // A call's outputs fill one row of a 4 × 4 tile.
     const _: () = assert!(STREAMS <= 4);
-    let run = (c1 - c0) / STREAMS;
-    for t in 0..run {
-        let cols: [usize; STREAMS] = std::array::from_fn(|j| c0 + j * run + t);
+    let (groups, rest) = runs(c0, c1);
+    for cols in groups {
         let mut out = [[0.0f32; 4]; 4];
         one(&cols.map(row), &mut out);
         for (c, v) in cols.into_iter().zip(out[0]) {
             set(c, v);
         }
     }
-    for c in c0 + STREAMS * run..c1 {
+    for c in rest {
         let mut out = [[0.0f32; 4]; 4];
         one(&[row(c)], &mut out);
         set(c, out[0][0]);

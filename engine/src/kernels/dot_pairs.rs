@@ -84,19 +84,11 @@ pub fn pairs_block(xs: &[&[u16]], ws: &[&[u16]], isa: Isa, out: &mut [[f32; 4]; 
     }
 }
 
-/// Weight rows one decode GEMV ([`gemv_pairs`]) reads at once, each from its own run of the
-/// columns, so the memory sees that many long sequential streams per thread rather than one.
-/// Measured on a Sapphire Rapids-class Xeon (2 threads, ds-v3-mini, `--compute bf16`): a read
-/// loop got 27–31 GB/s from one stream per thread and 42–44 from 4–8; decode (tg64) went from
-/// 88–89 tok/s with four neighbouring rows at a time to 97–103 with four runs, each row's
-/// successor requested a row ahead (without the requests: 86–88; 2 runs: 95; 8 runs: 97–103).
-pub const STREAMS: usize = 4;
-
 /// One bf16 activation row `x` against weight rows `c0..c1` of `w` (`k` elements each, a
 /// multiple of [`CHUNK`]): `put(c, dot_pairs(x, w[c]))` for each, in the pair-dot order (the
 /// same bits as [`pairs_block`] and [`dot_pairs_portable`]), with `vdpbf16ps` when `isa` has it.
-/// The rows are taken [`STREAMS`] at a time, one from each of `STREAMS` equal runs of the
-/// columns, each row's successor requested ahead: decode's weight streaming.
+/// The rows are read as [`super::decode_streams::runs`], each row's successor requested ahead:
+/// decode's weight streaming.
 pub fn gemv_pairs(
     x: &[u16],
     w: &[u16],
@@ -138,8 +130,8 @@ mod avx512bf16 {
         std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _))
     }
 
-    /// [`super::gemv_pairs`] on `vdpbf16ps`: `STREAMS` rows at a time, one from each of
-    /// `STREAMS` equal runs of the columns, each row's next row requested a row ahead.
+    /// [`super::gemv_pairs`] on `vdpbf16ps`: a row of each run at a time, each row's successor
+    /// (the run's next row) requested while it streams by.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn gemv(
         x: &[u16],
@@ -148,18 +140,19 @@ mod avx512bf16 {
         (c0, c1): (usize, usize),
         put: &mut dyn FnMut(usize, f32),
     ) {
-        const S: usize = super::STREAMS;
+        use crate::kernels::decode_streams::{runs, STREAMS};
         let xp = x.as_ptr();
-        let run = (c1 - c0) / S;
-        // The columns left over by the runs, one at a time (a run's rows are `c0 + s * run + t`).
-        let rest = (c0 + S * run)..c1;
-        for t in 0..run {
-            let rows: [usize; S] = std::array::from_fn(|s| c0 + s * run + t);
-            let acc = dots::<S>(xp, rows.map(|r| w.as_ptr().add(r * k)), k, t + 1 < run);
+        let (groups, rest) = runs(c0, c1);
+        let last = groups.len();
+        for (t, rows) in groups.enumerate() {
+            // A run's last row has no successor in the run.
+            let ahead = t + 1 < last;
+            let acc = dots::<STREAMS>(xp, rows.map(|r| w.as_ptr().add(r * k)), k, ahead);
             for (r, a) in rows.into_iter().zip(acc) {
                 put(r, a);
             }
         }
+        // The columns left over by the runs, one at a time.
         for c in rest {
             let [a] = dots::<1>(xp, [w.as_ptr().add(c * k)], k, false);
             put(c, a);

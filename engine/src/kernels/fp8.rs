@@ -183,9 +183,9 @@ impl<'a> Fp8Rows<'a> {
     ) {
         #[cfg(target_arch = "x86_64")]
         if n == 1 && isa.has_avx2() && isa.supported() {
-            // Four rows per call: first one of each of four equal runs of the columns (each
-            // row's successor requested ahead, see `dot_pairs::STREAMS`), then the rest four
-            // neighbours at a time (the next four requested ahead).
+            // Four rows per call: first a row of each run (`decode_streams::runs`, each row's
+            // successor requested ahead), then the rest four neighbours at a time (the next
+            // four requested ahead).
             let group = |cols: [usize; 4],
                          cn: usize,
                          ahead: usize,
@@ -205,11 +205,11 @@ impl<'a> Fp8Rows<'a> {
                     set(0, *c, v);
                 }
             };
-            let run = (c1 - c0) / 4;
-            for t in 0..run {
-                group(std::array::from_fn(|j| c0 + j * run + t), 4, self.k, set);
+            let (groups, rest) = super::decode_streams::runs(c0, c1);
+            for cols in groups {
+                group(cols, 4, self.k, set);
             }
-            let mut c = c0 + 4 * run;
+            let mut c = rest.start;
             while c < c1 {
                 let cn = (c1 - c).min(4);
                 group(

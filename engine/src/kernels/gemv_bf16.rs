@@ -15,8 +15,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::decode_streams::{runs, STREAMS};
 use super::dot::{add_tail16, fold16, WRow};
-use super::dot_pairs::STREAMS;
 
 /// Elements (1 KiB of bf16) between the one a row stream reads and the one it asks the memory
 /// for: the software prefetch covers each 4 KiB page's start, where the hardware prefetchers
@@ -37,15 +37,14 @@ pub(super) unsafe fn columns(
     (c0, c1): (usize, usize),
     set: &mut dyn FnMut(usize, f32),
 ) {
-    let run = (c1 - c0) / STREAMS;
-    for t in 0..run {
-        let cols: [usize; STREAMS] = std::array::from_fn(|s| c0 + s * run + t);
+    let (groups, rest) = runs(c0, c1);
+    for cols in groups {
         let lanes = rows::<STREAMS>(x, w, k, cols);
         for (c, l) in cols.into_iter().zip(lanes) {
             set(c, fold16(&l));
         }
     }
-    for c in c0 + STREAMS * run..c1 {
+    for c in rest {
         let [l] = rows::<1>(x, w, k, [c]);
         set(c, fold16(&l));
     }

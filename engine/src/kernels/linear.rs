@@ -6,7 +6,7 @@
 //! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
 //! Inside a chunk, a single x row (decode's GEMV) reads the chunk's weight rows as a few long
 //! sequential streams, a row of each at a time (`gemv_bf16`, `dot_i8`, `dot_pairs::gemv_pairs`;
-//! why: [`super::dot_pairs::STREAMS`]). More rows use register tiles of (x rows ×
+//! why: [`super::decode_streams`]). More rows use register tiles of (x rows ×
 //! weight rows), 3×2 (each weight load reused three times, each x load twice; 4×4 on AVX-512),
 //! walked a strip of 16 weight rows at a time over all x rows, so a strip stays in cache. From
 //! 8 rows on, AVX2 hands bf16 and int8 weights to [`super::panel_gemm`] (f32 panels, blocked

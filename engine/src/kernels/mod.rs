@@ -22,6 +22,7 @@ pub mod columns;
 pub mod cpu;
 #[cfg(test)]
 mod cpu_tests;
+pub mod decode_streams;
 pub mod dot;
 mod dot_i8;
 pub mod dot_pairs;

@@ -4,7 +4,8 @@
 //! rounding of a different summation order of the same exact products.
 
 use troupe_engine::dtype::{bf16_to_f32, f32_to_bf16, DType};
-use troupe_engine::kernels::dot_pairs::{dot_pairs_portable, gemv_pairs, pairs_block, STREAMS};
+use troupe_engine::kernels::decode_streams::STREAMS;
+use troupe_engine::kernels::dot_pairs::{dot_pairs_portable, gemv_pairs, pairs_block};
 use troupe_engine::kernels::isa::Isa;
 use troupe_engine::kernels::linear::{linear_many_in, LinearJob};
 use troupe_engine::kernels::precision::Compute;
