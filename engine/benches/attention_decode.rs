@@ -5,9 +5,11 @@
 //! cache bytes ÷ streaming read bandwidth and attention FLOPs ÷ peak FMA rate.
 //!
 //! Run: `cargo test --release -p troupe-engine --bench attention_decode -- --ignored --nocapture`
-//! (`ATTN_LEN` changes the depth, `RAYON_NUM_THREADS` the threads). Three figures: 8 layers
-//! round-robin, one layer called again and again (cache-hot), and 8 layers with a 512 MiB sweep
-//! before each call (cache evicted, as between the layers of a model's decode step).
+//! (`ATTN_LEN` changes the depth, `RAYON_NUM_THREADS` the threads; `ATTN_HOT_ONLY=N` makes N
+//! cache-hot calls and nothing else, for `perf record`). Three figures: 8 layers round-robin,
+//! one layer called again and again (cache-hot), and 8 layers with a 512 MiB sweep before each
+//! call (cache evicted, as between the layers of a model's decode step), beside the time a
+//! plain read of the same evicted pages takes.
 
 use std::time::Instant;
 
@@ -124,6 +126,21 @@ fn ds_v3_mini_decode_at_depth() {
     let call = |l: usize| paged_attention(&q, Some(&q_rope), &refs[l], &layout, len, &p).unwrap();
 
     let threads = rayon::current_num_threads();
+    // `ATTN_HOT_ONLY=N`: only N calls on one layer (for `perf record`), then stop.
+    if let Some(n) = std::env::var("ATTN_HOT_ONLY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(call(0));
+        }
+        println!(
+            "hot only: {:.1} us/call",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+        return;
+    }
     // Best round of `rounds` (wall time per call) and the CPU share the loop got overall.
     let time = |rounds: usize, layers: &[usize]| {
         for &l in layers {
@@ -159,6 +176,26 @@ fn ds_v3_mini_decode_at_depth() {
             .map(|c| c.iter().step_by(16).sum::<f32>())
             .sum();
         std::hint::black_box(s);
+    };
+    // The same pages read with one load per 64-byte line after the same sweep: what memory
+    // alone costs for this layout (pages of 64 rows, each its own allocation) when evicted.
+    let cold_read = {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let mut total = 0.0;
+            for l in 0..LAYERS {
+                flush();
+                let t = Instant::now();
+                let s: f32 = refs[l]
+                    .par_iter()
+                    .map(|pg| pg.iter().step_by(16).sum::<f32>())
+                    .sum();
+                std::hint::black_box(s);
+                total += t.elapsed().as_secs_f64();
+            }
+            best = best.min(total / LAYERS as f64);
+        }
+        best
     };
     let per_call_cold = {
         let mut best = f64::MAX;
@@ -218,6 +255,11 @@ fn ds_v3_mini_decode_at_depth() {
         bytes as f64 / per_call_cold / 1e9,
         100.0 * bytes as f64 / per_call_cold / 1e9 / bw,
         per_call_cold / floor
+    );
+    println!(
+        "  the same pages read alone after the same sweep (one load per line): {:.1} us/call, {:.2} GB/s",
+        cold_read * 1e6,
+        bytes as f64 / cold_read / 1e9
     );
     for (name, cpu) in [
         ("8 layers round-robin", cpu_call),

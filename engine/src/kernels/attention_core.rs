@@ -20,9 +20,10 @@
 //! find that head's keys in cache.
 //!
 //! Kv heads of a multiple of 16 query heads (absorbed MLA: 16 heads share one latent row) run
-//! the heads-in-lanes form on AVX-512 (`chunk_partial_lanes`, `attention_lanes512`): the same
-//! operations in the same order with a head per lane, so the same bits, and the same row
-//! requests ahead.
+//! the heads-in-lanes form on AVX-512 (`attention_lanes_chunk`, `attention_lanes512`): the same
+//! operations in the same order with a head per lane, so the same bits. Its score pass reads a
+//! chunk's keys as four runs side by side (four sequential streams for the hardware
+//! prefetchers) and requests nothing ahead.
 
 use rayon::prelude::*;
 
@@ -54,7 +55,7 @@ fn score_block(isa: Isa, group: usize) -> usize {
 pub(crate) const LANES: usize = 16;
 
 /// Keys per block of the heads-in-lanes score pass (four tiles of 3).
-const LANES_BLOCK: usize = 12;
+pub(super) const LANES_BLOCK: usize = 12;
 
 /// Query rows per prefill task: they read each kv head's keys one after another, while the
 /// keys are in cache.
@@ -131,17 +132,17 @@ fn check_queries(
 /// One unit of work: query row `row`, kv head `g`, keys `lo..hi` (one chunk). A parallel task
 /// runs every kv head of a (row, chunk) in turn, reusing its buffers.
 #[derive(Clone, Copy)]
-struct Task {
-    row: usize,
-    g: usize,
-    lo: usize,
-    hi: usize,
+pub(super) struct Task {
+    pub(super) row: usize,
+    pub(super) g: usize,
+    pub(super) lo: usize,
+    pub(super) hi: usize,
     /// The row's visible keys end at `end` (rows past the chunk may be prefetched).
-    end: usize,
+    pub(super) end: usize,
     /// Whether to prefetch cache rows (a decode step streams the cache once; when many query
     /// rows share the chunks, as in prefill, they are in cache after the first row and the
     /// prefetches only occupy the load queue).
-    prefetch: bool,
+    pub(super) prefetch: bool,
 }
 
 /// `[tq, heads·v_dim]` attention output on `isa` (portable when the processor lacks it; every
@@ -186,7 +187,7 @@ pub(crate) fn attend<'a, R: KeyRows>(
     let qt_len = super::attention_lanes512::query_block_len(p.d1, p.d2) * (group / LANES);
     #[cfg(target_arch = "x86_64")]
     let qts = if lanes {
-        transposed_queries(q, q_rope, p, qt_len)
+        super::attention_lanes_chunk::transposed_queries(q, q_rope, p, qt_len)
     } else {
         AlignedVec::zeroed(0)
     };
@@ -196,7 +197,7 @@ pub(crate) fn attend<'a, R: KeyRows>(
         #[cfg(target_arch = "x86_64")]
         if lanes {
             let qt = &qts[(t.row * p.kv_heads + g) * qt_len..][..qt_len];
-            chunk_partial_lanes(keys, p, t, qt, part, scratch);
+            super::attention_lanes_chunk::chunk_partial_lanes(keys, p, t, qt, part, scratch);
             return;
         }
         chunk_partial(q, q_rope, keys, p, t, isa, part, scratch);
@@ -326,98 +327,6 @@ fn row_lanes_path(isa: Isa, p: &AttentionParams) -> bool {
         && p.v_dim.is_multiple_of(LANES)
 }
 
-/// The queries of every query row and kv head, 16 heads at a time, in the layout of
-/// `attention_lanes512::lay_out_queries` (`qt_len` values per (row, kv head)), 64-byte aligned
-/// (so are the blocks: each a whole number of registers).
-#[cfg(target_arch = "x86_64")]
-fn transposed_queries(
-    q: &Tensor,
-    q_rope: Option<&Tensor>,
-    p: &AttentionParams,
-    qt_len: usize,
-) -> AlignedVec {
-    use crate::kernels::attention_lanes512::{lay_out_queries, query_block_len};
-    let (d1, d2) = (p.d1, p.d2);
-    let block = query_block_len(d1, d2);
-    let mut qts = AlignedVec::zeroed(q.rows() * p.kv_heads * qt_len);
-    for (b, qt) in qts.chunks_mut(block).enumerate() {
-        let (row, h0) = (b * LANES / p.heads, b * LANES % p.heads);
-        let qs: Vec<&[f32]> = (h0..h0 + LANES)
-            .map(|h| &q.row(row)[h * d1..][..d1])
-            .collect();
-        let rs: Vec<&[f32]> = (h0..h0 + LANES)
-            .map(|h| q_rope.map_or(&[][..], |r| &r.row(row)[h * d2..][..d2]))
-            .collect();
-        lay_out_queries(&qs, &rs, qt);
-    }
-    qts
-}
-
-/// `chunk_partial` in the heads-in-lanes form: kv head `t.g`'s query heads 16 at a time, their
-/// queries in `qt` (`attention_lanes512::lay_out_queries`). Same partial, same bits. It requests
-/// rows ahead as `chunk_partial` does: with the cache evicted before each call (as a model's
-/// weights evict it between two decode steps), a 4096-deep call over 8 layers took 870–930 µs
-/// without the requests and 700–790 µs with them (`benches/attention_decode.rs`, Xeon with
-/// AVX-512; warm calls gain nothing).
-#[cfg(target_arch = "x86_64")]
-fn chunk_partial_lanes<'a, R: KeyRows>(
-    keys: &'a R,
-    p: &AttentionParams,
-    t: Task,
-    qt: &[f32],
-    part: &mut [f32],
-    scratch: &mut Scratch<'a>,
-) {
-    use crate::kernels::attention_lanes512 as lanes;
-    let (group, n) = (p.heads / p.kv_heads, t.hi - t.lo);
-    let (d1, d2, vd) = (p.d1, p.d2, p.v_dim);
-    let Scratch {
-        krows,
-        rrows,
-        vrows,
-        scores,
-        ..
-    } = scratch;
-    gather_rows(keys, p, t, krows, rrows, vrows);
-    scores.clear();
-    scores.resize(n * LANES, 0.0);
-    let (ml, acc) = part.split_at_mut(2 * group);
-    let (m, l) = ml.split_at_mut(group);
-    let width = lanes::query_block_len(d1, d2);
-    // Rows `PREFETCH_AHEAD` positions ahead into L1 and two chunks ahead into L2, as
-    // `chunk_partial` requests them: a decode step finds its cache pages evicted by the
-    // weights streamed since the last step.
-    let fetch = RowFetch::new(keys, p, t);
-    for r in 0..PREFETCH_AHEAD.min(n) {
-        fetch.row(t.lo + r, false);
-    }
-    for b in 0..group / LANES {
-        let qt = &qt[b * width..][..width];
-        for j0 in (0..n).step_by(LANES_BLOCK) {
-            let j1 = (j0 + LANES_BLOCK).min(n);
-            if b == 0 {
-                for r in t.lo + j0..t.lo + j1 {
-                    fetch.row(r + PREFETCH_AHEAD, false);
-                    fetch.row(r + L2_AHEAD, true);
-                }
-            }
-            let out = &mut scores[j0 * LANES..j1 * LANES];
-            // SAFETY: `lanes_path` chose this form only on a supported AVX-512 path; `qt` holds
-            // `query_block_len(d1, d2)` values and `out` 16 per key.
-            unsafe { lanes::scores(qt, &krows[j0..j1], &rrows[j0..j1], p.scale, out) };
-        }
-        let (mb, lb) = (&mut m[b * LANES..][..LANES], &mut l[b * LANES..][..LANES]);
-        // SAFETY: as above; `scores` holds 16 values per key.
-        unsafe { lanes::softmax(scores, n, mb, lb) };
-        let ps: Vec<&[f32]> = (0..LANES).map(|h| &scores[h..]).collect();
-        let mut accs: Vec<&mut [f32]> =
-            acc[b * LANES * vd..][..LANES * vd].chunks_mut(vd).collect();
-        // SAFETY: as above; head `h`'s weights are `scores[h + 16·j]`, and `v_dim` is a
-        // multiple of 16 (`lanes_path`), so every column is done here.
-        unsafe { crate::kernels::attention_simd512::value_tile(&ps, LANES, vrows, &mut accs) };
-    }
-}
-
 /// One chunk's partial for all heads of kv head `t.g`: `part` = `[m; group] [l; group]
 /// [acc; group × v_dim]`.
 #[allow(clippy::too_many_arguments)]
@@ -442,6 +351,7 @@ fn chunk_partial<'a, R: KeyRows>(
         rrows,
         vrows,
         scores,
+        ..
     } = scratch;
     qs.clear();
     qs.extend((0..group).map(|h| &qrow[(h0 + h) * d1..][..d1]));
@@ -507,7 +417,7 @@ fn chunk_partial<'a, R: KeyRows>(
 
 /// The buffers of `chunk_partial`, reused across the kv heads of a task.
 /// The task's key, rope-key and value rows of kv head `t.g`, in position order.
-fn gather_rows<'a, R: KeyRows>(
+pub(super) fn gather_rows<'a, R: KeyRows>(
     keys: &'a R,
     p: &AttentionParams,
     t: Task,
@@ -525,13 +435,19 @@ fn gather_rows<'a, R: KeyRows>(
 }
 
 #[derive(Default)]
-struct Scratch<'a> {
-    qs: Vec<&'a [f32]>,
-    qr: Vec<&'a [f32]>,
-    krows: Vec<&'a [f32]>,
-    rrows: Vec<&'a [f32]>,
-    vrows: Vec<&'a [f32]>,
-    scores: Vec<f32>,
+pub(super) struct Scratch<'a> {
+    pub(super) qs: Vec<&'a [f32]>,
+    pub(super) qr: Vec<&'a [f32]>,
+    pub(super) krows: Vec<&'a [f32]>,
+    pub(super) rrows: Vec<&'a [f32]>,
+    pub(super) vrows: Vec<&'a [f32]>,
+    pub(super) scores: Vec<f32>,
+    /// The heads-in-lanes score pass's key order (runs side by side), its keys, rope keys and
+    /// scores in that order.
+    pub(super) order: Vec<usize>,
+    pub(super) run_keys: Vec<&'a [f32]>,
+    pub(super) run_ropes: Vec<&'a [f32]>,
+    pub(super) run_scores: Vec<f32>,
 }
 
 /// Prefetching of the cached rows of one task (results never depend on it): a row is

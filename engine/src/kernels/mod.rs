@@ -10,6 +10,7 @@ mod attention_combine;
 mod attention_core;
 pub mod attention_cost;
 mod attention_lanes512;
+mod attention_lanes_chunk;
 mod attention_row_lanes;
 #[cfg(target_arch = "x86_64")]
 mod attention_rows;
