@@ -6,7 +6,8 @@
 //! `troupe bench` measures (`measure_read_bandwidth`), measured in the same run.
 //!
 //! Run: `cargo test --release -p troupe-engine --bench decode_gemv -- --ignored --nocapture`
-//! (`RAYON_NUM_THREADS` sets the threads; 2 by default here).
+//! (`RAYON_NUM_THREADS` sets the threads; 2 by default here; `GEMV_ONLY=amx` (a path's name) runs
+//! that path alone, for `perf record`).
 
 use std::time::Instant;
 
@@ -58,11 +59,13 @@ fn decode_streams_weights() {
             (Isa::Avx2, Compute::F32, "bf16", &weights, bf16_bytes),
             (Isa::Avx512, Compute::F32, "bf16", &weights, bf16_bytes),
             (Isa::Avx512Bf16, Compute::Bf16, "bf16", &weights, bf16_bytes),
+            (Isa::Amx, Compute::Bf16, "bf16", &weights, bf16_bytes),
             (Isa::Avx2, Compute::F32, "int8", &int8, int8_bytes),
             (Isa::Avx512, Compute::F32, "int8", &int8, int8_bytes),
         ];
         for (isa, compute, dtype, weights, bytes) in cases {
-            if !isa.supported() {
+            let only = std::env::var("GEMV_ONLY").ok();
+            if !isa.supported() || only.is_some_and(|o| o != isa.name()) {
                 continue;
             }
             let mut pass = || {
