@@ -177,40 +177,33 @@ fn ds_v3_mini_decode_at_depth() {
             .sum();
         std::hint::black_box(s);
     };
+    // Best of 5 rounds of `work(l)` for every layer, each after the sweep: seconds per layer.
+    let cold = |work: &dyn Fn(usize)| {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let mut total = 0.0;
+            for l in 0..LAYERS {
+                flush();
+                let t = Instant::now();
+                work(l);
+                total += t.elapsed().as_secs_f64();
+            }
+            best = best.min(total / LAYERS as f64);
+        }
+        best
+    };
     // The same pages read with one load per 64-byte line after the same sweep: what memory
     // alone costs for this layout (pages of 64 rows, each its own allocation) when evicted.
-    let cold_read = {
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let mut total = 0.0;
-            for l in 0..LAYERS {
-                flush();
-                let t = Instant::now();
-                let s: f32 = refs[l]
-                    .par_iter()
-                    .map(|pg| pg.iter().step_by(16).sum::<f32>())
-                    .sum();
-                std::hint::black_box(s);
-                total += t.elapsed().as_secs_f64();
-            }
-            best = best.min(total / LAYERS as f64);
-        }
-        best
-    };
-    let per_call_cold = {
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let mut total = 0.0;
-            for l in 0..LAYERS {
-                flush();
-                let t = Instant::now();
-                std::hint::black_box(call(l));
-                total += t.elapsed().as_secs_f64();
-            }
-            best = best.min(total / LAYERS as f64);
-        }
-        best
-    };
+    let cold_read = cold(&|l| {
+        let s: f32 = refs[l]
+            .par_iter()
+            .map(|pg| pg.iter().step_by(16).sum::<f32>())
+            .sum();
+        std::hint::black_box(s);
+    });
+    let per_call_cold = cold(&|l| {
+        std::hint::black_box(call(l));
+    });
 
     let bw = measure_read_bandwidth();
     let cpu0 = process_cpu_ns();
