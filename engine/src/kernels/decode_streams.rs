@@ -2,7 +2,9 @@
 //! chunk: as [`STREAMS`] equal runs read side by side, a row of each run at a time ([`runs`]).
 //! A weight's rows are contiguous, so each run is one long sequential stream, and the memory
 //! sees several per thread rather than one. Which rows go together never changes a column's
-//! value: each column is its own dot.
+//! value: each column is its own dot. The heads-in-lanes decode attention
+//! (`attention_lanes_chunk`) walks a chunk's cached keys the same way in its score pass (each
+//! key's score is its own).
 
 use std::ops::Range;
 
