@@ -188,8 +188,75 @@ fn reserve_pages(seqs: &[SeqInput]) -> Result<(), PassFailure> {
 }
 
 /// Runs one forward pass; returns the logits of every new row in batch order, on the last
-/// stage's backend.
+/// stage's backend. A pass mixing prompt and generated chunks, on a path that computes the two
+/// kinds with different kernels, runs as two (`row_kind::splits_passes`), as the reference
+/// executor's does.
 pub fn run_pass(
+    core: &Core,
+    schedule: &dyn Schedule,
+    seqs: Vec<SeqInput>,
+) -> Result<Owned, PassFailure> {
+    match troupe_engine::kernels::row_kind::splits_passes() {
+        true => run_pass_by_kind(core, schedule, seqs),
+        false => run_uniform(core, schedule, seqs),
+    }
+}
+
+/// [`run_pass`] as a splitting path runs it, on any path: a pass mixing prompt and generated
+/// chunks runs as the prompt chunks' pass, then the generated chunks' pass, and the logits go
+/// back to batch order.
+pub fn run_pass_by_kind(
+    core: &Core,
+    schedule: &dyn Schedule,
+    seqs: Vec<SeqInput>,
+) -> Result<Owned, PassFailure> {
+    let generated = seqs.iter().all(|s| s.kind == ChunkKind::Generated);
+    let prompt = seqs.iter().all(|s| s.kind == ChunkKind::Prompt);
+    if generated || prompt {
+        return run_uniform(core, schedule, seqs);
+    }
+    let rows: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+    let mut parts = Vec::with_capacity(2);
+    for kind in [ChunkKind::Prompt, ChunkKind::Generated] {
+        let members: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].kind == kind).collect();
+        let part = members.iter().map(|&i| seqs[i].clone()).collect();
+        // A failure names the sequences by their place in this pass, not in the part.
+        let logits = run_uniform(core, schedule, part).map_err(|f| PassFailure {
+            error: f.error,
+            sequences: f
+                .sequences
+                .map(|s| s.iter().filter_map(|&j| members.get(j).copied()).collect()),
+        })?;
+        parts.push((members, logits));
+    }
+    let last = core.placement.stages.len() - 1;
+    let stream = core.stage_stream(last);
+    let logits = stream
+        .run_blocking(SpanTags::named("head"), move |be| {
+            let mut by_seq: Vec<Option<troupe_engine::DeviceTensor>> = vec![None; rows.len()];
+            for (members, logits) in &parts {
+                let logits = logits.to(be)?;
+                let mut at = 0;
+                for &i in members {
+                    by_seq[i] = Some(be.slice_rows(&logits, at, at + rows[i])?);
+                    at += rows[i];
+                }
+            }
+            let by_seq = by_seq
+                .into_iter()
+                .map(|l| l.ok_or_else(|| EngineError::internal("a sequence left out of its pass")))
+                .collect::<troupe_engine::Result<Vec<_>>>()?;
+            be.concat_rows(&by_seq)
+        })
+        .map_err(|error| PassFailure {
+            error,
+            sequences: None,
+        })?;
+    Ok(Owned::new(logits, stream.backend().clone()))
+}
+
+/// [`run_pass`] of a pass whose chunks are all of one kind (or whose path does not mind).
+fn run_uniform(
     core: &Core,
     schedule: &dyn Schedule,
     seqs: Vec<SeqInput>,
@@ -244,6 +311,10 @@ pub fn run_pass(
             ..SpanTags::default()
         },
         None => SpanTags::named("head"),
+    };
+    let tags = SpanTags {
+        generated_rows: driver.seqs.iter().all(|s| s.kind == ChunkKind::Generated),
+        ..tags
     };
     let stream = core.stage_stream(last);
     let logits = stream

@@ -75,4 +75,8 @@ impl MbInfo {
     pub fn requests(&self) -> Vec<u64> {
         self.seqs.iter().map(|s| s.request).collect()
     }
+    /// Every row of the micro-batch is a generated token's (its kernels' row kind).
+    pub fn generated_rows(&self) -> bool {
+        !self.seqs.is_empty() && self.seqs.iter().all(|s| s.kind == ChunkKind::Generated)
+    }
 }

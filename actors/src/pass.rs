@@ -12,7 +12,7 @@ use std::ops::Range;
 use crate::error::{ActorError, Result};
 use crate::schedule::{Op, Schedule};
 
-pub use crate::actor_pass::{run_pass, PassFailure, SeqInput};
+pub use crate::actor_pass::{run_pass, run_pass_by_kind, PassFailure, SeqInput};
 
 /// Handle to a micro-batch of a pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -233,6 +233,13 @@ impl Core {
         run_pass(self, &*self.schedule, seqs)
     }
 
+    /// [`Core::forward`] as a path that computes prompt and generated rows with different
+    /// kernels runs it (`troupe_engine::kernels::row_kind`), on any path: a pass mixing the two
+    /// runs as one pass per kind.
+    pub fn forward_by_kind(&self, seqs: Vec<SeqInput>) -> Result<Owned, crate::pass::PassFailure> {
+        crate::pass::run_pass_by_kind(self, &*self.schedule, seqs)
+    }
+
     /// Bytes moved and kernels launched so far, summed over the backends of the streams (each
     /// device's backend once).
     pub fn device_counters(&self) -> DeviceCounters {

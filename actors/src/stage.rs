@@ -111,6 +111,7 @@ async fn run_call(index: usize, w: Arc<Wiring>, c: StageCall) {
         step: mb.step,
         micro_batch: mb.index,
         requests: Arc::new(mb.requests()),
+        generated_rows: mb.generated_rows(),
     };
     let mut k = 0;
     while k < ops.len() && range.contains(&ops[k].layer()) {

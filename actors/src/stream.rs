@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use troupe_engine::kernels::row_kind;
 use troupe_engine::{Backend, DeviceId, DeviceTensor, EngineError};
 
 use crate::error::{ActorError, Result};
@@ -306,7 +307,9 @@ impl Stream {
                 o.kernel(true);
             }
             let start = Instant::now();
-            let out = match std::panic::catch_unwind(AssertUnwindSafe(|| f(be))) {
+            let generated = tags.generated_rows;
+            let run = || row_kind::with_generated(generated, || f(be));
+            let out = match std::panic::catch_unwind(AssertUnwindSafe(run)) {
                 Ok(r) => r.map_err(ActorError::from),
                 Err(p) => Err(ActorError::KernelPanic {
                     stream: stream.to_string(),

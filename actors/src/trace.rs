@@ -29,6 +29,9 @@ pub struct SpanTags {
     pub flows_in: Vec<(u64, &'static str)>,
     /// Flow arrows starting in this span.
     pub flows_out: Vec<(u64, &'static str)>,
+    /// Every row of the kernel is a generated token's (not traced: the stream runs the kernel
+    /// with that row kind, `troupe_engine::kernels::row_kind`).
+    pub generated_rows: bool,
 }
 
 impl SpanTags {

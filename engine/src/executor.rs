@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::backend::{Backend, Routing};
 use crate::device_tensor::DeviceTensor;
 use crate::error::{EngineError, Result};
+use crate::kernels::row_kind;
 use crate::model::{ChunkKind, FeedForward, KvConfig, KvPools, MlaForm, Model, SequenceCache};
 use crate::tensor::Tensor;
 
@@ -48,6 +49,64 @@ pub struct ForwardRecord {
     pub residual_stream: Vec<Tensor>,
     /// Per MoE layer: (layer index, raw router logits, routing).
     pub routers: Vec<(usize, Tensor, Routing)>,
+}
+
+impl ForwardRecord {
+    /// The record of one pass from the records of passes over parts of its chunks
+    /// (`parts[k]`: the chunk indices part `k` ran, in order, and its record); `rows[i]`: chunk
+    /// `i`'s rows. Every tensor's rows and every routing go back to batch order.
+    fn merge(rows: &[usize], parts: &[(Vec<usize>, ForwardRecord)]) -> Result<ForwardRecord> {
+        // Where each chunk's rows sit: (part, first row there).
+        let mut at = vec![(0usize, 0usize); rows.len()];
+        for (k, (members, _)) in parts.iter().enumerate() {
+            let mut r = 0;
+            for &i in members {
+                at[i] = (k, r);
+                r += rows[i];
+            }
+        }
+        let layers = parts.first().map_or(0, |p| p.1.residual_stream.len());
+        let routers = parts.first().map_or(0, |p| p.1.routers.len());
+        if parts
+            .iter()
+            .any(|p| p.1.residual_stream.len() != layers || p.1.routers.len() != routers)
+        {
+            return Err(EngineError::internal(
+                "records of one pass's parts differ in length",
+            ));
+        }
+        // One tensor per part → its rows in batch order.
+        let gather = |of: Vec<&Tensor>| -> Result<Tensor> {
+            let cols = of.first().map_or(0, |t| t.cols());
+            let mut data = Vec::with_capacity(rows.iter().sum::<usize>() * cols);
+            for (i, &n) in rows.iter().enumerate() {
+                let (k, r) = at[i];
+                data.extend_from_slice(&of[k].data()[r * cols..(r + n) * cols]);
+            }
+            Tensor::matrix(rows.iter().sum(), cols, data)
+        };
+        let mut out = ForwardRecord::default();
+        for l in 0..layers {
+            let of = parts.iter().map(|p| &p.1.residual_stream[l]).collect();
+            out.residual_stream.push(gather(of)?);
+        }
+        for m in 0..routers {
+            let layer = parts[0].1.routers[m].0;
+            let logits = gather(parts.iter().map(|p| &p.1.routers[m].1).collect())?;
+            let mut routing = Routing {
+                ids: Vec::new(),
+                weights: Vec::new(),
+            };
+            for (i, &n) in rows.iter().enumerate() {
+                let (k, r) = at[i];
+                let part = &parts[k].1.routers[m].2;
+                routing.ids.extend_from_slice(&part.ids[r..r + n]);
+                routing.weights.extend_from_slice(&part.weights[r..r + n]);
+            }
+            out.routers.push((layer, logits, routing));
+        }
+        Ok(out)
+    }
 }
 
 /// Options of the reference executor.
@@ -123,8 +182,71 @@ impl<'m> ReferenceExecutor<'m> {
         chunks: &mut [SeqChunk<'_>],
         record: Option<&mut ForwardRecord>,
     ) -> Result<DeviceTensor> {
-        // On a pool thread, the kernels' parallel regions start by work-stealing (`on_pool`).
-        crate::kernels::pool::on_pool(|| self.forward_here(chunks, record))
+        let generated = chunks.iter().all(|c| c.kind == ChunkKind::Generated);
+        let prompt = chunks.iter().all(|c| c.kind == ChunkKind::Prompt);
+        if !generated && !prompt && row_kind::splits_passes() {
+            return self.forward_by_kind(chunks, record);
+        }
+        // On a pool thread, the kernels' parallel regions start by work-stealing (`on_pool`);
+        // the pass's linears know its rows' kind (`row_kind`).
+        crate::kernels::pool::on_pool(|| {
+            row_kind::with_generated(generated && !chunks.is_empty(), || {
+                self.forward_here(chunks, record)
+            })
+        })
+    }
+
+    /// A pass whose chunks mix prompt and generated rows, as a path that computes the two kinds
+    /// with different kernels runs it (`row_kind::splits_passes`; callable on any path): the
+    /// prompt chunks' pass, then the generated chunks' pass, and their logits (and record) put
+    /// back in batch order. Every chunk is checked and given its pages before either runs.
+    pub fn forward_by_kind(
+        &self,
+        chunks: &mut [SeqChunk<'_>],
+        record: Option<&mut ForwardRecord>,
+    ) -> Result<DeviceTensor> {
+        for c in chunks.iter_mut() {
+            check_chunk(self.model, &c.tokens, c.cache.len())?;
+            let len = c.cache.len() + c.tokens.len();
+            c.cache.reserve(len)?;
+        }
+        let be = self.backend;
+        let rows: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
+        let mut logits: Vec<Option<DeviceTensor>> = vec![None; chunks.len()];
+        let mut records = Vec::with_capacity(2);
+        for kind in [ChunkKind::Prompt, ChunkKind::Generated] {
+            let members: Vec<usize> = (0..chunks.len())
+                .filter(|&i| chunks[i].kind == kind)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let mut part: Vec<SeqChunk<'_>> = chunks
+                .iter_mut()
+                .filter(|c| c.kind == kind)
+                .map(|c| SeqChunk {
+                    tokens: c.tokens.clone(),
+                    cache: &mut *c.cache,
+                    kind,
+                })
+                .collect();
+            let mut rec = record.as_ref().map(|_| ForwardRecord::default());
+            let out = self.forward(&mut part, rec.as_mut())?;
+            let mut at = 0;
+            for &i in &members {
+                logits[i] = Some(be.slice_rows(&out, at, at + rows[i])?);
+                at += rows[i];
+            }
+            records.extend(rec.map(|r| (members, r)));
+        }
+        if let Some(r) = record {
+            *r = ForwardRecord::merge(&rows, &records)?;
+        }
+        let logits = logits
+            .into_iter()
+            .map(|l| l.ok_or_else(|| EngineError::internal("a chunk left out of its kind's pass")))
+            .collect::<Result<Vec<_>>>()?;
+        be.concat_rows(&logits)
     }
 
     fn forward_here(

@@ -61,7 +61,9 @@ impl Block for ExpertGroupBlock {
 
     async fn run(&self, ctx: &BlockCtx, job: GroupJob, meta: &Meta) -> Result<GroupOut> {
         if let Some(remote) = &self.remote {
-            return remote.run(ctx, self.layer, &self.experts, job).await;
+            return remote
+                .run(ctx, self.layer, &self.experts, job, meta.generated_rows)
+                .await;
         }
         let mut tags = ctx.tags("experts", meta, self.layer);
         if ctx.traced() {

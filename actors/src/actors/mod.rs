@@ -45,10 +45,14 @@ impl BlockCtx {
     /// the untraced path allocates nothing).
     pub(crate) fn tags(&self, name: &'static str, meta: &Meta, layer: usize) -> SpanTags {
         if self.tracer.is_none() {
-            return SpanTags::named(name);
+            return SpanTags {
+                generated_rows: meta.generated_rows,
+                ..SpanTags::named(name)
+            };
         }
         SpanTags {
             name,
+            generated_rows: meta.generated_rows,
             actor: self.name.clone(),
             layer: Some(layer),
             micro_batch: Some(meta.micro_batch),
@@ -71,6 +75,9 @@ pub struct Meta {
     pub step: u64,
     pub micro_batch: usize,
     pub requests: Arc<Vec<u64>>,
+    /// Every row is a generated token's: the kernels take that kind's linears
+    /// (`troupe_engine::kernels::row_kind`).
+    pub generated_rows: bool,
 }
 
 /// One kind of compute block.
@@ -435,6 +442,7 @@ mod tests {
             step: 7,
             micro_batch: 1,
             requests: Arc::new(vec![3, 4, 5]),
+            generated_rows: false,
         };
         let metrics = ActorMetrics::new(&ctx.name);
         crate::metrics::expert_tokens(1, 2, 4); // registers the handle

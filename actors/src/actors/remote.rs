@@ -31,6 +31,7 @@ impl RemoteNode {
         layer: usize,
         experts: &[usize],
         job: GroupJob,
+        generated_rows: bool,
     ) -> Result<GroupOut> {
         if let Some(e) = job
             .experts
@@ -61,6 +62,7 @@ impl RemoteNode {
             x,
             routing: (**routing).clone(),
             top_k: *top_k as u32,
+            generated_rows,
         };
         let reply = self.transport.call(self.node, req).await?;
         let be = ctx.stream.backend();

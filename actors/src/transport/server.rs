@@ -23,7 +23,7 @@ impl ExpertServer {
 
     /// The outputs of `req.experts` for the rows routed to them; an error names this rank.
     pub fn answer(&self, req: &ExpertRequest) -> Result<ExpertReply, String> {
-        self.compute(req)
+        troupe_engine::kernels::row_kind::with_generated(req.generated_rows, || self.compute(req))
             .map_err(|e| format!("rank {}: layer {}: {e}", self.rank, req.layer))
     }
 

@@ -17,6 +17,9 @@ pub struct ExpertRequest {
     pub x: Tensor,
     pub routing: Routing,
     pub top_k: u32,
+    /// Every row is a generated token's: the serving rank computes them with that kind's
+    /// linears (`troupe_engine::kernels::row_kind`), as the sending rank would.
+    pub generated_rows: bool,
 }
 
 /// The experts' outputs: `[entries, hidden]`, by expert id then row (what `grouped_mlp` makes).
@@ -102,6 +105,7 @@ impl Message {
                 w.u32s(&req.experts);
                 w.tensor(&req.x);
                 w.u32(req.top_k);
+                w.u8(req.generated_rows as u8);
                 w.u32(req.routing.ids.len() as u32);
                 for (ids, ws) in req.routing.ids.iter().zip(&req.routing.weights) {
                     w.u32s(ids);
@@ -148,6 +152,11 @@ impl Message {
                 let experts = r.u32s()?;
                 let x = r.tensor()?;
                 let top_k = r.u32()?;
+                let generated_rows = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    k => return Err(WireError(format!("row kind {k} (expected 0 or 1)"))),
+                };
                 let rows = r.u32()? as usize;
                 if rows != x.rows() {
                     return Err(WireError(format!(
@@ -169,6 +178,7 @@ impl Message {
                     x,
                     routing,
                     top_k,
+                    generated_rows,
                 };
                 Message::Request { id, req }
             }
@@ -331,6 +341,7 @@ mod tests {
                     weights: vec![vec![0.25, 0.75], vec![0.5, 0.5]],
                 },
                 top_k: 2,
+                generated_rows: true,
             },
         }
     }
@@ -376,5 +387,26 @@ mod tests {
         let mut bad = bytes;
         bad[0] ^= 1;
         assert!(Message::decode(&bad).unwrap_err().0.contains("magic"));
+    }
+
+    #[test]
+    fn a_request_carries_its_row_kind_and_rejects_an_unknown_one() {
+        let Message::Request { id, mut req } = request() else {
+            panic!("not a request");
+        };
+        req.generated_rows = false;
+        let prompt = Message::Request { id, req }.encode();
+        let generated = request().encode();
+        let Message::Request { req, .. } = Message::decode(&prompt).unwrap() else {
+            panic!("not a request");
+        };
+        assert!(!req.generated_rows);
+        // The one byte where the two encodings differ is the kind; 2 is no kind.
+        let at = (0..prompt.len())
+            .find(|&i| prompt[i] != generated[i])
+            .unwrap();
+        let mut bad = generated;
+        bad[at] = 2;
+        assert!(Message::decode(&bad).unwrap_err().0.contains("row kind"));
     }
 }

@@ -184,3 +184,69 @@ fn random_placements_schedules_splits_and_batches_match_reference_bits() {
         rt.shutdown().expect("shutdown");
     }
 }
+
+/// A pass mixing prompt and generated chunks, run as one pass per kind (what a path whose
+/// kernels depend on the row kind does, `troupe_engine::kernels::row_kind`), gives the
+/// reference executor's split pass bit for bit, under a schedule with micro-batches.
+#[test]
+fn a_pass_split_by_kind_matches_the_reference() {
+    use troupe_actors::batch::SeqCaches;
+    use troupe_actors::pass::SeqInput;
+    use troupe_engine::backend::Backend;
+    use troupe_engine::executor::{ReferenceExecutor, SeqChunk};
+    use troupe_engine::kernels::CpuBackend;
+    use troupe_engine::model::ChunkKind;
+
+    let (g, model) = load("deepseek-v3-tiny");
+    let (a_prompt, b_prompt, b_next) = (vec![3u32, 17, 9, 44, 2, 8], vec![5u32, 6, 7, 8], 11u32);
+    let be = CpuBackend::new();
+    let ex = ReferenceExecutor::new(&model, &be);
+    let (mut a, mut b) = (ex.new_cache().unwrap(), ex.new_cache().unwrap());
+    ex.forward(&mut [SeqChunk::prompt(b_prompt.clone(), &mut b)], None)
+        .unwrap();
+    let want = ex
+        .forward_by_kind(
+            &mut [
+                SeqChunk::generated(b_next, &mut b),
+                SeqChunk::prompt(a_prompt.clone(), &mut a),
+            ],
+            None,
+        )
+        .unwrap();
+    let want = be.download(&want).unwrap();
+
+    let rt = ActorRuntime::start_with(
+        model.clone(),
+        g.placement.as_ref(),
+        g.schedule.as_ref(),
+        opts("two-microbatch", None),
+    )
+    .expect("start");
+    let core = rt.core();
+    let (ca, cb) = (
+        SeqCaches::new(&core.kv_pools),
+        SeqCaches::new(&core.kv_pools),
+    );
+    let seq =
+        |request, tokens: Vec<u32>, caches: &std::sync::Arc<SeqCaches>, start, kind| SeqInput {
+            request,
+            tokens,
+            caches: caches.clone(),
+            start,
+            kind,
+        };
+    core.forward(vec![seq(1, b_prompt.clone(), &cb, 0, ChunkKind::Prompt)])
+        .map_err(|f| f.error)
+        .expect("B's prompt");
+    let got = core
+        .forward_by_kind(vec![
+            seq(1, vec![b_next], &cb, b_prompt.len(), ChunkKind::Generated),
+            seq(2, a_prompt, &ca, 0, ChunkKind::Prompt),
+        ])
+        .map_err(|f| f.error)
+        .expect("the split pass");
+    let got = got.on.download(&got.t).unwrap();
+    let bits = |t: &troupe_engine::Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want));
+    rt.shutdown().expect("shutdown");
+}

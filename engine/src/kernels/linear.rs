@@ -427,6 +427,8 @@ pub fn linear_many_in(
             "linear: the {isa} kernels cannot run on this processor"
         )));
     }
+    // Generated rows take the pair-dot kernels on the amx path (`row_kind`).
+    let isa = super::row_kind::for_rows(isa);
     let mut work = 0usize;
     for j in jobs.iter() {
         check(j.x, j.w)?;

@@ -43,5 +43,6 @@ pub mod pool;
 pub mod precision;
 pub mod rope;
 pub mod router;
+pub mod row_kind;
 
 pub use cpu::CpuBackend;

@@ -176,3 +176,36 @@ fn packed_rows_hold_pairs_of_sixteen_rows_per_tile() {
     }
     assert_eq!(at(1, 1, 7, 9, 1), 0, "padding rows are zero");
 }
+
+/// Generated rows (`row_kind::with_generated(true)`) take the pair-dot kernels on the amx path:
+/// their bits are `avx512bf16`'s, one row or many; prompt rows (the default) keep the tiles',
+/// which differ (so the switch really happened).
+#[test]
+fn amx_computes_generated_rows_on_the_pair_dot_kernels() {
+    use troupe_engine::kernels::row_kind::with_generated;
+    let Some(isa) = amx() else { return };
+    let mut rng = SplitMix64::new(79);
+    let mut differ = false;
+    for (n, k, out) in [(1usize, 1024usize, 64usize), (5, 256, 33)] {
+        let x = Tensor::matrix(n, k, uniform(&mut rng, n * k)).unwrap();
+        let (_, w) = bf16_weight(&mut rng, out, k);
+        let pairs = linear_bf16(&x, &w, Isa::Avx512Bf16, None);
+        let tiles = linear_bf16(&x, &w, isa, None);
+        let generated = with_generated(true, || linear_bf16(&x, &w, isa, None));
+        assert_eq!(
+            bits(&generated),
+            bits(&pairs),
+            "n={n}: generated rows left the pair-dot"
+        );
+        assert_eq!(
+            bits(&with_generated(false, || linear_bf16(&x, &w, isa, None))),
+            bits(&tiles),
+            "n={n}: prompt rows left the tiles"
+        );
+        differ |= bits(&tiles) != bits(&pairs);
+    }
+    assert!(
+        differ,
+        "the tiles and the pair-dot gave the same bits: nothing was tested"
+    );
+}

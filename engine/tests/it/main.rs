@@ -15,6 +15,7 @@ mod hf_extra;
 mod hf_fp8;
 mod hf_reference;
 mod int8;
+mod mixed_passes;
 mod paged_cache;
 mod partial_load;
 mod prefill_chunking;
