@@ -240,7 +240,10 @@ impl<'m> ReferenceExecutor<'m> {
             records.extend(rec.map(|r| (members, r)));
         }
         if let Some(r) = record {
-            *r = ForwardRecord::merge(&rows, &records)?;
+            // Appended, as a single pass appends to the record it is given.
+            let merged = ForwardRecord::merge(&rows, &records)?;
+            r.residual_stream.extend(merged.residual_stream);
+            r.routers.extend(merged.routers);
         }
         let logits = logits
             .into_iter()

@@ -96,7 +96,8 @@ pub struct RunArgs {
     pub device: DeviceId,
     /// CPU kernel path: amx, avx512bf16, avx512, avx2 or portable (default: the best this
     /// processor has; avx512bf16 and amx differ from avx512 only under `--compute bf16`, where
-    /// avx512bf16 uses vdpbf16ps and amx multiplies in AMX tiles).
+    /// avx512bf16 uses vdpbf16ps and amx multiplies prompt rows in AMX tiles and generated
+    /// rows with vdpbf16ps).
     #[arg(long)]
     pub isa: Option<String>,
     /// Precision of the activations entering each linear layer: f32 (default; weights upcast
