@@ -188,7 +188,11 @@ mod tests {
                             for_each_task(8, &|i| {
                                 total.fetch_add(i, SeqCst);
                             });
-                            on_pool(|| for_each_task(4, &|i| drop(total.fetch_add(i, SeqCst))));
+                            on_pool(|| {
+                                for_each_task(4, &|i| {
+                                    total.fetch_add(i, SeqCst);
+                                })
+                            });
                         })
                     });
                 }
