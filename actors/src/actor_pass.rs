@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use troupe_engine::executor::check_chunk;
 use troupe_engine::model::ChunkKind;
+use troupe_engine::pass_kinds;
 use troupe_engine::EngineError;
 
 use crate::batch::{MbInfo, MbSeq, SeqCaches};
@@ -210,15 +211,13 @@ pub fn run_pass_by_kind(
     schedule: &dyn Schedule,
     seqs: Vec<SeqInput>,
 ) -> Result<Owned, PassFailure> {
-    let generated = seqs.iter().all(|s| s.kind == ChunkKind::Generated);
-    let prompt = seqs.iter().all(|s| s.kind == ChunkKind::Prompt);
-    if generated || prompt {
+    if !pass_kinds::mixed(seqs.iter().map(|s| s.kind)) {
         return run_uniform(core, schedule, seqs);
     }
     let rows: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+    let kinds: Vec<ChunkKind> = seqs.iter().map(|s| s.kind).collect();
     let mut parts = Vec::with_capacity(2);
-    for kind in [ChunkKind::Prompt, ChunkKind::Generated] {
-        let members: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].kind == kind).collect();
+    for (_, members) in pass_kinds::by_kind(&kinds) {
         let part = members.iter().map(|&i| seqs[i].clone()).collect();
         // A failure names the sequences by their place in this pass, not in the part.
         let logits = run_uniform(core, schedule, part).map_err(|f| PassFailure {
@@ -233,20 +232,11 @@ pub fn run_pass_by_kind(
     let stream = core.stage_stream(last);
     let logits = stream
         .run_blocking(SpanTags::named("head"), move |be| {
-            let mut by_seq: Vec<Option<troupe_engine::DeviceTensor>> = vec![None; rows.len()];
-            for (members, logits) in &parts {
-                let logits = logits.to(be)?;
-                let mut at = 0;
-                for &i in members {
-                    by_seq[i] = Some(be.slice_rows(&logits, at, at + rows[i])?);
-                    at += rows[i];
-                }
-            }
-            let by_seq = by_seq
-                .into_iter()
-                .map(|l| l.ok_or_else(|| EngineError::internal("a sequence left out of its pass")))
+            let parts = parts
+                .iter()
+                .map(|(members, logits)| Ok((members.clone(), logits.to(be)?)))
                 .collect::<troupe_engine::Result<Vec<_>>>()?;
-            be.concat_rows(&by_seq)
+            pass_kinds::to_batch_order(be, &rows, &parts)
         })
         .map_err(|error| PassFailure {
             error,
@@ -313,7 +303,7 @@ fn run_uniform(
         None => SpanTags::named("head"),
     };
     let tags = SpanTags {
-        generated_rows: driver.seqs.iter().all(|s| s.kind == ChunkKind::Generated),
+        generated_rows: pass_kinds::all_generated(driver.seqs.iter().map(|s| s.kind)),
         ..tags
     };
     let stream = core.stage_stream(last);

@@ -77,6 +77,6 @@ impl MbInfo {
     }
     /// Every row of the micro-batch is a generated token's (its kernels' row kind).
     pub fn generated_rows(&self) -> bool {
-        !self.seqs.is_empty() && self.seqs.iter().all(|s| s.kind == ChunkKind::Generated)
+        troupe_engine::pass_kinds::all_generated(self.seqs.iter().map(|s| s.kind))
     }
 }

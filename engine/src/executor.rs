@@ -13,6 +13,7 @@ use crate::device_tensor::DeviceTensor;
 use crate::error::{EngineError, Result};
 use crate::kernels::row_kind;
 use crate::model::{ChunkKind, FeedForward, KvConfig, KvPools, MlaForm, Model, SequenceCache};
+use crate::pass_kinds;
 use crate::tensor::Tensor;
 
 /// One sequence's part of a forward pass.
@@ -182,17 +183,14 @@ impl<'m> ReferenceExecutor<'m> {
         chunks: &mut [SeqChunk<'_>],
         record: Option<&mut ForwardRecord>,
     ) -> Result<DeviceTensor> {
-        let generated = chunks.iter().all(|c| c.kind == ChunkKind::Generated);
-        let prompt = chunks.iter().all(|c| c.kind == ChunkKind::Prompt);
-        if !generated && !prompt && row_kind::splits_passes() {
+        if pass_kinds::mixed(chunks.iter().map(|c| c.kind)) && row_kind::splits_passes() {
             return self.forward_by_kind(chunks, record);
         }
+        let generated = pass_kinds::all_generated(chunks.iter().map(|c| c.kind));
         // On a pool thread, the kernels' parallel regions start by work-stealing (`on_pool`);
         // the pass's linears know its rows' kind (`row_kind`).
         crate::kernels::pool::on_pool(|| {
-            row_kind::with_generated(generated && !chunks.is_empty(), || {
-                self.forward_here(chunks, record)
-            })
+            row_kind::with_generated(generated, || self.forward_here(chunks, record))
         })
     }
 
@@ -210,17 +208,11 @@ impl<'m> ReferenceExecutor<'m> {
             let len = c.cache.len() + c.tokens.len();
             c.cache.reserve(len)?;
         }
-        let be = self.backend;
         let rows: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
-        let mut logits: Vec<Option<DeviceTensor>> = vec![None; chunks.len()];
+        let kinds: Vec<ChunkKind> = chunks.iter().map(|c| c.kind).collect();
+        let mut logits = Vec::with_capacity(2);
         let mut records = Vec::with_capacity(2);
-        for kind in [ChunkKind::Prompt, ChunkKind::Generated] {
-            let members: Vec<usize> = (0..chunks.len())
-                .filter(|&i| chunks[i].kind == kind)
-                .collect();
-            if members.is_empty() {
-                continue;
-            }
+        for (kind, members) in pass_kinds::by_kind(&kinds) {
             let mut part: Vec<SeqChunk<'_>> = chunks
                 .iter_mut()
                 .filter(|c| c.kind == kind)
@@ -232,12 +224,8 @@ impl<'m> ReferenceExecutor<'m> {
                 .collect();
             let mut rec = record.as_ref().map(|_| ForwardRecord::default());
             let out = self.forward(&mut part, rec.as_mut())?;
-            let mut at = 0;
-            for &i in &members {
-                logits[i] = Some(be.slice_rows(&out, at, at + rows[i])?);
-                at += rows[i];
-            }
-            records.extend(rec.map(|r| (members, r)));
+            records.extend(rec.map(|r| (members.clone(), r)));
+            logits.push((members, out));
         }
         if let Some(r) = record {
             // Appended, as a single pass appends to the record it is given.
@@ -245,11 +233,7 @@ impl<'m> ReferenceExecutor<'m> {
             r.residual_stream.extend(merged.residual_stream);
             r.routers.extend(merged.routers);
         }
-        let logits = logits
-            .into_iter()
-            .map(|l| l.ok_or_else(|| EngineError::internal("a chunk left out of its kind's pass")))
-            .collect::<Result<Vec<_>>>()?;
-        be.concat_rows(&logits)
+        pass_kinds::to_batch_order(self.backend, &rows, &logits)
     }
 
     fn forward_here(

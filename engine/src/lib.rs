@@ -20,6 +20,7 @@ pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod params;
+pub mod pass_kinds;
 pub mod sampling;
 pub mod tensor;
 pub mod tokenizer;
