@@ -15,6 +15,7 @@ use troupe_engine::dtype::DType;
 use troupe_engine::kernels::attention_cost::measure_read_bandwidth;
 use troupe_engine::kernels::isa::Isa;
 use troupe_engine::kernels::linear::{linear_many_in, LinearJob};
+use troupe_engine::kernels::pool::on_pool;
 use troupe_engine::kernels::precision::Compute;
 use troupe_engine::weights::int8::quantize_weight;
 use troupe_engine::weights::Weight;
@@ -50,7 +51,13 @@ fn decode_streams_weights() {
         .map(|w| quantize_weight(w).expect("int8 weights"))
         .collect();
     let x = Tensor::matrix(1, k, noise(k, 3)).expect("an x row");
-    let mut y = vec![0.0f32; out];
+    // `GEMV_PER_REGION` weights share one parallel region (default 1, as a decode step's
+    // projections mostly do).
+    let per_region: usize = std::env::var("GEMV_PER_REGION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut y = vec![0.0f32; out * per_region];
     let bf16_bytes = (count * out * k * 2) as f64;
     // An int8 row carries one f32 scale per 32 elements.
     let int8_bytes = (count * out * (k + k / 32 * 4)) as f64;
@@ -68,15 +75,18 @@ fn decode_streams_weights() {
             if !isa.supported() || only.is_some_and(|o| o != isa.name()) {
                 continue;
             }
+            // As the reference executor runs a pass: on the pool, its other threads polling.
             let mut pass = || {
-                for w in weights.iter() {
-                    let jobs = &mut [LinearJob {
-                        x: &x,
-                        w,
-                        out: &mut y,
-                    }];
-                    linear_many_in(jobs, isa, compute, None).expect("a linear");
-                }
+                on_pool(|| {
+                    for ws in weights.chunks(per_region) {
+                        let mut jobs: Vec<LinearJob<'_>> = ws
+                            .iter()
+                            .zip(y.chunks_mut(out))
+                            .map(|(w, out)| LinearJob { x: &x, w, out })
+                            .collect();
+                        linear_many_in(&mut jobs, isa, compute, None).expect("a linear");
+                    }
+                })
             };
             pass();
             for round in 0..5 {

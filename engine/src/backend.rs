@@ -115,6 +115,14 @@ pub trait Backend: Send + Sync {
     fn rms_norm(&self, x: &DeviceTensor, weight: &Weight, eps: f32) -> Result<DeviceTensor>;
     /// `x @ weight^T`: `x` `[n, in]`, `weight` `[out, in]` → `[n, out]`.
     fn linear(&self, x: &DeviceTensor, weight: &Weight) -> Result<DeviceTensor>;
+    /// `x @ w^T` for every `w` of `weights`, in order: the projections that read one input
+    /// (MLA's query and latent down-projections, an MLP's gate and up, a router beside the
+    /// shared experts' gate and up), in one call where a backend can run them together (the
+    /// CPU backend: one parallel region, so decode pays for fewer region starts and ends).
+    /// The same bits as one `linear` each, which is what this default does.
+    fn linears(&self, x: &DeviceTensor, weights: &[&Weight]) -> Result<Vec<DeviceTensor>> {
+        weights.iter().map(|w| self.linear(x, w)).collect()
+    }
     /// Per head `h`: `x[:, h·in ..+in] @ weights[h]^T` → `[n, heads·out]` (MLA's absorbed
     /// `W_uk`/`W_uv`); every `weights[h]` is `[out, in]`.
     fn per_head_linear(&self, x: &DeviceTensor, weights: &[Weight]) -> Result<DeviceTensor>;

@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 /// Inner-dimension elements one tile instruction takes per row: 32 bf16 (64 bytes).
 pub const TILE_K: usize = 32;
 /// Rows of an operand tile: 16 weight rows, or 16 activation rows packed as pairs.
-const TILE_ROWS: usize = 16;
+pub(super) const TILE_ROWS: usize = 16;
 /// bf16 elements of one packed activation tile (16 pair rows × 16 activation rows × 2).
 const PACKED_TILE: usize = TILE_ROWS * TILE_K;
 /// Activation tiles (of 16 rows) one pass over a task's columns keeps hot: 128 rows, whose

@@ -175,6 +175,13 @@ impl Backend for CpuBackend {
         self.count(Op::Linear);
         linear::linear(host(x, "linear")?, weight).map(wrap)
     }
+    fn linears(&self, x: &DeviceTensor, weights: &[&Weight]) -> Result<Vec<DeviceTensor>> {
+        for _ in weights {
+            self.count(Op::Linear);
+        }
+        let outs = linear::linears(host(x, "linears")?, weights)?;
+        Ok(outs.into_iter().map(wrap).collect())
+    }
     fn per_head_linear(&self, x: &DeviceTensor, weights: &[Weight]) -> Result<DeviceTensor> {
         self.count(Op::PerHeadLinear);
         columns::per_head_linear(host(x, "per_head_linear")?, weights).map(wrap)

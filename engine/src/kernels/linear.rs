@@ -3,7 +3,9 @@
 //! and up projections of every expert at once).
 //!
 //! Each product is split by weight rows (output columns) into contiguous chunks that the compute
-//! pool's threads ([`super::pool`]) claim; a chunk writes its columns straight into the output.
+//! pool's threads ([`super::pool`]) claim as they go, each taking half of what is left per thread
+//! (long chunks first, single units of 16 columns at the end, so threads finish together); a
+//! chunk writes its columns straight into the output.
 //! Inside a chunk, a single x row (decode's GEMV) reads the chunk's weight rows as a few long
 //! sequential streams, a row of each at a time (`gemv_bf16`, `dot_i8`, `dot_pairs::gemv_pairs`;
 //! why: [`super::decode_streams`]). More rows use register tiles of (x rows ×
@@ -30,6 +32,8 @@
 //! projections share a region with everything else. int8 weights (`weights::int8`) are read
 //! as rows of `q · scale` products in the one dot order, widened in registers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::amx::{self, PackedRows, TILE_K};
 use super::dot::{dot_block, WRow};
 use super::dot_pairs::pairs_block;
@@ -46,8 +50,10 @@ use crate::weights::Weight;
 const SERIAL_WORK: usize = 1 << 15;
 /// Fewest weight rows (output columns) in one chunk.
 const MIN_COLS_PER_TASK: usize = 16;
-/// Chunks per pool thread in a region (a few, so a late thread does not stall the region).
-const TASKS_PER_THREAD: usize = 4;
+/// A claim in a region takes 1 / (this × threads) of the columns left (1: half of them on 2
+/// threads). Each claim starts its streams cold, so fewer, longer claims pay: tg64 on
+/// ds-v3-mini (`--compute bf16`, 2 threads) fell by ~3% with 2 and ~8% with 8.
+const GUIDED_SHARES: usize = 1;
 
 /// A weight's elements, by storage type.
 #[derive(Clone, Copy)]
@@ -387,9 +393,6 @@ struct Ready<'a> {
     wf: WFlat<'a>,
     out_dim: usize,
     out: OutPtr,
-    /// Columns per task, and this job's first task index in the region.
-    cols_per_task: usize,
-    first_task: usize,
 }
 
 fn check(x: &Tensor, w: &Weight) -> Result<()> {
@@ -464,17 +467,8 @@ pub fn linear_many_in(
             });
         }
     }
-    let threads = pool::threads();
-    let total_cols: usize = jobs.iter().map(|j| j.w.rows()).sum();
-    let auto = total_cols
-        .div_ceil(threads * TASKS_PER_THREAD)
-        .next_multiple_of(if isa == Isa::Amx { 2 * 16 } else { 4 })
-        .max(MIN_COLS_PER_TASK);
     let mut ready = Vec::with_capacity(jobs.len());
-    let mut tasks = 0;
     for (i, j) in jobs.iter_mut().enumerate() {
-        let per = cols_per_task.unwrap_or(auto).max(1);
-        let out_dim = j.w.rows();
         let (x, x16) = match source.get(i).and_then(|&s| rounded[s].as_ref()) {
             None => (j.x.data(), None),
             Some(Rounded::F32(r)) => (&r[..], None),
@@ -486,31 +480,69 @@ pub fn linear_many_in(
             n: j.x.rows(),
             k: j.w.cols(),
             wf: flat(j.w)?,
-            out_dim,
+            out_dim: j.w.rows(),
             out: OutPtr {
                 ptr: j.out.as_mut_ptr(),
                 len: j.out.len(),
             },
-            cols_per_task: per,
-            first_task: tasks,
         });
-        tasks += out_dim.div_ceil(per);
     }
-    let run = |t: usize| {
-        // The job holding task `t` (jobs are few: a linear scan).
-        let Some(j) = ready.iter().rev().find(|j| j.first_task <= t) else {
-            return;
-        };
-        let c0 = (t - j.first_task) * j.cols_per_task;
-        let c1 = (c0 + j.cols_per_task).min(j.out_dim);
-        // SAFETY: task `t` alone writes columns c0..c1 of its job's output, which outlives the
-        // region (borrowed mutably by `jobs`).
-        unsafe { columns_into(j.x, j.x16, j.n, j.k, j.wf, (c0, c1), j.out_dim, isa, j.out) };
+    // The region's columns, job after job, in units (a job's last unit may be short): a
+    // chunk is a run of whole units, so its first column is a multiple of the unit in its job.
+    let unit = match cols_per_task {
+        Some(per) => per.max(1),
+        None if isa == Isa::Amx => 2 * amx::TILE_ROWS,
+        None => MIN_COLS_PER_TASK,
+    };
+    let mut first_unit = Vec::with_capacity(ready.len());
+    let mut units = 0;
+    for j in &ready {
+        first_unit.push(units);
+        units += j.out_dim.div_ceil(unit);
+    }
+    // Units `u0..u1` of the region: each job's share computed in place.
+    let run = |u0: usize, u1: usize| {
+        for (j, &f) in ready.iter().zip(&first_unit) {
+            let (a, b) = (u0.max(f), u1.min(f + j.out_dim.div_ceil(unit)));
+            if a < b {
+                let c0 = (a - f) * unit;
+                let c1 = ((b - f) * unit).min(j.out_dim);
+                // SAFETY: a unit is claimed by one chunk only, so these columns of the job's
+                // output, which outlives the region (borrowed mutably by `jobs`), are written
+                // by this call alone.
+                unsafe {
+                    columns_into(j.x, j.x16, j.n, j.k, j.wf, (c0, c1), j.out_dim, isa, j.out)
+                };
+            }
+        }
     };
     if work < SERIAL_WORK {
-        (0..tasks).for_each(run);
-    } else {
-        pool::for_each_task(tasks, &run);
+        run(0, units);
+        return Ok(());
+    }
+    match cols_per_task {
+        // One task per unit, as asked.
+        Some(_) => pool::for_each_task(units, &|u| run(u, u + 1)),
+        // Guided self-scheduling: each pool thread claims a share of what is left (long runs
+        // first, for the decode GEMVs' streams), down to one unit near the end, so the threads
+        // finish within about a unit of each other and a late thread takes what is left.
+        None => {
+            let threads = pool::threads();
+            let next = AtomicUsize::new(0);
+            pool::for_each_task(threads, &|_| loop {
+                let at = next.load(Ordering::Relaxed);
+                if at >= units {
+                    return;
+                }
+                let take = (units - at).div_ceil(GUIDED_SHARES * threads);
+                if next
+                    .compare_exchange_weak(at, at + take, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    run(at, at + take);
+                }
+            });
+        }
     }
     Ok(())
 }
@@ -518,6 +550,23 @@ pub fn linear_many_in(
 /// [`linear_many_with`] on the active instruction set.
 pub fn linear_many(jobs: &mut [LinearJob<'_>]) -> Result<()> {
     linear_many_with(jobs, isa::active(), None)
+}
+
+/// `x @ w^T` for every `w` of `ws` (all `[_, in]`), in one parallel region: the same bits as
+/// one [`linear`] each, since every output column is its own dot.
+pub fn linears(x: &Tensor, ws: &[&Weight]) -> Result<Vec<Tensor>> {
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0; x.rows() * w.rows()]).collect();
+    let mut jobs: Vec<LinearJob<'_>> = ws
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(w, out)| LinearJob { x, w, out })
+        .collect();
+    linear_many(&mut jobs)?;
+    drop(jobs);
+    ws.iter()
+        .zip(outs)
+        .map(|(w, out)| Tensor::matrix(x.rows(), w.rows(), out))
+        .collect()
 }
 
 /// `x` `[n, in]` times `w^T` (`w` is `[out, in]`) → `[n, out]`.

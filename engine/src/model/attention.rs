@@ -242,14 +242,21 @@ impl MlaAttention {
         parts: Rows<'_>,
     ) -> Result<DeviceTensor> {
         let qk = self.nope + self.rope;
-        let q_all = match &self.query {
-            MlaQuery::Lora { a, norm, b } => {
-                let qa = be.linear(x, a)?;
-                be.linear(&be.rms_norm(&qa, norm, self.eps)?, b)?
-            }
-            MlaQuery::Full(w) => be.linear(x, w)?,
+        // The query's first projection and the latent's read the same input: one call.
+        let first = match &self.query {
+            MlaQuery::Lora { a, .. } => a,
+            MlaQuery::Full(w) => w,
         };
-        let kv = be.linear(x, &self.kv_a)?;
+        let [q_first, kv]: [DeviceTensor; 2] = be
+            .linears(x, &[first, &self.kv_a])?
+            .try_into()
+            .map_err(|_| EngineError::internal("linears: not one output per weight"))?;
+        let q_all = match &self.query {
+            MlaQuery::Lora { norm, b, .. } => {
+                be.linear(&be.rms_norm(&q_first, norm, self.eps)?, b)?
+            }
+            MlaQuery::Full(_) => q_first,
+        };
         let width = self.kv_lora + self.rope;
         let latent_all = be.rms_norm(
             &be.head_columns(&kv, cols(1, width, 0, self.kv_lora))?,
@@ -409,8 +416,10 @@ impl GqaAttention {
             head_stride: self.head_dim,
             offset: 0,
         };
-        let (q_all, k_all) = (be.linear(x, &self.q)?, be.linear(x, &self.k)?);
-        let v_all = be.linear(x, &self.v)?;
+        let [q_all, k_all, v_all]: [DeviceTensor; 3] = be
+            .linears(x, &[&self.q, &self.k, &self.v])?
+            .try_into()
+            .map_err(|_| EngineError::internal("linears: not one output per weight"))?;
         let mut attn = Vec::with_capacity(seqs.len());
         for s in seqs.iter_mut() {
             let start = s.cache.len();

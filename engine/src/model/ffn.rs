@@ -10,6 +10,12 @@ use crate::device_tensor::{DeviceRouting, DeviceTensor};
 use crate::error::{EngineError, Result};
 use crate::weights::Weight;
 
+/// The two outputs of a two-weight `linears` call.
+fn two(out: Vec<DeviceTensor>) -> Result<[DeviceTensor; 2]> {
+    out.try_into()
+        .map_err(|_| EngineError::internal("linears: not one output per weight"))
+}
+
 /// `down(silu(gate(x)) * up(x))`.
 #[derive(Clone, Debug)]
 pub struct Mlp {
@@ -20,9 +26,17 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, be: &dyn Backend, x: &DeviceTensor) -> Result<DeviceTensor> {
-        let g = be.linear(x, &self.gate)?;
-        let u = be.linear(x, &self.up)?;
-        be.linear(&be.silu_mul(&g, &u)?, &self.down)
+        let [g, u] = two(be.linears(x, &[&self.gate, &self.up])?)?;
+        self.down(be, &g, &u)
+    }
+    /// The rest of [`Mlp::forward`] from the gate and up projections.
+    pub fn down(
+        &self,
+        be: &dyn Backend,
+        g: &DeviceTensor,
+        u: &DeviceTensor,
+    ) -> Result<DeviceTensor> {
+        be.linear(&be.silu_mul(g, u)?, &self.down)
     }
     /// This MLP as routed expert `id` of a `grouped_mlp` call.
     pub fn as_expert(&self, id: u32) -> ExpertWeights<'_> {
@@ -164,7 +178,20 @@ impl MoeBlock {
         residual: &DeviceTensor,
         x: &DeviceTensor,
     ) -> Result<(DeviceTensor, DeviceTensor, DeviceRouting)> {
-        let (logits, routing) = self.router.route(be, x)?;
+        // The router's logits and the shared experts' gate and up read the same input: one
+        // call, then the routing, the routed experts, and the shared experts' down projection.
+        let (logits, shared_gu) = match &self.shared {
+            Some(s) => {
+                let mut out = be.linears(x, &[&self.router.gate, &s.gate, &s.up])?;
+                let [g, u] = two(out.split_off(1.min(out.len())))?;
+                let logits = out
+                    .pop()
+                    .ok_or_else(|| EngineError::internal("linears: no router logits"))?;
+                (logits, Some((g, u)))
+            }
+            None => (be.linear(x, &self.router.gate)?, None),
+        };
+        let routing = be.route(&logits, &self.router.rule, self.router.bias.as_ref())?;
         let all: Vec<ExpertWeights<'_>> = self
             .experts
             .iter()
@@ -172,9 +199,9 @@ impl MoeBlock {
             .map(|(e, m)| m.as_expert(e as u32))
             .collect();
         let rows = be.grouped_mlp(x, &routing, &all)?;
-        let shared = match &self.shared {
-            Some(s) => Some(s.forward(be, x)?),
-            None => None,
+        let shared = match (&self.shared, shared_gu) {
+            (Some(s), Some((g, u))) => Some(s.down(be, &g, &u)?),
+            _ => None,
         };
         let out = self.combine(be, residual, &routing, &[rows], shared.as_ref())?;
         Ok((out, logits, routing))

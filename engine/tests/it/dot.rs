@@ -6,7 +6,10 @@
 use troupe_engine::dtype::{f32_to_bf16, f32_to_f16, DType};
 use troupe_engine::kernels::dot::{dot_block, dot_portable, simd_available, WRow};
 use troupe_engine::kernels::isa::Isa;
-use troupe_engine::kernels::linear::{linear_many_with, linear_split, linear_with, LinearJob};
+use troupe_engine::kernels::linear::{
+    linear_many_in, linear_many_with, linear_split, linear_with, linears, LinearJob,
+};
+use troupe_engine::kernels::precision::Compute;
 use troupe_engine::weights::random::SplitMix64;
 use troupe_engine::weights::Weight;
 use troupe_engine::Tensor;
@@ -161,6 +164,66 @@ fn products_sharing_a_region_match_lone_linears() {
         for (got, (x, w)) in [a, b, c].iter().zip([(&x1, &wa), (&x3, &wb), (&x3, &wa)]) {
             let want = linear_with(x, w, Isa::Portable).unwrap();
             assert_eq!(bits(got), bits(want.data()), "{isa}");
+        }
+    }
+}
+
+/// Projections of one input in one region (`linears`; the region's threads claim columns as
+/// they go, in units that do not divide every weight): every output is the lone linear's, on
+/// every path, in both compute modes, for a decode row and for several rows.
+#[test]
+fn projections_of_one_input_match_lone_linears() {
+    let mut rng = SplitMix64::new(21);
+    let k = 256;
+    let ws: Vec<Weight> = [37usize, 300, 64, 1]
+        .iter()
+        .map(|&rows| {
+            let v: Vec<u16> = values(&mut rng, rows * k)
+                .iter()
+                .map(|&v| f32_to_bf16(v))
+                .collect();
+            Weight::from_u16("w", DType::BF16, vec![rows, k], &v)
+        })
+        .collect();
+    for n in [1, 5] {
+        let x = Tensor::matrix(n, k, values(&mut rng, n * k)).unwrap();
+        for isa in Isa::available() {
+            for compute in [Compute::F32, Compute::Bf16] {
+                let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0; n * w.rows()]).collect();
+                let mut jobs: Vec<LinearJob<'_>> = ws
+                    .iter()
+                    .zip(outs.iter_mut())
+                    .map(|(w, out)| LinearJob { x: &x, w, out })
+                    .collect();
+                linear_many_in(&mut jobs, isa, compute, None).unwrap();
+                for (w, got) in ws.iter().zip(&outs) {
+                    let mut want = vec![0.0; n * w.rows()];
+                    let job = LinearJob {
+                        x: &x,
+                        w,
+                        out: &mut want,
+                    };
+                    linear_many_in(&mut [job], isa, compute, Some(1)).unwrap();
+                    assert_eq!(
+                        bits(got),
+                        bits(&want),
+                        "{isa} {compute:?} n={n} {:?}",
+                        w.shape()
+                    );
+                }
+            }
+        }
+        let refs: Vec<&Weight> = ws.iter().collect();
+        let got = linears(&x, &refs).unwrap();
+        for (w, g) in ws.iter().zip(&got) {
+            assert_eq!(
+                bits(g.data()),
+                bits(
+                    linear_with(&x, w, troupe_engine::kernels::isa::active())
+                        .unwrap()
+                        .data()
+                )
+            );
         }
     }
 }
