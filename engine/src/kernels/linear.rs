@@ -32,8 +32,6 @@
 //! projections share a region with everything else. int8 weights (`weights::int8`) are read
 //! as rows of `q · scale` products in the one dot order, widened in registers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::amx::{self, PackedRows, TILE_K};
 use super::dot::{dot_block, WRow};
 use super::dot_pairs::pairs_block;
@@ -50,10 +48,6 @@ use crate::weights::Weight;
 const SERIAL_WORK: usize = 1 << 15;
 /// Fewest weight rows (output columns) in one chunk.
 const MIN_COLS_PER_TASK: usize = 16;
-/// A claim in a region takes 1 / (this × threads) of the columns left (1: half of them on 2
-/// threads). Each claim starts its streams cold, so fewer, longer claims pay: tg64 on
-/// ds-v3-mini (`--compute bf16`, 2 threads) fell by ~3% with 2 and ~8% with 8.
-const GUIDED_SHARES: usize = 1;
 
 /// A weight's elements, by storage type.
 #[derive(Clone, Copy)]
@@ -523,26 +517,8 @@ pub fn linear_many_in(
     match cols_per_task {
         // One task per unit, as asked.
         Some(_) => pool::for_each_task(units, &|u| run(u, u + 1)),
-        // Guided self-scheduling: each pool thread claims a share of what is left (long runs
-        // first, for the decode GEMVs' streams), down to one unit near the end, so the threads
-        // finish within about a unit of each other and a late thread takes what is left.
-        None => {
-            let threads = pool::threads();
-            let next = AtomicUsize::new(0);
-            pool::for_each_task(threads, &|_| loop {
-                let at = next.load(Ordering::Relaxed);
-                if at >= units {
-                    return;
-                }
-                let take = (units - at).div_ceil(GUIDED_SHARES * threads);
-                if next
-                    .compare_exchange_weak(at, at + take, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    run(at, at + take);
-                }
-            });
-        }
+        // Long runs first, for the decode GEMVs' streams; single units at the end.
+        None => pool::claim_units(units, &run),
     }
     Ok(())
 }
