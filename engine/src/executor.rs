@@ -141,6 +141,17 @@ pub fn check_chunk(model: &Model, tokens: &[u32], cached: usize) -> Result<()> {
     Ok(())
 }
 
+/// Checks every chunk ([`check_chunk`]) and takes the cache pages it needs (`KvCacheFull`
+/// before any compute when a pool runs out).
+fn reserve_chunks(model: &Model, chunks: &mut [SeqChunk<'_>]) -> Result<()> {
+    for c in chunks.iter_mut() {
+        check_chunk(model, &c.tokens, c.cache.len())?;
+        let len = c.cache.len() + c.tokens.len();
+        c.cache.reserve(len)?;
+    }
+    Ok(())
+}
+
 impl<'m> ReferenceExecutor<'m> {
     pub fn new(model: &'m Model, backend: &'m dyn Backend) -> Self {
         ReferenceExecutor {
@@ -203,11 +214,7 @@ impl<'m> ReferenceExecutor<'m> {
         chunks: &mut [SeqChunk<'_>],
         record: Option<&mut ForwardRecord>,
     ) -> Result<DeviceTensor> {
-        for c in chunks.iter_mut() {
-            check_chunk(self.model, &c.tokens, c.cache.len())?;
-            let len = c.cache.len() + c.tokens.len();
-            c.cache.reserve(len)?;
-        }
+        reserve_chunks(self.model, chunks)?;
         let rows: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
         let kinds: Vec<ChunkKind> = chunks.iter().map(|c| c.kind).collect();
         let mut logits = Vec::with_capacity(2);
@@ -243,11 +250,7 @@ impl<'m> ReferenceExecutor<'m> {
     ) -> Result<DeviceTensor> {
         let m = self.model;
         let be = self.backend;
-        for c in chunks.iter_mut() {
-            check_chunk(m, &c.tokens, c.cache.len())?;
-            let len = c.cache.len() + c.tokens.len();
-            c.cache.reserve(len)?;
-        }
+        reserve_chunks(m, chunks)?;
         let spans: Vec<(usize, usize)> = {
             let mut s = 0;
             chunks

@@ -488,16 +488,18 @@ pub fn linear_many_in(
         None if isa == Isa::Amx => 2 * amx::TILE_ROWS,
         None => MIN_COLS_PER_TASK,
     };
-    let mut first_unit = Vec::with_capacity(ready.len());
+    // Job `i` holds the region's units `spans[i]`.
+    let mut spans = Vec::with_capacity(ready.len());
     let mut units = 0;
     for j in &ready {
-        first_unit.push(units);
+        let first = units;
         units += j.out_dim.div_ceil(unit);
+        spans.push(first..units);
     }
     // Units `u0..u1` of the region: each job's share computed in place.
     let run = |u0: usize, u1: usize| {
-        for (j, &f) in ready.iter().zip(&first_unit) {
-            let (a, b) = (u0.max(f), u1.min(f + j.out_dim.div_ceil(unit)));
+        for (j, span) in ready.iter().zip(&spans) {
+            let (f, a, b) = (span.start, u0.max(span.start), u1.min(span.end));
             if a < b {
                 let c0 = (a - f) * unit;
                 let c1 = ((b - f) * unit).min(j.out_dim);

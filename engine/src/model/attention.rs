@@ -247,10 +247,7 @@ impl MlaAttention {
             MlaQuery::Lora { a, .. } => a,
             MlaQuery::Full(w) => w,
         };
-        let [q_first, kv]: [DeviceTensor; 2] = be
-            .linears(x, &[first, &self.kv_a])?
-            .try_into()
-            .map_err(|_| EngineError::internal("linears: not one output per weight"))?;
+        let [q_first, kv] = super::projections(be, x, [first, &self.kv_a])?;
         let q_all = match &self.query {
             MlaQuery::Lora { norm, b, .. } => {
                 be.linear(&be.rms_norm(&q_first, norm, self.eps)?, b)?
@@ -416,10 +413,7 @@ impl GqaAttention {
             head_stride: self.head_dim,
             offset: 0,
         };
-        let [q_all, k_all, v_all]: [DeviceTensor; 3] = be
-            .linears(x, &[&self.q, &self.k, &self.v])?
-            .try_into()
-            .map_err(|_| EngineError::internal("linears: not one output per weight"))?;
+        let [q_all, k_all, v_all] = super::projections(be, x, [&self.q, &self.k, &self.v])?;
         let mut attn = Vec::with_capacity(seqs.len());
         for s in seqs.iter_mut() {
             let start = s.cache.len();

@@ -10,12 +10,6 @@ use crate::device_tensor::{DeviceRouting, DeviceTensor};
 use crate::error::{EngineError, Result};
 use crate::weights::Weight;
 
-/// The two outputs of a two-weight `linears` call.
-fn two(out: Vec<DeviceTensor>) -> Result<[DeviceTensor; 2]> {
-    out.try_into()
-        .map_err(|_| EngineError::internal("linears: not one output per weight"))
-}
-
 /// `down(silu(gate(x)) * up(x))`.
 #[derive(Clone, Debug)]
 pub struct Mlp {
@@ -26,7 +20,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, be: &dyn Backend, x: &DeviceTensor) -> Result<DeviceTensor> {
-        let [g, u] = two(be.linears(x, &[&self.gate, &self.up])?)?;
+        let [g, u] = super::projections(be, x, [&self.gate, &self.up])?;
         self.down(be, &g, &u)
     }
     /// The rest of [`Mlp::forward`] from the gate and up projections.
@@ -182,11 +176,8 @@ impl MoeBlock {
         // call, then the routing, the routed experts, and the shared experts' down projection.
         let (logits, shared_gu) = match &self.shared {
             Some(s) => {
-                let mut out = be.linears(x, &[&self.router.gate, &s.gate, &s.up])?;
-                let [g, u] = two(out.split_off(1.min(out.len())))?;
-                let logits = out
-                    .pop()
-                    .ok_or_else(|| EngineError::internal("linears: no router logits"))?;
+                let [logits, g, u] =
+                    super::projections(be, x, [&self.router.gate, &s.gate, &s.up])?;
                 (logits, Some((g, u)))
             }
             None => (be.linear(x, &self.router.gate)?, None),

@@ -30,6 +30,17 @@ use crate::graph::spec::ModelSpec;
 use crate::kernels::rope::RopeTable;
 use crate::weights::Weight;
 
+/// The projections of one input (`Backend::linears`), one output per weight, as an array.
+pub(crate) fn projections<const N: usize>(
+    be: &dyn Backend,
+    x: &DeviceTensor,
+    weights: [&Weight; N],
+) -> Result<[DeviceTensor; N]> {
+    be.linears(x, &weights)?
+        .try_into()
+        .map_err(|_| EngineError::internal("linears: not one output per weight"))
+}
+
 /// One decoder layer: `h = x + attn(norm1(x)); out = h + ffn(norm2(h))`.
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
